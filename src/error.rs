@@ -1,0 +1,127 @@
+//! Every way an input or a configuration can be wrong.
+
+/// An error from building or evaluating a distillation objective.
+///
+/// Objectives validate their configuration in `init` and their inputs in `forward`, so a bad
+/// shape, a target out of range or a non-positive temperature comes back as one of these
+/// variants instead of a panic inside burn or a silent `NaN`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DistillError {
+    /// Two tensors that must agree in shape do not.
+    #[error("shape mismatch for {what}: expected {expected:?}, got {actual:?}")]
+    ShapeMismatch {
+        /// What was compared, e.g. `"teacher logits"`.
+        what: String,
+        /// The shape required.
+        expected: Vec<usize>,
+        /// The shape given.
+        actual: Vec<usize>,
+    },
+    /// Student and teacher logits have different class counts.
+    #[error("class-count mismatch: the student has {student} classes, the teacher {teacher}")]
+    ClassMismatch {
+        /// Classes in the student's logits.
+        student: usize,
+        /// Classes in the teacher's logits.
+        teacher: usize,
+    },
+    /// A target index is negative or not below the class count.
+    #[error("target {target} is out of range for {classes} classes")]
+    TargetOutOfRange {
+        /// The offending target value (the smallest or largest in the batch).
+        target: i64,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// A temperature is zero, negative, infinite or NaN.
+    #[error("temperature must be positive and finite, got {0}")]
+    InvalidTemperature(f64),
+    /// The batch has no rows.
+    #[error("empty batch: {what} has no rows")]
+    EmptyBatch {
+        /// The tensor that was empty.
+        what: String,
+    },
+    /// The objective needs an input the [`DistillInput`](crate::DistillInput) does not carry.
+    #[error("{objective} needs {what}, which the input does not carry")]
+    MissingInput {
+        /// The objective that asked.
+        objective: String,
+        /// What it needed, e.g. `"targets"`.
+        what: String,
+    },
+    /// The objective names a feature tap the input does not have.
+    #[error("{objective} needs the feature tap `{name}`, which the input does not have")]
+    MissingFeature {
+        /// The objective that asked.
+        objective: String,
+        /// The name of the missing tap.
+        name: String,
+    },
+    /// The objective needs more classes than the logits have.
+    #[error("{objective} needs at least {min} classes, got {got}")]
+    TooFewClasses {
+        /// The objective that asked.
+        objective: String,
+        /// The minimum it needs.
+        min: usize,
+        /// The class count it got.
+        got: usize,
+    },
+    /// A configuration value is out of its valid range.
+    #[error("invalid config for {objective}: {field} = {value} ({reason})")]
+    InvalidConfig {
+        /// The objective (or combinator) being configured.
+        objective: String,
+        /// The field at fault.
+        field: String,
+        /// The value given, as text.
+        value: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+}
+
+impl DistillError {
+    /// An [`InvalidConfig`](DistillError::InvalidConfig) error.
+    pub(crate) fn config(
+        objective: &str,
+        field: &str,
+        value: impl std::fmt::Display,
+        reason: &str,
+    ) -> Self {
+        Self::InvalidConfig {
+            objective: objective.into(),
+            field: field.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks that a temperature is positive and finite.
+pub(crate) fn check_temperature(t: f64) -> Result<f64, DistillError> {
+    if t.is_finite() && t > 0.0 {
+        Ok(t)
+    } else {
+        Err(DistillError::InvalidTemperature(t))
+    }
+}
+
+/// Checks that a weight or coefficient is finite and not negative.
+pub(crate) fn check_non_negative(
+    objective: &str,
+    field: &str,
+    v: f64,
+) -> Result<f64, DistillError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(DistillError::config(
+            objective,
+            field,
+            v,
+            "must be finite and >= 0",
+        ))
+    }
+}

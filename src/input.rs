@@ -1,0 +1,300 @@
+//! What an objective reads: logits, targets, named feature taps and training progress.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use burn::tensor::{Int, Tensor};
+
+use crate::DistillError;
+
+/// Where training stands, so schedules (DKD's warm-up, curricula, CTKD's λ) are pure
+/// functions of it.
+///
+/// `epoch` counts from 0. Epoch-based warm-ups follow mdistiller, whose epochs count from 1:
+/// epoch 0 here is its epoch 1.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Progress {
+    /// The current epoch, from 0.
+    pub epoch: usize,
+    /// Epochs in the whole run (0 when unknown).
+    pub total_epochs: usize,
+    /// The step within the current epoch, from 0.
+    pub step: usize,
+    /// Steps in one epoch (0 when unknown).
+    pub steps_per_epoch: usize,
+}
+
+impl Progress {
+    /// Progress at the start of `epoch` (from 0) of `total_epochs`.
+    pub fn epoch(epoch: usize, total_epochs: usize) -> Self {
+        Self {
+            epoch,
+            total_epochs,
+            ..Self::default()
+        }
+    }
+
+    /// The same progress at `step` of `steps_per_epoch` within the epoch.
+    pub fn at_step(self, step: usize, steps_per_epoch: usize) -> Self {
+        Self {
+            step,
+            steps_per_epoch,
+            ..self
+        }
+    }
+
+    /// Epochs done so far, with the fraction of the current epoch: `epoch + step / steps`.
+    pub fn epochs_done(&self) -> f64 {
+        let within = if self.steps_per_epoch > 0 {
+            self.step as f64 / self.steps_per_epoch as f64
+        } else {
+            0.0
+        };
+        self.epoch as f64 + within
+    }
+
+    /// The fraction of the whole run done, in `[0, 1]` (0 when the total is unknown).
+    pub fn fraction(&self) -> f64 {
+        if self.total_epochs == 0 {
+            return 0.0;
+        }
+        (self.epochs_done() / self.total_epochs as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// One intermediate representation tapped from a network.
+#[derive(Debug, Clone)]
+pub enum Feature {
+    /// A convolutional feature map `[N, C, H, W]`.
+    Map(Tensor<4>),
+    /// An embedding `[N, D]` (e.g. the penultimate layer).
+    Embedding(Tensor<2>),
+}
+
+impl From<Tensor<4>> for Feature {
+    fn from(t: Tensor<4>) -> Self {
+        Feature::Map(t)
+    }
+}
+
+impl From<Tensor<2>> for Feature {
+    fn from(t: Tensor<2>) -> Self {
+        Feature::Embedding(t)
+    }
+}
+
+impl Feature {
+    fn detach(self) -> Self {
+        match self {
+            Feature::Map(t) => Feature::Map(t.detach()),
+            Feature::Embedding(t) => Feature::Embedding(t.detach()),
+        }
+    }
+}
+
+/// Everything an objective may read for one batch.
+///
+/// ```
+/// # use burn::tensor::{Device, Int, Tensor};
+/// # use burn_distill::{DistillInput, Progress};
+/// # let dev = Device::flex();
+/// let student = Tensor::<2>::from_floats([[1.0, 2.0, 0.5]], &dev);
+/// let teacher = Tensor::<2>::from_floats([[2.0, 1.0, 0.0]], &dev);
+/// let input = DistillInput::new(student, teacher)
+///     .targets(Tensor::<1, Int>::from_ints([1], &dev))
+///     .progress(Progress::epoch(3, 240));
+/// assert_eq!(input.batch_size(), Some(1));
+/// ```
+///
+/// The teacher's tensors are detached when an objective reads them, so no gradient reaches the
+/// teacher; [`attach_teacher`](Self::attach_teacher) keeps them in the graph (a meta-learned
+/// teacher needs that).
+#[derive(Debug, Clone, Default)]
+pub struct DistillInput {
+    logits: Option<(Tensor<2>, Tensor<2>)>,
+    targets: Option<Tensor<1, Int>>,
+    features: BTreeMap<String, (Feature, Feature)>,
+    progress: Option<Progress>,
+    teacher_attached: bool,
+    target_range: OnceLock<(i64, i64)>,
+}
+
+impl DistillInput {
+    /// An input with the student's and the teacher's logits, both `[N, C]`.
+    pub fn new(student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Self {
+        Self {
+            logits: Some((student_logits, teacher_logits)),
+            ..Self::default()
+        }
+    }
+
+    /// An input with no logits, for objectives that read feature taps only.
+    pub fn features_only() -> Self {
+        Self::default()
+    }
+
+    /// Sets the class-index targets `[N]`.
+    pub fn targets(mut self, targets: Tensor<1, Int>) -> Self {
+        self.targets = Some(targets);
+        self.target_range = OnceLock::new();
+        self
+    }
+
+    /// Adds the feature tap `name`: the student's and the teacher's representation of the batch.
+    pub fn feature(
+        mut self,
+        name: impl Into<String>,
+        student: impl Into<Feature>,
+        teacher: impl Into<Feature>,
+    ) -> Self {
+        self.features
+            .insert(name.into(), (student.into(), teacher.into()));
+        self
+    }
+
+    /// Sets the training progress that schedules read.
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Keeps the teacher's tensors in the autodiff graph, so the loss is differentiable in
+    /// the teacher too.
+    pub fn attach_teacher(mut self) -> Self {
+        self.teacher_attached = true;
+        self
+    }
+
+    /// Whether the teacher's tensors stay in the graph.
+    pub fn is_teacher_attached(&self) -> bool {
+        self.teacher_attached
+    }
+
+    /// The batch size, from the logits (or the first feature tap).
+    pub fn batch_size(&self) -> Option<usize> {
+        if let Some((s, _)) = &self.logits {
+            return Some(s.dims()[0]);
+        }
+        self.features.values().next().map(|(s, _)| match s {
+            Feature::Map(t) => t.dims()[0],
+            Feature::Embedding(t) => t.dims()[0],
+        })
+    }
+
+    /// The training progress, if set.
+    pub fn get_progress(&self) -> Option<Progress> {
+        self.progress
+    }
+
+    /// The progress, or a [`DistillError::MissingInput`] naming `objective` and `why`.
+    pub fn require_progress(&self, objective: &str, why: &str) -> Result<Progress, DistillError> {
+        self.progress.ok_or_else(|| DistillError::MissingInput {
+            objective: objective.into(),
+            what: format!("training progress (DistillInput::progress) {why}"),
+        })
+    }
+
+    fn teacher<T: Clone>(&self, t: &T, detach: impl Fn(T) -> T) -> T {
+        if self.teacher_attached {
+            t.clone()
+        } else {
+            detach(t.clone())
+        }
+    }
+
+    /// The student's and teacher's logits after checking that both are `[N, C]` with the same
+    /// `N > 0` and `C`; the teacher's detached unless [attached](Self::attach_teacher).
+    pub fn logits(&self, objective: &str) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
+        let (s, t) = self
+            .logits
+            .as_ref()
+            .ok_or_else(|| DistillError::MissingInput {
+                objective: objective.into(),
+                what: "student and teacher logits".into(),
+            })?;
+        check_pair(s, t)?;
+        Ok((s.clone(), self.teacher(t, Tensor::detach)))
+    }
+
+    /// The targets after checking there are `batch` of them, each in `0..classes`.
+    ///
+    /// The range check reads the targets' minimum and maximum back from the device once per
+    /// input, however many objectives ask.
+    pub fn checked_targets(
+        &self,
+        objective: &str,
+        batch: usize,
+        classes: usize,
+    ) -> Result<Tensor<1, Int>, DistillError> {
+        let y = self
+            .targets
+            .as_ref()
+            .ok_or_else(|| DistillError::MissingInput {
+                objective: objective.into(),
+                what: "targets (DistillInput::targets)".into(),
+            })?;
+        let n = y.dims()[0];
+        if n != batch {
+            return Err(DistillError::ShapeMismatch {
+                what: "targets".into(),
+                expected: vec![batch],
+                actual: vec![n],
+            });
+        }
+        let &(lo, hi) = self.target_range.get_or_init(|| {
+            let both = Tensor::cat(vec![y.clone().min(), y.clone().max()], 0);
+            let v: Vec<i64> = both
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .unwrap_or_default();
+            (v[0], v[1])
+        });
+        for target in [lo, hi] {
+            if target < 0 || target >= classes as i64 {
+                return Err(DistillError::TargetOutOfRange { target, classes });
+            }
+        }
+        Ok(y.clone())
+    }
+
+    /// The feature tap `name`, student then teacher (the teacher's detached unless attached).
+    pub fn feature_pair(
+        &self,
+        objective: &str,
+        name: &str,
+    ) -> Result<(Feature, Feature), DistillError> {
+        let (s, t) = self
+            .features
+            .get(name)
+            .ok_or_else(|| DistillError::MissingFeature {
+                objective: objective.into(),
+                name: name.into(),
+            })?;
+        Ok((s.clone(), self.teacher(t, Feature::detach)))
+    }
+}
+
+/// Checks that student and teacher logits are both `[N, C]` with the same `N > 0` and `C`.
+pub(crate) fn check_pair(s: &Tensor<2>, t: &Tensor<2>) -> Result<(usize, usize), DistillError> {
+    let ([ns, cs], [nt, ct]) = (s.dims(), t.dims());
+    if ns == 0 {
+        return Err(DistillError::EmptyBatch {
+            what: "student logits".into(),
+        });
+    }
+    if cs != ct {
+        return Err(DistillError::ClassMismatch {
+            student: cs,
+            teacher: ct,
+        });
+    }
+    if ns != nt {
+        return Err(DistillError::ShapeMismatch {
+            what: "teacher logits".into(),
+            expected: vec![ns, cs],
+            actual: vec![nt, ct],
+        });
+    }
+    Ok((ns, cs))
+}

@@ -1,0 +1,66 @@
+#![deny(missing_docs)]
+//! # burn-distill
+//!
+//! Knowledge-distillation objectives for the [burn](https://burn.dev) deep-learning framework.
+//! Every objective is a [`Loss`]: it reads a [`DistillInput`] (student and teacher logits,
+//! targets, named feature taps, training progress) and returns a [`LossOutput`] (a
+//! differentiable total and its named terms). Objectives compose: weight them, sum any number
+//! of them, box them.
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Int, Tensor};
+//! use burn_distill::prelude::*;
+//!
+//! # fn main() -> Result<(), DistillError> {
+//! let dev = Device::flex().autodiff();
+//! let student = Tensor::<2>::random([8, 10], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+//! let teacher = Tensor::<2>::random([8, 10], Distribution::Normal(0.0, 1.0), &dev);
+//! let labels = Tensor::<1, Int>::from_ints([0, 1, 2, 3, 4, 5, 6, 7], &dev);
+//!
+//! let dkd = DkdConfig::new().with_warmup_epochs(20).init()?;
+//! let loss = CrossEntropyConfig::new().init()?.weighted(1.0) + dkd;
+//! let input = DistillInput::new(student.clone(), teacher)
+//!     .targets(labels)
+//!     .progress(Progress::epoch(5, 240));
+//! let out = loss.forward(&input)?;
+//! for (name, value) in out.values() {
+//!     println!("{name}: {value:.4}"); // ce, dkd/tckd, dkd/nckd
+//! }
+//! let grads = out.total.backward();
+//! assert!(student.grad(&grads).is_some());
+//! # Ok(()) }
+//! ```
+//!
+//! ## Objectives
+//!
+//! | objective | paper | module |
+//! |---|---|---|
+//! | [`CrossEntropy`](logit::CrossEntropy) | the task loss | [`logit`] |
+//! | [`Kd`](logit::Kd) | Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network* | [`logit`] |
+//! | [`Dkd`](logit::Dkd) | Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation* | [`logit`] |
+//! | [`Schedule`](curriculum::Schedule) | warm-ups and ramps for any weight | [`curriculum`] |
+//!
+//! ## Backends
+//!
+//! The crate enables no burn backend: every objective works on whatever
+//! [`Device`](burn::tensor::Device) the caller's tensors live on. The cargo features `flex`,
+//! `ndarray`, `wgpu`, `tch` and `cuda` only pass through to burn's.
+
+mod error;
+mod input;
+mod loss;
+
+pub mod curriculum;
+pub mod logit;
+pub mod math;
+
+pub use error::DistillError;
+pub use input::{DistillInput, Feature, Progress};
+pub use loss::{Loss, LossExt, LossOutput, LossSum, Named, Reduction, Weighted};
+
+/// The types a training loop needs, in one import.
+pub mod prelude {
+    pub use crate::curriculum::Schedule;
+    pub use crate::logit::{CrossEntropy, CrossEntropyConfig, Dkd, DkdConfig, Kd, KdConfig};
+    pub use crate::{DistillError, DistillInput, Loss, LossExt, LossOutput, Progress, Reduction};
+}

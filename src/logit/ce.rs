@@ -1,0 +1,89 @@
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+use crate::math::log_softmax_t;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration to create a [`CrossEntropy`] task loss.
+#[derive(Config, Debug)]
+pub struct CrossEntropyConfig {
+    /// Label smoothing ε in `[0, 1)`: the target distribution is `(1 − ε)·onehot + ε/C`.
+    #[config(default = 0.0)]
+    pub smoothing: f64,
+}
+
+impl CrossEntropyConfig {
+    /// Validates the configuration and builds the loss.
+    pub fn init(&self) -> Result<CrossEntropy, DistillError> {
+        if !(0.0..1.0).contains(&self.smoothing) {
+            return Err(DistillError::config(
+                "ce",
+                "smoothing",
+                self.smoothing,
+                "must be in [0, 1)",
+            ));
+        }
+        Ok(CrossEntropy {
+            smoothing: self.smoothing,
+        })
+    }
+}
+
+/// The task loss on the student's logits, so a task term and a distillation term compose:
+///
+/// `CE = −mean_n [(1 − ε) log p_{n,yₙ} + (ε / C) Σ_c log p_{n,c}]`, `p = softmax(z_s)`.
+///
+/// It reads the student's logits and the targets of the [`DistillInput`]; its term is `"ce"`.
+#[derive(Debug, Clone)]
+pub struct CrossEntropy {
+    smoothing: f64,
+}
+
+impl CrossEntropy {
+    /// Cross-entropy without smoothing.
+    pub fn new() -> Self {
+        Self { smoothing: 0.0 }
+    }
+}
+
+impl Default for CrossEntropy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Loss for CrossEntropy {
+    fn name(&self) -> &str {
+        "ce"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let (s, _) = input.logits("ce")?;
+        let [n, c] = s.dims();
+        let y = input.checked_targets("ce", n, c)?;
+        Ok(LossOutput::single(
+            "ce",
+            cross_entropy_per_sample(s, y, self.smoothing).mean(),
+        ))
+    }
+}
+
+/// Per-sample cross-entropy `[N]` of logits `[N, C]` against class indices `[N]`, with label
+/// smoothing `smoothing` (no input checks: see [`CrossEntropy`] for the checked form).
+pub fn cross_entropy_per_sample(
+    logits: Tensor<2>,
+    targets: Tensor<1, burn::tensor::Int>,
+    smoothing: f64,
+) -> Tensor<1> {
+    let c = logits.dims()[1];
+    let logp = log_softmax_t(logits, 1.0);
+    let nll = -logp
+        .clone()
+        .gather(1, targets.unsqueeze_dim(1))
+        .squeeze_dim::<1>(1);
+    if smoothing == 0.0 {
+        return nll;
+    }
+    let uniform = -logp.sum_dim(1).squeeze_dim::<1>(1) / c as f64;
+    nll * (1.0 - smoothing) + uniform * smoothing
+}

@@ -1,0 +1,111 @@
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+use crate::error::check_temperature;
+use crate::input::check_pair;
+use crate::math::{kl_rows, log_softmax_t};
+use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction};
+
+/// Configuration to create a [`Kd`] objective.
+#[derive(Config, Debug)]
+pub struct KdConfig {
+    /// The softmax temperature `T` (> 0). mdistiller uses 4 on CIFAR-100 and 1 on ImageNet.
+    #[config(default = 4.0)]
+    pub temperature: f64,
+    /// Multiply by `T²`, which keeps the gradient's scale independent of `T` (Hinton et al.).
+    #[config(default = true)]
+    pub t_squared: bool,
+    /// How per-sample divergences are reduced; `BatchMean` is the KL divergence's own scale.
+    #[config(default = "Reduction::BatchMean")]
+    pub reduction: Reduction,
+}
+
+impl KdConfig {
+    /// Validates the configuration and builds the objective.
+    pub fn init(&self) -> Result<Kd, DistillError> {
+        Ok(Kd {
+            temperature: check_temperature(self.temperature)?,
+            t_squared: self.t_squared,
+            reduction: self.reduction,
+        })
+    }
+}
+
+/// Hinton's knowledge distillation, as described in
+/// [Distilling the Knowledge in a Neural Network](https://arxiv.org/abs/1503.02531)
+/// (Hinton, Vinyals, Dean, 2015):
+///
+/// `KD = T² · (1/N) Σₙ KL(softmax(z_t/T) ‖ softmax(z_s/T))`
+///
+/// with the defaults (`BatchMean`, `T²` on), which is mdistiller's `kd_loss`. The KL divergence
+/// is computed from two log-softmaxes, so it stays finite for logits of any magnitude.
+/// Gradients: `∂KD/∂z_s = (T/N)(p_s − p_t)`; with the teacher
+/// [attached](DistillInput::attach_teacher), `∂KD/∂z_t = (T/N) p_t ⊙ (a − ⟨p_t, a⟩)`,
+/// `a = log p_t − log p_s`. Its term is `"kd"`.
+///
+/// # Shapes
+/// - student and teacher logits: `[N, C]`
+#[derive(Debug, Clone)]
+pub struct Kd {
+    temperature: f64,
+    t_squared: bool,
+    reduction: Reduction,
+}
+
+impl Kd {
+    /// The temperature.
+    pub fn temperature(&self) -> f64 {
+        self.temperature
+    }
+}
+
+impl Loss for Kd {
+    fn name(&self) -> &str {
+        "kd"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let (s, t) = input.logits("kd")?;
+        let c = s.dims()[1];
+        let per_sample = kd_per_sample(s, t, self.temperature);
+        let scale = if self.t_squared {
+            self.temperature * self.temperature
+        } else {
+            1.0
+        };
+        Ok(LossOutput::single(
+            "kd",
+            self.reduction.apply(per_sample, c) * scale,
+        ))
+    }
+}
+
+/// Per-sample `KL(softmax(z_t/T) ‖ softmax(z_s/T))`, shape `[N]`, without `T²` and without
+/// input checks.
+pub fn kd_per_sample(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -> Tensor<1> {
+    kl_rows(
+        log_softmax_t(teacher, temperature),
+        log_softmax_t(student, temperature),
+    )
+}
+
+/// `T² · batchmean KL(softmax(z_t/T) ‖ softmax(z_s/T))`, mdistiller's `kd_loss`, as a function.
+///
+/// The teacher is used as given (detach it for a frozen teacher).
+///
+/// ```
+/// # use burn::tensor::{Device, Tensor};
+/// let dev = Device::flex();
+/// let z = Tensor::<2>::from_floats([[1.0, 2.0, 3.0]], &dev);
+/// let loss = burn_distill::logit::kd_loss(z.clone(), z, 4.0).unwrap();
+/// assert!(loss.into_scalar::<f32>().abs() < 1e-6);
+/// ```
+pub fn kd_loss(
+    student: Tensor<2>,
+    teacher: Tensor<2>,
+    temperature: f64,
+) -> Result<Tensor<1>, DistillError> {
+    check_temperature(temperature)?;
+    check_pair(&student, &teacher)?;
+    Ok(kd_per_sample(student, teacher, temperature).mean() * (temperature * temperature))
+}

@@ -1,0 +1,318 @@
+//! The [`Loss`] trait every objective implements, its output, and the combinators that weight
+//! and sum objectives.
+
+use std::ops::Add;
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+use crate::curriculum::Schedule;
+use crate::{DistillError, DistillInput};
+
+/// How per-element losses become the total.
+///
+/// For losses over class distributions, `BatchMean` (sum over classes, mean over the batch) is
+/// the convention of mdistiller, RepDistiller and torchdistill, and the one that matches the
+/// math of a KL divergence; PyTorch's `KLDivLoss()` default ("mean") divides by `N·C` as well,
+/// the most reported scale bug in KD code — that is [`Reduction::Mean`] here.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// Sum over classes, mean over the batch.
+    BatchMean,
+    /// Mean over every element (batch and classes).
+    Mean,
+    /// Sum over everything.
+    Sum,
+    /// One value per sample: the total has shape `[N]`.
+    None,
+}
+
+impl Reduction {
+    /// Reduces per-sample values `[N]`, each already summed over `classes` elements.
+    pub fn apply(self, per_sample: Tensor<1>, classes: usize) -> Tensor<1> {
+        match self {
+            Reduction::BatchMean => per_sample.mean(),
+            Reduction::Mean => per_sample.mean() / classes as f64,
+            Reduction::Sum => per_sample.sum(),
+            Reduction::None => per_sample,
+        }
+    }
+}
+
+/// What an objective returns: the differentiable `total`, and its named parts for logging.
+///
+/// `total` has shape `[1]` (or `[N]` under [`Reduction::None`]); call `total.backward()`.
+/// Term names are prefixed by the objective's name: `"kd"`, `"dkd/tckd"`, `"dkd/nckd"`.
+/// Weighting an objective scales its total and its terms alike.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// The loss to differentiate.
+    pub total: Tensor<1>,
+    terms: Vec<(String, Tensor<1>)>,
+}
+
+impl LossOutput {
+    /// An output whose single term, `name`, is the total.
+    pub fn single(name: impl Into<String>, total: Tensor<1>) -> Self {
+        Self {
+            terms: vec![(name.into(), total.clone())],
+            total,
+        }
+    }
+
+    /// An output that is the sum of the named `terms` (at least one).
+    pub fn from_terms(terms: Vec<(String, Tensor<1>)>) -> Self {
+        let total = terms
+            .iter()
+            .map(|(_, t)| t.clone())
+            .reduce(|a, b| a + b)
+            .expect("LossOutput::from_terms needs at least one term");
+        Self { total, terms }
+    }
+
+    /// The named terms, in order.
+    pub fn terms(&self) -> impl Iterator<Item = (&str, &Tensor<1>)> {
+        self.terms.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    /// The term called `name`.
+    pub fn term(&self, name: &str) -> Option<&Tensor<1>> {
+        self.terms.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Each term's value as `f64` (summed when per-sample), for logging. Reads from the device.
+    pub fn values(&self) -> Vec<(String, f64)> {
+        self.terms
+            .iter()
+            .map(|(n, t)| (n.clone(), t.clone().detach().sum().into_scalar::<f64>()))
+            .collect()
+    }
+
+    /// The total as `f64` (summed when per-sample). Reads from the device.
+    pub fn value(&self) -> f64 {
+        self.total.clone().detach().sum().into_scalar::<f64>()
+    }
+
+    /// Scales the total and every term by `w`.
+    pub fn scale(self, w: f64) -> Self {
+        Self {
+            total: self.total * w,
+            terms: self.terms.into_iter().map(|(n, t)| (n, t * w)).collect(),
+        }
+    }
+
+    /// Renames the terms under prefix `old` (the term `old` itself and `old/...`) to `new`.
+    pub fn renamed(mut self, old: &str, new: &str) -> Self {
+        for (n, _) in &mut self.terms {
+            if n == old {
+                *n = new.to_string();
+            } else if let Some(rest) = n.strip_prefix(old).and_then(|r| r.strip_prefix('/')) {
+                *n = format!("{new}/{rest}");
+            }
+        }
+        self
+    }
+}
+
+/// A distillation (or task) objective.
+///
+/// Object-safe: `Box<dyn Loss>` is itself a `Loss`, and [`LossExt`] weights, renames and sums
+/// objectives of any type.
+///
+/// ```
+/// # use burn::tensor::{Device, Int, Tensor};
+/// use burn_distill::prelude::*;
+/// # fn main() -> Result<(), DistillError> {
+/// # let dev = Device::flex();
+/// # let s = Tensor::<2>::from_floats([[1.0, 2.0, 0.5]], &dev);
+/// # let t = Tensor::<2>::from_floats([[2.0, 1.0, 0.0]], &dev);
+/// # let y = Tensor::<1, Int>::from_ints([1], &dev);
+/// let kd = KdConfig::new().with_temperature(4.0).init()?;
+/// let loss = CrossEntropyConfig::new().init()?.weighted(0.1) + kd.weighted(0.9);
+/// let out = loss.forward(&DistillInput::new(s, t).targets(y))?;
+/// let names: Vec<&str> = out.terms().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["ce", "kd"]);
+/// # Ok(()) }
+/// ```
+pub trait Loss: Send + Sync + std::fmt::Debug {
+    /// The objective's name; its terms are named after it.
+    fn name(&self) -> &str;
+
+    /// Evaluates the objective on one batch.
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError>;
+}
+
+impl Loss for Box<dyn Loss> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        (**self).forward(input)
+    }
+}
+
+/// Combinators available on every [`Loss`].
+pub trait LossExt: Loss + Sized + 'static {
+    /// This objective times a constant weight.
+    fn weighted(self, weight: f64) -> Weighted<Self> {
+        self.weighted_by(Schedule::Constant(weight))
+    }
+
+    /// This objective times a weight that follows training progress.
+    fn weighted_by(self, weight: Schedule) -> Weighted<Self> {
+        Weighted {
+            inner: self,
+            weight,
+        }
+    }
+
+    /// This objective under another name (its terms are renamed too).
+    fn named(self, name: impl Into<String>) -> Named<Self> {
+        Named {
+            inner: self,
+            name: name.into(),
+        }
+    }
+
+    /// This objective as a trait object.
+    fn boxed(self) -> Box<dyn Loss> {
+        Box::new(self)
+    }
+
+    /// The sum of this objective and `other` (the same as `+` on weighted or summed losses).
+    fn plus<R: Loss + 'static>(self, other: R) -> LossSum {
+        LossSum::new().with(self).with(other)
+    }
+}
+
+impl<T: Loss + 'static> LossExt for T {}
+
+/// An objective times a (scheduled) weight; see [`LossExt::weighted`].
+#[derive(Debug, Clone)]
+pub struct Weighted<L> {
+    inner: L,
+    weight: Schedule,
+}
+
+impl<L: Loss> Loss for Weighted<L> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let w = self.weight.value(input.get_progress())?;
+        Ok(self.inner.forward(input)?.scale(w))
+    }
+}
+
+/// An objective under another name; see [`LossExt::named`].
+#[derive(Debug, Clone)]
+pub struct Named<L> {
+    inner: L,
+    name: String,
+}
+
+impl<L: Loss> Loss for Named<L> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let out = self.inner.forward(input)?;
+        Ok(out.renamed(self.inner.name(), &self.name))
+    }
+}
+
+/// The sum of any number of objectives of any types.
+///
+/// Its terms are its parts' terms, in order, with names made unique: when two parts have a
+/// term of the same name (say two `kd` objectives), the second becomes `kd#2`.
+#[derive(Debug, Default)]
+pub struct LossSum {
+    parts: Vec<Box<dyn Loss>>,
+}
+
+impl LossSum {
+    /// An empty sum.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `loss` as the last part.
+    pub fn with<L: Loss + 'static>(mut self, loss: L) -> Self {
+        self.parts.push(Box::new(loss));
+        self
+    }
+
+    /// The parts, in order.
+    pub fn parts(&self) -> &[Box<dyn Loss>] {
+        &self.parts
+    }
+}
+
+impl Loss for LossSum {
+    fn name(&self) -> &str {
+        "sum"
+    }
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        if self.parts.is_empty() {
+            return Err(DistillError::config(
+                "sum",
+                "parts",
+                0,
+                "needs at least one loss",
+            ));
+        }
+        let mut terms = Vec::new();
+        let mut total = None;
+        for part in &self.parts {
+            let out = part.forward(input)?;
+            total = Some(match total {
+                None => out.total,
+                Some(t) => t + out.total,
+            });
+            for (name, value) in out.terms {
+                let taken = |n: &str| terms.iter().any(|(t, _): &(String, _)| t == n);
+                let name = if taken(&name) {
+                    (2..)
+                        .map(|i| format!("{name}#{i}"))
+                        .find(|n| !taken(n))
+                        .expect("an unused name")
+                } else {
+                    name
+                };
+                terms.push((name, value));
+            }
+        }
+        Ok(LossOutput {
+            total: total.expect("at least one part"),
+            terms,
+        })
+    }
+}
+
+impl<R: Loss + 'static> Add<R> for LossSum {
+    type Output = LossSum;
+    fn add(self, rhs: R) -> LossSum {
+        self.with(rhs)
+    }
+}
+
+impl<L: Loss + 'static, R: Loss + 'static> Add<R> for Weighted<L> {
+    type Output = LossSum;
+    fn add(self, rhs: R) -> LossSum {
+        self.plus(rhs)
+    }
+}
+
+impl<L: Loss + 'static, R: Loss + 'static> Add<R> for Named<L> {
+    type Output = LossSum;
+    fn add(self, rhs: R) -> LossSum {
+        self.plus(rhs)
+    }
+}
+
+impl<R: Loss + 'static> Add<R> for Box<dyn Loss> {
+    type Output = LossSum;
+    fn add(self, rhs: R) -> LossSum {
+        LossSum::new().with(self).with(rhs)
+    }
+}

@@ -1,0 +1,115 @@
+//! Shared numerics, in log space: every objective builds on these, so the stable forms live in
+//! one place.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Bool, Int, Tensor};
+
+/// `log_softmax(x / t)` over classes (dim 1).
+pub fn log_softmax_t(x: Tensor<2>, t: f64) -> Tensor<2> {
+    if t == 1.0 {
+        log_softmax(x, 1)
+    } else {
+        log_softmax(x / t, 1)
+    }
+}
+
+/// Per-row `KL(p ‖ q) = Σⱼ pⱼ (log pⱼ − log qⱼ)` from log-probabilities `[N, C]`, giving `[N]`.
+///
+/// Works in log space throughout: a teacher probability that underflows to 0 contributes
+/// `0 · finite = 0`, never `0 · log 0`.
+pub fn kl_rows(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1> {
+    (log_p.clone().exp() * (log_p - log_q))
+        .sum_dim(1)
+        .squeeze_dim(1)
+}
+
+/// `log Σⱼ exp xⱼ` over dim 1, shifted by the (detached) row maximum: `[N, C]` → `[N, 1]`.
+pub fn logsumexp(x: Tensor<2>) -> Tensor<2> {
+    let m = x.clone().detach().max_dim(1);
+    m.clone() + (x - m).exp().sum_dim(1).log()
+}
+
+/// [`logsumexp`] over the entries where `mask` is false (an exact mask: the masked entries
+/// contribute exactly 0 and get zero gradient). Each row needs one unmasked entry.
+pub fn masked_logsumexp(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<2> {
+    logsumexp(x.mask_fill(mask, f64::NEG_INFINITY))
+}
+
+/// The `[N, C]` mask that is true at each row's target class.
+pub fn target_mask(targets: Tensor<1, Int>, classes: usize) -> Tensor<2, Bool> {
+    targets.one_hot::<2>(classes).equal_elem(1)
+}
+
+/// DKD's decomposition of one set of logits `z` (already divided by the temperature) around
+/// the targets.
+pub struct Decoupled {
+    /// `log b = [log p_t, log Σ_{j≠t} p_j]`, shape `[N, 2]`: the binary target / non-target
+    /// distribution.
+    pub log_binary: Tensor<2>,
+    /// `log p̂ⱼ = zⱼ − log Σ_{k≠t} exp z_k` for `j ≠ t`, and exactly 0 at the target, shape
+    /// `[N, C]`: the distribution over non-target classes. The 0 makes the target's term of
+    /// [`kl_rows`] exactly `exp 0 · (0 − 0) = 0` for any pair.
+    pub log_non_target: Tensor<2>,
+}
+
+impl Decoupled {
+    /// Splits `z` around the targets marked by `mask` (see [`target_mask`]), in log space:
+    /// both parts come from log-sum-exps, never from `log(1 − p_t)`, so they stay finite for
+    /// logits of any magnitude.
+    pub fn new(z: Tensor<2>, mask: Tensor<2, Bool>) -> Self {
+        let lse_all = logsumexp(z.clone());
+        let lse_other = masked_logsumexp(z.clone(), mask.clone());
+        let z_target = z.clone().mask_fill(mask.clone().bool_not(), 0.0).sum_dim(1);
+        let log_binary = Tensor::cat(
+            vec![z_target - lse_all.clone(), lse_other.clone() - lse_all],
+            1,
+        );
+        let log_non_target = (z - lse_other).mask_fill(mask, 0.0);
+        Self {
+            log_binary,
+            log_non_target,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Tolerance};
+
+    #[test]
+    fn masked_logsumexp_is_exact() {
+        let dev = Device::flex();
+        let x = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [0.0, 5.0, -1.0]], &dev);
+        let y = Tensor::<1, Int>::from_ints([2, 0], &dev);
+        let got = masked_logsumexp(x, target_mask(y, 3));
+        let want = [
+            (1f64.exp() + 2f64.exp()).ln(),
+            (5f64.exp() + (-1f64).exp()).ln(),
+        ];
+        got.into_data().assert_approx_eq::<f32>(
+            &Tensor::<2>::from_floats([[want[0]], [want[1]]], &dev).into_data(),
+            Tolerance::default(),
+        );
+    }
+
+    #[test]
+    fn decoupled_parts_are_distributions() {
+        let dev = Device::flex();
+        let z = Tensor::<2>::from_floats([[1.0, -2.0, 3.0, 0.5], [1e4, -1e4, 0.0, 2.0]], &dev);
+        let y = Tensor::<1, Int>::from_ints([2, 0], &dev);
+        let d = Decoupled::new(z, target_mask(y.clone(), 4));
+        let b: Vec<f32> = d
+            .log_binary
+            .exp()
+            .sum_dim(1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(b.iter().all(|v| (v - 1.0).abs() < 1e-6), "{b:?}");
+        // non-target mass sums to 1 once the target's placeholder (exp 0 = 1) is removed
+        let nt = d.log_non_target.exp().mask_fill(target_mask(y, 4), 0.0);
+        let s: Vec<f32> = nt.sum_dim(1).into_data().try_to_vec::<f32>().unwrap();
+        assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-6), "{s:?}");
+    }
+}

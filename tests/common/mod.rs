@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: devices, tensors from plain data, comparisons and
+//! a central finite-difference gradient check.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+/// An autodiff flex device; tensors get their dtype explicitly (see [`tensor`]).
+pub fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// A float tensor of `dtype` from row-major `data`.
+pub fn tensor<const D: usize>(data: Vec<f64>, shape: [usize; D], dtype: DType) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data, shape), (&device(), dtype))
+}
+
+/// An f64 tensor from row-major `data`.
+pub fn f64t<const D: usize>(data: Vec<f64>, shape: [usize; D]) -> Tensor<D> {
+    tensor(data, shape, DType::F64)
+}
+
+/// Int targets.
+pub fn ints(data: Vec<i64>) -> Tensor<1, Int> {
+    let n = data.len();
+    Tensor::from_data(TensorData::new(data, [n]), &device())
+}
+
+/// A tensor's values as `f64`.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
+}
+
+/// `Err` naming the worst element when `got` and `want` differ by more than
+/// `abs + rel · |want|` anywhere; a non-finite `got` always fails.
+pub fn close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: {} values, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() - (abs + rel * w.abs());
+        if !g.is_finite() || excess > 0.0 {
+            let e = if g.is_finite() { excess } else { f64::INFINITY };
+            if worst.is_none_or(|(_, x)| e > x) {
+                worst = Some((i, e));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, _)) => Err(format!(
+            "{what}[{i}]: got {:e}, expected {:e} (rel {rel:e}, abs {abs:e})",
+            got[i], want[i]
+        )),
+    }
+}
+
+/// Central finite differences of the scalar `f` at `x` (f64 values), step `eps`.
+pub fn numeric_grad(f: &dyn Fn(Vec<f64>) -> f64, x: &[f64], eps: f64) -> Vec<f64> {
+    (0..x.len())
+        .map(|i| {
+            let (mut p, mut m) = (x.to_vec(), x.to_vec());
+            p[i] += eps;
+            m[i] -= eps;
+            (f(p) - f(m)) / (2.0 * eps)
+        })
+        .collect()
+}

@@ -1,0 +1,220 @@
+//! Finite-difference gradient checks in f64 over proptest-generated inputs, and the invariants
+//! the math promises.
+
+mod common;
+
+use burn::tensor::{DType, Tensor};
+use burn_distill::logit::{dkd_per_sample, kd_per_sample};
+use burn_distill::prelude::*;
+use common::*;
+use proptest::prelude::*;
+
+/// A batch: shape, student and teacher logits, targets and a temperature.
+#[derive(Debug, Clone)]
+struct Batch {
+    n: usize,
+    c: usize,
+    s: Vec<f64>,
+    t: Vec<f64>,
+    y: Vec<i64>,
+    temp: f64,
+}
+
+fn batch() -> impl Strategy<Value = Batch> {
+    (1usize..5, 3usize..8).prop_flat_map(|(n, c)| {
+        let logits = prop::collection::vec(-4.0f64..4.0, n * c);
+        (
+            logits.clone(),
+            logits,
+            prop::collection::vec(0..c as i64, n),
+            0.5f64..8.0,
+        )
+            .prop_map(move |(s, t, y, temp)| Batch {
+                n,
+                c,
+                s,
+                t,
+                y,
+                temp,
+            })
+    })
+}
+
+impl Batch {
+    fn input(&self, s: Vec<f64>, t: Vec<f64>) -> DistillInput {
+        DistillInput::new(f64t(s, [self.n, self.c]), f64t(t, [self.n, self.c]))
+            .targets(ints(self.y.clone()))
+            .progress(Progress::epoch(3, 10))
+    }
+}
+
+/// Analytic gradients of `loss` (teacher attached) against central differences, for the
+/// student's and the teacher's logits.
+fn check_grads(loss: &dyn Loss, b: &Batch) -> Result<(), TestCaseError> {
+    let (s, t) = (
+        f64t(b.s.clone(), [b.n, b.c]).require_grad(),
+        f64t(b.t.clone(), [b.n, b.c]).require_grad(),
+    );
+    let input = DistillInput::new(s.clone(), t.clone())
+        .targets(ints(b.y.clone()))
+        .progress(Progress::epoch(3, 10))
+        .attach_teacher();
+    let grads = loss.forward(&input).unwrap().total.backward();
+    let value = |s: Vec<f64>, t: Vec<f64>| loss.forward(&b.input(s, t)).unwrap().value();
+    let num_s = numeric_grad(&|v| value(v, b.t.clone()), &b.s, 1e-6);
+    let num_t = numeric_grad(&|v| value(b.s.clone(), v), &b.t, 1e-6);
+    let ana_s = values(s.grad(&grads).expect("student gradient"));
+    close("d/ds", &ana_s, &num_s, 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+    if let Some(gt) = t.grad(&grads) {
+        close("d/dt", &values(gt), &num_t, 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+    } else {
+        prop_assert!(
+            num_t.iter().all(|v| v.abs() < 1e-8),
+            "teacher gradient missing"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn kd_gradients_match_finite_differences(b in batch()) {
+        for reduction in [Reduction::BatchMean, Reduction::Mean, Reduction::Sum] {
+            let kd = KdConfig::new().with_temperature(b.temp).with_reduction(reduction).init().unwrap();
+            check_grads(&kd, &b)?;
+        }
+    }
+
+    #[test]
+    fn dkd_gradients_match_finite_differences(b in batch(), alpha in 0.0f64..2.0, beta in 0.0f64..10.0) {
+        let dkd = DkdConfig::new()
+            .with_alpha(alpha)
+            .with_beta(beta)
+            .with_temperature(b.temp)
+            .with_warmup_epochs(5)
+            .init()
+            .unwrap();
+        check_grads(&dkd, &b)?;
+    }
+
+    #[test]
+    fn ce_gradients_match_finite_differences(b in batch(), smoothing in 0.0f64..0.5) {
+        let ce = CrossEntropyConfig::new().with_smoothing(smoothing).init().unwrap();
+        check_grads(&ce, &b)?;
+    }
+
+    #[test]
+    fn kd_is_zero_with_zero_gradient_when_student_equals_teacher(b in batch()) {
+        let kd = KdConfig::new().with_temperature(b.temp).init().unwrap();
+        let s = f64t(b.s.clone(), [b.n, b.c]).require_grad();
+        let out = kd.forward(&DistillInput::new(s.clone(), f64t(b.s.clone(), [b.n, b.c]))).unwrap();
+        prop_assert!(out.value().abs() < 1e-12);
+        let g = values(s.grad(&out.total.backward()).unwrap());
+        prop_assert!(g.iter().all(|v| v.abs() < 1e-12), "{g:?}");
+    }
+
+    #[test]
+    fn invariant_to_a_constant_added_to_a_row(b in batch(), row in 0usize..4, shift in -50.0f64..50.0) {
+        let row = row % b.n;
+        let shifted = |x: &[f64]| -> Vec<f64> {
+            x.iter().enumerate().map(|(i, v)| if i / b.c == row { v + shift } else { *v }).collect()
+        };
+        let losses: Vec<Box<dyn Loss>> = vec![
+            KdConfig::new().with_temperature(b.temp).init().unwrap().boxed(),
+            DkdConfig::new().with_temperature(b.temp).init().unwrap().boxed(),
+            CrossEntropyConfig::new().init().unwrap().boxed(),
+        ];
+        for loss in &losses {
+            let base = loss.forward(&b.input(b.s.clone(), b.t.clone())).unwrap().value();
+            let s_shift = loss.forward(&b.input(shifted(&b.s), b.t.clone())).unwrap().value();
+            let t_shift = loss.forward(&b.input(b.s.clone(), shifted(&b.t))).unwrap().value();
+            prop_assert!((s_shift - base).abs() <= 1e-9 * (1.0 + base.abs()), "{}: {base} vs {s_shift}", loss.name());
+            prop_assert!((t_shift - base).abs() <= 1e-9 * (1.0 + base.abs()), "{}: {base} vs {t_shift}", loss.name());
+        }
+    }
+
+    /// The DKD paper's identity, per sample: KD = TCKD + (1 − p_t^T) · NCKD.
+    #[test]
+    fn kd_decomposes_into_tckd_and_nckd(b in batch()) {
+        let (s, t) = (f64t(b.s.clone(), [b.n, b.c]), f64t(b.t.clone(), [b.n, b.c]));
+        let y = ints(b.y.clone());
+        let kd = values(kd_per_sample(s.clone(), t.clone(), b.temp));
+        let (tckd, nckd) = dkd_per_sample(s, t.clone(), y.clone(), b.temp);
+        let p_target = burn::tensor::activation::softmax(t / b.temp, 1)
+            .gather(1, y.unsqueeze_dim(1))
+            .squeeze_dim::<1>(1);
+        let rhs = values(tckd + (p_target.neg() + 1.0) * nckd);
+        close("KD = TCKD + (1-p_t)NCKD", &rhs, &kd, 1e-9, 1e-12).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Logits of magnitude 1e4 give finite losses and gradients (student and teacher) in f64 and
+/// f32, for every logit objective.
+#[test]
+fn finite_for_logits_of_magnitude_1e4() {
+    let (n, c) = (4, 6);
+    let s: Vec<f64> = (0..n * c)
+        .map(|i| {
+            if i % 5 == 0 {
+                1e4
+            } else {
+                -1e4 * ((i % 3) as f64)
+            }
+        })
+        .collect();
+    let t: Vec<f64> = (0..n * c)
+        .map(|i| {
+            if i % 7 == 1 {
+                -1e4
+            } else {
+                1e4 * ((i % 2) as f64)
+            }
+        })
+        .collect();
+    let y = vec![0, 1, 2, 5];
+    for dtype in [DType::F64, DType::F32] {
+        for temp in [1.0, 4.0] {
+            let losses: Vec<Box<dyn Loss>> = vec![
+                KdConfig::new()
+                    .with_temperature(temp)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+                DkdConfig::new()
+                    .with_temperature(temp)
+                    .with_warmup_epochs(0)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+                CrossEntropyConfig::new().init().unwrap().boxed(),
+            ];
+            for loss in &losses {
+                let st: Tensor<2> = tensor(s.clone(), [n, c], dtype).require_grad();
+                let tt: Tensor<2> = tensor(t.clone(), [n, c], dtype).require_grad();
+                let input = DistillInput::new(st.clone(), tt.clone())
+                    .targets(ints(y.clone()))
+                    .attach_teacher();
+                let out = loss.forward(&input).unwrap();
+                let v = out.value();
+                assert!(
+                    v.is_finite(),
+                    "{} {dtype:?} T={temp}: loss {v}",
+                    loss.name()
+                );
+                let grads = out.total.backward();
+                for (who, leaf) in [("student", &st), ("teacher", &tt)] {
+                    if let Some(g) = leaf.grad(&grads) {
+                        let g = values(g);
+                        assert!(
+                            g.iter().all(|x| x.is_finite()),
+                            "{} {dtype:?} T={temp}: {who} gradient {g:?}",
+                            loss.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
