@@ -165,6 +165,14 @@ impl DistillInput {
         self
     }
 
+    /// The same input with `f` applied to the student's and the teacher's logits (a
+    /// pre-transform such as [`Standardized`](crate::logit::Standardized)).
+    pub fn map_logits(&self, f: impl Fn(Tensor<2>) -> Tensor<2>) -> Self {
+        let mut out = self.clone();
+        out.logits = self.logits.clone().map(|(s, t)| (f(s), f(t)));
+        out
+    }
+
     /// Whether the teacher's tensors stay in the graph.
     pub fn is_teacher_attached(&self) -> bool {
         self.teacher_attached

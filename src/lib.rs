@@ -56,7 +56,7 @@ pub mod math;
 
 pub use error::DistillError;
 pub use input::{DistillInput, Feature, Progress};
-pub use loss::{Loss, LossExt, LossOutput, LossSum, Named, Reduction, Weighted};
+pub use loss::{Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
 
 /// The types a training loop needs, in one import.
 pub mod prelude {

@@ -7,6 +7,7 @@ use burn::config::Config;
 use burn::tensor::Tensor;
 
 use crate::curriculum::Schedule;
+use crate::math::Temperature;
 use crate::{DistillError, DistillInput};
 
 /// How per-element losses become the total.
@@ -32,7 +33,7 @@ impl Reduction {
     pub fn apply(self, per_sample: Tensor<1>, classes: usize) -> Tensor<1> {
         match self {
             Reduction::BatchMean => per_sample.mean(),
-            Reduction::Mean => per_sample.mean() / classes as f64,
+            Reduction::Mean => per_sample.mean() * (1.0 / classes as f64),
             Reduction::Sum => per_sample.sum(),
             Reduction::None => per_sample,
         }
@@ -140,6 +141,17 @@ pub trait Loss: Send + Sync + std::fmt::Debug {
 
     /// Evaluates the objective on one batch.
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError>;
+}
+
+/// An objective on softened logits whose temperature can come from outside: a learned one
+/// ([`Ctkd`](crate::curriculum::Ctkd)) or a schedule.
+pub trait Tempered: Loss {
+    /// Evaluates the objective at `temperature` instead of its configured one.
+    fn forward_at(
+        &self,
+        input: &DistillInput,
+        temperature: &Temperature,
+    ) -> Result<LossOutput, DistillError>;
 }
 
 impl Loss for Box<dyn Loss> {

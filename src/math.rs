@@ -2,15 +2,57 @@
 //! one place.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
+
+/// A softmax temperature: a fixed number, or a learned scalar tensor `[1]` (CTKD) through which
+/// gradients flow.
+#[allow(clippy::large_enum_variant)] // built once per forward pass, never stored in bulk
+#[derive(Debug, Clone)]
+pub enum Temperature {
+    /// A constant temperature.
+    Fixed(f64),
+    /// A differentiable temperature of shape `[1]` (cast to the logits' float type when used).
+    Learned(Tensor<1>),
+}
+
+impl From<f64> for Temperature {
+    fn from(t: f64) -> Self {
+        Temperature::Fixed(t)
+    }
+}
+
+impl Temperature {
+    /// `z / T` (rows of logits `[N, C]`).
+    ///
+    /// A fixed `T` multiplies by `1/T`: in burn 0.22.1 the backward of a division by a scalar
+    /// uses the scalar in f32 even on f64 tensors (`d(x/3)/dx = 0.333333343`), which costs
+    /// f64 gradients 8 digits. Nothing in this crate divides a tracked tensor by a scalar.
+    pub fn scale(&self, z: Tensor<2>) -> Tensor<2> {
+        match self {
+            Temperature::Fixed(t) if *t == 1.0 => z,
+            Temperature::Fixed(t) => z * (1.0 / *t),
+            Temperature::Learned(t) => {
+                let t = t.clone().cast(FloatDType::from(z.dtype()));
+                z / t.unsqueeze_dim::<2>(0)
+            }
+        }
+    }
+
+    /// `x · T²`, the factor that keeps distillation gradients independent of `T`.
+    pub fn times_squared(&self, x: Tensor<1>) -> Tensor<1> {
+        match self {
+            Temperature::Fixed(t) => x * (t * t),
+            Temperature::Learned(t) => {
+                let t = t.clone().cast(FloatDType::from(x.dtype()));
+                x * (t.clone() * t)
+            }
+        }
+    }
+}
 
 /// `log_softmax(x / t)` over classes (dim 1).
 pub fn log_softmax_t(x: Tensor<2>, t: f64) -> Tensor<2> {
-    if t == 1.0 {
-        log_softmax(x, 1)
-    } else {
-        log_softmax(x / t, 1)
-    }
+    log_softmax(Temperature::Fixed(t).scale(x), 1)
 }
 
 /// Per-row `KL(p ‖ q) = Σⱼ pⱼ (log pⱼ − log qⱼ)` from log-probabilities `[N, C]`, giving `[N]`.
@@ -33,6 +75,18 @@ pub fn logsumexp(x: Tensor<2>) -> Tensor<2> {
 /// contribute exactly 0 and get zero gradient). Each row needs one unmasked entry.
 pub fn masked_logsumexp(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<2> {
     logsumexp(x.mask_fill(mask, f64::NEG_INFINITY))
+}
+
+/// Pearson correlation of each row of `a` with the same row of `b` (`[N, C]` → `[N]`): the
+/// cosine similarity of the mean-centred rows, each norm clamped below at `eps` (as
+/// `torch.nn.functional.cosine_similarity`).
+pub fn pearson_rows(a: Tensor<2>, b: Tensor<2>, eps: f64) -> Tensor<1> {
+    let a = a.clone() - a.mean_dim(1);
+    let b = b.clone() - b.mean_dim(1);
+    // max(‖x‖, eps) as sqrt(max(‖x‖², eps²)): the same value, and a zero row gets a zero
+    // gradient instead of sqrt's infinite one at 0
+    let norm = |x: Tensor<2>| (x.clone() * x).sum_dim(1).clamp_min(eps * eps).sqrt();
+    ((a.clone() * b.clone()).sum_dim(1) / (norm(a) * norm(b))).squeeze_dim(1)
 }
 
 /// The `[N, C]` mask that is true at each row's target class.

@@ -4,7 +4,11 @@
 mod common;
 
 use burn::tensor::{DType, Tensor};
-use burn_distill::logit::{dkd_per_sample, kd_per_sample};
+use burn_distill::curriculum::CtkdConfig;
+use burn_distill::logit::{
+    DckdConfig, DistConfig, JointTarget, Standardized, dkd_per_sample, kd_per_sample,
+};
+use burn_distill::math::{Decoupled, target_mask};
 use burn_distill::prelude::*;
 use common::*;
 use proptest::prelude::*;
@@ -48,6 +52,16 @@ impl Batch {
     }
 }
 
+/// Whether every row and column of the `[n, c]` logits spans more than 0.5.
+fn spread_ok(x: &[f64], n: usize, c: usize) -> bool {
+    let span = |v: Vec<f64>| {
+        v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min)
+            > 0.5
+    };
+    (0..n).all(|i| span(x[i * c..(i + 1) * c].to_vec()))
+        && (0..c).all(|j| span((0..n).map(|i| x[i * c + j]).collect()))
+}
+
 /// Analytic gradients of `loss` (teacher attached) against central differences, for the
 /// student's and the teacher's logits.
 fn check_grads(loss: &dyn Loss, b: &Batch) -> Result<(), TestCaseError> {
@@ -64,9 +78,10 @@ fn check_grads(loss: &dyn Loss, b: &Batch) -> Result<(), TestCaseError> {
     let num_s = numeric_grad(&|v| value(v, b.t.clone()), &b.s, 1e-6);
     let num_t = numeric_grad(&|v| value(b.s.clone(), v), &b.t, 1e-6);
     let ana_s = values(s.grad(&grads).expect("student gradient"));
-    close("d/ds", &ana_s, &num_s, 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+    let fail = |m: String| TestCaseError::fail(format!("{loss:?}: {m}"));
+    close("d/ds", &ana_s, &num_s, 1e-5, 1e-8).map_err(fail)?;
     if let Some(gt) = t.grad(&grads) {
-        close("d/dt", &values(gt), &num_t, 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+        close("d/dt", &values(gt), &num_t, 1e-5, 1e-8).map_err(fail)?;
     } else {
         prop_assert!(
             num_t.iter().all(|v| v.abs() < 1e-8),
@@ -135,6 +150,105 @@ proptest! {
         }
     }
 
+    #[test]
+    fn dckd_dist_and_standardized_kd_gradients_match_finite_differences(b in batch(), w in 0.0f64..1.0) {
+        // (Mix's target is partly sg(bˢ): a finite difference moves it, the gradient does not,
+        // so Mix is checked in `dckd_mix_gradient_treats_the_student_share_as_constant`)
+        for joint in [JointTarget::Max, JointTarget::Teacher] {
+            let dckd = DckdConfig::new().with_temperature(b.temp).with_joint(joint).with_mix_weight(w).init().unwrap();
+            check_grads(&dckd, &b)?;
+        }
+        // Pearson correlation and standardisation are undefined for a constant row or column
+        // (their eps is a kink of slope ~1/eps there, in the reference too): check their
+        // gradients where they are defined
+        if b.n > 1 && spread_ok(&b.s, b.n, b.c) && spread_ok(&b.t, b.n, b.c) {
+            check_grads(&DistConfig::new().with_temperature(b.temp).with_beta(2.0).init().unwrap(), &b)?;
+            check_grads(&Standardized::new(KdConfig::new().with_temperature(b.temp).init().unwrap()), &b)?;
+        }
+    }
+
+    /// DCKD's Mix target-class gradient equals the finite difference of KL(m ‖ bˢ(z)) with the
+    /// mixture m = w·bᵀ + (1 − w)·bˢ(z₀) frozen at the evaluation point.
+    #[test]
+    fn dckd_mix_gradient_treats_the_student_share_as_constant(b in batch(), w in 0.0f64..1.0) {
+        let dckd = DckdConfig::new().with_temperature(b.temp).with_beta(0.0).with_warmup_epochs(0)
+            .with_joint(JointTarget::Mix).with_mix_weight(w).init().unwrap();
+        let s = f64t(b.s.clone(), [b.n, b.c]).require_grad();
+        let input = DistillInput::new(s.clone(), f64t(b.t.clone(), [b.n, b.c])).targets(ints(b.y.clone()));
+        let ana = values(s.grad(&dckd.forward(&input).unwrap().total.backward()).unwrap());
+        let split = |z: Vec<f64>| {
+            let mask = target_mask(ints(b.y.clone()), b.c);
+            values(Decoupled::new(f64t(z, [b.n, b.c]) * (1.0 / b.temp), mask).log_binary.exp())
+        };
+        let (bt, bs0) = (split(b.t.clone()), split(b.s.clone()));
+        let correct: Vec<bool> = (0..b.n).map(|i| {
+            let row = &b.s[i * b.c..(i + 1) * b.c];
+            let arg = (0..b.c).fold(0, |m, j| if row[j] > row[m] { j } else { m });
+            arg == b.y[i] as usize
+        }).collect();
+        let frozen = |z: Vec<f64>| {
+            let bs = split(z);
+            let kl: f64 = (0..b.n * 2).map(|k| {
+                let m = if correct[k / 2] { w * bt[k] + (1.0 - w) * bs0[k] } else { bt[k] };
+                m * (m.ln() - bs[k].ln())
+            }).sum();
+            kl / b.n as f64 * b.temp * b.temp
+        };
+        let fd = numeric_grad(&frozen, &b.s, 1e-6);
+        close("d/ds", &ana, &fd, 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+    }
+
+    /// With the teacher-only joint target DCKD is DKD, term by term.
+    #[test]
+    fn dckd_with_teacher_joint_target_is_dkd(b in batch()) {
+        let input = b.input(b.s.clone(), b.t.clone());
+        let dkd = DkdConfig::new().with_temperature(b.temp).init().unwrap().forward(&input).unwrap().values();
+        let dckd = DckdConfig::new().with_temperature(b.temp).with_joint(JointTarget::Teacher).init().unwrap().forward(&input).unwrap().values();
+        for ((_, a), (_, b)) in dkd.iter().zip(&dckd) {
+            prop_assert!((a - b).abs() <= 1e-12 * (1.0 + a.abs()), "{dkd:?} vs {dckd:?}");
+        }
+    }
+
+    /// A student that is right with more target confidence than the teacher gets a zero
+    /// target-class term under DCKD's `Max`, so its target logit is not pushed down.
+    #[test]
+    fn dckd_never_pulls_back_a_confident_correct_student(b in batch()) {
+        // make every sample's target the student's arg-max, far more confident than the teacher
+        let mut s = b.s.clone();
+        for (i, &y) in b.y.iter().enumerate() { s[i * b.c + y as usize] = 20.0; }
+        let mut t = b.t.clone();
+        for (i, &y) in b.y.iter().enumerate() { t[i * b.c + y as usize] = -5.0; }
+        let st = f64t(s.clone(), [b.n, b.c]).require_grad();
+        let input = DistillInput::new(st.clone(), f64t(t.clone(), [b.n, b.c])).targets(ints(b.y.clone()));
+        let dckd = DckdConfig::new().with_temperature(b.temp).with_beta(0.0).with_warmup_epochs(0).init().unwrap();
+        let out = dckd.forward(&input).unwrap();
+        prop_assert!(out.values()[0].1.abs() < 1e-12, "tckd {:?}", out.values());
+        let g = values(st.grad(&out.total.backward()).unwrap());
+        prop_assert!(g.iter().all(|v| v.abs() < 1e-12));
+        // while DKD pulls the target down (positive gradient on the target logit)
+        let dkd = DkdConfig::new().with_temperature(b.temp).with_beta(0.0).with_warmup_epochs(0).init().unwrap();
+        let st = f64t(s, [b.n, b.c]).require_grad();
+        let input = DistillInput::new(st.clone(), f64t(t, [b.n, b.c])).targets(ints(b.y.clone()));
+        let g = values(st.grad(&dkd.forward(&input).unwrap().total.backward()).unwrap());
+        prop_assert!(b.y.iter().enumerate().all(|(i, &y)| g[i * b.c + y as usize] > 0.0));
+    }
+
+    /// CTKD: dL/dθ equals λ times the finite difference of the loss in θ (reversal flips the
+    /// sign and scales by |λ|).
+    #[test]
+    fn ctkd_theta_gradient_is_lambda_times_finite_difference(b in batch(), theta in -2.0f64..2.0, epoch in 0usize..12) {
+        let ctkd_at = |theta: f64| {
+            CtkdConfig::new().init(KdConfig::new().init().unwrap(), &device()).unwrap().with_theta(f64t(vec![theta], [1]))
+        };
+        let input = b.input(b.s.clone(), b.t.clone()).progress(Progress::epoch(epoch, 240));
+        let ctkd = ctkd_at(theta);
+        let lambda = ctkd.lambda(Progress::epoch(epoch, 240)).unwrap();
+        prop_assert!((-1.0..=0.0).contains(&lambda));
+        let g = values(ctkd.theta().grad(&ctkd.forward(&input).unwrap().total.backward()).unwrap())[0];
+        let fd = numeric_grad(&|v| ctkd_at(v[0]).forward(&input).unwrap().value(), &[theta], 1e-6)[0];
+        prop_assert!((g - lambda * fd).abs() <= 1e-6 * (1.0 + fd.abs()), "{g} vs {lambda} * {fd}");
+    }
+
     /// The DKD paper's identity, per sample: KD = TCKD + (1 − p_t^T) · NCKD.
     #[test]
     fn kd_decomposes_into_tckd_and_nckd(b in batch()) {
@@ -189,12 +303,33 @@ fn finite_for_logits_of_magnitude_1e4() {
                     .unwrap()
                     .boxed(),
                 CrossEntropyConfig::new().init().unwrap().boxed(),
+                DckdConfig::new()
+                    .with_temperature(temp)
+                    .with_warmup_epochs(0)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+                DistConfig::new()
+                    .with_temperature(temp)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+                Standardized::new(KdConfig::new().with_temperature(temp).init().unwrap()).boxed(),
+                CtkdConfig::new()
+                    .with_lambda_start(-1.0)
+                    .init(
+                        DkdConfig::new().with_warmup_epochs(0).init().unwrap(),
+                        &device(),
+                    )
+                    .unwrap()
+                    .boxed(),
             ];
             for loss in &losses {
                 let st: Tensor<2> = tensor(s.clone(), [n, c], dtype).require_grad();
                 let tt: Tensor<2> = tensor(t.clone(), [n, c], dtype).require_grad();
                 let input = DistillInput::new(st.clone(), tt.clone())
                     .targets(ints(y.clone()))
+                    .progress(Progress::epoch(20, 240))
                     .attach_teacher();
                 let out = loss.forward(&input).unwrap();
                 let v = out.value();

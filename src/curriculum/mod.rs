@@ -1,9 +1,11 @@
-//! Curriculum distillation: values that follow training progress.
+//! Curriculum distillation: values that follow training progress, and a learned temperature.
 //!
 //! A [`Schedule`] turns a [`Progress`](crate::Progress) into a number. Objectives use them for
 //! warm-ups (DKD), and [`LossExt::weighted_by`](crate::LossExt::weighted_by) weights any
-//! objective by one.
+//! objective by one. [`Ctkd`] learns a global temperature adversarially.
 
 mod schedule;
+mod temperature;
 
 pub use schedule::*;
+pub use temperature::*;

@@ -84,6 +84,6 @@ pub fn cross_entropy_per_sample(
     if smoothing == 0.0 {
         return nll;
     }
-    let uniform = -logp.sum_dim(1).squeeze_dim::<1>(1) / c as f64;
+    let uniform = -logp.sum_dim(1).squeeze_dim::<1>(1) * (1.0 / c as f64);
     nll * (1.0 - smoothing) + uniform * smoothing
 }

@@ -1,11 +1,11 @@
 use burn::config::Config;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use crate::curriculum::Schedule;
 use crate::error::{check_non_negative, check_temperature};
 use crate::input::check_pair;
-use crate::math::{Decoupled, kl_rows, target_mask};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::math::{Decoupled, Temperature, kl_rows, target_mask};
+use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
 /// Configuration to create a [`Dkd`] objective. The defaults are the paper's CIFAR-100 ones.
 #[derive(Config, Debug)]
@@ -75,23 +75,83 @@ impl Loss for Dkd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let (s, t) = input.logits("dkd")?;
-        let [n, c] = s.dims();
-        check_classes("dkd", c)?;
-        let y = input.checked_targets("dkd", n, c)?;
-        let w = match self.warmup.needs_progress() {
-            true => self.warmup.value(Some(
-                input.require_progress("dkd", "for its warm-up (or set warmup_epochs = 0)")?,
-            ))?,
-            false => 1.0,
-        };
-        let (tckd, nckd) = dkd_per_sample(s, t, y, self.temperature);
-        let scale = w * self.temperature * self.temperature;
-        Ok(LossOutput::from_terms(vec![
-            ("dkd/tckd".into(), tckd.mean() * (self.alpha * scale)),
-            ("dkd/nckd".into(), nckd.mean() * (self.beta * scale)),
-        ]))
+        self.forward_at(input, &Temperature::Fixed(self.temperature))
     }
+}
+
+impl Tempered for Dkd {
+    fn forward_at(
+        &self,
+        input: &DistillInput,
+        temperature: &Temperature,
+    ) -> Result<LossOutput, DistillError> {
+        let parts = Weights {
+            alpha: self.alpha,
+            beta: self.beta,
+            warmup: &self.warmup,
+        };
+        decoupled_forward("dkd", &parts, input, temperature, &|split| {
+            split.teacher.log_binary.clone()
+        })
+    }
+}
+
+/// The weights of a decoupled objective: α on the target part, β on the non-target part, and
+/// the warm-up of both.
+pub(crate) struct Weights<'a> {
+    pub alpha: f64,
+    pub beta: f64,
+    pub warmup: &'a Schedule,
+}
+
+/// Both sides of a batch split around its targets.
+pub(crate) struct Split {
+    /// The student's split (differentiable).
+    pub student: Decoupled,
+    /// The teacher's split.
+    pub teacher: Decoupled,
+    /// `[N, 1]`: whether the student's arg-max is the target.
+    pub correct: Tensor<2, Bool>,
+}
+
+/// The decoupled objective shared by DKD and DCKD: checks the input, splits student and teacher
+/// around the targets, and returns `w · T² · batchmean(α · KL(b* ‖ bˢ) + β · NCKD)` with terms
+/// `{name}/tckd` and `{name}/nckd`, where `log b* = joint(split)` (DKD: the teacher's `log b`).
+pub(crate) fn decoupled_forward(
+    name: &str,
+    weights: &Weights,
+    input: &DistillInput,
+    temperature: &Temperature,
+    joint: &dyn Fn(&Split) -> Tensor<2>,
+) -> Result<LossOutput, DistillError> {
+    let (s, t) = input.logits(name)?;
+    let [n, c] = s.dims();
+    check_classes(name, c)?;
+    let y = input.checked_targets(name, n, c)?;
+    let w = match weights.warmup.needs_progress() {
+        true => weights.warmup.value(Some(
+            input.require_progress(name, "for its warm-up (or set warmup_epochs = 0)")?,
+        ))?,
+        false => 1.0,
+    };
+    let correct = s
+        .clone()
+        .detach()
+        .argmax(1)
+        .equal(y.clone().unsqueeze_dim(1));
+    let mask = target_mask(y, c);
+    let split = Split {
+        student: Decoupled::new(temperature.scale(s), mask.clone()),
+        teacher: Decoupled::new(temperature.scale(t), mask),
+        correct,
+    };
+    let tckd = kl_rows(joint(&split), split.student.log_binary.clone()).mean();
+    let nckd = kl_rows(split.teacher.log_non_target, split.student.log_non_target).mean();
+    let scaled = |x: Tensor<1>, weight: f64| temperature.times_squared(x * (weight * w));
+    Ok(LossOutput::from_terms(vec![
+        (format!("{name}/tckd"), scaled(tckd, weights.alpha)),
+        (format!("{name}/nckd"), scaled(nckd, weights.beta)),
+    ]))
 }
 
 /// Checks the class count DKD-style objectives need: NCKD is vacuous below 3 classes.
@@ -114,8 +174,9 @@ pub fn dkd_per_sample(
     temperature: f64,
 ) -> (Tensor<1>, Tensor<1>) {
     let mask = target_mask(targets, student.dims()[1]);
-    let s = Decoupled::new(student / temperature, mask.clone());
-    let t = Decoupled::new(teacher / temperature, mask);
+    let temperature = Temperature::Fixed(temperature);
+    let s = Decoupled::new(temperature.scale(student), mask.clone());
+    let t = Decoupled::new(temperature.scale(teacher), mask);
     (
         kl_rows(t.log_binary, s.log_binary),
         kl_rows(t.log_non_target, s.log_non_target),

@@ -3,8 +3,10 @@ use burn::tensor::Tensor;
 
 use crate::error::check_temperature;
 use crate::input::check_pair;
-use crate::math::{kl_rows, log_softmax_t};
-use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction};
+use burn::tensor::activation::log_softmax;
+
+use crate::math::{Temperature, kl_rows, log_softmax_t};
+use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction, Tempered};
 
 /// Configuration to create a [`Kd`] objective.
 #[derive(Config, Debug)]
@@ -65,17 +67,29 @@ impl Loss for Kd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        self.forward_at(input, &Temperature::Fixed(self.temperature))
+    }
+}
+
+impl Tempered for Kd {
+    fn forward_at(
+        &self,
+        input: &DistillInput,
+        temperature: &Temperature,
+    ) -> Result<LossOutput, DistillError> {
         let (s, t) = input.logits("kd")?;
         let c = s.dims()[1];
-        let per_sample = kd_per_sample(s, t, self.temperature);
-        let scale = if self.t_squared {
-            self.temperature * self.temperature
-        } else {
-            1.0
-        };
+        let per_sample = kl_rows(
+            log_softmax(temperature.scale(t), 1),
+            log_softmax(temperature.scale(s), 1),
+        );
+        let loss = self.reduction.apply(per_sample, c);
         Ok(LossOutput::single(
             "kd",
-            self.reduction.apply(per_sample, c) * scale,
+            match self.t_squared {
+                true => temperature.times_squared(loss),
+                false => loss,
+            },
         ))
     }
 }

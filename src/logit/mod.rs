@@ -1,10 +1,16 @@
-//! Objectives on logits: the task loss ([`CrossEntropy`]), Hinton's [`Kd`] and the decoupled
-//! [`Dkd`].
+//! Objectives on logits: the task loss ([`CrossEntropy`]), Hinton's [`Kd`], the decoupled
+//! [`Dkd`] and [`Dckd`], [`Dist`], and the [`Standardized`] pre-transform.
 
 mod ce;
+mod dckd;
+mod dist;
 mod dkd;
 mod kd;
+mod standardize;
 
 pub use ce::*;
+pub use dckd::*;
+pub use dist::*;
 pub use dkd::*;
 pub use kd::*;
+pub use standardize::*;

@@ -1,0 +1,201 @@
+//! Shared by the examples: a small data set in memory, an MLP, and a training loop that takes
+//! any burn-distill `Loss`.
+#![allow(dead_code)] // each example uses a different subset
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig, Relu};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_distill::prelude::*;
+
+/// Features `[N, D]` and labels `[N]`, on a device.
+#[derive(Clone)]
+pub struct Split {
+    pub x: Tensor<2>,
+    pub y: Tensor<1, Int>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.x.dims()[0]
+    }
+
+    /// Rows `idx` of this split.
+    pub fn rows(&self, idx: &[i64]) -> Split {
+        let dev = self.x.device();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx.to_vec(), [idx.len()]), &dev);
+        Split {
+            x: self.x.clone().select(0, idx.clone()),
+            y: self.y.clone().select(0, idx),
+        }
+    }
+}
+
+/// A deterministic permutation of `0..n` (xorshift; the same on every platform).
+pub fn permutation(n: usize, seed: u64) -> Vec<i64> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut p: Vec<i64> = (0..n as i64).collect();
+    for i in (1..n).rev() {
+        p.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    p
+}
+
+/// The UCI 8×8 digits shipped in `data/digits.csv` (see `data/README.md`), pixels scaled to
+/// [0, 1], split into train and test by a fixed shuffle.
+pub fn digits(dev: &Device, test_fraction: f64) -> (Split, Split) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: Vec<f64> = line.split(',').map(|f| f.trim().parse().unwrap()).collect();
+        xs.extend(v[..64].iter().map(|p| p / 16.0));
+        ys.push(v[64] as i64);
+    }
+    let n = ys.len();
+    let all = Split {
+        x: Tensor::from_data(TensorData::new(xs, [n, 64]), dev),
+        y: Tensor::from_data(TensorData::new(ys, [n]), dev),
+    };
+    let perm = permutation(n, 2024);
+    let n_test = (n as f64 * test_fraction) as usize;
+    (all.rows(&perm[n_test..]), all.rows(&perm[..n_test]))
+}
+
+/// A multilayer perceptron with ReLUs between its layers.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    layers: Vec<Linear>,
+    relu: Relu,
+}
+
+impl Mlp {
+    /// An MLP with the given layer widths, e.g. `[64, 128, 10]`, initialised from `seed`.
+    pub fn new(widths: &[usize], seed: u64, dev: &Device) -> Self {
+        dev.seed(seed);
+        let mlp = Self {
+            layers: widths
+                .windows(2)
+                .map(|w| LinearConfig::new(w[0], w[1]).init(dev))
+                .collect(),
+            relu: Relu::new(),
+        };
+        // materialise the lazily initialised parameters now, while the seed holds
+        mlp.fork(dev)
+    }
+
+    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = self.relu.forward(x);
+            }
+        }
+        x
+    }
+}
+
+/// Test accuracy of `model` on `split`, in percent.
+pub fn accuracy(model: &Mlp, split: &Split) -> f64 {
+    let pred = model
+        .valid()
+        .forward(split.x.clone().inner())
+        .argmax(1)
+        .squeeze_dim::<1>(1);
+    let correct: i64 = pred
+        .equal(split.y.clone().inner())
+        .int()
+        .sum()
+        .into_scalar();
+    100.0 * correct as f64 / split.len() as f64
+}
+
+/// Settings of one training run.
+pub struct Train {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+}
+
+/// Trains `model` on `train` with `loss`, reading the teacher's logits for each batch from
+/// `teacher_logits` (rows aligned with `train`; `None` for a loss that needs no teacher), and
+/// calls `report(epoch, mean loss terms, model)` after each epoch. Returns the trained model.
+pub fn train(
+    mut model: Mlp,
+    train: &Split,
+    teacher_logits: Option<&Tensor<2>>,
+    loss: &dyn Loss,
+    cfg: &Train,
+    mut report: impl FnMut(usize, &[(String, f64)], &Mlp),
+) -> Mlp {
+    let mut optim = AdamConfig::new().init();
+    let n = train.len();
+    let steps = n.div_ceil(cfg.batch);
+    for epoch in 0..cfg.epochs {
+        let perm = permutation(n, cfg.seed * 1000 + epoch as u64);
+        let mut sums: Vec<(String, f64)> = Vec::new();
+        for (step, idx) in perm.chunks(cfg.batch).enumerate() {
+            let batch = train.rows(idx);
+            let logits = model.forward(batch.x.clone());
+            let teacher = match teacher_logits {
+                Some(t) => {
+                    let dev = t.device();
+                    let i = Tensor::<1, Int>::from_data(
+                        TensorData::new(idx.to_vec(), [idx.len()]),
+                        &dev,
+                    );
+                    t.clone().select(0, i)
+                }
+                None => logits.clone().detach(),
+            };
+            let input = DistillInput::new(logits, teacher)
+                .targets(batch.y)
+                .progress(Progress::epoch(epoch, cfg.epochs).at_step(step, steps));
+            let out = loss.forward(&input).expect("a valid batch");
+            for (i, (name, v)) in out.values().into_iter().enumerate() {
+                match sums.get_mut(i) {
+                    Some(s) => s.1 += v / steps as f64,
+                    None => sums.push((name, v / steps as f64)),
+                }
+            }
+            let grads = GradientsParams::from_grads(out.total.backward(), &model);
+            model = optim.step(cfg.lr, model, grads);
+        }
+        report(epoch, &sums, &model);
+    }
+    model
+}
+
+/// The teacher's logits for every row of `split`, computed once (a frozen teacher and no
+/// augmentation make them constant).
+pub fn logits_of(teacher: &Mlp, split: &Split) -> Tensor<2> {
+    teacher.valid().forward(split.x.clone().inner())
+}
+
+/// `name=value` pairs for a progress line.
+pub fn fmt_terms(terms: &[(String, f64)]) -> String {
+    terms
+        .iter()
+        .map(|(n, v)| format!("{n}={v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}

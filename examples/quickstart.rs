@@ -1,0 +1,130 @@
+//! Quick start: train a teacher, then the same small student alone, with KD and with DKD, on
+//! the UCI 8×8 digits shipped in `data/`, and compare test accuracies.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+
+mod common;
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+use burn_distill::prelude::*;
+use common::*;
+
+const SEEDS: [u64; 3] = [1, 2, 3];
+const TEACHER_EPOCHS: usize = 60;
+const STUDENT_EPOCHS: usize = 100;
+
+fn main() -> Result<(), DistillError> {
+    let dev = Device::flex().autodiff();
+    let (train_set, test_set) = digits(&dev, 0.25);
+    println!(
+        "UCI digits: {} train, {} test samples, 64 features, 10 classes",
+        train_set.len(),
+        test_set.len()
+    );
+
+    // 1. the teacher
+    let start = Instant::now();
+    let cfg = Train {
+        epochs: TEACHER_EPOCHS,
+        batch: 64,
+        lr: 1e-3,
+        seed: 0,
+    };
+    let teacher = train(
+        Mlp::new(&[64, 256, 256, 10], 0, &dev),
+        &train_set,
+        None,
+        &CrossEntropy::new(),
+        &cfg,
+        |epoch, terms, _| {
+            if (epoch + 1) % 20 == 0 {
+                println!("teacher epoch {:>2}: {}", epoch + 1, fmt_terms(terms));
+            }
+        },
+    );
+    println!(
+        "teacher 64-256-256-10: test accuracy {:.2}% ({:.1}s)\n",
+        accuracy(&teacher, &test_set),
+        start.elapsed().as_secs_f64()
+    );
+    let teacher_logits = logits_of(&teacher, &train_set);
+
+    // 2. the student, three ways
+    let (epochs, lr, hidden, temp, alpha, beta) = (STUDENT_EPOCHS, 3e-3, 6, 2.0, 0.5, 1.0);
+    let methods: Vec<(&str, Box<dyn Loss>)> = vec![
+        ("alone (CE)", CrossEntropy::new().boxed()),
+        (
+            "KD  T=2, 0.5 CE + 0.5 KD",
+            (CrossEntropy::new().weighted(1.0 - alpha)
+                + KdConfig::new()
+                    .with_temperature(temp)
+                    .init()?
+                    .weighted(alpha))
+            .boxed(),
+        ),
+        (
+            "DKD T=2, CE + DKD(α=1, β=1)",
+            (CrossEntropy::new().weighted(1.0)
+                + DkdConfig::new()
+                    .with_beta(beta)
+                    .with_temperature(temp)
+                    .with_warmup_epochs(5)
+                    .init()?)
+            .boxed(),
+        ),
+    ];
+    let mut table = Vec::new();
+    for (name, loss) in &methods {
+        let start = Instant::now();
+        let mut accs = Vec::new();
+        for &seed in &SEEDS {
+            let cfg = Train {
+                epochs,
+                batch: 64,
+                lr,
+                seed,
+            };
+            let student = train(
+                Mlp::new(&[64, hidden, 10], 100 + seed, &dev),
+                &train_set,
+                Some(&teacher_logits),
+                loss.as_ref(),
+                &cfg,
+                |epoch, terms, model| {
+                    if seed == SEEDS[0] && (epoch + 1) % 20 == 0 {
+                        println!(
+                            "{name:<26} seed {seed} epoch {:>2}: {}  test {:.2}%",
+                            epoch + 1,
+                            fmt_terms(terms),
+                            accuracy(model, &test_set)
+                        );
+                    }
+                },
+            );
+            accs.push(accuracy(&student, &test_set));
+        }
+        let (mean, std) = mean_std(&accs);
+        println!(
+            "{name:<26} test accuracy {mean:.2} ± {std:.2}% over {} seeds\n",
+            SEEDS.len()
+        );
+        table.push((name, mean, std, start.elapsed().as_secs_f64()));
+    }
+
+    println!(
+        "student 64-{hidden}-10, {epochs} epochs, Adam {lr}, mean ± std over seeds {SEEDS:?}:"
+    );
+    println!("| method | test accuracy (%) | vs alone | time (s) |\n|---|---|---|---|");
+    let alone = table[0].1;
+    for (name, mean, std, secs) in &table {
+        println!(
+            "| {name} | {mean:.2} ± {std:.2} | {:+.2} | {secs:.1} |",
+            mean - alone
+        );
+    }
+    Ok(())
+}

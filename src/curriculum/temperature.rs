@@ -1,0 +1,148 @@
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Device, Tensor};
+
+use super::Schedule;
+use crate::error::check_non_negative;
+use crate::math::Temperature;
+use crate::{DistillError, DistillInput, Loss, LossOutput, Progress, Tempered};
+
+/// Configuration to create a [`Ctkd`] learnable temperature around a tempered objective.
+#[derive(Config, Debug)]
+pub struct CtkdConfig {
+    /// The lowest temperature, `T = t_start + t_range · sigmoid(θ)` (> 0).
+    #[config(default = 1.0)]
+    pub t_start: f64,
+    /// The span of temperatures above `t_start` (≥ 0).
+    #[config(default = 20.0)]
+    pub t_range: f64,
+    /// The initial θ (0 gives `T = t_start + t_range / 2`).
+    #[config(default = 0.0)]
+    pub theta_init: f64,
+    /// The gradient-reversal factor λ at the start of its cosine ramp.
+    #[config(default = 0.0)]
+    pub lambda_start: f64,
+    /// λ at the end of the ramp and after it (−1: θ ascends the loss at full strength).
+    #[config(default = -1.0)]
+    pub lambda_end: f64,
+    /// Epochs of the cosine ramp of λ.
+    #[config(default = 10)]
+    pub lambda_epochs: usize,
+}
+
+impl CtkdConfig {
+    /// Validates the configuration and wraps `inner`, with θ on `device`.
+    pub fn init<L: Tempered + Clone>(
+        &self,
+        inner: L,
+        device: &Device,
+    ) -> Result<Ctkd<L>, DistillError> {
+        if !(self.t_start.is_finite() && self.t_start > 0.0) {
+            return Err(DistillError::InvalidTemperature(self.t_start));
+        }
+        check_non_negative("ctkd", "t_range", self.t_range)?;
+        let lambda = Schedule::Cosine {
+            start: self.lambda_start,
+            end: self.lambda_end,
+            epochs: self.lambda_epochs,
+        };
+        lambda.validate()?;
+        if !self.theta_init.is_finite() {
+            return Err(DistillError::config(
+                "ctkd",
+                "theta_init",
+                self.theta_init,
+                "must be finite",
+            ));
+        }
+        let theta = Tensor::<1>::from_floats([self.theta_init], device).require_grad();
+        Ok(Ctkd {
+            theta: Param::from_tensor(theta),
+            inner,
+            t_start: self.t_start,
+            t_range: self.t_range,
+            lambda,
+        })
+    }
+}
+
+/// Curriculum temperature, as described in [Curriculum Temperature for Knowledge
+/// Distillation](https://arxiv.org/abs/2211.16231) (Li et al., AAAI 2023): a learnable global
+/// temperature
+///
+/// `T = t_start + t_range · sigmoid(GRL_λ(θ))`
+///
+/// fed to a [`Tempered`] objective (KD, DKD, DCKD, DIST, ...). The gradient-reversal layer is
+/// the identity forward and multiplies θ's gradient by λ backward; λ follows a cosine ramp from
+/// 0 to −1 over the first 10 epochs, so θ is trained by the student's optimizer to make the
+/// distillation *harder* as training proceeds. λ is read at CTKD's 1-based epoch
+/// (`Progress::epoch + 1`), so the input needs a [`Progress`].
+///
+/// `Ctkd` is a burn [`Module`]: put it beside the student in the struct the optimizer updates,
+/// and call it as a [`Loss`] each step. `T` stays in `[t_start, t_start + t_range]` by
+/// construction, and with DKD it stays finite where the reference code gives NaN (its DKD
+/// takes `log` of probabilities that underflow at large `T`).
+#[derive(Module, Debug)]
+pub struct Ctkd<L: Tempered + Clone + 'static> {
+    theta: Param<Tensor<1>>,
+    #[module(skip)]
+    inner: L,
+    #[module(skip)]
+    t_start: f64,
+    #[module(skip)]
+    t_range: f64,
+    #[module(skip)]
+    lambda: Schedule,
+}
+
+impl<L: Tempered + Clone + 'static> Ctkd<L> {
+    /// The current temperature, for logging.
+    pub fn temperature(&self) -> f64 {
+        let t = sigmoid(self.theta.val().detach()) * self.t_range + self.t_start;
+        t.into_scalar::<f64>()
+    }
+
+    /// The parameter θ.
+    pub fn theta(&self) -> Tensor<1> {
+        self.theta.val()
+    }
+
+    /// The same objective with θ replaced (to restore it, or give it another dtype).
+    pub fn with_theta(mut self, theta: Tensor<1>) -> Self {
+        self.theta = Param::from_tensor(theta.require_grad());
+        self
+    }
+
+    /// The gradient-reversal factor λ at `progress` (CTKD's epochs count from 1).
+    pub fn lambda(&self, progress: Progress) -> Result<f64, DistillError> {
+        self.lambda.value(Some(Progress::epoch(
+            progress.epoch + 1,
+            progress.total_epochs,
+        )))
+    }
+
+    /// The temperature tensor `[1]` for this input, with θ behind the gradient reversal.
+    fn learned(&self, input: &DistillInput) -> Result<Temperature, DistillError> {
+        let lambda = match self.lambda.needs_progress() {
+            true => self.lambda(input.require_progress("ctkd", "for its λ schedule")?)?,
+            false => self.lambda.value(None)?,
+        };
+        let theta = self.theta.val();
+        // identity forward, gradient × λ backward
+        let reversed = theta.clone() * lambda + (theta * (1.0 - lambda)).detach();
+        Ok(Temperature::Learned(
+            sigmoid(reversed) * self.t_range + self.t_start,
+        ))
+    }
+}
+
+impl<L: Tempered + Clone + 'static> Loss for Ctkd<L> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        self.inner.forward_at(input, &self.learned(input)?)
+    }
+}
