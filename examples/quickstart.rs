@@ -10,6 +10,7 @@ mod common;
 use std::time::Instant;
 
 use burn::tensor::Device;
+use burn_distill::logit::DckdConfig;
 use burn_distill::prelude::*;
 use common::*;
 
@@ -70,6 +71,16 @@ fn main() -> Result<(), DistillError> {
             "DKD T=2, CE + DKD(α=1, β=1)",
             (CrossEntropy::new().weighted(1.0)
                 + DkdConfig::new()
+                    .with_beta(beta)
+                    .with_temperature(temp)
+                    .with_warmup_epochs(5)
+                    .init()?)
+            .boxed(),
+        ),
+        (
+            "DCKD T=2, CE + DCKD(1, 1)",
+            (CrossEntropy::new().weighted(1.0)
+                + DckdConfig::new()
                     .with_beta(beta)
                     .with_temperature(temp)
                     .with_warmup_epochs(5)

@@ -38,6 +38,10 @@
 //! | [`CrossEntropy`](logit::CrossEntropy) | the task loss | [`logit`] |
 //! | [`Kd`](logit::Kd) | Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network* | [`logit`] |
 //! | [`Dkd`](logit::Dkd) | Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation* | [`logit`] |
+//! | [`Dckd`](logit::Dckd) | Wang et al., PLoS One 2025 (reconstruction from the abstract) | [`logit`] |
+//! | [`Dist`](logit::Dist) | Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher* | [`logit`] |
+//! | [`Standardized`](logit::Standardized) | Sun et al., CVPR 2024, *Logit Standardization in KD* | [`logit`] |
+//! | [`Ctkd`](curriculum::Ctkd) | Li et al., AAAI 2023, *Curriculum Temperature for KD* | [`curriculum`] |
 //! | [`Schedule`](curriculum::Schedule) | warm-ups and ramps for any weight | [`curriculum`] |
 //!
 //! ## Backends
