@@ -106,7 +106,7 @@ fn main() -> Result<(), DistillError> {
                 loss.as_ref(),
                 &cfg,
                 |epoch, terms, model| {
-                    if seed == SEEDS[0] && (epoch + 1) % 20 == 0 {
+                    if seed == SEEDS[0] {
                         println!(
                             "{name:<26} seed {seed} epoch {:>2}: {}  test {:.2}%",
                             epoch + 1,
