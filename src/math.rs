@@ -1,7 +1,6 @@
 //! Shared numerics, in log space: every objective builds on these, so the stable forms live in
 //! one place.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 /// A softmax temperature: a fixed number, or a learned scalar tensor `[1]` (CTKD) through which
@@ -48,11 +47,6 @@ impl Temperature {
             }
         }
     }
-}
-
-/// `log_softmax(x / t)` over classes (dim 1).
-pub fn log_softmax_t(x: Tensor<2>, t: f64) -> Tensor<2> {
-    log_softmax(Temperature::Fixed(t).scale(x), 1)
 }
 
 /// Per-row `KL(p ‖ q) = Σⱼ pⱼ (log pⱼ − log qⱼ)` from log-probabilities `[N, C]`, giving `[N]`.

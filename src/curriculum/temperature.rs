@@ -99,8 +99,13 @@ pub struct Ctkd<L: Tempered + Clone + 'static> {
 impl<L: Tempered + Clone + 'static> Ctkd<L> {
     /// The current temperature, for logging.
     pub fn temperature(&self) -> f64 {
-        let t = sigmoid(self.theta.val().detach()) * self.t_range + self.t_start;
-        t.into_scalar::<f64>()
+        self.temperature_of(self.theta.val().detach())
+            .into_scalar::<f64>()
+    }
+
+    /// `t_start + t_range · sigmoid(θ)`.
+    fn temperature_of(&self, theta: Tensor<1>) -> Tensor<1> {
+        sigmoid(theta) * self.t_range + self.t_start
     }
 
     /// The parameter θ.
@@ -131,9 +136,7 @@ impl<L: Tempered + Clone + 'static> Ctkd<L> {
         let theta = self.theta.val();
         // identity forward, gradient × λ backward
         let reversed = theta.clone() * lambda + (theta * (1.0 - lambda)).detach();
-        Ok(Temperature::Learned(
-            sigmoid(reversed) * self.t_range + self.t_start,
-        ))
+        Ok(Temperature::Learned(self.temperature_of(reversed)))
     }
 }
 

@@ -1,7 +1,7 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
 
-use crate::math::log_softmax_t;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Configuration to create a [`CrossEntropy`] task loss.
@@ -76,7 +76,7 @@ pub fn cross_entropy_per_sample(
     smoothing: f64,
 ) -> Tensor<1> {
     let c = logits.dims()[1];
-    let logp = log_softmax_t(logits, 1.0);
+    let logp = log_softmax(logits, 1);
     let nll = -logp
         .clone()
         .gather(1, targets.unsqueeze_dim(1))

@@ -1,9 +1,7 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use super::dkd::{Split, Weights, decoupled_forward};
-use crate::curriculum::Schedule;
-use crate::error::{check_non_negative, check_temperature};
+use super::dkd::{Decoupling, Split};
 use crate::math::{Temperature, logsumexp};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
@@ -54,13 +52,13 @@ impl DckdConfig {
             ));
         }
         Ok(Dckd {
-            alpha: check_non_negative("dckd", "alpha", self.alpha)?,
-            beta: check_non_negative("dckd", "beta", self.beta)?,
-            temperature: check_temperature(self.temperature)?,
-            warmup: Schedule::Warmup {
-                value: 1.0,
-                epochs: self.warmup_epochs,
-            },
+            parts: Decoupling::new(
+                "dckd",
+                self.alpha,
+                self.beta,
+                self.temperature,
+                self.warmup_epochs,
+            )?,
             joint: self.joint,
             mix_weight: self.mix_weight,
         })
@@ -88,10 +86,7 @@ impl DckdConfig {
 /// - student and teacher logits: `[N, C]`, `C ≥ 3`; targets: `[N]`
 #[derive(Debug, Clone)]
 pub struct Dckd {
-    alpha: f64,
-    beta: f64,
-    temperature: f64,
-    warmup: Schedule,
+    parts: Decoupling,
     joint: JointTarget,
     mix_weight: f64,
 }
@@ -101,7 +96,6 @@ impl Dckd {
     fn joint_target(&self, split: &Split) -> Tensor<2> {
         let teacher = split.teacher.log_binary.clone();
         let student = split.student.log_binary.clone().detach();
-        let correct = split.correct.clone().expand([teacher.dims()[0], 2]);
         let own = match self.joint {
             JointTarget::Teacher => return teacher,
             JointTarget::Max => {
@@ -128,6 +122,14 @@ impl Dckd {
                 Tensor::cat(vec![logsumexp(pair(0)), logsumexp(pair(1))], 1)
             }
         };
+        // only samples whose student arg-max is the target take the joint target
+        let correct = split
+            .student_logits
+            .clone()
+            .detach()
+            .argmax(1)
+            .equal(split.targets.clone().unsqueeze_dim(1))
+            .expand(teacher.dims());
         teacher.mask_where(correct, own)
     }
 }
@@ -138,7 +140,7 @@ impl Loss for Dckd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.forward_at(input, &Temperature::Fixed(self.temperature))
+        self.forward_at(input, &Temperature::Fixed(self.parts.temperature))
     }
 }
 
@@ -148,12 +150,7 @@ impl Tempered for Dckd {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let weights = Weights {
-            alpha: self.alpha,
-            beta: self.beta,
-            warmup: &self.warmup,
-        };
-        decoupled_forward("dckd", &weights, input, temperature, &|split| {
+        self.parts.forward("dckd", input, temperature, &|split| {
             self.joint_target(split)
         })
     }

@@ -1,5 +1,5 @@
 use burn::config::Config;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
 use crate::curriculum::Schedule;
 use crate::error::{check_non_negative, check_temperature};
@@ -29,15 +29,13 @@ pub struct DkdConfig {
 impl DkdConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<Dkd, DistillError> {
-        Ok(Dkd {
-            alpha: check_non_negative("dkd", "alpha", self.alpha)?,
-            beta: check_non_negative("dkd", "beta", self.beta)?,
-            temperature: check_temperature(self.temperature)?,
-            warmup: Schedule::Warmup {
-                value: 1.0,
-                epochs: self.warmup_epochs,
-            },
-        })
+        Ok(Dkd(Decoupling::new(
+            "dkd",
+            self.alpha,
+            self.beta,
+            self.temperature,
+            self.warmup_epochs,
+        )?))
     }
 }
 
@@ -62,12 +60,7 @@ impl DkdConfig {
 /// # Shapes
 /// - student and teacher logits: `[N, C]`, `C ≥ 3`; targets: `[N]`
 #[derive(Debug, Clone)]
-pub struct Dkd {
-    alpha: f64,
-    beta: f64,
-    temperature: f64,
-    warmup: Schedule,
-}
+pub struct Dkd(Decoupling);
 
 impl Loss for Dkd {
     fn name(&self) -> &str {
@@ -75,7 +68,7 @@ impl Loss for Dkd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.forward_at(input, &Temperature::Fixed(self.temperature))
+        self.forward_at(input, &Temperature::Fixed(self.0.temperature))
     }
 }
 
@@ -85,73 +78,104 @@ impl Tempered for Dkd {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let parts = Weights {
-            alpha: self.alpha,
-            beta: self.beta,
-            warmup: &self.warmup,
-        };
-        decoupled_forward("dkd", &parts, input, temperature, &|split| {
+        self.0.forward("dkd", input, temperature, &|split| {
             split.teacher.log_binary.clone()
         })
     }
 }
 
-/// The weights of a decoupled objective: α on the target part, β on the non-target part, and
-/// the warm-up of both.
-pub(crate) struct Weights<'a> {
-    pub alpha: f64,
-    pub beta: f64,
-    pub warmup: &'a Schedule,
+/// What DKD and DCKD share: the weights α (target part) and β (non-target part), the
+/// temperature, the warm-up, and the decoupled forward pass.
+#[derive(Debug, Clone)]
+pub(crate) struct Decoupling {
+    alpha: f64,
+    beta: f64,
+    pub temperature: f64,
+    warmup: Schedule,
 }
 
-/// Both sides of a batch split around its targets.
+/// One batch split around its targets, as the target-class rule of a decoupled objective
+/// sees it.
 pub(crate) struct Split {
     /// The student's split (differentiable).
     pub student: Decoupled,
     /// The teacher's split.
     pub teacher: Decoupled,
-    /// `[N, 1]`: whether the student's arg-max is the target.
-    pub correct: Tensor<2, Bool>,
+    /// The student's raw logits `[N, C]`.
+    pub student_logits: Tensor<2>,
+    /// The targets `[N]`.
+    pub targets: Tensor<1, Int>,
 }
 
-/// The decoupled objective shared by DKD and DCKD: checks the input, splits student and teacher
-/// around the targets, and returns `w · T² · batchmean(α · KL(b* ‖ bˢ) + β · NCKD)` with terms
-/// `{name}/tckd` and `{name}/nckd`, where `log b* = joint(split)` (DKD: the teacher's `log b`).
-pub(crate) fn decoupled_forward(
-    name: &str,
-    weights: &Weights,
-    input: &DistillInput,
+impl Decoupling {
+    /// Validates the shared configuration of the objective `name`.
+    pub fn new(
+        name: &str,
+        alpha: f64,
+        beta: f64,
+        temperature: f64,
+        warmup_epochs: usize,
+    ) -> Result<Self, DistillError> {
+        Ok(Self {
+            alpha: check_non_negative(name, "alpha", alpha)?,
+            beta: check_non_negative(name, "beta", beta)?,
+            temperature: check_temperature(temperature)?,
+            warmup: Schedule::Warmup {
+                value: 1.0,
+                epochs: warmup_epochs,
+            },
+        })
+    }
+
+    /// Checks the input, splits student and teacher around the targets, and returns
+    /// `w · T² · batchmean(α · KL(b* ‖ bˢ) + β · NCKD)` with terms `{name}/tckd` and
+    /// `{name}/nckd`, where `log b* = joint(split)` (DKD: the teacher's `log b`).
+    pub fn forward(
+        &self,
+        name: &str,
+        input: &DistillInput,
+        temperature: &Temperature,
+        joint: &dyn Fn(&Split) -> Tensor<2>,
+    ) -> Result<LossOutput, DistillError> {
+        let (s, t) = input.logits(name)?;
+        let [n, c] = s.dims();
+        check_classes(name, c)?;
+        let y = input.checked_targets(name, n, c)?;
+        let w = match self.warmup.needs_progress() {
+            true => self.warmup.value(Some(
+                input.require_progress(name, "for its warm-up (or set warmup_epochs = 0)")?,
+            ))?,
+            false => 1.0,
+        };
+        let (student, teacher) = split(s.clone(), t, y.clone(), temperature);
+        let split = Split {
+            student,
+            teacher,
+            student_logits: s,
+            targets: y,
+        };
+        let tckd = kl_rows(joint(&split), split.student.log_binary).mean();
+        let nckd = kl_rows(split.teacher.log_non_target, split.student.log_non_target).mean();
+        let scaled = |x: Tensor<1>, weight: f64| temperature.times_squared(x * (weight * w));
+        Ok(LossOutput::from_terms(vec![
+            (format!("{name}/tckd"), scaled(tckd, self.alpha)),
+            (format!("{name}/nckd"), scaled(nckd, self.beta)),
+        ]))
+    }
+}
+
+/// Student and teacher logits split around the targets at `temperature`.
+fn split(
+    student: Tensor<2>,
+    teacher: Tensor<2>,
+    targets: Tensor<1, Int>,
     temperature: &Temperature,
-    joint: &dyn Fn(&Split) -> Tensor<2>,
-) -> Result<LossOutput, DistillError> {
-    let (s, t) = input.logits(name)?;
-    let [n, c] = s.dims();
-    check_classes(name, c)?;
-    let y = input.checked_targets(name, n, c)?;
-    let w = match weights.warmup.needs_progress() {
-        true => weights.warmup.value(Some(
-            input.require_progress(name, "for its warm-up (or set warmup_epochs = 0)")?,
-        ))?,
-        false => 1.0,
-    };
-    let correct = s
-        .clone()
-        .detach()
-        .argmax(1)
-        .equal(y.clone().unsqueeze_dim(1));
-    let mask = target_mask(y, c);
-    let split = Split {
-        student: Decoupled::new(temperature.scale(s), mask.clone()),
-        teacher: Decoupled::new(temperature.scale(t), mask),
-        correct,
-    };
-    let tckd = kl_rows(joint(&split), split.student.log_binary.clone()).mean();
-    let nckd = kl_rows(split.teacher.log_non_target, split.student.log_non_target).mean();
-    let scaled = |x: Tensor<1>, weight: f64| temperature.times_squared(x * (weight * w));
-    Ok(LossOutput::from_terms(vec![
-        (format!("{name}/tckd"), scaled(tckd, weights.alpha)),
-        (format!("{name}/nckd"), scaled(nckd, weights.beta)),
-    ]))
+) -> (Decoupled, Decoupled) {
+    let mask = target_mask(targets, student.dims()[1]);
+    (
+        Decoupled::new(temperature.scale(student), mask.clone()),
+        Decoupled::new(temperature.scale(teacher), mask),
+    )
 }
 
 /// Checks the class count DKD-style objectives need: NCKD is vacuous below 3 classes.
@@ -173,10 +197,7 @@ pub fn dkd_per_sample(
     targets: Tensor<1, Int>,
     temperature: f64,
 ) -> (Tensor<1>, Tensor<1>) {
-    let mask = target_mask(targets, student.dims()[1]);
-    let temperature = Temperature::Fixed(temperature);
-    let s = Decoupled::new(temperature.scale(student), mask.clone());
-    let t = Decoupled::new(temperature.scale(teacher), mask);
+    let (s, t) = split(student, teacher, targets, &Temperature::Fixed(temperature));
     (
         kl_rows(t.log_binary, s.log_binary),
         kl_rows(t.log_non_target, s.log_non_target),

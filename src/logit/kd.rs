@@ -5,7 +5,7 @@ use crate::error::check_temperature;
 use crate::input::check_pair;
 use burn::tensor::activation::log_softmax;
 
-use crate::math::{Temperature, kl_rows, log_softmax_t};
+use crate::math::{Temperature, kl_rows};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction, Tempered};
 
 /// Configuration to create a [`Kd`] objective.
@@ -79,10 +79,7 @@ impl Tempered for Kd {
     ) -> Result<LossOutput, DistillError> {
         let (s, t) = input.logits("kd")?;
         let c = s.dims()[1];
-        let per_sample = kl_rows(
-            log_softmax(temperature.scale(t), 1),
-            log_softmax(temperature.scale(s), 1),
-        );
+        let per_sample = kd_rows(s, t, temperature);
         let loss = self.reduction.apply(per_sample, c);
         Ok(LossOutput::single(
             "kd",
@@ -97,9 +94,14 @@ impl Tempered for Kd {
 /// Per-sample `KL(softmax(z_t/T) ‖ softmax(z_s/T))`, shape `[N]`, without `T²` and without
 /// input checks.
 pub fn kd_per_sample(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -> Tensor<1> {
+    kd_rows(student, teacher, &Temperature::Fixed(temperature))
+}
+
+/// Per-sample KL of the softened distributions at any [`Temperature`].
+fn kd_rows(student: Tensor<2>, teacher: Tensor<2>, temperature: &Temperature) -> Tensor<1> {
     kl_rows(
-        log_softmax_t(teacher, temperature),
-        log_softmax_t(student, temperature),
+        log_softmax(temperature.scale(teacher), 1),
+        log_softmax(temperature.scale(student), 1),
     )
 }
 
