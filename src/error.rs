@@ -68,6 +68,26 @@ pub enum DistillError {
         /// The class count it got.
         got: usize,
     },
+    /// A value computed during training is NaN or infinite (a diverged model, say).
+    #[error("{what} is not finite")]
+    NonFinite {
+        /// What was computed.
+        what: String,
+    },
+    /// A model given to the library has nothing to train.
+    #[error("{what} has no trainable parameter")]
+    NothingToTrain {
+        /// The model, e.g. `"teacher"`.
+        what: String,
+    },
+    /// A saved record does not fit the model it is loaded into.
+    #[error("cannot load the {what} record: {reason}")]
+    InvalidRecord {
+        /// What was loaded.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// A configuration value is out of its valid range.
     #[error("invalid config for {objective}: {field} = {value} ({reason})")]
     InvalidConfig {
@@ -105,6 +125,15 @@ pub(crate) fn check_temperature(t: f64) -> Result<f64, DistillError> {
         Ok(t)
     } else {
         Err(DistillError::InvalidTemperature(t))
+    }
+}
+
+/// Checks that a rate or step is finite and positive.
+pub(crate) fn check_positive(objective: &str, field: &str, v: f64) -> Result<f64, DistillError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(DistillError::config(objective, field, v, "must be finite and > 0"))
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use burn::module::Module;
 use burn::tensor::{Int, Tensor};
 
 use crate::DistillError;
@@ -84,12 +85,82 @@ impl From<Tensor<2>> for Feature {
 }
 
 impl Feature {
-    fn detach(self) -> Self {
+    /// The same representation cut from the autodiff graph.
+    pub fn detach(self) -> Self {
         match self {
             Feature::Map(t) => Feature::Map(t.detach()),
             Feature::Embedding(t) => Feature::Embedding(t.detach()),
         }
     }
+}
+
+/// What one forward pass of a network exposes to the objectives: its logits and any named
+/// feature taps.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// The logits `[N, C]`.
+    pub logits: Tensor<2>,
+    /// Named intermediate representations (see [`DistillInput::feature`]).
+    pub features: BTreeMap<String, Feature>,
+}
+
+impl Outputs {
+    /// Logits and no feature tap.
+    pub fn logits(logits: Tensor<2>) -> Self {
+        Self {
+            logits,
+            features: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the feature tap `name`.
+    pub fn feature(mut self, name: impl Into<String>, feature: impl Into<Feature>) -> Self {
+        self.features.insert(name.into(), feature.into());
+        self
+    }
+
+    /// The same outputs cut from the autodiff graph.
+    pub fn detach(self) -> Self {
+        Self {
+            logits: self.logits.detach(),
+            features: self
+                .features
+                .into_iter()
+                .map(|(k, f)| (k, f.detach()))
+                .collect(),
+        }
+    }
+}
+
+/// A burn module that can be distilled from or into: a forward pass from an input batch of type
+/// `I` to [`Outputs`]. Implement it for a student and a teacher to use them with the
+/// [`MetaTeacher`](crate::meta::MetaTeacher) (any architecture; only this method is needed).
+///
+/// ```
+/// use burn::module::Module;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::{Distillable, Outputs};
+///
+/// #[derive(Module, Debug)]
+/// struct Probe {
+///     linear: Linear,
+/// }
+///
+/// impl Distillable<Tensor<2>> for Probe {
+///     fn run(&self, x: &Tensor<2>) -> Outputs {
+///         Outputs::logits(self.linear.forward(x.clone()))
+///     }
+/// }
+///
+/// let dev = Device::flex();
+/// let probe = Probe { linear: LinearConfig::new(4, 3).init(&dev) };
+/// let out = probe.run(&Tensor::zeros([2, 4], &dev));
+/// assert_eq!(out.logits.dims(), [2, 3]);
+/// ```
+pub trait Distillable<I>: Module {
+    /// Runs the network on `input`.
+    fn run(&self, input: &I) -> Outputs;
 }
 
 /// Everything an objective may read for one batch.
@@ -111,7 +182,8 @@ impl Feature {
 /// teacher needs that).
 #[derive(Debug, Clone, Default)]
 pub struct DistillInput {
-    logits: Option<(Tensor<2>, Tensor<2>)>,
+    student_logits: Option<Tensor<2>>,
+    teacher_logits: Option<Tensor<2>>,
     targets: Option<Tensor<1, Int>>,
     features: BTreeMap<String, (Feature, Feature)>,
     progress: Option<Progress>,
@@ -123,8 +195,33 @@ impl DistillInput {
     /// An input with the student's and the teacher's logits, both `[N, C]`.
     pub fn new(student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Self {
         Self {
-            logits: Some((student_logits, teacher_logits)),
+            student_logits: Some(student_logits),
+            teacher_logits: Some(teacher_logits),
             ..Self::default()
+        }
+    }
+
+    /// An input with the student's logits `[N, C]` only, for objectives that need no teacher
+    /// (cross-entropy, a meta-teacher's quiz).
+    pub fn student(student_logits: Tensor<2>) -> Self {
+        Self {
+            student_logits: Some(student_logits),
+            ..Self::default()
+        }
+    }
+
+    /// The input the objectives see for one forward pass of a student and of a teacher: their
+    /// logits and every feature tap both expose under the same name.
+    pub fn from_outputs(student: Outputs, teacher: Outputs) -> Self {
+        let mut teacher_features = teacher.features;
+        let features = student
+            .features
+            .into_iter()
+            .filter_map(|(name, s)| teacher_features.remove(&name).map(|t| (name, (s, t))))
+            .collect();
+        Self {
+            features,
+            ..Self::new(student.logits, teacher.logits)
         }
     }
 
@@ -169,7 +266,8 @@ impl DistillInput {
     /// pre-transform such as [`Standardized`](crate::logit::Standardized)).
     pub fn map_logits(&self, f: impl Fn(Tensor<2>) -> Tensor<2>) -> Self {
         let mut out = self.clone();
-        out.logits = self.logits.clone().map(|(s, t)| (f(s), f(t)));
+        out.student_logits = self.student_logits.clone().map(&f);
+        out.teacher_logits = self.teacher_logits.clone().map(&f);
         out
     }
 
@@ -180,7 +278,7 @@ impl DistillInput {
 
     /// The batch size, from the logits (or the first feature tap).
     pub fn batch_size(&self) -> Option<usize> {
-        if let Some((s, _)) = &self.logits {
+        if let Some(s) = &self.student_logits {
             return Some(s.dims()[0]);
         }
         self.features.values().next().map(|(s, _)| match s {
@@ -213,15 +311,33 @@ impl DistillInput {
     /// The student's and teacher's logits after checking that both are `[N, C]` with the same
     /// `N > 0` and `C`; the teacher's detached unless [attached](Self::attach_teacher).
     pub fn logits(&self, objective: &str) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
-        let (s, t) = self
-            .logits
+        let s = self.student_logits(objective)?;
+        let t = self
+            .teacher_logits
             .as_ref()
             .ok_or_else(|| DistillError::MissingInput {
                 objective: objective.into(),
-                what: "student and teacher logits".into(),
+                what: "teacher logits".into(),
             })?;
-        check_pair(s, t)?;
-        Ok((s.clone(), self.teacher(t, Tensor::detach)))
+        check_pair(&s, t)?;
+        Ok((s, self.teacher(t, Tensor::detach)))
+    }
+
+    /// The student's logits after checking that they are `[N, C]` with `N > 0`.
+    pub fn student_logits(&self, objective: &str) -> Result<Tensor<2>, DistillError> {
+        let s = self
+            .student_logits
+            .as_ref()
+            .ok_or_else(|| DistillError::MissingInput {
+                objective: objective.into(),
+                what: "student logits".into(),
+            })?;
+        if s.dims()[0] == 0 {
+            return Err(DistillError::EmptyBatch {
+                what: "student logits".into(),
+            });
+        }
+        Ok(s.clone())
     }
 
     /// The targets after checking there are `batch` of them, each in `0..classes`.

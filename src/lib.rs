@@ -57,9 +57,10 @@ mod loss;
 pub mod curriculum;
 pub mod logit;
 pub mod math;
+pub mod meta;
 
 pub use error::DistillError;
-pub use input::{DistillInput, Feature, Progress};
+pub use input::{Distillable, DistillInput, Feature, Outputs, Progress};
 pub use loss::{Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
 
 /// The types a training loop needs, in one import.

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use burn::tensor::{DType, Gradients, Int, Tensor};
 use burn_distill::curriculum::CtkdConfig;
+use burn::optim::SgdConfig;
 use burn_distill::logit::{DistConfig, Standardized};
+use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
 use common::*;
 use serde_json::Value;
@@ -121,6 +123,57 @@ impl Case {
         }
         Ok(grads)
     }
+}
+
+/// One MetaDistil round on the case's tiny linear student and tanh teacher: the pilot's quiz
+/// loss, d quiz / d teacher and d quiz / d student, to 1e-6 relative (the finite-difference
+/// meta-gradient against the authors' second-order autograd).
+fn meta_round(method: &str, case: &Case) -> Result<(), String> {
+    let e = |err: DistillError| err.to_string();
+    let layer = |w: &str, b: &str| torch_linear(&case.inputs[w].1, &case.inputs[b].1, case.dtype);
+    let student = Net {
+        layers: vec![layer("s_W", "s_b")],
+    };
+    let teacher = Net {
+        layers: vec![layer("t_W1", "t_b1"), layer("t_W2", "t_b2")],
+    };
+    let temperature = case.param("temperature");
+    let loss = if method == "metadistil_meta_grad_dkd" {
+        let dkd = DkdConfig::new()
+            .with_alpha(case.param("dkd_alpha"))
+            .with_beta(case.param("dkd_beta"))
+            .with_temperature(temperature)
+            .with_warmup_epochs(0)
+            .init()
+            .map_err(e)?;
+        CrossEntropy::new().weighted(case.param("ce_weight")) + dkd.weighted(1.0)
+    } else {
+        let alpha = case.param("alpha");
+        let kd = KdConfig::new().with_temperature(temperature).init().map_err(e)?;
+        CrossEntropy::new().weighted(1.0 - alpha) + kd.weighted(alpha)
+    };
+    let meta = MetaTeacherConfig::new()
+        .with_pilot_rate(PilotRate::Fixed(case.param("eta")))
+        .with_pilot_steps(case.param("pilot_steps") as usize)
+        .init(teacher, SgdConfig::new().init(), loss)
+        .map_err(e)?;
+    let batch = |x: &str, y: &str| Batch::new(case.leaf::<2>(x).detach(), case.targets(y));
+    let g = meta
+        .meta_gradient(&student, &batch("x", "y"), &batch("xq", "yq"), Progress::epoch(0, 1), 0.0)
+        .map_err(e)?;
+    let (rel, abs) = (1e-6, 1e-10);
+    close("quiz loss", &[g.quiz_loss], &[case.loss.ok_or("no loss")?], rel, abs)?;
+    let layers = [
+        (&meta.teacher().layers[0], &g.teacher, "t_W1", "t_b1"),
+        (&meta.teacher().layers[1], &g.teacher, "t_W2", "t_b2"),
+        (&student.layers[0], &g.student, "s_W", "s_b"),
+    ];
+    for (layer, grads, w, b) in layers {
+        let (gw, gb) = torch_grads(layer, grads);
+        close(&format!("d quiz/d{w}"), &gw, &case.grads[w], rel, abs)?;
+        close(&format!("d quiz/d{b}"), &gb, &case.grads[b], rel, abs)?;
+    }
+    Ok(())
 }
 
 /// Runs one case; `Ok(false)` when the crate has no objective for its method yet.
@@ -251,6 +304,7 @@ fn run(method: &str, case: &Case) -> Result<bool, String> {
             let g = values(ctkd.theta().grad(&grads).ok_or("no θ gradient")?);
             close("d/dtheta (reversed)", &g, &case.grads["theta"], rel, abs)?;
         }
+        "metadistil_meta_grad" | "metadistil_meta_grad_dkd" => meta_round(method, case)?,
         _ => return Ok(false),
     }
     Ok(true)

@@ -58,7 +58,7 @@ impl Loss for CrossEntropy {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let (s, _) = input.logits("ce")?;
+        let s = input.student_logits("ce")?;
         let [n, c] = s.dims();
         let y = input.checked_targets("ce", n, c)?;
         Ok(LossOutput::single(

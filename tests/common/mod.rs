@@ -70,3 +70,43 @@ pub fn numeric_grad(f: &dyn Fn(Vec<f64>) -> f64, x: &[f64], eps: f64) -> Vec<f64
         })
         .collect()
 }
+
+/// A tanh MLP (no activation after the last layer), for meta-teacher tests.
+#[derive(burn::module::Module, Debug)]
+pub struct Net {
+    pub layers: Vec<burn::nn::Linear>,
+}
+
+impl burn_distill::Distillable<Tensor<2>> for Net {
+    fn run(&self, x: &Tensor<2>) -> burn_distill::Outputs {
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 {
+                h = burn::tensor::activation::tanh(h);
+            }
+            h = layer.forward(h);
+        }
+        burn_distill::Outputs::logits(h)
+    }
+}
+
+/// A linear layer from torch's layout (`w` is `[out, in]` row-major), in `dtype`.
+pub fn torch_linear(w: &[f64], b: &[f64], dtype: DType) -> burn::nn::Linear {
+    use burn::module::Param;
+    let out = b.len();
+    let inp = w.len() / out;
+    let wt: Vec<f64> = (0..inp * out).map(|k| w[(k % out) * inp + k / out]).collect();
+    burn::nn::Linear {
+        weight: Param::from_tensor(tensor(wt, [inp, out], dtype)),
+        bias: Some(Param::from_tensor(tensor(b.to_vec(), [out], dtype))),
+    }
+}
+
+/// A linear layer's gradients in torch's layout: `[out, in]` weight, then bias.
+pub fn torch_grads(layer: &burn::nn::Linear, g: &burn::optim::GradientsParams) -> (Vec<f64>, Vec<f64>) {
+    let w = g.get::<2>(layer.weight.id).expect("weight gradient");
+    let b = g
+        .get::<1>(layer.bias.as_ref().expect("bias").id)
+        .expect("bias gradient");
+    (values(w.transpose()), values(b))
+}
