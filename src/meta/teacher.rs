@@ -220,6 +220,10 @@ impl<T: Module> MetaTeacher<T> {
 
     /// This meta-teacher with the state of `record`; a restored run continues exactly as the
     /// saved one would have.
+    ///
+    /// burn 0.22.1 rebuilds optimizer state in the *default* device's float dtype: a run in
+    /// f64 must configure that device for F64 (`Device::configure`) before restoring, or the
+    /// next step of a stateful optimizer (Adam, momentum) meets f32 state.
     pub fn load_record(mut self, record: MetaTeacherRecord) -> Result<Self, DistillError> {
         self.teacher = self.teacher.try_load_record(record.teacher).map_err(|e| {
             DistillError::InvalidRecord {

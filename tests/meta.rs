@@ -1,0 +1,381 @@
+//! The meta-teacher: its meta-gradient against a finite difference of the whole bilevel
+//! objective (f64, proptest over sizes, seeds and pilot steps), its schedule (period, freeze),
+//! save/restore, and its errors.
+
+mod common;
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
+use burn::tensor::{Int, Tensor};
+use burn_distill::meta::{Batch, MetaTeacher, MetaTeacherConfig, PilotRate};
+use burn_distill::prelude::*;
+use burn_distill::{Distillable, LossSum};
+use common::*;
+use proptest::prelude::*;
+
+/// Configures the default device for f64 once, before any tensor exists: burn 0.22.1
+/// materialises a loaded optimizer state in that device's float dtype (see
+/// `restored_meta_teacher_continues_bit_identically`). Every test calls it first.
+fn setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        burn::tensor::Device::default()
+            .configure(burn::tensor::FloatDType::F64)
+            .expect("the first tensor of this test binary comes after this");
+    });
+}
+
+/// Deterministic values in [-scale, scale) from a seed (xorshift).
+fn noise(seed: u64, n: usize, scale: f64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// An MLP of the given widths whose parameters are `flat` (per layer: weight `[in, out]`
+/// row-major, then bias).
+fn net(widths: &[usize], flat: &[f64]) -> Net {
+    let mut at = 0;
+    let mut take = |n: usize| {
+        at += n;
+        flat[at - n..at].to_vec()
+    };
+    let layers = widths
+        .windows(2)
+        .map(|w| Linear {
+            weight: Param::from_tensor(f64t(take(w[0] * w[1]), [w[0], w[1]])),
+            bias: Some(Param::from_tensor(f64t(take(w[1]), [w[1]]))),
+        })
+        .collect();
+    Net { layers }
+}
+
+fn size(widths: &[usize]) -> usize {
+    widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+}
+
+/// A module's gradients flattened in the order of [`net`].
+fn flat_grads(net: &Net, g: &GradientsParams) -> Vec<f64> {
+    let mut out = Vec::new();
+    for layer in &net.layers {
+        out.extend(values(g.get::<2>(layer.weight.id).expect("weight gradient")));
+        out.extend(values(
+            g.get::<1>(layer.bias.as_ref().unwrap().id)
+                .expect("bias gradient"),
+        ));
+    }
+    out
+}
+
+fn labels(seed: u64, n: usize, c: usize) -> Tensor<1, Int> {
+    ints(
+        noise(seed, n, 1.0)
+            .iter()
+            .map(|v| ((v + 1.0) / 2.0 * c as f64) as i64 % c as i64)
+            .collect(),
+    )
+}
+
+fn kd_loss() -> LossSum {
+    let kd = KdConfig::new().with_temperature(2.0).init().unwrap();
+    CrossEntropy::new().weighted(0.3) + kd.weighted(0.7)
+}
+
+/// The bilevel objective by its definition: `k` plain SGD steps of the student on the
+/// distillation loss (teacher fixed), then the quiz cross-entropy.
+fn bilevel(
+    student: &Net,
+    teacher: &Net,
+    batch: &Batch<Tensor<2>>,
+    quiz: &Batch<Tensor<2>>,
+    eta: f64,
+    steps: usize,
+) -> f64 {
+    let loss = kd_loss();
+    let mut s = student.clone();
+    for _ in 0..steps {
+        let input = DistillInput::new(s.run(&batch.input).logits, teacher.run(&batch.input).logits)
+            .targets(batch.targets.clone());
+        let grads = GradientsParams::from_grads(loss.forward(&input).unwrap().total.backward(), &s);
+        s = SgdConfig::new().init().step(eta, s, grads);
+    }
+    let quiz_input = DistillInput::student(s.run(&quiz.input).logits).targets(quiz.targets.clone());
+    CrossEntropy::new().forward(&quiz_input).unwrap().value()
+}
+
+#[derive(Debug, Clone)]
+struct Problem {
+    seed: u64,
+    input: usize,
+    hidden: usize,
+    classes: usize,
+    rows: usize,
+    steps: usize,
+}
+
+fn problem() -> impl Strategy<Value = Problem> {
+    (any::<u64>(), 2usize..5, 2usize..6, 2usize..5, 2usize..6, 1usize..3).prop_map(
+        |(seed, input, hidden, classes, rows, steps)| Problem {
+            seed,
+            input,
+            hidden,
+            classes,
+            rows,
+            steps,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(10))]
+
+    /// d quiz / d teacher from the meta-teacher equals a central difference of the bilevel
+    /// objective in every teacher parameter, through one and two pilot steps (MLP student
+    /// input-hidden-classes, tanh teacher input-hidden+2-classes), to 1e-5 relative.
+    #[test]
+    fn meta_gradient_matches_bilevel_finite_difference(p in problem()) {
+        setup();
+        let s_widths = [p.input, p.hidden, p.classes];
+        let t_widths = [p.input, p.hidden + 2, p.classes];
+        let student = net(&s_widths, &noise(p.seed, size(&s_widths), 0.8));
+        let theta_t = noise(p.seed ^ 1, size(&t_widths), 1.5);
+        let x = |seed, n| f64t(noise(seed, n * p.input, 2.0), [n, p.input]);
+        let batch = Batch::new(x(p.seed ^ 2, p.rows), labels(p.seed ^ 3, p.rows, p.classes));
+        let quiz = Batch::new(x(p.seed ^ 4, p.rows + 1), labels(p.seed ^ 5, p.rows + 1, p.classes));
+        let eta = 0.5;
+
+        let meta = MetaTeacherConfig::new()
+            .with_pilot_rate(PilotRate::Fixed(eta))
+            .with_pilot_steps(p.steps)
+            .init(net(&t_widths, &theta_t), SgdConfig::new().init(), kd_loss())
+            .unwrap();
+        let g = meta
+            .meta_gradient(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+            .unwrap();
+        let got = flat_grads(meta.teacher(), &g.teacher);
+        let q0 = bilevel(&student, &net(&t_widths, &theta_t), &batch, &quiz, eta, p.steps);
+        prop_assert!((g.quiz_loss - q0).abs() <= 1e-12 * q0.abs().max(1.0));
+
+        let h = 1e-5;
+        let want = numeric_grad(
+            &|theta| bilevel(&student, &net(&t_widths, &theta), &batch, &quiz, eta, p.steps),
+            &theta_t,
+            h,
+        );
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        prop_assert!(scale > 0.0, "the teacher gets a signal");
+        if let Err(msg) = close("d quiz/d teacher", &got, &want, 1e-5, 1e-8 * scale) {
+            prop_assert!(false, "{msg} ({p:?})");
+        }
+    }
+}
+
+fn tiny() -> (Net, Net, Batch<Tensor<2>>, Batch<Tensor<2>>) {
+    let (s_w, t_w) = ([4, 3], [4, 6, 3]);
+    let student = net(&s_w, &noise(11, size(&s_w), 0.5));
+    let teacher = net(&t_w, &noise(12, size(&t_w), 0.8));
+    let batch = Batch::new(f64t(noise(13, 20, 1.0), [5, 4]), labels(14, 5, 3));
+    let quiz = Batch::new(f64t(noise(15, 16, 1.0), [4, 4]), labels(16, 4, 3));
+    (student, teacher, batch, quiz)
+}
+
+fn teacher_values(meta: &MetaTeacher<Net>) -> Vec<f64> {
+    meta.teacher()
+        .layers
+        .iter()
+        .flat_map(|l| values(l.weight.val()))
+        .collect()
+}
+
+#[test]
+fn sgd_round_moves_the_teacher_by_lr_times_the_meta_gradient() {
+    setup();
+    let (student, teacher, batch, quiz) = tiny();
+    let mut meta = MetaTeacherConfig::new()
+        .with_teacher_lr(0.1)
+        .init(teacher, SgdConfig::new().init(), kd_loss())
+        .unwrap();
+    let before = teacher_values(&meta);
+    let g = meta
+        .meta_gradient(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+        .unwrap();
+    let step: Vec<f64> = meta
+        .teacher()
+        .layers
+        .iter()
+        .flat_map(|l| values(g.teacher.get::<2>(l.weight.id).unwrap()))
+        .collect();
+    let round = meta
+        .round(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+        .unwrap();
+    assert!(round.updated);
+    assert_eq!(round.quiz_loss, Some(g.quiz_loss));
+    let want: Vec<f64> = before.iter().zip(&step).map(|(w, g)| w - 0.1 * g).collect();
+    close("teacher after one round", &teacher_values(&meta), &want, 1e-12, 1e-15).unwrap();
+}
+
+#[test]
+fn period_and_freeze_skip_rounds() {
+    setup();
+    let (student, teacher, batch, quiz) = tiny();
+    let mut meta = MetaTeacherConfig::new()
+        .with_period(2)
+        .with_freeze_epochs(1)
+        .init(teacher, SgdConfig::new().init(), kd_loss())
+        .unwrap();
+    let at = |e| Progress::epoch(e, 4);
+    let frozen = teacher_values(&meta);
+    // epoch 0: frozen, whatever the period
+    for _ in 0..2 {
+        let r = meta.round(&student, &batch, &quiz, at(0), 0.0).unwrap();
+        assert!(!r.updated && r.quiz_loss.is_none());
+    }
+    assert_eq!(teacher_values(&meta), frozen);
+    // epoch 1: rounds 2 and 4 update, round 3 does not
+    let updates: Vec<bool> = (0..3)
+        .map(|_| meta.round(&student, &batch, &quiz, at(1), 0.0).unwrap().updated)
+        .collect();
+    assert_eq!(updates, [true, false, true]);
+    assert_eq!(meta.rounds(), 5);
+    assert_ne!(teacher_values(&meta), frozen);
+}
+
+#[test]
+fn student_lr_drives_the_pilot_step() {
+    setup();
+    let (student, teacher, batch, quiz) = tiny();
+    let fixed = MetaTeacherConfig::new()
+        .with_pilot_rate(PilotRate::Fixed(0.3))
+        .init(teacher.clone(), SgdConfig::new().init(), kd_loss())
+        .unwrap();
+    let follow = MetaTeacherConfig::new()
+        .with_pilot_rate(PilotRate::StudentLr)
+        .init(teacher, SgdConfig::new().init(), kd_loss())
+        .unwrap();
+    let p = Progress::epoch(0, 1);
+    let a = fixed.meta_gradient(&student, &batch, &quiz, p, 123.0).unwrap();
+    let b = follow.meta_gradient(&student, &batch, &quiz, p, 0.3).unwrap();
+    assert_eq!(a.quiz_loss, b.quiz_loss);
+    assert!(matches!(
+        follow.meta_gradient(&student, &batch, &quiz, p, 0.0),
+        Err(DistillError::InvalidConfig { .. })
+    ));
+}
+
+/// Save after two rounds with Adam (which has state), restore into a freshly initialised
+/// meta-teacher, and the next three rounds give bit-identical teachers.
+///
+/// burn 0.22.1 materialises a loaded optimizer state in the default device's float dtype, so
+/// an f64 run configures that device for F64 first (as an f64 trainer would).
+#[test]
+fn restored_meta_teacher_continues_bit_identically() {
+    setup();
+    let (student, teacher, batch, quiz) = tiny();
+    let config = MetaTeacherConfig::new().with_teacher_lr(0.01);
+    let mut meta = config
+        .init(teacher.clone(), AdamConfig::new().init(), kd_loss())
+        .unwrap();
+    let p = Progress::epoch(0, 1);
+    for _ in 0..2 {
+        meta.round(&student, &batch, &quiz, p, 0.0).unwrap();
+    }
+    let record = meta.to_record();
+    let teacher_bytes = record.teacher.into_bytes().unwrap();
+    let optimizer_bytes = record.optimizer.into_bytes().unwrap();
+    let rounds = record.rounds;
+
+    let fresh = net(&[4, 6, 3], &noise(99, size(&[4, 6, 3]), 0.8));
+    let mut restored = config
+        .init(fresh, AdamConfig::new().init(), kd_loss())
+        .unwrap()
+        .load_record(burn_distill::meta::MetaTeacherRecord {
+            teacher: burn::store::ModuleRecord::from_bytes(teacher_bytes).unwrap(),
+            optimizer: burn::optim::OptimizerRecord::from_bytes(optimizer_bytes).unwrap(),
+            rounds,
+        })
+        .unwrap();
+    assert_eq!(restored.rounds(), 2);
+    assert_eq!(teacher_values(&restored), teacher_values(&meta));
+    for _ in 0..3 {
+        let a = meta.round(&student, &batch, &quiz, p, 0.0).unwrap();
+        let b = restored.round(&student, &batch, &quiz, p, 0.0).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(teacher_values(&restored), teacher_values(&meta));
+    }
+}
+
+#[test]
+fn config_errors_surface_at_init() {
+    setup();
+    let (_, teacher, ..) = tiny();
+    let init = |c: MetaTeacherConfig| c.init(teacher.clone(), SgdConfig::new().init(), kd_loss());
+    let invalid = |r: Result<MetaTeacher<Net>, DistillError>, field: &str| match r {
+        Err(DistillError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("expected an error on {field}, got {other:?}"),
+    };
+    invalid(init(MetaTeacherConfig::new().with_pilot_rate(PilotRate::Fixed(0.0))), "pilot_rate");
+    invalid(init(MetaTeacherConfig::new().with_pilot_rate(PilotRate::Fixed(-1.0))), "pilot_rate");
+    invalid(init(MetaTeacherConfig::new().with_fd_step(Some(0.0))), "fd_step");
+    invalid(init(MetaTeacherConfig::new().with_teacher_lr(f64::NAN)), "teacher_lr");
+    invalid(init(MetaTeacherConfig::new().with_pilot_steps(0)), "pilot_steps");
+    invalid(init(MetaTeacherConfig::new().with_period(0)), "period");
+    let frozen = MetaTeacherConfig::new().init(teacher.clone().no_grad(), SgdConfig::new().init(), kd_loss());
+    assert!(matches!(frozen, Err(DistillError::NothingToTrain { .. })));
+}
+
+#[test]
+fn quiz_batches_that_do_not_fit_are_errors() {
+    setup();
+    let (student, teacher, batch, quiz) = tiny();
+    let mut meta = MetaTeacherConfig::new()
+        .init(teacher, SgdConfig::new().init(), kd_loss())
+        .unwrap();
+    let p = Progress::epoch(0, 1);
+    let bad_targets = Batch::new(quiz.input.clone(), ints(vec![0, 1, 2, 3]));
+    assert_eq!(
+        meta.round(&student, &batch, &bad_targets, p, 0.0),
+        Err(DistillError::TargetOutOfRange { target: 3, classes: 3 })
+    );
+    let short = Batch::new(quiz.input.clone(), ints(vec![0, 1]));
+    assert!(matches!(
+        meta.round(&student, &batch, &short, p, 0.0),
+        Err(DistillError::ShapeMismatch { .. })
+    ));
+    // a student with another class count than the teacher
+    let wide = net(&[4, 5], &noise(3, size(&[4, 5]), 0.5));
+    assert_eq!(
+        meta.round(&wide, &batch, &quiz, p, 0.0),
+        Err(DistillError::ClassMismatch { student: 5, teacher: 3 })
+    );
+}
+
+/// Decoupled MetaDistil is the meta-teacher driving CE + DKD; its round runs and its teacher
+/// gradient is finite where the reference DKD's is NaN (the target masked by −1000).
+#[test]
+fn decoupled_metadistil_runs_and_stays_finite() {
+    setup();
+    let (student, teacher, batch, quiz) = tiny();
+    let dkd = DkdConfig::new().with_warmup_epochs(0).init().unwrap();
+    let mut meta = MetaTeacher::decoupled(&MetaTeacherConfig::new(), teacher, SgdConfig::new().init(), dkd).unwrap();
+    assert_eq!(meta.loss().name(), "sum");
+    let before = teacher_values(&meta);
+    let r = meta
+        .round(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+        .unwrap();
+    assert!(r.quiz_loss.unwrap().is_finite());
+    let after = teacher_values(&meta);
+    assert!(after.iter().all(|v| v.is_finite()));
+    assert_ne!(after, before);
+    let out = meta
+        .student_loss(student.run(&batch.input), &batch, Progress::epoch(0, 1))
+        .unwrap();
+    let names: Vec<String> = out.values().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["ce", "dkd/tckd", "dkd/nckd"]);
+}
