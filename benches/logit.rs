@@ -1,11 +1,12 @@
-//! Forward + backward (w.r.t. the student's logits) of the logit objectives on flex, f32, at
-//! the shapes of issue 2: [64,100], [256,100], [256,1000], [1024,1000].
+//! Forward + backward (w.r.t. the student's logits) of the logit objectives (KD, DKD, DCKD,
+//! DIST) on flex, f32, at the shapes of issue 2: [64,100], [256,100], [256,1000], [1024,1000].
 //!
 //! `cargo bench --bench logit`; medians go in docs/performance.md.
 
 use std::hint::black_box;
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn_distill::logit::{DckdConfig, DistConfig};
 use burn_distill::prelude::*;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -15,7 +16,10 @@ fn bench(c: &mut Criterion) {
     let dev = Device::flex().autodiff();
     let kd = KdConfig::new().init().unwrap();
     let dkd = DkdConfig::new().with_warmup_epochs(0).init().unwrap();
-    let objectives: [(&str, &dyn Loss); 2] = [("kd", &kd), ("dkd", &dkd)];
+    let dckd = DckdConfig::new().with_warmup_epochs(0).init().unwrap();
+    let dist = DistConfig::new().init().unwrap();
+    let objectives: [(&str, &dyn Loss); 4] =
+        [("kd", &kd), ("dkd", &dkd), ("dckd", &dckd), ("dist", &dist)];
     for (name, loss) in objectives {
         let mut group = c.benchmark_group(format!("{name}/forward+backward"));
         for (n, classes) in SHAPES {

@@ -133,7 +133,12 @@ pub(crate) fn check_positive(objective: &str, field: &str, v: f64) -> Result<f64
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
-        Err(DistillError::config(objective, field, v, "must be finite and > 0"))
+        Err(DistillError::config(
+            objective,
+            field,
+            v,
+            "must be finite and > 0",
+        ))
     }
 }
 

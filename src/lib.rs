@@ -43,6 +43,8 @@
 //! | [`Standardized`](logit::Standardized) | Sun et al., CVPR 2024, *Logit Standardization in KD* | [`logit`] |
 //! | [`Ctkd`](curriculum::Ctkd) | Li et al., AAAI 2023, *Curriculum Temperature for KD* | [`curriculum`] |
 //! | [`Schedule`](curriculum::Schedule) | warm-ups and ramps for any weight | [`curriculum`] |
+//! | [`MetaTeacher`](meta::MetaTeacher) | Zhou, Xu, McAuley, ACL 2022, *BERT Learns to Teach* (MetaDistil) | [`meta`] |
+//! | [`MetaTeacher::decoupled`](meta::MetaTeacher::decoupled) | Du et al. 2023, Decoupled MetaDistil (reconstruction) | [`meta`] |
 //!
 //! ## Backends
 //!
@@ -60,7 +62,7 @@ pub mod math;
 pub mod meta;
 
 pub use error::DistillError;
-pub use input::{Distillable, DistillInput, Feature, Outputs, Progress};
+pub use input::{DistillInput, Distillable, Feature, Outputs, Progress};
 pub use loss::{Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
 
 /// The types a training loop needs, in one import.

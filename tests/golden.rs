@@ -10,9 +10,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use burn::optim::SgdConfig;
 use burn::tensor::{DType, Gradients, Int, Tensor};
 use burn_distill::curriculum::CtkdConfig;
-use burn::optim::SgdConfig;
 use burn_distill::logit::{DistConfig, Standardized};
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
@@ -149,7 +149,10 @@ fn meta_round(method: &str, case: &Case) -> Result<(), String> {
         CrossEntropy::new().weighted(case.param("ce_weight")) + dkd.weighted(1.0)
     } else {
         let alpha = case.param("alpha");
-        let kd = KdConfig::new().with_temperature(temperature).init().map_err(e)?;
+        let kd = KdConfig::new()
+            .with_temperature(temperature)
+            .init()
+            .map_err(e)?;
         CrossEntropy::new().weighted(1.0 - alpha) + kd.weighted(alpha)
     };
     let meta = MetaTeacherConfig::new()
@@ -159,10 +162,22 @@ fn meta_round(method: &str, case: &Case) -> Result<(), String> {
         .map_err(e)?;
     let batch = |x: &str, y: &str| Batch::new(case.leaf::<2>(x).detach(), case.targets(y));
     let g = meta
-        .meta_gradient(&student, &batch("x", "y"), &batch("xq", "yq"), Progress::epoch(0, 1), 0.0)
+        .meta_gradient(
+            &student,
+            &batch("x", "y"),
+            &batch("xq", "yq"),
+            Progress::epoch(0, 1),
+            0.0,
+        )
         .map_err(e)?;
     let (rel, abs) = (1e-6, 1e-10);
-    close("quiz loss", &[g.quiz_loss], &[case.loss.ok_or("no loss")?], rel, abs)?;
+    close(
+        "quiz loss",
+        &[g.quiz_loss],
+        &[case.loss.ok_or("no loss")?],
+        rel,
+        abs,
+    )?;
     let layers = [
         (&meta.teacher().layers[0], &g.teacher, "t_W1", "t_b1"),
         (&meta.teacher().layers[1], &g.teacher, "t_W2", "t_b2"),

@@ -65,7 +65,9 @@ fn size(widths: &[usize]) -> usize {
 fn flat_grads(net: &Net, g: &GradientsParams) -> Vec<f64> {
     let mut out = Vec::new();
     for layer in &net.layers {
-        out.extend(values(g.get::<2>(layer.weight.id).expect("weight gradient")));
+        out.extend(values(
+            g.get::<2>(layer.weight.id).expect("weight gradient"),
+        ));
         out.extend(values(
             g.get::<1>(layer.bias.as_ref().unwrap().id)
                 .expect("bias gradient"),
@@ -89,19 +91,19 @@ fn kd_loss() -> LossSum {
 }
 
 /// The bilevel objective by its definition: `k` plain SGD steps of the student on the
-/// distillation loss (teacher fixed), then the quiz cross-entropy.
-fn bilevel(
-    student: &Net,
-    teacher: &Net,
+/// distillation loss `loss` (teacher fixed), then the quiz cross-entropy.
+fn bilevel<M: Distillable<Tensor<2>>>(
+    loss: &dyn Loss,
+    student: &M,
+    teacher: &M,
     batch: &Batch<Tensor<2>>,
     quiz: &Batch<Tensor<2>>,
     eta: f64,
     steps: usize,
 ) -> f64 {
-    let loss = kd_loss();
     let mut s = student.clone();
     for _ in 0..steps {
-        let input = DistillInput::new(s.run(&batch.input).logits, teacher.run(&batch.input).logits)
+        let input = DistillInput::from_outputs(s.run(&batch.input), teacher.run(&batch.input))
             .targets(batch.targets.clone());
         let grads = GradientsParams::from_grads(loss.forward(&input).unwrap().total.backward(), &s);
         s = SgdConfig::new().init().step(eta, s, grads);
@@ -121,16 +123,22 @@ struct Problem {
 }
 
 fn problem() -> impl Strategy<Value = Problem> {
-    (any::<u64>(), 2usize..5, 2usize..6, 2usize..5, 2usize..6, 1usize..3).prop_map(
-        |(seed, input, hidden, classes, rows, steps)| Problem {
+    (
+        any::<u64>(),
+        2usize..5,
+        2usize..6,
+        2usize..5,
+        2usize..6,
+        1usize..3,
+    )
+        .prop_map(|(seed, input, hidden, classes, rows, steps)| Problem {
             seed,
             input,
             hidden,
             classes,
             rows,
             steps,
-        },
-    )
+        })
 }
 
 proptest! {
@@ -160,12 +168,12 @@ proptest! {
             .meta_gradient(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
             .unwrap();
         let got = flat_grads(meta.teacher(), &g.teacher);
-        let q0 = bilevel(&student, &net(&t_widths, &theta_t), &batch, &quiz, eta, p.steps);
+        let q0 = bilevel(&kd_loss(), &student, &net(&t_widths, &theta_t), &batch, &quiz, eta, p.steps);
         prop_assert!((g.quiz_loss - q0).abs() <= 1e-12 * q0.abs().max(1.0));
 
         let h = 1e-5;
         let want = numeric_grad(
-            &|theta| bilevel(&student, &net(&t_widths, &theta), &batch, &quiz, eta, p.steps),
+            &|theta| bilevel(&kd_loss(), &student, &net(&t_widths, &theta), &batch, &quiz, eta, p.steps),
             &theta_t,
             h,
         );
@@ -175,6 +183,96 @@ proptest! {
             prop_assert!(false, "{msg} ({p:?})");
         }
     }
+}
+
+/// A net that also exposes its first hidden layer (after tanh) as the feature tap `hidden`.
+#[derive(Module, Debug)]
+struct Tapped {
+    net: Net,
+}
+
+impl Distillable<Tensor<2>> for Tapped {
+    fn run(&self, x: &Tensor<2>) -> burn_distill::Outputs {
+        let hidden = burn::tensor::activation::tanh(self.net.layers[0].forward(x.clone()));
+        self.net.run(x).feature("hidden", hidden)
+    }
+}
+
+/// A hint loss on the `hidden` tap: mean squared difference (a stand-in for the feature
+/// objectives, to check that taps carry the meta-gradient).
+#[derive(Debug)]
+struct HiddenMse;
+
+impl Loss for HiddenMse {
+    fn name(&self) -> &str {
+        "hidden_mse"
+    }
+    fn forward(&self, input: &DistillInput) -> Result<burn_distill::LossOutput, DistillError> {
+        match input.feature_pair("hidden_mse", "hidden")? {
+            (burn_distill::Feature::Embedding(s), burn_distill::Feature::Embedding(t)) => Ok(
+                burn_distill::LossOutput::single("hidden_mse", (s - t).square().mean()),
+            ),
+            _ => unreachable!("the test taps embeddings"),
+        }
+    }
+}
+
+/// With a loss that also reads a teacher feature tap, the meta-gradient still matches the
+/// bilevel finite difference: the tap's gradient goes through the teacher too.
+#[test]
+fn feature_taps_carry_the_meta_gradient() {
+    setup();
+    let (s_w, t_w) = ([3, 4, 3], [3, 4, 3]);
+    let loss = || kd_loss() + HiddenMse.weighted(2.0);
+    let student = Tapped {
+        net: net(&s_w, &noise(21, size(&s_w), 0.7)),
+    };
+    let theta_t = noise(22, size(&t_w), 1.2);
+    let batch = Batch::new(f64t(noise(23, 15, 1.5), [5, 3]), labels(24, 5, 3));
+    let quiz = Batch::new(f64t(noise(25, 12, 1.5), [4, 3]), labels(26, 4, 3));
+    let teacher = |theta: &[f64]| Tapped {
+        net: net(&t_w, theta),
+    };
+    let meta = MetaTeacherConfig::new()
+        .with_pilot_rate(PilotRate::Fixed(0.5))
+        .init(teacher(&theta_t), SgdConfig::new().init(), loss())
+        .unwrap();
+    let g = meta
+        .meta_gradient(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+        .unwrap();
+    let got = flat_grads(&meta.teacher().net, &g.teacher);
+    let want = numeric_grad(
+        &|theta| bilevel(&loss(), &student, &teacher(&theta), &batch, &quiz, 0.5, 1),
+        &theta_t,
+        1e-5,
+    );
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    close(
+        "d quiz/d teacher (with a tap)",
+        &got,
+        &want,
+        1e-5,
+        1e-8 * scale,
+    )
+    .unwrap();
+    // and the tap matters: without it the gradient differs
+    let plain = MetaTeacherConfig::new()
+        .with_pilot_rate(PilotRate::Fixed(0.5))
+        .init(teacher(&theta_t), SgdConfig::new().init(), kd_loss())
+        .unwrap();
+    let g0 = plain
+        .meta_gradient(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+        .unwrap();
+    assert!(
+        close(
+            "",
+            &flat_grads(&plain.teacher().net, &g0.teacher),
+            &want,
+            1e-3,
+            0.0
+        )
+        .is_err()
+    );
 }
 
 fn tiny() -> (Net, Net, Batch<Tensor<2>>, Batch<Tensor<2>>) {
@@ -218,7 +316,14 @@ fn sgd_round_moves_the_teacher_by_lr_times_the_meta_gradient() {
     assert!(round.updated);
     assert_eq!(round.quiz_loss, Some(g.quiz_loss));
     let want: Vec<f64> = before.iter().zip(&step).map(|(w, g)| w - 0.1 * g).collect();
-    close("teacher after one round", &teacher_values(&meta), &want, 1e-12, 1e-15).unwrap();
+    close(
+        "teacher after one round",
+        &teacher_values(&meta),
+        &want,
+        1e-12,
+        1e-15,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -240,7 +345,11 @@ fn period_and_freeze_skip_rounds() {
     assert_eq!(teacher_values(&meta), frozen);
     // epoch 1: rounds 2 and 4 update, round 3 does not
     let updates: Vec<bool> = (0..3)
-        .map(|_| meta.round(&student, &batch, &quiz, at(1), 0.0).unwrap().updated)
+        .map(|_| {
+            meta.round(&student, &batch, &quiz, at(1), 0.0)
+                .unwrap()
+                .updated
+        })
         .collect();
     assert_eq!(updates, [true, false, true]);
     assert_eq!(meta.rounds(), 5);
@@ -260,8 +369,12 @@ fn student_lr_drives_the_pilot_step() {
         .init(teacher, SgdConfig::new().init(), kd_loss())
         .unwrap();
     let p = Progress::epoch(0, 1);
-    let a = fixed.meta_gradient(&student, &batch, &quiz, p, 123.0).unwrap();
-    let b = follow.meta_gradient(&student, &batch, &quiz, p, 0.3).unwrap();
+    let a = fixed
+        .meta_gradient(&student, &batch, &quiz, p, 123.0)
+        .unwrap();
+    let b = follow
+        .meta_gradient(&student, &batch, &quiz, p, 0.3)
+        .unwrap();
     assert_eq!(a.quiz_loss, b.quiz_loss);
     assert!(matches!(
         follow.meta_gradient(&student, &batch, &quiz, p, 0.0),
@@ -320,13 +433,32 @@ fn config_errors_surface_at_init() {
         Err(DistillError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
         other => panic!("expected an error on {field}, got {other:?}"),
     };
-    invalid(init(MetaTeacherConfig::new().with_pilot_rate(PilotRate::Fixed(0.0))), "pilot_rate");
-    invalid(init(MetaTeacherConfig::new().with_pilot_rate(PilotRate::Fixed(-1.0))), "pilot_rate");
-    invalid(init(MetaTeacherConfig::new().with_fd_step(Some(0.0))), "fd_step");
-    invalid(init(MetaTeacherConfig::new().with_teacher_lr(f64::NAN)), "teacher_lr");
-    invalid(init(MetaTeacherConfig::new().with_pilot_steps(0)), "pilot_steps");
+    invalid(
+        init(MetaTeacherConfig::new().with_pilot_rate(PilotRate::Fixed(0.0))),
+        "pilot_rate",
+    );
+    invalid(
+        init(MetaTeacherConfig::new().with_pilot_rate(PilotRate::Fixed(-1.0))),
+        "pilot_rate",
+    );
+    invalid(
+        init(MetaTeacherConfig::new().with_fd_step(Some(0.0))),
+        "fd_step",
+    );
+    invalid(
+        init(MetaTeacherConfig::new().with_teacher_lr(f64::NAN)),
+        "teacher_lr",
+    );
+    invalid(
+        init(MetaTeacherConfig::new().with_pilot_steps(0)),
+        "pilot_steps",
+    );
     invalid(init(MetaTeacherConfig::new().with_period(0)), "period");
-    let frozen = MetaTeacherConfig::new().init(teacher.clone().no_grad(), SgdConfig::new().init(), kd_loss());
+    let frozen = MetaTeacherConfig::new().init(
+        teacher.clone().no_grad(),
+        SgdConfig::new().init(),
+        kd_loss(),
+    );
     assert!(matches!(frozen, Err(DistillError::NothingToTrain { .. })));
 }
 
@@ -341,7 +473,10 @@ fn quiz_batches_that_do_not_fit_are_errors() {
     let bad_targets = Batch::new(quiz.input.clone(), ints(vec![0, 1, 2, 3]));
     assert_eq!(
         meta.round(&student, &batch, &bad_targets, p, 0.0),
-        Err(DistillError::TargetOutOfRange { target: 3, classes: 3 })
+        Err(DistillError::TargetOutOfRange {
+            target: 3,
+            classes: 3
+        })
     );
     let short = Batch::new(quiz.input.clone(), ints(vec![0, 1]));
     assert!(matches!(
@@ -352,7 +487,10 @@ fn quiz_batches_that_do_not_fit_are_errors() {
     let wide = net(&[4, 5], &noise(3, size(&[4, 5]), 0.5));
     assert_eq!(
         meta.round(&wide, &batch, &quiz, p, 0.0),
-        Err(DistillError::ClassMismatch { student: 5, teacher: 3 })
+        Err(DistillError::ClassMismatch {
+            student: 5,
+            teacher: 3
+        })
     );
 }
 
@@ -363,7 +501,13 @@ fn decoupled_metadistil_runs_and_stays_finite() {
     setup();
     let (student, teacher, batch, quiz) = tiny();
     let dkd = DkdConfig::new().with_warmup_epochs(0).init().unwrap();
-    let mut meta = MetaTeacher::decoupled(&MetaTeacherConfig::new(), teacher, SgdConfig::new().init(), dkd).unwrap();
+    let mut meta = MetaTeacher::decoupled(
+        &MetaTeacherConfig::new(),
+        teacher,
+        SgdConfig::new().init(),
+        dkd,
+    )
+    .unwrap();
     assert_eq!(meta.loss().name(), "sum");
     let before = teacher_values(&meta);
     let r = meta

@@ -102,6 +102,12 @@ impl Mlp {
     }
 }
 
+impl burn_distill::Distillable<Tensor<2>> for Mlp {
+    fn run(&self, x: &Tensor<2>) -> burn_distill::Outputs {
+        burn_distill::Outputs::logits(self.forward(x.clone()))
+    }
+}
+
 /// Test accuracy of `model` on `split`, in percent.
 pub fn accuracy(model: &Mlp, split: &Split) -> f64 {
     let pred = model

@@ -66,7 +66,8 @@ pub struct MetaGradient {
 
 impl<I> Bilevel<'_, I> {
     fn input(&self, student: Outputs, teacher: Outputs) -> DistillInput {
-        let input = DistillInput::from_outputs(student, teacher).targets(self.batch.targets.clone());
+        let input =
+            DistillInput::from_outputs(student, teacher).targets(self.batch.targets.clone());
         match self.progress {
             Some(p) => input.progress(p),
             None => input,
@@ -103,7 +104,9 @@ impl<I> Bilevel<'_, I> {
         drop(pilot);
 
         let dtype = t_const.logits.dtype();
-        let h = self.fd_step.unwrap_or_else(|| machine_epsilon(dtype).cbrt());
+        let h = self
+            .fd_step
+            .unwrap_or_else(|| machine_epsilon(dtype).cbrt());
         let mut t_grad: Option<Vec<Tensor<1>>> = None;
         while let Some(theta) = path.pop() {
             let norm = Norm::of(&theta, &adjoint);
@@ -121,11 +124,19 @@ impl<I> Bilevel<'_, I> {
             let leaves = Leaves::new(&t_const);
             let l_plus = self
                 .loss
-                .forward(&self.input(plus.run(&self.batch.input), leaves.outputs()).attach_teacher())?
+                .forward(
+                    &self
+                        .input(plus.run(&self.batch.input), leaves.outputs())
+                        .attach_teacher(),
+                )?
                 .total;
             let l_minus = self
                 .loss
-                .forward(&self.input(minus.run(&self.batch.input), leaves.outputs()).attach_teacher())?
+                .forward(
+                    &self
+                        .input(minus.run(&self.batch.input), leaves.outputs())
+                        .attach_teacher(),
+                )?
                 .total;
             let mut grads = ((l_plus - l_minus) * (0.5 / eps)).backward();
             let step = leaves.grads(&grads, -self.eta);
@@ -135,7 +146,11 @@ impl<I> Bilevel<'_, I> {
             });
             let hv_plus = GradientsParams::from_module(&mut grads, &plus);
             let hv_minus = GradientsParams::from_module(&mut grads, &minus);
-            adjoint = Combine::of(&theta, &adjoint, &[(&hv_plus, -self.eta), (&hv_minus, -self.eta)]);
+            adjoint = Combine::of(
+                &theta,
+                &adjoint,
+                &[(&hv_plus, -self.eta), (&hv_minus, -self.eta)],
+            );
         }
 
         let teacher_grads = match t_grad {

@@ -179,7 +179,11 @@ impl<T: Module> MetaTeacher<T> {
         optimizer: impl Into<ModuleOptimizer>,
         dkd: crate::logit::Dkd,
     ) -> Result<Self, DistillError> {
-        config.init(teacher, optimizer, crate::LossSum::new().with(CrossEntropy::new()).with(dkd))
+        config.init(
+            teacher,
+            optimizer,
+            crate::LossSum::new().with(CrossEntropy::new()).with(dkd),
+        )
     }
 
     /// The same meta-teacher scoring pilots with `quiz` instead of cross-entropy (it reads the
@@ -257,7 +261,9 @@ impl<T: Module> MetaTeacher<T> {
             updated: false,
             quiz_loss: None,
         };
-        if progress.epoch < self.config.freeze_epochs || index % self.config.period as u64 != 0 {
+        if progress.epoch < self.config.freeze_epochs
+            || !index.is_multiple_of(self.config.period as u64)
+        {
             return Ok(skip);
         }
         let meta = self.meta_gradient(student, batch, quiz, progress, student_lr)?;
@@ -266,11 +272,9 @@ impl<T: Module> MetaTeacher<T> {
                 what: "the pilot's quiz loss".into(),
             });
         }
-        self.teacher = self.optimizer.step(
-            self.config.teacher_lr,
-            self.teacher.clone(),
-            meta.teacher,
-        );
+        self.teacher =
+            self.optimizer
+                .step(self.config.teacher_lr, self.teacher.clone(), meta.teacher);
         Ok(MetaRound {
             updated: true,
             quiz_loss: Some(meta.quiz_loss),
@@ -319,7 +323,10 @@ impl<T: Module> MetaTeacher<T> {
     where
         T: Distillable<I>,
     {
-        let input = DistillInput::from_outputs(student, self.teacher.run(&batch.input).detach())
+        // an untracked copy: a tracked forward that is never backpropagated would leave its
+        // graph behind on every step
+        let teacher = self.teacher.clone().no_grad().run(&batch.input);
+        let input = DistillInput::from_outputs(student, teacher)
             .targets(batch.targets.clone())
             .progress(progress);
         self.loss.forward(&input)

@@ -95,7 +95,9 @@ pub fn torch_linear(w: &[f64], b: &[f64], dtype: DType) -> burn::nn::Linear {
     use burn::module::Param;
     let out = b.len();
     let inp = w.len() / out;
-    let wt: Vec<f64> = (0..inp * out).map(|k| w[(k % out) * inp + k / out]).collect();
+    let wt: Vec<f64> = (0..inp * out)
+        .map(|k| w[(k % out) * inp + k / out])
+        .collect();
     burn::nn::Linear {
         weight: Param::from_tensor(tensor(wt, [inp, out], dtype)),
         bias: Some(Param::from_tensor(tensor(b.to_vec(), [out], dtype))),
@@ -103,7 +105,10 @@ pub fn torch_linear(w: &[f64], b: &[f64], dtype: DType) -> burn::nn::Linear {
 }
 
 /// A linear layer's gradients in torch's layout: `[out, in]` weight, then bias.
-pub fn torch_grads(layer: &burn::nn::Linear, g: &burn::optim::GradientsParams) -> (Vec<f64>, Vec<f64>) {
+pub fn torch_grads(
+    layer: &burn::nn::Linear,
+    g: &burn::optim::GradientsParams,
+) -> (Vec<f64>, Vec<f64>) {
     let w = g.get::<2>(layer.weight.id).expect("weight gradient");
     let b = g
         .get::<1>(layer.bias.as_ref().expect("bias").id)
