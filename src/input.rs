@@ -271,6 +271,32 @@ impl DistillInput {
         out
     }
 
+    /// The same input restricted to the batch rows `rows` (logits, targets and every feature
+    /// tap), e.g. the samples a curriculum admits.
+    pub fn select_rows(&self, rows: Tensor<1, Int>) -> Self {
+        let pick2 = |t: &Tensor<2>| t.clone().select(0, rows.clone());
+        let pick = |f: &Feature| match f {
+            Feature::Map(t) => Feature::Map(t.clone().select(0, rows.clone())),
+            Feature::Embedding(t) => Feature::Embedding(pick2(t)),
+        };
+        Self {
+            student_logits: self.student_logits.as_ref().map(pick2),
+            teacher_logits: self.teacher_logits.as_ref().map(pick2),
+            targets: self
+                .targets
+                .as_ref()
+                .map(|y| y.clone().select(0, rows.clone())),
+            features: self
+                .features
+                .iter()
+                .map(|(k, (s, t))| (k.clone(), (pick(s), pick(t))))
+                .collect(),
+            progress: self.progress,
+            teacher_attached: self.teacher_attached,
+            target_range: OnceLock::new(),
+        }
+    }
+
     /// Whether the teacher's tensors stay in the graph.
     pub fn is_teacher_attached(&self) -> bool {
         self.teacher_attached

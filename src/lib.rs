@@ -43,6 +43,8 @@
 //! | [`Standardized`](logit::Standardized) | Sun et al., CVPR 2024, *Logit Standardization in KD* | [`logit`] |
 //! | [`Ctkd`](curriculum::Ctkd) | Li et al., AAAI 2023, *Curriculum Temperature for KD* | [`curriculum`] |
 //! | [`Schedule`](curriculum::Schedule) | warm-ups and ramps for any weight | [`curriculum`] |
+//! | [`Paced`](curriculum::Paced), [`TopKMask`](curriculum::TopKMask) | difficulty curricula over samples and classes (DeepKD's top-k mask) | [`curriculum`] |
+//! | [`Dot`](optim::Dot) | Zhao et al., ICCV 2023, *DOT: A Distillation-Oriented Trainer* | [`optim`] |
 //! | [`MetaTeacher`](meta::MetaTeacher) | Zhou, Xu, McAuley, ACL 2022, *BERT Learns to Teach* (MetaDistil) | [`meta`] |
 //! | [`MetaTeacher::decoupled`](meta::MetaTeacher::decoupled) | Du et al. 2023, Decoupled MetaDistil (reconstruction) | [`meta`] |
 //!
@@ -60,6 +62,7 @@ pub mod curriculum;
 pub mod logit;
 pub mod math;
 pub mod meta;
+pub mod optim;
 
 pub use error::DistillError;
 pub use input::{DistillInput, Distillable, Feature, Outputs, Progress};

@@ -4,7 +4,7 @@
 mod common;
 
 use burn::tensor::{DType, Tensor};
-use burn_distill::curriculum::CtkdConfig;
+use burn_distill::curriculum::{CtkdConfig, Difficulty, PacedConfig, TopKMaskConfig};
 use burn_distill::logit::{
     DckdConfig, DistConfig, JointTarget, Standardized, dkd_per_sample, kd_per_sample,
 };
@@ -167,6 +167,19 @@ proptest! {
         }
     }
 
+    /// The difficulty curricula select rows and classes by the teacher; away from ties the
+    /// selection is locally constant, and the gradient is that of the inner loss on the
+    /// selection.
+    #[test]
+    fn curriculum_wrappers_gradients_match_finite_differences(b in batch(), start in 0.2f64..1.0) {
+        let kd = KdConfig::new().with_temperature(b.temp).init().unwrap();
+        check_grads(&PacedConfig::new().with_start(start).init(kd.clone()).unwrap(), &b)?;
+        check_grads(&PacedConfig::new().with_start(start).with_difficulty(Difficulty::TeacherConfidence).init(kd.clone()).unwrap(), &b)?;
+        check_grads(&TopKMaskConfig::new().with_start(start).init(kd).unwrap(), &b)?;
+        let dkd = DkdConfig::new().with_temperature(b.temp).init().unwrap();
+        check_grads(&TopKMaskConfig::new().with_start(start).init(dkd).unwrap(), &b)?;
+    }
+
     /// DCKD's Mix target-class gradient equals the finite difference of KL(m ‖ bˢ(z)) with the
     /// mixture m = w·bᵀ + (1 − w)·bˢ(z₀) frozen at the evaluation point.
     #[test]
@@ -320,6 +333,20 @@ fn finite_for_logits_of_magnitude_1e4() {
                     .init(
                         DkdConfig::new().with_warmup_epochs(0).init().unwrap(),
                         &device(),
+                    )
+                    .unwrap()
+                    .boxed(),
+                PacedConfig::new()
+                    .init(KdConfig::new().with_temperature(temp).init().unwrap())
+                    .unwrap()
+                    .boxed(),
+                TopKMaskConfig::new()
+                    .init(
+                        DkdConfig::new()
+                            .with_temperature(temp)
+                            .with_warmup_epochs(0)
+                            .init()
+                            .unwrap(),
                     )
                     .unwrap()
                     .boxed(),

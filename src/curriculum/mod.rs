@@ -2,10 +2,13 @@
 //!
 //! A [`Schedule`] turns a [`Progress`](crate::Progress) into a number. Objectives use them for
 //! warm-ups (DKD), and [`LossExt::weighted_by`](crate::LossExt::weighted_by) weights any
-//! objective by one. [`Ctkd`] learns a global temperature adversarially.
+//! objective by one. [`Ctkd`] learns a global temperature adversarially. [`Paced`] admits
+//! harder samples and [`TopKMask`] more non-target classes as training goes on.
 
+mod difficulty;
 mod schedule;
 mod temperature;
 
+pub use difficulty::*;
 pub use schedule::*;
 pub use temperature::*;
