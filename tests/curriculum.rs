@@ -52,6 +52,9 @@ fn row(x: &[f64], i: usize) -> &[f64] {
     &x[i * C..(i + 1) * C]
 }
 
+/// A sample's difficulty by its index.
+type Score = Box<dyn Fn(usize) -> f64>;
+
 /// The rows a ranking admits, easiest first.
 fn easiest(score: impl Fn(usize) -> f64, k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..4).collect();
@@ -71,7 +74,7 @@ fn kd_mean(rows: &[usize], temp: f64) -> f64 {
 fn paced_admits_the_easiest_rows_first() {
     let kd = || KdConfig::new().with_temperature(2.0).init().unwrap();
     let ce = |z: &[f64], i: usize| -softmax(row(z, i), 1.0)[Y[i] as usize].ln();
-    let cases: [(Difficulty, Box<dyn Fn(usize) -> f64>); 3] = [
+    let cases: [(Difficulty, Score); 3] = [
         (Difficulty::TeacherLoss, Box::new(|i| ce(&T, i))),
         (
             Difficulty::TeacherConfidence,
