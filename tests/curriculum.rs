@@ -52,6 +52,11 @@ fn row(x: &[f64], i: usize) -> &[f64] {
     &x[i * C..(i + 1) * C]
 }
 
+/// Cross-entropy of row `i` of the logits `z` on its target.
+fn ce(z: &[f64], i: usize) -> f64 {
+    -softmax(row(z, i), 1.0)[Y[i] as usize].ln()
+}
+
 /// A sample's difficulty by its index.
 type Score = Box<dyn Fn(usize) -> f64>;
 
@@ -73,7 +78,6 @@ fn kd_mean(rows: &[usize], temp: f64) -> f64 {
 #[test]
 fn paced_admits_the_easiest_rows_first() {
     let kd = || KdConfig::new().with_temperature(2.0).init().unwrap();
-    let ce = |z: &[f64], i: usize| -softmax(row(z, i), 1.0)[Y[i] as usize].ln();
     let cases: [(Difficulty, Score); 3] = [
         (Difficulty::TeacherLoss, Box::new(|i| ce(&T, i))),
         (
