@@ -1,5 +1,6 @@
-//! Quick start: train a teacher, then the same small student alone, with KD and with DKD, on
-//! the UCI 8×8 digits shipped in `data/`, and compare test accuracies.
+//! Quick start: train a teacher, then the same small student alone, with KD, DKD, DCKD and
+//! KD under a learned (CTKD) temperature, on the UCI 8×8 digits shipped in `data/`, and compare
+//! test accuracies.
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -9,7 +10,9 @@ mod common;
 
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::Device;
+use burn_distill::curriculum::{Ctkd, CtkdConfig};
 use burn_distill::logit::DckdConfig;
 use burn_distill::prelude::*;
 use common::*;
@@ -17,6 +20,13 @@ use common::*;
 const SEEDS: [u64; 3] = [1, 2, 3];
 const TEACHER_EPOCHS: usize = 60;
 const STUDENT_EPOCHS: usize = 100;
+
+/// The student and CTKD's learnable temperature, trained together by one optimizer.
+#[derive(Module, Debug)]
+struct WithCtkd {
+    student: Mlp,
+    ctkd: Ctkd<Kd>,
+}
 
 fn main() -> Result<(), DistillError> {
     let dev = Device::flex().autodiff();
@@ -88,43 +98,82 @@ fn main() -> Result<(), DistillError> {
             .boxed(),
         ),
     ];
-    let mut table = Vec::new();
-    for (name, loss) in &methods {
-        let start = Instant::now();
-        let mut accs = Vec::new();
-        for &seed in &SEEDS {
-            let cfg = Train {
-                epochs,
-                batch: 64,
-                lr,
-                seed,
-            };
-            let student = train(
-                Mlp::new(&[64, hidden, 10], 100 + seed, &dev),
-                &train_set,
-                Some(&teacher_logits),
-                loss.as_ref(),
-                &cfg,
-                |epoch, terms, model| {
-                    if seed == SEEDS[0] {
-                        println!(
-                            "{name:<26} seed {seed} epoch {:>2}: {}  test {:.2}%",
-                            epoch + 1,
-                            fmt_terms(terms),
-                            accuracy(model, &test_set)
-                        );
-                    }
-                },
-            );
-            accs.push(accuracy(&student, &test_set));
+    let cfg = |seed| Train {
+        epochs,
+        batch: 64,
+        lr,
+        seed,
+    };
+    let report = |name: &str, seed: u64| {
+        let name = name.to_string();
+        let test_set = &test_set;
+        move |epoch: usize, terms: &[(String, f64)], model: &Mlp| {
+            if seed == SEEDS[0] {
+                println!(
+                    "{name:<26} seed {seed} epoch {:>2}: {}  test {:.2}%",
+                    epoch + 1,
+                    fmt_terms(terms),
+                    accuracy(model, test_set)
+                );
+            }
         }
+    };
+    let mut table = Vec::new();
+    let mut compare = |name: &str, run: &mut dyn FnMut(u64) -> Mlp| {
+        let start = Instant::now();
+        let accs: Vec<f64> = SEEDS
+            .iter()
+            .map(|&seed| accuracy(&run(seed), &test_set))
+            .collect();
         let (mean, std) = mean_std(&accs);
         println!(
             "{name:<26} test accuracy {mean:.2} ± {std:.2}% over {} seeds\n",
             SEEDS.len()
         );
-        table.push((name, mean, std, start.elapsed().as_secs_f64()));
+        table.push((name.to_string(), mean, std, start.elapsed().as_secs_f64()));
+    };
+    for (name, loss) in &methods {
+        compare(name, &mut |seed| {
+            train(
+                Mlp::new(&[64, hidden, 10], 100 + seed, &dev),
+                &train_set,
+                Some(&teacher_logits),
+                loss.as_ref(),
+                &cfg(seed),
+                report(name, seed),
+            )
+        });
     }
+
+    // KD whose temperature is learned adversarially (CTKD): T = 1 + 20·sigmoid(θ), θ trained
+    // with the student behind a gradient reversal ramping to −1 over 10 epochs
+    let name = "CTKD+KD, 0.5 CE + 0.5 KD";
+    compare(name, &mut |seed| {
+        let model = WithCtkd {
+            student: Mlp::new(&[64, hidden, 10], 100 + seed, &dev),
+            ctkd: CtkdConfig::new()
+                .init(KdConfig::new().init().expect("valid KD"), &dev)
+                .expect("valid CTKD"),
+        };
+        let loss = |m: &WithCtkd, input: &DistillInput| {
+            (CrossEntropy::new().weighted(1.0 - alpha) + m.ctkd.clone().weighted(alpha))
+                .forward(input)
+        };
+        let trained = train_with(
+            model,
+            |m| &m.student,
+            &train_set,
+            Some(&teacher_logits),
+            &loss,
+            &cfg(seed),
+            report(name, seed),
+        );
+        println!(
+            "  seed {seed}: learned temperature {:.3}",
+            trained.ctkd.temperature()
+        );
+        trained.student
+    });
 
     println!(
         "student 64-{hidden}-10, {epochs} epochs, Adam {lr}, mean ± std over seeds {SEEDS:?}:"

@@ -135,13 +135,36 @@ pub struct Train {
 /// `teacher_logits` (rows aligned with `train`; `None` for a loss that needs no teacher), and
 /// calls `report(epoch, mean loss terms, model)` after each epoch. Returns the trained model.
 pub fn train(
-    mut model: Mlp,
+    model: Mlp,
     train: &Split,
     teacher_logits: Option<&Tensor<2>>,
     loss: &dyn Loss,
     cfg: &Train,
-    mut report: impl FnMut(usize, &[(String, f64)], &Mlp),
+    report: impl FnMut(usize, &[(String, f64)], &Mlp),
 ) -> Mlp {
+    train_with(
+        model,
+        |m| m,
+        train,
+        teacher_logits,
+        &|_, input| loss.forward(input),
+        cfg,
+        report,
+    )
+}
+
+/// [`train`] for a module `M` that holds the student (reached by `student`) and learnable
+/// parts of the loss beside it (a CTKD temperature, say): `loss(model, input)` evaluates the
+/// loss with the model's current parts, and Adam updates them all.
+pub fn train_with<M: Module>(
+    mut model: M,
+    student: fn(&M) -> &Mlp,
+    train: &Split,
+    teacher_logits: Option<&Tensor<2>>,
+    loss: &dyn Fn(&M, &DistillInput) -> Result<LossOutput, DistillError>,
+    cfg: &Train,
+    mut report: impl FnMut(usize, &[(String, f64)], &Mlp),
+) -> M {
     let mut optim = AdamConfig::new().init();
     let n = train.len();
     let steps = n.div_ceil(cfg.batch);
@@ -150,7 +173,7 @@ pub fn train(
         let mut sums: Vec<(String, f64)> = Vec::new();
         for (step, idx) in perm.chunks(cfg.batch).enumerate() {
             let batch = train.rows(idx);
-            let logits = model.forward(batch.x.clone());
+            let logits = student(&model).forward(batch.x.clone());
             let teacher = match teacher_logits {
                 Some(t) => {
                     let dev = t.device();
@@ -165,7 +188,7 @@ pub fn train(
             let input = DistillInput::new(logits, teacher)
                 .targets(batch.y)
                 .progress(Progress::epoch(epoch, cfg.epochs).at_step(step, steps));
-            let out = loss.forward(&input).expect("a valid batch");
+            let out = loss(&model, &input).expect("a valid batch");
             for (i, (name, v)) in out.values().into_iter().enumerate() {
                 match sums.get_mut(i) {
                     Some(s) => s.1 += v / steps as f64,
@@ -175,7 +198,7 @@ pub fn train(
             let grads = GradientsParams::from_grads(out.total.backward(), &model);
             model = optim.step(cfg.lr, model, grads);
         }
-        report(epoch, &sums, &model);
+        report(epoch, &sums, student(&model));
     }
     model
 }
