@@ -33,6 +33,14 @@ pub enum DistillError {
         /// The number of classes.
         classes: usize,
     },
+    /// A dataset index is negative or not below the data set's size.
+    #[error("dataset index {index} is out of range for {size} samples")]
+    IndexOutOfRange {
+        /// The offending index (the smallest or largest in the batch).
+        index: i64,
+        /// The data set's size.
+        size: usize,
+    },
     /// A temperature is zero, negative, infinite or NaN.
     #[error("temperature must be positive and finite, got {0}")]
     InvalidTemperature(f64),
@@ -57,6 +65,22 @@ pub enum DistillError {
         objective: String,
         /// The name of the missing tap.
         name: String,
+    },
+    /// A view layout (which rows are views of which image) is inconsistent.
+    #[error("invalid view layout: {reason}")]
+    InvalidViews {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A batch-level objective got too few rows to relate.
+    #[error("{objective} relates the samples of a batch and needs at least {min} rows, got {got}")]
+    BatchTooSmall {
+        /// The objective that asked.
+        objective: String,
+        /// The minimum it needs.
+        min: usize,
+        /// The rows it got.
+        got: usize,
     },
     /// The objective needs more classes than the logits have.
     #[error("{objective} needs at least {min} classes, got {got}")]

@@ -85,6 +85,23 @@ impl From<Tensor<2>> for Feature {
 }
 
 impl Feature {
+    /// The representation as one row per sample: a map `[N, C, H, W]` flattened to
+    /// `[N, C·H·W]`, an embedding as it is.
+    pub fn flatten(self) -> Tensor<2> {
+        match self {
+            Feature::Map(t) => t.flatten(1, 3),
+            Feature::Embedding(t) => t,
+        }
+    }
+
+    /// The batch size.
+    pub fn rows(&self) -> usize {
+        match self {
+            Feature::Map(t) => t.dims()[0],
+            Feature::Embedding(t) => t.dims()[0],
+        }
+    }
+
     /// The same representation cut from the autodiff graph.
     pub fn detach(self) -> Self {
         match self {
@@ -163,6 +180,69 @@ pub trait Distillable<I>: Module {
     fn run(&self, input: &I) -> Outputs;
 }
 
+/// Which rows of a batch are views of which image, and which view each is (view 0 is the
+/// un-augmented one). Multi-view objectives (DLKD's correlation) read it from the input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Views {
+    image: Vec<usize>,
+    view: Vec<usize>,
+}
+
+impl Views {
+    /// Rows ordered image-major, view-minor: row `r` is view `r % views` of image `r / views`
+    /// (DLKD's four rotations: `Views::image_major(batch, 4)`).
+    pub fn image_major(images: usize, views: usize) -> Self {
+        let rows = 0..images * views;
+        Self {
+            image: rows.clone().map(|r| r / views.max(1)).collect(),
+            view: rows.map(|r| r % views.max(1)).collect(),
+        }
+    }
+
+    /// Any layout: row `r` is view `view[r]` of image `image[r]`. Every image needs exactly one
+    /// view 0.
+    pub fn new(image: Vec<usize>, view: Vec<usize>) -> Result<Self, DistillError> {
+        let bad = |reason: String| Err(DistillError::InvalidViews { reason });
+        if image.len() != view.len() {
+            return bad(format!(
+                "{} image ids for {} view ids",
+                image.len(),
+                view.len()
+            ));
+        }
+        let mut plain = BTreeMap::new();
+        for (&i, &v) in image.iter().zip(&view) {
+            if v == 0 && plain.insert(i, ()).is_some() {
+                return bad(format!("image {i} has two un-augmented views (view 0)"));
+            }
+        }
+        if let Some(i) = image.iter().find(|i| !plain.contains_key(*i)) {
+            return bad(format!("image {i} has no un-augmented view (view 0)"));
+        }
+        Ok(Self { image, view })
+    }
+
+    /// The number of rows described.
+    pub fn rows(&self) -> usize {
+        self.image.len()
+    }
+
+    /// The rows holding view 0, in order.
+    pub fn plain_rows(&self) -> Vec<usize> {
+        (0..self.rows()).filter(|&r| self.view[r] == 0).collect()
+    }
+
+    /// The rows holding augmented views, in order.
+    pub fn augmented_rows(&self) -> Vec<usize> {
+        (0..self.rows()).filter(|&r| self.view[r] != 0).collect()
+    }
+
+    /// The image of each row.
+    pub fn images(&self) -> &[usize] {
+        &self.image
+    }
+}
+
 /// Everything an objective may read for one batch.
 ///
 /// ```
@@ -186,6 +266,8 @@ pub struct DistillInput {
     teacher_logits: Option<Tensor<2>>,
     targets: Option<Tensor<1, Int>>,
     features: BTreeMap<String, (Feature, Feature)>,
+    views: Option<Views>,
+    indices: Option<Tensor<1, Int>>,
     progress: Option<Progress>,
     teacher_attached: bool,
     target_range: OnceLock<(i64, i64)>,
@@ -249,6 +331,42 @@ impl DistillInput {
         self
     }
 
+    /// Describes the rows as views of images (see [`Views`]).
+    pub fn views(mut self, views: Views) -> Self {
+        self.views = Some(views);
+        self
+    }
+
+    /// The view layout, if set; a layout that does not cover the batch is an error.
+    pub fn get_views(&self, objective: &str) -> Result<Option<&Views>, DistillError> {
+        match (&self.views, self.batch_size()) {
+            (Some(v), Some(n)) if v.rows() != n => Err(DistillError::InvalidViews {
+                reason: format!(
+                    "{objective}: the layout has {} rows, the batch {n}",
+                    v.rows()
+                ),
+            }),
+            (v, _) => Ok(v.as_ref()),
+        }
+    }
+
+    /// Sets each row's index in the dataset `[N]` (for objectives with a per-sample memory,
+    /// such as CRD).
+    pub fn indices(mut self, indices: Tensor<1, Int>) -> Self {
+        self.indices = Some(indices);
+        self
+    }
+
+    /// The dataset indices, or a [`DistillError::MissingInput`] naming `objective`.
+    pub fn require_indices(&self, objective: &str) -> Result<Tensor<1, Int>, DistillError> {
+        self.indices
+            .clone()
+            .ok_or_else(|| DistillError::MissingInput {
+                objective: objective.into(),
+                what: "dataset indices (DistillInput::indices)".into(),
+            })
+    }
+
     /// Sets the training progress that schedules read.
     pub fn progress(mut self, progress: Progress) -> Self {
         self.progress = Some(progress);
@@ -291,6 +409,11 @@ impl DistillInput {
                 .iter()
                 .map(|(k, (s, t))| (k.clone(), (pick(s), pick(t))))
                 .collect(),
+            views: None,
+            indices: self
+                .indices
+                .as_ref()
+                .map(|i| i.clone().select(0, rows.clone())),
             progress: self.progress,
             teacher_attached: self.teacher_attached,
             target_range: OnceLock::new(),

@@ -63,9 +63,10 @@ pub mod logit;
 pub mod math;
 pub mod meta;
 pub mod optim;
+pub mod relation;
 
 pub use error::DistillError;
-pub use input::{DistillInput, Distillable, Feature, Outputs, Progress};
+pub use input::{DistillInput, Distillable, Feature, Outputs, Progress, Views};
 pub use loss::{Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
 
 /// The types a training loop needs, in one import.

@@ -71,16 +71,49 @@ pub fn masked_logsumexp(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<2> {
     logsumexp(x.mask_fill(mask, f64::NEG_INFINITY))
 }
 
+/// Each row's Euclidean norm clamped below at `eps`, `[N, D]` → `[N, 1]`, computed as
+/// `sqrt(max(‖x‖², eps²))`: the same value as `max(‖x‖, eps)`, and a zero row gets a zero
+/// gradient instead of sqrt's infinite one at 0.
+pub fn row_norms(x: Tensor<2>, eps: f64) -> Tensor<2> {
+    x.square().sum_dim(1).clamp_min(eps * eps).sqrt()
+}
+
+/// Rows scaled to unit length, `x / max(‖x‖, eps)` (`torch.nn.functional.normalize`).
+pub fn l2_normalize(x: Tensor<2>, eps: f64) -> Tensor<2> {
+    x.clone() / row_norms(x, eps)
+}
+
+/// Cosine similarity of every row of `a` `[N, D]` with every row of `b` `[M, D]`: `[N, M]`.
+pub fn cosine_matrix(a: Tensor<2>, b: Tensor<2>, eps: f64) -> Tensor<2> {
+    l2_normalize(a, eps).matmul(l2_normalize(b, eps).transpose())
+}
+
+/// Euclidean distances between the rows of `x` `[N, D]`: `[N, N]` with an exact zero
+/// diagonal; `squared` skips the square root. Squared distances are clamped below at `eps`
+/// off the diagonal (RKD's `_pdist`).
+pub fn pairwise_distances(x: Tensor<2>, squared: bool, eps: f64) -> Tensor<2> {
+    let (n, device) = (x.dims()[0], x.device());
+    let sq = x.clone().square().sum_dim(1);
+    let d = (sq.clone() + sq.transpose() - x.clone().matmul(x.transpose()) * 2.0).clamp_min(eps);
+    let d = if squared { d } else { d.sqrt() };
+    d.mask_fill(eye(n, &device), 0.0)
+}
+
+/// The `[n, n]` identity mask.
+pub fn eye(n: usize, device: &burn::tensor::Device) -> Tensor<2, Bool> {
+    let i = Tensor::<1, Int>::arange(0..n as i64, device);
+    i.clone()
+        .unsqueeze_dim::<2>(1)
+        .equal(i.unsqueeze_dim::<2>(0))
+}
+
 /// Pearson correlation of each row of `a` with the same row of `b` (`[N, C]` → `[N]`): the
 /// cosine similarity of the mean-centred rows, each norm clamped below at `eps` (as
 /// `torch.nn.functional.cosine_similarity`).
 pub fn pearson_rows(a: Tensor<2>, b: Tensor<2>, eps: f64) -> Tensor<1> {
     let a = a.clone() - a.mean_dim(1);
     let b = b.clone() - b.mean_dim(1);
-    // max(‖x‖, eps) as sqrt(max(‖x‖², eps²)): the same value, and a zero row gets a zero
-    // gradient instead of sqrt's infinite one at 0
-    let norm = |x: Tensor<2>| (x.clone() * x).sum_dim(1).clamp_min(eps * eps).sqrt();
-    ((a.clone() * b.clone()).sum_dim(1) / (norm(a) * norm(b))).squeeze_dim(1)
+    ((a.clone() * b.clone()).sum_dim(1) / (row_norms(a, eps) * row_norms(b, eps))).squeeze_dim(1)
 }
 
 /// The `[N, C]` mask that is true at each row's target class.

@@ -16,6 +16,8 @@ use burn_distill::curriculum::CtkdConfig;
 use burn_distill::logit::{DistConfig, Standardized};
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
+use burn_distill::relation::{DlkdConfig, PktConfig, RkdConfig, SpConfig};
+use burn_distill::{Feature, Views};
 use common::*;
 use serde_json::Value;
 
@@ -191,6 +193,143 @@ fn meta_round(method: &str, case: &Case) -> Result<(), String> {
     Ok(())
 }
 
+/// A feature tap of any rank from the case's input `name` (tracked).
+fn tap(case: &Case, name: &str) -> Feature {
+    match case.inputs[name].0.len() {
+        4 => Feature::Map(case.leaf::<4>(name)),
+        _ => Feature::Embedding(case.leaf::<2>(name)),
+    }
+}
+
+/// A relational objective on the taps `feat_student` and `feat_teacher` (teacher attached):
+/// the loss and the gradient of each recorded tap.
+fn relational(case: &Case, loss: &dyn Loss) -> Result<(), String> {
+    let (s, t) = (tap(case, "feat_student"), tap(case, "feat_teacher"));
+    let input = DistillInput::features_only()
+        .feature("embedding", s.clone(), t.clone())
+        .attach_teacher();
+    let out = loss.forward(&input).map_err(|e| e.to_string())?;
+    check_taps(case, out, &[("feat_student", &s), ("feat_teacher", &t)]).map(|_| ())
+}
+
+/// Compares the loss and the gradients of the recorded taps; returns the gradients.
+fn check_taps(
+    case: &Case,
+    out: LossOutput,
+    taps: &[(&str, &Feature)],
+) -> Result<Gradients, String> {
+    let (rel, abs) = case.tolerance();
+    close(
+        "loss",
+        &[out.value()],
+        &[case.loss.ok_or("no loss")?],
+        rel,
+        abs,
+    )?;
+    let grads = out.total.backward();
+    for (name, f) in taps {
+        let Some(want) = case.grads.get(*name) else {
+            continue;
+        };
+        let g = match f {
+            Feature::Map(t) => t.grad(&grads).map(values),
+            Feature::Embedding(t) => t.grad(&grads).map(values),
+        }
+        .ok_or_else(|| format!("no gradient for {name}"))?;
+        close(&format!("d/d{name}"), &g, want, rel, abs)?;
+    }
+    Ok(grads)
+}
+
+/// DLKD's three parts, each with the case's head weights (torch layout) and the other weights
+/// zero; the gradients of the taps and of every head parameter.
+fn dlkd(method: &str, case: &Case) -> Result<(), String> {
+    let e = |err: DistillError| err.to_string();
+    let (s, t) = (tap(case, "feat_student"), tap(case, "feat_teacher"));
+    let (ds, dt) = (
+        case.inputs["feat_student"].0[1],
+        case.inputs["feat_teacher"].0[1],
+    );
+    let rows = case.inputs["feat_student"].0[0];
+    let only = |w: &str| if method.ends_with(w) { 1.0 } else { 0.0 };
+    let mut config = DlkdConfig::new(ds, dt)
+        .with_ce_weight(0.0)
+        .with_align_weight(only("align"))
+        .with_corr_weight(only("corr"))
+        .with_supcon_weight(only("supcon"));
+    if let Some(tau) = case.params["temperature"].as_f64() {
+        config = if method == "dlkd_corr" {
+            config.with_corr_temperature(tau)
+        } else {
+            config.with_supcon_temperature(tau)
+        };
+    }
+    if let Some(dim) = case.params["feat_dim"].as_u64() {
+        config = config.with_embed_dim(dim as usize);
+    }
+    let mut dlkd = config.init(&device()).map_err(e)?;
+    let linear = |w: &str, b: &str| torch_linear(&case.inputs[w].1, &case.inputs[b].1, case.dtype);
+    let vector = |name: &str| burn::module::Param::from_tensor(case.leaf::<1>(name).detach());
+    if method != "dlkd_supcon" {
+        let head = if method == "dlkd_align" {
+            &mut dlkd.align_head
+        } else {
+            &mut dlkd.corr_head
+        };
+        head.fc1 = linear("mlp_fc1_weight", "mlp_fc1_bias");
+        head.fc2 = linear("mlp_fc2_weight", "mlp_fc2_bias");
+        head.bn.gamma = vector("mlp_bn_weight");
+        head.bn.beta = vector("mlp_bn_bias");
+    } else {
+        dlkd.embed_student.linear = linear("embed_s_weight", "embed_s_bias");
+        dlkd.embed_teacher.linear = linear("embed_t_weight", "embed_t_bias");
+    }
+    let mut input = DistillInput::features_only()
+        .feature("embedding", s.clone(), t.clone())
+        .views(Views::image_major(rows / 4, 4))
+        .attach_teacher();
+    if method == "dlkd_supcon" {
+        input = input.targets(case.targets("labels"));
+    }
+    let out = dlkd.forward(&input).map_err(e)?;
+    let grads = check_taps(case, out, &[("feat_student", &s), ("feat_teacher", &t)])?;
+    let gp = burn::optim::GradientsParams::from_grads(grads, &dlkd);
+    let (rel, abs) = case.tolerance();
+    let check_linear = |layer: &burn::nn::Linear, w: &str, b: &str| -> Result<(), String> {
+        let (gw, gb) = torch_grads(layer, &gp);
+        close(&format!("d/d{w}"), &gw, &case.grads[w], rel, abs)?;
+        close(&format!("d/d{b}"), &gb, &case.grads[b], rel, abs)
+    };
+    if method == "dlkd_supcon" {
+        check_linear(&dlkd.embed_student.linear, "embed_s_weight", "embed_s_bias")?;
+        check_linear(&dlkd.embed_teacher.linear, "embed_t_weight", "embed_t_bias")?;
+    } else {
+        let head = if method == "dlkd_align" {
+            &dlkd.align_head
+        } else {
+            &dlkd.corr_head
+        };
+        check_linear(&head.fc1, "mlp_fc1_weight", "mlp_fc1_bias")?;
+        check_linear(&head.fc2, "mlp_fc2_weight", "mlp_fc2_bias")?;
+        for (param, name) in [
+            (&head.bn.gamma, "mlp_bn_weight"),
+            (&head.bn.beta, "mlp_bn_bias"),
+        ] {
+            let g = gp
+                .get::<1>(param.id)
+                .ok_or(format!("no gradient for {name}"))?;
+            close(
+                &format!("d/d{name}"),
+                &values(g),
+                &case.grads[name],
+                rel,
+                abs,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs one case; `Ok(false)` when the crate has no objective for its method yet.
 fn run(method: &str, case: &Case) -> Result<bool, String> {
     let e = |err: DistillError| err.to_string();
@@ -320,6 +459,25 @@ fn run(method: &str, case: &Case) -> Result<bool, String> {
             close("d/dtheta (reversed)", &g, &case.grads["theta"], rel, abs)?;
         }
         "metadistil_meta_grad" | "metadistil_meta_grad_dkd" => meta_round(method, case)?,
+        "rkd" | "pkt" | "sp" => {
+            let loss: Box<dyn Loss> = match method {
+                "rkd" => RkdConfig::new()
+                    .with_distance_weight(case.param("distance_weight"))
+                    .with_angle_weight(case.param("angle_weight"))
+                    .with_eps(case.param("eps"))
+                    .init()
+                    .map_err(e)?
+                    .boxed(),
+                "pkt" => PktConfig::new()
+                    .with_eps(case.param("eps"))
+                    .init()
+                    .map_err(e)?
+                    .boxed(),
+                _ => SpConfig::new().init().map_err(e)?.boxed(),
+            };
+            relational(case, loss.as_ref())?;
+        }
+        "dlkd_align" | "dlkd_corr" | "dlkd_supcon" => dlkd(method, case)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -327,6 +485,11 @@ fn run(method: &str, case: &Case) -> Result<bool, String> {
 
 #[test]
 fn golden_cases() {
+    // heads built by a config (DLKD's batch norm) take the device's default float dtype: the
+    // cases are mostly f64, and f32 cases give their dtype explicitly
+    burn::tensor::Device::default()
+        .configure(burn::tensor::FloatDType::F64)
+        .expect("no tensor exists yet");
     let dir = std::env::var_os("BURN_DISTILL_GOLDEN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"));

@@ -1,0 +1,270 @@
+//! CRD: contrastive representation distillation with a memory bank.
+
+use burn::config::Config;
+use burn::module::{Module, RunningState};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+
+use super::head::Embed;
+use super::relational_pair;
+use crate::error::check_temperature;
+use crate::math::l2_normalize;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration of [`Crd`]; the defaults are RepDistiller's.
+#[derive(Config, Debug)]
+pub struct CrdConfig {
+    /// Width of the student's embedding (the tap).
+    pub student_dim: usize,
+    /// Width of the teacher's embedding.
+    pub teacher_dim: usize,
+    /// Samples in the training set: the memory bank has one row per sample.
+    pub dataset_size: usize,
+    /// The feature tap (a map is flattened).
+    #[config(default = "\"embedding\".to_string()")]
+    pub feature: String,
+    /// Width of the contrastive embeddings.
+    #[config(default = 128)]
+    pub embed_dim: usize,
+    /// Negatives `K` drawn per positive.
+    #[config(default = 16384)]
+    pub negatives: usize,
+    /// NCE temperature.
+    #[config(default = 0.07)]
+    pub temperature: f64,
+    /// Momentum of the memory update.
+    #[config(default = 0.5)]
+    pub momentum: f64,
+    /// Seed of the memory's initialisation and of the negatives.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl CrdConfig {
+    /// Validates the sizes, temperature and momentum and builds the embeddings and the two
+    /// memories (uniform in ±1/√(e/3), from the seed) on `device`.
+    pub fn init(&self, device: &Device) -> Result<Crd, DistillError> {
+        check_temperature(self.temperature)?;
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(DistillError::config(
+                "crd",
+                "momentum",
+                self.momentum,
+                "must be in [0, 1)",
+            ));
+        }
+        for (field, v) in [
+            ("student_dim", self.student_dim),
+            ("teacher_dim", self.teacher_dim),
+            ("dataset_size", self.dataset_size),
+            ("embed_dim", self.embed_dim),
+            ("negatives", self.negatives),
+        ] {
+            if v == 0 {
+                return Err(DistillError::config("crd", field, v, "must be >= 1"));
+            }
+        }
+        let (n, e) = (self.dataset_size, self.embed_dim);
+        let stdv = 1.0 / (e as f64 / 3.0).sqrt();
+        let memory = |stream: u64| {
+            let mut rng = SplitMix(self.seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
+            let data: Vec<f64> = (0..n * e)
+                .map(|_| (rng.unit() * 2.0 - 1.0) * stdv)
+                .collect();
+            RunningState::new(Tensor::from_data(TensorData::new(data, [n, e]), device))
+        };
+        Ok(Crd {
+            embed_student: Embed::new(self.student_dim, e, device),
+            embed_teacher: Embed::new(self.teacher_dim, e, device),
+            memory_student: memory(1),
+            memory_teacher: memory(2),
+            normalizers: RunningState::new(Tensor::from_data(
+                TensorData::new(vec![-1.0f64, -1.0], [2]),
+                device,
+            )),
+            config: self.clone(),
+        })
+    }
+}
+
+/// A counter-based generator (SplitMix64): the same numbers on every platform and backend.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// CRD (Tian, Krishnan, Isola, ICLR 2020, *Contrastive Representation Distillation*;
+/// RepDistiller's `CRDLoss`): student and teacher embeddings `vˢ = e_s(fˢ)`, `vᵗ = e_t(fᵗ)`
+/// (unit length) are contrasted against two memory banks holding a momentum average of every
+/// training sample's embedding. For sample `i` with `K` negatives `j` drawn uniformly from the
+/// data set,
+///
+/// ```text
+/// P(i, j) = exp(⟨m_j, v_i⟩ / τ) / Z        (Z fixed at the first batch: mean · n_data)
+/// L_NCE   = −Σᵢ [log P(i,i)/(P(i,i) + K/n) + Σⱼ log (K/n)/(P(i,j) + K/n)] / B
+/// L       = L_NCE(vᵗ against the student bank) + L_NCE(vˢ against the teacher bank)
+/// ```
+///
+/// After each forward the rows of the batch's samples are updated:
+/// `m_i ← normalize(μ·m_i + (1 − μ)·v_i)`. The banks and `Z` are burn `RunningState`s, so
+/// they save and load with the module's record and a restored run continues where it
+/// stopped. Negatives are a pure function of the seed, the input's `Progress` (epoch and
+/// step) and the row: no generator state to save. Needs `DistillInput::indices` (each row's
+/// index in the data set) and progress. The bank is updated on the calling thread (one
+/// device; see `docs/relational.md` for data-parallel training).
+#[derive(Module, Debug)]
+pub struct Crd {
+    /// The student's embedding `s → e`.
+    pub embed_student: Embed,
+    /// The teacher's embedding `t → e`.
+    pub embed_teacher: Embed,
+    /// Memory of the student's embeddings, `[n_data, e]`.
+    pub memory_student: RunningState<Tensor<2>>,
+    /// Memory of the teacher's embeddings, `[n_data, e]`.
+    pub memory_teacher: RunningState<Tensor<2>>,
+    /// The normalisers `Z` (student side, teacher side); negative until set.
+    pub normalizers: RunningState<Tensor<1>>,
+    #[module(skip)]
+    config: CrdConfig,
+}
+
+impl Crd {
+    /// The `K` negatives of each row `[B, K]` at this `epoch` and `step`.
+    fn negatives(&self, rows: usize, epoch: usize, step: usize, device: &Device) -> Tensor<2, Int> {
+        let (k, n) = (self.config.negatives, self.config.dataset_size as u64);
+        let key = self.config.seed
+            ^ ((epoch as u64) << 40)
+            ^ (step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let mut rng = SplitMix(key);
+        let data: Vec<i64> = (0..rows * k).map(|_| (rng.next() % n) as i64).collect();
+        Tensor::from_data(TensorData::new(data, [rows, k]), device)
+    }
+
+    /// `exp(⟨m_j, v⟩ / τ)` for the positive (column 0) and the negatives: `[B, K + 1]`.
+    fn scores(&self, memory: &Tensor<2>, v: Tensor<2>, ids: Tensor<2, Int>) -> Tensor<2> {
+        let [b, k1] = ids.dims();
+        let e = v.dims()[1];
+        let rows = memory
+            .clone()
+            .select(0, ids.reshape([b * k1]))
+            .reshape([b, k1, e])
+            .detach();
+        (rows.matmul(v.unsqueeze_dim::<3>(2)).reshape([b, k1]) * (1.0 / self.config.temperature))
+            .exp()
+    }
+
+    /// `m_i ← normalize(μ m_i + (1 − μ) v_i)` for the batch's samples.
+    fn update(
+        &self,
+        memory: &RunningState<Tensor<2>>,
+        current: Tensor<2>,
+        v: Tensor<2>,
+        idx: Tensor<1, Int>,
+    ) {
+        let mu = self.config.momentum;
+        let rows = current.clone().select(0, idx.clone()) * mu + v.detach() * (1.0 - mu);
+        memory.update(current.select_assign(
+            0,
+            idx,
+            l2_normalize(rows, 1e-12),
+            IndexingUpdateOp::Assign,
+        ));
+    }
+}
+
+/// NCE against the uniform noise `1/n_data` with `K` noise samples: `[B, K + 1]` → loss.
+fn nce(p: Tensor<2>, data: usize) -> Tensor<1> {
+    let [b, k1] = p.dims();
+    let noise = (k1 - 1) as f64 / data as f64;
+    let eps = 1e-7;
+    let positive = p.clone().slice([0..b, 0..1]);
+    let negative = p.slice([0..b, 1..k1]);
+    let log_d1 = (positive.clone() / (positive + noise + eps)).log();
+    let log_d0 = ((negative + noise + eps).recip() * noise).log();
+    -(log_d1.sum() + log_d0.sum()) * (1.0 / b as f64)
+}
+
+impl Loss for Crd {
+    fn name(&self) -> &str {
+        "crd"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let c = &self.config;
+        let (s, t) = relational_pair(input, "crd", &c.feature, 1)?;
+        let b = s.dims()[0];
+        let idx = input.require_indices("crd")?;
+        if idx.dims()[0] != b {
+            return Err(DistillError::ShapeMismatch {
+                what: "crd dataset indices".into(),
+                expected: vec![b],
+                actual: idx.dims().to_vec(),
+            });
+        }
+        let range: Vec<i64> = Tensor::cat(vec![idx.clone().min(), idx.clone().max()], 0)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap_or_default();
+        if range[0] < 0 || range[1] >= c.dataset_size as i64 {
+            let bad = if range[0] < 0 { range[0] } else { range[1] };
+            return Err(DistillError::IndexOutOfRange {
+                index: bad,
+                size: c.dataset_size,
+            });
+        }
+        let p = input.require_progress("crd", "to draw its negatives")?;
+        let dev = s.device();
+        let ids = Tensor::cat(
+            vec![
+                idx.clone().unsqueeze_dim::<2>(1),
+                self.negatives(b, p.epoch, p.step, &dev),
+            ],
+            1,
+        );
+        let (vs, vt) = (self.embed_student.forward(s), self.embed_teacher.forward(t));
+        let (ms, mt) = (
+            self.memory_student.value_sync(),
+            self.memory_teacher.value_sync(),
+        );
+        let mut out_s = self.scores(&mt, vs.clone(), ids.clone());
+        let mut out_t = self.scores(&ms, vt.clone(), ids);
+
+        let mut z: Vec<f64> = self
+            .normalizers
+            .value_sync()
+            .into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .unwrap_or_default();
+        let n = c.dataset_size as f64;
+        for (zi, out) in z.iter_mut().zip([&out_s, &out_t]) {
+            if *zi < 0.0 {
+                *zi = out.clone().detach().mean().into_scalar::<f64>() * n;
+            }
+        }
+        self.normalizers.update(Tensor::<1>::from_data(
+            TensorData::new(z.clone(), [2]),
+            (&ms.device(), ms.dtype()),
+        ));
+        out_s = out_s * (1.0 / z[0]);
+        out_t = out_t * (1.0 / z[1]);
+
+        self.update(&self.memory_student, ms, vs, idx.clone());
+        self.update(&self.memory_teacher, mt, vt, idx);
+        Ok(LossOutput::single(
+            "crd",
+            nce(out_s, c.dataset_size) + nce(out_t, c.dataset_size),
+        ))
+    }
+}

@@ -1,0 +1,236 @@
+//! DLKD: dual-level knowledge distillation (alignment + correlation + supervised contrast).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::head::{Embed, MlpHead};
+use super::relational_pair;
+use crate::error::{check_non_negative, check_temperature};
+use crate::logit::cross_entropy_per_sample;
+use crate::math::{cosine_matrix, eye, kl_rows, l2_normalize};
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration of [`Dlkd`]; the defaults are the paper's CIFAR settings.
+#[derive(Config, Debug)]
+pub struct DlkdConfig {
+    /// Width of the student's embedding (the tap).
+    pub student_dim: usize,
+    /// Width of the teacher's embedding.
+    pub teacher_dim: usize,
+    /// The feature tap: penultimate embeddings `[N, D]` (a map is flattened).
+    #[config(default = "\"embedding\".to_string()")]
+    pub feature: String,
+    /// Width of the contrastive embeddings.
+    #[config(default = 128)]
+    pub embed_dim: usize,
+    /// Temperature of the correlation softmax.
+    #[config(default = 0.5)]
+    pub corr_temperature: f64,
+    /// Temperature of the supervised contrastive loss (also its base temperature).
+    #[config(default = 0.07)]
+    pub supcon_temperature: f64,
+    /// γ: weight of the cross-entropy on the student's logits (0: no logits needed).
+    #[config(default = 1.0)]
+    pub ce_weight: f64,
+    /// α: weight of the correlation term.
+    #[config(default = 50.0)]
+    pub corr_weight: f64,
+    /// β: weight of the supervised contrastive term.
+    #[config(default = 1.0)]
+    pub supcon_weight: f64,
+    /// δ: weight of the alignment term.
+    #[config(default = 20.0)]
+    pub align_weight: f64,
+}
+
+impl DlkdConfig {
+    /// Validates the temperatures and weights and builds the heads on `device`: the alignment
+    /// head `s → 16·t → t`, the correlation head `s → s → s`, the embeddings `s → e`, `t → e`.
+    pub fn init(&self, device: &Device) -> Result<Dlkd, DistillError> {
+        check_temperature(self.corr_temperature)?;
+        check_temperature(self.supcon_temperature)?;
+        for (field, v) in [
+            ("ce_weight", self.ce_weight),
+            ("corr_weight", self.corr_weight),
+            ("supcon_weight", self.supcon_weight),
+            ("align_weight", self.align_weight),
+        ] {
+            check_non_negative("dlkd", field, v)?;
+        }
+        if self.ce_weight + self.corr_weight + self.supcon_weight + self.align_weight == 0.0 {
+            return Err(DistillError::config(
+                "dlkd",
+                "weights",
+                0,
+                "at least one must be > 0",
+            ));
+        }
+        for (field, v) in [
+            ("student_dim", self.student_dim),
+            ("teacher_dim", self.teacher_dim),
+            ("embed_dim", self.embed_dim),
+        ] {
+            if v == 0 {
+                return Err(DistillError::config("dlkd", field, v, "must be >= 1"));
+            }
+        }
+        let (s, t) = (self.student_dim, self.teacher_dim);
+        Ok(Dlkd {
+            align_head: MlpHead::new(s, 16 * t, t, device),
+            corr_head: MlpHead::new(s, s, s, device),
+            embed_student: Embed::new(s, self.embed_dim, device),
+            embed_teacher: Embed::new(t, self.embed_dim, device),
+            config: self.clone(),
+        })
+    }
+}
+
+/// DLKD (Ding, Yang, Luo, Krovi, Feng, TNNLS 2024, *Dual-level Knowledge Distillation via
+/// Knowledge Alignment and Correlation*; official code ifding/DLKD), on penultimate
+/// embeddings `fˢ`, `fᵗ`:
+///
+/// ```text
+/// L = γ·CE + α·L_corr + β·L_supcon + δ·L_align
+/// L_align  = 2 − 2·meanᵢ ⟨ĥ(fˢᵢ), f̂ᵗᵢ⟩                     ĥ: MLP head, ^: unit length
+/// L_corr   = KL_batchmean(softmax(Cᵗ/τ) ‖ softmax(Cˢ/τ))    C = cos(augmented rows, plain rows)
+/// L_supcon = SupCon_τ'([e_s(fˢ); e_t(fᵗ)], labels)           positives: same label, other row
+/// ```
+///
+/// with τ = 0.5, τ' = 0.07 and (γ, α, β, δ) = (1, 50, 1, 20). The correlation compares each
+/// augmented view with every plain view (the student through its own MLP head, the teacher raw
+/// and detached); the layout comes from [`DistillInput::views`](crate::DistillInput::views),
+/// and a batch with no layout (or no augmented row) correlates every row with every row.
+/// SupCon reads the targets. Terms `"ce"`, `"dlkd/corr"`, `"dlkd/supcon"`, `"dlkd/align"`
+/// (weighted; a zero weight skips its term). All heads are in this module: put it beside the
+/// student in the module the optimizer updates.
+#[derive(Module, Debug)]
+pub struct Dlkd {
+    /// The alignment head `s → 16·t → t`.
+    pub align_head: MlpHead,
+    /// The correlation head `s → s → s`.
+    pub corr_head: MlpHead,
+    /// The student's contrastive embedding `s → e`.
+    pub embed_student: Embed,
+    /// The teacher's contrastive embedding `t → e`.
+    pub embed_teacher: Embed,
+    #[module(skip)]
+    config: DlkdConfig,
+}
+
+/// `[rows]` as an index tensor.
+fn index(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    let data: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::from_data(TensorData::new(data, [rows.len()]), device)
+}
+
+impl Dlkd {
+    /// `L_align` for student and teacher embeddings `[N, s]`, `[N, t]`.
+    pub fn align_loss(&self, student: Tensor<2>, teacher: Tensor<2>) -> Tensor<1> {
+        let s = l2_normalize(self.align_head.forward(student), 1e-12);
+        let t = l2_normalize(teacher, 1e-12);
+        -(s * t).sum_dim(1).mean() * 2.0 + 2.0
+    }
+
+    /// `L_corr` between the `anchors` rows and the `references` rows of each side.
+    pub fn correlation_loss(
+        &self,
+        student: Tensor<2>,
+        teacher: Tensor<2>,
+        anchors: &[usize],
+        references: &[usize],
+    ) -> Tensor<1> {
+        let dev = student.device();
+        let (a, r) = (index(anchors, &dev), index(references, &dev));
+        let s = self.corr_head.forward(student);
+        let t = teacher.detach();
+        let sim = |x: Tensor<2>| {
+            cosine_matrix(x.clone().select(0, a.clone()), x.select(0, r.clone()), 1e-8)
+                * (1.0 / self.config.corr_temperature)
+        };
+        let kl = kl_rows(log_softmax(sim(t), 1), log_softmax(sim(s), 1));
+        kl.sum() * (1.0 / anchors.len() as f64)
+    }
+
+    /// `L_supcon` for student and teacher embeddings and per-row labels `[N]`.
+    pub fn supcon_loss(
+        &self,
+        student: Tensor<2>,
+        teacher: Tensor<2>,
+        labels: Tensor<1, Int>,
+    ) -> Tensor<1> {
+        let n = labels.dims()[0];
+        let anchors = Tensor::cat(
+            vec![
+                self.embed_student.forward(student),
+                self.embed_teacher.forward(teacher),
+            ],
+            0,
+        );
+        let sim =
+            anchors.clone().matmul(anchors.transpose()) * (1.0 / self.config.supcon_temperature);
+        let logits = sim.clone() - sim.detach().max_dim(1);
+        let labels = Tensor::cat(vec![labels.clone(), labels], 0);
+        let same: Tensor<2, Bool> = labels
+            .clone()
+            .unsqueeze_dim::<2>(1)
+            .equal(labels.unsqueeze_dim::<2>(0));
+        let self_pair = eye(2 * n, &logits.device());
+        let positive = same
+            .bool_and(self_pair.clone().bool_not())
+            .float()
+            .cast(logits.dtype());
+        let others = logits.clone().exp().mask_fill(self_pair, 0.0).sum_dim(1);
+        let log_prob = logits - (others + 1e-7).log();
+        let mean_positive = (positive.clone() * log_prob).sum_dim(1) / positive.sum_dim(1);
+        -mean_positive.mean()
+    }
+}
+
+impl Loss for Dlkd {
+    fn name(&self) -> &str {
+        "dlkd"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let c = &self.config;
+        let (s, t) = relational_pair(input, "dlkd", &c.feature, 2)?;
+        let [n, ds] = s.dims();
+        let dt = t.dims()[1];
+        if ds != c.student_dim || dt != c.teacher_dim {
+            return Err(DistillError::ShapeMismatch {
+                what: format!("dlkd tap `{}` widths (student, teacher)", c.feature),
+                expected: vec![c.student_dim, c.teacher_dim],
+                actual: vec![ds, dt],
+            });
+        }
+        let mut terms = Vec::new();
+        if c.ce_weight > 0.0 {
+            let z = input.student_logits("dlkd")?;
+            let y = input.checked_targets("dlkd", n, z.dims()[1])?;
+            terms.push((
+                "ce".into(),
+                cross_entropy_per_sample(z, y, 0.0).mean() * c.ce_weight,
+            ));
+        }
+        if c.corr_weight > 0.0 {
+            let all: Vec<usize> = (0..n).collect();
+            let (anchors, references) = match input.get_views("dlkd")? {
+                Some(v) if !v.augmented_rows().is_empty() => (v.augmented_rows(), v.plain_rows()),
+                _ => (all.clone(), all),
+            };
+            let corr = self.correlation_loss(s.clone(), t.clone(), &anchors, &references);
+            terms.push(("dlkd/corr".into(), corr * c.corr_weight));
+        }
+        if c.supcon_weight > 0.0 {
+            let y = input.checked_targets("dlkd", n, i64::MAX as usize)?;
+            let supcon = self.supcon_loss(s.clone(), t.clone(), y);
+            terms.push(("dlkd/supcon".into(), supcon * c.supcon_weight));
+        }
+        if c.align_weight > 0.0 {
+            terms.push(("dlkd/align".into(), self.align_loss(s, t) * c.align_weight));
+        }
+        Ok(LossOutput::from_terms(terms))
+    }
+}

@@ -1,0 +1,67 @@
+//! PKT: probabilistic knowledge transfer.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+use super::relational_pair;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration of [`Pkt`].
+#[derive(Config, Debug)]
+pub struct PktConfig {
+    /// The feature tap compared.
+    #[config(default = "\"embedding\".to_string()")]
+    pub feature: String,
+    /// The reference's `eps` (in the normalisation and inside the log).
+    #[config(default = 1e-7)]
+    pub eps: f64,
+}
+
+impl PktConfig {
+    /// Validates `eps`.
+    pub fn init(&self) -> Result<Pkt, DistillError> {
+        crate::error::check_positive("pkt", "eps", self.eps)?;
+        Ok(Pkt {
+            feature: self.feature.clone(),
+            eps: self.eps,
+        })
+    }
+}
+
+/// PKT (Passalis & Tefas, ECCV 2018, *Learning Deep Representations with Probabilistic
+/// Knowledge Transfer*): each row's cosine similarities to the batch, mapped to [0, 1] and
+/// normalised into a distribution, matched in KL:
+///
+/// ```text
+/// x̂ = x / (‖x‖ + ε)      Kᵢⱼ = (⟨x̂ᵢ, x̂ⱼ⟩ + 1) / 2      Pᵢⱼ = Kᵢⱼ / Σⱼ Kᵢⱼ
+/// L = mean_ij Pᵗᵢⱼ · log((Pᵗᵢⱼ + ε) / (Pˢᵢⱼ + ε))
+/// ```
+///
+/// as mdistiller's `pkt_loss` (mean over the `N²` entries, `N ≥ 2`). An all-zero row gives a
+/// finite loss and gradient here (the reference's `sqrt` at 0 gives NaN gradients).
+#[derive(Debug, Clone)]
+pub struct Pkt {
+    feature: String,
+    eps: f64,
+}
+
+fn distribution(x: Tensor<2>, eps: f64) -> Tensor<2> {
+    // ‖x‖ as sqrt(max(‖x‖², tiny)): the reference's value, a finite gradient at 0
+    let norm = x.clone().square().sum_dim(1).clamp_min(1e-30).sqrt();
+    let x = x / (norm + eps);
+    let k = (x.clone().matmul(x.transpose()) + 1.0) * 0.5;
+    k.clone() / k.sum_dim(1)
+}
+
+impl Loss for Pkt {
+    fn name(&self) -> &str {
+        "pkt"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let (s, t) = relational_pair(input, "pkt", &self.feature, 2)?;
+        let (ps, pt) = (distribution(s, self.eps), distribution(t, self.eps));
+        let kl = pt.clone() * ((pt + self.eps).log() - (ps + self.eps).log());
+        Ok(LossOutput::single("pkt", kl.mean()))
+    }
+}

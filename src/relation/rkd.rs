@@ -1,0 +1,93 @@
+//! RKD: relational knowledge distillation (distances and angles).
+
+use burn::config::Config;
+use burn::nn::loss::HuberLossConfig;
+use burn::tensor::Tensor;
+
+use super::relational_pair;
+use crate::error::check_non_negative;
+use crate::math::{l2_normalize, pairwise_distances};
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration of [`Rkd`]; the defaults are the paper's (and mdistiller's).
+#[derive(Config, Debug)]
+pub struct RkdConfig {
+    /// The feature tap compared.
+    #[config(default = "\"embedding\".to_string()")]
+    pub feature: String,
+    /// Weight of the distance term.
+    #[config(default = 25.0)]
+    pub distance_weight: f64,
+    /// Weight of the angle term.
+    #[config(default = 50.0)]
+    pub angle_weight: f64,
+    /// Compare squared distances.
+    #[config(default = false)]
+    pub squared: bool,
+    /// Lower clamp of the squared distances.
+    #[config(default = 1e-12)]
+    pub eps: f64,
+}
+
+impl RkdConfig {
+    /// Validates the weights and `eps`.
+    pub fn init(&self) -> Result<Rkd, DistillError> {
+        check_non_negative("rkd", "distance_weight", self.distance_weight)?;
+        check_non_negative("rkd", "angle_weight", self.angle_weight)?;
+        crate::error::check_positive("rkd", "eps", self.eps)?;
+        Ok(Rkd {
+            config: self.clone(),
+        })
+    }
+}
+
+/// RKD (Park, Kim, Lu, Cho, CVPR 2019, *Relational Knowledge Distillation*):
+///
+/// ```text
+/// L = w_d · smoothL1(ψ_D(s), ψ_D(t)) + w_a · smoothL1(ψ_A(s), ψ_A(t))
+/// ψ_D(x)ᵢⱼ = ‖xᵢ − xⱼ‖ / mean_{k≠l} ‖x_k − x_l‖
+/// ψ_A(x)ᵢⱼₖ = ⟨(xⱼ − xᵢ)/‖·‖, (x_k − xᵢ)/‖·‖⟩
+/// ```
+///
+/// over a batch of `N ≥ 2` rows (smooth-L1 with β = 1, mean over the `N²` and `N³`
+/// entries), as mdistiller's `rkd_loss`. Terms `"rkd/distance"` and `"rkd/angle"` (weighted).
+/// The angle term costs `O(N³)` memory.
+#[derive(Debug, Clone)]
+pub struct Rkd {
+    config: RkdConfig,
+}
+
+/// The distance and angle potentials of a batch of rows.
+fn potentials(x: Tensor<2>, squared: bool, eps: f64) -> (Tensor<2>, Tensor<3>) {
+    let [n, d] = x.dims();
+    let dist = pairwise_distances(x.clone(), squared, eps);
+    let off = (n * (n - 1)) as f64;
+    let dist = dist.clone() / (dist.sum() * (1.0 / off)).unsqueeze();
+    let diff = x.clone().unsqueeze_dim::<3>(0) - x.unsqueeze_dim::<3>(1); // [i, j] = xⱼ − xᵢ
+    let unit = l2_normalize(diff.reshape([n * n, d]), 1e-12).reshape([n, n, d]);
+    (dist, unit.clone().matmul(unit.swap_dims(1, 2)))
+}
+
+impl Loss for Rkd {
+    fn name(&self) -> &str {
+        "rkd"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let c = &self.config;
+        let (s, t) = relational_pair(input, "rkd", &c.feature, 2)?;
+        let (sd, sa) = potentials(s, c.squared, c.eps);
+        let (td, ta) = potentials(t, c.squared, c.eps);
+        let huber = HuberLossConfig::new(1.0).init();
+        let smooth_l1 = |a: Tensor<2>, b: Tensor<2>| huber.forward_no_reduction(a, b).mean();
+        let n = sa.dims()[0];
+        let flat = |x: Tensor<3>| x.reshape([n * n, n]);
+        Ok(LossOutput::from_terms(vec![
+            ("rkd/distance".into(), smooth_l1(sd, td) * c.distance_weight),
+            (
+                "rkd/angle".into(),
+                smooth_l1(flat(sa), flat(ta)) * c.angle_weight,
+            ),
+        ]))
+    }
+}

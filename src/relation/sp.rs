@@ -1,0 +1,51 @@
+//! SP: similarity-preserving distillation.
+
+use burn::config::Config;
+
+use super::relational_pair;
+use crate::math::l2_normalize;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration of [`Sp`].
+#[derive(Config, Debug)]
+pub struct SpConfig {
+    /// The feature tap compared (a map is flattened per sample).
+    #[config(default = "\"embedding\".to_string()")]
+    pub feature: String,
+}
+
+impl SpConfig {
+    /// Builds the objective (nothing to validate).
+    pub fn init(&self) -> Result<Sp, DistillError> {
+        Ok(Sp {
+            feature: self.feature.clone(),
+        })
+    }
+}
+
+/// SP (Tung & Mori, ICCV 2019, *Similarity-Preserving Knowledge Distillation*): the
+/// row-normalised Gram matrices of student and teacher, `G = normalize(x xᵀ)`, matched in
+/// squared Frobenius norm over `N²`: `L = ‖Gᵗ − Gˢ‖²_F / N²` (mdistiller's
+/// `similarity_loss`; sum it over layers with `+`). Needs `N ≥ 2`.
+#[derive(Debug, Clone)]
+pub struct Sp {
+    feature: String,
+}
+
+impl Loss for Sp {
+    fn name(&self) -> &str {
+        "sp"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let (s, t) = relational_pair(input, "sp", &self.feature, 2)?;
+        let gram =
+            |x: burn::tensor::Tensor<2>| l2_normalize(x.clone().matmul(x.transpose()), 1e-12);
+        let n = s.dims()[0] as f64;
+        let diff = gram(t) - gram(s);
+        Ok(LossOutput::single(
+            "sp",
+            diff.square().sum() * (1.0 / (n * n)),
+        ))
+    }
+}
