@@ -179,6 +179,8 @@ impl Crd {
             l2_normalize(rows, 1e-12),
             IndexingUpdateOp::Assign,
         ));
+        // settle the update now, so that a record taken next holds it
+        memory.value_sync();
     }
 }
 
@@ -257,6 +259,7 @@ impl Loss for Crd {
             TensorData::new(z.clone(), [2]),
             (&ms.device(), ms.dtype()),
         ));
+        self.normalizers.value_sync();
         out_s = out_s * (1.0 / z[0]);
         out_t = out_t * (1.0 / z[1]);
 

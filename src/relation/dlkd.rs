@@ -144,7 +144,7 @@ impl Dlkd {
         let dev = student.device();
         let (a, r) = (index(anchors, &dev), index(references, &dev));
         let s = self.corr_head.forward(student);
-        let t = teacher.detach();
+        let t = teacher;
         let sim = |x: Tensor<2>| {
             cosine_matrix(x.clone().select(0, a.clone()), x.select(0, r.clone()), 1e-8)
                 * (1.0 / self.config.corr_temperature)

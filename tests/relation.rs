@@ -1,0 +1,496 @@
+//! Relational objectives: finite-difference gradients (f64, proptest), invariance to permuting
+//! the batch, PKT at an all-zero row, CRD's memory by hand and across save/load, errors.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor};
+use burn_distill::prelude::*;
+use burn_distill::relation::{CrdConfig, DlkdConfig, PktConfig, RkdConfig, SpConfig};
+use burn_distill::{Feature, Views};
+use common::*;
+use proptest::prelude::*;
+
+/// Configures the default device for f64 once, before any tensor: the heads (batch norm,
+/// memory banks) a config builds take the device's default dtype.
+fn setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        burn::tensor::Device::default()
+            .configure(burn::tensor::FloatDType::F64)
+            .expect("the first tensor of this test binary comes after this");
+    });
+}
+
+#[derive(Debug, Clone)]
+struct Taps {
+    n: usize,
+    ds: usize,
+    dt: usize,
+    s: Vec<f64>,
+    t: Vec<f64>,
+    y: Vec<i64>,
+}
+
+fn taps(rows: std::ops::Range<usize>) -> impl Strategy<Value = Taps> {
+    (rows, 2usize..6, 2usize..7).prop_flat_map(|(n, ds, dt)| {
+        (
+            prop::collection::vec(-2.0f64..2.0, n * ds),
+            prop::collection::vec(-2.0f64..2.0, n * dt),
+            prop::collection::vec(0i64..3, n),
+        )
+            .prop_map(move |(s, t, y)| Taps { n, ds, dt, s, t, y })
+    })
+}
+
+impl Taps {
+    fn input(&self, s: Vec<f64>, t: Vec<f64>) -> DistillInput {
+        DistillInput::features_only()
+            .feature(
+                "embedding",
+                f64t(s, [self.n, self.ds]),
+                f64t(t, [self.n, self.dt]),
+            )
+            .targets(ints(self.y.clone()))
+    }
+
+    /// Rows `perm[i]` in place of row `i`, in both taps and the targets.
+    fn permuted(&self, perm: &[usize]) -> Taps {
+        let pick = |x: &[f64], d: usize| {
+            perm.iter()
+                .flat_map(|&r| x[r * d..(r + 1) * d].to_vec())
+                .collect()
+        };
+        Taps {
+            s: pick(&self.s, self.ds),
+            t: pick(&self.t, self.dt),
+            y: perm.iter().map(|&r| self.y[r]).collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Whether all rows are pairwise at least 0.3 apart (RKD's distances and angles are not
+/// differentiable where two rows meet).
+fn separated(x: &[f64], n: usize, d: usize) -> bool {
+    (0..n).all(|i| {
+        (0..i).all(|j| {
+            (0..d)
+                .map(|k| (x[i * d + k] - x[j * d + k]).powi(2))
+                .sum::<f64>()
+                > 0.09
+        })
+    })
+}
+
+/// Analytic gradients (teacher attached) against central differences, student and teacher.
+fn check_grads(loss: &dyn Loss, b: &Taps) -> Result<(), TestCaseError> {
+    let (s, t) = (
+        f64t(b.s.clone(), [b.n, b.ds]).require_grad(),
+        f64t(b.t.clone(), [b.n, b.dt]).require_grad(),
+    );
+    let input = DistillInput::features_only()
+        .feature("embedding", s.clone(), t.clone())
+        .targets(ints(b.y.clone()))
+        .attach_teacher();
+    let grads = loss.forward(&input).unwrap().total.backward();
+    let value = |s: Vec<f64>, t: Vec<f64>| loss.forward(&b.input(s, t)).unwrap().value();
+    let num_s = numeric_grad(&|v| value(v, b.t.clone()), &b.s, 1e-6);
+    let num_t = numeric_grad(&|v| value(b.s.clone(), v), &b.t, 1e-6);
+    let fail = |m: String| TestCaseError::fail(format!("{}: {m}", loss.name()));
+    close(
+        "d/ds",
+        &values(s.grad(&grads).expect("student gradient")),
+        &num_s,
+        1e-5,
+        1e-8,
+    )
+    .map_err(fail)?;
+    match t.grad(&grads) {
+        Some(g) => close("d/dt", &values(g), &num_t, 1e-5, 1e-8).map_err(fail)?,
+        None => prop_assert!(
+            num_t.iter().all(|v| v.abs() < 1e-8),
+            "teacher gradient missing"
+        ),
+    }
+    Ok(())
+}
+
+fn dlkd(b: &Taps) -> burn_distill::relation::Dlkd {
+    DlkdConfig::new(b.ds, b.dt)
+        .with_ce_weight(0.0)
+        .with_embed_dim(4)
+        .init(&device())
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn relational_gradients_match_finite_differences(b in taps(2..7)) {
+        setup();
+        check_grads(&PktConfig::new().init().unwrap(), &b)?;
+        check_grads(&SpConfig::new().init().unwrap(), &b)?;
+        if separated(&b.s, b.n, b.ds) && separated(&b.t, b.n, b.dt) {
+            check_grads(&RkdConfig::new().init().unwrap(), &b)?;
+        }
+        // DLKD: its heads are fixed parameters here (the golden cases check their gradients)
+        check_grads(&dlkd(&b), &b)?;
+    }
+
+    /// Relating samples, not ordering them: RKD, SP, PKT and DLKD's correlation (one view per
+    /// image) give the same loss for any permutation of the batch.
+    #[test]
+    fn invariant_to_permuting_the_batch(b in taps(2..7), seed in any::<u64>()) {
+        setup();
+        let mut perm: Vec<usize> = (0..b.n).collect();
+        let mut state = seed | 1;
+        for i in (1..b.n).rev() {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+            perm.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let p = b.permuted(&perm);
+        let corr_only = DlkdConfig::new(b.ds, b.dt).with_ce_weight(0.0).with_supcon_weight(0.0).with_align_weight(0.0).init(&device()).unwrap();
+        let losses: Vec<Box<dyn Loss>> = vec![
+            RkdConfig::new().init().unwrap().boxed(),
+            SpConfig::new().init().unwrap().boxed(),
+            PktConfig::new().init().unwrap().boxed(),
+            corr_only.boxed(),
+        ];
+        for loss in &losses {
+            let a = loss.forward(&b.input(b.s.clone(), b.t.clone())).unwrap().value();
+            let c = loss.forward(&p.input(p.s.clone(), p.t.clone())).unwrap().value();
+            prop_assert!((a - c).abs() <= 1e-9 * (1.0 + a.abs()), "{}: {a} vs {c}", loss.name());
+        }
+    }
+}
+
+#[test]
+fn pkt_is_finite_with_an_all_zero_row() {
+    setup();
+    let mut s = vec![0.5, -1.0, 2.0, 0.0, 0.0, 0.0, 1.0, 1.0, -0.5];
+    s[3..6].fill(0.0);
+    let t = vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.2, 0.1];
+    let (ss, tt) = (
+        f64t(s, [3, 3]).require_grad(),
+        f64t(t, [3, 3]).require_grad(),
+    );
+    let input = DistillInput::features_only()
+        .feature("embedding", ss.clone(), tt.clone())
+        .attach_teacher();
+    let out = PktConfig::new().init().unwrap().forward(&input).unwrap();
+    assert!(out.value().is_finite());
+    let grads = out.total.backward();
+    for g in [
+        values(ss.grad(&grads).unwrap()),
+        values(tt.grad(&grads).unwrap()),
+    ] {
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+    }
+}
+
+#[test]
+fn batch_relational_losses_need_two_rows() {
+    setup();
+    let input = DistillInput::features_only().feature(
+        "embedding",
+        f64t(vec![1.0, 2.0], [1, 2]),
+        f64t(vec![1.0, 0.0], [1, 2]),
+    );
+    let losses: Vec<Box<dyn Loss>> = vec![
+        RkdConfig::new().init().unwrap().boxed(),
+        SpConfig::new().init().unwrap().boxed(),
+        PktConfig::new().init().unwrap().boxed(),
+        DlkdConfig::new(2, 2)
+            .with_ce_weight(0.0)
+            .init(&device())
+            .unwrap()
+            .boxed(),
+    ];
+    for loss in &losses {
+        match loss.forward(&input) {
+            Err(DistillError::BatchTooSmall { min: 2, got: 1, .. }) => {}
+            other => panic!("{}: {other:?}", loss.name()),
+        }
+    }
+    // a missing tap is named
+    let err = SpConfig::new()
+        .with_feature("layer3".to_string())
+        .init()
+        .unwrap()
+        .forward(&input)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        DistillError::MissingFeature {
+            objective: "sp".into(),
+            name: "layer3".into()
+        }
+    );
+}
+
+#[test]
+fn view_layouts_are_checked() {
+    setup();
+    assert!(matches!(
+        Views::new(vec![0, 0, 1], vec![0, 1, 1]),
+        Err(DistillError::InvalidViews { .. })
+    ));
+    assert!(matches!(
+        Views::new(vec![0, 0], vec![0, 0]),
+        Err(DistillError::InvalidViews { .. })
+    ));
+    assert!(matches!(
+        Views::new(vec![0, 1], vec![0]),
+        Err(DistillError::InvalidViews { .. })
+    ));
+    let v = Views::new(vec![1, 0, 1, 0], vec![0, 0, 2, 1]).unwrap();
+    assert_eq!(
+        (v.plain_rows(), v.augmented_rows()),
+        (vec![0, 1], vec![2, 3])
+    );
+    assert_eq!(Views::image_major(2, 3).images(), &[0, 0, 0, 1, 1, 1]);
+    // a layout that does not cover the batch
+    let b = Taps {
+        n: 4,
+        ds: 2,
+        dt: 2,
+        s: vec![0.1; 8],
+        t: vec![0.2; 8],
+        y: vec![0; 4],
+    };
+    let input = b
+        .input(b.s.clone(), b.t.clone())
+        .views(Views::image_major(2, 3));
+    assert!(matches!(
+        dlkd(&b).forward(&input),
+        Err(DistillError::InvalidViews { .. })
+    ));
+}
+
+/// DLKD's correlation with a layout: each augmented row against every plain row, by hand.
+#[test]
+fn dlkd_correlation_follows_the_view_layout() {
+    setup();
+    let b = Taps {
+        n: 4,
+        ds: 2,
+        dt: 3,
+        s: vec![1.0, 0.0, 0.5, 0.5, -1.0, 0.2, 0.0, 1.0],
+        t: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.6, 0.8, 0.0, 0.0, 0.0, 1.0],
+        y: vec![0, 0, 1, 1],
+    };
+    let model = DlkdConfig::new(2, 3)
+        .with_ce_weight(0.0)
+        .with_supcon_weight(0.0)
+        .with_align_weight(0.0)
+        .with_corr_weight(1.0)
+        .init(&device())
+        .unwrap();
+    // rows 0, 2 plain (images 0, 1); rows 1, 3 their augmented views
+    let views = Views::new(vec![0, 0, 1, 1], vec![0, 1, 0, 1]).unwrap();
+    let got = model
+        .forward(&b.input(b.s.clone(), b.t.clone()).views(views))
+        .unwrap()
+        .value();
+    // by hand: the student side goes through the head
+    let head = values(model.corr_head.forward(f64t(b.s.clone(), [4, 2])));
+    let cos = |x: &[f64], i: usize, j: usize, d: usize| {
+        let (a, c) = (&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d]);
+        let dot: f64 = a.iter().zip(c).map(|(p, q)| p * q).sum();
+        let n = |v: &[f64]| v.iter().map(|p| p * p).sum::<f64>().sqrt();
+        dot / (n(a) * n(c))
+    };
+    let softmax = |z: Vec<f64>| {
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| ((v - m) / 0.5).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.iter().map(|v| v / s).collect::<Vec<_>>()
+    };
+    let want: f64 = [1usize, 3]
+        .iter()
+        .map(|&a| {
+            let pt = softmax([0usize, 2].iter().map(|&r| cos(&b.t, a, r, 3)).collect());
+            let ps = softmax([0usize, 2].iter().map(|&r| cos(&head, a, r, 2)).collect());
+            pt.iter()
+                .zip(&ps)
+                .map(|(p, q)| p * (p.ln() - q.ln()))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / 2.0;
+    close("corr", &[got], &[want], 1e-12, 1e-15).unwrap();
+}
+
+fn crd_input(s: &[f64], t: &[f64], idx: Vec<i64>, step: usize) -> DistillInput {
+    let n = idx.len();
+    DistillInput::features_only()
+        .feature(
+            "embedding",
+            f64t(s.to_vec(), [n, 2]),
+            f64t(t.to_vec(), [n, 3]),
+        )
+        .indices(Tensor::<1, Int>::from_data(
+            burn::tensor::TensorData::new(idx, [n]),
+            &device(),
+        ))
+        .progress(Progress::epoch(0, 1).at_step(step, 10))
+}
+
+/// The memory update `m_i ← normalize(μ m_i + (1 − μ) v_i)` by hand for the batch's rows; the
+/// other rows unchanged.
+#[test]
+fn crd_updates_its_memory_by_momentum() {
+    setup();
+    let crd = CrdConfig::new(2, 3, 6)
+        .with_embed_dim(3)
+        .with_negatives(4)
+        .with_momentum(0.5)
+        .init(&device())
+        .unwrap();
+    let before = values(crd.memory_student.value());
+    let (s, t) = ([0.3, -1.0, 2.0, 0.5], [1.0, 0.0, -1.0, 0.2, 0.4, 0.6]);
+    let input = crd_input(&s, &t, vec![4, 1], 0);
+    let v = values(crd.embed_student.forward(f64t(s.to_vec(), [2, 2])));
+    crd.forward(&input).unwrap();
+    let after = values(crd.memory_student.value_sync());
+    for row in 0..6 {
+        let old = &before[row * 3..row * 3 + 3];
+        let want: Vec<f64> = match [4usize, 1].iter().position(|&r| r == row) {
+            None => old.to_vec(),
+            Some(b) => {
+                let m: Vec<f64> = (0..3).map(|k| 0.5 * old[k] + 0.5 * v[b * 3 + k]).collect();
+                let norm = m.iter().map(|x| x * x).sum::<f64>().sqrt();
+                m.iter().map(|x| x / norm).collect()
+            }
+        };
+        close(
+            &format!("memory row {row}"),
+            &after[row * 3..row * 3 + 3],
+            &want,
+            1e-12,
+            1e-15,
+        )
+        .unwrap();
+    }
+}
+
+/// Save after two steps, load into a fresh CRD (another seed), and the next loss is the same.
+#[test]
+fn crd_memory_survives_save_and_load() {
+    setup();
+    let config = CrdConfig::new(2, 3, 8).with_embed_dim(4).with_negatives(5);
+    let crd = config.init(&device()).unwrap();
+    let (s, t) = (
+        [0.3, -1.0, 2.0, 0.5, 0.1, 0.1],
+        [1.0, 0.0, -1.0, 0.2, 0.4, 0.6, 0.0, 1.0, 1.0],
+    );
+    for step in 0..2 {
+        crd.forward(&crd_input(&s, &t, vec![0, 3, 7], step))
+            .unwrap();
+    }
+    let bytes = crd.clone().into_record().into_bytes().unwrap();
+    // a restart builds the same config; its initial bank is the one before the two steps
+    let fresh = config.init(&device()).unwrap();
+    let restored = fresh.load_record(burn::store::ModuleRecord::from_bytes(bytes).unwrap());
+    let next = crd_input(&s, &t, vec![5, 3, 2], 2);
+    let (a, b) = (
+        crd.forward(&next).unwrap().value(),
+        restored.forward(&next).unwrap().value(),
+    );
+    assert_eq!(a, b);
+    assert!(a.is_finite() && a > 0.0);
+    // and the record carried the memory: a bank without it gives another loss
+    let other = config.init(&device()).unwrap();
+    assert_ne!(other.forward(&next).unwrap().value(), a);
+}
+
+#[test]
+fn crd_gradients_match_finite_differences() {
+    setup();
+    let config = CrdConfig::new(2, 3, 8).with_embed_dim(4).with_negatives(5);
+    let (s, t) = (
+        vec![0.3, -1.0, 2.0, 0.5, 0.1, 0.1],
+        vec![1.0, 0.0, -1.0, 0.2, 0.4, 0.6, 0.0, 1.0, 1.0],
+    );
+    // the same bank for every evaluation (the forward updates it): a record of one with Z
+    // fixed by a first batch, loaded afresh each time
+    let base = config.init(&device()).unwrap();
+    base.forward(&crd_input(&s, &t, vec![1, 2, 4], 0)).unwrap();
+    let bytes = base.into_record().into_bytes().unwrap();
+    let fresh = || {
+        let record = burn::store::ModuleRecord::from_bytes(bytes.clone()).unwrap();
+        config.init(&device()).unwrap().load_record(record)
+    };
+    let at = |s: &[f64], t: &[f64]| crd_input(s, t, vec![0, 3, 7], 1).attach_teacher();
+    let (ss, tt) = (
+        f64t(s.clone(), [3, 2]).require_grad(),
+        f64t(t.clone(), [3, 3]).require_grad(),
+    );
+    let input = DistillInput::features_only()
+        .feature("embedding", ss.clone(), tt.clone())
+        .indices(Tensor::<1, Int>::from_data(
+            burn::tensor::TensorData::new(vec![0i64, 3, 7], [3]),
+            &device(),
+        ))
+        .progress(Progress::epoch(0, 1).at_step(1, 10))
+        .attach_teacher();
+    let grads = fresh().forward(&input).unwrap().total.backward();
+    let num_s = numeric_grad(&|v| fresh().forward(&at(&v, &t)).unwrap().value(), &s, 1e-6);
+    let num_t = numeric_grad(&|v| fresh().forward(&at(&s, &v)).unwrap().value(), &t, 1e-6);
+    close(
+        "d/ds",
+        &values(ss.grad(&grads).unwrap()),
+        &num_s,
+        1e-5,
+        1e-8,
+    )
+    .unwrap();
+    close(
+        "d/dt",
+        &values(tt.grad(&grads).unwrap()),
+        &num_t,
+        1e-5,
+        1e-8,
+    )
+    .unwrap();
+}
+
+#[test]
+fn crd_errors() {
+    setup();
+    let crd = CrdConfig::new(2, 3, 8)
+        .with_embed_dim(4)
+        .with_negatives(5)
+        .init(&device())
+        .unwrap();
+    let (s, t) = ([0.3, -1.0, 2.0, 0.5], [1.0, 0.0, -1.0, 0.2, 0.4, 0.6]);
+    assert_eq!(
+        crd.forward(&crd_input(&s, &t, vec![0, 8], 0)).unwrap_err(),
+        DistillError::IndexOutOfRange { index: 8, size: 8 }
+    );
+    assert_eq!(
+        crd.forward(&crd_input(&s, &t, vec![-1, 2], 0)).unwrap_err(),
+        DistillError::IndexOutOfRange { index: -1, size: 8 }
+    );
+    let no_indices = DistillInput::features_only()
+        .feature(
+            "embedding",
+            Feature::Embedding(f64t(s.to_vec(), [2, 2])),
+            Feature::Embedding(f64t(t.to_vec(), [2, 3])),
+        )
+        .progress(Progress::epoch(0, 1));
+    assert!(matches!(
+        crd.forward(&no_indices),
+        Err(DistillError::MissingInput { .. })
+    ));
+    assert!(matches!(
+        CrdConfig::new(2, 3, 0).init(&device()),
+        Err(DistillError::InvalidConfig { .. })
+    ));
+    assert!(matches!(
+        CrdConfig::new(2, 3, 5).with_momentum(1.0).init(&device()),
+        Err(DistillError::InvalidConfig { .. })
+    ));
+}
