@@ -45,6 +45,11 @@
 //! | [`Schedule`](curriculum::Schedule) | warm-ups and ramps for any weight | [`curriculum`] |
 //! | [`Paced`](curriculum::Paced), [`TopKMask`](curriculum::TopKMask) | difficulty curricula over samples and classes (DeepKD's top-k mask) | [`curriculum`] |
 //! | [`Dot`](optim::Dot) | Zhao et al., ICCV 2023, *DOT: A Distillation-Oriented Trainer* | [`optim`] |
+//! | [`Rkd`](relation::Rkd) | Park et al., CVPR 2019, *Relational Knowledge Distillation* | [`relation`] |
+//! | [`Pkt`](relation::Pkt) | Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer* | [`relation`] |
+//! | [`Sp`](relation::Sp) | Tung & Mori, ICCV 2019, *Similarity-Preserving KD* | [`relation`] |
+//! | [`Dlkd`](relation::Dlkd) | Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation* | [`relation`] |
+//! | [`Crd`](relation::Crd) | Tian et al., ICLR 2020, *Contrastive Representation Distillation* | [`relation`] |
 //! | [`MetaTeacher`](meta::MetaTeacher) | Zhou, Xu, McAuley, ACL 2022, *BERT Learns to Teach* (MetaDistil) | [`meta`] |
 //! | [`MetaTeacher::decoupled`](meta::MetaTeacher::decoupled) | Du et al. 2023, Decoupled MetaDistil (reconstruction) | [`meta`] |
 //!
