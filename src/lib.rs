@@ -64,6 +64,7 @@ mod input;
 mod loss;
 
 pub mod curriculum;
+pub mod feature;
 pub mod logit;
 pub mod math;
 pub mod meta;

@@ -6,6 +6,7 @@ mod dckd;
 mod dist;
 mod dkd;
 mod kd;
+mod prob_mse;
 mod standardize;
 
 pub use ce::*;
@@ -13,4 +14,5 @@ pub use dckd::*;
 pub use dist::*;
 pub use dkd::*;
 pub use kd::*;
+pub use prob_mse::*;
 pub use standardize::*;

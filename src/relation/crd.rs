@@ -7,7 +7,7 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use super::head::Embed;
 use super::relational_pair;
 use crate::error::check_temperature;
-use crate::math::l2_normalize;
+use crate::math::{SplitMix, l2_normalize};
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Configuration of [`Crd`]; the defaults are RepDistiller's.
@@ -83,23 +83,6 @@ impl CrdConfig {
             )),
             config: self.clone(),
         })
-    }
-}
-
-/// A counter-based generator (SplitMix64): the same numbers on every platform and backend.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

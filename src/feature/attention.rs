@@ -1,0 +1,95 @@
+//! AT: attention transfer.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+use burn::tensor::module::adaptive_avg_pool2d;
+
+use super::map_pair;
+use crate::error::{check_non_negative, check_positive};
+use crate::math::l2_normalize;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration of [`At`]; the defaults are the paper's (p = 2, β/2 = 1000).
+#[derive(Config, Debug)]
+pub struct AtConfig {
+    /// The feature taps, one per stage; their losses are summed.
+    #[config(default = "vec![\"feature\".to_string()]")]
+    pub features: Vec<String>,
+    /// The power `p` of the attention map.
+    #[config(default = 2.0)]
+    pub p: f64,
+    /// Weight of the summed loss (mdistiller: 1000).
+    #[config(default = 1000.0)]
+    pub weight: f64,
+}
+
+impl AtConfig {
+    /// Validates `p`, the weight and that there is a tap.
+    pub fn init(&self) -> Result<At, DistillError> {
+        check_positive("at", "p", self.p)?;
+        check_non_negative("at", "weight", self.weight)?;
+        if self.features.is_empty() {
+            return Err(DistillError::config(
+                "at",
+                "features",
+                "[]",
+                "names at least one tap",
+            ));
+        }
+        Ok(At {
+            config: self.clone(),
+        })
+    }
+}
+
+/// Attention transfer (Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to
+/// Attention*; mdistiller's `at_loss`): per stage,
+///
+/// ```text
+/// a(F) = normalize(mean_c F^p)  flattened over H·W        L = w · Σ_stages mean (a(Fˢ) − a(Fᵗ))²
+/// ```
+///
+/// When the spatial sizes differ, the larger map is average-pooled (adaptively) to the smaller
+/// one; channel counts may differ freely. One term `"at"`.
+#[derive(Debug, Clone)]
+pub struct At {
+    config: AtConfig,
+}
+
+/// `normalize(mean_c F^p)` flattened: `[N, C, H, W]` → `[N, H·W]`.
+pub fn attention_map(f: Tensor<4>, p: f64) -> Tensor<2> {
+    let powered = if p == 2.0 {
+        f.square()
+    } else {
+        f.abs().powf_scalar(p)
+    };
+    l2_normalize(powered.mean_dim(1).flatten(1, 3), 1e-12)
+}
+
+impl Loss for At {
+    fn name(&self) -> &str {
+        "at"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let p = self.config.p;
+        let mut total: Option<Tensor<1>> = None;
+        for name in &self.config.features {
+            let (mut s, mut t) = map_pair(input, "at", name)?;
+            let (hs, ws) = (s.dims()[2], s.dims()[3]);
+            let (ht, wt) = (t.dims()[2], t.dims()[3]);
+            if hs * ws > ht * wt {
+                s = adaptive_avg_pool2d(s, [ht, wt]);
+            } else if hs * ws < ht * wt {
+                t = adaptive_avg_pool2d(t, [hs, ws]);
+            }
+            let stage = (attention_map(s, p) - attention_map(t, p)).square().mean();
+            total = Some(match total {
+                None => stage,
+                Some(acc) => acc + stage,
+            });
+        }
+        let total = total.expect("at least one tap, checked at init");
+        Ok(LossOutput::single("at", total * self.config.weight))
+    }
+}

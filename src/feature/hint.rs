@@ -1,0 +1,183 @@
+//! FitNet hints with a learnable connector.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
+use burn::tensor::{Device, Tensor};
+
+use super::map_pair;
+use crate::error::check_non_negative;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration of [`Hint`]: the student's and teacher's map shapes `[C, H, W]` at the tap.
+#[derive(Config, Debug)]
+pub struct HintConfig {
+    /// The student's map `[C, H, W]`.
+    pub student: [usize; 3],
+    /// The teacher's map `[C, H, W]`.
+    pub teacher: [usize; 3],
+    /// The feature tap.
+    #[config(default = "\"feature\".to_string()")]
+    pub feature: String,
+    /// Learn a connector (FitNet's regressor). Without one the shapes must match.
+    #[config(default = true)]
+    pub connector: bool,
+    /// A ReLU after the connector's batch norm (mdistiller's `ConvReg(use_relu=True)`).
+    #[config(default = true)]
+    pub relu: bool,
+    /// Weight of the loss.
+    #[config(default = 1.0)]
+    pub weight: f64,
+}
+
+impl HintConfig {
+    /// Validates the shapes and builds the connector on `device`:
+    /// a 1×1 convolution when the spatial sizes match, a 3×3 stride-2 convolution when the
+    /// student's map is twice the teacher's, a transposed 4×4 stride-2 convolution when it is
+    /// half, and a `(1 + Hs − Ht) × (1 + Ws − Wt)` convolution when it is otherwise larger
+    /// (mdistiller's `ConvReg`); then batch norm (and ReLU).
+    pub fn init(&self, device: &Device) -> Result<Hint, DistillError> {
+        check_non_negative("hint", "weight", self.weight)?;
+        let ([cs, hs, ws], [ct, ht, wt]) = (self.student, self.teacher);
+        if [cs, hs, ws, ct, ht, wt].contains(&0) {
+            return Err(DistillError::config(
+                "hint",
+                "student/teacher",
+                format!("{:?} / {:?}", self.student, self.teacher),
+                "every size must be >= 1",
+            ));
+        }
+        if !self.connector {
+            if self.student != self.teacher {
+                return Err(DistillError::config(
+                    "hint",
+                    "connector",
+                    false,
+                    "student and teacher maps differ: a connector is needed",
+                ));
+            }
+            return Ok(Hint {
+                connector: None,
+                config: self.clone(),
+            });
+        }
+        let conv = if (hs, ws) == (ht, wt) {
+            Connector::Conv(Conv2dConfig::new([cs, ct], [1, 1]).init(device))
+        } else if (hs, ws) == (2 * ht, 2 * wt) {
+            Connector::Conv(
+                Conv2dConfig::new([cs, ct], [3, 3])
+                    .with_stride([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init(device),
+            )
+        } else if (2 * hs, 2 * ws) == (ht, wt) {
+            Connector::Up(
+                ConvTranspose2dConfig::new([cs, ct], [4, 4])
+                    .with_stride([2, 2])
+                    .with_padding([1, 1])
+                    .init(device),
+            )
+        } else if hs >= ht && ws >= wt {
+            Connector::Conv(Conv2dConfig::new([cs, ct], [1 + hs - ht, 1 + ws - wt]).init(device))
+        } else {
+            return Err(DistillError::config(
+                "hint",
+                "student",
+                format!("{:?}", self.student),
+                "a map smaller than the teacher's (and not half its size) has no connector",
+            ));
+        };
+        Ok(Hint {
+            connector: Some(ConvReg {
+                conv,
+                bn: BatchNormConfig::new(ct).init(device),
+                relu: self.relu.then(Relu::new),
+            }),
+            config: self.clone(),
+        })
+    }
+}
+
+/// The convolution of a [`ConvReg`].
+#[derive(Module, Debug)]
+pub enum Connector {
+    /// A (possibly strided) convolution.
+    Conv(Conv2d),
+    /// A transposed convolution (upsampling by 2).
+    Up(ConvTranspose2d),
+}
+
+/// FitNet's regressor: convolution, batch norm, optional ReLU.
+#[derive(Module, Debug)]
+pub struct ConvReg {
+    /// The convolution.
+    pub conv: Connector,
+    /// Batch norm over the teacher's channels.
+    pub bn: BatchNorm,
+    /// The optional ReLU.
+    pub relu: Option<Relu>,
+}
+
+impl ConvReg {
+    /// The student's map brought to the teacher's shape.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = match &self.conv {
+            Connector::Conv(c) => c.forward(x),
+            Connector::Up(c) => c.forward(x),
+        };
+        let x = self.bn.forward(x);
+        match &self.relu {
+            Some(r) => r.forward(x),
+            None => x,
+        }
+    }
+}
+
+/// FitNet hints (Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets*): the
+/// student's map, through a learnable connector `r`, regresses the teacher's:
+///
+/// ```text
+/// L = w · mean (r(Fˢ) − Fᵗ)²
+/// ```
+///
+/// (mean over all elements, mdistiller's `F.mse_loss`). The connector is part of this module:
+/// put it beside the student in the module the optimizer updates. One term `"hint"`.
+#[derive(Module, Debug)]
+pub struct Hint {
+    /// The connector (`None` when the shapes match and none was asked for).
+    pub connector: Option<ConvReg>,
+    #[module(skip)]
+    config: HintConfig,
+}
+
+impl Loss for Hint {
+    fn name(&self) -> &str {
+        "hint"
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let c = &self.config;
+        let (s, t) = map_pair(input, "hint", &c.feature)?;
+        for (who, want, got) in [
+            ("student", c.student, s.dims()),
+            ("teacher", c.teacher, t.dims()),
+        ] {
+            if got[1..] != want {
+                return Err(DistillError::ShapeMismatch {
+                    what: format!("hint: {who} tap `{}`", c.feature),
+                    expected: [got[0]].into_iter().chain(want).collect(),
+                    actual: got.to_vec(),
+                });
+            }
+        }
+        let s = match &self.connector {
+            Some(r) => r.forward(s),
+            None => s,
+        };
+        Ok(LossOutput::single(
+            "hint",
+            (s - t).square().mean() * c.weight,
+        ))
+    }
+}
