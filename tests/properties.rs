@@ -6,7 +6,7 @@ mod common;
 use burn::tensor::{DType, Tensor};
 use burn_distill::curriculum::{CtkdConfig, Difficulty, PacedConfig, TopKMaskConfig};
 use burn_distill::logit::{
-    DckdConfig, DistConfig, JointTarget, Standardized, dkd_per_sample, kd_per_sample,
+    DckdConfig, DistConfig, JointTarget, ProbMseConfig, Standardized, dkd_per_sample, kd_per_sample,
 };
 use burn_distill::math::{Decoupled, target_mask};
 use burn_distill::prelude::*;
@@ -334,6 +334,11 @@ fn finite_for_logits_of_magnitude_1e4() {
                         DkdConfig::new().with_warmup_epochs(0).init().unwrap(),
                         &device(),
                     )
+                    .unwrap()
+                    .boxed(),
+                ProbMseConfig::new()
+                    .with_temperature(temp)
+                    .init()
                     .unwrap()
                     .boxed(),
                 PacedConfig::new()
