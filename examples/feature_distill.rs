@@ -89,7 +89,9 @@ impl Cnn {
     }
 }
 
-/// The learnable parts a method trains beside the student.
+/// The learnable parts a method trains beside the student (one value per run: the size of
+/// the largest variant does not matter).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 enum Parts {
     Hint(Hint),
