@@ -1,6 +1,10 @@
 //! Feature and relational distillation with small CNNs on the quick-start digits (8×8
 //! images): the same student alone, with KD, and with a FitNet hint, attention transfer, MGD,
-//! RKD and DLKD on its taps (each plus cross-entropy), test accuracies over seeds.
+//! MGD + SoKD, RKD and DLKD on its taps (each plus cross-entropy), test accuracies over seeds.
+//!
+//! MGD + SoKD: the teacher's map passes through DAFA (a learnable augmentation mixture,
+//! trained bi-level by a meta-teacher on quiz batches drawn from the training split), and
+//! DAM restricts MGD to the areas both networks attend to.
 //!
 //! ```text
 //! cargo run --release --example feature_distill              # ~2 minutes
@@ -21,10 +25,13 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_distill::feature::{AtConfig, Hint, HintConfig, Mgd, MgdConfig};
+use burn_distill::feature::{
+    AtConfig, Augmented, DafaConfig, DamConfig, Hint, HintConfig, Mgd, MgdConfig,
+};
+use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
 use burn_distill::relation::{Dlkd, DlkdConfig, RkdConfig};
-use burn_distill::{Feature, Outputs};
+use burn_distill::{Distillable, Feature, Outputs};
 use common::*;
 
 const SEEDS: [u64; 3] = [1, 2, 3];
@@ -62,7 +69,7 @@ impl Cnn {
     }
 
     /// Images `[N, 64]` → logits and the taps.
-    fn run(&self, x: Tensor<2>) -> Outputs {
+    fn forward(&self, x: Tensor<2>) -> Outputs {
         let n = x.dims()[0];
         let x = x.reshape([n, 1, 8, 8]);
         let map = self.pool.forward(
@@ -78,7 +85,7 @@ impl Cnn {
     }
 
     fn accuracy(&self, split: &Split) -> f64 {
-        let logits = self.valid().run(split.x.clone().inner()).logits;
+        let logits = self.valid().forward(split.x.clone().inner()).logits;
         let pred = logits.argmax(1).squeeze_dim::<1>(1);
         let correct: i64 = pred
             .equal(split.y.clone().inner())
@@ -86,6 +93,12 @@ impl Cnn {
             .sum()
             .into_scalar();
         100.0 * correct as f64 / split.len() as f64
+    }
+}
+
+impl Distillable<Tensor<2>> for Cnn {
+    fn run(&self, x: &Tensor<2>) -> Outputs {
+        self.forward(x.clone())
     }
 }
 
@@ -110,6 +123,8 @@ enum Method {
     Fixed(Box<dyn Loss>),
     Hint,
     Mgd,
+    /// MGD inside DAM, against a DAFA-augmented teacher that a meta-teacher trains.
+    MgdSokd,
     Dlkd,
 }
 
@@ -123,6 +138,9 @@ fn loss_of(method: &Method, trainee: &Trainee) -> Box<dyn Loss> {
         (Method::Fixed(_), _) => unreachable!("fixed losses are used as they are"),
         (Method::Hint, Some(Parts::Hint(h))) => ce_plus(h.clone()),
         (Method::Mgd, Some(Parts::Mgd(m))) => ce_plus(m.clone()),
+        (Method::MgdSokd, Some(Parts::Mgd(m))) => {
+            ce_plus(DamConfig::new().init(m.clone()).expect("a valid DAM"))
+        }
         (Method::Dlkd, Some(Parts::Dlkd(d))) => d.clone().boxed(),
         _ => unreachable!("parts match the method"),
     }
@@ -138,6 +156,26 @@ struct Data<'a> {
     train: &'a Split,
     test: &'a Split,
     teacher: &'a Outputs,
+    /// The trained teacher, for methods that run it (SoKD's augmented teacher).
+    network: &'a Cnn,
+}
+
+/// The teacher's precomputed outputs for rows `idx`.
+fn teacher_rows(teacher: &Outputs, idx: &[i64]) -> Outputs {
+    Outputs {
+        logits: rows(&teacher.logits, idx),
+        features: teacher
+            .features
+            .iter()
+            .map(|(k, f)| {
+                let f = match f {
+                    Feature::Map(t) => Feature::Map(rows(t, idx)),
+                    Feature::Embedding(t) => Feature::Embedding(rows(t, idx)),
+                };
+                (k.clone(), f)
+            })
+            .collect(),
+    }
 }
 
 fn train_student(
@@ -147,47 +185,65 @@ fn train_student(
     epochs: usize,
     seed: u64,
     dev: &Device,
-) -> f64 {
+) -> Result<f64, DistillError> {
     let mut model = Trainee {
         student: Cnn::new(4, 8, 16, 100 + seed, dev),
         parts,
     };
+    // SoKD: the frozen teacher behind DAFA, whose parameters a meta-teacher trains
+    let mut meta = match method {
+        Method::MgdSokd => {
+            let dafa = DafaConfig::new().with_seed(seed).init(dev)?;
+            let teacher = Augmented::new(data.network.clone().no_grad(), dafa);
+            Some(
+                MetaTeacherConfig::new()
+                    .with_pilot_rate(PilotRate::StudentLr)
+                    .with_teacher_lr(1e-2)
+                    .with_period(2)
+                    .init(teacher, AdamConfig::new().init(), CrossEntropy::new())?,
+            )
+        }
+        _ => None,
+    };
     let mut optim = AdamConfig::new().init();
+    let lr = 2e-3;
     let n = data.train.len();
     let steps = n.div_ceil(64);
     for epoch in 0..epochs {
         let perm = permutation(n, seed * 1000 + epoch as u64);
+        let quiz_order = permutation(n, seed * 1000 + epoch as u64 + 500);
         for (step, idx) in perm.chunks(64).enumerate() {
             let batch = data.train.rows(idx);
-            let student = model.student.run(batch.x);
-            let teacher = Outputs {
-                logits: rows(&data.teacher.logits, idx),
-                features: data
-                    .teacher
-                    .features
-                    .iter()
-                    .map(|(k, f)| {
-                        let f = match f {
-                            Feature::Map(t) => Feature::Map(rows(t, idx)),
-                            Feature::Embedding(t) => Feature::Embedding(rows(t, idx)),
-                        };
-                        (k.clone(), f)
-                    })
-                    .collect(),
-            };
-            let input = DistillInput::from_outputs(student, teacher)
+            let progress = Progress::epoch(epoch, epochs).at_step(step, steps);
+            let out = if let Some(meta) = meta.as_mut() {
+                meta.set_loss(loss_of(method, &model));
+                let q = data
+                    .train
+                    .rows(&quiz_order[step * 64 % n..(step * 64 % n + 64).min(n)]);
+                let (batch, quiz) = (Batch::new(batch.x, batch.y), Batch::new(q.x, q.y));
+                meta.round(&model.student, &batch, &quiz, progress, lr)?;
+                meta.student_loss(model.student.run(&batch.input), &batch, progress)?
+            } else {
+                let input = DistillInput::from_outputs(
+                    model.student.forward(batch.x),
+                    teacher_rows(data.teacher, idx),
+                )
                 .targets(batch.y)
-                .progress(Progress::epoch(epoch, epochs).at_step(step, steps));
-            let out = match method {
-                Method::Fixed(loss) => loss.forward(&input),
-                _ => loss_of(method, &model).forward(&input),
-            }
-            .expect("a valid batch");
+                .progress(progress);
+                match method {
+                    Method::Fixed(loss) => loss.forward(&input)?,
+                    _ => loss_of(method, &model).forward(&input)?,
+                }
+            };
             let grads = GradientsParams::from_grads(out.total.backward(), &model);
-            model = optim.step(2e-3, model, grads);
+            model = optim.step(lr, model, grads);
         }
     }
-    model.student.accuracy(data.test)
+    if let Some(meta) = &meta {
+        let mix = meta.teacher().dafa.mixture();
+        println!("  seed {seed}: DAFA mixture (identity, scale, noise, drop, smooth) = {mix:.3?}");
+    }
+    Ok(model.student.accuracy(data.test))
 }
 
 /// `--epochs N` (default 40).
@@ -213,7 +269,7 @@ fn main() -> Result<(), DistillError> {
     for epoch in 0..epochs.max(1) {
         for idx in permutation(train_set.len(), epoch as u64).chunks(64) {
             let batch = train_set.rows(idx);
-            let input = DistillInput::student(teacher.run(batch.x).logits).targets(batch.y);
+            let input = DistillInput::student(teacher.forward(batch.x).logits).targets(batch.y);
             let loss = ce.forward(&input)?;
             let grads = GradientsParams::from_grads(loss.total.backward(), &teacher);
             teacher = optim.step(1e-3, teacher, grads);
@@ -224,11 +280,12 @@ fn main() -> Result<(), DistillError> {
         teacher.accuracy(&test_set),
         start.elapsed().as_secs_f64()
     );
-    let frozen = teacher.valid().run(train_set.x.clone().inner());
+    let frozen = teacher.valid().forward(train_set.x.clone().inner());
     let data = Data {
         train: &train_set,
         test: &test_set,
         teacher: &frozen,
+        network: &teacher,
     };
 
     let (s_map, t_map) = ([8, 4, 4], [64, 4, 4]);
@@ -245,6 +302,7 @@ fn main() -> Result<(), DistillError> {
             Method::Fixed(ce_plus(AtConfig::new().init()?)),
         ),
         ("CE + MGD (mean)", Method::Mgd),
+        ("CE + MGD + SoKD (DAFA, DAM)", Method::MgdSokd),
         (
             "CE + RKD (25/50)",
             Method::Fixed(ce_plus(RkdConfig::new().init()?)),
@@ -255,7 +313,7 @@ fn main() -> Result<(), DistillError> {
         Ok(match method {
             Method::Fixed(_) => None,
             Method::Hint => Some(Parts::Hint(HintConfig::new(s_map, t_map).init(&dev)?)),
-            Method::Mgd => Some(Parts::Mgd(
+            Method::Mgd | Method::MgdSokd => Some(Parts::Mgd(
                 MgdConfig::new(8, 64)
                     .with_reduction(burn_distill::feature::MgdReduction::Mean)
                     .init(&dev)?,
@@ -275,7 +333,7 @@ fn main() -> Result<(), DistillError> {
                 epochs,
                 seed,
                 &dev,
-            ));
+            )?);
         }
         let (mean, std) = mean_std(&accs);
         let secs = start.elapsed().as_secs_f64();

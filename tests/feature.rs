@@ -4,7 +4,10 @@
 mod common;
 
 use burn::tensor::{Distribution, Tensor};
-use burn_distill::feature::{AtConfig, HintConfig, MgdConfig, MgdMask, MgdReduction};
+use burn_distill::Outputs;
+use burn_distill::feature::{
+    AtConfig, DafaConfig, DamConfig, DamMode, HintConfig, MgdConfig, MgdMask, MgdReduction,
+};
 use burn_distill::logit::ProbMseConfig;
 use burn_distill::prelude::*;
 use common::*;
@@ -107,6 +110,10 @@ proptest! {
         }
         check_grads(&AtConfig::new().with_weight(10.0).init().unwrap(), &b)?;
         if b.s_shape[2] == b.t_shape[2] {
+            for mode in [DamMode::Soft, DamMode::TopK] {
+                let at = AtConfig::new().with_weight(10.0).init().unwrap();
+                check_grads(&DamConfig::new().with_mode(mode).init(at).unwrap(), &b)?;
+            }
             for reduction in [MgdReduction::Sum, MgdReduction::Mean] {
                 for mask in [MgdMask::Channel, MgdMask::Spatial] {
                     let mgd = MgdConfig::new(cs, ct).with_mask(mask).with_reduction(reduction).with_alpha(Some(0.5)).init(&device()).unwrap();
@@ -306,4 +313,106 @@ fn at_sums_its_stages() {
     };
     let (a, b, both) = (one(vec!["a"]), one(vec!["b"]), one(vec!["a", "b"]));
     close("AT(a, b)", &[both], &[a + b], 1e-12, 0.0).unwrap();
+}
+
+/// SoKD's plug-ins switched off (no augmentation, DAM off) give the wrapped loss exactly;
+/// with zero magnitudes the augmentation is the identity up to rounding.
+#[test]
+fn sokd_off_is_the_wrapped_loss() {
+    setup();
+    let dev = device();
+    let r = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
+    let (s, t) = (r([3, 4, 4, 4]), r([3, 6, 4, 4]));
+    let at = AtConfig::new().init().unwrap();
+    let plain = at
+        .forward(&DistillInput::features_only().feature("feature", s.clone(), t.clone()))
+        .unwrap()
+        .value();
+    let off = DafaConfig::new().with_enabled(false).init(&dev).unwrap();
+    let teacher = off.apply(
+        Outputs::logits(Tensor::zeros([3, 2], &dev)).feature("feature", t.clone()),
+        0,
+    );
+    let wrapped = DamConfig::new()
+        .with_mode(DamMode::Off)
+        .init(at.clone())
+        .unwrap();
+    let input = DistillInput::from_outputs(
+        Outputs::logits(Tensor::zeros([3, 2], &dev)).feature("feature", s.clone()),
+        teacher,
+    );
+    assert_eq!(wrapped.forward(&input).unwrap().value(), plain);
+    // zero magnitudes: every operation is the identity
+    let still = DafaConfig::new().with_magnitude(0.0).init(&dev).unwrap();
+    close(
+        "identity",
+        &values(still.augment(t.clone(), 3)),
+        &values(t.clone()),
+        1e-14,
+        1e-14,
+    )
+    .unwrap();
+    // and DAM's top-k with fraction 1 keeps every position
+    let all = DamConfig::new()
+        .with_mode(DamMode::TopK)
+        .with_fraction(1.0)
+        .init(at)
+        .unwrap();
+    let m = values(all.mask(s, t));
+    assert!(m.iter().all(|&v| v == 1.0));
+}
+
+/// The gradient of a DAFA-augmented hint in DAFA's nine parameters equals a central
+/// difference, and the augmentation of a step is reproducible from its key.
+#[test]
+fn dafa_parameter_gradients_match_finite_differences() {
+    setup();
+    let dev = device();
+    let r = |shape: [usize; 4], seed: u64| {
+        let mut st = seed | 1;
+        let v: Vec<f64> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                st ^= st << 13;
+                st ^= st >> 7;
+                st ^= st << 17;
+                (st >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+            })
+            .collect();
+        f64t(v, shape)
+    };
+    let (s, t) = (r([2, 3, 4, 4], 1), r([2, 3, 4, 4], 2));
+    let hint = HintConfig::new([3, 4, 4], [3, 4, 4])
+        .with_connector(false)
+        .init(&dev)
+        .unwrap();
+    let theta0 = vec![1.0, -0.3, 0.2, 0.5, 0.0, 0.3, 0.2, 0.4, 0.6];
+    let dafa = |theta: &[f64]| {
+        let mut d = DafaConfig::new().with_drop(0.3).init(&dev).unwrap();
+        d.weights = burn::module::Param::from_tensor(f64t(theta[..5].to_vec(), [5]));
+        d.magnitudes = burn::module::Param::from_tensor(f64t(theta[5..].to_vec(), [4]));
+        d
+    };
+    let loss_of = |d: &burn_distill::feature::Dafa| {
+        let teacher = d.apply(
+            Outputs::logits(Tensor::zeros([2, 2], &dev)).feature("feature", t.clone()),
+            11,
+        );
+        let input = DistillInput::from_outputs(
+            Outputs::logits(Tensor::zeros([2, 2], &dev)).feature("feature", s.clone()),
+            teacher,
+        )
+        .attach_teacher();
+        hint.forward(&input).unwrap()
+    };
+    let d = dafa(&theta0);
+    let grads = burn::optim::GradientsParams::from_grads(loss_of(&d).total.backward(), &d);
+    let mut got = values(grads.get::<1>(d.weights.id).unwrap());
+    got.extend(values(grads.get::<1>(d.magnitudes.id).unwrap()));
+    let want = numeric_grad(&|th| loss_of(&dafa(&th)).value(), &theta0, 1e-6);
+    close("d hint / d dafa", &got, &want, 1e-6, 1e-10).unwrap();
+    assert_eq!(
+        values(d.augment(t.clone(), 5)),
+        values(d.augment(t.clone(), 5))
+    );
+    assert_ne!(values(d.augment(t.clone(), 5)), values(d.augment(t, 6)));
 }

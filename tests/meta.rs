@@ -92,10 +92,10 @@ fn kd_loss() -> LossSum {
 
 /// The bilevel objective by its definition: `k` plain SGD steps of the student on the
 /// distillation loss `loss` (teacher fixed), then the quiz cross-entropy.
-fn bilevel<M: Distillable<Tensor<2>>>(
+fn bilevel<M: Distillable<Tensor<2>>, T: Distillable<Tensor<2>>>(
     loss: &dyn Loss,
     student: &M,
-    teacher: &M,
+    teacher: &T,
     batch: &Batch<Tensor<2>>,
     quiz: &Batch<Tensor<2>>,
     eta: f64,
@@ -522,4 +522,67 @@ fn decoupled_metadistil_runs_and_stays_finite() {
         .unwrap();
     let names: Vec<String> = out.values().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["ce", "dkd/tckd", "dkd/nckd"]);
+}
+
+/// SoKD's DAFA trained bi-level: a meta-teacher over an `Augmented` teacher (its own weights
+/// frozen) gives d quiz / d DAFA parameters equal to a central difference of the bilevel
+/// objective.
+#[test]
+fn dafa_meta_gradient_matches_bilevel_finite_difference() {
+    use burn_distill::feature::{Augmented, Dafa, DafaConfig};
+    setup();
+    let (s_w, t_w) = ([3, 4, 3], [3, 4, 3]);
+    let loss = || kd_loss() + HiddenMse.weighted(2.0);
+    let student = Tapped {
+        net: net(&s_w, &noise(31, size(&s_w), 0.7)),
+    };
+    let frozen = Tapped {
+        net: net(&t_w, &noise(32, size(&t_w), 1.2)),
+    }
+    .no_grad();
+    let batch = Batch::new(f64t(noise(33, 15, 1.5), [5, 3]), labels(34, 5, 3));
+    let quiz = Batch::new(f64t(noise(35, 12, 1.5), [4, 3]), labels(36, 4, 3));
+    let theta0 = vec![1.0, 0.2, -0.1, 0.3, 0.0, 0.4, 0.3, 0.5, 0.2];
+    let dafa = |theta: &[f64]| -> Dafa {
+        let mut d = DafaConfig::new()
+            .with_features(vec!["hidden".into()])
+            .with_drop(0.3)
+            .init(&device())
+            .unwrap();
+        d.weights = Param::from_tensor(f64t(theta[..5].to_vec(), [5]));
+        d.magnitudes = Param::from_tensor(f64t(theta[5..].to_vec(), [4]));
+        d
+    };
+    let teacher = |theta: &[f64]| Augmented::new(frozen.clone(), dafa(theta)).with_key(7);
+    let meta = MetaTeacherConfig::new()
+        .with_pilot_rate(PilotRate::Fixed(0.5))
+        .init(teacher(&theta0), SgdConfig::new().init(), loss())
+        .unwrap();
+    let g = meta
+        .meta_gradient(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+        .unwrap();
+    let d = &meta.teacher().dafa;
+    let mut got = values(g.teacher.get::<1>(d.weights.id).expect("mixture gradient"));
+    got.extend(values(
+        g.teacher
+            .get::<1>(d.magnitudes.id)
+            .expect("magnitude gradient"),
+    ));
+    assert!(
+        meta.teacher()
+            .teacher
+            .net
+            .layers
+            .iter()
+            .all(|l| g.teacher.get::<2>(l.weight.id).is_none()),
+        "the frozen teacher gets no gradient"
+    );
+    let want = numeric_grad(
+        &|theta| bilevel(&loss(), &student, &teacher(&theta), &batch, &quiz, 0.5, 1),
+        &theta0,
+        1e-5,
+    );
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    close("d quiz/d dafa", &got, &want, 1e-5, 1e-8 * scale).unwrap();
 }

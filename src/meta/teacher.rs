@@ -203,6 +203,12 @@ impl<T: Module> MetaTeacher<T> {
         self.teacher
     }
 
+    /// Replaces the distillation loss, e.g. each step when it has learnable parts the
+    /// student's optimizer moves (a feature connector, MGD's generator).
+    pub fn set_loss(&mut self, loss: impl Loss + 'static) {
+        self.loss = Box::new(loss);
+    }
+
     /// The distillation loss.
     pub fn loss(&self) -> &dyn Loss {
         self.loss.as_ref()
