@@ -45,6 +45,11 @@
 //! | [`Schedule`](curriculum::Schedule) | warm-ups and ramps for any weight | [`curriculum`] |
 //! | [`Paced`](curriculum::Paced), [`TopKMask`](curriculum::TopKMask) | difficulty curricula over samples and classes (DeepKD's top-k mask) | [`curriculum`] |
 //! | [`Dot`](optim::Dot) | Zhao et al., ICCV 2023, *DOT: A Distillation-Oriented Trainer* | [`optim`] |
+//! | [`ProbMse`](logit::ProbMse) | MetaDistil's NLP soft loss (squared error of softened probabilities) | [`logit`] |
+//! | [`Hint`](feature::Hint) | Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets* | [`feature`] |
+//! | [`At`](feature::At) | Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention* | [`feature`] |
+//! | [`Mgd`](feature::Mgd) | Yang et al., ECCV 2022, *Masked Generative Distillation* | [`feature`] |
+//! | [`Dafa`](feature::Dafa), [`Dam`](feature::Dam) | Shen et al. 2024, SoKD (reconstruction from the abstract) | [`feature`] |
 //! | [`Rkd`](relation::Rkd) | Park et al., CVPR 2019, *Relational Knowledge Distillation* | [`relation`] |
 //! | [`Pkt`](relation::Pkt) | Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer* | [`relation`] |
 //! | [`Sp`](relation::Sp) | Tung & Mori, ICCV 2019, *Similarity-Preserving KD* | [`relation`] |
