@@ -268,6 +268,7 @@ pub struct DistillInput {
     features: BTreeMap<String, (Feature, Feature)>,
     views: Option<Views>,
     indices: Option<Tensor<1, Int>>,
+    guides: Vec<Tensor<2>>,
     progress: Option<Progress>,
     teacher_attached: bool,
     target_range: OnceLock<(i64, i64)>,
@@ -367,6 +368,25 @@ impl DistillInput {
             })
     }
 
+    /// Adds the logits `[N, C]` of another guide (a teaching assistant) beside the teacher,
+    /// for multi-guide objectives ([`Dgkd`](crate::pipeline::Dgkd)).
+    pub fn guide(mut self, logits: Tensor<2>) -> Self {
+        self.guides.push(logits);
+        self
+    }
+
+    /// The extra guides' logits, in the order they were added.
+    pub fn guides(&self) -> &[Tensor<2>] {
+        &self.guides
+    }
+
+    /// The same input with `teacher` as the teacher's logits.
+    pub fn with_teacher_logits(&self, teacher: Tensor<2>) -> Self {
+        let mut out = self.clone();
+        out.teacher_logits = Some(teacher);
+        out
+    }
+
     /// Sets the training progress that schedules read.
     pub fn progress(mut self, progress: Progress) -> Self {
         self.progress = Some(progress);
@@ -380,17 +400,19 @@ impl DistillInput {
         self
     }
 
-    /// The same input with `f` applied to the student's and the teacher's logits (a
-    /// pre-transform such as [`Standardized`](crate::logit::Standardized)).
+    /// The same input with `f` applied to the student's, the teacher's and the guides' logits
+    /// (a pre-transform such as [`Standardized`](crate::logit::Standardized)).
     pub fn map_logits(&self, f: impl Fn(Tensor<2>) -> Tensor<2>) -> Self {
         let mut out = self.clone();
         out.student_logits = self.student_logits.clone().map(&f);
         out.teacher_logits = self.teacher_logits.clone().map(&f);
+        out.guides = self.guides.iter().cloned().map(&f).collect();
         out
     }
 
-    /// The same input restricted to the batch rows `rows` (logits, targets and every feature
-    /// tap), e.g. the samples a curriculum admits.
+    /// The same input restricted to the batch rows `rows` (logits, targets, guides, dataset
+    /// indices and every feature tap), e.g. the samples a curriculum admits. A view layout
+    /// does not survive a selection: the result has none.
     pub fn select_rows(&self, rows: Tensor<1, Int>) -> Self {
         let pick2 = |t: &Tensor<2>| t.clone().select(0, rows.clone());
         let pick = |f: &Feature| match f {
@@ -410,6 +432,7 @@ impl DistillInput {
                 .map(|(k, (s, t))| (k.clone(), (pick(s), pick(t))))
                 .collect(),
             views: None,
+            guides: self.guides.iter().map(pick2).collect(),
             indices: self
                 .indices
                 .as_ref()

@@ -74,6 +74,7 @@ pub mod logit;
 pub mod math;
 pub mod meta;
 pub mod optim;
+pub mod pipeline;
 pub mod relation;
 
 pub use error::DistillError;

@@ -102,6 +102,19 @@ impl LossOutput {
         }
     }
 
+    /// Adds `other` term by term (the same names, in the same order, as two outputs of one
+    /// objective have); a term only `other` has is appended.
+    pub fn add_terms(mut self, other: LossOutput) -> Self {
+        self.total = self.total + other.total;
+        for (name, t) in other.terms {
+            match self.terms.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, acc)) => *acc = acc.clone() + t,
+                None => self.terms.push((name, t)),
+            }
+        }
+        self
+    }
+
     /// Renames the terms under prefix `old` (the term `old` itself and `old/...`) to `new`.
     pub fn renamed(mut self, old: &str, new: &str) -> Self {
         for (n, _) in &mut self.terms {

@@ -42,7 +42,10 @@ fn reads_plain_and_gzipped_files() {
         assert_eq!(idx.data[5], 35);
     }
     let labels = parse_idx("labels".as_ref(), &idx_bytes(&[5])).unwrap();
-    assert_eq!((labels.dims, labels.data), (vec![5], vec![0, 7, 14, 21, 28]));
+    assert_eq!(
+        (labels.dims, labels.data),
+        (vec![5], vec![0, 7, 14, 21, 28])
+    );
 }
 
 #[test]
@@ -51,18 +54,35 @@ fn truncated_and_foreign_files_are_clear_errors() {
     let p: &std::path::Path = "f".as_ref();
     // data cut short: the header promises 16 + 24 bytes
     match parse_idx(p, &bytes[..30]) {
-        Err(IdxError::Truncated { expected: 40, found: 30, .. }) => {}
+        Err(IdxError::Truncated {
+            expected: 40,
+            found: 30,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     // header cut short
-    assert!(matches!(parse_idx(p, &bytes[..6]), Err(IdxError::Truncated { expected: 16, .. })));
-    assert!(matches!(parse_idx(p, &bytes[..2]), Err(IdxError::Truncated { expected: 4, .. })));
+    assert!(matches!(
+        parse_idx(p, &bytes[..6]),
+        Err(IdxError::Truncated { expected: 16, .. })
+    ));
+    assert!(matches!(
+        parse_idx(p, &bytes[..2]),
+        Err(IdxError::Truncated { expected: 4, .. })
+    ));
     // wrong magic: a PNG, and an IDX of another element type (0x0D: f32)
-    assert!(matches!(parse_idx(p, b"\x89PNG\r\n\x1a\n"), Err(IdxError::Magic { .. })));
+    assert!(matches!(
+        parse_idx(p, b"\x89PNG\r\n\x1a\n"),
+        Err(IdxError::Magic { .. })
+    ));
     let mut float = bytes.clone();
     float[2] = 0x0D;
     let err = parse_idx(p, &float).unwrap_err();
-    assert!(err.to_string().contains("not an IDX file of unsigned bytes"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not an IDX file of unsigned bytes"),
+        "{err}"
+    );
     // a missing file names itself
     let err = read_idx(&dir().join("missing")).unwrap_err();
     assert!(matches!(err, IdxError::Io { .. }) && err.to_string().contains("missing"));

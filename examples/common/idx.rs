@@ -19,7 +19,11 @@ pub enum IdxError {
     /// The first bytes are not an IDX magic number for unsigned bytes.
     Magic { path: PathBuf, found: [u8; 4] },
     /// The file ends before its header or its data does.
-    Truncated { path: PathBuf, expected: usize, found: usize },
+    Truncated {
+        path: PathBuf,
+        expected: usize,
+        found: usize,
+    },
 }
 
 impl std::fmt::Display for IdxError {
@@ -31,7 +35,11 @@ impl std::fmt::Display for IdxError {
                 "{}: not an IDX file of unsigned bytes (magic {found:02x?}, expected [00, 00, 08, n])",
                 path.display()
             ),
-            IdxError::Truncated { path, expected, found } => write!(
+            IdxError::Truncated {
+                path,
+                expected,
+                found,
+            } => write!(
                 f,
                 "{}: truncated IDX file ({found} bytes, its header promises {expected})",
                 path.display()
@@ -68,7 +76,11 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<Idx, IdxError> {
         expected,
         found: bytes.len(),
     };
-    let magic: [u8; 4] = bytes.get(..4).ok_or_else(|| truncated(4))?.try_into().unwrap();
+    let magic: [u8; 4] = bytes
+        .get(..4)
+        .ok_or_else(|| truncated(4))?
+        .try_into()
+        .unwrap();
     if magic[..3] != [0, 0, 0x08] || magic[3] == 0 {
         return Err(IdxError::Magic {
             path: path.to_path_buf(),
@@ -84,7 +96,9 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<Idx, IdxError> {
         .map(|c| u32::from_be_bytes(c.try_into().unwrap()) as usize)
         .collect();
     let expected = header + dims.iter().product::<usize>();
-    let data = bytes.get(header..expected).ok_or_else(|| truncated(expected))?;
+    let data = bytes
+        .get(header..expected)
+        .ok_or_else(|| truncated(expected))?;
     Ok(Idx {
         dims,
         data: data.to_vec(),
