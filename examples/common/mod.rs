@@ -2,6 +2,8 @@
 //! any burn-distill `Loss`.
 #![allow(dead_code)] // each example uses a different subset
 
+pub mod idx;
+
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
