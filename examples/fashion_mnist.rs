@@ -11,7 +11,8 @@
 //! Data: the Debian package `dataset-fashion-mnist` (IDX files under
 //! /usr/share/datasets/fashion-mnist), or `--data DIR` / `FASHION_MNIST_DIR`. Nothing is
 //! downloaded. Flags: `--epochs`, `--seeds`, `--methods`, `--out`, `--data`,
-//! `--teacher-epochs`, `--limit N` (use the first N training images, for smoke runs).
+//! `--teacher-epochs`, `--limit N` (use the first N training images, for smoke runs),
+//! `--temperature` (1), `--alpha` (KD weight, 0.5), `--beta` (DKD/DCKD's β, 0.5).
 
 mod common;
 
@@ -23,11 +24,11 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
+use burn_distill::Distillable;
 use burn_distill::logit::DckdConfig;
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::pipeline::{DgkdConfig, Takd};
 use burn_distill::prelude::*;
-use burn_distill::Distillable;
 use common::idx::{find, read_idx};
 use common::*;
 
@@ -45,6 +46,10 @@ struct Args {
     out: PathBuf,
     data: PathBuf,
     limit: Option<usize>,
+    /// KD/DKD/DCKD temperature, KD weight α (CE gets 1 − α) and DKD/DCKD's β.
+    temperature: f64,
+    alpha: f64,
+    beta: f64,
 }
 
 fn args() -> Args {
@@ -55,7 +60,10 @@ fn args() -> Args {
             .and_then(|i| argv.get(i + 1).cloned())
     };
     let number = |name: &str, default: usize| {
-        flag(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        flag(name).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
     };
     Args {
         epochs: number("--epochs", 10),
@@ -69,8 +77,15 @@ fn args() -> Args {
         out: flag("--out").map_or_else(|| PathBuf::from("target/fashion_mnist"), PathBuf::from),
         data: flag("--data")
             .or_else(|| std::env::var("FASHION_MNIST_DIR").ok())
-            .map_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"), PathBuf::from),
+            .map_or_else(
+                || PathBuf::from("/usr/share/datasets/fashion-mnist"),
+                PathBuf::from,
+            ),
         limit: flag("--limit").map(|v| v.parse().expect("--limit takes a number")),
+        temperature: flag("--temperature")
+            .map_or(1.0, |v| v.parse().expect("--temperature takes a number")),
+        alpha: flag("--alpha").map_or(0.5, |v| v.parse().expect("--alpha takes a number")),
+        beta: flag("--beta").map_or(0.5, |v| v.parse().expect("--beta takes a number")),
     }
 }
 
@@ -86,13 +101,21 @@ fn load(dir: &Path, prefix: &str, limit: Option<usize>, dev: &Device) -> Result<
     };
     let images = format!("{prefix}-images-idx3-ubyte");
     let labels = format!("{prefix}-labels-idx1-ubyte");
-    let x = read_idx(&find(dir, &images).ok_or_else(|| missing(&images))?).map_err(|e| e.to_string())?;
-    let y = read_idx(&find(dir, &labels).ok_or_else(|| missing(&labels))?).map_err(|e| e.to_string())?;
+    let x = read_idx(&find(dir, &images).ok_or_else(|| missing(&images))?)
+        .map_err(|e| e.to_string())?;
+    let y = read_idx(&find(dir, &labels).ok_or_else(|| missing(&labels))?)
+        .map_err(|e| e.to_string())?;
     let n = x.dims[0].min(limit.unwrap_or(usize::MAX));
     if y.dims[0] < n || x.dims[1..] != [28, 28] {
-        return Err(format!("{prefix}: images {:?} and labels {:?} do not fit", x.dims, y.dims));
+        return Err(format!(
+            "{prefix}: images {:?} and labels {:?} do not fit",
+            x.dims, y.dims
+        ));
     }
-    let pixels: Vec<f32> = x.data[..n * 784].iter().map(|&p| p as f32 / 255.0).collect();
+    let pixels: Vec<f32> = x.data[..n * 784]
+        .iter()
+        .map(|&p| p as f32 / 255.0)
+        .collect();
     let targets: Vec<i64> = y.data[..n].iter().map(|&l| l as i64).collect();
     Ok(Split {
         x: Tensor::from_data(TensorData::new(pixels, [n, 784]), dev),
@@ -116,7 +139,15 @@ fn cfg(epochs: usize, seed: u64) -> Train {
 }
 
 /// Trains a fresh student with `loss` against cached teacher logits, recording the curve.
-fn distil(widths: &[usize], loss: &dyn Loss, teacher: Option<&Tensor<2>>, data: (&Split, &Split), epochs: usize, seed: u64, dev: &Device) -> (Mlp, Run) {
+fn distil(
+    widths: &[usize],
+    loss: &dyn Loss,
+    teacher: Option<&Tensor<2>>,
+    data: (&Split, &Split),
+    epochs: usize,
+    seed: u64,
+    dev: &Device,
+) -> (Mlp, Run) {
     let (train_set, test_set) = data;
     let mut curve = Vec::new();
     let model = train(
@@ -134,21 +165,39 @@ fn distil(widths: &[usize], loss: &dyn Loss, teacher: Option<&Tensor<2>>, data: 
     (model, run)
 }
 
-fn kd_loss() -> Result<Box<dyn Loss>, DistillError> {
-    let kd = KdConfig::new().with_temperature(4.0).init()?;
-    Ok((CrossEntropy::new().weighted(0.5) + kd.weighted(0.5)).boxed())
+/// The distillation settings shared by the methods.
+#[derive(Clone, Copy)]
+struct Kd {
+    temperature: f64,
+    alpha: f64,
+    beta: f64,
+}
+
+impl Kd {
+    /// `(1 − α)·CE + α·KD(T)`.
+    fn loss(&self) -> Result<Box<dyn Loss>, DistillError> {
+        let kd = KdConfig::new().with_temperature(self.temperature).init()?;
+        Ok((CrossEntropy::new().weighted(1.0 - self.alpha) + kd.weighted(self.alpha)).boxed())
+    }
 }
 
 /// MetaDistil: the teacher keeps learning from the student's quiz (a held-out 5,000 images of
 /// the training split), its meta round every 10 steps and from epoch 2 on.
-fn metadistil(teacher: &Mlp, data: (&Split, &Split, &Split), epochs: usize, seed: u64, dev: &Device) -> Result<Run, DistillError> {
+fn metadistil(
+    teacher: &Mlp,
+    kd: Kd,
+    data: (&Split, &Split, &Split),
+    epochs: usize,
+    seed: u64,
+    dev: &Device,
+) -> Result<Run, DistillError> {
     let (train_set, quiz_set, test_set) = data;
     let mut meta = MetaTeacherConfig::new()
         .with_pilot_rate(PilotRate::Fixed(0.05))
         .with_teacher_lr(1e-3)
         .with_period(10)
         .with_freeze_epochs(1)
-        .init(teacher.clone(), SgdConfig::new().init(), kd_loss()?)?;
+        .init(teacher.clone(), SgdConfig::new().init(), kd.loss()?)?;
     let mut student = Mlp::new(&STUDENT, 100 + seed, dev);
     let mut optim = AdamConfig::new().init();
     let (n, steps) = (train_set.len(), train_set.len().div_ceil(BATCH));
@@ -179,28 +228,69 @@ fn metadistil(teacher: &Mlp, data: (&Split, &Split, &Split), epochs: usize, seed
 fn svg(curves: &BTreeMap<String, Vec<f64>>, order: &[String]) -> String {
     let (w, h, pad) = (720.0, 420.0, 50.0);
     let all: Vec<f64> = curves.values().flatten().cloned().collect();
-    let (lo, hi) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
     let (lo, hi) = ((lo - 0.5).floor(), (hi + 0.5).ceil());
     let epochs = curves.values().map(Vec::len).max().unwrap_or(1).max(2);
     let x = |e: usize| pad + (w - 2.0 * pad) * e as f64 / (epochs - 1) as f64;
     let y = |a: f64| h - pad - (h - 2.0 * pad) * (a - lo) / (hi - lo);
-    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
-    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
-    let _ = writeln!(s, "<text x='{}' y='20' text-anchor='middle'>Fashion-MNIST: student test accuracy per epoch (mean over seeds)</text>", w / 2.0);
+    let colors = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    ];
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n"
+    );
+    let _ = writeln!(
+        s,
+        "<text x='{}' y='20' text-anchor='middle'>Fashion-MNIST: student test accuracy per epoch (mean over seeds)</text>",
+        w / 2.0
+    );
     for k in 0..=4 {
         let a = lo + (hi - lo) * k as f64 / 4.0;
-        let _ = writeln!(s, "<line x1='{pad}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#ddd'/><text x='{}' y='{:.1}' text-anchor='end'>{a:.1}%</text>", w - pad, pad - 5.0, y(a) + 4.0, y = y(a));
+        let _ = writeln!(
+            s,
+            "<line x1='{pad}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#ddd'/><text x='{}' y='{:.1}' text-anchor='end'>{a:.1}%</text>",
+            w - pad,
+            pad - 5.0,
+            y(a) + 4.0,
+            y = y(a)
+        );
     }
     for e in 0..epochs {
-        let _ = writeln!(s, "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>", x(e), h - pad + 16.0, e + 1);
+        let _ = writeln!(
+            s,
+            "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>",
+            x(e),
+            h - pad + 16.0,
+            e + 1
+        );
     }
-    let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='middle'>epoch</text>", w / 2.0, h - 8.0);
+    let _ = writeln!(
+        s,
+        "<text x='{}' y='{}' text-anchor='middle'>epoch</text>",
+        w / 2.0,
+        h - 8.0
+    );
     for (i, name) in order.iter().enumerate() {
         let Some(c) = curves.get(name) else { continue };
         let color = colors[i % colors.len()];
-        let points: Vec<String> = c.iter().enumerate().map(|(e, a)| format!("{:.1},{:.1}", x(e), y(*a))).collect();
-        let _ = writeln!(s, "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>", points.join(" "));
-        let _ = writeln!(s, "<text x='{}' y='{}' fill='{color}'>{name}</text>", w - pad - 150.0, pad + 16.0 * (i as f64 + 1.0));
+        let points: Vec<String> = c
+            .iter()
+            .enumerate()
+            .map(|(e, a)| format!("{:.1},{:.1}", x(e), y(*a)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+            points.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "<text x='{}' y='{}' fill='{color}'>{name}</text>",
+            w - pad - 150.0,
+            pad + 16.0 * (i as f64 + 1.0)
+        );
     }
     s + "</svg>\n"
 }
@@ -215,7 +305,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // on the rest
     let n_quiz = (all_train.len() / 12).min(5000);
     let perm = permutation(all_train.len(), 99);
-    let (quiz_set, train_set) = (all_train.rows(&perm[..n_quiz]), all_train.rows(&perm[n_quiz..]));
+    let (quiz_set, train_set) = (
+        all_train.rows(&perm[..n_quiz]),
+        all_train.rows(&perm[n_quiz..]),
+    );
     println!(
         "Fashion-MNIST: {} train, {} quiz (MetaDistil), {} test images",
         train_set.len(),
@@ -225,7 +318,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 1. the teacher, trained once and saved
     let start = Instant::now();
-    let path = args.out.join(format!("teacher-{}-{}ep-{}", TEACHER.map(|w| w.to_string()).join("-"), args.teacher_epochs, train_set.len()));
+    let path = args.out.join(format!(
+        "teacher-{}-{}ep-{}",
+        TEACHER.map(|w| w.to_string()).join("-"),
+        args.teacher_epochs,
+        train_set.len()
+    ));
     let teacher = if path.with_extension("bpk").exists() {
         println!("teacher: loading {}", path.with_extension("bpk").display());
         Mlp::new(&TEACHER, 0, &dev).load_file(path.with_extension("bpk"))
@@ -236,15 +334,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             None,
             &CrossEntropy::new(),
             &cfg(args.teacher_epochs, 0),
-            |e, terms, m| println!("teacher epoch {:>2}: {}  test {:.2}%", e + 1, fmt_terms(terms), accuracy(m, &test_set)),
+            |e, terms, m| {
+                println!(
+                    "teacher epoch {:>2}: {}  test {:.2}%",
+                    e + 1,
+                    fmt_terms(terms),
+                    accuracy(m, &test_set)
+                )
+            },
         );
         teacher.clone().save_file(path.with_extension("bpk"))?;
         teacher
     };
     let teacher_acc = accuracy(&teacher, &test_set);
-    println!("teacher {TEACHER:?}: test accuracy {teacher_acc:.2}% ({:.1}s)\n", start.elapsed().as_secs_f64());
+    println!(
+        "teacher {TEACHER:?}: test accuracy {teacher_acc:.2}% ({:.1}s)\n",
+        start.elapsed().as_secs_f64()
+    );
     let teacher_logits = logits_of(&teacher, &train_set);
     let data = (&train_set, &test_set);
+    let kd = Kd {
+        temperature: args.temperature,
+        alpha: args.alpha,
+        beta: args.beta,
+    };
 
     // 2. the students
     let seeds: Vec<u64> = (1..=args.seeds as u64).collect();
@@ -257,25 +370,89 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut runs = Vec::new();
         for &seed in &seeds {
             let run = match method.as_str() {
-                "alone" => distil(&STUDENT, &CrossEntropy::new(), None, data, args.epochs, seed, &dev).1,
-                "kd" => distil(&STUDENT, kd_loss()?.as_ref(), Some(&teacher_logits), data, args.epochs, seed, &dev).1,
+                "alone" => {
+                    distil(
+                        &STUDENT,
+                        &CrossEntropy::new(),
+                        None,
+                        data,
+                        args.epochs,
+                        seed,
+                        &dev,
+                    )
+                    .1
+                }
+                "kd" => {
+                    distil(
+                        &STUDENT,
+                        kd.loss()?.as_ref(),
+                        Some(&teacher_logits),
+                        data,
+                        args.epochs,
+                        seed,
+                        &dev,
+                    )
+                    .1
+                }
                 "dkd" | "dckd" => {
                     let loss = if method == "dkd" {
-                        (CrossEntropy::new().weighted(1.0) + DkdConfig::new().with_beta(2.0).with_temperature(4.0).with_warmup_epochs(2).init()?).boxed()
+                        (CrossEntropy::new().weighted(1.0)
+                            + DkdConfig::new()
+                                .with_beta(kd.beta)
+                                .with_temperature(kd.temperature)
+                                .with_warmup_epochs(2)
+                                .init()?)
+                        .boxed()
                     } else {
-                        (CrossEntropy::new().weighted(1.0) + DckdConfig::new().with_beta(2.0).with_temperature(4.0).with_warmup_epochs(2).init()?).boxed()
+                        (CrossEntropy::new().weighted(1.0)
+                            + DckdConfig::new()
+                                .with_beta(kd.beta)
+                                .with_temperature(kd.temperature)
+                                .with_warmup_epochs(2)
+                                .init()?)
+                        .boxed()
                     };
-                    distil(&STUDENT, loss.as_ref(), Some(&teacher_logits), data, args.epochs, seed, &dev).1
+                    distil(
+                        &STUDENT,
+                        loss.as_ref(),
+                        Some(&teacher_logits),
+                        data,
+                        args.epochs,
+                        seed,
+                        &dev,
+                    )
+                    .1
                 }
-                "metadistil" => metadistil(&teacher, (&train_set, &quiz_set, &test_set), args.epochs, seed, &dev)?,
+                "metadistil" => metadistil(
+                    &teacher,
+                    kd,
+                    (&train_set, &quiz_set, &test_set),
+                    args.epochs,
+                    seed,
+                    &dev,
+                )?,
                 "takd" | "dgkd" => {
                     if assistant.is_none() {
                         // TAKD's first stage: teacher → assistant, with the same KD
-                        let chain = Takd::new().stage("assistant", Mlp::new(&ASSISTANT, 50, &dev), KdConfig::new().with_temperature(4.0).init()?);
-                        let trained = chain.run(teacher.clone(), |name, model, from, _| {
+                        let chain = Takd::new().stage(
+                            "assistant",
+                            Mlp::new(&ASSISTANT, 50, &dev),
+                            kd.loss()?,
+                        );
+                        let trained = chain.run(teacher.clone(), |name, model, from, loss| {
                             let logits = logits_of(from, &train_set);
-                            let out = train(model, &train_set, Some(&logits), kd_loss()?.as_ref(), &cfg(args.epochs, 0), |_, _, _| {});
-                            println!("  {name} {ASSISTANT:?}: test accuracy {:.2}%", accuracy(&out, &test_set));
+                            let out = train(
+                                model,
+                                &train_set,
+                                Some(&logits),
+                                loss,
+                                &cfg(args.epochs, 0),
+                                |_, _, _| {},
+                            );
+                            println!(
+                                "  {name} {ASSISTANT:?}: test accuracy {:.2}%",
+                                accuracy(&out, &test_set)
+                            );
                             Ok::<_, DistillError>(out)
                         })?;
                         let a = trained.into_iter().next().expect("one stage");
@@ -285,49 +462,89 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let (_, a_logits) = assistant.as_ref().expect("trained above");
                     if method == "takd" {
                         // TAKD's second stage: assistant → student
-                        distil(&STUDENT, kd_loss()?.as_ref(), Some(a_logits), data, args.epochs, seed, &dev).1
+                        distil(
+                            &STUDENT,
+                            kd.loss()?.as_ref(),
+                            Some(a_logits),
+                            data,
+                            args.epochs,
+                            seed,
+                            &dev,
+                        )
+                        .1
                     } else {
-                        dgkd(&teacher_logits, a_logits, data, args.epochs, seed, &dev)?
+                        dgkd(&teacher_logits, a_logits, kd, data, args.epochs, seed, &dev)?
                     }
                 }
-                other => return Err(format!("unknown method {other}: use alone,kd,dkd,dckd,metadistil,takd,dgkd").into()),
+                other => {
+                    return Err(format!(
+                        "unknown method {other}: use alone,kd,dkd,dckd,metadistil,takd,dgkd"
+                    )
+                    .into());
+                }
             };
-            println!("{method:<11} seed {seed}: test accuracy {:.2}%  (per epoch: {:.2?})", run.accuracy, run.curve);
+            println!(
+                "{method:<11} seed {seed}: test accuracy {:.2}%  (per epoch: {:.2?})",
+                run.accuracy, run.curve
+            );
             runs.push(run);
         }
         let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
         let (mean, std) = mean_std(&accs);
         let secs = start.elapsed().as_secs_f64();
         let epochs = runs[0].curve.len();
-        curves.insert(method.clone(), (0..epochs).map(|e| runs.iter().map(|r| r.curve[e]).sum::<f64>() / runs.len() as f64).collect());
-        println!("{method:<11} test accuracy {mean:.2} ± {std:.2}% over {} seeds ({secs:.1}s)\n", seeds.len());
+        curves.insert(
+            method.clone(),
+            (0..epochs)
+                .map(|e| runs.iter().map(|r| r.curve[e]).sum::<f64>() / runs.len() as f64)
+                .collect(),
+        );
+        println!(
+            "{method:<11} test accuracy {mean:.2} ± {std:.2}% over {} seeds ({secs:.1}s)\n",
+            seeds.len()
+        );
         table.push((method.clone(), mean, std, secs));
     }
 
     let mut md = format!(
-        "teacher {TEACHER:?} {teacher_acc:.2}%; student {STUDENT:?}, {} epochs, Adam {LR}, batch {BATCH}, seeds {seeds:?}\n\n| method | test accuracy (%) | vs alone | wall time (s) |\n|---|---|---|---|\n",
-        args.epochs
+        "teacher {TEACHER:?} {teacher_acc:.2}%; student {STUDENT:?}, {} epochs, Adam {LR}, batch {BATCH}, seeds {seeds:?}; T = {}, α = {}, β = {}\n\n| method | test accuracy (%) | vs alone | wall time (s) |\n|---|---|---|---|\n",
+        args.epochs, kd.temperature, kd.alpha, kd.beta
     );
     let alone = table.iter().find(|r| r.0 == "alone").map(|r| r.1);
     for (name, mean, std, secs) in &table {
         let delta = alone.map_or("".into(), |a| format!("{:+.2}", mean - a));
-        let _ = writeln!(md, "| {name} | {mean:.2} ± {std:.2} | {delta} | {secs:.0} |");
+        let _ = writeln!(
+            md,
+            "| {name} | {mean:.2} ± {std:.2} | {delta} | {secs:.0} |"
+        );
     }
     println!("{md}");
     std::fs::write(args.out.join("results.md"), &md)?;
     std::fs::write(args.out.join("accuracy.svg"), svg(&curves, &args.methods))?;
-    println!("wrote {} and {}", args.out.join("results.md").display(), args.out.join("accuracy.svg").display());
+    println!(
+        "wrote {} and {}",
+        args.out.join("results.md").display(),
+        args.out.join("accuracy.svg").display()
+    );
     Ok(())
 }
 
 /// DGKD: the student learns from the teacher and the assistant at once, each dropped at random
 /// per step (at least one kept).
-fn dgkd(teacher: &Tensor<2>, assistant: &Tensor<2>, data: (&Split, &Split), epochs: usize, seed: u64, dev: &Device) -> Result<Run, DistillError> {
+fn dgkd(
+    teacher: &Tensor<2>,
+    assistant: &Tensor<2>,
+    kd: Kd,
+    data: (&Split, &Split),
+    epochs: usize,
+    seed: u64,
+    dev: &Device,
+) -> Result<Run, DistillError> {
     let (train_set, test_set) = data;
     let dgkd = DgkdConfig::new()
         .with_seed(seed)
-        .init(KdConfig::new().with_temperature(4.0).init()?)?;
-    let loss = CrossEntropy::new().weighted(0.5) + dgkd.weighted(0.5);
+        .init(KdConfig::new().with_temperature(kd.temperature).init()?)?;
+    let loss = CrossEntropy::new().weighted(1.0 - kd.alpha) + dgkd.weighted(kd.alpha);
     let mut curve = Vec::new();
     let both = Tensor::cat(vec![teacher.clone(), assistant.clone()], 1);
     let mut model = Mlp::new(&STUDENT, 100 + seed, dev);
@@ -337,11 +554,19 @@ fn dgkd(teacher: &Tensor<2>, assistant: &Tensor<2>, data: (&Split, &Split), epoc
         let perm = permutation(n, seed * 1000 + epoch as u64);
         for (step, idx) in perm.chunks(BATCH).enumerate() {
             let batch = train_set.rows(idx);
-            let guides = Split { x: both.clone(), y: train_set.y.clone() }.rows(idx).x;
-            let input = DistillInput::new(model.forward(batch.x), guides.clone().slice([0..idx.len(), 0..10]))
-                .guide(guides.slice([0..idx.len(), 10..20]))
-                .targets(batch.y)
-                .progress(Progress::epoch(epoch, epochs).at_step(step, steps));
+            let guides = Split {
+                x: both.clone(),
+                y: train_set.y.clone(),
+            }
+            .rows(idx)
+            .x;
+            let input = DistillInput::new(
+                model.forward(batch.x),
+                guides.clone().slice([0..idx.len(), 0..10]),
+            )
+            .guide(guides.slice([0..idx.len(), 10..20]))
+            .targets(batch.y)
+            .progress(Progress::epoch(epoch, epochs).at_step(step, steps));
             let out = loss.forward(&input)?;
             let grads = GradientsParams::from_grads(out.total.backward(), &model);
             model = optim.step(LR, model, grads);

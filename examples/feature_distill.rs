@@ -96,7 +96,8 @@ impl Cnn {
     }
 }
 
-impl Distillable<Tensor<2>> for Cnn {
+impl Distillable for Cnn {
+    type Input = Tensor<2>;
     fn run(&self, x: &Tensor<2>) -> Outputs {
         self.forward(x.clone())
     }

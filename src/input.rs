@@ -150,8 +150,9 @@ impl Outputs {
 }
 
 /// A burn module that can be distilled from or into: a forward pass from an input batch of type
-/// `I` to [`Outputs`]. Implement it for a student and a teacher to use them with the
-/// [`MetaTeacher`](crate::meta::MetaTeacher) (any architecture; only this method is needed).
+/// [`Input`](Self::Input) to [`Outputs`]. Implement it for a student and a teacher to use them
+/// with the [`MetaTeacher`](crate::meta::MetaTeacher) or the burn-train `Distiller` (any
+/// architecture; only this method is needed).
 ///
 /// ```
 /// use burn::module::Module;
@@ -164,7 +165,8 @@ impl Outputs {
 ///     linear: Linear,
 /// }
 ///
-/// impl Distillable<Tensor<2>> for Probe {
+/// impl Distillable for Probe {
+///     type Input = Tensor<2>;
 ///     fn run(&self, x: &Tensor<2>) -> Outputs {
 ///         Outputs::logits(self.linear.forward(x.clone()))
 ///     }
@@ -175,9 +177,11 @@ impl Outputs {
 /// let out = probe.run(&Tensor::zeros([2, 4], &dev));
 /// assert_eq!(out.logits.dims(), [2, 3]);
 /// ```
-pub trait Distillable<I>: Module {
+pub trait Distillable: Module {
+    /// What the network takes (images, token ids, …).
+    type Input;
     /// Runs the network on `input`.
-    fn run(&self, input: &I) -> Outputs;
+    fn run(&self, input: &Self::Input) -> Outputs;
 }
 
 /// Which rows of a batch are views of which image, and which view each is (view 0 is the

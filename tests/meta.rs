@@ -92,7 +92,7 @@ fn kd_loss() -> LossSum {
 
 /// The bilevel objective by its definition: `k` plain SGD steps of the student on the
 /// distillation loss `loss` (teacher fixed), then the quiz cross-entropy.
-fn bilevel<M: Distillable<Tensor<2>>, T: Distillable<Tensor<2>>>(
+fn bilevel<M: Distillable<Input = Tensor<2>>, T: Distillable<Input = Tensor<2>>>(
     loss: &dyn Loss,
     student: &M,
     teacher: &T,
@@ -191,7 +191,8 @@ struct Tapped {
     net: Net,
 }
 
-impl Distillable<Tensor<2>> for Tapped {
+impl Distillable for Tapped {
+    type Input = Tensor<2>;
     fn run(&self, x: &Tensor<2>) -> burn_distill::Outputs {
         let hidden = burn::tensor::activation::tanh(self.net.layers[0].forward(x.clone()));
         self.net.run(x).feature("hidden", hidden)

@@ -104,7 +104,8 @@ impl Mlp {
     }
 }
 
-impl burn_distill::Distillable<Tensor<2>> for Mlp {
+impl burn_distill::Distillable for Mlp {
+    type Input = Tensor<2>;
     fn run(&self, x: &Tensor<2>) -> burn_distill::Outputs {
         burn_distill::Outputs::logits(self.forward(x.clone()))
     }

@@ -236,8 +236,10 @@ impl<T: Module + ModuleDisplay> Augmented<T> {
     }
 }
 
-impl<I, T: Distillable<I> + ModuleDisplay> Distillable<I> for Augmented<T> {
-    fn run(&self, input: &I) -> Outputs {
+impl<T: Distillable + ModuleDisplay> Distillable for Augmented<T> {
+    type Input = T::Input;
+
+    fn run(&self, input: &T::Input) -> Outputs {
         let key = self.key.unwrap_or_else(|| {
             self.calls
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -78,8 +78,8 @@ impl<I> Bilevel<'_, I> {
     /// outputs on the batch.
     pub fn gradient<S, T>(&self, student: &S, teacher: &T) -> Result<MetaGradient, DistillError>
     where
-        S: Distillable<I>,
-        T: Distillable<I>,
+        S: Distillable<Input = I>,
+        T: Distillable<Input = I>,
     {
         let t_out = teacher.run(&self.batch.input);
         let t_const = t_out.clone().detach();

@@ -249,17 +249,17 @@ impl<T: Module> MetaTeacher<T> {
     /// One MetaDistil round on `batch`, scored on `quiz`: the teacher learns unless frozen
     /// (before `freeze_epochs`) or off its period. `student_lr` is the student's current
     /// learning rate (the pilot step size under [`PilotRate::StudentLr`]).
-    pub fn round<S, I>(
+    pub fn round<S>(
         &mut self,
         student: &S,
-        batch: &Batch<I>,
-        quiz: &Batch<I>,
+        batch: &Batch<T::Input>,
+        quiz: &Batch<T::Input>,
         progress: Progress,
         student_lr: f64,
     ) -> Result<MetaRound, DistillError>
     where
-        S: Distillable<I>,
-        T: Distillable<I>,
+        T: Distillable,
+        S: Distillable<Input = T::Input>,
     {
         let index = self.rounds;
         self.rounds += 1;
@@ -289,17 +289,17 @@ impl<T: Module> MetaTeacher<T> {
 
     /// The meta-gradient of one round without applying it: d quiz / d teacher parameters
     /// through the pilot steps (and d quiz / d student parameters), e.g. to inspect or clip.
-    pub fn meta_gradient<S, I>(
+    pub fn meta_gradient<S>(
         &self,
         student: &S,
-        batch: &Batch<I>,
-        quiz: &Batch<I>,
+        batch: &Batch<T::Input>,
+        quiz: &Batch<T::Input>,
         progress: Progress,
         student_lr: f64,
     ) -> Result<MetaGradient, DistillError>
     where
-        S: Distillable<I>,
-        T: Distillable<I>,
+        T: Distillable,
+        S: Distillable<Input = T::Input>,
     {
         let eta = match self.config.pilot_rate {
             PilotRate::Fixed(eta) => eta,
@@ -320,14 +320,14 @@ impl<T: Module> MetaTeacher<T> {
 
     /// The distillation loss of `student` (its outputs on `batch`) against the current
     /// teacher, for the student's real step; the teacher is detached.
-    pub fn student_loss<I>(
+    pub fn student_loss(
         &self,
         student: Outputs,
-        batch: &Batch<I>,
+        batch: &Batch<T::Input>,
         progress: Progress,
     ) -> Result<LossOutput, DistillError>
     where
-        T: Distillable<I>,
+        T: Distillable,
     {
         // an untracked copy: a tracked forward that is never backpropagated would leave its
         // graph behind on every step

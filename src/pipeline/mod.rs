@@ -1,6 +1,11 @@
-//! Training pipelines around the objectives: teaching-assistant chains (TAKD) and
-//! multi-guide distillation (DGKD).
+//! Training pipelines around the objectives: teaching-assistant chains (TAKD),
+//! multi-guide distillation (DGKD) and, behind the `train` feature, burn-train integration
+//! ([`Distiller`](crate::pipeline) with loss-term metrics).
 
 mod assistant;
+#[cfg(feature = "train")]
+mod train;
 
 pub use assistant::*;
+#[cfg(feature = "train")]
+pub use train::*;

@@ -77,7 +77,8 @@ pub struct Net {
     pub layers: Vec<burn::nn::Linear>,
 }
 
-impl burn_distill::Distillable<Tensor<2>> for Net {
+impl burn_distill::Distillable for Net {
+    type Input = Tensor<2>;
     fn run(&self, x: &Tensor<2>) -> burn_distill::Outputs {
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {

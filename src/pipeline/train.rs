@@ -1,0 +1,327 @@
+//! burn-train integration: a student distilled from a frozen (or meta-learned) teacher as a
+//! burn-train model, with every loss term as a metric.
+
+use std::any::Any;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use burn::module::{Module, ModuleDisplay, ModuleVisitor, Param};
+use burn::tensor::{ExecutionError, Tensor, TensorReadError};
+use burn::train::metric::state::{FormatOptions, NumericMetricState};
+use burn::train::metric::{
+    AccuracyInput, Adaptor, ItemLazy, LossInput, Metric, MetricAttributes, MetricMetadata,
+    MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
+};
+use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
+
+use crate::input::{Distillable, Outputs};
+use crate::meta::{Batch, MetaTeacher};
+use crate::{DistillInput, Loss, LossOutput, Progress};
+
+/// One training item for a [`Distiller`]: the batch, optionally the teacher's outputs on it
+/// (cached once per data set when the teacher is frozen and the inputs are not augmented),
+/// a quiz batch (for a meta-learned teacher) and the progress.
+#[derive(Debug, Clone)]
+pub struct DistillBatch<I> {
+    /// Inputs and targets.
+    pub batch: Batch<I>,
+    /// The teacher's outputs on `batch`, if cached; otherwise the teacher runs.
+    pub teacher: Option<Outputs>,
+    /// A quiz batch for the meta-teacher's round (ignored without one).
+    pub quiz: Option<Batch<I>>,
+    /// Where training stands (schedules, warm-ups, CTKD's λ).
+    pub progress: Option<Progress>,
+}
+
+impl<I> DistillBatch<I> {
+    /// A batch without cached teacher outputs, quiz or progress.
+    pub fn new(batch: Batch<I>) -> Self {
+        Self {
+            batch,
+            teacher: None,
+            quiz: None,
+            progress: None,
+        }
+    }
+}
+
+/// What a [`Distiller`] step gives burn-train: the classification output (accuracy, loss)
+/// and each named loss term (see [`TermMetric`]).
+pub struct DistillOutput {
+    /// Total loss, student logits and targets.
+    pub classification: ClassificationOutput,
+    /// The named terms of the loss.
+    pub terms: Vec<(String, Tensor<1>)>,
+}
+
+impl ItemLazy for DistillOutput {
+    fn sync(self) -> Result<Self, ExecutionError> {
+        Ok(Self {
+            classification: self.classification.sync()?,
+            terms: self
+                .terms
+                .into_iter()
+                .map(|(n, t)| (n, t.detach()))
+                .collect(),
+        })
+    }
+}
+
+impl Adaptor<AccuracyInput> for DistillOutput {
+    fn adapt(&self) -> AccuracyInput {
+        self.classification.adapt()
+    }
+}
+
+impl Adaptor<LossInput> for DistillOutput {
+    fn adapt(&self) -> LossInput {
+        self.classification.adapt()
+    }
+}
+
+/// The input of a [`TermMetric`]: the named loss terms of a step.
+pub struct TermInput {
+    terms: Vec<(String, Tensor<1>)>,
+}
+
+impl Adaptor<TermInput> for DistillOutput {
+    fn adapt(&self) -> TermInput {
+        TermInput {
+            terms: self.terms.clone(),
+        }
+    }
+}
+
+/// A burn-train metric following one named loss term (`"kd"`, `"dkd/nckd"`, …) of a
+/// [`Distiller`]'s loss. Register one per term: `.metric_train_numeric(TermMetric::new("kd"))`.
+#[derive(Clone)]
+pub struct TermMetric {
+    term: String,
+    name: Arc<String>,
+    state: NumericMetricState,
+}
+
+impl TermMetric {
+    /// The metric of the term `term`.
+    pub fn new(term: impl Into<String>) -> Self {
+        let term = term.into();
+        Self {
+            name: Arc::new(format!("Loss term {term}")),
+            term,
+            state: NumericMetricState::default(),
+        }
+    }
+}
+
+impl Metric for TermMetric {
+    type Input = TermInput;
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn update(
+        &mut self,
+        item: &TermInput,
+        _metadata: &MetricMetadata,
+    ) -> Result<SerializedEntry, TensorReadError> {
+        let value = match item.terms.iter().find(|(n, _)| *n == self.term) {
+            Some((_, t)) => t.clone().sum().try_into_scalar::<f64>()?,
+            None => f64::NAN,
+        };
+        let batch = item.terms.first().map_or(1, |(_, t)| t.dims()[0].max(1));
+        self.state.update(value, batch);
+        Ok(self
+            .state
+            .compute_update(FormatOptions::new(self.name()).precision(4)))
+    }
+
+    fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
+        Ok(self
+            .state
+            .compute_final(FormatOptions::new(self.name()).precision(4)))
+    }
+
+    fn clear(&mut self) {
+        self.state.reset()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: None,
+            higher_is_better: false,
+        }
+        .into()
+    }
+}
+
+impl Numeric for TermMetric {
+    fn value(&self) -> Option<NumericEntry> {
+        Some(self.state.current_value())
+    }
+
+    fn running_value(&self) -> Option<NumericEntry> {
+        Some(self.state.running_value())
+    }
+
+    fn final_value(&self) -> NumericEntry {
+        self.state.final_value()
+    }
+}
+
+/// Materialises every parameter (a lazy one shares its cell with clones, BURN-0.22.md §3).
+struct Materialise;
+
+impl ModuleVisitor for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+/// A student distilled by any [`Loss`] from a teacher, as a burn-train model
+/// (`TrainStep` + `InferenceStep`): `SupervisedTraining` then gives progress, metrics
+/// (accuracy, the loss, and each loss term with [`TermMetric`]), checkpoints and burn's
+/// multi-device strategies unchanged.
+///
+/// The teacher is frozen (no gradient, its parameters never move) unless a
+/// [`MetaTeacher`] drives it ([`with_meta`](Self::with_meta)); then each training step first
+/// runs the meta-teacher's round on the item's quiz batch. Cached teacher outputs in a
+/// [`DistillBatch`] skip the teacher's forward pass. Inference evaluates the same loss.
+#[derive(Module, Debug)]
+pub struct Distiller<S: Module + ModuleDisplay, T: Module + ModuleDisplay> {
+    /// The student (trained).
+    pub student: S,
+    /// The teacher (frozen).
+    pub teacher: T,
+    #[module(skip)]
+    loss: Arc<dyn Loss>,
+    /// A `MetaTeacher<T>`, type-erased (the module derive keeps generic types out of skipped
+    /// fields).
+    #[module(skip)]
+    meta: Option<Arc<Mutex<Box<dyn Any + Send>>>>,
+    #[module(skip)]
+    student_lr: f64,
+}
+
+impl<S: Module + ModuleDisplay, T: Module + ModuleDisplay + 'static> Distiller<S, T> {
+    /// `student` distilled from `teacher` (frozen here) with `loss`.
+    pub fn new(student: S, teacher: T, loss: impl Loss + 'static) -> Self {
+        teacher.visit(&mut Materialise);
+        Self {
+            student,
+            teacher: teacher.freeze(),
+            loss: Arc::new(loss),
+            meta: None,
+            student_lr: 0.0,
+        }
+    }
+
+    /// The same, with `meta` updating the teacher before each step (its loss is used; the
+    /// student's learning rate `student_lr` drives `PilotRate::StudentLr`).
+    pub fn with_meta(mut self, meta: MetaTeacher<T>, student_lr: f64) -> Self {
+        self.meta = Some(Arc::new(Mutex::new(Box::new(meta))));
+        self.student_lr = student_lr;
+        self
+    }
+
+    /// Runs `f` on the meta-teacher, if there is one.
+    fn with_meta_teacher<R>(&self, f: impl FnOnce(&mut MetaTeacher<T>) -> R) -> Option<R> {
+        let meta = self.meta.as_ref()?;
+        let mut guard: MutexGuard<'_, Box<dyn Any + Send>> =
+            meta.lock().expect("meta-teacher lock");
+        let meta = guard
+            .downcast_mut::<MetaTeacher<T>>()
+            .expect("the meta-teacher drives this teacher type");
+        Some(f(meta))
+    }
+
+    /// The meta-teacher's current teacher (the frozen one without a meta-teacher).
+    pub fn current_teacher(&self) -> T {
+        self.with_meta_teacher(|m| m.teacher().clone())
+            .unwrap_or_else(|| self.teacher.clone())
+    }
+
+    /// The loss and the student's logits on `item`.
+    pub fn forward(&self, item: DistillBatch<S::Input>) -> (LossOutput, ClassificationOutput)
+    where
+        S: Distillable,
+        T: Distillable<Input = S::Input>,
+    {
+        let student = self.student.run(&item.batch.input);
+        let logits = student.logits.clone();
+        let meta = self.with_meta_teacher(|m| m.teacher().run(&item.batch.input));
+        let teacher = match (meta, &item.teacher) {
+            (Some(t), _) => t,
+            (None, Some(t)) => t.clone(),
+            (None, None) => self.teacher.run(&item.batch.input),
+        };
+        let mut input = DistillInput::from_outputs(student, teacher.detach())
+            .targets(item.batch.targets.clone());
+        if let Some(p) = item.progress {
+            input = input.progress(p);
+        }
+        let out = self
+            .loss
+            .forward(&input)
+            .unwrap_or_else(|e| panic!("distillation loss: {e}"));
+        let classification =
+            ClassificationOutput::new(out.total.clone(), logits, item.batch.targets);
+        (out, classification)
+    }
+}
+
+impl<S, T> TrainStep for Distiller<S, T>
+where
+    S: Distillable + ModuleDisplay + 'static,
+    S::Input: Send + 'static,
+    T: Distillable<Input = S::Input> + ModuleDisplay + 'static,
+{
+    type Input = DistillBatch<S::Input>;
+    type Output = DistillOutput;
+
+    fn step(&self, item: DistillBatch<S::Input>) -> TrainOutput<DistillOutput> {
+        if let Some(quiz) = &item.quiz {
+            let progress = item.progress.unwrap_or_default();
+            self.with_meta_teacher(|m| {
+                m.round(&self.student, &item.batch, quiz, progress, self.student_lr)
+            })
+            .transpose()
+            .unwrap_or_else(|e| panic!("meta-teacher round: {e}"));
+        }
+        let (out, classification) = self.forward(item);
+        let grads = out.total.backward();
+        let terms = out
+            .terms()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        TrainOutput::new(
+            self,
+            grads,
+            DistillOutput {
+                classification,
+                terms,
+            },
+        )
+    }
+}
+
+impl<S, T> InferenceStep for Distiller<S, T>
+where
+    S: Distillable + ModuleDisplay + 'static,
+    S::Input: Send + 'static,
+    T: Distillable<Input = S::Input> + ModuleDisplay + 'static,
+{
+    type Input = DistillBatch<S::Input>;
+    type Output = DistillOutput;
+
+    fn step(&self, item: DistillBatch<S::Input>) -> DistillOutput {
+        let (out, classification) = self.forward(item);
+        let terms = out
+            .terms()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        DistillOutput {
+            classification,
+            terms,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! burn-train integration (`--features train`): a Distiller step on tiny data lowers the loss,
+//! leaves the teacher untouched and gives it no gradient; cached teacher outputs are the same
+//! as running the teacher; a short `SupervisedTraining` run with loss-term metrics.
+#![cfg(feature = "train")]
+
+mod common;
+
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::InMemDataset;
+use burn::module::Module;
+use burn::nn::LinearConfig;
+use burn::optim::AdamConfig;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::train::metric::{AccuracyMetric, LossMetric};
+use burn::train::{Learner, SupervisedTraining, TrainStep};
+use burn_distill::meta::Batch;
+use burn_distill::pipeline::{DistillBatch, Distiller, TermMetric};
+use burn_distill::prelude::*;
+use burn_distill::{Distillable, LossSum};
+use common::Net;
+
+fn net(widths: &[usize], seed: u64, dev: &Device) -> Net {
+    dev.seed(seed);
+    let net = Net {
+        layers: widths
+            .windows(2)
+            .map(|w| LinearConfig::new(w[0], w[1]).init(dev))
+            .collect(),
+    };
+    net.fork(dev)
+}
+
+/// 48 points of 3 separable classes in 4-d.
+fn items() -> Vec<([f32; 4], i64)> {
+    (0..48)
+        .map(|i| {
+            let c = i % 3;
+            let mut x = [0.05 * (i as f32 % 7.0); 4];
+            x[c] += 1.5;
+            (x, c as i64)
+        })
+        .collect()
+}
+
+#[derive(Clone, Default)]
+struct ItemBatcher;
+
+impl Batcher<([f32; 4], i64), DistillBatch<Tensor<2>>> for ItemBatcher {
+    fn batch(&self, items: Vec<([f32; 4], i64)>, device: &Device) -> DistillBatch<Tensor<2>> {
+        let n = items.len();
+        let x: Vec<f32> = items.iter().flat_map(|(x, _)| *x).collect();
+        let y: Vec<i64> = items.iter().map(|(_, y)| *y).collect();
+        DistillBatch::new(Batch::new(
+            Tensor::from_data(TensorData::new(x, [n, 4]), device),
+            Tensor::<1, Int>::from_data(TensorData::new(y, [n]), device),
+        ))
+    }
+}
+
+fn loss() -> LossSum {
+    let kd = KdConfig::new().with_temperature(2.0).init().unwrap();
+    CrossEntropy::new().weighted(0.5) + kd.weighted(0.5)
+}
+
+fn weights(n: &Net) -> Vec<f32> {
+    n.layers
+        .iter()
+        .flat_map(|l| {
+            l.weight
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_distiller_step_trains_the_student_only() {
+    let dev = Device::flex().autodiff();
+    let teacher = net(&[4, 16, 3], 1, &dev);
+    let before = weights(&teacher);
+    let mut model = Distiller::new(net(&[4, 3], 2, &dev), teacher, loss());
+    let item = ItemBatcher.batch(items(), &dev);
+    let mut optim = AdamConfig::new().init();
+    let mut losses = Vec::new();
+    for _ in 0..30 {
+        let out = TrainStep::step(&model, item.clone());
+        losses.push(out.item.classification.loss.clone().into_scalar::<f32>());
+        for layer in &model.teacher.layers {
+            assert!(
+                out.grads.get::<2>(layer.weight.id).is_none(),
+                "no teacher gradient"
+            );
+        }
+        assert!(
+            out.grads
+                .get::<2>(model.student.layers[0].weight.id)
+                .is_some()
+        );
+        let names: Vec<&str> = out.item.terms.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["ce", "kd"]);
+        model = TrainStep::optimize(model, &mut optim, 1e-2.into(), out.grads);
+    }
+    assert!(losses[29] < 0.8 * losses[0], "the loss falls: {losses:?}");
+    assert_eq!(weights(&model.teacher), before, "the teacher never moves");
+
+    // cached teacher outputs give the same loss as running the teacher
+    let cached = DistillBatch {
+        teacher: Some(model.teacher.run(&item.batch.input)),
+        ..item.clone()
+    };
+    let (a, _) = model.forward(item);
+    let (b, _) = model.forward(cached);
+    assert_eq!(a.value(), b.value());
+}
+
+#[test]
+fn supervised_training_runs_with_loss_term_metrics() {
+    let dev = Device::flex().autodiff();
+    let teacher = net(&[4, 16, 3], 3, &dev);
+    let before = weights(&teacher);
+    let student = net(&[4, 3], 4, &dev);
+    let student_before = weights(&student);
+    let model = Distiller::new(student, teacher, loss());
+    let train = DataLoaderBuilder::new(ItemBatcher)
+        .batch_size(16)
+        .shuffle(1)
+        .build(InMemDataset::new(items()));
+    let valid = DataLoaderBuilder::new(ItemBatcher)
+        .batch_size(16)
+        .build(InMemDataset::new(items()));
+    let dir = std::env::temp_dir().join(format!("burn-distill-train-{}", std::process::id()));
+    let result = SupervisedTraining::new(&dir, train, valid)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .metric_train_numeric(TermMetric::new("kd"))
+        .metric_train_numeric(TermMetric::new("ce"))
+        .num_epochs(3)
+        .launch(Learner::new(model, AdamConfig::new().init(), 1e-2));
+    assert_eq!(weights(&result.model.teacher), before);
+    assert_ne!(
+        weights(&result.model.student),
+        student_before,
+        "the student trained"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
