@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, FloatDType, Int, Tensor};
 
 use crate::DistillError;
 
@@ -496,7 +496,7 @@ impl DistillInput {
                 what: "teacher logits".into(),
             })?;
         check_pair(&s, t)?;
-        Ok((s, self.teacher(t, Tensor::detach)))
+        Ok((s, upcast(self.teacher(t, Tensor::detach))))
     }
 
     /// The student's logits after checking that they are `[N, C]` with `N > 0`.
@@ -513,7 +513,7 @@ impl DistillInput {
                 what: "student logits".into(),
             });
         }
-        Ok(s.clone())
+        Ok(upcast(s.clone()))
     }
 
     /// The targets after checking there are `batch` of them, each in `0..classes`.
@@ -572,6 +572,16 @@ impl DistillInput {
                 name: name.into(),
             })?;
         Ok((s.clone(), self.teacher(t, Feature::detach)))
+    }
+}
+
+/// Half-precision logits in f32: losses over them (sums of `T²`-scaled log-ratios) overflow
+/// f16's 65504 long before the logits do, so the logit objectives compute in f32 and return
+/// f32 losses, as mixed-precision training does; gradients flow back to the half inputs.
+fn upcast(z: Tensor<2>) -> Tensor<2> {
+    match z.dtype() {
+        DType::F16 | DType::BF16 => z.cast(FloatDType::F32),
+        _ => z,
     }
 }
 

@@ -1,0 +1,521 @@
+//! Every objective on every enabled backend: forward and backward of each objective (with its
+//! learnable parts), the combinators and a MetaTeacher round, compared with flex in f64.
+//!
+//! Always: flex in f32. With `--features ndarray`: ndarray (f32 and f64). With
+//! `--features wgpu`: wgpu on the adapter `BURN_DISTILL_WGPU` names (`cpu`, the default, for
+//! Mesa's software Vulkan, which the test then checks it got; `gpu` for a discrete GPU). With
+//! `--features cuda`: CUDA device 0 when `BURN_DISTILL_CUDA=1`. With `--features tch`:
+//! libtorch's CPU device when `BURN_DISTILL_LIBTORCH=1` (otherwise skipped with a printed
+//! reason). Half precision: the logit objectives in f16 and bf16 on every backend that supports
+//! them.
+
+mod common;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::SgdConfig;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn_distill::LossSum;
+use burn_distill::curriculum::{CtkdConfig, PacedConfig, TopKMaskConfig};
+use burn_distill::feature::{AtConfig, DamConfig, HintConfig, MgdConfig};
+use burn_distill::logit::{DckdConfig, DistConfig, ProbMseConfig, Standardized};
+use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
+use burn_distill::pipeline::DgkdConfig;
+use burn_distill::prelude::*;
+use burn_distill::relation::{CrdConfig, DlkdConfig, PktConfig, RkdConfig, SpConfig};
+use common::{Net, close, values};
+
+/// The f64 reference device is flex's default; configure it before any tensor exists.
+fn setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        Device::flex()
+            .configure(burn::tensor::FloatDType::F64)
+            .expect("the first tensor of this test binary comes after this");
+    });
+}
+
+fn reference() -> Device {
+    Device::flex().autodiff()
+}
+
+/// A backend under test: its device, the float dtype it runs in, and the tolerance for it.
+struct Backend {
+    name: String,
+    device: Device,
+    dtype: DType,
+}
+
+impl Backend {
+    fn tolerance(&self) -> (f64, f64) {
+        match self.dtype {
+            DType::F64 => (1e-9, 1e-12),
+            DType::F32 => (2e-3, 2e-4),
+            DType::F16 => (3e-2, 3e-3),
+            _ => (8e-2, 8e-3),
+        }
+    }
+}
+
+fn backends() -> Vec<Backend> {
+    #[allow(unused_mut)] // pushed to under the backend features
+    let mut v = vec![Backend {
+        name: "flex f32".into(),
+        device: Device::flex().autodiff(),
+        dtype: DType::F32,
+    }];
+    #[cfg(feature = "ndarray")]
+    for dtype in [DType::F32, DType::F64] {
+        v.push(Backend {
+            name: format!("ndarray {dtype:?}"),
+            device: Device::ndarray().autodiff(),
+            dtype,
+        });
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        use burn::tensor::DeviceKind;
+        let want = std::env::var("BURN_DISTILL_WGPU").unwrap_or_else(|_| "cpu".into());
+        let kind = if want == "gpu" {
+            DeviceKind::DiscreteGpu(0)
+        } else {
+            DeviceKind::Cpu
+        };
+        let device = Device::wgpu(kind);
+        let shown = format!("{device:?}");
+        println!("wgpu adapter: {shown}");
+        if want != "gpu" {
+            assert!(
+                shown.contains("Cpu"),
+                "expected the CPU (software Vulkan) adapter, got {shown}"
+            );
+        }
+        v.push(Backend {
+            name: format!("wgpu {want} f32"),
+            device: device.autodiff(),
+            dtype: DType::F32,
+        });
+    }
+    #[cfg(feature = "cuda")]
+    if std::env::var("BURN_DISTILL_CUDA").as_deref() == Ok("1") {
+        v.push(Backend {
+            name: "cuda f32".into(),
+            device: Device::cuda(0).autodiff(),
+            dtype: DType::F32,
+        });
+    } else {
+        println!("cuda: skipped (set BURN_DISTILL_CUDA=1 on a machine with a GPU)");
+    }
+    #[cfg(feature = "tch")]
+    if std::env::var("BURN_DISTILL_LIBTORCH").as_deref() == Ok("1") {
+        v.push(Backend {
+            name: "libtorch f32".into(),
+            device: Device::libtorch().autodiff(),
+            dtype: DType::F32,
+        });
+    } else {
+        println!(
+            "libtorch: skipped (needs the libtorch of PyTorch 2.9.0; set BURN_DISTILL_LIBTORCH=1)"
+        );
+    }
+    v
+}
+
+/// Moves every float parameter (and running state) of a module to `device` in `dtype`, as a
+/// fresh trainable leaf.
+struct Move<'a> {
+    device: &'a Device,
+    dtype: DType,
+}
+
+impl ModuleMapper for Move<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (device, dtype) = (self.device, self.dtype);
+        param.map(|t| {
+            let tracked = t.is_require_grad();
+            let data = t.into_data().convert::<f64>();
+            Tensor::<D>::from_data(data, (device, dtype)).set_require_grad(tracked)
+        })
+    }
+}
+
+/// The same deterministic data on any device and dtype.
+fn data<const D: usize>(shape: [usize; D], seed: u64, scale: f64) -> TensorData {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect();
+    TensorData::new(v, shape)
+}
+
+fn leaf<const D: usize>(
+    shape: [usize; D],
+    seed: u64,
+    scale: f64,
+    device: &Device,
+    dtype: DType,
+) -> Tensor<D> {
+    Tensor::<D>::from_data(data(shape, seed, scale), (device, dtype)).require_grad()
+}
+
+fn ints(v: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
+
+/// Leaves on one device: logits, maps and embeddings for a batch of 6.
+struct Leaves {
+    s: Tensor<2>,
+    t: Tensor<2>,
+    ms: Tensor<4>,
+    mt: Tensor<4>,
+    es: Tensor<2>,
+    et: Tensor<2>,
+    input: DistillInput,
+}
+
+fn leaves(device: &Device, dtype: DType) -> Leaves {
+    let s = leaf([6, 5], 1, 3.0, device, dtype);
+    let t = leaf([6, 5], 2, 3.0, device, dtype);
+    let guide = leaf([6, 5], 3, 3.0, device, dtype).detach();
+    let ms = leaf([6, 3, 4, 4], 4, 1.0, device, dtype);
+    let mt = leaf([6, 6, 4, 4], 5, 1.0, device, dtype);
+    let es = leaf([6, 4], 6, 1.0, device, dtype);
+    let et = leaf([6, 5], 7, 1.0, device, dtype);
+    let input = DistillInput::new(s.clone(), t.clone())
+        .targets(ints(vec![0, 1, 2, 3, 4, 0], device))
+        .guide(guide)
+        .feature("feature", ms.clone(), mt.clone())
+        .feature("embedding", es.clone(), et.clone())
+        .indices(ints(vec![0, 3, 5, 7, 2, 9], device))
+        .progress(Progress::epoch(2, 10).at_step(3, 10))
+        .attach_teacher();
+    Leaves {
+        s,
+        t,
+        ms,
+        mt,
+        es,
+        et,
+        input,
+    }
+}
+
+/// Loss value and the gradient of every leaf, as f64.
+fn evaluate(loss: &dyn Loss, l: &Leaves) -> (f64, Vec<Vec<f64>>) {
+    let out = loss
+        .forward(&l.input)
+        .unwrap_or_else(|e| panic!("{}: {e}", loss.name()));
+    let value = out.value();
+    let grads = out.total.backward();
+    let g2 = |t: &Tensor<2>| t.grad(&grads).map(values).unwrap_or_default();
+    let g4 = |t: &Tensor<4>| t.grad(&grads).map(values).unwrap_or_default();
+    (
+        value,
+        vec![
+            g2(&l.s),
+            g2(&l.t),
+            g4(&l.ms),
+            g4(&l.mt),
+            g2(&l.es),
+            g2(&l.et),
+        ],
+    )
+}
+
+/// Objectives without parameters.
+fn stateless() -> Vec<Box<dyn Loss>> {
+    let kd = || KdConfig::new().with_temperature(2.0).init().unwrap();
+    let dkd = || DkdConfig::new().with_warmup_epochs(0).init().unwrap();
+    vec![
+        CrossEntropy::new().boxed(),
+        kd().boxed(),
+        dkd().boxed(),
+        DckdConfig::new()
+            .with_warmup_epochs(0)
+            .init()
+            .unwrap()
+            .boxed(),
+        DistConfig::new().init().unwrap().boxed(),
+        Standardized::new(kd()).boxed(),
+        ProbMseConfig::new()
+            .with_temperature(2.0)
+            .init()
+            .unwrap()
+            .boxed(),
+        PacedConfig::new().init(kd()).unwrap().boxed(),
+        TopKMaskConfig::new()
+            .with_start(0.5)
+            .init(dkd())
+            .unwrap()
+            .boxed(),
+        DgkdConfig::new().init(kd()).unwrap().boxed(),
+        AtConfig::new().init().unwrap().boxed(),
+        DamConfig::new()
+            .init(AtConfig::new().init().unwrap())
+            .unwrap()
+            .boxed(),
+        RkdConfig::new().init().unwrap().boxed(),
+        PktConfig::new().init().unwrap().boxed(),
+        SpConfig::new()
+            .with_feature("feature".into())
+            .init()
+            .unwrap()
+            .boxed(),
+        // the combinators
+        (CrossEntropy::new().weighted(0.3)
+            + kd().weighted(0.7)
+            + dkd().named("dkd2").weighted_by(Schedule::Linear {
+                start: 0.0,
+                end: 1.0,
+                epochs: 5,
+            }))
+        .boxed(),
+        LossSum::new().with(kd()).with(kd()).boxed(),
+    ]
+}
+
+/// Objectives with parameters, built on `device` in `dtype` from one reference record, so
+/// every backend gets the same weights.
+fn with_parameters(device: &Device, dtype: DType) -> Vec<Box<dyn Loss>> {
+    let r = reference();
+    let mv = |m: &mut dyn FnMut(&mut Move)| {
+        let mut mover = Move { device, dtype };
+        m(&mut mover);
+    };
+    let mut out: Vec<Box<dyn Loss>> = Vec::new();
+    r.seed(11);
+    let hint = HintConfig::new([3, 4, 4], [6, 4, 4]).init(&r).unwrap();
+    let mgd = MgdConfig::new(3, 6)
+        .with_alpha(Some(1e-2))
+        .init(&r)
+        .unwrap();
+    let dlkd = DlkdConfig::new(4, 5).with_embed_dim(3).init(&r).unwrap();
+    let ctkd = CtkdConfig::new()
+        .with_lambda_start(-0.5)
+        .init(KdConfig::new().init().unwrap(), &r)
+        .unwrap();
+    mv(&mut |m| out.push(hint.clone().map(m).boxed()));
+    mv(&mut |m| out.push(mgd.clone().map(m).boxed()));
+    mv(&mut |m| out.push(dlkd.clone().map(m).boxed()));
+    mv(&mut |m| out.push(ctkd.clone().map(m).boxed()));
+    // CRD's memory is state the forward updates: a fresh copy from a record each time
+    let crd = CrdConfig::new(4, 5, 10)
+        .with_embed_dim(3)
+        .with_negatives(4)
+        .init(&r)
+        .unwrap();
+    let record = crd.clone().into_record().into_bytes().unwrap();
+    let fresh = CrdConfig::new(4, 5, 10)
+        .with_embed_dim(3)
+        .with_negatives(4)
+        .init(&r)
+        .unwrap()
+        .load_record(burn::store::ModuleRecord::from_bytes(record).unwrap());
+    mv(&mut |m| out.push(fresh.clone().map(m).boxed()));
+    out
+}
+
+fn compare(
+    backend: &Backend,
+    name: &str,
+    got: (f64, Vec<Vec<f64>>),
+    want: &(f64, Vec<Vec<f64>>),
+) -> Result<(), String> {
+    let (rel, abs) = backend.tolerance();
+    let scale = want.0.abs().max(1.0);
+    close(
+        &format!("{} {name}: loss", backend.name),
+        &[got.0],
+        &[want.0],
+        rel,
+        abs * scale,
+    )?;
+    for (k, (g, w)) in got.1.iter().zip(&want.1).enumerate() {
+        if g.len() != w.len() {
+            return Err(format!(
+                "{} {name}: gradient {k} present on one side only",
+                backend.name
+            ));
+        }
+        let gscale = w.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+        close(
+            &format!("{} {name}: gradient {k}", backend.name),
+            g,
+            w,
+            rel,
+            abs * gscale,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn every_objective_matches_flex_f64_on_every_backend() {
+    setup();
+    let r = reference();
+    let reference_values: Vec<(String, (f64, Vec<Vec<f64>>))> = stateless()
+        .into_iter()
+        .chain(with_parameters(&r, DType::F64))
+        .map(|loss| {
+            (
+                loss.name().to_string(),
+                evaluate(loss.as_ref(), &leaves(&r, DType::F64)),
+            )
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for backend in backends() {
+        let losses: Vec<Box<dyn Loss>> = stateless()
+            .into_iter()
+            .chain(with_parameters(&backend.device, backend.dtype))
+            .collect();
+        assert_eq!(losses.len(), reference_values.len());
+        for (loss, (name, want)) in losses.iter().zip(&reference_values) {
+            let got = evaluate(loss.as_ref(), &leaves(&backend.device, backend.dtype));
+            if let Err(e) = compare(&backend, name, got, want) {
+                failures.push(e);
+            }
+        }
+        println!("{}: {} objectives checked", backend.name, losses.len());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A MetaTeacher round's meta-gradient (first-order, finite difference) on every backend.
+#[test]
+fn meta_teacher_matches_flex_f64_on_every_backend() {
+    setup();
+    let net = |widths: &[usize], seed: u64, device: &Device, dtype: DType| -> Net {
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| burn::nn::Linear {
+                weight: Param::from_tensor(leaf([w[0], w[1]], seed + i as u64, 0.8, device, dtype)),
+                bias: Some(Param::from_tensor(leaf(
+                    [w[1]],
+                    seed + 10 + i as u64,
+                    0.3,
+                    device,
+                    dtype,
+                ))),
+            })
+            .collect();
+        Net { layers }
+    };
+    let run = |device: &Device, dtype: DType| -> Vec<f64> {
+        let kd = KdConfig::new().with_temperature(2.0).init().unwrap();
+        let meta = MetaTeacherConfig::new()
+            .with_pilot_rate(PilotRate::Fixed(0.5))
+            .init(
+                net(&[3, 5, 4], 20, device, dtype),
+                SgdConfig::new().init(),
+                CrossEntropy::new().weighted(0.5) + kd.weighted(0.5),
+            )
+            .unwrap();
+        let student = net(&[3, 4], 30, device, dtype);
+        let batch = Batch::new(
+            leaf([6, 3], 40, 1.5, device, dtype).detach(),
+            ints(vec![0, 1, 2, 3, 0, 1], device),
+        );
+        let quiz = Batch::new(
+            leaf([5, 3], 41, 1.5, device, dtype).detach(),
+            ints(vec![3, 2, 1, 0, 0], device),
+        );
+        let g = meta
+            .meta_gradient(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+            .unwrap();
+        meta.teacher()
+            .layers
+            .iter()
+            .flat_map(|l| values(g.teacher.get::<2>(l.weight.id).unwrap()))
+            .collect()
+    };
+    let want = run(&reference(), DType::F64);
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for backend in backends() {
+        let got = run(&backend.device, backend.dtype);
+        // the finite difference runs in the backend's dtype: f32 keeps about 3 digits
+        let (rel, abs) = if backend.dtype == DType::F64 {
+            (1e-6, 1e-9)
+        } else {
+            (3e-2, 3e-3)
+        };
+        close(
+            &format!("{} meta-gradient", backend.name),
+            &got,
+            &want,
+            rel,
+            abs * scale,
+        )
+        .unwrap();
+    }
+}
+
+/// The logit objectives in f16 and bf16: finite, and within half-precision tolerance of f64,
+/// on every backend that supports the dtype; finite at logits of ±1e4 (no ±1000 masking).
+#[test]
+fn logit_objectives_in_half_precision() {
+    setup();
+    let logit: Vec<Box<dyn Loss>> = stateless().into_iter().take(10).collect();
+    let r = reference();
+    let want: Vec<_> = logit
+        .iter()
+        .map(|l| evaluate(l.as_ref(), &leaves(&r, DType::F64)))
+        .collect();
+    let mut devices: Vec<(String, Device)> = vec![("flex".into(), Device::flex().autodiff())];
+    for b in backends()
+        .into_iter()
+        .filter(|b| b.dtype == DType::F32 && !b.name.starts_with("flex"))
+    {
+        devices.push((b.name.replace(" f32", ""), b.device));
+    }
+    let mut checked = 0;
+    for (name, device) in devices {
+        for dtype in [DType::F16, DType::BF16] {
+            if !device.supports_dtype(dtype) {
+                println!("{name} {dtype:?}: not supported by the backend, skipped");
+                continue;
+            }
+            let backend = Backend {
+                name: format!("{name} {dtype:?}"),
+                device: device.clone(),
+                dtype,
+            };
+            for (loss, want) in logit.iter().zip(&want) {
+                let got = evaluate(loss.as_ref(), &leaves(&device, dtype));
+                compare(&backend, loss.name(), got, want).unwrap();
+                // extreme logits stay finite
+                let big = |seed| {
+                    Tensor::<2>::from_data(data([6, 5], seed, 1e4), (&device, dtype)).require_grad()
+                };
+                let (s, t) = (big(8), big(9));
+                let input = DistillInput::new(s.clone(), t.clone())
+                    .targets(ints(vec![0, 1, 2, 3, 4, 0], &device))
+                    .guide(big(10).detach())
+                    .progress(Progress::epoch(2, 10))
+                    .attach_teacher();
+                let out = loss.forward(&input).unwrap();
+                assert!(
+                    out.value().is_finite(),
+                    "{name} {dtype:?} {}: {} at ±1e4",
+                    loss.name(),
+                    out.value()
+                );
+                let g = values(s.grad(&out.total.backward()).unwrap());
+                assert!(
+                    g.iter().all(|v| v.is_finite()),
+                    "{name} {dtype:?} {}: gradient at ±1e4",
+                    loss.name()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no backend supports half precision");
+}
