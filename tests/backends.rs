@@ -206,8 +206,11 @@ fn leaves(device: &Device, dtype: DType) -> Leaves {
     }
 }
 
+/// A loss value and the gradients of the leaves, as f64.
+type Evaluated = (f64, Vec<Vec<f64>>);
+
 /// Loss value and the gradient of every leaf, as f64.
-fn evaluate(loss: &dyn Loss, l: &Leaves) -> (f64, Vec<Vec<f64>>) {
+fn evaluate(loss: &dyn Loss, l: &Leaves) -> Evaluated {
     let out = loss
         .forward(&l.input)
         .unwrap_or_else(|e| panic!("{}: {e}", loss.name()));
@@ -359,7 +362,7 @@ fn compare(
 fn every_objective_matches_flex_f64_on_every_backend() {
     setup();
     let r = reference();
-    let reference_values: Vec<(String, (f64, Vec<Vec<f64>>))> = stateless()
+    let reference_values: Vec<(String, Evaluated)> = stateless()
         .into_iter()
         .chain(with_parameters(&r, DType::F64))
         .map(|loss| {
