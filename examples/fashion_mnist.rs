@@ -53,39 +53,23 @@ struct Args {
 }
 
 fn args() -> Args {
-    let argv: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        argv.iter()
-            .position(|a| a == name)
-            .and_then(|i| argv.get(i + 1).cloned())
-    };
-    let number = |name: &str, default: usize| {
-        flag(name).map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-    };
     Args {
-        epochs: number("--epochs", 10),
-        teacher_epochs: number("--teacher-epochs", 10),
-        seeds: number("--seeds", 3),
-        methods: flag("--methods")
+        epochs: flag("--epochs").unwrap_or(10),
+        teacher_epochs: flag("--teacher-epochs").unwrap_or(10),
+        seeds: flag("--seeds").unwrap_or(3),
+        methods: flag::<String>("--methods")
             .unwrap_or_else(|| "alone,kd,dkd,dckd,metadistil,takd,dgkd".into())
             .split(',')
             .map(str::to_string)
             .collect(),
-        out: flag("--out").map_or_else(|| PathBuf::from("target/fashion_mnist"), PathBuf::from),
+        out: flag("--out").unwrap_or_else(|| PathBuf::from("target/fashion_mnist")),
         data: flag("--data")
-            .or_else(|| std::env::var("FASHION_MNIST_DIR").ok())
-            .map_or_else(
-                || PathBuf::from("/usr/share/datasets/fashion-mnist"),
-                PathBuf::from,
-            ),
-        limit: flag("--limit").map(|v| v.parse().expect("--limit takes a number")),
-        temperature: flag("--temperature")
-            .map_or(1.0, |v| v.parse().expect("--temperature takes a number")),
-        alpha: flag("--alpha").map_or(0.5, |v| v.parse().expect("--alpha takes a number")),
-        beta: flag("--beta").map_or(0.5, |v| v.parse().expect("--beta takes a number")),
+            .or_else(|| std::env::var("FASHION_MNIST_DIR").ok().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist")),
+        limit: flag("--limit"),
+        temperature: flag("--temperature").unwrap_or(1.0),
+        alpha: flag("--alpha").unwrap_or(0.5),
+        beta: flag("--beta").unwrap_or(0.5),
     }
 }
 

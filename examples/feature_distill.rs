@@ -247,18 +247,8 @@ fn train_student(
     Ok(model.student.accuracy(data.test))
 }
 
-/// `--epochs N` (default 40).
-fn epochs() -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--epochs")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("--epochs takes a number"))
-        .unwrap_or(40)
-}
-
 fn main() -> Result<(), DistillError> {
-    let epochs = epochs();
+    let epochs = flag("--epochs").unwrap_or(40);
     let dev = Device::flex().autodiff();
     let (train_set, test_set) = digits(&dev, 0.25);
 

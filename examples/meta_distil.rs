@@ -94,18 +94,8 @@ fn run(
     Ok(accuracy(&student, test_set))
 }
 
-/// `--epochs N` (default 100).
-fn epochs() -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--epochs")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("--epochs takes a number"))
-        .unwrap_or(100)
-}
-
 fn main() -> Result<(), DistillError> {
-    let epochs = epochs();
+    let epochs = flag("--epochs").unwrap_or(100);
     let dev = Device::flex().autodiff();
     let (all_train, test_set) = digits(&dev, 0.25);
     let perm = permutation(all_train.len(), 7);

@@ -22,18 +22,9 @@ use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::pipeline::DgkdConfig;
 use burn_distill::prelude::*;
 use burn_distill::relation::{CrdConfig, DlkdConfig, PktConfig, RkdConfig, SpConfig};
-use common::{Net, close, values};
+use common::{Net, close, configure_f64, values};
 
-/// The f64 reference device is flex's default; configure it before any tensor exists.
-fn setup() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        Device::flex()
-            .configure(burn::tensor::FloatDType::F64)
-            .expect("the first tensor of this test binary comes after this");
-    });
-}
-
+/// The reference: flex (the default device here) in f64.
 fn reference() -> Device {
     Device::flex().autodiff()
 }
@@ -360,7 +351,7 @@ fn compare(
 
 #[test]
 fn every_objective_matches_flex_f64_on_every_backend() {
-    setup();
+    configure_f64();
     let r = reference();
     let reference_values: Vec<(String, Evaluated)> = stateless()
         .into_iter()
@@ -393,7 +384,7 @@ fn every_objective_matches_flex_f64_on_every_backend() {
 /// A MetaTeacher round's meta-gradient (first-order, finite difference) on every backend.
 #[test]
 fn meta_teacher_matches_flex_f64_on_every_backend() {
-    setup();
+    configure_f64();
     let net = |widths: &[usize], seed: u64, device: &Device, dtype: DType| -> Net {
         let layers = widths
             .windows(2)
@@ -464,7 +455,7 @@ fn meta_teacher_matches_flex_f64_on_every_backend() {
 /// on every backend that supports the dtype; finite at logits of ±1e4 (no ±1000 masking).
 #[test]
 fn logit_objectives_in_half_precision() {
-    setup();
+    configure_f64();
     let logit: Vec<Box<dyn Loss>> = stateless().into_iter().take(10).collect();
     let r = reference();
     let want: Vec<_> = logit
@@ -476,7 +467,12 @@ fn logit_objectives_in_half_precision() {
         .into_iter()
         .filter(|b| b.dtype == DType::F32 && !b.name.starts_with("flex"))
     {
-        devices.push((b.name.replace(" f32", ""), b.device));
+        let base = b
+            .name
+            .rsplit_once(' ')
+            .map_or(b.name.as_str(), |(n, _)| n)
+            .to_string();
+        devices.push((base, b.device));
     }
     let mut checked = 0;
     for (name, device) in devices {

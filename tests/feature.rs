@@ -13,17 +13,6 @@ use burn_distill::prelude::*;
 use common::*;
 use proptest::prelude::*;
 
-/// The connector's batch norm and MGD's convolutions take the device's default dtype:
-/// configure f64 once, before any tensor.
-fn setup() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        burn::tensor::Device::default()
-            .configure(burn::tensor::FloatDType::F64)
-            .expect("the first tensor of this test binary comes after this");
-    });
-}
-
 #[derive(Debug, Clone)]
 struct Maps {
     s_shape: [usize; 4],
@@ -101,7 +90,7 @@ proptest! {
 
     #[test]
     fn feature_gradients_match_finite_differences(b in maps()) {
-        setup();
+        configure_f64();
         let (cs, ct) = (b.s_shape[1], b.t_shape[1]);
         // the connector's batch norm needs more than one value per channel to be smooth
         if b.s_shape[0] * b.t_shape[2] * b.t_shape[3] > 1 {
@@ -125,7 +114,7 @@ proptest! {
 
     #[test]
     fn prob_mse_gradients_and_invariants(n in 1usize..4, c in 2usize..6, temp in 0.5f64..6.0, seed in any::<u64>()) {
-        setup();
+        configure_f64();
         let mut st = seed | 1;
         let mut draw = |k: usize| -> Vec<f64> {
             (0..k).map(|_| { st ^= st << 13; st ^= st >> 7; st ^= st << 17; (st >> 11) as f64 / (1u64 << 53) as f64 * 6.0 - 3.0 }).collect()
@@ -146,7 +135,7 @@ proptest! {
 
 #[test]
 fn mgd_masks_are_seeded_and_hide_lambda() {
-    setup();
+    configure_f64();
     let make = |seed| {
         MgdConfig::new(4, 4)
             .with_seed(seed)
@@ -203,7 +192,7 @@ fn mgd_masks_are_seeded_and_hide_lambda() {
 
 #[test]
 fn feature_errors() {
-    setup();
+    configure_f64();
     let dev = device();
     let bad_config = |r: Result<(), DistillError>, field: &str| match r {
         Err(DistillError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
@@ -290,7 +279,7 @@ fn feature_errors() {
 /// single-stage losses.
 #[test]
 fn at_sums_its_stages() {
-    setup();
+    configure_f64();
     let dev = device();
     let r = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
     let (s1, t1, s2, t2) = (
@@ -319,7 +308,7 @@ fn at_sums_its_stages() {
 /// with zero magnitudes the augmentation is the identity up to rounding.
 #[test]
 fn sokd_off_is_the_wrapped_loss() {
-    setup();
+    configure_f64();
     let dev = device();
     let r = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
     let (s, t) = (r([3, 4, 4, 4]), r([3, 6, 4, 4]));
@@ -366,7 +355,7 @@ fn sokd_off_is_the_wrapped_loss() {
 /// difference, and the augmentation of a step is reproducible from its key.
 #[test]
 fn dafa_parameter_gradients_match_finite_differences() {
-    setup();
+    configure_f64();
     let dev = device();
     let r = |shape: [usize; 4], seed: u64| {
         let mut st = seed | 1;

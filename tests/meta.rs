@@ -14,18 +14,6 @@ use burn_distill::{Distillable, LossSum};
 use common::*;
 use proptest::prelude::*;
 
-/// Configures the default device for f64 once, before any tensor exists: burn 0.22.1
-/// materialises a loaded optimizer state in that device's float dtype (see
-/// `restored_meta_teacher_continues_bit_identically`). Every test calls it first.
-fn setup() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        burn::tensor::Device::default()
-            .configure(burn::tensor::FloatDType::F64)
-            .expect("the first tensor of this test binary comes after this");
-    });
-}
-
 /// Deterministic values in [-scale, scale) from a seed (xorshift).
 fn noise(seed: u64, n: usize, scale: f64) -> Vec<f64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -149,7 +137,7 @@ proptest! {
     /// input-hidden-classes, tanh teacher input-hidden+2-classes), to 1e-5 relative.
     #[test]
     fn meta_gradient_matches_bilevel_finite_difference(p in problem()) {
-        setup();
+        configure_f64();
         let s_widths = [p.input, p.hidden, p.classes];
         let t_widths = [p.input, p.hidden + 2, p.classes];
         let student = net(&s_widths, &noise(p.seed, size(&s_widths), 0.8));
@@ -222,7 +210,7 @@ impl Loss for HiddenMse {
 /// bilevel finite difference: the tap's gradient goes through the teacher too.
 #[test]
 fn feature_taps_carry_the_meta_gradient() {
-    setup();
+    configure_f64();
     let (s_w, t_w) = ([3, 4, 3], [3, 4, 3]);
     let loss = || kd_loss() + HiddenMse.weighted(2.0);
     let student = Tapped {
@@ -295,7 +283,7 @@ fn teacher_values(meta: &MetaTeacher<Net>) -> Vec<f64> {
 
 #[test]
 fn sgd_round_moves_the_teacher_by_lr_times_the_meta_gradient() {
-    setup();
+    configure_f64();
     let (student, teacher, batch, quiz) = tiny();
     let mut meta = MetaTeacherConfig::new()
         .with_teacher_lr(0.1)
@@ -329,7 +317,7 @@ fn sgd_round_moves_the_teacher_by_lr_times_the_meta_gradient() {
 
 #[test]
 fn period_and_freeze_skip_rounds() {
-    setup();
+    configure_f64();
     let (student, teacher, batch, quiz) = tiny();
     let mut meta = MetaTeacherConfig::new()
         .with_period(2)
@@ -359,7 +347,7 @@ fn period_and_freeze_skip_rounds() {
 
 #[test]
 fn student_lr_drives_the_pilot_step() {
-    setup();
+    configure_f64();
     let (student, teacher, batch, quiz) = tiny();
     let fixed = MetaTeacherConfig::new()
         .with_pilot_rate(PilotRate::Fixed(0.3))
@@ -390,7 +378,7 @@ fn student_lr_drives_the_pilot_step() {
 /// an f64 run configures that device for F64 first (as an f64 trainer would).
 #[test]
 fn restored_meta_teacher_continues_bit_identically() {
-    setup();
+    configure_f64();
     let (student, teacher, batch, quiz) = tiny();
     let config = MetaTeacherConfig::new().with_teacher_lr(0.01);
     let mut meta = config
@@ -427,7 +415,7 @@ fn restored_meta_teacher_continues_bit_identically() {
 
 #[test]
 fn config_errors_surface_at_init() {
-    setup();
+    configure_f64();
     let (_, teacher, ..) = tiny();
     let init = |c: MetaTeacherConfig| c.init(teacher.clone(), SgdConfig::new().init(), kd_loss());
     let invalid = |r: Result<MetaTeacher<Net>, DistillError>, field: &str| match r {
@@ -465,7 +453,7 @@ fn config_errors_surface_at_init() {
 
 #[test]
 fn quiz_batches_that_do_not_fit_are_errors() {
-    setup();
+    configure_f64();
     let (student, teacher, batch, quiz) = tiny();
     let mut meta = MetaTeacherConfig::new()
         .init(teacher, SgdConfig::new().init(), kd_loss())
@@ -499,7 +487,7 @@ fn quiz_batches_that_do_not_fit_are_errors() {
 /// gradient is finite where the reference DKD's is NaN (the target masked by −1000).
 #[test]
 fn decoupled_metadistil_runs_and_stays_finite() {
-    setup();
+    configure_f64();
     let (student, teacher, batch, quiz) = tiny();
     let dkd = DkdConfig::new().with_warmup_epochs(0).init().unwrap();
     let mut meta = MetaTeacher::decoupled(
@@ -531,7 +519,7 @@ fn decoupled_metadistil_runs_and_stays_finite() {
 #[test]
 fn dafa_meta_gradient_matches_bilevel_finite_difference() {
     use burn_distill::feature::{Augmented, Dafa, DafaConfig};
-    setup();
+    configure_f64();
     let (s_w, t_w) = ([3, 4, 3], [3, 4, 3]);
     let loss = || kd_loss() + HiddenMse.weighted(2.0);
     let student = Tapped {

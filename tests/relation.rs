@@ -11,17 +11,6 @@ use burn_distill::{Feature, Views};
 use common::*;
 use proptest::prelude::*;
 
-/// Configures the default device for f64 once, before any tensor: the heads (batch norm,
-/// memory banks) a config builds take the device's default dtype.
-fn setup() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        burn::tensor::Device::default()
-            .configure(burn::tensor::FloatDType::F64)
-            .expect("the first tensor of this test binary comes after this");
-    });
-}
-
 #[derive(Debug, Clone)]
 struct Taps {
     n: usize,
@@ -129,7 +118,7 @@ proptest! {
 
     #[test]
     fn relational_gradients_match_finite_differences(b in taps(2..7)) {
-        setup();
+        configure_f64();
         check_grads(&PktConfig::new().init().unwrap(), &b)?;
         check_grads(&SpConfig::new().init().unwrap(), &b)?;
         if separated(&b.s, b.n, b.ds) && separated(&b.t, b.n, b.dt) {
@@ -143,7 +132,7 @@ proptest! {
     /// image) give the same loss for any permutation of the batch.
     #[test]
     fn invariant_to_permuting_the_batch(b in taps(2..7), seed in any::<u64>()) {
-        setup();
+        configure_f64();
         let mut perm: Vec<usize> = (0..b.n).collect();
         let mut state = seed | 1;
         for i in (1..b.n).rev() {
@@ -168,7 +157,7 @@ proptest! {
 
 #[test]
 fn pkt_is_finite_with_an_all_zero_row() {
-    setup();
+    configure_f64();
     let mut s = vec![0.5, -1.0, 2.0, 0.0, 0.0, 0.0, 1.0, 1.0, -0.5];
     s[3..6].fill(0.0);
     let t = vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.2, 0.1];
@@ -192,7 +181,7 @@ fn pkt_is_finite_with_an_all_zero_row() {
 
 #[test]
 fn batch_relational_losses_need_two_rows() {
-    setup();
+    configure_f64();
     let input = DistillInput::features_only().feature(
         "embedding",
         f64t(vec![1.0, 2.0], [1, 2]),
@@ -232,7 +221,7 @@ fn batch_relational_losses_need_two_rows() {
 
 #[test]
 fn view_layouts_are_checked() {
-    setup();
+    configure_f64();
     assert!(matches!(
         Views::new(vec![0, 0, 1], vec![0, 1, 1]),
         Err(DistillError::InvalidViews { .. })
@@ -272,7 +261,7 @@ fn view_layouts_are_checked() {
 /// DLKD's correlation with a layout: each augmented row against every plain row, by hand.
 #[test]
 fn dlkd_correlation_follows_the_view_layout() {
-    setup();
+    configure_f64();
     let b = Taps {
         n: 4,
         ds: 2,
@@ -342,7 +331,7 @@ fn crd_input(s: &[f64], t: &[f64], idx: Vec<i64>, step: usize) -> DistillInput {
 /// other rows unchanged.
 #[test]
 fn crd_updates_its_memory_by_momentum() {
-    setup();
+    configure_f64();
     let crd = CrdConfig::new(2, 3, 6)
         .with_embed_dim(3)
         .with_negatives(4)
@@ -379,7 +368,7 @@ fn crd_updates_its_memory_by_momentum() {
 /// Save after two steps, load into a fresh CRD (another seed), and the next loss is the same.
 #[test]
 fn crd_memory_survives_save_and_load() {
-    setup();
+    configure_f64();
     let config = CrdConfig::new(2, 3, 8).with_embed_dim(4).with_negatives(5);
     let crd = config.init(&device()).unwrap();
     let (s, t) = (
@@ -408,7 +397,7 @@ fn crd_memory_survives_save_and_load() {
 
 #[test]
 fn crd_gradients_match_finite_differences() {
-    setup();
+    configure_f64();
     let config = CrdConfig::new(2, 3, 8).with_embed_dim(4).with_negatives(5);
     let (s, t) = (
         vec![0.3, -1.0, 2.0, 0.5, 0.1, 0.1],
@@ -459,7 +448,7 @@ fn crd_gradients_match_finite_differences() {
 
 #[test]
 fn crd_errors() {
-    setup();
+    configure_f64();
     let crd = CrdConfig::new(2, 3, 8)
         .with_embed_dim(4)
         .with_negatives(5)

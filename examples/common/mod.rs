@@ -221,6 +221,20 @@ pub fn fmt_terms(terms: &[(String, f64)]) -> String {
         .join(" ")
 }
 
+/// The value after the command-line flag `name` (`--epochs 5`), parsed; `None` when absent.
+pub fn flag<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: cannot parse {value:?}")),
+    )
+}
+
 /// Mean and sample standard deviation.
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;

@@ -4,6 +4,18 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+/// Configures the default device's float dtype as f64, once per test binary and before any
+/// tensor exists: modules a config builds (batch norms, convolutions, memories) and optimizer
+/// states restored from records take that dtype. Call it first in every test that needs it.
+pub fn configure_f64() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        burn::tensor::Device::default()
+            .configure(burn::tensor::FloatDType::F64)
+            .expect("the first tensor of this test binary comes after this");
+    });
+}
+
 /// An autodiff flex device; tensors get their dtype explicitly (see [`tensor`]).
 pub fn device() -> Device {
     Device::flex().autodiff()
