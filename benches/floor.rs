@@ -22,7 +22,7 @@ fn exp8(x: &[f32; 8], out: &mut [f32; 8]) {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
     for i in 0..8 {
-        let v = x[i].max(-87.3).min(88.7);
+        let v = x[i].clamp(-87.3, 88.7);
         let t = v * LOG2E + MAGIC;
         let n = t - MAGIC;
         let r = v - n * LN2_HI - n * LN2_LO;
