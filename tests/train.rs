@@ -147,3 +147,51 @@ fn supervised_training_runs_with_loss_term_metrics() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// With a MetaTeacher, each training step first runs its round on the item's quiz batch: the
+/// meta-teacher's teacher moves, the frozen copy in the module does not, the student trains.
+#[test]
+fn a_distiller_with_a_meta_teacher_updates_that_teacher() {
+    use burn_distill::meta::MetaTeacherConfig;
+    let dev = Device::flex().autodiff();
+    let teacher = net(&[4, 16, 3], 5, &dev);
+    let before = weights(&teacher);
+    let meta = MetaTeacherConfig::new()
+        .with_teacher_lr(0.1)
+        .init(
+            teacher.clone(),
+            burn::optim::SgdConfig::new().init(),
+            loss(),
+        )
+        .unwrap();
+    let mut model = Distiller::new(net(&[4, 3], 6, &dev), teacher, loss()).with_meta(meta, 1e-2);
+    let all = items();
+    let item = DistillBatch {
+        quiz: Some(ItemBatcher.batch(all[..12].to_vec(), &dev).batch),
+        progress: Some(Progress::epoch(0, 1)),
+        ..ItemBatcher.batch(all[12..].to_vec(), &dev)
+    };
+    let mut optim = AdamConfig::new().init();
+    for _ in 0..3 {
+        let out = TrainStep::step(&model, item.clone());
+        assert!(
+            out.item
+                .classification
+                .loss
+                .clone()
+                .into_scalar::<f32>()
+                .is_finite()
+        );
+        model = TrainStep::optimize(model, &mut optim, 1e-2.into(), out.grads);
+    }
+    assert_eq!(
+        weights(&model.teacher),
+        before,
+        "the module's frozen copy stays"
+    );
+    assert_ne!(
+        weights(&model.current_teacher()),
+        before,
+        "the meta-teacher's teacher learned"
+    );
+}
