@@ -215,8 +215,9 @@ impl<S: Module + ModuleDisplay, T: Module + ModuleDisplay + 'static> Distiller<S
         }
     }
 
-    /// The same, with `meta` updating the teacher before each step (its loss is used; the
-    /// student's learning rate `student_lr` drives `PilotRate::StudentLr`).
+    /// The same, with `meta` updating the teacher before each step that carries a quiz batch:
+    /// the meta-teacher's own loss drives its pilot step, this distiller's loss the student's
+    /// step (against the updated teacher); `student_lr` drives `PilotRate::StudentLr`.
     pub fn with_meta(mut self, meta: MetaTeacher<T>, student_lr: f64) -> Self {
         self.meta = Some(Arc::new(Mutex::new(Box::new(meta))));
         self.student_lr = student_lr;
