@@ -362,14 +362,32 @@ impl DistillInput {
         self
     }
 
-    /// The dataset indices, or a [`DistillError::MissingInput`] naming `objective`.
-    pub fn require_indices(&self, objective: &str) -> Result<Tensor<1, Int>, DistillError> {
-        self.indices
-            .clone()
+    /// The dataset indices after checking there are `batch` of them, each in `0..size`;
+    /// [`DistillError::MissingInput`] naming `objective` when there are none.
+    pub fn checked_indices(
+        &self,
+        objective: &str,
+        batch: usize,
+        size: usize,
+    ) -> Result<Tensor<1, Int>, DistillError> {
+        let idx = self
+            .indices
+            .as_ref()
             .ok_or_else(|| DistillError::MissingInput {
                 objective: objective.into(),
                 what: "dataset indices (DistillInput::indices)".into(),
-            })
+            })?;
+        if idx.dims()[0] != batch {
+            return Err(DistillError::ShapeMismatch {
+                what: format!("{objective} dataset indices"),
+                expected: vec![batch],
+                actual: idx.dims().to_vec(),
+            });
+        }
+        match outside(min_max(idx), size) {
+            Some(index) => Err(DistillError::IndexOutOfRange { index, size }),
+            None => Ok(idx.clone()),
+        }
     }
 
     /// Adds the logits `[N, C]` of another guide (a teaching assistant) beside the teacher,
@@ -541,21 +559,11 @@ impl DistillInput {
                 actual: vec![n],
             });
         }
-        let &(lo, hi) = self.target_range.get_or_init(|| {
-            let both = Tensor::cat(vec![y.clone().min(), y.clone().max()], 0);
-            let v: Vec<i64> = both
-                .into_data()
-                .convert::<i64>()
-                .try_to_vec::<i64>()
-                .unwrap_or_default();
-            (v[0], v[1])
-        });
-        for target in [lo, hi] {
-            if target < 0 || target >= classes as i64 {
-                return Err(DistillError::TargetOutOfRange { target, classes });
-            }
+        let range = *self.target_range.get_or_init(|| min_max(y));
+        match outside(range, classes) {
+            Some(target) => Err(DistillError::TargetOutOfRange { target, classes }),
+            None => Ok(y.clone()),
         }
-        Ok(y.clone())
     }
 
     /// The feature tap `name`, student then teacher (the teacher's detached unless attached).
@@ -572,6 +580,27 @@ impl DistillInput {
                 name: name.into(),
             })?;
         Ok((s.clone(), self.teacher(t, Feature::detach)))
+    }
+}
+
+/// The smallest and largest value of an index tensor, read back in one transfer.
+fn min_max(t: &Tensor<1, Int>) -> (i64, i64) {
+    let v: Vec<i64> = Tensor::cat(vec![t.clone().min(), t.clone().max()], 0)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap_or_default();
+    (v[0], v[1])
+}
+
+/// The bound of `(lo, hi)` outside `0..size`, if any.
+fn outside((lo, hi): (i64, i64), size: usize) -> Option<i64> {
+    if lo < 0 {
+        Some(lo)
+    } else if hi >= size as i64 {
+        Some(hi)
+    } else {
+        None
     }
 }
 

@@ -188,26 +188,7 @@ impl Loss for Crd {
         let c = &self.config;
         let (s, t) = relational_pair(input, "crd", &c.feature, 1)?;
         let b = s.dims()[0];
-        let idx = input.require_indices("crd")?;
-        if idx.dims()[0] != b {
-            return Err(DistillError::ShapeMismatch {
-                what: "crd dataset indices".into(),
-                expected: vec![b],
-                actual: idx.dims().to_vec(),
-            });
-        }
-        let range: Vec<i64> = Tensor::cat(vec![idx.clone().min(), idx.clone().max()], 0)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .unwrap_or_default();
-        if range[0] < 0 || range[1] >= c.dataset_size as i64 {
-            let bad = if range[0] < 0 { range[0] } else { range[1] };
-            return Err(DistillError::IndexOutOfRange {
-                index: bad,
-                size: c.dataset_size,
-            });
-        }
+        let idx = input.checked_indices("crd", b, c.dataset_size)?;
         let p = input.require_progress("crd", "to draw its negatives")?;
         let dev = s.device();
         let ids = Tensor::cat(
