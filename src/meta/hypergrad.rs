@@ -98,7 +98,7 @@ impl<I> Bilevel<'_, I> {
         let quiz_input = DistillInput::student(pilot.run(&self.quiz.input).logits)
             .targets(self.quiz.targets.clone());
         let quiz_total = self.quiz_loss.forward(&quiz_input)?.total;
-        let quiz_loss = scalar(&quiz_total);
+        let quiz_loss = quiz_total.clone().into_scalar::<f64>();
         let mut grads = quiz_total.backward();
         let mut adjoint = GradientsParams::from_module(&mut grads, &pilot);
         drop(pilot);
@@ -110,34 +110,23 @@ impl<I> Bilevel<'_, I> {
         let mut t_grad: Option<Vec<Tensor<1>>> = None;
         while let Some(theta) = path.pop() {
             let norm = Norm::of(&theta, &adjoint);
-            if norm == 0.0 || !norm.is_finite() {
-                if norm.is_finite() {
-                    continue; // a zero adjoint carries no signal back
-                }
+            if !norm.is_finite() {
                 return Err(DistillError::NonFinite {
                     what: "quiz gradient".into(),
                 });
+            }
+            if norm == 0.0 {
+                break; // a zero adjoint stays zero through the earlier steps
             }
             let eps = h / norm;
             let plus = theta.clone().map(&mut Step::new(&adjoint, eps));
             let minus = theta.clone().map(&mut Step::new(&adjoint, -eps));
             let leaves = Leaves::new(&t_const);
-            let l_plus = self
-                .loss
-                .forward(
-                    &self
-                        .input(plus.run(&self.batch.input), leaves.outputs())
-                        .attach_teacher(),
-                )?
-                .total;
-            let l_minus = self
-                .loss
-                .forward(
-                    &self
-                        .input(minus.run(&self.batch.input), leaves.outputs())
-                        .attach_teacher(),
-                )?
-                .total;
+            let loss_at = |s: &S| -> Result<Tensor<1>, DistillError> {
+                let input = self.input(s.run(&self.batch.input), leaves.outputs());
+                Ok(self.loss.forward(&input.attach_teacher())?.total)
+            };
+            let (l_plus, l_minus) = (loss_at(&plus)?, loss_at(&minus)?);
             let mut grads = ((l_plus - l_minus) * (0.5 / eps)).backward();
             let step = leaves.grads(&grads, -self.eta);
             t_grad = Some(match t_grad {
@@ -166,15 +155,6 @@ impl<I> Bilevel<'_, I> {
             quiz_loss,
         })
     }
-}
-
-/// The first element of a tensor as `f64`.
-pub(crate) fn scalar(t: &Tensor<1>) -> f64 {
-    t.clone()
-        .into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map_or(f64::NAN, |v| v[0])
 }
 
 fn machine_epsilon(dtype: DType) -> f64 {
@@ -288,7 +268,7 @@ impl Norm<'_> {
         };
         module.visit(&mut v);
         match v.squares.into_iter().reduce(|a, b| a + b) {
-            Some(s) => scalar(&s).sqrt(),
+            Some(s) => s.into_scalar::<f64>().sqrt(),
             None => 0.0,
         }
     }
