@@ -14,7 +14,7 @@ use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::map_pair;
+use super::{attention_map, map_pair};
 use crate::input::{Distillable, Feature, Outputs};
 use crate::math::SplitMix;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
@@ -292,8 +292,8 @@ impl DamConfig {
 }
 
 /// DAM, the distinctive-area module (SoKD's second part, reconstructed): the wrapped feature
-/// objective only sees the areas both networks attend to. With `a(F) = mean_c F²` scaled to a
-/// maximum of 1 per sample, the overlap `o = a(Fˢ) · a(Fᵗ)` gives a mask `M` `[N, 1, H, W]`
+/// objective only sees the areas both networks attend to. With `a(F)` AT's attention map
+/// ([`attention_map`], `mean_c F²` of unit length per sample), the overlap `o = a(Fˢ) · a(Fᵗ)` gives a mask `M` `[N, 1, H, W]`
 /// (soft: `o / max o`; top-k: the top fraction of positions), and both maps are multiplied by
 /// it before `inner` reads them. The soft mask is part of the objective (gradients flow
 /// through it); the top-k selection is piecewise constant. Terms are `inner`'s.
@@ -303,44 +303,23 @@ pub struct Dam<L> {
     config: DamConfig,
 }
 
-/// `mean_c F²` per position, scaled to a maximum of 1 per sample: `[N, 1, H, W]`.
-fn attention(f: Tensor<4>) -> Tensor<4> {
-    let [n, _, h, w] = f.dims();
-    let a = f.square().mean_dim(1);
-    let max = a
-        .clone()
-        .reshape([n, h * w])
-        .max_dim(1)
-        .clamp_min(1e-12)
-        .reshape([n, 1, 1, 1]);
-    a / max
-}
-
 impl<L> Dam<L> {
     /// The mask `[N, 1, H, W]` for a pair of maps of the same spatial size.
     pub fn mask(&self, student: Tensor<4>, teacher: Tensor<4>) -> Tensor<4> {
         let ([n, _, h, w], dtype) = (student.dims(), student.dtype());
-        let overlap = attention(student) * attention(teacher);
-        match self.config.mode {
+        // AT's attention maps: their per-sample scale cancels in `o / max o` and in a ranking
+        let overlap = attention_map(student, 2.0) * attention_map(teacher, 2.0);
+        let mask = match self.config.mode {
             DamMode::Off => overlap.ones_like(),
-            DamMode::Soft => {
-                let max = overlap
-                    .clone()
-                    .reshape([n, h * w])
-                    .max_dim(1)
-                    .clamp_min(1e-12);
-                overlap / max.reshape([n, 1, 1, 1])
-            }
+            DamMode::Soft => overlap.clone() / overlap.max_dim(1).clamp_min(1e-12),
             DamMode::TopK => {
                 let k = ((self.config.fraction * (h * w) as f64).ceil() as usize).clamp(1, h * w);
-                let flat = overlap.detach().reshape([n, h * w]);
+                let flat = overlap.detach();
                 let kth = flat.clone().topk(k, 1).slice([0..n, k - 1..k]);
-                flat.greater_equal(kth)
-                    .float()
-                    .cast(dtype)
-                    .reshape([n, 1, h, w])
+                flat.greater_equal(kth).float().cast(dtype)
             }
-        }
+        };
+        mask.reshape([n, 1, h, w])
     }
 }
 
