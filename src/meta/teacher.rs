@@ -318,6 +318,15 @@ impl<T: Module> MetaTeacher<T> {
         .gradient(student, &self.teacher)
     }
 
+    /// The current teacher's outputs on `input`, outside the autodiff graph: a tracked forward
+    /// that is never backpropagated would leave its graph behind on every step.
+    pub fn teacher_outputs(&self, input: &T::Input) -> Outputs
+    where
+        T: Distillable,
+    {
+        self.teacher.clone().no_grad().run(input)
+    }
+
     /// The distillation loss of `student` (its outputs on `batch`) against the current
     /// teacher, for the student's real step; the teacher is detached.
     pub fn student_loss(
@@ -329,10 +338,7 @@ impl<T: Module> MetaTeacher<T> {
     where
         T: Distillable,
     {
-        // an untracked copy: a tracked forward that is never backpropagated would leave its
-        // graph behind on every step
-        let teacher = self.teacher.clone().no_grad().run(&batch.input);
-        let input = DistillInput::from_outputs(student, teacher)
+        let input = DistillInput::from_outputs(student, self.teacher_outputs(&batch.input))
             .targets(batch.targets.clone())
             .progress(progress);
         self.loss.forward(&input)

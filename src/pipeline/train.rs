@@ -15,7 +15,7 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 
 use crate::input::{Distillable, Outputs};
 use crate::meta::{Batch, MetaTeacher};
-use crate::{DistillInput, Loss, LossOutput, Progress};
+use crate::{DistillInput, Loss, Progress};
 
 /// One training item for a [`Distiller`]: the batch, optionally the teacher's outputs on it
 /// (cached once per data set when the teacher is frozen and the inputs are not augmented),
@@ -241,18 +241,18 @@ impl<S: Module + ModuleDisplay, T: Module + ModuleDisplay + 'static> Distiller<S
             .unwrap_or_else(|| self.teacher.clone())
     }
 
-    /// The loss and the student's logits on `item`.
-    pub fn forward(&self, item: DistillBatch<S::Input>) -> (LossOutput, ClassificationOutput)
+    /// The loss on `item`, its terms, the student's logits and the targets (`classification.loss`
+    /// is the total to differentiate).
+    pub fn forward(&self, item: DistillBatch<S::Input>) -> DistillOutput
     where
         S: Distillable,
         T: Distillable<Input = S::Input>,
     {
         let student = self.student.run(&item.batch.input);
         let logits = student.logits.clone();
-        let meta = self.with_meta_teacher(|m| m.teacher().run(&item.batch.input));
-        let teacher = match (meta, &item.teacher) {
-            (Some(t), _) => t,
-            (None, Some(t)) => t.clone(),
+        let meta = self.with_meta_teacher(|m| m.teacher_outputs(&item.batch.input));
+        let teacher = match (meta, item.teacher) {
+            (Some(t), _) | (None, Some(t)) => t,
             (None, None) => self.teacher.run(&item.batch.input),
         };
         let mut input = DistillInput::from_outputs(student, teacher.detach())
@@ -264,9 +264,13 @@ impl<S: Module + ModuleDisplay, T: Module + ModuleDisplay + 'static> Distiller<S
             .loss
             .forward(&input)
             .unwrap_or_else(|e| panic!("distillation loss: {e}"));
-        let classification =
-            ClassificationOutput::new(out.total.clone(), logits, item.batch.targets);
-        (out, classification)
+        DistillOutput {
+            terms: out
+                .terms()
+                .map(|(n, t)| (n.to_string(), t.clone()))
+                .collect(),
+            classification: ClassificationOutput::new(out.total, logits, item.batch.targets),
+        }
     }
 }
 
@@ -288,20 +292,9 @@ where
             .transpose()
             .unwrap_or_else(|e| panic!("meta-teacher round: {e}"));
         }
-        let (out, classification) = self.forward(item);
-        let grads = out.total.backward();
-        let terms = out
-            .terms()
-            .map(|(n, t)| (n.to_string(), t.clone()))
-            .collect();
-        TrainOutput::new(
-            self,
-            grads,
-            DistillOutput {
-                classification,
-                terms,
-            },
-        )
+        let out = self.forward(item);
+        let grads = out.classification.loss.backward();
+        TrainOutput::new(self, grads, out)
     }
 }
 
@@ -315,14 +308,6 @@ where
     type Output = DistillOutput;
 
     fn step(&self, item: DistillBatch<S::Input>) -> DistillOutput {
-        let (out, classification) = self.forward(item);
-        let terms = out
-            .terms()
-            .map(|(n, t)| (n.to_string(), t.clone()))
-            .collect();
-        DistillOutput {
-            classification,
-            terms,
-        }
+        self.forward(item)
     }
 }
