@@ -157,10 +157,14 @@ impl ModuleMapper for DotStep<'_> {
             let tracked = p.is_require_grad();
             let dims = p.dims();
             let value = p.clone().detach().flatten::<1>(0, D - 1);
-            let decay = |g: Tensor<D>| {
-                let g = g.to_device(&p.device()).flatten::<1>(0, D - 1);
-                if wd == 0.0 { g } else { g + value.clone() * wd }
-            };
+            let flat = |g: Tensor<D>| g.to_device(&p.device()).flatten::<1>(0, D - 1);
+            let (mut gt, mut gd) = (gt.map(flat), gd.map(flat));
+            // the weight decay joins the task gradient, or the only gradient there is
+            if wd != 0.0
+                && let Some(g) = gt.as_mut().or(gd.as_mut())
+            {
+                *g = g.clone() + value.clone() * wd;
+            }
             let push = |buf: &mut Option<Tensor<1>>, g: Tensor<1>, m: f64| {
                 let b = match buf.take() {
                     None => g,
@@ -171,14 +175,9 @@ impl ModuleMapper for DotStep<'_> {
             };
             let mut update = value.zeros_like();
             if let Some(g) = gt {
-                update = update + push(&mut buffers.task, decay(g), mt);
+                update = update + push(&mut buffers.task, g, mt);
             }
             if let Some(g) = gd {
-                let g = if both {
-                    g.to_device(&p.device()).flatten::<1>(0, D - 1)
-                } else {
-                    decay(g)
-                };
                 update = update + push(&mut buffers.distill, g, md);
             }
             (value - update * lr)
