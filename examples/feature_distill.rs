@@ -83,17 +83,6 @@ impl Cnn {
             .feature("feature", map)
             .feature("embedding", embedding)
     }
-
-    fn accuracy(&self, split: &Split) -> f64 {
-        let logits = self.valid().forward(split.x.clone().inner()).logits;
-        let pred = logits.argmax(1).squeeze_dim::<1>(1);
-        let correct: i64 = pred
-            .equal(split.y.clone().inner())
-            .int()
-            .sum()
-            .into_scalar();
-        100.0 * correct as f64 / split.len() as f64
-    }
 }
 
 impl Distillable for Cnn {
@@ -244,7 +233,7 @@ fn train_student(
         let mix = meta.teacher().dafa.mixture();
         println!("  seed {seed}: DAFA mixture (identity, scale, noise, drop, smooth) = {mix:.3?}");
     }
-    Ok(model.student.accuracy(data.test))
+    Ok(accuracy(&model.student, data.test))
 }
 
 fn main() -> Result<(), DistillError> {
@@ -268,7 +257,7 @@ fn main() -> Result<(), DistillError> {
     }
     println!(
         "teacher CNN 32-64 conv, 128-d embedding: test accuracy {:.2}% ({:.1}s)",
-        teacher.accuracy(&test_set),
+        accuracy(&teacher, &test_set),
         start.elapsed().as_secs_f64()
     );
     let frozen = teacher.valid().forward(train_set.x.clone().inner());

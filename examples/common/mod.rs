@@ -111,13 +111,10 @@ impl burn_distill::Distillable for Mlp {
     }
 }
 
-/// Test accuracy of `model` on `split`, in percent.
-pub fn accuracy(model: &Mlp, split: &Split) -> f64 {
-    let pred = model
-        .valid()
-        .forward(split.x.clone().inner())
-        .argmax(1)
-        .squeeze_dim::<1>(1);
+/// Test accuracy of any classifier of `[N, D]` inputs on `split`, in percent.
+pub fn accuracy<M: burn_distill::Distillable<Input = Tensor<2>>>(model: &M, split: &Split) -> f64 {
+    let logits = model.valid().run(&split.x.clone().inner()).logits;
+    let pred = logits.argmax(1).squeeze_dim::<1>(1);
     let correct: i64 = pred
         .equal(split.y.clone().inner())
         .int()
