@@ -42,47 +42,21 @@ fn maps() -> impl Strategy<Value = Maps> {
 }
 
 impl Maps {
-    fn input(&self, s: Vec<f64>, t: Vec<f64>) -> DistillInput {
-        DistillInput::features_only()
-            .feature("feature", f64t(s, self.s_shape), f64t(t, self.t_shape))
-            .progress(Progress::epoch(1, 2).at_step(3, 10))
-    }
     fn chw(shape: [usize; 4]) -> [usize; 3] {
         [shape[1], shape[2], shape[3]]
     }
 }
 
 fn check_grads(loss: &dyn Loss, b: &Maps) -> Result<(), TestCaseError> {
-    let (s, t) = (
-        f64t(b.s.clone(), b.s_shape).require_grad(),
-        f64t(b.t.clone(), b.t_shape).require_grad(),
-    );
-    let input = DistillInput::features_only()
-        .feature("feature", s.clone(), t.clone())
-        .progress(Progress::epoch(1, 2).at_step(3, 10))
-        .attach_teacher();
-    let grads = loss.forward(&input).unwrap().total.backward();
-    let value = |s: Vec<f64>, t: Vec<f64>| loss.forward(&b.input(s, t)).unwrap().value();
-    let num_s = numeric_grad(&|v| value(v, b.t.clone()), &b.s, 1e-6);
-    let num_t = numeric_grad(&|v| value(b.s.clone(), v), &b.t, 1e-6);
-    let fail = |m: String| TestCaseError::fail(format!("{}: {m}", loss.name()));
-    close(
-        "d/ds",
-        &values(s.grad(&grads).expect("student gradient")),
-        &num_s,
-        1e-5,
-        1e-8,
+    let progress = |i: DistillInput| i.progress(Progress::epoch(1, 2).at_step(3, 10));
+    check_tap_grads(
+        loss,
+        "feature",
+        (&b.s, b.s_shape),
+        (&b.t, b.t_shape),
+        &progress,
     )
-    .map_err(fail)?;
-    close(
-        "d/dt",
-        &values(t.grad(&grads).expect("teacher gradient")),
-        &num_t,
-        1e-5,
-        1e-8,
-    )
-    .map_err(fail)?;
-    Ok(())
+    .map_err(TestCaseError::fail)
 }
 
 proptest! {

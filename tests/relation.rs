@@ -72,37 +72,17 @@ fn separated(x: &[f64], n: usize, d: usize) -> bool {
     })
 }
 
-/// Analytic gradients (teacher attached) against central differences, student and teacher.
+/// FD gradient check of a relational objective on the `embedding` tap.
 fn check_grads(loss: &dyn Loss, b: &Taps) -> Result<(), TestCaseError> {
-    let (s, t) = (
-        f64t(b.s.clone(), [b.n, b.ds]).require_grad(),
-        f64t(b.t.clone(), [b.n, b.dt]).require_grad(),
-    );
-    let input = DistillInput::features_only()
-        .feature("embedding", s.clone(), t.clone())
-        .targets(ints(b.y.clone()))
-        .attach_teacher();
-    let grads = loss.forward(&input).unwrap().total.backward();
-    let value = |s: Vec<f64>, t: Vec<f64>| loss.forward(&b.input(s, t)).unwrap().value();
-    let num_s = numeric_grad(&|v| value(v, b.t.clone()), &b.s, 1e-6);
-    let num_t = numeric_grad(&|v| value(b.s.clone(), v), &b.t, 1e-6);
-    let fail = |m: String| TestCaseError::fail(format!("{}: {m}", loss.name()));
-    close(
-        "d/ds",
-        &values(s.grad(&grads).expect("student gradient")),
-        &num_s,
-        1e-5,
-        1e-8,
+    let targets = |i: DistillInput| i.targets(ints(b.y.clone()));
+    check_tap_grads(
+        loss,
+        "embedding",
+        (&b.s, [b.n, b.ds]),
+        (&b.t, [b.n, b.dt]),
+        &targets,
     )
-    .map_err(fail)?;
-    match t.grad(&grads) {
-        Some(g) => close("d/dt", &values(g), &num_t, 1e-5, 1e-8).map_err(fail)?,
-        None => prop_assert!(
-            num_t.iter().all(|v| v.abs() < 1e-8),
-            "teacher gradient missing"
-        ),
-    }
-    Ok(())
+    .map_err(TestCaseError::fail)
 }
 
 fn dlkd(b: &Taps) -> burn_distill::relation::Dlkd {

@@ -128,3 +128,47 @@ pub fn torch_grads(
         .expect("bias gradient");
     (values(w.transpose()), values(b))
 }
+
+/// Analytic gradients of `loss` for the feature tap `name` (teacher attached) against central
+/// differences, student and teacher, to 1e-5 relative; `extra` adds the rest of the input
+/// (targets, progress). A teacher gradient may be absent only where its difference is zero.
+pub fn check_tap_grads<const DS: usize, const DT: usize>(
+    loss: &dyn burn_distill::Loss,
+    name: &str,
+    (s, s_shape): (&[f64], [usize; DS]),
+    (t, t_shape): (&[f64], [usize; DT]),
+    extra: &dyn Fn(burn_distill::DistillInput) -> burn_distill::DistillInput,
+) -> Result<(), String>
+where
+    burn_distill::Feature: From<Tensor<DS>> + From<Tensor<DT>>,
+{
+    use burn_distill::DistillInput;
+    let input =
+        |s: Tensor<DS>, t: Tensor<DT>| extra(DistillInput::features_only().feature(name, s, t));
+    let (sl, tl) = (
+        f64t(s.to_vec(), s_shape).require_grad(),
+        f64t(t.to_vec(), t_shape).require_grad(),
+    );
+    let grads = loss
+        .forward(&input(sl.clone(), tl.clone()).attach_teacher())
+        .unwrap()
+        .total
+        .backward();
+    let value = |s: Vec<f64>, t: Vec<f64>| {
+        loss.forward(&input(f64t(s, s_shape), f64t(t, t_shape)))
+            .unwrap()
+            .value()
+    };
+    let num_s = numeric_grad(&|v| value(v, t.to_vec()), s, 1e-6);
+    let num_t = numeric_grad(&|v| value(s.to_vec(), v), t, 1e-6);
+    let named = |m: String| format!("{}: {m}", loss.name());
+    let gs = sl
+        .grad(&grads)
+        .ok_or_else(|| named("no student gradient".into()))?;
+    close("d/ds", &values(gs), &num_s, 1e-5, 1e-8).map_err(named)?;
+    match tl.grad(&grads) {
+        Some(g) => close("d/dt", &values(g), &num_t, 1e-5, 1e-8).map_err(named),
+        None if num_t.iter().all(|v| v.abs() < 1e-8) => Ok(()),
+        None => Err(named("teacher gradient missing".into())),
+    }
+}
