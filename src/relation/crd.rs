@@ -214,16 +214,19 @@ impl Loss for Crd {
             .try_to_vec::<f64>()
             .unwrap_or_default();
         let n = c.dataset_size as f64;
-        for (zi, out) in z.iter_mut().zip([&out_s, &out_t]) {
-            if *zi < 0.0 {
-                *zi = out.clone().detach().mean().into_scalar::<f64>() * n;
+        if z.iter().any(|&zi| zi < 0.0) {
+            // the first batch fixes Z (once per run: afterwards no write, no transfer)
+            for (zi, out) in z.iter_mut().zip([&out_s, &out_t]) {
+                if *zi < 0.0 {
+                    *zi = out.clone().detach().mean().into_scalar::<f64>() * n;
+                }
             }
+            self.normalizers.update(Tensor::<1>::from_data(
+                TensorData::new(z.clone(), [2]),
+                (&ms.device(), ms.dtype()),
+            ));
+            self.normalizers.value_sync();
         }
-        self.normalizers.update(Tensor::<1>::from_data(
-            TensorData::new(z.clone(), [2]),
-            (&ms.device(), ms.dtype()),
-        ));
-        self.normalizers.value_sync();
         out_s = out_s * (1.0 / z[0]);
         out_t = out_t * (1.0 / z[1]);
 
