@@ -111,26 +111,7 @@ fn main() -> Result<(), DistillError> {
         test_set.len()
     );
 
-    let start = Instant::now();
-    let cfg = Train {
-        epochs: 60,
-        batch: BATCH,
-        lr: 1e-3,
-        seed: 0,
-    };
-    let teacher = train(
-        Mlp::new(&[64, 256, 256, 10], 0, &dev),
-        &train_set,
-        None,
-        &CrossEntropy::new(),
-        &cfg,
-        |_, _, _| {},
-    );
-    println!(
-        "teacher 64-256-256-10: test accuracy {:.2}% ({:.1}s)\n",
-        accuracy(&teacher, &test_set),
-        start.elapsed().as_secs_f64()
-    );
+    let teacher = digits_teacher(&train_set, &test_set, &dev);
 
     let config = MetaTeacherConfig::new()
         .with_pilot_rate(PilotRate::Fixed(0.05))

@@ -18,7 +18,6 @@ use burn_distill::prelude::*;
 use common::*;
 
 const SEEDS: [u64; 3] = [1, 2, 3];
-const TEACHER_EPOCHS: usize = 60;
 const STUDENT_EPOCHS: usize = 100;
 
 /// The student and CTKD's learnable temperature, trained together by one optimizer.
@@ -38,30 +37,7 @@ fn main() -> Result<(), DistillError> {
     );
 
     // 1. the teacher
-    let start = Instant::now();
-    let cfg = Train {
-        epochs: TEACHER_EPOCHS,
-        batch: 64,
-        lr: 1e-3,
-        seed: 0,
-    };
-    let teacher = train(
-        Mlp::new(&[64, 256, 256, 10], 0, &dev),
-        &train_set,
-        None,
-        &CrossEntropy::new(),
-        &cfg,
-        |epoch, terms, _| {
-            if (epoch + 1) % 20 == 0 {
-                println!("teacher epoch {:>2}: {}", epoch + 1, fmt_terms(terms));
-            }
-        },
-    );
-    println!(
-        "teacher 64-256-256-10: test accuracy {:.2}% ({:.1}s)\n",
-        accuracy(&teacher, &test_set),
-        start.elapsed().as_secs_f64()
-    );
+    let teacher = digits_teacher(&train_set, &test_set, &dev);
     let teacher_logits = logits_of(&teacher, &train_set);
 
     // 2. the student, three ways
