@@ -584,7 +584,7 @@ impl DistillInput {
 }
 
 /// The smallest and largest value of an index tensor, read back in one transfer.
-fn min_max(t: &Tensor<1, Int>) -> (i64, i64) {
+pub(crate) fn min_max(t: &Tensor<1, Int>) -> (i64, i64) {
     let v: Vec<i64> = Tensor::cat(vec![t.clone().min(), t.clone().max()], 0)
         .into_data()
         .convert::<i64>()
@@ -594,7 +594,7 @@ fn min_max(t: &Tensor<1, Int>) -> (i64, i64) {
 }
 
 /// The bound of `(lo, hi)` outside `0..size`, if any.
-fn outside((lo, hi): (i64, i64), size: usize) -> Option<i64> {
+pub(crate) fn outside((lo, hi): (i64, i64), size: usize) -> Option<i64> {
     if lo < 0 {
         Some(lo)
     } else if hi >= size as i64 {

@@ -70,6 +70,7 @@ mod loss;
 
 pub mod curriculum;
 pub mod feature;
+pub mod fused;
 pub mod logit;
 pub mod math;
 pub mod meta;

@@ -1,8 +1,8 @@
 use burn::config::Config;
-use burn::tensor::Tensor;
 
-use super::dkd::{Decoupling, Split};
-use crate::math::{Temperature, logsumexp};
+use super::dkd::Decoupling;
+use crate::fused::Joint;
+use crate::math::Temperature;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
 /// Where DCKD's target-class part gets its target mass `b*_t`, for samples the student already
@@ -38,6 +38,10 @@ pub struct DckdConfig {
     /// The teacher's share `w ∈ [0, 1]` under [`JointTarget::Mix`].
     #[config(default = 0.5)]
     pub mix_weight: f64,
+    /// Run the [fused kernel](crate::fused) where the device supports it; `false` forces the
+    /// composed tensor-op version.
+    #[config(default = true)]
+    pub fused: bool,
 }
 
 impl DckdConfig {
@@ -51,17 +55,19 @@ impl DckdConfig {
                 "must be in [0, 1]",
             ));
         }
-        Ok(Dckd {
-            parts: Decoupling::new(
-                "dckd",
-                self.alpha,
-                self.beta,
-                self.temperature,
-                self.warmup_epochs,
-            )?,
-            joint: self.joint,
-            mix_weight: self.mix_weight,
-        })
+        let joint = match self.joint {
+            JointTarget::Max => Joint::Max,
+            JointTarget::Teacher => Joint::Teacher,
+            JointTarget::Mix => Joint::Mix(self.mix_weight),
+        };
+        Ok(Dckd(Decoupling::new(
+            "dckd",
+            [self.alpha, self.beta],
+            self.temperature,
+            self.warmup_epochs,
+            joint,
+            self.fused,
+        )?))
     }
 }
 
@@ -85,54 +91,7 @@ impl DckdConfig {
 /// # Shapes
 /// - student and teacher logits: `[N, C]`, `C ≥ 3`; targets: `[N]`
 #[derive(Debug, Clone)]
-pub struct Dckd {
-    parts: Decoupling,
-    joint: JointTarget,
-    mix_weight: f64,
-}
-
-impl Dckd {
-    /// `log b*` for every sample, `[N, 2]`.
-    fn joint_target(&self, split: &Split) -> Tensor<2> {
-        let teacher = split.teacher.log_binary.clone();
-        let student = split.student.log_binary.clone().detach();
-        let own = match self.joint {
-            JointTarget::Teacher => return teacher,
-            JointTarget::Max => {
-                // the student's whole binary distribution where its target mass is larger
-                let larger = student
-                    .clone()
-                    .narrow(1, 0, 1)
-                    .greater(teacher.clone().narrow(1, 0, 1))
-                    .expand(teacher.dims());
-                teacher.clone().mask_where(larger, student)
-            }
-            JointTarget::Mix => {
-                let w = self.mix_weight;
-                // log(w·bᵀ + (1 − w)·bˢ), per component, as a two-term log-sum-exp
-                let pair = |k: usize| {
-                    Tensor::cat(
-                        vec![
-                            teacher.clone().narrow(1, k, 1) + w.ln(),
-                            student.clone().narrow(1, k, 1) + (1.0 - w).ln(),
-                        ],
-                        1,
-                    )
-                };
-                Tensor::cat(vec![logsumexp(pair(0)), logsumexp(pair(1))], 1)
-            }
-        };
-        // only samples whose student arg-max is the target take the joint target
-        let correct = split
-            .student_logits
-            .clone()
-            .detach()
-            .argmax(1)
-            .equal(split.targets.clone().unsqueeze_dim(1))
-            .expand(teacher.dims());
-        teacher.mask_where(correct, own)
-    }
-}
+pub struct Dckd(Decoupling);
 
 impl Loss for Dckd {
     fn name(&self) -> &str {
@@ -140,7 +99,7 @@ impl Loss for Dckd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.forward_at(input, &Temperature::Fixed(self.parts.temperature))
+        self.forward_at(input, &Temperature::Fixed(self.0.temperature))
     }
 }
 
@@ -150,8 +109,6 @@ impl Tempered for Dckd {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        self.parts.forward("dckd", input, temperature, &|split| {
-            self.joint_target(split)
-        })
+        self.0.forward("dckd", input, temperature)
     }
 }

@@ -3,8 +3,9 @@ use burn::tensor::{Int, Tensor};
 
 use crate::curriculum::Schedule;
 use crate::error::{check_non_negative, check_temperature};
-use crate::input::check_pair;
-use crate::math::{Decoupled, Temperature, kl_rows, target_mask};
+use crate::input::{check_pair, min_max, outside};
+use crate::fused::{self, Joint};
+use crate::math::{Decoupled, Temperature, kl_rows, logsumexp, target_mask};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
 /// Configuration to create a [`Dkd`] objective. The defaults are the paper's CIFAR-100 ones.
@@ -24,6 +25,10 @@ pub struct DkdConfig {
     /// [`Progress`](crate::Progress) when not 0.
     #[config(default = 20)]
     pub warmup_epochs: usize,
+    /// Run the [fused kernel](crate::fused) where the device supports it; `false` forces the
+    /// composed tensor-op version.
+    #[config(default = true)]
+    pub fused: bool,
 }
 
 impl DkdConfig {
@@ -31,10 +36,11 @@ impl DkdConfig {
     pub fn init(&self) -> Result<Dkd, DistillError> {
         Ok(Dkd(Decoupling::new(
             "dkd",
-            self.alpha,
-            self.beta,
+            [self.alpha, self.beta],
             self.temperature,
             self.warmup_epochs,
+            Joint::Teacher,
+            self.fused,
         )?))
     }
 }
@@ -78,43 +84,31 @@ impl Tempered for Dkd {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        self.0.forward("dkd", input, temperature, &|split| {
-            split.teacher.log_binary.clone()
-        })
+        self.0.forward("dkd", input, temperature)
     }
 }
 
 /// What DKD and DCKD share: the weights α (target part) and β (non-target part), the
-/// temperature, the warm-up, and the decoupled forward pass.
+/// temperature, the warm-up, the joint target-class rule, and the decoupled forward pass.
 #[derive(Debug, Clone)]
 pub(crate) struct Decoupling {
     alpha: f64,
     beta: f64,
     pub temperature: f64,
     warmup: Schedule,
-}
-
-/// One batch split around its targets, as the target-class rule of a decoupled objective
-/// sees it.
-pub(crate) struct Split {
-    /// The student's split (differentiable).
-    pub student: Decoupled,
-    /// The teacher's split.
-    pub teacher: Decoupled,
-    /// The student's raw logits `[N, C]`.
-    pub student_logits: Tensor<2>,
-    /// The targets `[N]`.
-    pub targets: Tensor<1, Int>,
+    joint: Joint,
+    fused: bool,
 }
 
 impl Decoupling {
     /// Validates the shared configuration of the objective `name`.
     pub fn new(
         name: &str,
-        alpha: f64,
-        beta: f64,
+        [alpha, beta]: [f64; 2],
         temperature: f64,
         warmup_epochs: usize,
+        joint: Joint,
+        fused: bool,
     ) -> Result<Self, DistillError> {
         Ok(Self {
             alpha: check_non_negative(name, "alpha", alpha)?,
@@ -124,18 +118,18 @@ impl Decoupling {
                 value: 1.0,
                 epochs: warmup_epochs,
             },
+            joint,
+            fused,
         })
     }
 
-    /// Checks the input, splits student and teacher around the targets, and returns
-    /// `w · T² · batchmean(α · KL(b* ‖ bˢ) + β · NCKD)` with terms `{name}/tckd` and
-    /// `{name}/nckd`, where `log b* = joint(split)` (DKD: the teacher's `log b`).
+    /// Checks the input and returns `w · T² · batchmean(α · KL(b* ‖ bˢ) + β · NCKD)` with terms
+    /// `{name}/tckd` and `{name}/nckd`.
     pub fn forward(
         &self,
         name: &str,
         input: &DistillInput,
         temperature: &Temperature,
-        joint: &dyn Fn(&Split) -> Tensor<2>,
     ) -> Result<LossOutput, DistillError> {
         let (s, t) = input.logits(name)?;
         let [n, c] = s.dims();
@@ -147,21 +141,84 @@ impl Decoupling {
             ))?,
             false => 1.0,
         };
-        let (student, teacher) = split(s.clone(), t, y.clone(), temperature);
-        let split = Split {
-            student,
-            teacher,
-            student_logits: s,
-            targets: y,
+        let rows = match temperature {
+            Temperature::Fixed(temp) if self.fused => {
+                fused::dkd_rows(&s, &t, &y, *temp, self.joint)
+            }
+            _ => None,
         };
-        let tckd = kl_rows(joint(&split), split.student.log_binary).mean();
-        let nckd = kl_rows(split.teacher.log_non_target, split.student.log_non_target).mean();
+        let [tckd, nckd] = match rows {
+            Some(rows) => [0, 1].map(|i| rows.clone().narrow(1, i, 1).mean()),
+            None => decoupled_rows(s, t, y, temperature, self.joint).map(Tensor::mean),
+        };
         let scaled = |x: Tensor<1>, weight: f64| temperature.times_squared(x * (weight * w));
         Ok(LossOutput::from_terms(vec![
             (format!("{name}/tckd"), scaled(tckd, self.alpha)),
             (format!("{name}/nckd"), scaled(nckd, self.beta)),
         ]))
     }
+}
+
+/// Per-sample `[KL(b* ‖ bˢ), KL(p̂ᵀ ‖ p̂ˢ)]`, each `[N]`, by composed tensor ops: the reference
+/// of the fused kernel.
+fn decoupled_rows(
+    s: Tensor<2>,
+    t: Tensor<2>,
+    y: Tensor<1, Int>,
+    temperature: &Temperature,
+    joint: Joint,
+) -> [Tensor<1>; 2] {
+    let (student, teacher) = split(s.clone(), t, y.clone(), temperature);
+    let target = joint_target(&student, &teacher, s, y, joint);
+    [
+        kl_rows(target, student.log_binary),
+        kl_rows(teacher.log_non_target, student.log_non_target),
+    ]
+}
+
+/// `log b*` for every sample, `[N, 2]`: the teacher's `log bᵀ`, except where the student's
+/// arg-max is the target and `joint` says otherwise (the student's side is detached).
+fn joint_target(
+    student: &Decoupled,
+    teacher: &Decoupled,
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    joint: Joint,
+) -> Tensor<2> {
+    let teacher = teacher.log_binary.clone();
+    let student = student.log_binary.clone().detach();
+    let own = match joint {
+        Joint::Teacher => return teacher,
+        Joint::Max => {
+            // the student's whole binary distribution where its target mass is larger
+            let larger = student
+                .clone()
+                .narrow(1, 0, 1)
+                .greater(teacher.clone().narrow(1, 0, 1))
+                .expand(teacher.dims());
+            teacher.clone().mask_where(larger, student)
+        }
+        Joint::Mix(w) => {
+            // log(w·bᵀ + (1 − w)·bˢ), per component, as a two-term log-sum-exp
+            let pair = |k: usize| {
+                Tensor::cat(
+                    vec![
+                        teacher.clone().narrow(1, k, 1) + w.ln(),
+                        student.clone().narrow(1, k, 1) + (1.0 - w).ln(),
+                    ],
+                    1,
+                )
+            };
+            Tensor::cat(vec![logsumexp(pair(0)), logsumexp(pair(1))], 1)
+        }
+    };
+    // only samples whose student arg-max is the target take the joint target
+    let correct = logits
+        .detach()
+        .argmax(1)
+        .equal(targets.unsqueeze_dim(1))
+        .expand(teacher.dims());
+    teacher.mask_where(correct, own)
 }
 
 /// Student and teacher logits split around the targets at `temperature`.
@@ -190,7 +247,8 @@ pub(crate) fn check_classes(objective: &str, classes: usize) -> Result<(), Disti
     Ok(())
 }
 
-/// Per-sample `(TCKD, NCKD)`, each `[N]`, without weights, `T²` or input checks.
+/// Per-sample `(TCKD, NCKD)`, each `[N]`, without weights, `T²` or input checks: the composed
+/// tensor-op version, the reference of the fused kernel.
 pub fn dkd_per_sample(
     student: Tensor<2>,
     teacher: Tensor<2>,
@@ -206,8 +264,8 @@ pub fn dkd_per_sample(
 
 /// `T² · batchmean (α·TCKD + β·NCKD)`, mdistiller's `dkd_loss`, as a function.
 ///
-/// The teacher is used as given (detach it for a frozen teacher); targets are not range-checked
-/// here (the [`Dkd`] objective checks them).
+/// The teacher is used as given (detach it for a frozen teacher). Fused where the device
+/// supports it.
 pub fn dkd_loss(
     student: Tensor<2>,
     teacher: Tensor<2>,
@@ -226,6 +284,15 @@ pub fn dkd_loss(
             actual: targets.dims().to_vec(),
         });
     }
-    let (tckd, nckd) = dkd_per_sample(student, teacher, targets, temperature);
+    if let Some(target) = outside(min_max(&targets), c) {
+        return Err(DistillError::TargetOutOfRange { target, classes: c });
+    }
+    let [tckd, nckd] = match fused::dkd_rows(&student, &teacher, &targets, temperature, Joint::Teacher) {
+        Some(rows) => [0, 1].map(|i| rows.clone().narrow(1, i, 1).squeeze_dim::<1>(1)),
+        None => {
+            let (tckd, nckd) = dkd_per_sample(student, teacher, targets, temperature);
+            [tckd, nckd]
+        }
+    };
     Ok((tckd * alpha + nckd * beta).mean() * (temperature * temperature))
 }

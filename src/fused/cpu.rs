@@ -1,0 +1,480 @@
+//! The CPU kernels of the fused logit objectives: one row at a time, in three short passes over
+//! an L1-resident row (maximum; exponentials and sums; probabilities and residuals), with a
+//! vectorised `exp`. Generic over `f32` and `f64`; on x86-64 the `f32` code is compiled a
+//! second time for AVX2 + FMA and picked at run time.
+
+use num_traits::Float;
+
+use super::Joint;
+
+/// A float the kernels run in: `f32` (vectorised polynomial `exp`) or `f64` (the standard
+/// library's `exp`, for reference-precision runs).
+pub trait Real: Float + Copy + Send + Sync + core::fmt::Debug + 'static {
+    /// `exp` of 8 lanes; exactly 0 below the smallest normal result.
+    fn exp8(x: [Self; 8]) -> [Self; 8];
+    /// Converts from `f64`.
+    fn of(x: f64) -> Self;
+    /// The contiguous buffer of a flex tensor of this type.
+    #[cfg(feature = "flex")]
+    fn flex_slice(t: &burn::backend::flex::FlexTensor) -> Option<&[Self]>;
+    /// The buffer of a uniquely owned flex tensor of this type, for writing in place.
+    #[cfg(feature = "flex")]
+    fn flex_slice_mut(t: &mut burn::backend::flex::FlexTensor) -> Option<&mut [Self]>;
+}
+
+/// The flex accessors of [`Real`], for one concrete type.
+macro_rules! flex_access {
+    () => {
+        #[cfg(feature = "flex")]
+        fn flex_slice(t: &burn::backend::flex::FlexTensor) -> Option<&[Self]> {
+            t.as_slice::<Self>()
+        }
+
+        #[cfg(feature = "flex")]
+        fn flex_slice_mut(t: &mut burn::backend::flex::FlexTensor) -> Option<&mut [Self]> {
+            match t.is_contiguous() && t.layout().start_offset() == 0 {
+                true => t.try_storage_mut::<Self>(),
+                false => None,
+            }
+        }
+    };
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn exp8(x: [f32; 8]) -> [f32; 8] {
+        // x = n·ln2 + r, |r| ≤ ln2/2; exp(r) by a degree-6 polynomial; 2ⁿ through the exponent
+        // bits. n is rounded with the 1.5·2²³ float-add trick, so baseline SSE2 vectorises it.
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        const MAGIC: f32 = 12_582_912.0;
+        let mut out = [0.0; 8];
+        for i in 0..8 {
+            let v = x[i].max(-87.3).min(88.7);
+            let t = v * LOG2E + MAGIC;
+            let n = t - MAGIC;
+            let r = v - n * LN2_HI - n * LN2_LO;
+            let p = 1.0
+                + r * (1.0
+                    + r * (0.5
+                        + r * (0.166_666_67
+                            + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+            let bits = t.to_bits().wrapping_sub(MAGIC.to_bits());
+            let e = p * f32::from_bits(bits.wrapping_add(127) << 23);
+            // 0 below the range; NaN stays NaN
+            out[i] = if x[i] >= -87.3 { e } else if x[i] < -87.3 { 0.0 } else { x[i] };
+        }
+        out
+    }
+
+    #[inline(always)]
+    fn of(x: f64) -> f32 {
+        x as f32
+    }
+
+    flex_access!();
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn exp8(x: [f64; 8]) -> [f64; 8] {
+        x.map(f64::exp)
+    }
+
+    #[inline(always)]
+    fn of(x: f64) -> f64 {
+        x
+    }
+
+    flex_access!();
+}
+
+/// `dst[j] = exp(scale · (src[j] − shift))`, returning `Σ dst[j]`.
+#[inline(always)]
+fn exp_shifted<F: Real>(src: &[F], shift: F, scale: F, dst: &mut [F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let (chunks, tail) = (src.len() / 8, src.len() % 8);
+    for (s, d) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+        let mut x = [F::zero(); 8];
+        for i in 0..8 {
+            x[i] = (s[i] - shift) * scale;
+        }
+        let e = F::exp8(x);
+        d.copy_from_slice(&e);
+        for i in 0..8 {
+            acc[i] = acc[i] + e[i];
+        }
+    }
+    let mut sum = acc.iter().fold(F::zero(), |a, &b| a + b);
+    if tail > 0 {
+        let mut x = [F::neg_infinity(); 8];
+        for i in 0..tail {
+            x[i] = (src[chunks * 8 + i] - shift) * scale;
+        }
+        let e = F::exp8(x);
+        for i in 0..tail {
+            dst[chunks * 8 + i] = e[i];
+            sum = sum + e[i];
+        }
+    }
+    sum
+}
+
+/// The largest entry (−∞ for an empty slice).
+#[inline(always)]
+fn max<F: Real>(x: &[F]) -> F {
+    let mut acc = [F::neg_infinity(); 8];
+    for c in x.chunks_exact(8) {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let tail = &x[x.len() / 8 * 8..];
+    acc.iter()
+        .chain(tail)
+        .fold(F::neg_infinity(), |m, &v| if v > m { v } else { m })
+}
+
+/// `Σ e[j] · ((t[j] − mt) − (s[j] − ms))`: the teacher-weighted logit gap, shifted by each row's
+/// maximum so that it stays accurate for logits of any magnitude.
+#[inline(always)]
+fn weighted_gap<F: Real>(e: &[F], s: &[F], t: &[F], ms: F, mt: F) -> F {
+    let mut acc = [F::zero(); 8];
+    let n = e.len() / 8 * 8;
+    for j0 in (0..n).step_by(8) {
+        for i in 0..8 {
+            let j = j0 + i;
+            acc[i] = acc[i] + e[j] * ((t[j] - mt) - (s[j] - ms));
+        }
+    }
+    let mut sum = acc.iter().fold(F::zero(), |a, &b| a + b);
+    for j in n..e.len() {
+        sum = sum + e[j] * ((t[j] - mt) - (s[j] - ms));
+    }
+    sum
+}
+
+/// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))` of `[n, c]` row-major logits into `rows`, and
+/// the gradient planes of that row w.r.t. the raw logits: `gs = (p_s − p_t)/T` into
+/// `student`, `gt = p_t ⊙ (a − KL)/T` (`a = log p_t − log p_s`) into `teacher` (each `[n·c]`,
+/// empty when not kept).
+pub fn kd<F: Real>(
+    s: &[F],
+    t: &[F],
+    c: usize,
+    inv_t: f64,
+    rows: &mut [F],
+    student: &mut [F],
+    teacher: &mut [F],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        return unsafe { kd_avx2(s, t, c, inv_t, rows, student, teacher) };
+    }
+    kd_rows(s, t, c, inv_t, rows, student, teacher)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kd_avx2<F: Real>(
+    s: &[F],
+    t: &[F],
+    c: usize,
+    inv_t: f64,
+    rows: &mut [F],
+    student: &mut [F],
+    teacher: &mut [F],
+) {
+    kd_rows(s, t, c, inv_t, rows, student, teacher)
+}
+
+#[inline(always)]
+fn kd_rows<F: Real>(
+    s: &[F],
+    t: &[F],
+    c: usize,
+    inv_t: f64,
+    rows: &mut [F],
+    student: &mut [F],
+    teacher: &mut [F],
+) {
+    let k = F::of(inv_t);
+    let mut es = vec![F::zero(); c];
+    let mut et = vec![F::zero(); c];
+    for (n, row) in rows.iter_mut().enumerate() {
+        let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
+        let (ms, mt) = (max(s), max(t));
+        let ss = exp_shifted(s, ms, k, &mut es);
+        let st = exp_shifted(t, mt, k, &mut et);
+        // KL = Σ p_t (z_t − z_s) − lse_t + lse_s, with the maxima cancelled analytically
+        let log_ratio = (ss / st).ln();
+        let kl = k * weighted_gap(&et, s, t, ms, mt) / st + log_ratio;
+        *row = kl;
+        let (a, b) = (F::one() / ss, F::one() / st);
+        if !student.is_empty() {
+            for ((g, &e), &f) in student[n * c..(n + 1) * c].iter_mut().zip(&es).zip(&et) {
+                *g = k * (e * a - f * b);
+            }
+        }
+        if !teacher.is_empty() {
+            let shift = log_ratio - kl;
+            for (j, g) in teacher[n * c..(n + 1) * c].iter_mut().enumerate() {
+                let log_ratio = k * ((t[j] - mt) - (s[j] - ms)) + shift;
+                *g = k * et[j] * b * log_ratio;
+            }
+        }
+    }
+}
+
+/// One row's decomposition around its target `y`, at inverse temperature `k`: the exponentials
+/// of the non-target logits (relative to their maximum; the target's slot left at 0) and the
+/// log-space quantities of DKD's split.
+struct Split<F> {
+    /// `max_{j≠y} x_j`.
+    m: F,
+    /// `Σ_{j≠y} e_j`.
+    sum: F,
+    /// `log b = [log p_y, log Σ_{j≠y} p_j]`.
+    log_b: [F; 2],
+}
+
+impl<F: Real> Split<F> {
+    #[inline(always)]
+    fn new(x: &[F], y: usize, k: F, e: &mut [F]) -> Self {
+        let m = max(&x[..y]).max(max(&x[y + 1..]));
+        let sum = exp_shifted(&x[..y], m, k, &mut e[..y]) + exp_shifted(&x[y + 1..], m, k, &mut e[y + 1..]);
+        e[y] = F::zero();
+        // a = z_y, b = log Σ_{j≠y} exp z_j
+        let (a, b) = (x[y] * k, m * k + sum.ln());
+        let lse = logaddexp(a, b);
+        Split {
+            m,
+            sum,
+            log_b: [a - lse, b - lse],
+        }
+    }
+}
+
+/// `ln(exp a + exp b)`.
+#[inline(always)]
+fn logaddexp<F: Real>(a: F, b: F) -> F {
+    if a == F::neg_infinity() {
+        return b;
+    }
+    let hi = a.max(b);
+    hi + (-(a - b).abs()).exp().ln_1p()
+}
+
+/// Per-sample `(TCKD, NCKD)` of DKD (or DCKD, through `joint`) into `rows` (`[n, 2]`), and the
+/// gradient planes w.r.t. the raw logits: `[2, n, c]` each for the student and the teacher
+/// (target part, then non-target part), empty when not kept. `targets` must be in range.
+#[allow(clippy::too_many_arguments)]
+pub fn dkd<F: Real>(
+    s: &[F],
+    t: &[F],
+    targets: &[usize],
+    c: usize,
+    inv_t: f64,
+    joint: Joint,
+    rows: &mut [F],
+    student: &mut [F],
+    teacher: &mut [F],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        return unsafe { dkd_avx2(s, t, targets, c, inv_t, joint, rows, student, teacher) };
+    }
+    dkd_rows(s, t, targets, c, inv_t, joint, rows, student, teacher)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dkd_avx2<F: Real>(
+    s: &[F],
+    t: &[F],
+    targets: &[usize],
+    c: usize,
+    inv_t: f64,
+    joint: Joint,
+    rows: &mut [F],
+    student: &mut [F],
+    teacher: &mut [F],
+) {
+    dkd_rows(s, t, targets, c, inv_t, joint, rows, student, teacher)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dkd_rows<F: Real>(
+    s: &[F],
+    t: &[F],
+    targets: &[usize],
+    c: usize,
+    inv_t: f64,
+    joint: Joint,
+    rows: &mut [F],
+    student: &mut [F],
+    teacher: &mut [F],
+) {
+    let k = F::of(inv_t);
+    let nc = targets.len() * c;
+    let mut es = vec![F::zero(); c];
+    let mut et = vec![F::zero(); c];
+    for (n, &y) in targets.iter().enumerate() {
+        let r = n * c..(n + 1) * c;
+        let (s, t) = (&s[r.clone()], &t[r.clone()]);
+        let ps = Split::new(s, y, k, &mut es);
+        let pt = Split::new(t, y, k, &mut et);
+        // NCKD = KL(p̂_t ‖ p̂_s) over the non-target classes (the target's e is 0)
+        let log_ratio = (ps.sum / pt.sum).ln();
+        let nckd = k * weighted_gap(&et, s, t, ps.m, pt.m) / pt.sum + log_ratio;
+        // the joint target-class distribution b* = w·b_t + (1 − w)·sg(b_s)
+        let correct = s[..y].iter().all(|&v| v < s[y]) && s[y + 1..].iter().all(|&v| v <= s[y]);
+        let w = match joint {
+            Joint::Teacher => 1.0,
+            Joint::Max if correct && ps.log_b[0] > pt.log_b[0] => 0.0,
+            Joint::Max => 1.0,
+            Joint::Mix(w) if correct => w,
+            Joint::Mix(_) => 1.0,
+        };
+        let log_joint = if w == 1.0 {
+            pt.log_b
+        } else if w == 0.0 {
+            ps.log_b
+        } else {
+            [0, 1].map(|i| logaddexp(F::of(w.ln()) + pt.log_b[i], F::of((1.0 - w).ln()) + ps.log_b[i]))
+        };
+        let bs = ps.log_b.map(F::exp);
+        let bt = pt.log_b.map(F::exp);
+        let bj = log_joint.map(F::exp);
+        let gap = [0, 1].map(|i| log_joint[i] - ps.log_b[i]);
+        rows[2 * n] = bj[0] * gap[0] + bj[1] * gap[1];
+        rows[2 * n + 1] = nckd;
+        let (a, b) = (F::one() / ps.sum, F::one() / pt.sum);
+        if !student.is_empty() {
+            let (tc, nck) = student.split_at_mut(nc);
+            let tail = k * (bs[1] - bj[1]) * a;
+            for j in 0..c {
+                let (p, q) = (es[j] * a, et[j] * b);
+                tc[n * c + j] = es[j] * tail;
+                nck[n * c + j] = k * (p - q);
+            }
+            tc[n * c + y] = k * (bs[0] - bj[0]);
+            nck[n * c + y] = F::zero();
+        }
+        if !teacher.is_empty() {
+            let (tc, nck) = teacher.split_at_mut(nc);
+            let wf = F::of(w);
+            let u = [0, 1].map(|i| wf * bt[i] * (gap[i] + F::one()));
+            let total = u[0] + u[1];
+            let tail = k * (u[1] - bt[1] * total) * b;
+            let shift = log_ratio - nckd;
+            for j in 0..c {
+                let q = et[j] * b;
+                tc[n * c + j] = et[j] * tail;
+                let log_ratio = k * ((t[j] - pt.m) - (s[j] - ps.m)) + shift;
+                nck[n * c + j] = k * q * log_ratio;
+            }
+            tc[n * c + y] = k * (u[0] - bt[0] * total);
+            nck[n * c + y] = F::zero();
+        }
+    }
+}
+
+/// `out[n, j] = Σᵢ g[n, i] · planes[i, n, j]`: the backward pass of a fused op, from its kept
+/// planes `[m, n, c]` and the incoming gradient `[n, m]`. Written into plane 0 and returned.
+pub fn combine<F: Real>(planes: &mut [F], g: &[F], m: usize, c: usize) {
+    let nc = planes.len() / m;
+    let (first, rest) = planes.split_at_mut(nc);
+    for (n, row) in first.chunks_exact_mut(c).enumerate() {
+        let w = g[n * m];
+        for v in row.iter_mut() {
+            *v = *v * w;
+        }
+        for i in 1..m {
+            let w = g[n * m + i];
+            let other = &rest[(i - 1) * nc + n * c..(i - 1) * nc + (n + 1) * c];
+            for (v, &o) in row.iter_mut().zip(other) {
+                *v = *v + w * o;
+            }
+        }
+    }
+}
+
+/// Whether the CPU runs AVX2 and FMA (checked once).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// `exp` of every element of `x` in place, with the kernels' vectorised `exp` (AVX2 + FMA
+/// when the CPU has them): the floor any fused KD or DKD runs against.
+pub fn exp_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        return unsafe { exp_avx2(x) };
+    }
+    exp_slice(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_avx2(x: &mut [f32]) {
+    exp_slice(x)
+}
+
+#[inline(always)]
+fn exp_slice(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let e = f32::exp8(c.try_into().unwrap());
+        c.copy_from_slice(&e);
+    }
+    for v in chunks.into_remainder() {
+        *v = v.exp();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polynomial_exp_is_accurate() {
+        let mut x: Vec<f32> = (0..8000).map(|i| -90.0 + i as f32 * 0.0223).collect();
+        let want: Vec<f64> = x.iter().map(|&v| (v as f64).exp()).collect();
+        exp_in_place(&mut x);
+        for (got, want) in x.iter().zip(&want) {
+            if *want < 1.2e-38 {
+                assert!(*got == 0.0 || (*got as f64 - want).abs() < 1e-38, "{got} vs {want}");
+            } else {
+                assert!(((*got as f64 - want) / want).abs() < 5e-7, "{got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn kd_rows_match_the_definition() {
+        let (s, t) = ([1.0f64, -2.0, 0.5, 3.0, 0.0], [0.2f64, 0.1, -1.0, 2.0, 1.5]);
+        let softmax = |z: &[f64]| {
+            let e: Vec<f64> = z.iter().map(|v| (v / 2.0).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / sum).collect::<Vec<_>>()
+        };
+        let (ps, pt) = (softmax(&s), softmax(&t));
+        let want: f64 = pt.iter().zip(&ps).map(|(p, q)| p * (p / q).ln()).sum();
+        let (mut rows, mut gs) = ([0.0], [0.0; 5]);
+        kd(&s, &t, 5, 0.5, &mut rows, &mut gs, &mut []);
+        assert!((rows[0] - want).abs() < 1e-14, "{} vs {want}", rows[0]);
+        for j in 0..5 {
+            assert!((gs[j] - 0.5 * (ps[j] - pt[j])).abs() < 1e-15);
+        }
+    }
+}
