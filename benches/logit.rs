@@ -1,50 +1,84 @@
-//! Forward + backward (w.r.t. the student's logits) of the logit objectives (KD, DKD, DCKD,
-//! DIST) on flex, f32, at the shapes of issue 2: [64,100], [256,100], [256,1000], [1024,1000].
+//! Forward + backward (w.r.t. the student's logits, teacher frozen) of the logit objectives on
+//! flex, f32, single-threaded by construction, at [64,100], [256,100], [256,1000], [1024,1000]:
+//! KD, DKD and DCKD fused and composed, KD as a naive scalar single-pass loop, DIST composed.
 //!
 //! `cargo bench --bench logit`; medians go in docs/performance.md.
 
 use std::hint::black_box;
 
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_distill::logit::{DckdConfig, DistConfig};
 use burn_distill::prelude::*;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const SHAPES: [(usize, usize); 4] = [(64, 100), (256, 100), (256, 1000), (1024, 1000)];
 
+/// KD's forward and backward as the obvious single pass per row with the standard library's
+/// `exp`: the baseline issue 8 quotes (~11 ns per element here).
+fn kd_loop(s: &[f32], t: &[f32], c: usize, temp: f32, grad: &mut [f32]) -> f32 {
+    let n = s.len() / c;
+    let mut total = 0.0;
+    for r in 0..n {
+        let (s, t, g) = (&s[r * c..][..c], &t[r * c..][..c], &mut grad[r * c..][..c]);
+        let ms = s.iter().fold(f32::MIN, |m, &v| m.max(v));
+        let mt = t.iter().fold(f32::MIN, |m, &v| m.max(v));
+        let (mut ss, mut st) = (0.0, 0.0);
+        for j in 0..c {
+            ss += ((s[j] - ms) / temp).exp();
+            st += ((t[j] - mt) / temp).exp();
+        }
+        let (ls, lt) = (ss.ln(), st.ln());
+        for j in 0..c {
+            let (lps, lpt) = ((s[j] - ms) / temp - ls, (t[j] - mt) / temp - lt);
+            let (ps, pt) = (lps.exp(), lpt.exp());
+            total += pt * (lpt - lps);
+            g[j] = temp / n as f32 * (ps - pt);
+        }
+    }
+    total * temp * temp / n as f32
+}
+
 fn bench(c: &mut Criterion) {
     let dev = Device::flex().autodiff();
-    let kd = KdConfig::new().init().unwrap();
-    let dkd = DkdConfig::new().with_warmup_epochs(0).init().unwrap();
-    let dckd = DckdConfig::new().with_warmup_epochs(0).init().unwrap();
+    let kd = KdConfig::new();
+    let dkd = DkdConfig::new().with_warmup_epochs(0);
+    let dckd = DckdConfig::new().with_warmup_epochs(0);
     let dist = DistConfig::new().init().unwrap();
-    let objectives: [(&str, &dyn Loss); 4] =
-        [("kd", &kd), ("dkd", &dkd), ("dckd", &dckd), ("dist", &dist)];
-    for (name, loss) in objectives {
-        let mut group = c.benchmark_group(format!("{name}/forward+backward"));
-        for (n, classes) in SHAPES {
-            let s = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
-            let t = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
-            let y = Tensor::<1, Int>::from_data(
-                burn::tensor::TensorData::new(
-                    (0..n as i64).map(|i| i % classes as i64).collect(),
-                    [n],
-                ),
-                &dev,
-            );
-            group.bench_with_input(
-                BenchmarkId::from_parameter(format!("{n}x{classes}")),
-                &(),
-                |b, _| {
-                    b.iter(|| {
-                        let s = s.clone().require_grad();
-                        let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
-                        let grads = loss.forward(&input).unwrap().total.backward();
-                        black_box(s.grad(&grads).unwrap().into_data());
-                    })
-                },
-            );
+    let objectives: Vec<(&str, Box<dyn Loss>)> = vec![
+        ("kd/fused", Box::new(kd.init().unwrap())),
+        ("kd/composed", Box::new(kd.with_fused(false).init().unwrap())),
+        ("dkd/fused", Box::new(dkd.init().unwrap())),
+        ("dkd/composed", Box::new(dkd.with_fused(false).init().unwrap())),
+        ("dckd/fused", Box::new(dckd.init().unwrap())),
+        ("dckd/composed", Box::new(dckd.with_fused(false).init().unwrap())),
+        ("dist/composed", Box::new(dist)),
+    ];
+    for (n, classes) in SHAPES {
+        let mut group = c.benchmark_group(format!("forward+backward {n}x{classes}"));
+        let s = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
+        let t = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
+        let y = Tensor::<1, Int>::from_data(
+            TensorData::new((0..n as i64).map(|i| i % classes as i64).collect(), [n]),
+            &dev,
+        );
+        for (name, loss) in &objectives {
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    let s = s.clone().require_grad();
+                    let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
+                    let grads = loss.forward(&input).unwrap().total.backward();
+                    black_box(s.grad(&grads).unwrap());
+                })
+            });
         }
+        let (sv, tv) = (
+            s.clone().into_data().to_vec::<f32>().unwrap(),
+            t.clone().into_data().to_vec::<f32>().unwrap(),
+        );
+        let mut g = vec![0.0; n * classes];
+        group.bench_function(BenchmarkId::from_parameter("kd/loop"), |b| {
+            b.iter(|| black_box(kd_loop(&sv, &tv, classes, 4.0, &mut g)))
+        });
         group.finish();
     }
 }

@@ -102,13 +102,20 @@ impl Feature {
         }
     }
 
-    /// The same representation cut from the autodiff graph.
+    /// The same representation cut from the autodiff graph (and not requiring a gradient).
     pub fn detach(self) -> Self {
         match self {
-            Feature::Map(t) => Feature::Map(t.detach()),
-            Feature::Embedding(t) => Feature::Embedding(t.detach()),
+            Feature::Map(t) => Feature::Map(frozen(t)),
+            Feature::Embedding(t) => Feature::Embedding(frozen(t)),
         }
     }
+}
+
+/// `t` cut from the autodiff graph as a constant. burn's `detach` keeps a tensor's
+/// `require_grad`, so a detached teacher output would still be a tracked leaf: every objective
+/// would compute (and the fused kernels keep memory for) a teacher gradient nobody reads.
+fn frozen<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    t.detach().set_require_grad(false)
 }
 
 /// What one forward pass of a network exposes to the objectives: its logits and any named
@@ -514,7 +521,7 @@ impl DistillInput {
                 what: "teacher logits".into(),
             })?;
         check_pair(&s, t)?;
-        Ok((s, upcast(self.teacher(t, Tensor::detach))))
+        Ok((s, upcast(self.teacher(t, frozen))))
     }
 
     /// The student's logits after checking that they are `[N, C]` with `N > 0`.
