@@ -122,6 +122,38 @@ fn exp_shifted<F: Real>(src: &[F], shift: F, scale: F, dst: &mut [F]) -> F {
     sum
 }
 
+/// [`exp_shifted`] of the teacher's row `t` into `dst`, returning `(Σ dst[j], Σ dst[j] ·
+/// ((t[j] − mt) − (s[j] − ms)))`: the teacher-weighted logit gap in the same pass, shifted by
+/// each row's maximum so that it stays accurate for logits of any magnitude.
+#[inline(always)]
+fn exp_and_gap<F: Real>(t: &[F], mt: F, k: F, s: &[F], ms: F, dst: &mut [F]) -> (F, F) {
+    let (mut acc, mut gap) = ([F::zero(); 8], [F::zero(); 8]);
+    let chunks = t.len() / 8;
+    for c in 0..chunks {
+        let r = c * 8..c * 8 + 8;
+        let (tc, sc) = (&t[r.clone()], &s[r.clone()]);
+        let mut x = [F::zero(); 8];
+        for i in 0..8 {
+            x[i] = (tc[i] - mt) * k;
+        }
+        let e = F::exp8(x);
+        dst[r].copy_from_slice(&e);
+        for i in 0..8 {
+            acc[i] = acc[i] + e[i];
+            gap[i] = gap[i] + e[i] * ((tc[i] - mt) - (sc[i] - ms));
+        }
+    }
+    let fold = |a: [F; 8]| a.iter().fold(F::zero(), |x, &y| x + y);
+    let (mut sum, mut g) = (fold(acc), fold(gap));
+    for j in chunks * 8..t.len() {
+        let e = ((t[j] - mt) * k).exp();
+        dst[j] = e;
+        sum = sum + e;
+        g = g + e * ((t[j] - mt) - (s[j] - ms));
+    }
+    (sum, g)
+}
+
 /// The largest entry (−∞ for an empty slice).
 #[inline(always)]
 fn max<F: Real>(x: &[F]) -> F {
@@ -135,25 +167,6 @@ fn max<F: Real>(x: &[F]) -> F {
     acc.iter()
         .chain(tail)
         .fold(F::neg_infinity(), |m, &v| if v > m { v } else { m })
-}
-
-/// `Σ e[j] · ((t[j] − mt) − (s[j] − ms))`: the teacher-weighted logit gap, shifted by each row's
-/// maximum so that it stays accurate for logits of any magnitude.
-#[inline(always)]
-fn weighted_gap<F: Real>(e: &[F], s: &[F], t: &[F], ms: F, mt: F) -> F {
-    let mut acc = [F::zero(); 8];
-    let n = e.len() / 8 * 8;
-    for j0 in (0..n).step_by(8) {
-        for i in 0..8 {
-            let j = j0 + i;
-            acc[i] = acc[i] + e[j] * ((t[j] - mt) - (s[j] - ms));
-        }
-    }
-    let mut sum = acc.iter().fold(F::zero(), |a, &b| a + b);
-    for j in n..e.len() {
-        sum = sum + e[j] * ((t[j] - mt) - (s[j] - ms));
-    }
-    sum
 }
 
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))` of `[n, c]` row-major logits into `rows`, and
@@ -208,10 +221,10 @@ fn kd_rows<F: Real>(
         let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
         let (ms, mt) = (max(s), max(t));
         let ss = exp_shifted(s, ms, k, &mut es);
-        let st = exp_shifted(t, mt, k, &mut et);
+        let (st, gap) = exp_and_gap(t, mt, k, s, ms, &mut et);
         // KL = Σ p_t (z_t − z_s) − lse_t + lse_s, with the maxima cancelled analytically
         let log_ratio = (ss / st).ln();
-        let kl = k * weighted_gap(&et, s, t, ms, mt) / st + log_ratio;
+        let kl = k * gap / st + log_ratio;
         *row = kl;
         let (a, b) = (F::one() / ss, F::one() / st);
         if !student.is_empty() {
@@ -242,10 +255,26 @@ struct Split<F> {
 }
 
 impl<F: Real> Split<F> {
+    /// The student's split.
     #[inline(always)]
     fn new(x: &[F], y: usize, k: F, e: &mut [F]) -> Self {
         let m = max(&x[..y]).max(max(&x[y + 1..]));
         let sum = exp_shifted(&x[..y], m, k, &mut e[..y]) + exp_shifted(&x[y + 1..], m, k, &mut e[y + 1..]);
+        Self::finish(x, y, k, e, m, sum)
+    }
+
+    /// The teacher's split, and its logit gap over the non-target classes against the
+    /// student's row `s` (maximum `ms`), as in [`exp_and_gap`].
+    #[inline(always)]
+    fn with_gap(x: &[F], y: usize, k: F, e: &mut [F], s: &[F], ms: F) -> (Self, F) {
+        let m = max(&x[..y]).max(max(&x[y + 1..]));
+        let (lo, glo) = exp_and_gap(&x[..y], m, k, &s[..y], ms, &mut e[..y]);
+        let (hi, ghi) = exp_and_gap(&x[y + 1..], m, k, &s[y + 1..], ms, &mut e[y + 1..]);
+        (Self::finish(x, y, k, e, m, lo + hi), glo + ghi)
+    }
+
+    #[inline(always)]
+    fn finish(x: &[F], y: usize, k: F, e: &mut [F], m: F, sum: F) -> Self {
         e[y] = F::zero();
         // a = z_y, b = log Σ_{j≠y} exp z_j
         let (a, b) = (x[y] * k, m * k + sum.ln());
@@ -329,10 +358,10 @@ fn dkd_rows<F: Real>(
         let r = n * c..(n + 1) * c;
         let (s, t) = (&s[r.clone()], &t[r.clone()]);
         let ps = Split::new(s, y, k, &mut es);
-        let pt = Split::new(t, y, k, &mut et);
+        let (pt, gap) = Split::with_gap(t, y, k, &mut et, s, ps.m);
         // NCKD = KL(p̂_t ‖ p̂_s) over the non-target classes (the target's e is 0)
         let log_ratio = (ps.sum / pt.sum).ln();
-        let nckd = k * weighted_gap(&et, s, t, ps.m, pt.m) / pt.sum + log_ratio;
+        let nckd = k * gap / pt.sum + log_ratio;
         // the joint target-class distribution b* = w·b_t + (1 − w)·sg(b_s)
         let correct = s[..y].iter().all(|&v| v < s[y]) && s[y + 1..].iter().all(|&v| v <= s[y]);
         let w = match joint {
