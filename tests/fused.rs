@@ -178,6 +178,28 @@ fn frozen_teacher_and_inference() {
     }
 }
 
+/// A non-finite logit makes its row's loss and gradients NaN, as the composed ops do; the
+/// other rows are untouched.
+#[test]
+fn non_finite_rows_give_nan() {
+    let dev = device();
+    let y = Tensor::<1, Int>::from_ints([0, 1], &dev);
+    for bad in [f64::NAN, f64::INFINITY] {
+        let s = Tensor::<2>::from_floats([[1.0, bad, 0.5], [0.0, -1.0, 3.0]], &dev).require_grad();
+        let t = Tensor::<2>::from_floats([[0.5, 2.5, 0.0], [1.0, -2.0, 2.0]], &dev);
+        for loss in [
+            Box::new(KdConfig::new().with_reduction(burn_distill::Reduction::None).init().unwrap()) as Box<dyn Loss>,
+            Box::new(DkdConfig::new().with_warmup_epochs(0).init().unwrap()),
+        ] {
+            let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
+            let out = loss.forward(&input).unwrap();
+            assert!(values(out.total.clone()).iter().any(|v| v.is_nan()), "{bad}: the loss");
+            let g = values(s.grad(&out.total.sum().backward()).unwrap());
+            assert!(g[..3].iter().all(|v| v.is_nan()), "{bad}: {g:?}");
+        }
+    }
+}
+
 /// The devices the fused kernels serve.
 #[test]
 fn supported_devices() {

@@ -12,7 +12,7 @@ use super::Joint;
 pub trait Real: Float + Copy + Send + Sync + core::fmt::Debug + 'static {
     /// `exp` of 8 lanes; exactly 0 below the smallest normal result (`x < −87.3`), saturating
     /// at `exp(88)` above (the kernels only take `x ≤ 0`).
-    fn exp8(x: [Self; 8]) -> [Self; 8];
+    fn exp8<const FMA: bool>(x: [Self; 8]) -> [Self; 8];
     /// Converts from `f64`.
     fn of(x: f64) -> Self;
     /// The contiguous buffer of a flex tensor of this type.
@@ -43,28 +43,34 @@ macro_rules! flex_access {
 
 impl Real for f32 {
     #[inline(always)]
-    fn exp8(x: [f32; 8]) -> [f32; 8] {
+    fn exp8<const FMA: bool>(x: [f32; 8]) -> [f32; 8] {
         // x = n·ln2 + r, |r| ≤ ln2/2; exp(r) by a degree-6 polynomial; 2ⁿ through the exponent
         // bits. n is rounded with the 1.5·2²³ float-add trick, so baseline SSE2 vectorises it.
         const LOG2E: f32 = std::f32::consts::LOG2_E;
         const LN2_HI: f32 = 0.693_359_4;
         const LN2_LO: f32 = -2.121_944_4e-4;
         const MAGIC: f32 = 12_582_912.0;
+        const P: [f32; 7] = [
+            0.001_388_889,
+            0.008_333_334,
+            0.041_666_668,
+            0.166_666_67,
+            0.5,
+            1.0,
+            1.0,
+        ];
+        let mad = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
         let mut out = [0.0; 8];
         for i in 0..8 {
             let v = x[i].max(-87.3).min(88.0);
-            let t = v * LOG2E + MAGIC;
+            let t = mad(v, LOG2E, MAGIC);
             let n = t - MAGIC;
-            let r = v - n * LN2_HI - n * LN2_LO;
-            let p = 1.0
-                + r * (1.0
-                    + r * (0.5
-                        + r * (0.166_666_67
-                            + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+            let r = mad(n, -LN2_LO, mad(n, -LN2_HI, v));
+            let p = P[1..].iter().fold(P[0], |p, &c| mad(p, r, c));
             let bits = t.to_bits().wrapping_sub(MAGIC.to_bits());
             let e = p * f32::from_bits(bits.wrapping_add(127) << 23);
-            // 0 below the range; NaN stays NaN
-            out[i] = if x[i] >= -87.3 { e } else if x[i] < -87.3 { 0.0 } else { x[i] };
+            // exactly 0 below the range (a NaN row is caught by the kernels' max pass)
+            out[i] = if x[i] >= -87.3 { e } else { 0.0 };
         }
         out
     }
@@ -79,7 +85,7 @@ impl Real for f32 {
 
 impl Real for f64 {
     #[inline(always)]
-    fn exp8(x: [f64; 8]) -> [f64; 8] {
+    fn exp8<const FMA: bool>(x: [f64; 8]) -> [f64; 8] {
         x.map(f64::exp)
     }
 
@@ -93,7 +99,7 @@ impl Real for f64 {
 
 /// `dst[j] = exp(scale · (src[j] − shift))`, returning `Σ dst[j]`.
 #[inline(always)]
-fn exp_shifted<F: Real>(src: &[F], shift: F, scale: F, dst: &mut [F]) -> F {
+fn exp_shifted<F: Real, const FMA: bool>(src: &[F], shift: F, scale: F, dst: &mut [F]) -> F {
     let mut acc = [F::zero(); 8];
     let (chunks, tail) = (src.len() / 8, src.len() % 8);
     for (s, d) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
@@ -101,7 +107,7 @@ fn exp_shifted<F: Real>(src: &[F], shift: F, scale: F, dst: &mut [F]) -> F {
         for i in 0..8 {
             x[i] = (s[i] - shift) * scale;
         }
-        let e = F::exp8(x);
+        let e = F::exp8::<FMA>(x);
         d.copy_from_slice(&e);
         for i in 0..8 {
             acc[i] = acc[i] + e[i];
@@ -113,7 +119,7 @@ fn exp_shifted<F: Real>(src: &[F], shift: F, scale: F, dst: &mut [F]) -> F {
         for i in 0..tail {
             x[i] = (src[chunks * 8 + i] - shift) * scale;
         }
-        let e = F::exp8(x);
+        let e = F::exp8::<FMA>(x);
         for i in 0..tail {
             dst[chunks * 8 + i] = e[i];
             sum = sum + e[i];
@@ -122,51 +128,43 @@ fn exp_shifted<F: Real>(src: &[F], shift: F, scale: F, dst: &mut [F]) -> F {
     sum
 }
 
-/// [`exp_shifted`] of the teacher's row `t` into `dst`, returning `(Σ dst[j], Σ dst[j] ·
-/// ((t[j] − mt) − (s[j] − ms)))`: the teacher-weighted logit gap in the same pass, shifted by
-/// each row's maximum so that it stays accurate for logits of any magnitude.
-#[inline(always)]
-fn exp_and_gap<F: Real>(t: &[F], mt: F, k: F, s: &[F], ms: F, dst: &mut [F]) -> (F, F) {
-    let (mut acc, mut gap) = ([F::zero(); 8], [F::zero(); 8]);
-    let chunks = t.len() / 8;
-    for c in 0..chunks {
-        let r = c * 8..c * 8 + 8;
-        let (tc, sc) = (&t[r.clone()], &s[r.clone()]);
-        let mut x = [F::zero(); 8];
-        for i in 0..8 {
-            x[i] = (tc[i] - mt) * k;
-        }
-        let e = F::exp8(x);
-        dst[r].copy_from_slice(&e);
-        for i in 0..8 {
-            acc[i] = acc[i] + e[i];
-            gap[i] = gap[i] + e[i] * ((tc[i] - mt) - (sc[i] - ms));
-        }
-    }
-    let fold = |a: [F; 8]| a.iter().fold(F::zero(), |x, &y| x + y);
-    let (mut sum, mut g) = (fold(acc), fold(gap));
-    for j in chunks * 8..t.len() {
-        let e = ((t[j] - mt) * k).exp();
-        dst[j] = e;
-        sum = sum + e;
-        g = g + e * ((t[j] - mt) - (s[j] - ms));
-    }
-    (sum, g)
-}
-
-/// The largest entry (−∞ for an empty slice).
+/// The largest entry (−∞ for an empty slice), or NaN when an entry is not finite: the
+/// kernels then give the row NaN, as the composed ops would.
 #[inline(always)]
 fn max<F: Real>(x: &[F]) -> F {
-    let mut acc = [F::neg_infinity(); 8];
+    let (mut acc, mut bad) = ([F::neg_infinity(); 8], [F::zero(); 8]);
     for c in x.chunks_exact(8) {
         for i in 0..8 {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+            // v − v is 0, or NaN for ±∞ and NaN
+            bad[i] = bad[i] + (c[i] - c[i]);
         }
     }
     let tail = &x[x.len() / 8 * 8..];
-    acc.iter()
+    let m = acc
+        .iter()
         .chain(tail)
-        .fold(F::neg_infinity(), |m, &v| if v > m { v } else { m })
+        .fold(F::neg_infinity(), |m, &v| if v > m { v } else { m });
+    let b = bad.iter().chain(tail).fold(F::zero(), |b, &v| b + (v - v));
+    if b == F::zero() { m } else { F::nan() }
+}
+
+/// `Σ e[j] · ((t[j] − mt) − (s[j] − ms))`: the teacher-weighted logit gap, shifted by each row's
+/// maximum so that it stays accurate for logits of any magnitude.
+#[inline(always)]
+fn weighted_gap<F: Real>(e: &[F], s: &[F], t: &[F], ms: F, mt: F) -> F {
+    let mut acc = [F::zero(); 8];
+    let chunks = e.len() / 8 * 8;
+    for ((ec, sc), tc) in e.chunks_exact(8).zip(s.chunks_exact(8)).zip(t.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] = acc[i] + ec[i] * ((tc[i] - mt) - (sc[i] - ms));
+        }
+    }
+    let mut sum = acc.iter().fold(F::zero(), |a, &b| a + b);
+    for j in chunks..e.len() {
+        sum = sum + e[j] * ((t[j] - mt) - (s[j] - ms));
+    }
+    sum
 }
 
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))` of `[n, c]` row-major logits into `rows`, and
@@ -187,7 +185,7 @@ pub fn kd<F: Real>(
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
         return unsafe { kd_avx2(s, t, c, inv_t, rows, student, teacher) };
     }
-    kd_rows(s, t, c, inv_t, rows, student, teacher)
+    kd_rows::<F, false>(s, t, c, inv_t, rows, student, teacher)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -201,11 +199,11 @@ unsafe fn kd_avx2<F: Real>(
     student: &mut [F],
     teacher: &mut [F],
 ) {
-    kd_rows(s, t, c, inv_t, rows, student, teacher)
+    kd_rows::<F, true>(s, t, c, inv_t, rows, student, teacher)
 }
 
 #[inline(always)]
-fn kd_rows<F: Real>(
+fn kd_rows<F: Real, const FMA: bool>(
     s: &[F],
     t: &[F],
     c: usize,
@@ -217,14 +215,20 @@ fn kd_rows<F: Real>(
     let k = F::of(inv_t);
     let mut es = vec![F::zero(); c];
     let mut et = vec![F::zero(); c];
+    let nrows = rows.len();
     for (n, row) in rows.iter_mut().enumerate() {
         let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
         let (ms, mt) = (max(s), max(t));
-        let ss = exp_shifted(s, ms, k, &mut es);
-        let (st, gap) = exp_and_gap(t, mt, k, s, ms, &mut et);
+        if ms.is_nan() || mt.is_nan() {
+            *row = F::nan();
+            nan_planes(n, c, nrows, student, teacher);
+            continue;
+        }
+        let ss = exp_shifted::<F, FMA>(s, ms, k, &mut es);
+        let st = exp_shifted::<F, FMA>(t, mt, k, &mut et);
         // KL = Σ p_t (z_t − z_s) − lse_t + lse_s, with the maxima cancelled analytically
         let log_ratio = (ss / st).ln();
-        let kl = k * gap / st + log_ratio;
+        let kl = k * weighted_gap(&et, s, t, ms, mt) / st + log_ratio;
         *row = kl;
         let (a, b) = (F::one() / ss, F::one() / st);
         if !student.is_empty() {
@@ -242,6 +246,15 @@ fn kd_rows<F: Real>(
     }
 }
 
+/// Row `n` of a non-finite input gets NaN gradients in every plane (`[_, nrows, c]`).
+fn nan_planes<F: Real>(n: usize, c: usize, nrows: usize, student: &mut [F], teacher: &mut [F]) {
+    for planes in [student, teacher] {
+        for plane in planes.chunks_exact_mut(nrows * c) {
+            plane[n * c..(n + 1) * c].fill(F::nan());
+        }
+    }
+}
+
 /// One row's decomposition around its target `y`, at inverse temperature `k`: the exponentials
 /// of the non-target logits (relative to their maximum; the target's slot left at 0) and the
 /// log-space quantities of DKD's split.
@@ -255,26 +268,13 @@ struct Split<F> {
 }
 
 impl<F: Real> Split<F> {
-    /// The student's split.
+    /// The split of row `x` around `y` (see [`Split`]).
     #[inline(always)]
-    fn new(x: &[F], y: usize, k: F, e: &mut [F]) -> Self {
-        let m = max(&x[..y]).max(max(&x[y + 1..]));
-        let sum = exp_shifted(&x[..y], m, k, &mut e[..y]) + exp_shifted(&x[y + 1..], m, k, &mut e[y + 1..]);
-        Self::finish(x, y, k, e, m, sum)
-    }
-
-    /// The teacher's split, and its logit gap over the non-target classes against the
-    /// student's row `s` (maximum `ms`), as in [`exp_and_gap`].
-    #[inline(always)]
-    fn with_gap(x: &[F], y: usize, k: F, e: &mut [F], s: &[F], ms: F) -> (Self, F) {
-        let m = max(&x[..y]).max(max(&x[y + 1..]));
-        let (lo, glo) = exp_and_gap(&x[..y], m, k, &s[..y], ms, &mut e[..y]);
-        let (hi, ghi) = exp_and_gap(&x[y + 1..], m, k, &s[y + 1..], ms, &mut e[y + 1..]);
-        (Self::finish(x, y, k, e, m, lo + hi), glo + ghi)
-    }
-
-    #[inline(always)]
-    fn finish(x: &[F], y: usize, k: F, e: &mut [F], m: F, sum: F) -> Self {
+    fn new<const FMA: bool>(x: &[F], y: usize, k: F, e: &mut [F]) -> Self {
+        let (lo, hi) = (max(&x[..y]), max(&x[y + 1..]));
+        // NaN from either side stays NaN (`max` would drop it)
+        let m = if lo.is_nan() || hi.is_nan() { F::nan() } else { lo.max(hi) };
+        let sum = exp_shifted::<F, FMA>(&x[..y], m, k, &mut e[..y]) + exp_shifted::<F, FMA>(&x[y + 1..], m, k, &mut e[y + 1..]);
         e[y] = F::zero();
         // a = z_y, b = log Σ_{j≠y} exp z_j
         let (a, b) = (x[y] * k, m * k + sum.ln());
@@ -317,7 +317,7 @@ pub fn dkd<F: Real>(
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
         return unsafe { dkd_avx2(s, t, targets, c, inv_t, joint, rows, student, teacher) };
     }
-    dkd_rows(s, t, targets, c, inv_t, joint, rows, student, teacher)
+    dkd_rows::<F, false>(s, t, targets, c, inv_t, joint, rows, student, teacher)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -334,12 +334,12 @@ unsafe fn dkd_avx2<F: Real>(
     student: &mut [F],
     teacher: &mut [F],
 ) {
-    dkd_rows(s, t, targets, c, inv_t, joint, rows, student, teacher)
+    dkd_rows::<F, true>(s, t, targets, c, inv_t, joint, rows, student, teacher)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dkd_rows<F: Real>(
+fn dkd_rows<F: Real, const FMA: bool>(
     s: &[F],
     t: &[F],
     targets: &[usize],
@@ -357,11 +357,16 @@ fn dkd_rows<F: Real>(
     for (n, &y) in targets.iter().enumerate() {
         let r = n * c..(n + 1) * c;
         let (s, t) = (&s[r.clone()], &t[r.clone()]);
-        let ps = Split::new(s, y, k, &mut es);
-        let (pt, gap) = Split::with_gap(t, y, k, &mut et, s, ps.m);
+        let ps = Split::new::<FMA>(s, y, k, &mut es);
+        let pt = Split::new::<FMA>(t, y, k, &mut et);
+        if ps.m.is_nan() || pt.m.is_nan() || !(s[y] + t[y]).is_finite() {
+            rows[2 * n..2 * n + 2].fill(F::nan());
+            nan_planes(n, c, targets.len(), student, teacher);
+            continue;
+        }
         // NCKD = KL(p̂_t ‖ p̂_s) over the non-target classes (the target's e is 0)
         let log_ratio = (ps.sum / pt.sum).ln();
-        let nckd = k * gap / pt.sum + log_ratio;
+        let nckd = k * weighted_gap(&et, s, t, ps.m, pt.m) / pt.sum + log_ratio;
         // the joint target-class distribution b* = w·b_t + (1 − w)·sg(b_s)
         let correct = s[..y].iter().all(|&v| v < s[y]) && s[y + 1..].iter().all(|&v| v <= s[y]);
         let w = match joint {
@@ -451,20 +456,20 @@ pub fn exp_in_place(x: &mut [f32]) {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
         return unsafe { exp_avx2(x) };
     }
-    exp_slice(x)
+    exp_slice::<false>(x)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_avx2(x: &mut [f32]) {
-    exp_slice(x)
+    exp_slice::<true>(x)
 }
 
 #[inline(always)]
-fn exp_slice(x: &mut [f32]) {
+fn exp_slice<const FMA: bool>(x: &mut [f32]) {
     let mut chunks = x.chunks_exact_mut(8);
     for c in &mut chunks {
-        let e = f32::exp8(c.try_into().unwrap());
+        let e = f32::exp8::<FMA>(c.try_into().unwrap());
         c.copy_from_slice(&e);
     }
     for v in chunks.into_remainder() {
@@ -480,8 +485,10 @@ mod tests {
     fn polynomial_exp_is_accurate() {
         let mut x: Vec<f32> = (0..8000).map(|i| -90.0 + i as f32 * 0.0222).collect();
         let want: Vec<f64> = x.iter().map(|&v| (v as f64).exp()).collect();
-        exp_in_place(&mut x);
-        for (got, want) in x.iter().zip(&want) {
+        let mut plain = x.clone();
+        exp_slice::<false>(&mut plain); // without FMA
+        exp_in_place(&mut x); // with FMA where the CPU has it
+        for (got, want) in x.iter().chain(&plain).zip(want.iter().cycle()) {
             if *want < 1.5e-38 {
                 // flushed to 0 below exp(−87.3), the edge of f32's normal range
                 assert!((*got as f64 - want).abs() < 1.5e-38, "{got} vs {want}");
