@@ -61,6 +61,12 @@ impl LossOutput {
         }
     }
 
+    /// An output whose `total` is computed apart from its named `terms`, which must add up to
+    /// it (a fused kernel returns both; differentiating the total alone is then cheaper).
+    pub fn new(total: Tensor<1>, terms: Vec<(String, Tensor<1>)>) -> Self {
+        Self { total, terms }
+    }
+
     /// An output that is the sum of the named `terms` (at least one).
     pub fn from_terms(terms: Vec<(String, Tensor<1>)>) -> Self {
         let total = terms

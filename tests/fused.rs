@@ -123,6 +123,37 @@ proptest! {
     }
 }
 
+/// Gradients of each DKD/DCKD term on its own (a fused total keeps one plane; its terms take
+/// their gradient from a recomputation), against the composed version in f64.
+#[test]
+fn dkd_terms_differentiate_like_composed() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
+    runner
+        .run(&(batch(), 0usize..2, 0usize..3), |(b, term, joint)| {
+            let joint = [JointTarget::Teacher, JointTarget::Max, JointTarget::Mix][joint];
+            let cfg = DckdConfig::new().with_temperature(b.temp).with_joint(joint).with_warmup_epochs(0);
+            let (f, c) = (cfg.init().unwrap(), cfg.clone().with_fused(false).init().unwrap());
+            let name = ["dckd/tckd", "dckd/nckd"][term];
+            let grads = |loss: &dyn Loss| {
+                let dev = device();
+                let leaf = |v: &[f64]| {
+                    Tensor::<2>::from_data(TensorData::new(v.to_vec(), [b.n, b.c]), (&dev, DType::F64)).require_grad()
+                };
+                let (s, t) = (leaf(&b.s), leaf(&b.t));
+                let y = Tensor::<1, Int>::from_data(TensorData::new(b.y.clone(), [b.n]), &dev);
+                let out = loss.forward(&DistillInput::new(s.clone(), t.clone()).targets(y).attach_teacher()).unwrap();
+                let g = out.term(name).unwrap().clone().backward();
+                [values(s.grad(&g).unwrap()), values(t.grad(&g).unwrap())]
+            };
+            let ([fs, ft], [cs, ct]) = (grads(&f), grads(&c));
+            let abs = 1e-12 * 64.0 * b.temp * b.temp;
+            close("student", &fs, &cs, 1e-9, abs).map_err(TestCaseError::fail)?;
+            close("teacher", &ft, &ct, 1e-9, abs).map_err(TestCaseError::fail)?;
+            Ok(())
+        })
+        .unwrap();
+}
+
 /// Students that are right (so DCKD's joint rules act), with ties and huge logits.
 #[test]
 fn dckd_fused_equals_composed_on_correct_students_and_ties() {

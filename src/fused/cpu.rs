@@ -215,13 +215,12 @@ fn kd_rows<F: Real, const FMA: bool>(
     let k = F::of(inv_t);
     let mut es = vec![F::zero(); c];
     let mut et = vec![F::zero(); c];
-    let nrows = rows.len();
     for (n, row) in rows.iter_mut().enumerate() {
         let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
         let (ms, mt) = (max(s), max(t));
         if ms.is_nan() || mt.is_nan() {
             *row = F::nan();
-            nan_planes(n, c, nrows, student, teacher);
+            nan_planes(n, c, student, teacher);
             continue;
         }
         let ss = exp_shifted::<F, FMA>(s, ms, k, &mut es);
@@ -246,10 +245,10 @@ fn kd_rows<F: Real, const FMA: bool>(
     }
 }
 
-/// Row `n` of a non-finite input gets NaN gradients in every plane (`[_, nrows, c]`).
-fn nan_planes<F: Real>(n: usize, c: usize, nrows: usize, student: &mut [F], teacher: &mut [F]) {
-    for planes in [student, teacher] {
-        for plane in planes.chunks_exact_mut(nrows * c) {
+/// Row `n` of a non-finite input gets NaN gradients in both planes (`[n, c]` or empty).
+fn nan_planes<F: Real>(n: usize, c: usize, student: &mut [F], teacher: &mut [F]) {
+    for plane in [student, teacher] {
+        if !plane.is_empty() {
             plane[n * c..(n + 1) * c].fill(F::nan());
         }
     }
@@ -297,17 +296,26 @@ fn logaddexp<F: Real>(a: F, b: F) -> F {
     hi + (-(a - b).abs()).exp().ln_1p()
 }
 
-/// Per-sample `(TCKD, NCKD)` of DKD (or DCKD, through `joint`) into `rows` (`[n, 2]`), and the
-/// gradient planes w.r.t. the raw logits: `[2, n, c]` each for the student and the teacher
-/// (target part, then non-target part), empty when not kept. `targets` must be in range.
-#[allow(clippy::too_many_arguments)]
+/// What a decoupled kernel needs besides the logits.
+pub struct Parts<'a, F> {
+    /// Each row's target class (in range).
+    pub targets: &'a [usize],
+    /// The joint target-class rule.
+    pub joint: Joint,
+    /// The weights `(w_tc, w_nc)` of the two parts in the gradient planes: one pair for every
+    /// row (length 2) or a pair per row (length `2n`, an incoming gradient).
+    pub weights: &'a [F],
+}
+
+/// Per-sample `(TCKD, NCKD)` of DKD (or DCKD, through the joint rule) into `rows` (`[n, 2]`),
+/// and the gradient of `w_tc·TCKD + w_nc·NCKD` w.r.t. the raw logits into `student` and
+/// `teacher` (`[n, c]` each; empty when not wanted).
 pub fn dkd<F: Real>(
     s: &[F],
     t: &[F],
-    targets: &[usize],
     c: usize,
     inv_t: f64,
-    joint: Joint,
+    parts: &Parts<F>,
     rows: &mut [F],
     student: &mut [F],
     teacher: &mut [F],
@@ -315,9 +323,9 @@ pub fn dkd<F: Real>(
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { dkd_avx2(s, t, targets, c, inv_t, joint, rows, student, teacher) };
+        return unsafe { dkd_avx2(s, t, c, inv_t, parts, rows, student, teacher) };
     }
-    dkd_rows::<F, false>(s, t, targets, c, inv_t, joint, rows, student, teacher)
+    dkd_rows::<F, false>(s, t, c, inv_t, parts, rows, student, teacher)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -326,15 +334,14 @@ pub fn dkd<F: Real>(
 unsafe fn dkd_avx2<F: Real>(
     s: &[F],
     t: &[F],
-    targets: &[usize],
     c: usize,
     inv_t: f64,
-    joint: Joint,
+    parts: &Parts<F>,
     rows: &mut [F],
     student: &mut [F],
     teacher: &mut [F],
 ) {
-    dkd_rows::<F, true>(s, t, targets, c, inv_t, joint, rows, student, teacher)
+    dkd_rows::<F, true>(s, t, c, inv_t, parts, rows, student, teacher)
 }
 
 #[inline(always)]
@@ -342,26 +349,24 @@ unsafe fn dkd_avx2<F: Real>(
 fn dkd_rows<F: Real, const FMA: bool>(
     s: &[F],
     t: &[F],
-    targets: &[usize],
     c: usize,
     inv_t: f64,
-    joint: Joint,
+    parts: &Parts<F>,
     rows: &mut [F],
     student: &mut [F],
     teacher: &mut [F],
 ) {
     let k = F::of(inv_t);
-    let nc = targets.len() * c;
     let mut es = vec![F::zero(); c];
     let mut et = vec![F::zero(); c];
-    for (n, &y) in targets.iter().enumerate() {
+    for (n, &y) in parts.targets.iter().enumerate() {
         let r = n * c..(n + 1) * c;
         let (s, t) = (&s[r.clone()], &t[r.clone()]);
         let ps = Split::new::<FMA>(s, y, k, &mut es);
         let pt = Split::new::<FMA>(t, y, k, &mut et);
         if ps.m.is_nan() || pt.m.is_nan() || !(s[y] + t[y]).is_finite() {
             rows[2 * n..2 * n + 2].fill(F::nan());
-            nan_planes(n, c, targets.len(), student, teacher);
+            nan_planes(n, c, student, teacher);
             continue;
         }
         // NCKD = KL(p̂_t ‖ p̂_s) over the non-target classes (the target's e is 0)
@@ -369,7 +374,7 @@ fn dkd_rows<F: Real, const FMA: bool>(
         let nckd = k * weighted_gap(&et, s, t, ps.m, pt.m) / pt.sum + log_ratio;
         // the joint target-class distribution b* = w·b_t + (1 − w)·sg(b_s)
         let correct = s[..y].iter().all(|&v| v < s[y]) && s[y + 1..].iter().all(|&v| v <= s[y]);
-        let w = match joint {
+        let w = match parts.joint {
             Joint::Teacher => 1.0,
             Joint::Max if correct && ps.log_b[0] > pt.log_b[0] => 0.0,
             Joint::Max => 1.0,
@@ -390,52 +395,41 @@ fn dkd_rows<F: Real, const FMA: bool>(
         rows[2 * n] = bj[0] * gap[0] + bj[1] * gap[1];
         rows[2 * n + 1] = nckd;
         let (a, b) = (F::one() / ps.sum, F::one() / pt.sum);
+        let [wt, wn] = match parts.weights.len() {
+            2 => [parts.weights[0], parts.weights[1]],
+            _ => [parts.weights[2 * n], parts.weights[2 * n + 1]],
+        };
+        let g = n * c..(n + 1) * c;
         if !student.is_empty() {
-            let (tc, nck) = student.split_at_mut(nc);
-            let tail = k * (bs[1] - bj[1]) * a;
-            for j in 0..c {
-                let (p, q) = (es[j] * a, et[j] * b);
-                tc[n * c + j] = es[j] * tail;
-                nck[n * c + j] = k * (p - q);
+            // TCKD: p̂ₛⱼ (bₛ₁ − b*₁)/T off the target; NCKD: (p̂ₛⱼ − p̂ₜⱼ)/T
+            let (fs, ft) = (wt * k * (bs[1] - bj[1]) * a + wn * k * a, wn * k * b);
+            for ((g, &e), &f) in student[g.clone()].iter_mut().zip(&es).zip(&et) {
+                *g = e * fs - f * ft;
             }
-            tc[n * c + y] = k * (bs[0] - bj[0]);
-            nck[n * c + y] = F::zero();
+            student[n * c + y] = wt * k * (bs[0] - bj[0]);
         }
         if !teacher.is_empty() {
-            let (tc, nck) = teacher.split_at_mut(nc);
+            // TCKD through b_t: u_i = w·b_t,i·(log b*_i − log b_s,i + 1)
             let wf = F::of(w);
             let u = [0, 1].map(|i| wf * bt[i] * (gap[i] + F::one()));
             let total = u[0] + u[1];
-            let tail = k * (u[1] - bt[1] * total) * b;
-            let shift = log_ratio - nckd;
-            for j in 0..c {
-                let q = et[j] * b;
-                tc[n * c + j] = et[j] * tail;
-                let log_ratio = k * ((t[j] - pt.m) - (s[j] - ps.m)) + shift;
-                nck[n * c + j] = k * q * log_ratio;
+            // NCKD: p̂ₜⱼ (log p̂ₜⱼ − log p̂ₛⱼ − NCKD)/T
+            let base = wt * k * (u[1] - bt[1] * total) * b + wn * k * b * (log_ratio - nckd);
+            let slope = wn * k * b * k;
+            for (j, g) in teacher[g].iter_mut().enumerate() {
+                *g = et[j] * (base + slope * ((t[j] - pt.m) - (s[j] - ps.m)));
             }
-            tc[n * c + y] = k * (u[0] - bt[0] * total);
-            nck[n * c + y] = F::zero();
+            teacher[n * c + y] = wt * k * (u[0] - bt[0] * total);
         }
     }
 }
 
-/// `out[n, j] = Σᵢ g[n, i] · planes[i, n, j]`: the backward pass of a fused op, from its kept
-/// planes `[m, n, c]` and the incoming gradient `[n, m]`. Written into plane 0 and returned.
-pub fn combine<F: Real>(planes: &mut [F], g: &[F], m: usize, c: usize) {
-    let nc = planes.len() / m;
-    let (first, rest) = planes.split_at_mut(nc);
-    for (n, row) in first.chunks_exact_mut(c).enumerate() {
-        let w = g[n * m];
+/// The backward pass of a fused op: each row of its gradient plane (`[n, c]`) times the
+/// incoming per-sample gradient `g` (`[n]`), in place.
+pub fn combine<F: Real>(plane: &mut [F], g: &[F], c: usize) {
+    for (row, &w) in plane.chunks_exact_mut(c).zip(g) {
         for v in row.iter_mut() {
             *v = *v * w;
-        }
-        for i in 1..m {
-            let w = g[n * m + i];
-            let other = &rest[(i - 1) * nc + n * c..(i - 1) * nc + (n + 1) * c];
-            for (v, &o) in row.iter_mut().zip(other) {
-                *v = *v + w * o;
-            }
         }
     }
 }

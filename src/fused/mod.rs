@@ -94,26 +94,31 @@ pub(crate) fn kd_rows(student: &Tensor<2>, teacher: &Tensor<2>, temperature: f64
     Some(Tensor::from_dispatch(rows))
 }
 
-/// Per-sample `(TCKD, NCKD)` of DKD (DCKD through `joint`), `[N, 2]`, through the fused op, or
-/// `None` where it does not apply. Targets must be in range.
+/// Per-sample `α·TCKD + β·NCKD` of DKD (DCKD through `joint`), `[N]`, and its parts
+/// `(TCKD, NCKD)`, `[N, 2]`, through the fused op, or `None` where it does not apply. Targets
+/// must be in range. Both are differentiable; the sum's backward is one pass over a kept
+/// plane, the parts' recomputes (they are usually only logged).
 pub(crate) fn dkd_rows(
     student: &Tensor<2>,
     teacher: &Tensor<2>,
     targets: &Tensor<1, Int>,
     temperature: f64,
     joint: Joint,
-) -> Option<Tensor<2>> {
+    [alpha, beta]: [f64; 2],
+) -> Option<(Tensor<1>, Tensor<2>)> {
     if !usable(student, teacher) {
         return None;
     }
-    let (rows, _, _) = Dispatch::fused_dkd(
+    let (total, parts, _, _) = Dispatch::fused_dkd(
         student.clone().into_dispatch(),
         teacher.clone().into_dispatch(),
         targets.clone().into_dispatch(),
         1.0 / temperature,
         joint,
+        alpha,
+        beta,
         false,
         false,
     );
-    Some(Tensor::from_dispatch(rows))
+    Some((Tensor::from_dispatch(total), Tensor::from_dispatch(parts)))
 }

@@ -11,28 +11,25 @@
     allow(unused_variables, dead_code)
 )]
 
+use std::borrow::Cow;
+
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Element, Shape, TensorData, read_sync};
+use burn::tensor::{DType, Element, TensorData, read_sync};
 
 use super::Joint;
-use super::cpu::{self, Real};
+use super::cpu::{self, Parts, Real};
 
-/// A per-sample loss and the gradient planes kept for its backward pass.
-pub type Fused<B> = (
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-);
-
-/// The fused KD and DKD ops. `keep_student` / `keep_teacher` ask for the gradient planes of
-/// that input (the autodiff implementation sets them from which inputs are tracked).
+/// The fused KD and DKD ops. `keep_student` / `keep_teacher` ask for the gradient plane of that
+/// input (the autodiff implementation sets them from which inputs are tracked); a plane is
+/// `[N, C]`, the gradient of the op's loss rows weighted by 1, and the backward pass
+/// ([`fused_combine`](FusedOps::fused_combine)) scales its rows by the incoming gradient.
 #[backend_extension(Autodiff, Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"))]
 pub trait FusedOps: Backend {
-    /// Per-sample KD rows `[N]`, planes `[1, N, C]`.
+    /// KD's per-sample rows `[N]` and planes.
     fn fused_kd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
@@ -40,65 +37,93 @@ pub trait FusedOps: Backend {
         keep_student: bool,
         keep_teacher: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-        let shape = student.shape();
-        let (s, t) = (host::<Self>(student), host::<Self>(teacher));
-        let device = s.tensor.device();
-        let out = match s.data.dtype() {
-            DType::F64 => run_kd::<f64>(&s.data, &t.data, &shape, inv_t, keep_student, keep_teacher),
-            _ => run_kd::<f32>(&s.data, &t.data, &shape, inv_t, keep_student, keep_teacher),
-        };
-        out.upload::<Self>(&device)
+        kd::<Self>(&Host, student, teacher, inv_t, [keep_student, keep_teacher])
     }
 
-    /// Per-sample `(TCKD, NCKD)` rows `[N, 2]`, planes `[2, N, C]`.
+    /// DKD's per-sample `α·TCKD + β·NCKD` `[N]`, its parts `[N, 2]`, and the planes of the
+    /// weighted sum.
+    #[allow(clippy::too_many_arguments)]
     fn fused_dkd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         targets: IntTensor<Self>,
         inv_t: f64,
         joint: Joint,
+        alpha: f64,
+        beta: f64,
         keep_student: bool,
         keep_teacher: bool,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-        let shape = student.shape();
-        let (s, t) = (host::<Self>(student), host::<Self>(teacher));
-        let device = s.tensor.device();
-        let y = indices(read_sync(Self::int_into_data(targets)).expect("targets readable"));
-        let out = match s.data.dtype() {
-            DType::F64 => run_dkd::<f64>(&s.data, &t.data, &y, &shape, inv_t, joint, keep_student, keep_teacher),
-            _ => run_dkd::<f32>(&s.data, &t.data, &y, &shape, inv_t, joint, keep_student, keep_teacher),
-        };
-        out.upload::<Self>(&device)
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+    ) {
+        let y = Host.indices::<Self>(targets);
+        dkd::<Self>(&Host, student, teacher, &y, inv_t, joint, Weights::Pair(alpha, beta), [keep_student, keep_teacher])
     }
 
-    /// The backward pass: `Σᵢ grad[n, i] · planes[i, n, j]`, planes `[m, N, C]`, grad `[N]`
-    /// or `[N, m]`; returns `[N, C]`.
-    fn fused_combine(planes: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shape = planes.shape();
-        let p = host::<Self>(planes);
-        let device = p.tensor.device();
-        let g = read_sync(Self::float_into_data(grad)).expect("gradient readable");
-        let (m, n, c) = (shape[0], shape[1], shape[2]);
-        let data = match p.data.dtype() {
-            DType::F64 => combined::<f64>(p.data, &g, m, n, c),
-            _ => combined::<f32>(p.data, &g, m, n, c),
-        };
-        Self::float_from_data(data, &device)
+    /// The gradient of DKD's parts, `Σᵢ grad[n, i] · ∂part_i/∂(student, teacher)`, for an
+    /// incoming gradient `[N, 2]` (recomputed from the logits).
+    #[allow(clippy::too_many_arguments)]
+    fn fused_dkd_parts_grad(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        inv_t: f64,
+        joint: Joint,
+        grad: FloatTensor<Self>,
+        keep_student: bool,
+        keep_teacher: bool,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        let y = Host.indices::<Self>(targets);
+        let (_, _, gs, gt) =
+            dkd::<Self>(&Host, student, teacher, &y, inv_t, joint, Weights::Rows(grad), [keep_student, keep_teacher]);
+        (gs, gt)
+    }
+
+    /// The backward pass: the rows of `plane` `[N, C]` times `grad` `[N]`.
+    fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        combine::<Self>(&Host, plane, grad)
     }
 }
 
-/// A tensor and its host copy.
-struct Host<B: Backend> {
-    tensor: FloatTensor<B>,
-    data: TensorData,
+/// How the kernels see a backend's tensors.
+trait Io<B: Backend> {
+    /// The tensor's elements, row-major.
+    fn floats<'a, F: Real + Element>(&self, t: &'a FloatTensor<B>) -> Cow<'a, [F]>;
+    /// A tensor of `shape` on `device` holding `v`.
+    fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize], device: &B::Device) -> FloatTensor<B>;
+    /// `plane`'s rows times `g`, in place where the backend allows.
+    fn scale_rows<F: Real + Element>(&self, plane: FloatTensor<B>, g: &[F]) -> FloatTensor<B> {
+        let [n, c] = [plane.shape()[0], plane.shape()[1]];
+        let mut v = self.floats::<F>(&plane).into_owned();
+        cpu::combine(&mut v, g, c);
+        self.tensor(v, &[n, c], &plane.device())
+    }
 }
 
-fn host<B: Backend>(tensor: FloatTensor<B>) -> Host<B> {
-    let data = read_sync(B::float_into_data(tensor.clone())).expect("logits readable");
-    Host { tensor, data }
+/// Any backend, through host copies.
+struct Host;
+
+impl Host {
+    /// Target indices as `usize` (the caller has range-checked them).
+    fn indices<B: Backend>(&self, targets: IntTensor<B>) -> Vec<usize> {
+        indices(read_sync(B::int_into_data(targets)).expect("targets readable"))
+    }
 }
 
-/// Target indices as `usize` (the caller has range-checked them).
+impl<B: Backend> Io<B> for Host {
+    fn floats<'a, F: Real + Element>(&self, t: &'a FloatTensor<B>) -> Cow<'a, [F]> {
+        let data = read_sync(B::float_into_data(t.clone())).expect("logits readable");
+        Cow::Owned(data.try_into_vec::<F>().expect("f32 or f64"))
+    }
+
+    fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize], device: &B::Device) -> FloatTensor<B> {
+        B::float_from_data(TensorData::new(v, shape.to_vec()), device)
+    }
+}
+
 fn indices(data: TensorData) -> Vec<usize> {
     data.convert::<i64>()
         .try_into_vec::<i64>()
@@ -108,78 +133,111 @@ fn indices(data: TensorData) -> Vec<usize> {
         .collect()
 }
 
-/// The host result of a fused forward.
-struct Out {
-    rows: TensorData,
-    student: Option<TensorData>,
-    teacher: Option<TensorData>,
+/// The weights of DKD's two parts in its planes.
+enum Weights<T> {
+    /// `(α, β)` for every row.
+    Pair(f64, f64),
+    /// A pair per row: an incoming gradient `[N, 2]`.
+    Rows(T),
 }
 
-impl Out {
-    fn upload<B: Backend>(self, device: &B::Device) -> Fused<B> {
-        (
-            B::float_from_data(self.rows, device),
-            self.student.map(|d| B::float_from_data(d, device)),
-            self.teacher.map(|d| B::float_from_data(d, device)),
-        )
-    }
+/// Runs `f` in the logits' float type (f64, else f32).
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident, $($arg:expr),*) => {
+        match $dtype {
+            DType::F64 => $f::<B, f64>($($arg),*),
+            _ => $f::<B, f32>($($arg),*),
+        }
+    };
 }
 
-fn planes<F: Real + Element>(keep: bool, len: usize) -> Vec<F> {
-    vec![F::zero(); if keep { len } else { 0 }]
-}
-
-fn run_kd<F: Real + Element>(
-    s: &TensorData,
-    t: &TensorData,
-    shape: &Shape,
+fn kd<B: Backend>(
+    io: &impl Io<B>,
+    s: FloatTensor<B>,
+    t: FloatTensor<B>,
     inv_t: f64,
-    keep_student: bool,
-    keep_teacher: bool,
-) -> Out {
-    let (n, c) = (shape[0], shape[1]);
-    let (s, t) = (s.as_slice::<F>().expect("f32/f64"), t.as_slice::<F>().expect("same dtype"));
-    let mut rows = vec![F::zero(); n];
-    let (mut gs, mut gt) = (planes(keep_student, n * c), planes(keep_teacher, n * c));
-    cpu::kd(s, t, c, inv_t, &mut rows, &mut gs, &mut gt);
-    let plane = |v: Vec<F>, keep: bool| keep.then(|| TensorData::new(v, [1, n, c]));
-    Out {
-        rows: TensorData::new(rows, [n]),
-        student: plane(gs, keep_student),
-        teacher: plane(gt, keep_teacher),
-    }
+    keep: [bool; 2],
+) -> (FloatTensor<B>, Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    by_dtype!(s.dtype(), kd_in, io, s, t, inv_t, keep)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_dkd<F: Real + Element>(
-    s: &TensorData,
-    t: &TensorData,
+fn kd_in<B: Backend, F: Real + Element>(
+    io: &impl Io<B>,
+    s: FloatTensor<B>,
+    t: FloatTensor<B>,
+    inv_t: f64,
+    keep: [bool; 2],
+) -> (FloatTensor<B>, Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    let ([n, c], device) = ([s.shape()[0], s.shape()[1]], s.device());
+    let mut rows = vec![F::zero(); n];
+    let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
+    cpu::kd(&io.floats::<F>(&s), &io.floats::<F>(&t), c, inv_t, &mut rows, &mut gs, &mut gt);
+    let plane = |v: Vec<F>, k: bool| k.then(|| io.tensor(v, &[n, c], &device));
+    (io.tensor(rows, &[n], &device), plane(gs, keep[0]), plane(gt, keep[1]))
+}
+
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn dkd<B: Backend>(
+    io: &impl Io<B>,
+    s: FloatTensor<B>,
+    t: FloatTensor<B>,
     y: &[usize],
-    shape: &Shape,
     inv_t: f64,
     joint: Joint,
-    keep_student: bool,
-    keep_teacher: bool,
-) -> Out {
-    let (n, c) = (shape[0], shape[1]);
-    let (s, t) = (s.as_slice::<F>().expect("f32/f64"), t.as_slice::<F>().expect("same dtype"));
-    let mut rows = vec![F::zero(); 2 * n];
-    let (mut gs, mut gt) = (planes(keep_student, 2 * n * c), planes(keep_teacher, 2 * n * c));
-    cpu::dkd(s, t, y, c, inv_t, joint, &mut rows, &mut gs, &mut gt);
-    let plane = |v: Vec<F>, keep: bool| keep.then(|| TensorData::new(v, [2, n, c]));
-    Out {
-        rows: TensorData::new(rows, [n, 2]),
-        student: plane(gs, keep_student),
-        teacher: plane(gt, keep_teacher),
-    }
+    weights: Weights<FloatTensor<B>>,
+    keep: [bool; 2],
+) -> (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    by_dtype!(s.dtype(), dkd_in, io, s, t, y, inv_t, joint, weights, keep)
 }
 
-fn combined<F: Real + Element>(planes: TensorData, g: &TensorData, m: usize, n: usize, c: usize) -> TensorData {
-    let mut p = planes.try_into_vec::<F>().expect("f32/f64");
-    let g = g.clone().convert::<F>();
-    cpu::combine(&mut p, g.as_slice::<F>().expect("converted"), m, c);
-    p.truncate(n * c);
-    TensorData::new(p, [n, c])
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn dkd_in<B: Backend, F: Real + Element>(
+    io: &impl Io<B>,
+    s: FloatTensor<B>,
+    t: FloatTensor<B>,
+    y: &[usize],
+    inv_t: f64,
+    joint: Joint,
+    weights: Weights<FloatTensor<B>>,
+    keep: [bool; 2],
+) -> (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    let ([n, c], device) = ([s.shape()[0], s.shape()[1]], s.device());
+    let w: Vec<F> = match &weights {
+        Weights::Pair(a, b) => vec![F::of(*a), F::of(*b)],
+        Weights::Rows(g) => io.floats::<F>(g).into_owned(),
+    };
+    let mut rows = vec![F::zero(); 2 * n];
+    let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
+    let parts = Parts {
+        targets: y,
+        joint,
+        weights: &w,
+    };
+    cpu::dkd(&io.floats::<F>(&s), &io.floats::<F>(&t), c, inv_t, &parts, &mut rows, &mut gs, &mut gt);
+    let total = match w.len() {
+        2 => rows.chunks_exact(2).map(|r| w[0] * r[0] + w[1] * r[1]).collect(),
+        _ => vec![F::zero(); n],
+    };
+    let plane = |v: Vec<F>, k: bool| k.then(|| io.tensor(v, &[n, c], &device));
+    (
+        io.tensor(total, &[n], &device),
+        io.tensor(rows, &[n, 2], &device),
+        plane(gs, keep[0]),
+        plane(gt, keep[1]),
+    )
+}
+
+fn combine<B: Backend>(io: &impl Io<B>, plane: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    match plane.dtype() {
+        DType::F64 => {
+            let g = io.floats::<f64>(&grad).into_owned();
+            io.scale_rows(plane, &g)
+        }
+        _ => {
+            let g = io.floats::<f32>(&grad).into_owned();
+            io.scale_rows(plane, &g)
+        }
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -187,81 +245,51 @@ impl FusedOps for burn::backend::NdArray {}
 
 #[cfg(feature = "flex")]
 mod flex {
-    //! flex: the kernels read the logits and write their outputs without a copy.
+    //! flex: the kernels read the logits and write their outputs in flex's own buffers.
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
 
     use super::*;
 
-    /// The contiguous buffer of a flex tensor (copied only when strided).
-    fn view<F: Real>(t: &FlexTensor) -> std::borrow::Cow<'_, [F]> {
-        match F::flex_slice(t) {
-            Some(s) => s.into(),
-            None => F::flex_slice(&t.to_contiguous()).expect("contiguous").to_vec().into(),
-        }
-    }
+    struct InPlace;
 
-    fn tensor<F: Real + Element>(v: Vec<F>, shape: &[usize]) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(v, shape.to_vec()))
-    }
-
-    fn kd<F: Real + Element>(s: &FlexTensor, t: &FlexTensor, inv_t: f64, ks: bool, kt: bool) -> Fused<Flex> {
-        let [n, c] = [s.shape()[0], s.shape()[1]];
-        let mut rows = vec![F::zero(); n];
-        let (mut gs, mut gt) = (planes(ks, n * c), planes(kt, n * c));
-        cpu::kd(&view::<F>(s), &view::<F>(t), c, inv_t, &mut rows, &mut gs, &mut gt);
-        (
-            tensor(rows, &[n]),
-            ks.then(|| tensor(gs, &[1, n, c])),
-            kt.then(|| tensor(gt, &[1, n, c])),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn dkd<F: Real + Element>(
-        s: &FlexTensor,
-        t: &FlexTensor,
-        y: &[usize],
-        inv_t: f64,
-        joint: Joint,
-        ks: bool,
-        kt: bool,
-    ) -> Fused<Flex> {
-        let [n, c] = [s.shape()[0], s.shape()[1]];
-        let mut rows = vec![F::zero(); 2 * n];
-        let (mut gs, mut gt) = (planes(ks, 2 * n * c), planes(kt, 2 * n * c));
-        cpu::dkd(&view::<F>(s), &view::<F>(t), y, c, inv_t, joint, &mut rows, &mut gs, &mut gt);
-        (
-            tensor(rows, &[n, 2]),
-            ks.then(|| tensor(gs, &[2, n, c])),
-            kt.then(|| tensor(gt, &[2, n, c])),
-        )
-    }
-
-    fn combine<F: Real + Element>(mut planes: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let shape = planes.shape();
-        let (m, n, c) = (shape[0], shape[1], shape[2]);
-        let g = view::<F>(&grad);
-        match F::flex_slice_mut(&mut planes) {
-            Some(p) => {
-                cpu::combine(p, &g, m, c);
-                planes.narrow(0, 0, 1).reshape([n, c].into())
+    impl Io<Flex> for InPlace {
+        fn floats<'a, F: Real + Element>(&self, t: &'a FlexTensor) -> Cow<'a, [F]> {
+            match F::flex_slice(t) {
+                Some(s) => Cow::Borrowed(s),
+                None => Cow::Owned(F::flex_slice(&t.to_contiguous()).expect("contiguous").to_vec()),
             }
-            None => {
-                let mut p = view::<F>(&planes).into_owned();
-                cpu::combine(&mut p, &g, m, c);
-                p.truncate(n * c);
-                tensor(p, &[n, c])
+        }
+
+        fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize], _: &burn::backend::FlexDevice) -> FlexTensor {
+            FlexTensor::from_data(TensorData::new(v, shape.to_vec()))
+        }
+
+        fn scale_rows<F: Real + Element>(&self, mut plane: FlexTensor, g: &[F]) -> FlexTensor {
+            let c = plane.shape()[1];
+            match F::flex_slice_mut(&mut plane) {
+                Some(p) => {
+                    cpu::combine(p, g, c);
+                    plane
+                }
+                None => {
+                    let mut v = self.floats::<F>(&plane).into_owned();
+                    cpu::combine(&mut v, g, c);
+                    self.tensor(v, &[plane.shape()[0], c], &Default::default())
+                }
             }
         }
     }
 
     impl FusedOps for Flex {
-        fn fused_kd(student: FlexTensor, teacher: FlexTensor, inv_t: f64, ks: bool, kt: bool) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-            match student.dtype() {
-                DType::F64 => kd::<f64>(&student, &teacher, inv_t, ks, kt),
-                _ => kd::<f32>(&student, &teacher, inv_t, ks, kt),
-            }
+        fn fused_kd(
+            student: FlexTensor,
+            teacher: FlexTensor,
+            inv_t: f64,
+            keep_student: bool,
+            keep_teacher: bool,
+        ) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
+            kd::<Self>(&InPlace, student, teacher, inv_t, [keep_student, keep_teacher])
         }
 
         fn fused_dkd(
@@ -270,42 +298,77 @@ mod flex {
             targets: FlexTensor,
             inv_t: f64,
             joint: Joint,
-            ks: bool,
-            kt: bool,
-        ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+            alpha: f64,
+            beta: f64,
+            keep_student: bool,
+            keep_teacher: bool,
+        ) -> (FlexTensor, FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
             let y = indices(targets.into_data());
-            match student.dtype() {
-                DType::F64 => dkd::<f64>(&student, &teacher, &y, inv_t, joint, ks, kt),
-                _ => dkd::<f32>(&student, &teacher, &y, inv_t, joint, ks, kt),
-            }
+            let keep = [keep_student, keep_teacher];
+            dkd::<Self>(&InPlace, student, teacher, &y, inv_t, joint, Weights::Pair(alpha, beta), keep)
         }
 
-        fn fused_combine(planes: FlexTensor, grad: FlexTensor) -> FlexTensor {
-            match planes.dtype() {
-                DType::F64 => combine::<f64>(planes, grad),
-                _ => combine::<f32>(planes, grad),
+        fn fused_dkd_parts_grad(
+            student: FlexTensor,
+            teacher: FlexTensor,
+            targets: FlexTensor,
+            inv_t: f64,
+            joint: Joint,
+            grad: FlexTensor,
+            keep_student: bool,
+            keep_teacher: bool,
+        ) -> (Option<FlexTensor>, Option<FlexTensor>) {
+            let y = indices(targets.into_data());
+            let keep = [keep_student, keep_teacher];
+            let (_, _, gs, gt) = dkd::<Self>(&InPlace, student, teacher, &y, inv_t, joint, Weights::Rows(grad), keep);
+            (gs, gt)
+        }
+
+        fn fused_combine(plane: FlexTensor, grad: FlexTensor) -> FlexTensor {
+            combine::<Self>(&InPlace, plane, grad)
+        }
+    }
+}
+
+/// The backward step of a fused loss: each tracked input's gradient is its plane scaled by
+/// the incoming per-sample gradient.
+#[derive(Debug)]
+struct Weigh;
+
+impl<B: FusedOps> Backward<B, 2> for Weigh {
+    type State = [Option<FloatTensor<B>>; 2];
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        for (node, plane) in ops.parents.into_iter().zip(ops.state) {
+            if let (Some(node), Some(plane)) = (node, plane) {
+                grads.register::<B>(node.id, B::fused_combine(plane, grad.clone()));
             }
         }
     }
 }
 
-/// The backward step of both fused ops: each tracked input's gradient is its planes weighed
-/// by the incoming gradient.
+/// The backward step of DKD's parts `[N, 2]` (read for logging, rarely differentiated): the
+/// kernel runs again with the incoming gradient as the parts' weights.
 #[derive(Debug)]
-struct Weigh;
+struct Recompute;
 
-impl<B: FusedOps> Backward<B, 2> for Weigh {
-    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+/// What [`Recompute`] needs: the logits, the targets, `1/T` and the joint rule.
+type Inputs<B> = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, f64, Joint);
+
+impl<B: FusedOps> Backward<B, 2> for Recompute {
+    type State = Inputs<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         let [node_s, node_t] = ops.parents;
-        let (planes_s, planes_t) = ops.state;
-        if let (Some(node), Some(p)) = (node_t, planes_t) {
-            grads.register::<B>(node.id, B::fused_combine(p, grad.clone()));
-        }
-        if let (Some(node), Some(p)) = (node_s, planes_s) {
-            grads.register::<B>(node.id, B::fused_combine(p, grad));
+        let (s, t, y, inv_t, joint) = ops.state;
+        let keep = [node_s.is_some(), node_t.is_some()];
+        let (gs, gt) = B::fused_dkd_parts_grad(s, t, y, inv_t, joint, grad, keep[0], keep[1]);
+        for (node, g) in [(node_s, gs), (node_t, gt)] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<B>(node.id, g);
+            }
         }
     }
 }
@@ -318,18 +381,18 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         _: bool,
         _: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-        let (ks, kt) = (student.is_tracked(), teacher.is_tracked());
-        let out = match Weigh.prepare::<C>([student.node(), teacher.node()]).compute_bound().stateful() {
+        let keep = [student.is_tracked(), teacher.is_tracked()];
+        let rows = match Weigh.prepare::<C>([student.node(), teacher.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (rows, ps, pt) = B::fused_kd(student.into_primitive(), teacher.into_primitive(), inv_t, ks, kt);
-                prep.finish((ps, pt), rows)
+                let (rows, ps, pt) = B::fused_kd(student.into_primitive(), teacher.into_primitive(), inv_t, keep[0], keep[1]);
+                prep.finish([ps, pt], rows)
             }
             OpsKind::UnTracked(prep) => {
                 let (rows, _, _) = B::fused_kd(student.into_primitive(), teacher.into_primitive(), inv_t, false, false);
                 prep.finish(rows)
             }
         };
-        (out, None, None)
+        (rows, None, None)
     }
 
     fn fused_dkd(
@@ -338,27 +401,56 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         targets: IntTensor<Self>,
         inv_t: f64,
         joint: Joint,
+        alpha: f64,
+        beta: f64,
         _: bool,
         _: bool,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-        let (ks, kt) = (student.is_tracked(), teacher.is_tracked());
-        let out = match Weigh.prepare::<C>([student.node(), teacher.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (rows, ps, pt) =
-                    B::fused_dkd(student.into_primitive(), teacher.into_primitive(), targets, inv_t, joint, ks, kt);
-                prep.finish((ps, pt), rows)
-            }
-            OpsKind::UnTracked(prep) => {
-                let (rows, _, _) =
-                    B::fused_dkd(student.into_primitive(), teacher.into_primitive(), targets, inv_t, joint, false, false);
-                prep.finish(rows)
-            }
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+    ) {
+        let keep = [student.is_tracked(), teacher.is_tracked()];
+        let (s, t) = (student.primitive().clone(), teacher.primitive().clone());
+        let (total, parts, ps, pt) = B::fused_dkd(s.clone(), t.clone(), targets.clone(), inv_t, joint, alpha, beta, keep[0], keep[1]);
+        let total = match Weigh.prepare::<C>([student.node(), teacher.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish([ps, pt], total),
+            OpsKind::UnTracked(prep) => prep.finish(total),
         };
-        (out, None, None)
+        let parts = match Recompute.prepare::<C>([student.node(), teacher.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((s, t, targets, inv_t, joint), parts),
+            OpsKind::UnTracked(prep) => prep.finish(parts),
+        };
+        (total, parts, None, None)
     }
 
-    fn fused_combine(planes: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_dkd_parts_grad(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        inv_t: f64,
+        joint: Joint,
+        grad: FloatTensor<Self>,
+        keep_student: bool,
+        keep_teacher: bool,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
         // not differentiable itself (no gradient of a gradient in burn 0.22)
-        Self::from_inner(B::fused_combine(Self::inner(planes), Self::inner(grad)))
+        let (gs, gt) = B::fused_dkd_parts_grad(
+            Self::inner(student),
+            Self::inner(teacher),
+            targets,
+            inv_t,
+            joint,
+            Self::inner(grad),
+            keep_student,
+            keep_teacher,
+        );
+        (gs.map(Self::from_inner), gt.map(Self::from_inner))
+    }
+
+    fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        // not differentiable itself (no gradient of a gradient in burn 0.22)
+        Self::from_inner(B::fused_combine(Self::inner(plane), Self::inner(grad)))
     }
 }

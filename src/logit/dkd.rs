@@ -141,21 +141,26 @@ impl Decoupling {
             ))?,
             false => 1.0,
         };
-        let rows = match temperature {
+        let weights = [self.alpha, self.beta];
+        let fused = match temperature {
             Temperature::Fixed(temp) if self.fused => {
-                fused::dkd_rows(&s, &t, &y, *temp, self.joint)
+                fused::dkd_rows(&s, &t, &y, *temp, self.joint, weights)
             }
             _ => None,
         };
-        let [tckd, nckd] = match rows {
-            Some(rows) => [0, 1].map(|i| rows.clone().narrow(1, i, 1).mean()),
-            None => decoupled_rows(s, t, y, temperature, self.joint).map(Tensor::mean),
-        };
         let scaled = |x: Tensor<1>, weight: f64| temperature.times_squared(x * (weight * w));
-        Ok(LossOutput::from_terms(vec![
-            (format!("{name}/tckd"), scaled(tckd, self.alpha)),
-            (format!("{name}/nckd"), scaled(nckd, self.beta)),
-        ]))
+        let names = [format!("{name}/tckd"), format!("{name}/nckd")];
+        Ok(match fused {
+            Some((total, parts)) => {
+                let terms = [0, 1].map(|i| scaled(parts.clone().narrow(1, i, 1).mean(), weights[i]));
+                LossOutput::new(scaled(total.mean(), 1.0), names.into_iter().zip(terms).collect())
+            }
+            None => {
+                let parts = decoupled_rows(s, t, y, temperature, self.joint);
+                let terms = [0, 1].map(|i| scaled(parts[i].clone().mean(), weights[i]));
+                LossOutput::from_terms(names.into_iter().zip(terms).collect())
+            }
+        })
     }
 }
 
@@ -287,12 +292,13 @@ pub fn dkd_loss(
     if let Some(target) = outside(min_max(&targets), c) {
         return Err(DistillError::TargetOutOfRange { target, classes: c });
     }
-    let [tckd, nckd] = match fused::dkd_rows(&student, &teacher, &targets, temperature, Joint::Teacher) {
-        Some(rows) => [0, 1].map(|i| rows.clone().narrow(1, i, 1).squeeze_dim::<1>(1)),
+    let weights = [alpha, beta];
+    let rows = match fused::dkd_rows(&student, &teacher, &targets, temperature, Joint::Teacher, weights) {
+        Some((total, _)) => total,
         None => {
             let (tckd, nckd) = dkd_per_sample(student, teacher, targets, temperature);
-            [tckd, nckd]
+            tckd * alpha + nckd * beta
         }
     };
-    Ok((tckd * alpha + nckd * beta).mean() * (temperature * temperature))
+    Ok(rows.mean() * (temperature * temperature))
 }
