@@ -46,11 +46,20 @@ fn bench(c: &mut Criterion) {
     let dist = DistConfig::new().init().unwrap();
     let objectives: Vec<(&str, Box<dyn Loss>)> = vec![
         ("kd/fused", Box::new(kd.init().unwrap())),
-        ("kd/composed", Box::new(kd.with_fused(false).init().unwrap())),
+        (
+            "kd/composed",
+            Box::new(kd.with_fused(false).init().unwrap()),
+        ),
         ("dkd/fused", Box::new(dkd.init().unwrap())),
-        ("dkd/composed", Box::new(dkd.with_fused(false).init().unwrap())),
+        (
+            "dkd/composed",
+            Box::new(dkd.with_fused(false).init().unwrap()),
+        ),
         ("dckd/fused", Box::new(dckd.init().unwrap())),
-        ("dckd/composed", Box::new(dckd.with_fused(false).init().unwrap())),
+        (
+            "dckd/composed",
+            Box::new(dckd.with_fused(false).init().unwrap()),
+        ),
         ("dist/composed", Box::new(dist)),
     ];
     for (n, classes) in SHAPES {
@@ -72,8 +81,8 @@ fn bench(c: &mut Criterion) {
             });
         }
         let (sv, tv) = (
-            s.clone().into_data().to_vec::<f32>().unwrap(),
-            t.clone().into_data().to_vec::<f32>().unwrap(),
+            s.clone().into_data().try_to_vec::<f32>().unwrap(),
+            t.clone().into_data().try_to_vec::<f32>().unwrap(),
         );
         let mut g = vec![0.0; n * classes];
         group.bench_function(BenchmarkId::from_parameter("kd/loop"), |b| {

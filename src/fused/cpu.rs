@@ -62,6 +62,8 @@ impl Real for f32 {
         let mad = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
         let mut out = [0.0; 8];
         for i in 0..8 {
+            // max/min vectorise to maxps/minps; clamp's NaN rule would cost a blend
+            #[allow(clippy::manual_clamp)]
             let v = x[i].max(-87.3).min(88.0);
             let t = mad(v, LOG2E, MAGIC);
             let n = t - MAGIC;
@@ -131,6 +133,7 @@ fn exp_shifted<F: Real, const FMA: bool>(src: &[F], shift: F, scale: F, dst: &mu
 /// The largest entry (−∞ for an empty slice), or NaN when an entry is not finite: the
 /// kernels then give the row NaN, as the composed ops would.
 #[inline(always)]
+#[allow(clippy::eq_op)] // v − v tests finiteness
 fn max<F: Real>(x: &[F]) -> F {
     let (mut acc, mut bad) = ([F::neg_infinity(); 8], [F::zero(); 8]);
     for c in x.chunks_exact(8) {
@@ -155,7 +158,11 @@ fn max<F: Real>(x: &[F]) -> F {
 fn weighted_gap<F: Real>(e: &[F], s: &[F], t: &[F], ms: F, mt: F) -> F {
     let mut acc = [F::zero(); 8];
     let chunks = e.len() / 8 * 8;
-    for ((ec, sc), tc) in e.chunks_exact(8).zip(s.chunks_exact(8)).zip(t.chunks_exact(8)) {
+    for ((ec, sc), tc) in e
+        .chunks_exact(8)
+        .zip(s.chunks_exact(8))
+        .zip(t.chunks_exact(8))
+    {
         for i in 0..8 {
             acc[i] = acc[i] + ec[i] * ((tc[i] - mt) - (sc[i] - ms));
         }
@@ -264,6 +271,8 @@ struct Split<F> {
     sum: F,
     /// `log b = [log p_y, log Σ_{j≠y} p_j]`.
     log_b: [F; 2],
+    /// Whether `y` is the row's arg-max (the first maximum, as burn's `argmax`).
+    top: bool,
 }
 
 impl<F: Real> Split<F> {
@@ -272,8 +281,13 @@ impl<F: Real> Split<F> {
     fn new<const FMA: bool>(x: &[F], y: usize, k: F, e: &mut [F]) -> Self {
         let (lo, hi) = (max(&x[..y]), max(&x[y + 1..]));
         // NaN from either side stays NaN (`max` would drop it)
-        let m = if lo.is_nan() || hi.is_nan() { F::nan() } else { lo.max(hi) };
-        let sum = exp_shifted::<F, FMA>(&x[..y], m, k, &mut e[..y]) + exp_shifted::<F, FMA>(&x[y + 1..], m, k, &mut e[y + 1..]);
+        let m = if lo.is_nan() || hi.is_nan() {
+            F::nan()
+        } else {
+            lo.max(hi)
+        };
+        let sum = exp_shifted::<F, FMA>(&x[..y], m, k, &mut e[..y])
+            + exp_shifted::<F, FMA>(&x[y + 1..], m, k, &mut e[y + 1..]);
         e[y] = F::zero();
         // a = z_y, b = log Σ_{j≠y} exp z_j
         let (a, b) = (x[y] * k, m * k + sum.ln());
@@ -282,6 +296,7 @@ impl<F: Real> Split<F> {
             m,
             sum,
             log_b: [a - lse, b - lse],
+            top: x[y] > lo && x[y] >= hi,
         }
     }
 }
@@ -302,14 +317,14 @@ pub struct Parts<'a, F> {
     pub targets: &'a [usize],
     /// The joint target-class rule.
     pub joint: Joint,
-    /// The weights `(w_tc, w_nc)` of the two parts in the gradient planes: one pair for every
-    /// row (length 2) or a pair per row (length `2n`, an incoming gradient).
-    pub weights: &'a [F],
+    /// The weights `(w_tc, w_nc)` of the two parts in the gradient planes.
+    pub weights: [F; 2],
 }
 
 /// Per-sample `(TCKD, NCKD)` of DKD (or DCKD, through the joint rule) into `rows` (`[n, 2]`),
 /// and the gradient of `w_tc·TCKD + w_nc·NCKD` w.r.t. the raw logits into `student` and
 /// `teacher` (`[n, c]` each; empty when not wanted).
+#[allow(clippy::too_many_arguments)]
 pub fn dkd<F: Real>(
     s: &[F],
     t: &[F],
@@ -373,7 +388,7 @@ fn dkd_rows<F: Real, const FMA: bool>(
         let log_ratio = (ps.sum / pt.sum).ln();
         let nckd = k * weighted_gap(&et, s, t, ps.m, pt.m) / pt.sum + log_ratio;
         // the joint target-class distribution b* = w·b_t + (1 − w)·sg(b_s)
-        let correct = s[..y].iter().all(|&v| v < s[y]) && s[y + 1..].iter().all(|&v| v <= s[y]);
+        let correct = ps.top;
         let w = match parts.joint {
             Joint::Teacher => 1.0,
             Joint::Max if correct && ps.log_b[0] > pt.log_b[0] => 0.0,
@@ -386,7 +401,12 @@ fn dkd_rows<F: Real, const FMA: bool>(
         } else if w == 0.0 {
             ps.log_b
         } else {
-            [0, 1].map(|i| logaddexp(F::of(w.ln()) + pt.log_b[i], F::of((1.0 - w).ln()) + ps.log_b[i]))
+            [0, 1].map(|i| {
+                logaddexp(
+                    F::of(w.ln()) + pt.log_b[i],
+                    F::of((1.0 - w).ln()) + ps.log_b[i],
+                )
+            })
         };
         let bs = ps.log_b.map(F::exp);
         let bt = pt.log_b.map(F::exp);
@@ -395,10 +415,7 @@ fn dkd_rows<F: Real, const FMA: bool>(
         rows[2 * n] = bj[0] * gap[0] + bj[1] * gap[1];
         rows[2 * n + 1] = nckd;
         let (a, b) = (F::one() / ps.sum, F::one() / pt.sum);
-        let [wt, wn] = match parts.weights.len() {
-            2 => [parts.weights[0], parts.weights[1]],
-            _ => [parts.weights[2 * n], parts.weights[2 * n + 1]],
-        };
+        let [wt, wn] = parts.weights;
         let g = n * c..(n + 1) * c;
         if !student.is_empty() {
             // TCKD: p̂ₛⱼ (bₛ₁ − b*₁)/T off the target; NCKD: (p̂ₛⱼ − p̂ₜⱼ)/T
@@ -487,7 +504,10 @@ mod tests {
                 // flushed to 0 below exp(−87.3), the edge of f32's normal range
                 assert!((*got as f64 - want).abs() < 1.5e-38, "{got} vs {want}");
             } else {
-                assert!(((*got as f64 - want) / want).abs() < 5e-7, "{got} vs {want}");
+                assert!(
+                    ((*got as f64 - want) / want).abs() < 5e-7,
+                    "{got} vs {want}"
+                );
             }
         }
     }

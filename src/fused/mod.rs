@@ -80,7 +80,11 @@ fn usable(student: &Tensor<2>, teacher: &Tensor<2>) -> bool {
 
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))`, `[N]`, through the fused op, or `None` where
 /// it does not apply.
-pub(crate) fn kd_rows(student: &Tensor<2>, teacher: &Tensor<2>, temperature: f64) -> Option<Tensor<1>> {
+pub(crate) fn kd_rows(
+    student: &Tensor<2>,
+    teacher: &Tensor<2>,
+    temperature: f64,
+) -> Option<Tensor<1>> {
     if !usable(student, teacher) {
         return None;
     }
@@ -96,8 +100,8 @@ pub(crate) fn kd_rows(student: &Tensor<2>, teacher: &Tensor<2>, temperature: f64
 
 /// Per-sample `α·TCKD + β·NCKD` of DKD (DCKD through `joint`), `[N]`, and its parts
 /// `(TCKD, NCKD)`, `[N, 2]`, through the fused op, or `None` where it does not apply. Targets
-/// must be in range. Both are differentiable; the sum's backward is one pass over a kept
-/// plane, the parts' recomputes (they are usually only logged).
+/// must be in range. The sum is differentiable (its backward is one pass over a kept plane);
+/// the parts are values, for logging.
 pub(crate) fn dkd_rows(
     student: &Tensor<2>,
     teacher: &Tensor<2>,

@@ -36,13 +36,17 @@ pub trait FusedOps: Backend {
         inv_t: f64,
         keep_student: bool,
         keep_teacher: bool,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+    ) -> (
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+    ) {
         kd::<Self>(&Host, student, teacher, inv_t, [keep_student, keep_teacher])
     }
 
-    /// DKD's per-sample `α·TCKD + β·NCKD` `[N]`, its parts `[N, 2]`, and the planes of the
-    /// weighted sum.
-    #[allow(clippy::too_many_arguments)]
+    /// DKD's per-sample `α·TCKD + β·NCKD` `[N]`, its parts `[N, 2]` (values, for logging), and
+    /// the planes of the weighted sum.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn fused_dkd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
@@ -60,26 +64,16 @@ pub trait FusedOps: Backend {
         Option<FloatTensor<Self>>,
     ) {
         let y = Host.indices::<Self>(targets);
-        dkd::<Self>(&Host, student, teacher, &y, inv_t, joint, Weights::Pair(alpha, beta), [keep_student, keep_teacher])
-    }
-
-    /// The gradient of DKD's parts, `Σᵢ grad[n, i] · ∂part_i/∂(student, teacher)`, for an
-    /// incoming gradient `[N, 2]` (recomputed from the logits).
-    #[allow(clippy::too_many_arguments)]
-    fn fused_dkd_parts_grad(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-        inv_t: f64,
-        joint: Joint,
-        grad: FloatTensor<Self>,
-        keep_student: bool,
-        keep_teacher: bool,
-    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-        let y = Host.indices::<Self>(targets);
-        let (_, _, gs, gt) =
-            dkd::<Self>(&Host, student, teacher, &y, inv_t, joint, Weights::Rows(grad), [keep_student, keep_teacher]);
-        (gs, gt)
+        dkd::<Self>(
+            &Host,
+            student,
+            teacher,
+            &y,
+            inv_t,
+            joint,
+            [alpha, beta],
+            [keep_student, keep_teacher],
+        )
     }
 
     /// The backward pass: the rows of `plane` `[N, C]` times `grad` `[N]`.
@@ -93,7 +87,12 @@ trait Io<B: Backend> {
     /// The tensor's elements, row-major.
     fn floats<'a, F: Real + Element>(&self, t: &'a FloatTensor<B>) -> Cow<'a, [F]>;
     /// A tensor of `shape` on `device` holding `v`.
-    fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize], device: &B::Device) -> FloatTensor<B>;
+    fn tensor<F: Real + Element>(
+        &self,
+        v: Vec<F>,
+        shape: &[usize],
+        device: &B::Device,
+    ) -> FloatTensor<B>;
     /// `plane`'s rows times `g`, in place where the backend allows.
     fn scale_rows<F: Real + Element>(&self, plane: FloatTensor<B>, g: &[F]) -> FloatTensor<B> {
         let [n, c] = [plane.shape()[0], plane.shape()[1]];
@@ -119,7 +118,12 @@ impl<B: Backend> Io<B> for Host {
         Cow::Owned(data.try_into_vec::<F>().expect("f32 or f64"))
     }
 
-    fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize], device: &B::Device) -> FloatTensor<B> {
+    fn tensor<F: Real + Element>(
+        &self,
+        v: Vec<F>,
+        shape: &[usize],
+        device: &B::Device,
+    ) -> FloatTensor<B> {
         B::float_from_data(TensorData::new(v, shape.to_vec()), device)
     }
 }
@@ -131,14 +135,6 @@ fn indices(data: TensorData) -> Vec<usize> {
         .into_iter()
         .map(|v| v as usize)
         .collect()
-}
-
-/// The weights of DKD's two parts in its planes.
-enum Weights<T> {
-    /// `(α, β)` for every row.
-    Pair(f64, f64),
-    /// A pair per row: an incoming gradient `[N, 2]`.
-    Rows(T),
 }
 
 /// Runs `f` in the logits' float type (f64, else f32).
@@ -157,7 +153,11 @@ fn kd<B: Backend>(
     t: FloatTensor<B>,
     inv_t: f64,
     keep: [bool; 2],
-) -> (FloatTensor<B>, Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+) -> (
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+) {
     by_dtype!(s.dtype(), kd_in, io, s, t, inv_t, keep)
 }
 
@@ -167,13 +167,29 @@ fn kd_in<B: Backend, F: Real + Element>(
     t: FloatTensor<B>,
     inv_t: f64,
     keep: [bool; 2],
-) -> (FloatTensor<B>, Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+) -> (
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+) {
     let ([n, c], device) = ([s.shape()[0], s.shape()[1]], s.device());
     let mut rows = vec![F::zero(); n];
     let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
-    cpu::kd(&io.floats::<F>(&s), &io.floats::<F>(&t), c, inv_t, &mut rows, &mut gs, &mut gt);
+    cpu::kd(
+        &io.floats::<F>(&s),
+        &io.floats::<F>(&t),
+        c,
+        inv_t,
+        &mut rows,
+        &mut gs,
+        &mut gt,
+    );
     let plane = |v: Vec<F>, k: bool| k.then(|| io.tensor(v, &[n, c], &device));
-    (io.tensor(rows, &[n], &device), plane(gs, keep[0]), plane(gt, keep[1]))
+    (
+        io.tensor(rows, &[n], &device),
+        plane(gs, keep[0]),
+        plane(gt, keep[1]),
+    )
 }
 
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -184,9 +200,14 @@ fn dkd<B: Backend>(
     y: &[usize],
     inv_t: f64,
     joint: Joint,
-    weights: Weights<FloatTensor<B>>,
+    weights: [f64; 2],
     keep: [bool; 2],
-) -> (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+) -> (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+) {
     by_dtype!(s.dtype(), dkd_in, io, s, t, y, inv_t, joint, weights, keep)
 }
 
@@ -198,26 +219,37 @@ fn dkd_in<B: Backend, F: Real + Element>(
     y: &[usize],
     inv_t: f64,
     joint: Joint,
-    weights: Weights<FloatTensor<B>>,
+    weights: [f64; 2],
     keep: [bool; 2],
-) -> (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+) -> (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+) {
     let ([n, c], device) = ([s.shape()[0], s.shape()[1]], s.device());
-    let w: Vec<F> = match &weights {
-        Weights::Pair(a, b) => vec![F::of(*a), F::of(*b)],
-        Weights::Rows(g) => io.floats::<F>(g).into_owned(),
-    };
+    let w = weights.map(F::of);
     let mut rows = vec![F::zero(); 2 * n];
     let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
     let parts = Parts {
         targets: y,
         joint,
-        weights: &w,
+        weights: w,
     };
-    cpu::dkd(&io.floats::<F>(&s), &io.floats::<F>(&t), c, inv_t, &parts, &mut rows, &mut gs, &mut gt);
-    let total = match w.len() {
-        2 => rows.chunks_exact(2).map(|r| w[0] * r[0] + w[1] * r[1]).collect(),
-        _ => vec![F::zero(); n],
-    };
+    cpu::dkd(
+        &io.floats::<F>(&s),
+        &io.floats::<F>(&t),
+        c,
+        inv_t,
+        &parts,
+        &mut rows,
+        &mut gs,
+        &mut gt,
+    );
+    let total = rows
+        .chunks_exact(2)
+        .map(|r| w[0] * r[0] + w[1] * r[1])
+        .collect();
     let plane = |v: Vec<F>, k: bool| k.then(|| io.tensor(v, &[n, c], &device));
     (
         io.tensor(total, &[n], &device),
@@ -227,7 +259,11 @@ fn dkd_in<B: Backend, F: Real + Element>(
     )
 }
 
-fn combine<B: Backend>(io: &impl Io<B>, plane: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+fn combine<B: Backend>(
+    io: &impl Io<B>,
+    plane: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
     match plane.dtype() {
         DType::F64 => {
             let g = io.floats::<f64>(&grad).into_owned();
@@ -257,11 +293,20 @@ mod flex {
         fn floats<'a, F: Real + Element>(&self, t: &'a FlexTensor) -> Cow<'a, [F]> {
             match F::flex_slice(t) {
                 Some(s) => Cow::Borrowed(s),
-                None => Cow::Owned(F::flex_slice(&t.to_contiguous()).expect("contiguous").to_vec()),
+                None => Cow::Owned(
+                    F::flex_slice(&t.to_contiguous())
+                        .expect("contiguous")
+                        .to_vec(),
+                ),
             }
         }
 
-        fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize], _: &burn::backend::FlexDevice) -> FlexTensor {
+        fn tensor<F: Real + Element>(
+            &self,
+            v: Vec<F>,
+            shape: &[usize],
+            _: &burn::backend::FlexDevice,
+        ) -> FlexTensor {
             FlexTensor::from_data(TensorData::new(v, shape.to_vec()))
         }
 
@@ -289,7 +334,13 @@ mod flex {
             keep_student: bool,
             keep_teacher: bool,
         ) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
-            kd::<Self>(&InPlace, student, teacher, inv_t, [keep_student, keep_teacher])
+            kd::<Self>(
+                &InPlace,
+                student,
+                teacher,
+                inv_t,
+                [keep_student, keep_teacher],
+            )
         }
 
         fn fused_dkd(
@@ -302,26 +353,24 @@ mod flex {
             beta: f64,
             keep_student: bool,
             keep_teacher: bool,
-        ) -> (FlexTensor, FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
+        ) -> (
+            FlexTensor,
+            FlexTensor,
+            Option<FlexTensor>,
+            Option<FlexTensor>,
+        ) {
             let y = indices(targets.into_data());
             let keep = [keep_student, keep_teacher];
-            dkd::<Self>(&InPlace, student, teacher, &y, inv_t, joint, Weights::Pair(alpha, beta), keep)
-        }
-
-        fn fused_dkd_parts_grad(
-            student: FlexTensor,
-            teacher: FlexTensor,
-            targets: FlexTensor,
-            inv_t: f64,
-            joint: Joint,
-            grad: FlexTensor,
-            keep_student: bool,
-            keep_teacher: bool,
-        ) -> (Option<FlexTensor>, Option<FlexTensor>) {
-            let y = indices(targets.into_data());
-            let keep = [keep_student, keep_teacher];
-            let (_, _, gs, gt) = dkd::<Self>(&InPlace, student, teacher, &y, inv_t, joint, Weights::Rows(grad), keep);
-            (gs, gt)
+            dkd::<Self>(
+                &InPlace,
+                student,
+                teacher,
+                &y,
+                inv_t,
+                joint,
+                [alpha, beta],
+                keep,
+            )
         }
 
         fn fused_combine(plane: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -348,31 +397,6 @@ impl<B: FusedOps> Backward<B, 2> for Weigh {
     }
 }
 
-/// The backward step of DKD's parts `[N, 2]` (read for logging, rarely differentiated): the
-/// kernel runs again with the incoming gradient as the parts' weights.
-#[derive(Debug)]
-struct Recompute;
-
-/// What [`Recompute`] needs: the logits, the targets, `1/T` and the joint rule.
-type Inputs<B> = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, f64, Joint);
-
-impl<B: FusedOps> Backward<B, 2> for Recompute {
-    type State = Inputs<B>;
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [node_s, node_t] = ops.parents;
-        let (s, t, y, inv_t, joint) = ops.state;
-        let keep = [node_s.is_some(), node_t.is_some()];
-        let (gs, gt) = B::fused_dkd_parts_grad(s, t, y, inv_t, joint, grad, keep[0], keep[1]);
-        for (node, g) in [(node_s, gs), (node_t, gt)] {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<B>(node.id, g);
-            }
-        }
-    }
-}
-
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_kd(
         student: FloatTensor<Self>,
@@ -380,15 +404,35 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         inv_t: f64,
         _: bool,
         _: bool,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+    ) -> (
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+    ) {
         let keep = [student.is_tracked(), teacher.is_tracked()];
-        let rows = match Weigh.prepare::<C>([student.node(), teacher.node()]).compute_bound().stateful() {
+        let rows = match Weigh
+            .prepare::<C>([student.node(), teacher.node()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
-                let (rows, ps, pt) = B::fused_kd(student.into_primitive(), teacher.into_primitive(), inv_t, keep[0], keep[1]);
+                let (rows, ps, pt) = B::fused_kd(
+                    student.into_primitive(),
+                    teacher.into_primitive(),
+                    inv_t,
+                    keep[0],
+                    keep[1],
+                );
                 prep.finish([ps, pt], rows)
             }
             OpsKind::UnTracked(prep) => {
-                let (rows, _, _) = B::fused_kd(student.into_primitive(), teacher.into_primitive(), inv_t, false, false);
+                let (rows, _, _) = B::fused_kd(
+                    student.into_primitive(),
+                    teacher.into_primitive(),
+                    inv_t,
+                    false,
+                    false,
+                );
                 prep.finish(rows)
             }
         };
@@ -412,41 +456,26 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         Option<FloatTensor<Self>>,
     ) {
         let keep = [student.is_tracked(), teacher.is_tracked()];
-        let (s, t) = (student.primitive().clone(), teacher.primitive().clone());
-        let (total, parts, ps, pt) = B::fused_dkd(s.clone(), t.clone(), targets.clone(), inv_t, joint, alpha, beta, keep[0], keep[1]);
-        let total = match Weigh.prepare::<C>([student.node(), teacher.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish([ps, pt], total),
-            OpsKind::UnTracked(prep) => prep.finish(total),
+        let op = Weigh
+            .prepare::<C>([student.node(), teacher.node()])
+            .compute_bound()
+            .stateful();
+        let (s, t) = (student.into_primitive(), teacher.into_primitive());
+        let (total, parts) = match op {
+            OpsKind::Tracked(prep) => {
+                let (total, parts, ps, pt) =
+                    B::fused_dkd(s, t, targets, inv_t, joint, alpha, beta, keep[0], keep[1]);
+                (prep.finish([ps, pt], total), parts)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (total, parts, _, _) =
+                    B::fused_dkd(s, t, targets, inv_t, joint, alpha, beta, false, false);
+                (prep.finish(total), parts)
+            }
         };
-        let parts = match Recompute.prepare::<C>([student.node(), teacher.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((s, t, targets, inv_t, joint), parts),
-            OpsKind::UnTracked(prep) => prep.finish(parts),
-        };
-        (total, parts, None, None)
-    }
-
-    fn fused_dkd_parts_grad(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-        inv_t: f64,
-        joint: Joint,
-        grad: FloatTensor<Self>,
-        keep_student: bool,
-        keep_teacher: bool,
-    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-        // not differentiable itself (no gradient of a gradient in burn 0.22)
-        let (gs, gt) = B::fused_dkd_parts_grad(
-            Self::inner(student),
-            Self::inner(teacher),
-            targets,
-            inv_t,
-            joint,
-            Self::inner(grad),
-            keep_student,
-            keep_teacher,
-        );
-        (gs.map(Self::from_inner), gt.map(Self::from_inner))
+        // the parts are values for logging, outside the graph: a tracked output that no
+        // backward pass reaches would keep its graph alive
+        (total, Self::from_inner(parts), None, None)
     }
 
     fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -3,8 +3,8 @@ use burn::tensor::{Int, Tensor};
 
 use crate::curriculum::Schedule;
 use crate::error::{check_non_negative, check_temperature};
-use crate::input::{check_pair, min_max, outside};
 use crate::fused::{self, Joint};
+use crate::input::{check_pair, min_max, outside};
 use crate::math::{Decoupled, Temperature, kl_rows, logsumexp, target_mask};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
@@ -152,8 +152,12 @@ impl Decoupling {
         let names = [format!("{name}/tckd"), format!("{name}/nckd")];
         Ok(match fused {
             Some((total, parts)) => {
-                let terms = [0, 1].map(|i| scaled(parts.clone().narrow(1, i, 1).mean(), weights[i]));
-                LossOutput::new(scaled(total.mean(), 1.0), names.into_iter().zip(terms).collect())
+                let terms =
+                    [0, 1].map(|i| scaled(parts.clone().narrow(1, i, 1).mean(), weights[i]));
+                LossOutput::new(
+                    scaled(total.mean(), 1.0),
+                    names.into_iter().zip(terms).collect(),
+                )
             }
             None => {
                 let parts = decoupled_rows(s, t, y, temperature, self.joint);
@@ -293,7 +297,14 @@ pub fn dkd_loss(
         return Err(DistillError::TargetOutOfRange { target, classes: c });
     }
     let weights = [alpha, beta];
-    let rows = match fused::dkd_rows(&student, &teacher, &targets, temperature, Joint::Teacher, weights) {
+    let rows = match fused::dkd_rows(
+        &student,
+        &teacher,
+        &targets,
+        temperature,
+        Joint::Teacher,
+        weights,
+    ) {
         Some((total, _)) => total,
         None => {
             let (tckd, nckd) = dkd_per_sample(student, teacher, targets, temperature);
