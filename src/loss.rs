@@ -44,7 +44,8 @@ impl Reduction {
 ///
 /// `total` has shape `[1]` (or `[N]` under [`Reduction::None`]); call `total.backward()`.
 /// Term names are prefixed by the objective's name: `"kd"`, `"dkd/tckd"`, `"dkd/nckd"`.
-/// Weighting an objective scales its total and its terms alike.
+/// Weighting an objective scales its total and its terms alike. Terms are for logging: the fused
+/// DKD/DCKD return theirs as values outside the autodiff graph (differentiate the total).
 #[derive(Debug, Clone)]
 pub struct LossOutput {
     /// The loss to differentiate.

@@ -190,6 +190,27 @@ fn paced_and_top_k_errors() {
         .forward(&no_progress)
         .unwrap_err();
     assert!(matches!(err, DistillError::MissingInput { .. }), "{err}");
+    // a fused DKD term is a logged value: not a task term DOT can differentiate
+    let mut dot = DotConfig::new()
+        .with_task_terms(vec!["dkd/tckd".into()])
+        .init()
+        .unwrap();
+    let dkd = DkdConfig::new().with_warmup_epochs(0).init().unwrap();
+    let err = dot
+        .step(
+            0.1,
+            Row {
+                w: Param::from_tensor(f64t(vec![0.0; C], [1, C])),
+            },
+            |m: &Row| {
+                dkd.forward(
+                    &DistillInput::new(m.w.val(), f64t(vec![1.0, 0.0, 0.0, 0.0], [1, C]))
+                        .targets(common::ints(vec![0])),
+                )
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("logged value"), "{err}");
 }
 
 #[test]

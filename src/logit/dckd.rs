@@ -86,7 +86,8 @@ impl DckdConfig {
 /// (default `Max`: `b*_t = max(bᵀ_t, sg(bˢ_t))`), and `b* = bᵀ` otherwise. A student that is
 /// right with more confidence than the teacher gets a zero target-class term (never pulled
 /// back); with `JointTarget::Teacher` DCKD equals DKD exactly. Compose the companion feature or
-/// relational loss with `+`. Terms: `"dckd/tckd"`, `"dckd/nckd"`.
+/// relational loss with `+`. Terms: `"dckd/tckd"`, `"dckd/nckd"` (values for logging on the
+/// [fused path](crate::fused), as in [`Dkd`](super::Dkd)).
 ///
 /// # Shapes
 /// - student and teacher logits: `[N, C]`, `C ≥ 3`; targets: `[N]`

@@ -54,7 +54,9 @@ impl DkdConfig {
 /// `DKD = w(epoch) · T² · (1/N) Σₙ [α · KL(bᵀ ‖ bˢ) + β · KL(p̂ᵀ ‖ p̂ˢ)]`
 ///
 /// `w` is the linear warm-up `min((epoch + 1) / warmup, 1)`. The terms are `"dkd/tckd"` and
-/// `"dkd/nckd"`, each with its weights applied. Add [`CrossEntropy`](super::CrossEntropy) for
+/// `"dkd/nckd"`, each with its weights applied. On the [fused path](crate::fused) (the default
+/// where the device has it) the terms are values for logging and only the total is
+/// differentiable; `fused: false` makes the terms differentiable too. Add [`CrossEntropy`](super::CrossEntropy) for
 /// the paper's full objective.
 ///
 /// Numerics: both parts come from log-sum-exps over all and over non-target logits, with an

@@ -94,9 +94,22 @@ pub struct Dot {
 
 impl Dot {
     fn task_part(&self, out: &LossOutput) -> Result<Tensor<1>, DistillError> {
-        out.terms()
-            .filter(|(name, _)| self.task_terms.iter().any(|t| t == name))
-            .map(|(_, t)| t.clone().sum())
+        let mut parts = Vec::new();
+        for (name, t) in out.terms() {
+            if !self.task_terms.iter().any(|n| n == name) {
+                continue;
+            }
+            if !t.is_tracked() {
+                // e.g. a fused DKD term: a value for logging, outside the graph
+                return Err(DistillError::MissingInput {
+                    objective: "dot".into(),
+                    what: format!("a differentiable task term ({name} is a logged value)"),
+                });
+            }
+            parts.push(t.clone().sum());
+        }
+        parts
+            .into_iter()
             .reduce(|a, b| a + b)
             .ok_or_else(|| DistillError::MissingInput {
                 objective: "dot".into(),
