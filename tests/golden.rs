@@ -658,6 +658,8 @@ fn golden_cases() {
     burn::tensor::Device::default()
         .configure(burn::tensor::FloatDType::F64)
         .expect("no tensor exists yet");
+    // KD, DKD and DCKD objectives built with their defaults take the fused kernels here
+    assert!(burn_distill::fused::supported(&device()));
     let dir = std::env::var_os("BURN_DISTILL_GOLDEN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"));
