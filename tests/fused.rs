@@ -6,38 +6,14 @@ mod common;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_distill::fused;
-use burn_distill::logit::{DckdConfig, DkdConfig, JointTarget, KdConfig};
+use burn_distill::logit::{Dckd, DckdConfig, DkdConfig, JointTarget, KdConfig};
 use burn_distill::{DistillInput, Loss};
-use common::{close, device, values};
+use common::{Batch, batches, close, device, values};
 use proptest::prelude::*;
 
-/// One batch of logits in plain numbers.
-#[derive(Debug, Clone)]
-struct Batch {
-    n: usize,
-    c: usize,
-    s: Vec<f64>,
-    t: Vec<f64>,
-    y: Vec<i64>,
-    temp: f64,
-}
-
+/// Batches of 1–5 rows, 3–39 classes, logits in ±(0.1 to 6), temperatures in [0.5, 8).
 fn batch() -> impl Strategy<Value = Batch> {
-    (1usize..6, 3usize..40, 0.5f64..8.0, 0.1f64..6.0).prop_flat_map(|(n, c, temp, scale)| {
-        (
-            prop::collection::vec(-1.0f64..1.0, n * c),
-            prop::collection::vec(-1.0f64..1.0, n * c),
-            prop::collection::vec(0..c as i64, n),
-        )
-            .prop_map(move |(s, t, y)| Batch {
-                n,
-                c,
-                s: s.iter().map(|v| v * scale).collect(),
-                t: t.iter().map(|v| v * scale).collect(),
-                y,
-                temp,
-            })
-    })
+    batches(1..6, 3..40, 0.1f64..6.0, 0.5..8.0)
 }
 
 /// Loss, student gradient and teacher gradient of `loss` (teacher attached).
@@ -93,6 +69,16 @@ fn agree(
     close("teacher gradient", &tf, &tc, rel, abs)
 }
 
+/// DCKD fused and composed, without warm-up.
+fn dckd_versions(temp: f64, joint: JointTarget, mix: f64) -> (Dckd, Dckd) {
+    let cfg = DckdConfig::new()
+        .with_temperature(temp)
+        .with_joint(joint)
+        .with_mix_weight(mix)
+        .with_warmup_epochs(0);
+    (cfg.init().unwrap(), cfg.with_fused(false).init().unwrap())
+}
+
 fn dtypes() -> impl Strategy<Value = DType> {
     prop_oneof![Just(DType::F32), Just(DType::F64)]
 }
@@ -125,12 +111,7 @@ proptest! {
         joint in prop_oneof![Just(JointTarget::Max), Just(JointTarget::Teacher), Just(JointTarget::Mix)],
         mix in 0.0f64..=1.0,
     ) {
-        let cfg = DckdConfig::new()
-            .with_temperature(b.temp)
-            .with_joint(joint)
-            .with_mix_weight(mix)
-            .with_warmup_epochs(0);
-        let (f, c) = (cfg.init().unwrap(), cfg.clone().with_fused(false).init().unwrap());
+        let (f, c) = dckd_versions(b.temp, joint, mix);
         agree(&f, &c, &b, dtype, 8.0).map_err(TestCaseError::fail)?;
     }
 }
@@ -143,25 +124,8 @@ fn dkd_terms_are_the_composed_values() {
     runner
         .run(&(batch(), 0usize..3), |(b, joint)| {
             let joint = [JointTarget::Teacher, JointTarget::Max, JointTarget::Mix][joint];
-            let cfg = DckdConfig::new()
-                .with_temperature(b.temp)
-                .with_joint(joint)
-                .with_warmup_epochs(0);
-            let (f, c) = (
-                cfg.init().unwrap(),
-                cfg.clone().with_fused(false).init().unwrap(),
-            );
-            let dev = device();
-            let s = Tensor::<2>::from_data(
-                TensorData::new(b.s.clone(), [b.n, b.c]),
-                (&dev, DType::F64),
-            )
-            .require_grad();
-            let t = Tensor::<2>::from_data(
-                TensorData::new(b.t.clone(), [b.n, b.c]),
-                (&dev, DType::F64),
-            );
-            let y = Tensor::<1, Int>::from_data(TensorData::new(b.y.clone(), [b.n]), &dev);
+            let (f, c) = dckd_versions(b.temp, joint, 0.5);
+            let (s, t, y) = b.leaves(DType::F64);
             let input = DistillInput::new(s.clone(), t).targets(y);
             let (of, oc) = (f.forward(&input).unwrap(), c.forward(&input).unwrap());
             let abs = 1e-12 * 64.0 * b.temp * b.temp;
@@ -197,14 +161,7 @@ fn dckd_fused_equals_composed_on_correct_students_and_ties() {
         temp: 2.0,
     };
     for joint in [JointTarget::Max, JointTarget::Teacher, JointTarget::Mix] {
-        let cfg = DckdConfig::new()
-            .with_temperature(b.temp)
-            .with_joint(joint)
-            .with_warmup_epochs(0);
-        let (f, c) = (
-            cfg.init().unwrap(),
-            cfg.clone().with_fused(false).init().unwrap(),
-        );
+        let (f, c) = dckd_versions(b.temp, joint, 0.5);
         for dtype in [DType::F32, DType::F64] {
             agree(&f, &c, &b, dtype, 8.0).unwrap_or_else(|e| panic!("{joint:?} {dtype:?}: {e}"));
         }

@@ -13,35 +13,9 @@ use burn_distill::prelude::*;
 use common::*;
 use proptest::prelude::*;
 
-/// A batch: shape, student and teacher logits, targets and a temperature.
-#[derive(Debug, Clone)]
-struct Batch {
-    n: usize,
-    c: usize,
-    s: Vec<f64>,
-    t: Vec<f64>,
-    y: Vec<i64>,
-    temp: f64,
-}
-
+/// Batches of 1–4 rows, 3–7 classes, logits in ±4, temperatures in [0.5, 8).
 fn batch() -> impl Strategy<Value = Batch> {
-    (1usize..5, 3usize..8).prop_flat_map(|(n, c)| {
-        let logits = prop::collection::vec(-4.0f64..4.0, n * c);
-        (
-            logits.clone(),
-            logits,
-            prop::collection::vec(0..c as i64, n),
-            0.5f64..8.0,
-        )
-            .prop_map(move |(s, t, y, temp)| Batch {
-                n,
-                c,
-                s,
-                t,
-                y,
-                temp,
-            })
-    })
+    batches(1..5, 3..8, Just(4.0), 0.5..8.0)
 }
 
 impl Batch {

@@ -174,51 +174,61 @@ fn weighted_gap<F: Real>(e: &[F], s: &[F], t: &[F], ms: F, mt: F) -> F {
     sum
 }
 
-/// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))` of `[n, c]` row-major logits into `rows`, and
-/// the gradient planes of that row w.r.t. the raw logits: `gs = (p_s − p_t)/T` into
-/// `student`, `gt = p_t ⊙ (a − KL)/T` (`a = log p_t − log p_s`) into `teacher` (each `[n·c]`,
-/// empty when not kept).
-pub fn kd<F: Real>(
-    s: &[F],
-    t: &[F],
-    c: usize,
-    inv_t: f64,
-    rows: &mut [F],
-    student: &mut [F],
-    teacher: &mut [F],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { kd_avx2(s, t, c, inv_t, rows, student, teacher) };
-    }
-    kd_rows::<F, false>(s, t, c, inv_t, rows, student, teacher)
+/// One fused call's inputs and outputs, row-major: logits `[n, c]`, the per-sample losses,
+/// and the gradient planes `[n, c]` of the student and the teacher (empty when not wanted).
+pub struct Job<'a, F> {
+    /// Student logits.
+    pub s: &'a [F],
+    /// Teacher logits.
+    pub t: &'a [F],
+    /// Classes per row.
+    pub c: usize,
+    /// `1/T`.
+    pub inv_t: f64,
+    /// Per-sample outputs: KD `[n]`, DKD `[n, 2]`.
+    pub rows: &'a mut [F],
+    /// The student's gradient plane.
+    pub student: &'a mut [F],
+    /// The teacher's gradient plane.
+    pub teacher: &'a mut [F],
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kd_avx2<F: Real>(
-    s: &[F],
-    t: &[F],
-    c: usize,
-    inv_t: f64,
-    rows: &mut [F],
-    student: &mut [F],
-    teacher: &mut [F],
-) {
-    kd_rows::<F, true>(s, t, c, inv_t, rows, student, teacher)
+/// Runs `$rows::<F, FMA>` with AVX2 + FMA code where the CPU has them, baseline code otherwise.
+macro_rules! simd_dispatch {
+    ($f:ty; $rows:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2<F: Real>($($arg: $ty),*) {
+            $rows::<F, true>($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            return unsafe { $avx2::<$f>($($arg),*) };
+        }
+        $rows::<$f, false>($($arg),*)
+    };
+}
+
+/// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))` into `job.rows` (`[n]`), and its gradient
+/// planes w.r.t. the raw logits: `(p_s − p_t)/T` for the student, `p_t ⊙ (a − KL)/T`
+/// (`a = log p_t − log p_s`) for the teacher.
+pub fn kd<F: Real>(job: Job<F>) {
+    simd_dispatch!(F; kd_rows, kd_avx2, (job: Job<F>));
 }
 
 #[inline(always)]
-fn kd_rows<F: Real, const FMA: bool>(
-    s: &[F],
-    t: &[F],
-    c: usize,
-    inv_t: f64,
-    rows: &mut [F],
-    student: &mut [F],
-    teacher: &mut [F],
-) {
+fn kd_rows<F: Real, const FMA: bool>(job: Job<F>) {
+    let Job {
+        s,
+        t,
+        c,
+        inv_t,
+        rows,
+        student,
+        teacher,
+    } = job;
     let k = F::of(inv_t);
     let mut es = vec![F::zero(); c];
     let mut et = vec![F::zero(); c];
@@ -321,56 +331,23 @@ pub struct Parts<'a, F> {
     pub weights: [F; 2],
 }
 
-/// Per-sample `(TCKD, NCKD)` of DKD (or DCKD, through the joint rule) into `rows` (`[n, 2]`),
-/// and the gradient of `w_tc·TCKD + w_nc·NCKD` w.r.t. the raw logits into `student` and
-/// `teacher` (`[n, c]` each; empty when not wanted).
-#[allow(clippy::too_many_arguments)]
-pub fn dkd<F: Real>(
-    s: &[F],
-    t: &[F],
-    c: usize,
-    inv_t: f64,
-    parts: &Parts<F>,
-    rows: &mut [F],
-    student: &mut [F],
-    teacher: &mut [F],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { dkd_avx2(s, t, c, inv_t, parts, rows, student, teacher) };
-    }
-    dkd_rows::<F, false>(s, t, c, inv_t, parts, rows, student, teacher)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dkd_avx2<F: Real>(
-    s: &[F],
-    t: &[F],
-    c: usize,
-    inv_t: f64,
-    parts: &Parts<F>,
-    rows: &mut [F],
-    student: &mut [F],
-    teacher: &mut [F],
-) {
-    dkd_rows::<F, true>(s, t, c, inv_t, parts, rows, student, teacher)
+/// Per-sample `(TCKD, NCKD)` of DKD (or DCKD, through the joint rule) into `job.rows`
+/// (`[n, 2]`), and the gradient planes of `w_tc·TCKD + w_nc·NCKD` w.r.t. the raw logits.
+pub fn dkd<F: Real>(job: Job<F>, parts: &Parts<F>) {
+    simd_dispatch!(F; dkd_rows, dkd_avx2, (job: Job<F>, parts: &Parts<F>));
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn dkd_rows<F: Real, const FMA: bool>(
-    s: &[F],
-    t: &[F],
-    c: usize,
-    inv_t: f64,
-    parts: &Parts<F>,
-    rows: &mut [F],
-    student: &mut [F],
-    teacher: &mut [F],
-) {
+fn dkd_rows<F: Real, const FMA: bool>(job: Job<F>, parts: &Parts<F>) {
+    let Job {
+        s,
+        t,
+        c,
+        inv_t,
+        rows,
+        student,
+        teacher,
+    } = job;
     let k = F::of(inv_t);
     let mut es = vec![F::zero(); c];
     let mut et = vec![F::zero(); c];
@@ -462,25 +439,14 @@ fn avx2() -> bool {
 /// `exp` of every element of `x` in place, with the kernels' vectorised `exp` (AVX2 + FMA
 /// when the CPU has them): the floor any fused KD or DKD runs against.
 pub fn exp_in_place(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { exp_avx2(x) };
-    }
-    exp_slice::<false>(x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_avx2(x: &mut [f32]) {
-    exp_slice::<true>(x)
+    simd_dispatch!(f32; exp_slice, exp_avx2, (x: &mut [F]));
 }
 
 #[inline(always)]
-fn exp_slice<const FMA: bool>(x: &mut [f32]) {
+fn exp_slice<F: Real, const FMA: bool>(x: &mut [F]) {
     let mut chunks = x.chunks_exact_mut(8);
     for c in &mut chunks {
-        let e = f32::exp8::<FMA>(c.try_into().unwrap());
+        let e = F::exp8::<FMA>(c.try_into().unwrap());
         c.copy_from_slice(&e);
     }
     for v in chunks.into_remainder() {
@@ -497,7 +463,7 @@ mod tests {
         let mut x: Vec<f32> = (0..8000).map(|i| -90.0 + i as f32 * 0.0222).collect();
         let want: Vec<f64> = x.iter().map(|&v| (v as f64).exp()).collect();
         let mut plain = x.clone();
-        exp_slice::<false>(&mut plain); // without FMA
+        exp_slice::<f32, false>(&mut plain); // without FMA
         exp_in_place(&mut x); // with FMA where the CPU has it
         for (got, want) in x.iter().chain(&plain).zip(want.iter().cycle()) {
             if *want < 1.5e-38 {
@@ -523,7 +489,15 @@ mod tests {
         let (ps, pt) = (softmax(&s), softmax(&t));
         let want: f64 = pt.iter().zip(&ps).map(|(p, q)| p * (p / q).ln()).sum();
         let (mut rows, mut gs) = ([0.0], [0.0; 5]);
-        kd(&s, &t, 5, 0.5, &mut rows, &mut gs, &mut []);
+        kd(Job {
+            s: &s,
+            t: &t,
+            c: 5,
+            inv_t: 0.5,
+            rows: &mut rows,
+            student: &mut gs,
+            teacher: &mut [],
+        });
         assert!((rows[0] - want).abs() < 1e-14, "{} vs {want}", rows[0]);
         for j in 0..5 {
             assert!((gs[j] - 0.5 * (ps[j] - pt[j])).abs() < 1e-15);

@@ -5,6 +5,8 @@
 //! The default bodies run the CPU kernels on the host copy of the tensors (any backend; the
 //! ndarray backend uses them); flex reads and writes its buffers in place.
 
+// burn 0.22 deprecates its ndarray backend, which this crate still serves
+#![cfg_attr(feature = "ndarray", allow(deprecated))]
 // with no backend compiled in, burn's dispatch routes nowhere and the bodies go unused
 #![cfg_attr(
     not(any(feature = "flex", feature = "ndarray")),
@@ -41,7 +43,15 @@ pub trait FusedOps: Backend {
         Option<FloatTensor<Self>>,
         Option<FloatTensor<Self>>,
     ) {
-        kd::<Self>(&Host, student, teacher, inv_t, [keep_student, keep_teacher])
+        let out = fused::<Self>(
+            &Host,
+            student,
+            teacher,
+            inv_t,
+            Kind::Kd,
+            [keep_student, keep_teacher],
+        );
+        (out.rows, out.student, out.teacher)
     }
 
     /// DKD's per-sample `α·TCKD + β·NCKD` `[N]`, its parts `[N, 2]` (values, for logging), and
@@ -64,16 +74,16 @@ pub trait FusedOps: Backend {
         Option<FloatTensor<Self>>,
     ) {
         let y = Host.indices::<Self>(targets);
-        dkd::<Self>(
+        let kind = Kind::Dkd(&y, joint, [alpha, beta]);
+        fused::<Self>(
             &Host,
             student,
             teacher,
-            &y,
             inv_t,
-            joint,
-            [alpha, beta],
+            kind,
             [keep_student, keep_teacher],
         )
+        .dkd()
     }
 
     /// The backward pass: the rows of `plane` `[N, C]` times `grad` `[N]`.
@@ -137,126 +147,112 @@ fn indices(data: TensorData) -> Vec<usize> {
         .collect()
 }
 
-/// Runs `f` in the logits' float type (f64, else f32).
-macro_rules! by_dtype {
-    ($dtype:expr, $f:ident, $($arg:expr),*) => {
-        match $dtype {
-            DType::F64 => $f::<B, f64>($($arg),*),
-            _ => $f::<B, f32>($($arg),*),
+/// What a fused call computes.
+enum Kind<'a> {
+    /// KD.
+    Kd,
+    /// DKD/DCKD: the targets, the joint rule and the weights `(α, β)`.
+    Dkd(&'a [usize], Joint, [f64; 2]),
+}
+
+/// A fused call's outputs: per-sample losses (KD's rows; DKD's `α·TCKD + β·NCKD`), DKD's parts
+/// `[N, 2]`, and the kept planes.
+struct Out<B: Backend> {
+    rows: FloatTensor<B>,
+    parts: Option<FloatTensor<B>>,
+    student: Option<FloatTensor<B>>,
+    teacher: Option<FloatTensor<B>>,
+}
+
+impl<B: Backend> Out<B> {
+    /// DKD's outputs as the extension op returns them.
+    #[allow(clippy::type_complexity)]
+    fn dkd(
+        self,
+    ) -> (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        Option<FloatTensor<B>>,
+        Option<FloatTensor<B>>,
+    ) {
+        (
+            self.rows,
+            self.parts.expect("a DKD call has parts"),
+            self.student,
+            self.teacher,
+        )
+    }
+}
+
+/// Runs one fused call in the logits' float type (f64, else f32).
+fn fused<B: Backend>(
+    io: &impl Io<B>,
+    s: FloatTensor<B>,
+    t: FloatTensor<B>,
+    inv_t: f64,
+    kind: Kind,
+    keep: [bool; 2],
+) -> Out<B> {
+    match s.dtype() {
+        DType::F64 => fused_in::<B, f64>(io, s, t, inv_t, kind, keep),
+        _ => fused_in::<B, f32>(io, s, t, inv_t, kind, keep),
+    }
+}
+
+fn fused_in<B: Backend, F: Real + Element>(
+    io: &impl Io<B>,
+    s: FloatTensor<B>,
+    t: FloatTensor<B>,
+    inv_t: f64,
+    kind: Kind,
+    keep: [bool; 2],
+) -> Out<B> {
+    let ([n, c], device) = ([s.shape()[0], s.shape()[1]], s.device());
+    let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
+    let (sv, tv) = (io.floats::<F>(&s), io.floats::<F>(&t));
+    let per_row = match kind {
+        Kind::Kd => 1,
+        Kind::Dkd(..) => 2,
+    };
+    let mut rows = vec![F::zero(); per_row * n];
+    let job = cpu::Job {
+        s: &sv,
+        t: &tv,
+        c,
+        inv_t,
+        rows: &mut rows,
+        student: &mut gs,
+        teacher: &mut gt,
+    };
+    let (rows, parts) = match kind {
+        Kind::Kd => {
+            cpu::kd(job);
+            (rows, None)
+        }
+        Kind::Dkd(targets, joint, weights) => {
+            let weights = weights.map(F::of);
+            cpu::dkd(
+                job,
+                &Parts {
+                    targets,
+                    joint,
+                    weights,
+                },
+            );
+            let total = rows
+                .chunks_exact(2)
+                .map(|r| weights[0] * r[0] + weights[1] * r[1])
+                .collect();
+            (total, Some(io.tensor(rows, &[n, 2], &device)))
         }
     };
-}
-
-fn kd<B: Backend>(
-    io: &impl Io<B>,
-    s: FloatTensor<B>,
-    t: FloatTensor<B>,
-    inv_t: f64,
-    keep: [bool; 2],
-) -> (
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-) {
-    by_dtype!(s.dtype(), kd_in, io, s, t, inv_t, keep)
-}
-
-fn kd_in<B: Backend, F: Real + Element>(
-    io: &impl Io<B>,
-    s: FloatTensor<B>,
-    t: FloatTensor<B>,
-    inv_t: f64,
-    keep: [bool; 2],
-) -> (
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-) {
-    let ([n, c], device) = ([s.shape()[0], s.shape()[1]], s.device());
-    let mut rows = vec![F::zero(); n];
-    let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
-    cpu::kd(
-        &io.floats::<F>(&s),
-        &io.floats::<F>(&t),
-        c,
-        inv_t,
-        &mut rows,
-        &mut gs,
-        &mut gt,
-    );
     let plane = |v: Vec<F>, k: bool| k.then(|| io.tensor(v, &[n, c], &device));
-    (
-        io.tensor(rows, &[n], &device),
-        plane(gs, keep[0]),
-        plane(gt, keep[1]),
-    )
-}
-
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn dkd<B: Backend>(
-    io: &impl Io<B>,
-    s: FloatTensor<B>,
-    t: FloatTensor<B>,
-    y: &[usize],
-    inv_t: f64,
-    joint: Joint,
-    weights: [f64; 2],
-    keep: [bool; 2],
-) -> (
-    FloatTensor<B>,
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-) {
-    by_dtype!(s.dtype(), dkd_in, io, s, t, y, inv_t, joint, weights, keep)
-}
-
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn dkd_in<B: Backend, F: Real + Element>(
-    io: &impl Io<B>,
-    s: FloatTensor<B>,
-    t: FloatTensor<B>,
-    y: &[usize],
-    inv_t: f64,
-    joint: Joint,
-    weights: [f64; 2],
-    keep: [bool; 2],
-) -> (
-    FloatTensor<B>,
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-) {
-    let ([n, c], device) = ([s.shape()[0], s.shape()[1]], s.device());
-    let w = weights.map(F::of);
-    let mut rows = vec![F::zero(); 2 * n];
-    let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
-    let parts = Parts {
-        targets: y,
-        joint,
-        weights: w,
-    };
-    cpu::dkd(
-        &io.floats::<F>(&s),
-        &io.floats::<F>(&t),
-        c,
-        inv_t,
-        &parts,
-        &mut rows,
-        &mut gs,
-        &mut gt,
-    );
-    let total = rows
-        .chunks_exact(2)
-        .map(|r| w[0] * r[0] + w[1] * r[1])
-        .collect();
-    let plane = |v: Vec<F>, k: bool| k.then(|| io.tensor(v, &[n, c], &device));
-    (
-        io.tensor(total, &[n], &device),
-        io.tensor(rows, &[n, 2], &device),
-        plane(gs, keep[0]),
-        plane(gt, keep[1]),
-    )
+    Out {
+        rows: io.tensor(rows, &[n], &device),
+        parts,
+        student: plane(gs, keep[0]),
+        teacher: plane(gt, keep[1]),
+    }
 }
 
 fn combine<B: Backend>(
@@ -334,13 +330,9 @@ mod flex {
             keep_student: bool,
             keep_teacher: bool,
         ) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
-            kd::<Self>(
-                &InPlace,
-                student,
-                teacher,
-                inv_t,
-                [keep_student, keep_teacher],
-            )
+            let keep = [keep_student, keep_teacher];
+            let out = fused::<Self>(&InPlace, student, teacher, inv_t, Kind::Kd, keep);
+            (out.rows, out.student, out.teacher)
         }
 
         fn fused_dkd(
@@ -360,17 +352,16 @@ mod flex {
             Option<FlexTensor>,
         ) {
             let y = indices(targets.into_data());
-            let keep = [keep_student, keep_teacher];
-            dkd::<Self>(
+            let kind = Kind::Dkd(&y, joint, [alpha, beta]);
+            fused::<Self>(
                 &InPlace,
                 student,
                 teacher,
-                &y,
                 inv_t,
-                joint,
-                [alpha, beta],
-                keep,
+                kind,
+                [keep_student, keep_teacher],
             )
+            .dkd()
         }
 
         fn fused_combine(plane: FlexTensor, grad: FlexTensor) -> FlexTensor {

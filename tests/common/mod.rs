@@ -172,3 +172,50 @@ where
         None => Err(named("teacher gradient missing".into())),
     }
 }
+
+/// A batch of logits in plain numbers: shape, student and teacher logits, targets, temperature.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub n: usize,
+    pub c: usize,
+    pub s: Vec<f64>,
+    pub t: Vec<f64>,
+    pub y: Vec<i64>,
+    pub temp: f64,
+}
+
+/// Batches of `n` rows and `c` classes whose logits are uniform in `±scale` (one `scale`
+/// drawn per batch), with targets in range and a temperature drawn from `temp`.
+pub fn batches(
+    n: std::ops::Range<usize>,
+    c: std::ops::Range<usize>,
+    scale: impl proptest::strategy::Strategy<Value = f64> + Clone + 'static,
+    temp: std::ops::Range<f64>,
+) -> impl proptest::strategy::Strategy<Value = Batch> {
+    use proptest::prelude::*;
+    (n, c, temp).prop_flat_map(move |(n, c, temp)| {
+        let unit = prop::collection::vec(-1.0f64..1.0, n * c);
+        (
+            unit.clone(),
+            unit,
+            prop::collection::vec(0..c as i64, n),
+            scale.clone(),
+        )
+            .prop_map(move |(s, t, y, scale)| Batch {
+                n,
+                c,
+                s: s.iter().map(|v| v * scale).collect(),
+                t: t.iter().map(|v| v * scale).collect(),
+                y,
+                temp,
+            })
+    })
+}
+
+impl Batch {
+    /// Student and teacher logits of `dtype` as leaves that require gradients, and the targets.
+    pub fn leaves(&self, dtype: DType) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+        let leaf = |v: &[f64]| tensor(v.to_vec(), [self.n, self.c], dtype).require_grad();
+        (leaf(&self.s), leaf(&self.t), ints(self.y.clone()))
+    }
+}
