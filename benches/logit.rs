@@ -92,9 +92,54 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// With `--features ndarray`: KD and DKD fused (on a host copy of the logits) and composed on
+/// burn's ndarray backend, at the two large shapes.
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)] // burn 0.22 deprecates ndarray; the crate still supports it
+fn ndarray(c: &mut Criterion) {
+    let dev = Device::ndarray().autodiff();
+    let dkd = DkdConfig::new().with_warmup_epochs(0);
+    let objectives: Vec<(&str, Box<dyn Loss>)> = vec![
+        ("kd/fused", Box::new(KdConfig::new().init().unwrap())),
+        (
+            "kd/composed",
+            Box::new(KdConfig::new().with_fused(false).init().unwrap()),
+        ),
+        ("dkd/fused", Box::new(dkd.init().unwrap())),
+        (
+            "dkd/composed",
+            Box::new(dkd.with_fused(false).init().unwrap()),
+        ),
+    ];
+    for (n, classes) in &SHAPES[2..] {
+        let (n, classes) = (*n, *classes);
+        let mut group = c.benchmark_group(format!("ndarray forward+backward {n}x{classes}"));
+        let s = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
+        let t = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
+        let y = Tensor::<1, Int>::from_data(
+            TensorData::new((0..n as i64).map(|i| i % classes as i64).collect(), [n]),
+            &dev,
+        );
+        for (name, loss) in &objectives {
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    let s = s.clone().require_grad();
+                    let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
+                    let grads = loss.forward(&input).unwrap().total.backward();
+                    black_box(s.grad(&grads).unwrap());
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+#[cfg(not(feature = "ndarray"))]
+fn ndarray(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = bench
+    targets = bench, ndarray
 }
 criterion_main!(benches);

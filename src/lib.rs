@@ -60,9 +60,13 @@
 //!
 //! ## Backends
 //!
-//! The crate enables no burn backend: every objective works on whatever
-//! [`Device`](burn::tensor::Device) the caller's tensors live on. The cargo features `flex`,
-//! `ndarray`, `wgpu`, `tch` and `cuda` only pass through to burn's.
+//! Every objective works on whatever [`Device`](burn::tensor::Device) the caller's tensors live
+//! on. The cargo features `flex` (on by default), `ndarray`, `wgpu`, `tch` and `cuda` pass
+//! through to burn's; `default-features = false` enables no backend at all.
+//!
+//! [`Kd`](logit::Kd), [`Dkd`](logit::Dkd) and [`Dckd`](logit::Dckd) run [fused](fused) CPU
+//! kernels on flex and ndarray (a forward and an analytic backward in a few passes over the
+//! logits) and their composed tensor-op versions everywhere else.
 
 mod error;
 mod input;

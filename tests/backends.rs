@@ -55,6 +55,7 @@ fn backends() -> Vec<Backend> {
         dtype: DType::F32,
     }];
     #[cfg(feature = "ndarray")]
+    #[allow(deprecated)] // burn 0.22 deprecates ndarray; the crate still supports it
     for dtype in [DType::F32, DType::F64] {
         v.push(Backend {
             name: format!("ndarray {dtype:?}"),
