@@ -3,6 +3,9 @@
 //! vectorised `exp`. Generic over `f32` and `f64`; on x86-64 the `f32` code is compiled a
 //! second time for AVX2 + FMA and picked at run time.
 
+// burn 0.22 deprecates its ndarray backend, which this crate still serves
+#![cfg_attr(feature = "ndarray", allow(deprecated))]
+
 use num_traits::Float;
 
 use super::Joint;
@@ -21,11 +24,22 @@ pub trait Real: Float + Copy + Send + Sync + core::fmt::Debug + 'static {
     /// The buffer of a uniquely owned flex tensor of this type, for writing in place.
     #[cfg(feature = "flex")]
     fn flex_slice_mut(t: &mut burn::backend::flex::FlexTensor) -> Option<&mut [Self]>;
+    /// The buffer of an ndarray tensor of this type in standard layout.
+    #[cfg(feature = "ndarray")]
+    fn ndarray_slice(t: &burn::backend::ndarray::NdArrayTensor) -> Option<&[Self]>;
 }
 
-/// The flex accessors of [`Real`], for one concrete type.
-macro_rules! flex_access {
-    () => {
+/// The backend accessors of [`Real`], for one concrete type and its ndarray variant.
+macro_rules! backend_access {
+    ($variant:ident) => {
+        #[cfg(feature = "ndarray")]
+        fn ndarray_slice(t: &burn::backend::ndarray::NdArrayTensor) -> Option<&[Self]> {
+            match t {
+                burn::backend::ndarray::NdArrayTensor::$variant(s) => s.view().to_slice(),
+                _ => None,
+            }
+        }
+
         #[cfg(feature = "flex")]
         fn flex_slice(t: &burn::backend::flex::FlexTensor) -> Option<&[Self]> {
             t.as_slice::<Self>()
@@ -82,7 +96,7 @@ impl Real for f32 {
         x as f32
     }
 
-    flex_access!();
+    backend_access!(F32);
 }
 
 impl Real for f64 {
@@ -96,7 +110,7 @@ impl Real for f64 {
         x
     }
 
-    flex_access!();
+    backend_access!(F64);
 }
 
 /// `dst[j] = exp(scale · (src[j] − shift))`, returning `Σ dst[j]`.

@@ -7,7 +7,7 @@
 //! | backend | fused path |
 //! |---|---|
 //! | flex (feature `flex`, on by default) | CPU kernels on flex's own buffers, no copies |
-//! | ndarray (feature `ndarray`) | the same kernels on a host copy |
+//! | ndarray (feature `ndarray`) | the same kernels, reading its arrays in place |
 //! | any of them under `.autodiff()` | the same, with the custom backward below |
 //!
 //! Everything else (wgpu, cuda, libtorch, a learned CTKD temperature, half-precision logits
