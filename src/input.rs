@@ -591,7 +591,7 @@ impl DistillInput {
 }
 
 /// The smallest and largest value of an index tensor, read back in one transfer.
-pub(crate) fn min_max(t: &Tensor<1, Int>) -> (i64, i64) {
+fn min_max(t: &Tensor<1, Int>) -> (i64, i64) {
     let v: Vec<i64> = Tensor::cat(vec![t.clone().min(), t.clone().max()], 0)
         .into_data()
         .convert::<i64>()
@@ -601,7 +601,7 @@ pub(crate) fn min_max(t: &Tensor<1, Int>) -> (i64, i64) {
 }
 
 /// The bound of `(lo, hi)` outside `0..size`, if any.
-pub(crate) fn outside((lo, hi): (i64, i64), size: usize) -> Option<i64> {
+fn outside((lo, hi): (i64, i64), size: usize) -> Option<i64> {
     if lo < 0 {
         Some(lo)
     } else if hi >= size as i64 {

@@ -4,7 +4,6 @@ use burn::tensor::{Int, Tensor};
 use crate::curriculum::Schedule;
 use crate::error::{check_non_negative, check_temperature};
 use crate::fused::{self, Joint};
-use crate::input::{check_pair, min_max, outside};
 use crate::math::{Decoupled, Temperature, kl_rows, logsumexp, target_mask};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
@@ -275,8 +274,8 @@ pub fn dkd_per_sample(
 
 /// `T² · batchmean (α·TCKD + β·NCKD)`, mdistiller's `dkd_loss`, as a function.
 ///
-/// The teacher is used as given (detach it for a frozen teacher). Fused where the device
-/// supports it.
+/// The teacher is used as given (detach it for a frozen teacher). The [`Dkd`] objective with
+/// no warm-up, so fused where the device supports it and checked the same way.
 pub fn dkd_loss(
     student: Tensor<2>,
     teacher: Tensor<2>,
@@ -285,33 +284,14 @@ pub fn dkd_loss(
     beta: f64,
     temperature: f64,
 ) -> Result<Tensor<1>, DistillError> {
-    check_temperature(temperature)?;
-    let (n, c) = check_pair(&student, &teacher)?;
-    check_classes("dkd", c)?;
-    if targets.dims()[0] != n {
-        return Err(DistillError::ShapeMismatch {
-            what: "targets".into(),
-            expected: vec![n],
-            actual: targets.dims().to_vec(),
-        });
-    }
-    if let Some(target) = outside(min_max(&targets), c) {
-        return Err(DistillError::TargetOutOfRange { target, classes: c });
-    }
-    let weights = [alpha, beta];
-    let rows = match fused::dkd_rows(
-        &student,
-        &teacher,
-        &targets,
-        temperature,
-        Joint::Teacher,
-        weights,
-    ) {
-        Some((total, _)) => total,
-        None => {
-            let (tckd, nckd) = dkd_per_sample(student, teacher, targets, temperature);
-            tckd * alpha + nckd * beta
-        }
-    };
-    Ok(rows.mean() * (temperature * temperature))
+    let dkd = DkdConfig::new()
+        .with_alpha(alpha)
+        .with_beta(beta)
+        .with_temperature(temperature)
+        .with_warmup_epochs(0)
+        .init()?;
+    let input = DistillInput::new(student, teacher)
+        .targets(targets)
+        .attach_teacher();
+    Ok(dkd.forward(&input)?.total)
 }

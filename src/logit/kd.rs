@@ -3,7 +3,6 @@ use burn::tensor::Tensor;
 
 use crate::error::check_temperature;
 use crate::fused;
-use crate::input::check_pair;
 use burn::tensor::activation::log_softmax;
 
 use crate::math::{Temperature, kl_rows};
@@ -117,8 +116,8 @@ fn kd_rows(student: Tensor<2>, teacher: Tensor<2>, temperature: &Temperature) ->
     )
 }
 
-/// `T² · batchmean KL(softmax(z_t/T) ‖ softmax(z_s/T))`, mdistiller's `kd_loss`, as a function
-/// (fused where the device supports it).
+/// `T² · batchmean KL(softmax(z_t/T) ‖ softmax(z_s/T))`, mdistiller's `kd_loss`, as a function:
+/// the default [`Kd`] objective (fused where the device supports it).
 ///
 /// The teacher is used as given (detach it for a frozen teacher).
 ///
@@ -134,9 +133,8 @@ pub fn kd_loss(
     teacher: Tensor<2>,
     temperature: f64,
 ) -> Result<Tensor<1>, DistillError> {
-    check_temperature(temperature)?;
-    check_pair(&student, &teacher)?;
-    let rows = fused::kd_rows(&student, &teacher, temperature)
-        .unwrap_or_else(|| kd_per_sample(student, teacher, temperature));
-    Ok(rows.mean() * (temperature * temperature))
+    let kd = KdConfig::new().with_temperature(temperature).init()?;
+    Ok(kd
+        .forward(&DistillInput::new(student, teacher).attach_teacher())?
+        .total)
 }
