@@ -2,15 +2,15 @@
 //! and, for each tracked input, the gradient planes of the backward pass; a backward that only
 //! weighs those planes by the incoming gradient.
 //!
-//! The default bodies run the CPU kernels on host copies of the tensors (any backend that
-//! lists the extension); flex and ndarray override them to read their buffers in place.
+//! flex and ndarray run the CPU kernels on their own buffers (see [`Io`]); the autodiff
+//! implementation wraps either.
 
 // burn 0.22 deprecates its ndarray backend, which this crate still serves
 #![cfg_attr(feature = "ndarray", allow(deprecated))]
 // with no backend compiled in, burn's dispatch routes nowhere and the bodies go unused
 #![cfg_attr(
     not(any(feature = "flex", feature = "ndarray")),
-    allow(unused_variables, dead_code)
+    allow(unused_variables, unused_macros, dead_code)
 )]
 
 use std::borrow::Cow;
@@ -20,7 +20,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Element, TensorData, read_sync};
+use burn::tensor::{DType, Element, TensorData};
 
 use super::Joint;
 use super::cpu::{self, Parts, Real};
@@ -32,6 +32,7 @@ use super::cpu::{self, Parts, Real};
 #[backend_extension(Autodiff, Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"))]
 pub trait FusedOps: Backend {
     /// KD's per-sample rows `[N]` and planes.
+    #[allow(clippy::type_complexity)]
     fn fused_kd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
@@ -42,17 +43,7 @@ pub trait FusedOps: Backend {
         FloatTensor<Self>,
         Option<FloatTensor<Self>>,
         Option<FloatTensor<Self>>,
-    ) {
-        let out = fused::<Self>(
-            &Host,
-            student,
-            teacher,
-            inv_t,
-            Kind::Kd,
-            [keep_student, keep_teacher],
-        );
-        (out.rows, out.student, out.teacher)
-    }
+    );
 
     /// DKD's per-sample `α·TCKD + β·NCKD` `[N]`, its parts `[N, 2]` (values, for logging), and
     /// the planes of the weighted sum.
@@ -72,69 +63,26 @@ pub trait FusedOps: Backend {
         FloatTensor<Self>,
         Option<FloatTensor<Self>>,
         Option<FloatTensor<Self>>,
-    ) {
-        let y = Host.indices::<Self>(targets);
-        let kind = Kind::Dkd(&y, joint, [alpha, beta]);
-        fused::<Self>(
-            &Host,
-            student,
-            teacher,
-            inv_t,
-            kind,
-            [keep_student, keep_teacher],
-        )
-        .dkd()
-    }
+    );
 
     /// The backward pass: the rows of `plane` `[N, C]` times `grad` `[N]`.
-    fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        combine::<Self>(&Host, plane, grad)
-    }
+    fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// How the kernels see a backend's tensors.
+/// How the kernels see a CPU backend's tensors.
 trait Io<B: Backend> {
-    /// The tensor's elements, row-major.
+    /// The tensor's elements, row-major (borrowed where the layout allows).
     fn floats<'a, F: Real + Element>(&self, t: &'a FloatTensor<B>) -> Cow<'a, [F]>;
-    /// A tensor of `shape` on `device` holding `v`.
-    fn tensor<F: Real + Element>(
-        &self,
-        v: Vec<F>,
-        shape: &[usize],
-        device: &B::Device,
-    ) -> FloatTensor<B>;
+    /// A tensor of `shape` holding `v`.
+    fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize]) -> FloatTensor<B>;
+    /// Target indices as `usize` (the caller has range-checked them).
+    fn indices(&self, targets: IntTensor<B>) -> Vec<usize>;
     /// `plane`'s rows times `g`, in place where the backend allows.
     fn scale_rows<F: Real + Element>(&self, plane: FloatTensor<B>, g: &[F]) -> FloatTensor<B> {
         let [n, c] = [plane.shape()[0], plane.shape()[1]];
         let mut v = self.floats::<F>(&plane).into_owned();
         cpu::combine(&mut v, g, c);
-        self.tensor(v, &[n, c], &plane.device())
-    }
-}
-
-/// Any backend, through host copies.
-struct Host;
-
-impl Host {
-    /// Target indices as `usize` (the caller has range-checked them).
-    fn indices<B: Backend>(&self, targets: IntTensor<B>) -> Vec<usize> {
-        indices(read_sync(B::int_into_data(targets)).expect("targets readable"))
-    }
-}
-
-impl<B: Backend> Io<B> for Host {
-    fn floats<'a, F: Real + Element>(&self, t: &'a FloatTensor<B>) -> Cow<'a, [F]> {
-        let data = read_sync(B::float_into_data(t.clone())).expect("logits readable");
-        Cow::Owned(data.try_into_vec::<F>().expect("f32 or f64"))
-    }
-
-    fn tensor<F: Real + Element>(
-        &self,
-        v: Vec<F>,
-        shape: &[usize],
-        device: &B::Device,
-    ) -> FloatTensor<B> {
-        B::float_from_data(TensorData::new(v, shape.to_vec()), device)
+        self.tensor(v, &[n, c])
     }
 }
 
@@ -207,7 +155,7 @@ fn fused_in<B: Backend, F: Real + Element>(
     kind: Kind,
     keep: [bool; 2],
 ) -> Out<B> {
-    let ([n, c], device) = ([s.shape()[0], s.shape()[1]], s.device());
+    let [n, c] = [s.shape()[0], s.shape()[1]];
     let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
     let (sv, tv) = (io.floats::<F>(&s), io.floats::<F>(&t));
     let per_row = match kind {
@@ -243,12 +191,12 @@ fn fused_in<B: Backend, F: Real + Element>(
                 .chunks_exact(2)
                 .map(|r| weights[0] * r[0] + weights[1] * r[1])
                 .collect();
-            (total, Some(io.tensor(rows, &[n, 2], &device)))
+            (total, Some(io.tensor(rows, &[n, 2])))
         }
     };
-    let plane = |v: Vec<F>, k: bool| k.then(|| io.tensor(v, &[n, c], &device));
+    let plane = |v: Vec<F>, k: bool| k.then(|| io.tensor(v, &[n, c]));
     Out {
-        rows: io.tensor(rows, &[n], &device),
+        rows: io.tensor(rows, &[n]),
         parts,
         student: plane(gs, keep[0]),
         teacher: plane(gt, keep[1]),
@@ -261,24 +209,60 @@ fn combine<B: Backend>(
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
     match plane.dtype() {
-        DType::F64 => {
-            let g = io.floats::<f64>(&grad).into_owned();
-            io.scale_rows(plane, &g)
-        }
-        _ => {
-            let g = io.floats::<f32>(&grad).into_owned();
-            io.scale_rows(plane, &g)
-        }
+        DType::F64 => io.scale_rows(plane, &io.floats::<f64>(&grad)),
+        _ => io.scale_rows(plane, &io.floats::<f32>(&grad)),
     }
+}
+
+/// `impl FusedOps` for a CPU backend, through its [`Io`].
+macro_rules! cpu_backend {
+    ($backend:ty, $tensor:ty, $io:expr) => {
+        impl FusedOps for $backend {
+            fn fused_kd(
+                student: $tensor,
+                teacher: $tensor,
+                inv_t: f64,
+                keep_student: bool,
+                keep_teacher: bool,
+            ) -> ($tensor, Option<$tensor>, Option<$tensor>) {
+                let keep = [keep_student, keep_teacher];
+                let out = fused::<Self>(&$io, student, teacher, inv_t, Kind::Kd, keep);
+                (out.rows, out.student, out.teacher)
+            }
+
+            fn fused_dkd(
+                student: $tensor,
+                teacher: $tensor,
+                targets: $tensor,
+                inv_t: f64,
+                joint: Joint,
+                alpha: f64,
+                beta: f64,
+                keep_student: bool,
+                keep_teacher: bool,
+            ) -> ($tensor, $tensor, Option<$tensor>, Option<$tensor>) {
+                let y = Io::<Self>::indices(&$io, targets);
+                let kind = Kind::Dkd(&y, joint, [alpha, beta]);
+                let keep = [keep_student, keep_teacher];
+                fused::<Self>(&$io, student, teacher, inv_t, kind, keep).dkd()
+            }
+
+            fn fused_combine(plane: $tensor, grad: $tensor) -> $tensor {
+                combine::<Self>(&$io, plane, grad)
+            }
+        }
+    };
 }
 
 #[cfg(feature = "ndarray")]
 mod ndarray {
     //! ndarray: the kernels read the logits in place (standard layout); results are new arrays.
-    //! (Through host copies, ndarray's element-wise copy of shared arrays made the fused path
-    //! 4× slower than the composed one.)
+    //! (Through `into_data`, which copies a shared array element by element, the fused path
+    //! was 4× slower than the composed one.)
     use burn::backend::NdArray;
     use burn::backend::ndarray::NdArrayTensor;
+    use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+    use burn::tensor::read_sync;
 
     use super::*;
 
@@ -288,59 +272,28 @@ mod ndarray {
         fn floats<'a, F: Real + Element>(&self, t: &'a NdArrayTensor) -> Cow<'a, [F]> {
             match F::ndarray_slice(t) {
                 Some(s) => Cow::Borrowed(s),
-                None => Io::<NdArray>::floats(&Host, t),
+                // strided: through burn's own read (element by element, but rare)
+                None => Cow::Owned(
+                    read_sync(NdArray::float_into_data(t.clone()))
+                        .expect("ndarray reads synchronously")
+                        .try_into_vec::<F>()
+                        .expect("float data"),
+                ),
             }
         }
 
-        fn tensor<F: Real + Element>(
-            &self,
-            v: Vec<F>,
-            shape: &[usize],
-            _: &burn::backend::NdArrayDevice,
-        ) -> NdArrayTensor {
+        fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize]) -> NdArrayTensor {
             NdArrayTensor::from_data(TensorData::new(v, shape.to_vec()))
         }
-    }
 
-    impl FusedOps for NdArray {
-        fn fused_kd(
-            student: NdArrayTensor,
-            teacher: NdArrayTensor,
-            inv_t: f64,
-            keep_student: bool,
-            keep_teacher: bool,
-        ) -> (NdArrayTensor, Option<NdArrayTensor>, Option<NdArrayTensor>) {
-            let keep = [keep_student, keep_teacher];
-            let out = fused::<Self>(&View, student, teacher, inv_t, Kind::Kd, keep);
-            (out.rows, out.student, out.teacher)
-        }
-
-        fn fused_dkd(
-            student: NdArrayTensor,
-            teacher: NdArrayTensor,
-            targets: NdArrayTensor,
-            inv_t: f64,
-            joint: Joint,
-            alpha: f64,
-            beta: f64,
-            keep_student: bool,
-            keep_teacher: bool,
-        ) -> (
-            NdArrayTensor,
-            NdArrayTensor,
-            Option<NdArrayTensor>,
-            Option<NdArrayTensor>,
-        ) {
-            let y = Host.indices::<Self>(targets);
-            let kind = Kind::Dkd(&y, joint, [alpha, beta]);
-            let keep = [keep_student, keep_teacher];
-            fused::<Self>(&View, student, teacher, inv_t, kind, keep).dkd()
-        }
-
-        fn fused_combine(plane: NdArrayTensor, grad: NdArrayTensor) -> NdArrayTensor {
-            combine::<Self>(&View, plane, grad)
+        fn indices(&self, targets: NdArrayTensor) -> Vec<usize> {
+            indices(
+                read_sync(NdArray::int_into_data(targets)).expect("ndarray reads synchronously"),
+            )
         }
     }
+
+    cpu_backend!(NdArray, NdArrayTensor, View);
 }
 
 #[cfg(feature = "flex")]
@@ -365,13 +318,12 @@ mod flex {
             }
         }
 
-        fn tensor<F: Real + Element>(
-            &self,
-            v: Vec<F>,
-            shape: &[usize],
-            _: &burn::backend::FlexDevice,
-        ) -> FlexTensor {
+        fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize]) -> FlexTensor {
             FlexTensor::from_data(TensorData::new(v, shape.to_vec()))
+        }
+
+        fn indices(&self, targets: FlexTensor) -> Vec<usize> {
+            indices(targets.into_data())
         }
 
         fn scale_rows<F: Real + Element>(&self, mut plane: FlexTensor, g: &[F]) -> FlexTensor {
@@ -384,58 +336,13 @@ mod flex {
                 None => {
                     let mut v = self.floats::<F>(&plane).into_owned();
                     cpu::combine(&mut v, g, c);
-                    self.tensor(v, &[plane.shape()[0], c], &Default::default())
+                    self.tensor(v, &[plane.shape()[0], c])
                 }
             }
         }
     }
 
-    impl FusedOps for Flex {
-        fn fused_kd(
-            student: FlexTensor,
-            teacher: FlexTensor,
-            inv_t: f64,
-            keep_student: bool,
-            keep_teacher: bool,
-        ) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
-            let keep = [keep_student, keep_teacher];
-            let out = fused::<Self>(&InPlace, student, teacher, inv_t, Kind::Kd, keep);
-            (out.rows, out.student, out.teacher)
-        }
-
-        fn fused_dkd(
-            student: FlexTensor,
-            teacher: FlexTensor,
-            targets: FlexTensor,
-            inv_t: f64,
-            joint: Joint,
-            alpha: f64,
-            beta: f64,
-            keep_student: bool,
-            keep_teacher: bool,
-        ) -> (
-            FlexTensor,
-            FlexTensor,
-            Option<FlexTensor>,
-            Option<FlexTensor>,
-        ) {
-            let y = indices(targets.into_data());
-            let kind = Kind::Dkd(&y, joint, [alpha, beta]);
-            fused::<Self>(
-                &InPlace,
-                student,
-                teacher,
-                inv_t,
-                kind,
-                [keep_student, keep_teacher],
-            )
-            .dkd()
-        }
-
-        fn fused_combine(plane: FlexTensor, grad: FlexTensor) -> FlexTensor {
-            combine::<Self>(&InPlace, plane, grad)
-        }
-    }
+    cpu_backend!(Flex, FlexTensor, InPlace);
 }
 
 /// The backward step of a fused loss: each tracked input's gradient is its plane scaled by
