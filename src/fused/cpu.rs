@@ -387,18 +387,13 @@ fn dkd_rows<F: Real, const FMA: bool>(job: Job<F>, parts: &Parts<F>) {
             Joint::Mix(w) if correct => w,
             Joint::Mix(_) => 1.0,
         };
-        let log_joint = if w == 1.0 {
-            pt.log_b
-        } else if w == 0.0 {
-            ps.log_b
-        } else {
-            [0, 1].map(|i| {
-                logaddexp(
-                    F::of(w.ln()) + pt.log_b[i],
-                    F::of((1.0 - w).ln()) + ps.log_b[i],
-                )
-            })
-        };
+        // log(w·b_t + (1 − w)·b_s); exact for w = 1 and w = 0 (ln 0 = −∞ drops a side)
+        let log_joint = [0, 1].map(|i| {
+            logaddexp(
+                F::of(w.ln()) + pt.log_b[i],
+                F::of((1.0 - w).ln()) + ps.log_b[i],
+            )
+        });
         let bs = ps.log_b.map(F::exp);
         let bt = pt.log_b.map(F::exp);
         let bj = log_joint.map(F::exp);

@@ -23,12 +23,13 @@
 //!   logits of magnitude 1e4 lose nothing), and the gradient planes
 //!   `∂/∂s = (pₛ − pₜ)/T`, `∂/∂t = pₜ ⊙ (log pₜ − log pₛ − KL)/T`.
 //! - DKD/DCKD: the same over the non-target classes (NCKD) and the binary split
-//!   `b = [p_y, 1 − p_y]` (TCKD) from two log-sum-exps, with one plane per part and input.
+//!   `b = [p_y, 1 − p_y]` (TCKD) from two log-sum-exps; the op returns `α·TCKD + β·NCKD`
+//!   (differentiable, one plane per input) and the two parts as values for logging.
 //!
 //! The forward keeps a plane only for an input that is tracked (a frozen teacher costs
-//! nothing), and the backward multiplies the planes by the incoming per-sample gradient, in
-//! place on flex. Extra memory of a forward + backward: one `[N, C]` plane per tracked input
-//! and part (KD with a frozen teacher: 1×, DKD: 2×), which becomes the gradient.
+//! nothing), and the backward multiplies the plane by the incoming per-sample gradient, in
+//! place on flex. Extra memory of a forward + backward: one `[N, C]` plane per tracked input,
+//! which becomes its gradient (1× the logits with a frozen teacher).
 
 mod cpu;
 mod ops;
