@@ -9,7 +9,8 @@ use std::hint::black_box;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_distill::logit::{DckdConfig, DistConfig};
 use burn_distill::prelude::*;
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const SHAPES: [(usize, usize); 4] = [(64, 100), (256, 100), (256, 1000), (1024, 1000)];
 
@@ -38,13 +39,35 @@ fn kd_loop(s: &[f32], t: &[f32], c: usize, temp: f32, grad: &mut [f32]) -> f32 {
     total * temp * temp / n as f32
 }
 
-fn bench(c: &mut Criterion) {
-    let dev = Device::flex().autodiff();
-    let kd = KdConfig::new();
-    let dkd = DkdConfig::new().with_warmup_epochs(0);
-    let dckd = DckdConfig::new().with_warmup_epochs(0);
-    let dist = DistConfig::new().init().unwrap();
-    let objectives: Vec<(&str, Box<dyn Loss>)> = vec![
+/// Random student and teacher logits `[n, classes]` (σ = 2) and targets on `dev`.
+fn batch(n: usize, classes: usize, dev: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+    let logits = || Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), dev);
+    let y = TensorData::new((0..n as i64).map(|i| i % classes as i64).collect(), [n]);
+    (logits(), logits(), Tensor::from_data(y, dev))
+}
+
+/// Forward + backward (w.r.t. the student) of each objective on one batch.
+fn bench_objectives(
+    group: &mut BenchmarkGroup<WallTime>,
+    objectives: &[(&str, Box<dyn Loss>)],
+    (s, t, y): &(Tensor<2>, Tensor<2>, Tensor<1, Int>),
+) {
+    for (name, loss) in objectives {
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                let s = s.clone().require_grad();
+                let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
+                let grads = loss.forward(&input).unwrap().total.backward();
+                black_box(s.grad(&grads).unwrap());
+            })
+        });
+    }
+}
+
+/// KD and DKD, fused and composed.
+fn kd_and_dkd() -> Vec<(&'static str, Box<dyn Loss>)> {
+    let (kd, dkd) = (KdConfig::new(), DkdConfig::new().with_warmup_epochs(0));
+    vec![
         ("kd/fused", Box::new(kd.init().unwrap())),
         (
             "kd/composed",
@@ -55,34 +78,31 @@ fn bench(c: &mut Criterion) {
             "dkd/composed",
             Box::new(dkd.with_fused(false).init().unwrap()),
         ),
-        ("dckd/fused", Box::new(dckd.init().unwrap())),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let dev = Device::flex().autodiff();
+    let dckd = DckdConfig::new().with_warmup_epochs(0);
+    let mut objectives = kd_and_dkd();
+    objectives.extend([
+        (
+            "dckd/fused",
+            Box::new(dckd.init().unwrap()) as Box<dyn Loss>,
+        ),
         (
             "dckd/composed",
             Box::new(dckd.with_fused(false).init().unwrap()),
         ),
-        ("dist/composed", Box::new(dist)),
-    ];
+        ("dist/composed", Box::new(DistConfig::new().init().unwrap())),
+    ]);
     for (n, classes) in SHAPES {
         let mut group = c.benchmark_group(format!("forward+backward {n}x{classes}"));
-        let s = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
-        let t = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
-        let y = Tensor::<1, Int>::from_data(
-            TensorData::new((0..n as i64).map(|i| i % classes as i64).collect(), [n]),
-            &dev,
-        );
-        for (name, loss) in &objectives {
-            group.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter(|| {
-                    let s = s.clone().require_grad();
-                    let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
-                    let grads = loss.forward(&input).unwrap().total.backward();
-                    black_box(s.grad(&grads).unwrap());
-                })
-            });
-        }
+        let data = batch(n, classes, &dev);
+        bench_objectives(&mut group, &objectives, &data);
         let (sv, tv) = (
-            s.clone().into_data().try_to_vec::<f32>().unwrap(),
-            t.clone().into_data().try_to_vec::<f32>().unwrap(),
+            data.0.into_data().try_to_vec::<f32>().unwrap(),
+            data.1.into_data().try_to_vec::<f32>().unwrap(),
         );
         let mut g = vec![0.0; n * classes];
         group.bench_function(BenchmarkId::from_parameter("kd/loop"), |b| {
@@ -92,44 +112,16 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// With `--features ndarray`: KD and DKD fused (on a host copy of the logits) and composed on
-/// burn's ndarray backend, at the two large shapes.
+/// With `--features ndarray`: KD and DKD fused and composed on burn's ndarray backend, at the
+/// two large shapes.
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)] // burn 0.22 deprecates ndarray; the crate still supports it
 fn ndarray(c: &mut Criterion) {
     let dev = Device::ndarray().autodiff();
-    let dkd = DkdConfig::new().with_warmup_epochs(0);
-    let objectives: Vec<(&str, Box<dyn Loss>)> = vec![
-        ("kd/fused", Box::new(KdConfig::new().init().unwrap())),
-        (
-            "kd/composed",
-            Box::new(KdConfig::new().with_fused(false).init().unwrap()),
-        ),
-        ("dkd/fused", Box::new(dkd.init().unwrap())),
-        (
-            "dkd/composed",
-            Box::new(dkd.with_fused(false).init().unwrap()),
-        ),
-    ];
-    for (n, classes) in &SHAPES[2..] {
-        let (n, classes) = (*n, *classes);
+    let objectives = kd_and_dkd();
+    for (n, classes) in SHAPES[2..].iter().copied() {
         let mut group = c.benchmark_group(format!("ndarray forward+backward {n}x{classes}"));
-        let s = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
-        let t = Tensor::<2>::random([n, classes], Distribution::Normal(0.0, 2.0), &dev);
-        let y = Tensor::<1, Int>::from_data(
-            TensorData::new((0..n as i64).map(|i| i % classes as i64).collect(), [n]),
-            &dev,
-        );
-        for (name, loss) in &objectives {
-            group.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter(|| {
-                    let s = s.clone().require_grad();
-                    let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
-                    let grads = loss.forward(&input).unwrap().total.backward();
-                    black_box(s.grad(&grads).unwrap());
-                })
-            });
-        }
+        bench_objectives(&mut group, &objectives, &batch(n, classes, &dev));
         group.finish();
     }
 }
