@@ -1,7 +1,8 @@
 //! The meta-gradient of MetaDistil with first-order passes only.
 //!
-//! The student takes `k` pilot SGD steps on the distillation loss `L(θ, φ)`:
-//! `θᵢ₊₁ = θᵢ − η ∇θ L(θᵢ, φ)`, and is scored by the quiz `Q(θₖ)`. Backpropagating through the
+//! The student takes `k` pilot SGD steps on the distillation loss `L(θ, φ)`, step `i` on batch
+//! `Bᵢ` (one batch `k` times, or `k` consecutive batches): `θᵢ₊₁ = θᵢ − η ∇θ L(θᵢ, φ; Bᵢ)`,
+//! and is scored by the quiz `Q(θₖ)`. Backpropagating through the
 //! steps with the adjoint `aₖ = ∇Q(θₖ)`:
 //!
 //! ```text
@@ -14,7 +15,7 @@
 //! Hessian-vector product (its student gradients) and `∂t[aᵢ₊₁ · ∇θ L]` for the teacher's
 //! outputs `t` (logits and feature taps, fed as leaves). Those output gradients are summed over
 //! the steps and sent through the teacher in a single vector-Jacobian product at the end, so
-//! the teacher runs forward once and backward once per round, whatever `k`.
+//! the teacher runs forward once per distinct batch and backward once per round, whatever `k`.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -43,11 +44,12 @@ impl<I> Batch<I> {
 pub(crate) struct Bilevel<'a, I> {
     pub loss: &'a dyn Loss,
     pub quiz_loss: &'a dyn Loss,
-    pub batch: &'a Batch<I>,
+    /// The pilot's step `i` is taken on `batches[i]` (the same batch `k` times, or the next `k`
+    /// batches of the stream).
+    pub batches: Vec<&'a Batch<I>>,
     pub quiz: &'a Batch<I>,
     pub progress: Option<Progress>,
     pub eta: f64,
-    pub steps: usize,
     /// The length of the finite-difference perturbation `ε ‖a‖`; `None`: the cube root of the
     /// dtype's machine epsilon.
     pub fd_step: Option<f64>,
@@ -65,30 +67,50 @@ pub struct MetaGradient {
 }
 
 impl<I> Bilevel<'_, I> {
-    fn input(&self, student: Outputs, teacher: Outputs) -> DistillInput {
-        let input =
-            DistillInput::from_outputs(student, teacher).targets(self.batch.targets.clone());
+    fn input(&self, batch: &Batch<I>, student: Outputs, teacher: Outputs) -> DistillInput {
+        let input = DistillInput::from_outputs(student, teacher).targets(batch.targets.clone());
         match self.progress {
             Some(p) => input.progress(p),
             None => input,
         }
     }
 
-    /// The meta-gradient through `self.steps` pilot steps from `student`, with `teacher`'s
-    /// outputs on the batch.
+    /// The distinct batches of the pilot (by identity) and, for each step, which one it uses:
+    /// the teacher runs once per distinct batch.
+    fn distinct(&self) -> (Vec<&Batch<I>>, Vec<usize>) {
+        let mut distinct: Vec<&Batch<I>> = Vec::new();
+        let order = self
+            .batches
+            .iter()
+            .map(
+                |b| match distinct.iter().position(|d| std::ptr::eq(*d, *b)) {
+                    Some(i) => i,
+                    None => {
+                        distinct.push(b);
+                        distinct.len() - 1
+                    }
+                },
+            )
+            .collect();
+        (distinct, order)
+    }
+
+    /// The meta-gradient through one pilot step per entry of `self.batches` from `student`,
+    /// with `teacher`'s outputs on each batch.
     pub fn gradient<S, T>(&self, student: &S, teacher: &T) -> Result<MetaGradient, DistillError>
     where
         S: Distillable<Input = I>,
         T: Distillable<Input = I>,
     {
-        let t_out = teacher.run(&self.batch.input);
-        let t_const = t_out.clone().detach();
+        let (batches, order) = self.distinct();
+        let t_out: Vec<Outputs> = batches.iter().map(|b| teacher.run(&b.input)).collect();
+        let t_const: Vec<Outputs> = t_out.iter().map(|o| o.clone().detach()).collect();
 
         // Pilot steps, teacher detached; keep θ₀..θₖ₋₁ for the way back.
         let mut path = vec![student.clone()];
-        for _ in 0..self.steps {
+        for &b in &order {
             let theta = path.last().expect("the path starts with the student");
-            let input = self.input(theta.run(&self.batch.input), t_const.clone());
+            let input = self.input(batches[b], theta.run(&batches[b].input), t_const[b].clone());
             let mut grads = self.loss.forward(&input)?.total.backward();
             let g = GradientsParams::from_module(&mut grads, theta);
             path.push(theta.clone().map(&mut Step::new(&g, -self.eta)));
@@ -103,12 +125,13 @@ impl<I> Bilevel<'_, I> {
         let mut adjoint = GradientsParams::from_module(&mut grads, &pilot);
         drop(pilot);
 
-        let dtype = t_const.logits.dtype();
+        let dtype = t_const[0].logits.dtype();
         let h = self
             .fd_step
             .unwrap_or_else(|| machine_epsilon(dtype).cbrt());
-        let mut t_grad: Option<Vec<Tensor<1>>> = None;
-        while let Some(theta) = path.pop() {
+        let mut t_grad: Vec<Option<Vec<Tensor<1>>>> = vec![None; batches.len()];
+        for &b in order.iter().rev() {
+            let theta = path.pop().expect("one student per step");
             let norm = Norm::of(&theta, &adjoint);
             if !norm.is_finite() {
                 return Err(DistillError::NonFinite {
@@ -121,15 +144,15 @@ impl<I> Bilevel<'_, I> {
             let eps = h / norm;
             let plus = theta.clone().map(&mut Step::new(&adjoint, eps));
             let minus = theta.clone().map(&mut Step::new(&adjoint, -eps));
-            let leaves = Leaves::new(&t_const);
+            let leaves = Leaves::new(&t_const[b]);
             let loss_at = |s: &S| -> Result<Tensor<1>, DistillError> {
-                let input = self.input(s.run(&self.batch.input), leaves.outputs());
+                let input = self.input(batches[b], s.run(&batches[b].input), leaves.outputs());
                 Ok(self.loss.forward(&input.attach_teacher())?.total)
             };
             let (l_plus, l_minus) = (loss_at(&plus)?, loss_at(&minus)?);
             let mut grads = ((l_plus - l_minus) * (0.5 / eps)).backward();
             let step = leaves.grads(&grads, -self.eta);
-            t_grad = Some(match t_grad {
+            t_grad[b] = Some(match t_grad[b].take() {
                 None => step,
                 Some(acc) => acc.into_iter().zip(step).map(|(a, b)| a + b).collect(),
             });
@@ -142,10 +165,15 @@ impl<I> Bilevel<'_, I> {
             );
         }
 
-        let teacher_grads = match t_grad {
+        let products: Vec<Tensor<1>> = t_out
+            .iter()
+            .zip(t_grad)
+            .filter_map(|(out, g)| g.map(|g| vjp(out, g)))
+            .collect();
+        let teacher_grads = match products.into_iter().reduce(|a, b| a + b) {
             None => GradientsParams::new(),
-            Some(g) => {
-                let mut grads = vjp(&t_out, g).backward();
+            Some(total) => {
+                let mut grads = total.backward();
                 GradientsParams::from_module(&mut grads, teacher)
             }
         };

@@ -29,7 +29,8 @@ pub struct MetaTeacherConfig {
     /// The pilot step size `η`.
     #[config(default = "PilotRate::Fixed(0.05)")]
     pub pilot_rate: PilotRate,
-    /// Pilot SGD steps `k` before the quiz.
+    /// Pilot SGD steps `k` on the round's batch before the quiz ([`MetaTeacher::round`]);
+    /// [`MetaTeacher::round_ahead`] takes one step on each of the next `k` batches instead.
     #[config(default = 1)]
     pub pilot_steps: usize,
     /// The teacher optimizer's learning rate.
@@ -117,7 +118,8 @@ pub struct MetaRound {
 ///
 /// Each [`round`](Self::round), before the student's own step:
 /// 1. *pilot*: a copy of the student takes `k` SGD steps of size `η` on the distillation loss
-///    `L(θ_s, θ_t)`, the teacher attached: `θ_s' = θ_s − η ∇θs L`;
+///    `L(θ_s, θ_t)`, the teacher attached: `θ_s' = θ_s − η ∇θs L` (all on the round's batch,
+///    or one on each of the next `k` batches with [`round_ahead`](Self::round_ahead));
 /// 2. *quiz*: the pilot student is scored on a held-out quiz batch, `Q(θ_s')`;
 /// 3. *teacher step*: `∇θt Q(θ_s'(θ_t))`, through the pilot steps, goes to the teacher's
 ///    optimizer.
@@ -246,13 +248,48 @@ impl<T: Module> MetaTeacher<T> {
         Ok(self)
     }
 
-    /// One MetaDistil round on `batch`, scored on `quiz`: the teacher learns unless frozen
-    /// (before `freeze_epochs`) or off its period. `student_lr` is the student's current
-    /// learning rate (the pilot step size under [`PilotRate::StudentLr`]).
+    /// One MetaDistil round on `batch`, scored on `quiz`: the pilot takes `pilot_steps` steps
+    /// on `batch`, and the teacher learns unless frozen (before `freeze_epochs`) or off its
+    /// period. `student_lr` is the student's current learning rate (the pilot step size under
+    /// [`PilotRate::StudentLr`]).
     pub fn round<S>(
         &mut self,
         student: &S,
         batch: &Batch<T::Input>,
+        quiz: &Batch<T::Input>,
+        progress: Progress,
+        student_lr: f64,
+    ) -> Result<MetaRound, DistillError>
+    where
+        T: Distillable,
+        S: Distillable<Input = T::Input>,
+    {
+        let steps = vec![batch; self.config.pilot_steps];
+        self.round_on(student, steps, quiz, progress, student_lr)
+    }
+
+    /// One MetaDistil round that looks ahead: the pilot takes one step on each batch of
+    /// `next` in order (`k = next.len()`, the next `k` batches of the stream; `pilot_steps` is
+    /// not used), then the quiz, as in [`round`](Self::round).
+    pub fn round_ahead<S>(
+        &mut self,
+        student: &S,
+        next: &[Batch<T::Input>],
+        quiz: &Batch<T::Input>,
+        progress: Progress,
+        student_lr: f64,
+    ) -> Result<MetaRound, DistillError>
+    where
+        T: Distillable,
+        S: Distillable<Input = T::Input>,
+    {
+        self.round_on(student, pilot_batches(next)?, quiz, progress, student_lr)
+    }
+
+    fn round_on<S>(
+        &mut self,
+        student: &S,
+        steps: Vec<&Batch<T::Input>>,
         quiz: &Batch<T::Input>,
         progress: Progress,
         student_lr: f64,
@@ -272,7 +309,7 @@ impl<T: Module> MetaTeacher<T> {
         {
             return Ok(skip);
         }
-        let meta = self.meta_gradient(student, batch, quiz, progress, student_lr)?;
+        let meta = self.gradient_on(student, steps, quiz, progress, student_lr)?;
         if !meta.quiz_loss.is_finite() {
             return Err(DistillError::NonFinite {
                 what: "the pilot's quiz loss".into(),
@@ -287,12 +324,45 @@ impl<T: Module> MetaTeacher<T> {
         })
     }
 
-    /// The meta-gradient of one round without applying it: d quiz / d teacher parameters
-    /// through the pilot steps (and d quiz / d student parameters), e.g. to inspect or clip.
+    /// The meta-gradient of one [`round`](Self::round) without applying it: d quiz / d teacher
+    /// parameters through the pilot steps (and d quiz / d student parameters), e.g. to inspect
+    /// or clip.
     pub fn meta_gradient<S>(
         &self,
         student: &S,
         batch: &Batch<T::Input>,
+        quiz: &Batch<T::Input>,
+        progress: Progress,
+        student_lr: f64,
+    ) -> Result<MetaGradient, DistillError>
+    where
+        T: Distillable,
+        S: Distillable<Input = T::Input>,
+    {
+        let steps = vec![batch; self.config.pilot_steps];
+        self.gradient_on(student, steps, quiz, progress, student_lr)
+    }
+
+    /// The meta-gradient of one [`round_ahead`](Self::round_ahead) without applying it.
+    pub fn meta_gradient_ahead<S>(
+        &self,
+        student: &S,
+        next: &[Batch<T::Input>],
+        quiz: &Batch<T::Input>,
+        progress: Progress,
+        student_lr: f64,
+    ) -> Result<MetaGradient, DistillError>
+    where
+        T: Distillable,
+        S: Distillable<Input = T::Input>,
+    {
+        self.gradient_on(student, pilot_batches(next)?, quiz, progress, student_lr)
+    }
+
+    fn gradient_on<S>(
+        &self,
+        student: &S,
+        batches: Vec<&Batch<T::Input>>,
         quiz: &Batch<T::Input>,
         progress: Progress,
         student_lr: f64,
@@ -308,11 +378,10 @@ impl<T: Module> MetaTeacher<T> {
         Bilevel {
             loss: self.loss.as_ref(),
             quiz_loss: self.quiz.as_ref(),
-            batch,
+            batches,
             quiz,
             progress: Some(progress),
             eta,
-            steps: self.config.pilot_steps,
             fd_step: self.config.fd_step,
         }
         .gradient(student, &self.teacher)
@@ -343,4 +412,15 @@ impl<T: Module> MetaTeacher<T> {
             .progress(progress);
         self.loss.forward(&input)
     }
+}
+
+/// The pilot's batches for a look-ahead round: at least one.
+fn pilot_batches<I>(next: &[Batch<I>]) -> Result<Vec<&Batch<I>>, DistillError> {
+    if next.is_empty() {
+        return Err(DistillError::MissingInput {
+            objective: "meta_teacher".into(),
+            what: "at least one pilot batch (round_ahead)".into(),
+        });
+    }
+    Ok(next.iter().collect())
 }

@@ -28,9 +28,18 @@ pub struct DlkdConfig {
     /// Temperature of the correlation softmax.
     #[config(default = 0.5)]
     pub corr_temperature: f64,
-    /// Temperature of the supervised contrastive loss (also its base temperature).
+    /// Temperature τ' of the supervised contrastive loss.
     #[config(default = 0.07)]
     pub supcon_temperature: f64,
+    /// Base temperature of the contrastive loss, which is scaled by `τ' / base` (SupCon's
+    /// convention; equal to τ' by default, so the factor is 1).
+    #[config(default = 0.07)]
+    pub supcon_base_temperature: f64,
+    /// Positives of the contrastive loss: samples of the same label (`true`, SupCon; needs the
+    /// targets), or only the other network's embedding of the same row (`false`, SimCLR, as
+    /// the reference's `SupConLoss(labels=None)`; no targets needed).
+    #[config(default = true)]
+    pub supcon_labels: bool,
     /// γ: weight of the cross-entropy on the student's logits (0: no logits needed).
     #[config(default = 1.0)]
     pub ce_weight: f64,
@@ -51,6 +60,7 @@ impl DlkdConfig {
     pub fn init(&self, device: &Device) -> Result<Dlkd, DistillError> {
         check_temperature(self.corr_temperature)?;
         check_temperature(self.supcon_temperature)?;
+        check_temperature(self.supcon_base_temperature)?;
         for (field, v) in [
             ("ce_weight", self.ce_weight),
             ("corr_weight", self.corr_weight),
@@ -95,14 +105,15 @@ impl DlkdConfig {
 /// L = γ·CE + α·L_corr + β·L_supcon + δ·L_align
 /// L_align  = 2 − 2·meanᵢ ⟨ĥ(fˢᵢ), f̂ᵗᵢ⟩                     ĥ: MLP head, ^: unit length
 /// L_corr   = KL_batchmean(softmax(Cᵗ/τ) ‖ softmax(Cˢ/τ))    C = cos(augmented rows, plain rows)
-/// L_supcon = SupCon_τ'([e_s(fˢ); e_t(fᵗ)], labels)           positives: same label, other row
+/// L_supcon = (τ'/τ_b)·SupCon_τ'([e_s(fˢ); e_t(fᵗ)], labels) positives: same label, other row
 /// ```
 ///
 /// with τ = 0.5, τ' = 0.07 and (γ, α, β, δ) = (1, 50, 1, 20). The correlation compares each
 /// augmented view with every plain view (the student through its own MLP head, the teacher raw
 /// and detached); the layout comes from [`DistillInput::views`](crate::DistillInput::views),
 /// and a batch with no layout (or no augmented row) correlates every row with every row.
-/// SupCon reads the targets. Terms `"ce"`, `"dlkd/corr"`, `"dlkd/supcon"`, `"dlkd/align"`
+/// SupCon reads the targets; with `supcon_labels = false` it is SimCLR's form (each row's
+/// only positive is the other network's embedding of it) and needs none. Terms `"ce"`, `"dlkd/corr"`, `"dlkd/supcon"`, `"dlkd/align"`
 /// (weighted; a zero weight skips its term). All heads are in this module: put it beside the
 /// student in the module the optimizer updates.
 #[derive(Module, Debug)]
@@ -153,7 +164,8 @@ impl Dlkd {
         kl.sum() * (1.0 / anchors.len() as f64)
     }
 
-    /// `L_supcon` for student and teacher embeddings and per-row labels `[N]`.
+    /// `L_supcon` for student and teacher embeddings and per-row labels `[N]` (distinct labels
+    /// `0..N` give SimCLR's form: the positives of a row are its other embedding).
     pub fn supcon_loss(
         &self,
         student: Tensor<2>,
@@ -185,6 +197,7 @@ impl Dlkd {
         let log_prob = logits - (others + 1e-7).log();
         let mean_positive = (positive.clone() * log_prob).sum_dim(1) / positive.sum_dim(1);
         -mean_positive.mean()
+            * (self.config.supcon_temperature / self.config.supcon_base_temperature)
     }
 }
 
@@ -224,7 +237,10 @@ impl Loss for Dlkd {
             terms.push(("dlkd/corr".into(), corr * c.corr_weight));
         }
         if c.supcon_weight > 0.0 {
-            let y = input.checked_targets("dlkd", n, i64::MAX as usize)?;
+            let y = match c.supcon_labels {
+                true => input.checked_targets("dlkd", n, i64::MAX as usize)?,
+                false => Tensor::arange(0..n as i64, &s.device()),
+            };
             let supcon = self.supcon_loss(s.clone(), t.clone(), y);
             terms.push(("dlkd/supcon".into(), supcon * c.supcon_weight));
         }

@@ -2,6 +2,8 @@
 //! a central finite-difference gradient check.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod exact;
+
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// Configures the default device's float dtype as f64, once per test binary and before any
