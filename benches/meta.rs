@@ -44,7 +44,7 @@ fn bench(c: &mut Criterion) {
     };
     let (train, quiz) = (batch(64), batch(64));
     let loss = || {
-        CrossEntropy::new().weighted(0.5)
+        CrossEntropyConfig::new().init().unwrap().weighted(0.5)
             + KdConfig::new()
                 .with_temperature(4.0)
                 .init()

@@ -161,7 +161,11 @@ impl Kd {
     /// `(1 − α)·CE + α·KD(T)`.
     fn loss(&self) -> Result<Box<dyn Loss>, DistillError> {
         let kd = KdConfig::new().with_temperature(self.temperature).init()?;
-        Ok((CrossEntropy::new().weighted(1.0 - self.alpha) + kd.weighted(self.alpha)).boxed())
+        Ok(
+            (CrossEntropyConfig::new().init()?.weighted(1.0 - self.alpha)
+                + kd.weighted(self.alpha))
+            .boxed(),
+        )
     }
 }
 
@@ -316,7 +320,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Mlp::new(&TEACHER, 0, &dev),
             &train_set,
             None,
-            &CrossEntropy::new(),
+            &CrossEntropyConfig::new().init()?,
             &cfg(args.teacher_epochs, 0),
             |e, terms, m| {
                 println!(
@@ -357,7 +361,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "alone" => {
                     distil(
                         &STUDENT,
-                        &CrossEntropy::new(),
+                        &CrossEntropyConfig::new().init()?,
                         None,
                         data,
                         args.epochs,
@@ -380,7 +384,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 "dkd" | "dckd" => {
                     let loss = if method == "dkd" {
-                        (CrossEntropy::new().weighted(1.0)
+                        (CrossEntropyConfig::new().init()?
                             + DkdConfig::new()
                                 .with_beta(kd.beta)
                                 .with_temperature(kd.temperature)
@@ -388,7 +392,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 .init()?)
                         .boxed()
                     } else {
-                        (CrossEntropy::new().weighted(1.0)
+                        (CrossEntropyConfig::new().init()?
                             + DckdConfig::new()
                                 .with_beta(kd.beta)
                                 .with_temperature(kd.temperature)
@@ -528,7 +532,7 @@ fn dgkd(
     let dgkd = DgkdConfig::new()
         .with_seed(seed)
         .init(KdConfig::new().with_temperature(kd.temperature).init()?)?;
-    let loss = CrossEntropy::new().weighted(1.0 - kd.alpha) + dgkd.weighted(kd.alpha);
+    let loss = CrossEntropyConfig::new().init()?.weighted(1.0 - kd.alpha) + dgkd.weighted(kd.alpha);
     let mut curve = Vec::new();
     let both = Tensor::cat(vec![teacher.clone(), assistant.clone()], 1);
     let mut model = Mlp::new(&STUDENT, 100 + seed, dev);

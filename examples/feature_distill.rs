@@ -119,7 +119,11 @@ enum Method {
 }
 
 fn ce_plus(loss: impl Loss + 'static) -> Box<dyn Loss> {
-    (CrossEntropy::new().weighted(1.0) + loss).boxed()
+    (CrossEntropyConfig::new()
+        .init()
+        .expect("the default config is valid")
+        + loss)
+        .boxed()
 }
 
 /// The loss of `trainee` (whose parts are cloned in, so the optimizer's update is used).
@@ -190,7 +194,11 @@ fn train_student(
                     .with_pilot_rate(PilotRate::StudentLr)
                     .with_teacher_lr(1e-2)
                     .with_period(2)
-                    .init(teacher, AdamConfig::new().init(), CrossEntropy::new())?,
+                    .init(
+                        teacher,
+                        AdamConfig::new().init(),
+                        CrossEntropyConfig::new().init()?,
+                    )?,
             )
         }
         _ => None,
@@ -245,7 +253,7 @@ fn main() -> Result<(), DistillError> {
     let start = Instant::now();
     let mut teacher = Cnn::new(32, 64, 128, 0, &dev);
     let mut optim = AdamConfig::new().init();
-    let ce = CrossEntropy::new();
+    let ce = CrossEntropyConfig::new().init()?;
     for epoch in 0..epochs.max(1) {
         for idx in permutation(train_set.len(), epoch as u64).chunks(64) {
             let batch = train_set.rows(idx);
@@ -271,10 +279,15 @@ fn main() -> Result<(), DistillError> {
     let (s_map, t_map) = ([8, 4, 4], [64, 4, 4]);
     let kd = KdConfig::new().with_temperature(2.0).init()?;
     let methods: Vec<(&str, Method)> = vec![
-        ("alone (CE)", Method::Fixed(CrossEntropy::new().boxed())),
+        (
+            "alone (CE)",
+            Method::Fixed(CrossEntropyConfig::new().init()?.boxed()),
+        ),
         (
             "KD T=2 (0.5/0.5)",
-            Method::Fixed((CrossEntropy::new().weighted(0.5) + kd.weighted(0.5)).boxed()),
+            Method::Fixed(
+                (CrossEntropyConfig::new().init()?.weighted(0.5) + kd.weighted(0.5)).boxed(),
+            ),
         ),
         ("CE + FitNet hint", Method::Hint),
         (

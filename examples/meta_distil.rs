@@ -30,7 +30,7 @@ const TEMPERATURE: f64 = 2.0;
 
 fn kd() -> Result<LossSum, DistillError> {
     let kd = KdConfig::new().with_temperature(TEMPERATURE).init()?;
-    Ok(CrossEntropy::new().weighted(0.5) + kd.weighted(0.5))
+    Ok(CrossEntropyConfig::new().init()?.weighted(0.5) + kd.weighted(0.5))
 }
 
 fn dkd() -> Result<Dkd, DistillError> {

@@ -43,10 +43,10 @@ fn main() -> Result<(), DistillError> {
     // 2. the student, three ways
     let (epochs, lr, hidden, temp, alpha, beta) = (STUDENT_EPOCHS, 3e-3, 6, 2.0, 0.5, 1.0);
     let methods: Vec<(&str, Box<dyn Loss>)> = vec![
-        ("alone (CE)", CrossEntropy::new().boxed()),
+        ("alone (CE)", CrossEntropyConfig::new().init()?.boxed()),
         (
             "KD  T=2, 0.5 CE + 0.5 KD",
-            (CrossEntropy::new().weighted(1.0 - alpha)
+            (CrossEntropyConfig::new().init()?.weighted(1.0 - alpha)
                 + KdConfig::new()
                     .with_temperature(temp)
                     .init()?
@@ -55,7 +55,7 @@ fn main() -> Result<(), DistillError> {
         ),
         (
             "DKD T=2, CE + DKD(α=1, β=1)",
-            (CrossEntropy::new().weighted(1.0)
+            (CrossEntropyConfig::new().init()?
                 + DkdConfig::new()
                     .with_beta(beta)
                     .with_temperature(temp)
@@ -65,7 +65,7 @@ fn main() -> Result<(), DistillError> {
         ),
         (
             "DCKD T=2, CE + DCKD(1, 1)",
-            (CrossEntropy::new().weighted(1.0)
+            (CrossEntropyConfig::new().init()?
                 + DckdConfig::new()
                     .with_beta(beta)
                     .with_temperature(temp)
@@ -132,8 +132,9 @@ fn main() -> Result<(), DistillError> {
                 .expect("valid CTKD"),
         };
         let loss = |m: &WithCtkd, input: &DistillInput| {
-            (CrossEntropy::new().weighted(1.0 - alpha) + m.ctkd.clone().weighted(alpha))
-                .forward(input)
+            (CrossEntropyConfig::new().init()?.weighted(1.0 - alpha)
+                + m.ctkd.clone().weighted(alpha))
+            .forward(input)
         };
         let trained = train_with(
             model,

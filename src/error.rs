@@ -8,8 +8,10 @@
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DistillError {
     /// Two tensors that must agree in shape do not.
-    #[error("shape mismatch for {what}: expected {expected:?}, got {actual:?}")]
+    #[error("{objective}: shape mismatch for {what}: expected {expected:?}, got {actual:?}")]
     ShapeMismatch {
+        /// The objective that read them.
+        objective: String,
         /// What was compared, e.g. `"teacher logits"`.
         what: String,
         /// The shape required.
@@ -18,24 +20,32 @@ pub enum DistillError {
         actual: Vec<usize>,
     },
     /// Student and teacher logits have different class counts.
-    #[error("class-count mismatch: the student has {student} classes, the teacher {teacher}")]
+    #[error(
+        "{objective}: class-count mismatch: the student has {student} classes, the teacher {teacher}"
+    )]
     ClassMismatch {
+        /// The objective that read them.
+        objective: String,
         /// Classes in the student's logits.
         student: usize,
         /// Classes in the teacher's logits.
         teacher: usize,
     },
     /// A target index is negative or not below the class count.
-    #[error("target {target} is out of range for {classes} classes")]
+    #[error("{objective}: target {target} is out of range for {classes} classes")]
     TargetOutOfRange {
+        /// The objective that read them.
+        objective: String,
         /// The offending target value (the smallest or largest in the batch).
         target: i64,
         /// The number of classes.
         classes: usize,
     },
     /// A dataset index is negative or not below the data set's size.
-    #[error("dataset index {index} is out of range for {size} samples")]
+    #[error("{objective}: dataset index {index} is out of range for {size} samples")]
     IndexOutOfRange {
+        /// The objective that read them.
+        objective: String,
         /// The offending index (the smallest or largest in the batch).
         index: i64,
         /// The data set's size.
@@ -45,8 +55,10 @@ pub enum DistillError {
     #[error("temperature must be positive and finite, got {0}")]
     InvalidTemperature(f64),
     /// The batch has no rows.
-    #[error("empty batch: {what} has no rows")]
+    #[error("{objective}: empty input: {what} is empty")]
     EmptyBatch {
+        /// The objective that read it.
+        objective: String,
         /// The tensor that was empty.
         what: String,
     },
@@ -140,46 +152,5 @@ impl DistillError {
             value: value.to_string(),
             reason: reason.into(),
         }
-    }
-}
-
-/// Checks that a temperature is positive and finite.
-pub(crate) fn check_temperature(t: f64) -> Result<f64, DistillError> {
-    if t.is_finite() && t > 0.0 {
-        Ok(t)
-    } else {
-        Err(DistillError::InvalidTemperature(t))
-    }
-}
-
-/// Checks that a rate or step is finite and positive.
-pub(crate) fn check_positive(objective: &str, field: &str, v: f64) -> Result<f64, DistillError> {
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(DistillError::config(
-            objective,
-            field,
-            v,
-            "must be finite and > 0",
-        ))
-    }
-}
-
-/// Checks that a weight or coefficient is finite and not negative.
-pub(crate) fn check_non_negative(
-    objective: &str,
-    field: &str,
-    v: f64,
-) -> Result<f64, DistillError> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(DistillError::config(
-            objective,
-            field,
-            v,
-            "must be finite and >= 0",
-        ))
     }
 }

@@ -68,9 +68,12 @@
 //! kernels on flex and ndarray (a forward and an analytic backward in a few passes over the
 //! logits) and their composed tensor-op versions everywhere else.
 
+mod check;
+mod cross_entropy;
 mod error;
 mod input;
 mod loss;
+mod schedule;
 
 pub mod curriculum;
 pub mod feature;
@@ -82,13 +85,15 @@ pub mod optim;
 pub mod pipeline;
 pub mod relation;
 
+pub use cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};
 pub use error::DistillError;
-pub use input::{DistillInput, Distillable, Feature, Outputs, Progress, Views};
+pub use input::{Checked, DistillInput, Distillable, Feature, Outputs, Progress, Views};
 pub use loss::{Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
+pub use schedule::Schedule;
 
 /// The types a training loop needs, in one import.
 pub mod prelude {
-    pub use crate::curriculum::Schedule;
+    pub use crate::Schedule;
     pub use crate::logit::{CrossEntropy, CrossEntropyConfig, Dkd, DkdConfig, Kd, KdConfig};
     pub use crate::{DistillError, DistillInput, Loss, LossExt, LossOutput, Progress, Reduction};
 }

@@ -6,7 +6,7 @@ use std::ops::Add;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use crate::curriculum::Schedule;
+use crate::Schedule;
 use crate::math::Temperature;
 use crate::{DistillError, DistillInput};
 
@@ -210,11 +210,6 @@ pub trait LossExt: Loss + Sized + 'static {
     fn boxed(self) -> Box<dyn Loss> {
         Box::new(self)
     }
-
-    /// The sum of this objective and `other` (the same as `+` on weighted or summed losses).
-    fn plus<R: Loss + 'static>(self, other: R) -> LossSum {
-        LossSum::new().with(self).with(other)
-    }
 }
 
 impl<T: Loss + 'static> LossExt for T {}
@@ -268,8 +263,8 @@ impl LossSum {
         Self::default()
     }
 
-    /// Adds `loss` as the last part.
-    pub fn with<L: Loss + 'static>(mut self, loss: L) -> Self {
+    /// Adds `loss` as the last part (what `+` does).
+    fn with<L: Loss + 'static>(mut self, loss: L) -> Self {
         self.parts.push(Box::new(loss));
         self
     }
@@ -328,23 +323,39 @@ impl<R: Loss + 'static> Add<R> for LossSum {
     }
 }
 
-impl<L: Loss + 'static, R: Loss + 'static> Add<R> for Weighted<L> {
-    type Output = LossSum;
-    fn add(self, rhs: R) -> LossSum {
-        self.plus(rhs)
-    }
+/// Gives an objective type its one name, `NAME` (which its [`Loss::name`] returns and its
+/// terms and errors carry), and `+` with any other objective. Every objective file invokes it
+/// once: `objective!(Kd, "kd");`, or `objective!(Paced<L>, "paced");` for a wrapper.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! objective {
+    ($ty:ident $(<$g:ident>)?, $name:literal) => {
+        impl$(<$g>)? $ty$(<$g>)? {
+            #[doc = concat!("The objective's name, `\"", $name, "\"`: its terms and errors carry it.")]
+            pub const NAME: &'static str = $name;
+        }
+
+        impl<$($g,)? R: $crate::Loss + 'static> ::std::ops::Add<R> for $ty$(<$g>)?
+        where
+            $ty$(<$g>)?: $crate::Loss + 'static,
+        {
+            type Output = $crate::LossSum;
+            fn add(self, rhs: R) -> $crate::LossSum {
+                $crate::LossSum::new() + self + rhs
+            }
+        }
+    };
 }
 
-impl<L: Loss + 'static, R: Loss + 'static> Add<R> for Named<L> {
-    type Output = LossSum;
-    fn add(self, rhs: R) -> LossSum {
-        self.plus(rhs)
-    }
+macro_rules! combinator_add {
+    ($($ty:ty $(, $g:ident)?);*) => {$(
+        impl<$($g: Loss + 'static,)? R: Loss + 'static> Add<R> for $ty {
+            type Output = LossSum;
+            fn add(self, rhs: R) -> LossSum {
+                LossSum::new().with(self).with(rhs)
+            }
+        }
+    )*};
 }
 
-impl<R: Loss + 'static> Add<R> for Box<dyn Loss> {
-    type Output = LossSum;
-    fn add(self, rhs: R) -> LossSum {
-        LossSum::new().with(self).with(rhs)
-    }
-}
+combinator_add!(Weighted<L>, L; Named<L>, L; Box<dyn Loss>);

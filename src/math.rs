@@ -1,6 +1,7 @@
 //! Shared numerics, in log space: every objective builds on these, so the stable forms live in
 //! one place.
 
+use burn::config::Config;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 /// A softmax temperature: a fixed number, or a learned scalar tensor `[1]` (CTKD) through which
@@ -153,10 +154,39 @@ impl Decoupled {
     }
 }
 
+/// Where a decoupled objective's target-class part gets its target mass `b*_t`, for samples
+/// the student already classifies correctly (for the others it is always the teacher's `bᵀ`):
+/// DKD uses `Teacher`, DCKD any of them.
+#[derive(Config, Debug, Copy, PartialEq)]
+pub enum JointTarget {
+    /// `max(bᵀ_t, sg(bˢ_t))`: a correct student is never pulled back below its own confidence.
+    Max,
+    /// The teacher's `bᵀ` alone (DKD).
+    Teacher,
+    /// `w · bᵀ + (1 − w) · sg(bˢ)`, the teacher's share `w ∈ [0, 1]`.
+    Mix(f64),
+}
+
 /// A counter-based generator (SplitMix64): the same numbers on every platform and backend.
-pub(crate) struct SplitMix(pub(crate) u64);
+pub(crate) struct SplitMix(u64);
 
 impl SplitMix {
+    /// The generator of `stream` (an objective's name and what it draws) for `seed` at `key`
+    /// (a step counter, or [`SplitMix::progress_key`]): every seeded draw of the crate is keyed
+    /// here, so two streams never share numbers and a rerun draws the same ones.
+    pub(crate) fn keyed(seed: u64, stream: &str, key: u64) -> Self {
+        // FNV-1a of the stream's name, then the key spread over the word
+        let name = stream.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+        });
+        Self(seed ^ name ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// The key of a point in training: its epoch and its step within the epoch.
+    pub(crate) fn progress_key(epoch: usize, step: usize) -> u64 {
+        ((epoch as u64) << 32) ^ step as u64
+    }
+
     pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

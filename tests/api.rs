@@ -32,13 +32,14 @@ fn shape_mismatch_names_both_shapes() {
     assert_eq!(
         err,
         DistillError::ShapeMismatch {
+            objective: "kd".into(),
             what: "teacher logits".into(),
             expected: vec![4, 5],
             actual: vec![3, 5]
         }
     );
     assert!(err.to_string().contains("[4, 5]") && err.to_string().contains("[3, 5]"));
-    let ce = CrossEntropy::new();
+    let ce = CrossEntropyConfig::new().init().unwrap();
     let err = ce
         .forward(&DistillInput::new(logits(4, 5, 1), logits(4, 5, 2)).targets(ints(vec![0, 1])))
         .unwrap_err();
@@ -55,6 +56,7 @@ fn class_mismatch() {
     assert_eq!(
         err,
         DistillError::ClassMismatch {
+            objective: "kd".into(),
             student: 5,
             teacher: 6
         }
@@ -71,6 +73,7 @@ fn target_out_of_range() {
         assert_eq!(
             err,
             DistillError::TargetOutOfRange {
+                objective: "dkd".into(),
                 target: bad,
                 classes: 5
             }
@@ -134,8 +137,8 @@ fn missing_input() {
 #[test]
 fn missing_feature_names_the_tap() {
     let input = input(2, 5).feature("layer3", logits(2, 4, 3), logits(2, 4, 4));
-    assert!(input.feature_pair("hint", "layer3").is_ok());
-    let err = input.feature_pair("hint", "layer4").unwrap_err();
+    assert!(input.of("hint").feature("layer3").is_ok());
+    let err = input.of("hint").feature("layer4").unwrap_err();
     assert_eq!(
         err,
         DistillError::MissingFeature {
@@ -221,7 +224,7 @@ fn weighted_sum_is_the_sum_of_weighted_parts_with_named_terms() {
     assert!((out.values()[1].1 - 0.9 * v_kd).abs() < 1e-12);
 
     // duplicate names become unique; renaming renames the terms
-    let twice = kd.clone().plus(kd.clone().named("kd_t1")).with(kd.clone());
+    let twice = kd.clone() + kd.clone().named("kd_t1") + kd.clone();
     let names: Vec<String> = twice
         .forward(&input)
         .unwrap()
@@ -233,7 +236,9 @@ fn weighted_sum_is_the_sum_of_weighted_parts_with_named_terms() {
 
     // trait objects, nested sums, scheduled weights
     let boxed: Vec<Box<dyn Loss>> = vec![ce.boxed(), kd.clone().boxed()];
-    let sum = boxed.into_iter().fold(LossSum::new(), LossSum::with);
+    let sum = boxed
+        .into_iter()
+        .fold(LossSum::new(), |sum, part| sum + part);
     assert!((sum.forward(&input).unwrap().value() - (v_ce + v_kd)).abs() < 1e-12);
     let ramp = kd.weighted_by(Schedule::Linear {
         start: 0.0,
@@ -305,7 +310,7 @@ fn reductions_and_t_squared_relate_as_documented() {
     assert_eq!(per.dims(), [n]);
     assert!((values(per).iter().sum::<f64>() / n as f64 - bm).abs() < 1e-12);
     // the functional form is the default objective
-    let (s, t) = input.logits("test").unwrap();
+    let (s, t) = input.of("test").logits().unwrap();
     assert!((kd_loss(s, t, temp).unwrap().into_scalar::<f64>() - bm).abs() < 1e-12);
 }
 
@@ -330,7 +335,7 @@ fn dkd_warmup_scales_linearly_then_holds() {
             w * full
         );
     }
-    let (s, t) = input(4, 5).logits("test").unwrap();
+    let (s, t) = input(4, 5).of("test").logits().unwrap();
     let f = dkd_loss(s, t, ints(vec![0, 1, 2, 3]), 1.0, 8.0, 4.0)
         .unwrap()
         .into_scalar::<f64>();

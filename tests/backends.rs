@@ -228,7 +228,7 @@ fn stateless() -> Vec<Box<dyn Loss>> {
     let kd = || KdConfig::new().with_temperature(2.0).init().unwrap();
     let dkd = || DkdConfig::new().with_warmup_epochs(0).init().unwrap();
     vec![
-        CrossEntropy::new().boxed(),
+        CrossEntropyConfig::new().init().unwrap().boxed(),
         kd().boxed(),
         dkd().boxed(),
         DckdConfig::new()
@@ -283,7 +283,7 @@ fn stateless() -> Vec<Box<dyn Loss>> {
             .unwrap()
             .boxed(),
         // the combinators
-        (CrossEntropy::new().weighted(0.3)
+        (CrossEntropyConfig::new().init().unwrap().weighted(0.3)
             + kd().weighted(0.7)
             + dkd().named("dkd2").weighted_by(Schedule::Linear {
                 start: 0.0,
@@ -291,7 +291,7 @@ fn stateless() -> Vec<Box<dyn Loss>> {
                 epochs: 5,
             }))
         .boxed(),
-        LossSum::new().with(kd()).with(kd()).boxed(),
+        (LossSum::new() + kd() + kd()).boxed(),
     ]
 }
 
@@ -438,7 +438,7 @@ fn meta_teacher_matches_flex_f64_on_every_backend() {
             .init(
                 net(&[3, 5, 4], 20, device, dtype),
                 SgdConfig::new().init(),
-                CrossEntropy::new().weighted(0.5) + kd.weighted(0.5),
+                CrossEntropyConfig::new().init().unwrap().weighted(0.5) + kd.weighted(0.5),
             )
             .unwrap();
         let student = net(&[3, 4], 30, device, dtype);

@@ -126,7 +126,7 @@ fn paced_fraction_only_grows() {
     let paced = PacedConfig::new()
         .with_start(0.25)
         .with_epochs(8)
-        .init(CrossEntropy::new())
+        .init(CrossEntropyConfig::new().init().unwrap())
         .unwrap();
     let fractions: Vec<f64> = (0..12)
         .map(|e| {
@@ -151,7 +151,7 @@ fn paced_and_top_k_errors() {
         PacedConfig::new()
             .with_start(start)
             .with_end(end)
-            .init(CrossEntropy::new())
+            .init(CrossEntropyConfig::new().init().unwrap())
             .map(|_| ())
     };
     bad(paced(0.0, 1.0), "start");
@@ -162,7 +162,7 @@ fn paced_and_top_k_errors() {
         TopKMaskConfig::new()
             .with_start(start)
             .with_end(end)
-            .init(CrossEntropy::new())
+            .init(CrossEntropyConfig::new().init().unwrap())
             .map(|_| ())
     };
     bad(top(-0.1, 1.0), "start");
@@ -170,7 +170,7 @@ fn paced_and_top_k_errors() {
     bad(
         TopKMaskConfig::new()
             .with_min_kept(0)
-            .init(CrossEntropy::new())
+            .init(CrossEntropyConfig::new().init().unwrap())
             .map(|_| ()),
         "min_kept",
     );
@@ -259,7 +259,7 @@ fn top_k_mask_keeps_the_target_and_the_teachers_top_non_targets() {
     assert_eq!(
         TopKMaskConfig::new()
             .with_start(0.1)
-            .init(CrossEntropy::new())
+            .init(CrossEntropyConfig::new().init().unwrap())
             .unwrap()
             .kept(&input(0), C)
             .unwrap(),
@@ -280,7 +280,7 @@ fn dot_matches_a_hand_computed_two_step_update() {
     let teacher = [1.5, -0.5, 0.3, 0.0];
     let y = 2usize;
     let kd = KdConfig::new().with_temperature(temp).init().unwrap();
-    let loss = CrossEntropy::new().weighted(a) + kd.weighted(b);
+    let loss = CrossEntropyConfig::new().init().unwrap().weighted(a) + kd.weighted(b);
     let mut dot = DotConfig::new().with_weight_decay(wd).init().unwrap();
     let w0 = vec![0.2, 0.1, -0.3, 0.5];
     let mut row = Row {

@@ -75,7 +75,7 @@ fn labels(seed: u64, n: usize, c: usize) -> Tensor<1, Int> {
 
 fn kd_loss() -> LossSum {
     let kd = KdConfig::new().with_temperature(2.0).init().unwrap();
-    CrossEntropy::new().weighted(0.3) + kd.weighted(0.7)
+    CrossEntropyConfig::new().init().unwrap().weighted(0.3) + kd.weighted(0.7)
 }
 
 /// The bilevel objective by its definition: `k` plain SGD steps of the student on the
@@ -97,7 +97,12 @@ fn bilevel<M: Distillable<Input = Tensor<2>>, T: Distillable<Input = Tensor<2>>>
         s = SgdConfig::new().init().step(eta, s, grads);
     }
     let quiz_input = DistillInput::student(s.run(&quiz.input).logits).targets(quiz.targets.clone());
-    CrossEntropy::new().forward(&quiz_input).unwrap().value()
+    CrossEntropyConfig::new()
+        .init()
+        .unwrap()
+        .forward(&quiz_input)
+        .unwrap()
+        .value()
 }
 
 #[derive(Debug, Clone)]
@@ -197,7 +202,7 @@ impl Loss for HiddenMse {
         "hidden_mse"
     }
     fn forward(&self, input: &DistillInput) -> Result<burn_distill::LossOutput, DistillError> {
-        match input.feature_pair("hidden_mse", "hidden")? {
+        match input.of("hidden_mse").feature("hidden")? {
             (burn_distill::Feature::Embedding(s), burn_distill::Feature::Embedding(t)) => Ok(
                 burn_distill::LossOutput::single("hidden_mse", (s - t).square().mean()),
             ),
@@ -463,6 +468,7 @@ fn quiz_batches_that_do_not_fit_are_errors() {
     assert_eq!(
         meta.round(&student, &batch, &bad_targets, p, 0.0),
         Err(DistillError::TargetOutOfRange {
+            objective: "ce".into(),
             target: 3,
             classes: 3
         })
@@ -477,6 +483,7 @@ fn quiz_batches_that_do_not_fit_are_errors() {
     assert_eq!(
         meta.round(&wide, &batch, &quiz, p, 0.0),
         Err(DistillError::ClassMismatch {
+            objective: "kd".into(),
             student: 5,
             teacher: 3
         })

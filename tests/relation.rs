@@ -437,11 +437,19 @@ fn crd_errors() {
     let (s, t) = ([0.3, -1.0, 2.0, 0.5], [1.0, 0.0, -1.0, 0.2, 0.4, 0.6]);
     assert_eq!(
         crd.forward(&crd_input(&s, &t, vec![0, 8], 0)).unwrap_err(),
-        DistillError::IndexOutOfRange { index: 8, size: 8 }
+        DistillError::IndexOutOfRange {
+            objective: "crd".into(),
+            index: 8,
+            size: 8
+        }
     );
     assert_eq!(
         crd.forward(&crd_input(&s, &t, vec![-1, 2], 0)).unwrap_err(),
-        DistillError::IndexOutOfRange { index: -1, size: 8 }
+        DistillError::IndexOutOfRange {
+            objective: "crd".into(),
+            index: -1,
+            size: 8
+        }
     );
     let no_indices = DistillInput::features_only()
         .feature(

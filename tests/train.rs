@@ -60,7 +60,7 @@ impl Batcher<([f32; 4], i64), DistillBatch<Tensor<2>>> for ItemBatcher {
 
 fn loss() -> LossSum {
     let kd = KdConfig::new().with_temperature(2.0).init().unwrap();
-    CrossEntropy::new().weighted(0.5) + kd.weighted(0.5)
+    CrossEntropyConfig::new().init().unwrap().weighted(0.5) + kd.weighted(0.5)
 }
 
 fn weights(n: &Net) -> Vec<f32> {

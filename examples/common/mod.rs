@@ -217,7 +217,9 @@ pub fn digits_teacher(train_set: &Split, test_set: &Split, dev: &Device) -> Mlp 
         Mlp::new(&[64, 256, 256, 10], 0, dev),
         train_set,
         None,
-        &CrossEntropy::new(),
+        &CrossEntropyConfig::new()
+            .init()
+            .expect("the default config is valid"),
         &cfg,
         |epoch, terms, _| {
             if (epoch + 1) % 20 == 0 {

@@ -6,8 +6,8 @@ use burn::config::Config;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-use super::Schedule;
-use crate::logit::cross_entropy_per_sample;
+use crate::Schedule;
+use crate::cross_entropy_per_sample;
 use crate::math::target_mask;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -79,7 +79,7 @@ impl PacedConfig {
         Ok(Paced {
             inner,
             difficulty: self.difficulty,
-            admitted: fraction_ramp("paced", self.start, self.end, self.epochs)?,
+            admitted: fraction_ramp(Paced::<()>::NAME, self.start, self.end, self.epochs)?,
         })
     }
 }
@@ -103,7 +103,7 @@ pub struct Paced<L> {
 impl<L: Loss> Paced<L> {
     /// The fraction of each batch admitted at `input`'s progress.
     pub fn admitted(&self, input: &DistillInput) -> Result<f64, DistillError> {
-        let p = input.require_progress("paced", "to pace its curriculum")?;
+        let p = input.of(Self::NAME).progress("to pace its curriculum")?;
         self.admitted.value(Some(p))
     }
 
@@ -111,20 +111,22 @@ impl<L: Loss> Paced<L> {
     pub fn difficulty(&self, input: &DistillInput) -> Result<Tensor<1>, DistillError> {
         let with_targets = |z: Tensor<2>| -> Result<Tensor<1>, DistillError> {
             let [n, c] = z.dims();
-            let y = input.checked_targets("paced", n, c)?;
+            let y = input.of(Self::NAME).targets(n, c)?;
             Ok(cross_entropy_per_sample(z.detach(), y, 0.0))
         };
         match self.difficulty {
             Difficulty::TeacherConfidence => {
-                let (_, t) = input.logits("paced")?;
+                let (_, t) = input.of(Self::NAME).logits()?;
                 let top = log_softmax(t.detach(), 1).max_dim(1).squeeze_dim::<1>(1);
                 Ok(-top.exp())
             }
-            Difficulty::TeacherLoss => with_targets(input.logits("paced")?.1),
-            Difficulty::StudentLoss => with_targets(input.student_logits("paced")?),
+            Difficulty::TeacherLoss => with_targets(input.of(Self::NAME).logits()?.1),
+            Difficulty::StudentLoss => with_targets(input.of(Self::NAME).student_logits()?),
         }
     }
 }
+
+crate::objective!(Paced<L>, "paced");
 
 impl<L: Loss> Loss for Paced<L> {
     fn name(&self) -> &str {
@@ -136,7 +138,7 @@ impl<L: Loss> Loss for Paced<L> {
         let n = input
             .batch_size()
             .ok_or_else(|| DistillError::MissingInput {
-                objective: "paced".into(),
+                objective: Paced::<()>::NAME.into(),
                 what: "logits or a feature tap to rank".into(),
             })?;
         let k = count(fraction, n);
@@ -172,7 +174,7 @@ impl TopKMaskConfig {
     pub fn init<L: Loss>(&self, inner: L) -> Result<TopKMask<L>, DistillError> {
         if self.min_kept == 0 {
             return Err(DistillError::config(
-                "top_k_mask",
+                TopKMask::<()>::NAME,
                 "min_kept",
                 0,
                 "must be >= 1",
@@ -180,7 +182,7 @@ impl TopKMaskConfig {
         }
         Ok(TopKMask {
             inner,
-            kept: fraction_ramp("top_k_mask", self.start, self.end, self.epochs)?,
+            kept: fraction_ramp(TopKMask::<()>::NAME, self.start, self.end, self.epochs)?,
             min_kept: self.min_kept,
         })
     }
@@ -204,12 +206,14 @@ pub struct TopKMask<L> {
 impl<L: Loss> TopKMask<L> {
     /// The number of non-target classes kept at `input`'s progress, for `classes` classes.
     pub fn kept(&self, input: &DistillInput, classes: usize) -> Result<usize, DistillError> {
-        let p = input.require_progress("top_k_mask", "to widen its mask")?;
+        let p = input.of(Self::NAME).progress("to widen its mask")?;
         let others = classes.saturating_sub(1).max(1);
         let k = count(self.kept.value(Some(p))?, others);
         Ok(k.max(self.min_kept).min(others))
     }
 }
+
+crate::objective!(TopKMask<L>, "top_k_mask");
 
 impl<L: Loss> Loss for TopKMask<L> {
     fn name(&self) -> &str {
@@ -217,14 +221,14 @@ impl<L: Loss> Loss for TopKMask<L> {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let (_, t) = input.logits("top_k_mask")?;
+        let (_, t) = input.of(Self::NAME).logits()?;
         let [n, c] = t.dims();
-        crate::logit::check_classes("top_k_mask", c)?;
+        crate::check::check_classes(Self::NAME, c, 3)?;
         let k = self.kept(input, c)?;
         if k == c - 1 {
             return self.inner.forward(input);
         }
-        let y = input.checked_targets("top_k_mask", n, c)?;
+        let y = input.of(Self::NAME).targets(n, c)?;
         let others = t
             .detach()
             .mask_fill(target_mask(y.clone(), c), f64::NEG_INFINITY);

@@ -5,10 +5,9 @@
 //! objective by one. [`Ctkd`] learns a global temperature adversarially. [`Paced`] admits
 //! harder samples and [`TopKMask`] more non-target classes as training goes on.
 
+mod ctkd;
 mod difficulty;
-mod schedule;
-mod temperature;
 
+pub use crate::Schedule;
+pub use ctkd::*;
 pub use difficulty::*;
-pub use schedule::*;
-pub use temperature::*;

@@ -6,8 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor};
 
-use super::map_pair;
-use crate::error::check_non_negative;
+use crate::check::check_non_negative;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Configuration of [`Hint`]: the student's and teacher's map shapes `[C, H, W]` at the tap.
@@ -38,11 +37,11 @@ impl HintConfig {
     /// half, and a `(1 + Hs − Ht) × (1 + Ws − Wt)` convolution when it is otherwise larger
     /// (mdistiller's `ConvReg`); then batch norm (and ReLU).
     pub fn init(&self, device: &Device) -> Result<Hint, DistillError> {
-        check_non_negative("hint", "weight", self.weight)?;
+        check_non_negative(Hint::NAME, "weight", self.weight)?;
         let ([cs, hs, ws], [ct, ht, wt]) = (self.student, self.teacher);
         if [cs, hs, ws, ct, ht, wt].contains(&0) {
             return Err(DistillError::config(
-                "hint",
+                Hint::NAME,
                 "student/teacher",
                 format!("{:?} / {:?}", self.student, self.teacher),
                 "every size must be >= 1",
@@ -51,7 +50,7 @@ impl HintConfig {
         if !self.connector {
             if self.student != self.teacher {
                 return Err(DistillError::config(
-                    "hint",
+                    Hint::NAME,
                     "connector",
                     false,
                     "student and teacher maps differ: a connector is needed",
@@ -82,7 +81,7 @@ impl HintConfig {
             Connector::Conv(Conv2dConfig::new([cs, ct], [1 + hs - ht, 1 + ws - wt]).init(device))
         } else {
             return Err(DistillError::config(
-                "hint",
+                Hint::NAME,
                 "student",
                 format!("{:?}", self.student),
                 "a map smaller than the teacher's (and not half its size) has no connector",
@@ -151,21 +150,24 @@ pub struct Hint {
     config: HintConfig,
 }
 
+crate::objective!(Hint, "hint");
+
 impl Loss for Hint {
     fn name(&self) -> &str {
-        "hint"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = map_pair(input, "hint", &c.feature)?;
+        let (s, t) = input.of(Hint::NAME).maps(&c.feature)?;
         for (who, want, got) in [
             ("student", c.student, s.dims()),
             ("teacher", c.teacher, t.dims()),
         ] {
             if got[1..] != want {
                 return Err(DistillError::ShapeMismatch {
-                    what: format!("hint: {who} tap `{}`", c.feature),
+                    objective: Hint::NAME.into(),
+                    what: format!("{who} tap `{}`", c.feature),
                     expected: [got[0]].into_iter().chain(want).collect(),
                     actual: got.to_vec(),
                 });
@@ -176,7 +178,7 @@ impl Loss for Hint {
             None => s,
         };
         Ok(LossOutput::single(
-            "hint",
+            Hint::NAME,
             (s - t).square().mean() * c.weight,
         ))
     }

@@ -8,8 +8,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::map_pair;
-use crate::error::check_non_negative;
+use crate::check::check_non_negative;
 use crate::math::SplitMix;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -68,7 +67,7 @@ impl MgdConfig {
         let (cs, ct) = (self.student_channels, self.teacher_channels);
         if cs == 0 || ct == 0 {
             return Err(DistillError::config(
-                "mgd",
+                Mgd::NAME,
                 "channels",
                 format!("{cs} -> {ct}"),
                 "must be >= 1",
@@ -78,14 +77,7 @@ impl MgdConfig {
             MgdMask::Channel => 0.15,
             MgdMask::Spatial => 0.65,
         });
-        if !(0.0..1.0).contains(&lambda) {
-            return Err(DistillError::config(
-                "mgd",
-                "lambda",
-                lambda,
-                "must be in [0, 1)",
-            ));
-        }
+        crate::check::check_fraction(Mgd::NAME, "lambda", lambda, false)?;
         let sum_alpha = match self.mask {
             MgdMask::Channel => 7e-5,
             MgdMask::Spatial => 2e-5,
@@ -94,7 +86,7 @@ impl MgdConfig {
             MgdReduction::Sum => sum_alpha,
             MgdReduction::Mean => sum_alpha * (512.0 * 7.0 * 7.0),
         });
-        check_non_negative("mgd", "alpha", alpha)?;
+        check_non_negative(Mgd::NAME, "alpha", alpha)?;
         let gen_conv = || {
             Conv2dConfig::new([ct, ct], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -171,7 +163,7 @@ impl Mgd {
             MgdMask::Channel => [n, c, 1, 1],
             MgdMask::Spatial => [n, 1, h, w],
         };
-        let mut rng = SplitMix(self.config.seed ^ key.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut rng = SplitMix::keyed(self.config.seed, Self::NAME, key);
         let lambda = self.lambda;
         let data: Vec<f64> = (0..dims.iter().product::<usize>())
             .map(|_| {
@@ -208,19 +200,22 @@ impl Mgd {
     }
 }
 
+crate::objective!(Mgd, "mgd");
+
 impl Loss for Mgd {
     fn name(&self) -> &str {
-        "mgd"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = map_pair(input, "mgd", &c.feature)?;
+        let (s, t) = input.of(Mgd::NAME).maps(&c.feature)?;
         let (ds, dt) = (s.dims(), t.dims());
         if ds[1] != c.student_channels || dt[1] != c.teacher_channels || ds[2..] != dt[2..] {
             return Err(DistillError::ShapeMismatch {
+                objective: Mgd::NAME.into(),
                 what: format!(
-                    "mgd: student tap `{}` (teacher channels, the teacher's size)",
+                    "student tap `{}` (teacher channels, the teacher's size)",
                     c.feature
                 ),
                 expected: vec![ds[0], c.student_channels, dt[2], dt[3]],
@@ -233,7 +228,7 @@ impl Loss for Mgd {
         };
         let mask = self.mask(dt, key, &t.device());
         Ok(LossOutput::single(
-            "mgd",
+            Mgd::NAME,
             self.forward_with_mask(s, t, mask),
         ))
     }

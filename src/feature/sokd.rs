@@ -14,7 +14,7 @@ use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{attention_map, map_pair};
+use super::attention_map;
 use crate::input::{Distillable, Feature, Outputs};
 use crate::math::SplitMix;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
@@ -55,18 +55,11 @@ pub struct DafaConfig {
 impl DafaConfig {
     /// Validates and builds the mixture's parameters on `device`.
     pub fn init(&self, device: &Device) -> Result<Dafa, DistillError> {
-        crate::error::check_non_negative("dafa", "magnitude", self.magnitude)?;
-        if !(0.0..1.0).contains(&self.drop) {
-            return Err(DistillError::config(
-                "dafa",
-                "drop",
-                self.drop,
-                "must be in [0, 1)",
-            ));
-        }
+        crate::check::check_non_negative(Dafa::NAME, "magnitude", self.magnitude)?;
+        crate::check::check_fraction(Dafa::NAME, "drop", self.drop, false)?;
         if !self.identity_logit.is_finite() {
             return Err(DistillError::config(
-                "dafa",
+                Dafa::NAME,
                 "identity_logit",
                 self.identity_logit,
                 "must be finite",
@@ -121,6 +114,9 @@ pub struct Dafa {
 }
 
 impl Dafa {
+    /// The name its configuration errors carry.
+    pub const NAME: &'static str = "dafa";
+
     /// The mixture weights `softmax(w)`, as `f64`.
     pub fn mixture(&self) -> Vec<f64> {
         softmax(self.weights.val().detach(), 0)
@@ -134,7 +130,7 @@ impl Dafa {
     pub fn augment(&self, f: Tensor<4>, key: u64) -> Tensor<4> {
         let [n, c, h, w] = f.dims();
         let (device, dtype) = (f.device(), f.dtype());
-        let mut rng = SplitMix(self.config.seed ^ key.wrapping_mul(0x9FB2_1C65_1E98_DF25));
+        let mut rng = SplitMix::keyed(self.config.seed, "dafa", key);
         let mut gaussian = |count: usize| -> Vec<f64> {
             (0..count)
                 .map(|_| {
@@ -278,7 +274,7 @@ impl DamConfig {
     pub fn init<L: Loss>(&self, inner: L) -> Result<Dam<L>, DistillError> {
         if !(self.fraction > 0.0 && self.fraction <= 1.0) {
             return Err(DistillError::config(
-                "dam",
+                Dam::<()>::NAME,
                 "fraction",
                 self.fraction,
                 "must be in (0, 1]",
@@ -323,6 +319,8 @@ impl<L> Dam<L> {
     }
 }
 
+crate::objective!(Dam<L>, "dam");
+
 impl<L: Loss> Loss for Dam<L> {
     fn name(&self) -> &str {
         self.inner.name()
@@ -334,10 +332,11 @@ impl<L: Loss> Loss for Dam<L> {
         }
         let mut masked = input.clone();
         for name in &self.config.features {
-            let (s, t) = map_pair(input, "dam", name)?;
+            let (s, t) = input.of(Self::NAME).maps(name)?;
             if s.dims()[2..] != t.dims()[2..] {
                 return Err(DistillError::ShapeMismatch {
-                    what: format!("dam: teacher tap `{name}` spatial size"),
+                    objective: Self::NAME.into(),
+                    what: format!("teacher tap `{name}` spatial size"),
                     expected: s.dims()[2..].to_vec(),
                     actual: t.dims()[2..].to_vec(),
                 });

@@ -40,17 +40,7 @@ use burn::tensor::{DType, Device, Int, Tensor};
 pub use cpu::exp_in_place;
 use ops::FusedOps;
 
-/// How DKD-style objectives form the joint target-class distribution `b*` of their TCKD term,
-/// for rows the student classifies correctly (others always take the teacher's `bᵀ`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Joint {
-    /// `b* = bᵀ` (DKD).
-    Teacher,
-    /// `b* = sg(bˢ)` where the student's target mass is larger, else `bᵀ`.
-    Max,
-    /// `b* = w·bᵀ + (1 − w)·sg(bˢ)`.
-    Mix(f64),
-}
+pub(crate) use crate::math::JointTarget as Joint;
 
 /// Whether the fused kernels serve tensors on `device` (otherwise the objectives run their
 /// composed tensor-op version).

@@ -1,21 +1,9 @@
 use burn::config::Config;
 
-use super::dkd::Decoupling;
-use crate::fused::Joint;
+use super::decoupled::Decoupling;
+pub use crate::math::JointTarget;
 use crate::math::Temperature;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
-
-/// Where DCKD's target-class part gets its target mass `b*_t`, for samples the student already
-/// classifies correctly (for the others it is always the teacher's).
-#[derive(Config, Debug, Copy, PartialEq)]
-pub enum JointTarget {
-    /// `max(bᵀ_t, sg(bˢ_t))`: a correct student is never pulled back below its own confidence.
-    Max,
-    /// The teacher's `bᵀ` alone: DCKD is then exactly DKD.
-    Teacher,
-    /// `w · bᵀ + (1 − w) · sg(bˢ)` with `w = mix_weight`.
-    Mix,
-}
 
 /// Configuration to create a [`Dckd`] objective.
 #[derive(Config, Debug)]
@@ -32,12 +20,10 @@ pub struct DckdConfig {
     /// Epochs of linear warm-up (0: none), as in DKD.
     #[config(default = 20)]
     pub warmup_epochs: usize,
-    /// How the joint target-class distribution is formed.
+    /// How the joint target-class distribution is formed (`Mix(w)`: the teacher's share
+    /// `w ∈ [0, 1]`).
     #[config(default = "JointTarget::Max")]
     pub joint: JointTarget,
-    /// The teacher's share `w ∈ [0, 1]` under [`JointTarget::Mix`].
-    #[config(default = 0.5)]
-    pub mix_weight: f64,
     /// Run the [fused kernel](crate::fused) where the device supports it; `false` forces the
     /// composed tensor-op version.
     #[config(default = true)]
@@ -47,25 +33,12 @@ pub struct DckdConfig {
 impl DckdConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<Dckd, DistillError> {
-        if !(0.0..=1.0).contains(&self.mix_weight) {
-            return Err(DistillError::config(
-                "dckd",
-                "mix_weight",
-                self.mix_weight,
-                "must be in [0, 1]",
-            ));
-        }
-        let joint = match self.joint {
-            JointTarget::Max => Joint::Max,
-            JointTarget::Teacher => Joint::Teacher,
-            JointTarget::Mix => Joint::Mix(self.mix_weight),
-        };
         Ok(Dckd(Decoupling::new(
-            "dckd",
+            Dckd::NAME,
             [self.alpha, self.beta],
             self.temperature,
             self.warmup_epochs,
-            joint,
+            self.joint,
             self.fused,
         )?))
     }
@@ -94,9 +67,11 @@ impl DckdConfig {
 #[derive(Debug, Clone)]
 pub struct Dckd(Decoupling);
 
+crate::objective!(Dckd, "dckd");
+
 impl Loss for Dckd {
     fn name(&self) -> &str {
-        "dckd"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
@@ -110,6 +85,6 @@ impl Tempered for Dckd {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        self.0.forward("dckd", input, temperature)
+        self.0.forward(Self::NAME, input, temperature)
     }
 }

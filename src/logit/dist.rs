@@ -1,7 +1,7 @@
 use burn::config::Config;
 use burn::tensor::activation::softmax;
 
-use crate::error::{check_non_negative, check_temperature};
+use crate::check::{check_non_negative, check_temperature};
 use crate::math::{Temperature, pearson_rows};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
@@ -26,11 +26,16 @@ impl DistConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<Dist, DistillError> {
         if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(DistillError::config("dist", "eps", self.eps, "must be > 0"));
+            return Err(DistillError::config(
+                Dist::NAME,
+                "eps",
+                self.eps,
+                "must be > 0",
+            ));
         }
         Ok(Dist {
-            beta: check_non_negative("dist", "beta", self.beta)?,
-            gamma: check_non_negative("dist", "gamma", self.gamma)?,
+            beta: check_non_negative(Dist::NAME, "beta", self.beta)?,
+            gamma: check_non_negative(Dist::NAME, "gamma", self.gamma)?,
             temperature: check_temperature(self.temperature)?,
             eps: self.eps,
         })
@@ -57,9 +62,11 @@ pub struct Dist {
     eps: f64,
 }
 
+crate::objective!(Dist, "dist");
+
 impl Loss for Dist {
     fn name(&self) -> &str {
-        "dist"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
@@ -73,7 +80,7 @@ impl Tempered for Dist {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let (s, t) = input.logits("dist")?;
+        let (s, t) = input.of(Dist::NAME).logits()?;
         let ps = softmax(temperature.scale(s), 1);
         let pt = softmax(temperature.scale(t), 1);
         let inter = pearson_rows(ps.clone(), pt.clone(), self.eps).mean().neg() + 1.0;
@@ -83,11 +90,11 @@ impl Tempered for Dist {
             + 1.0;
         Ok(LossOutput::from_terms(vec![
             (
-                "dist/inter".into(),
+                format!("{}/inter", Dist::NAME),
                 temperature.times_squared(inter * self.beta),
             ),
             (
-                "dist/intra".into(),
+                format!("{}/intra", Dist::NAME),
                 temperature.times_squared(intra * self.gamma),
             ),
         ]))

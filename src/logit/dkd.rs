@@ -1,10 +1,8 @@
 use burn::config::Config;
 use burn::tensor::{Int, Tensor};
 
-use crate::curriculum::Schedule;
-use crate::error::{check_non_negative, check_temperature};
-use crate::fused::{self, Joint};
-use crate::math::{Decoupled, Temperature, kl_rows, logsumexp, target_mask};
+use super::decoupled::{Decoupling, split};
+use crate::math::{JointTarget, Temperature, kl_rows};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
 /// Configuration to create a [`Dkd`] objective. The defaults are the paper's CIFAR-100 ones.
@@ -34,11 +32,11 @@ impl DkdConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<Dkd, DistillError> {
         Ok(Dkd(Decoupling::new(
-            "dkd",
+            Dkd::NAME,
             [self.alpha, self.beta],
             self.temperature,
             self.warmup_epochs,
-            Joint::Teacher,
+            JointTarget::Teacher,
             self.fused,
         )?))
     }
@@ -69,9 +67,11 @@ impl DkdConfig {
 #[derive(Debug, Clone)]
 pub struct Dkd(Decoupling);
 
+crate::objective!(Dkd, "dkd");
+
 impl Loss for Dkd {
     fn name(&self) -> &str {
-        "dkd"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
@@ -85,176 +85,8 @@ impl Tempered for Dkd {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        self.0.forward("dkd", input, temperature)
+        self.0.forward(Self::NAME, input, temperature)
     }
-}
-
-/// What DKD and DCKD share: the weights α (target part) and β (non-target part), the
-/// temperature, the warm-up, the joint target-class rule, and the decoupled forward pass.
-#[derive(Debug, Clone)]
-pub(crate) struct Decoupling {
-    alpha: f64,
-    beta: f64,
-    pub temperature: f64,
-    warmup: Schedule,
-    joint: Joint,
-    fused: bool,
-}
-
-impl Decoupling {
-    /// Validates the shared configuration of the objective `name`.
-    pub fn new(
-        name: &str,
-        [alpha, beta]: [f64; 2],
-        temperature: f64,
-        warmup_epochs: usize,
-        joint: Joint,
-        fused: bool,
-    ) -> Result<Self, DistillError> {
-        Ok(Self {
-            alpha: check_non_negative(name, "alpha", alpha)?,
-            beta: check_non_negative(name, "beta", beta)?,
-            temperature: check_temperature(temperature)?,
-            warmup: Schedule::Warmup {
-                value: 1.0,
-                epochs: warmup_epochs,
-            },
-            joint,
-            fused,
-        })
-    }
-
-    /// Checks the input and returns `w · T² · batchmean(α · KL(b* ‖ bˢ) + β · NCKD)` with terms
-    /// `{name}/tckd` and `{name}/nckd`.
-    pub fn forward(
-        &self,
-        name: &str,
-        input: &DistillInput,
-        temperature: &Temperature,
-    ) -> Result<LossOutput, DistillError> {
-        let (s, t) = input.logits(name)?;
-        let [n, c] = s.dims();
-        check_classes(name, c)?;
-        let y = input.checked_targets(name, n, c)?;
-        let w = match self.warmup.needs_progress() {
-            true => self.warmup.value(Some(
-                input.require_progress(name, "for its warm-up (or set warmup_epochs = 0)")?,
-            ))?,
-            false => 1.0,
-        };
-        let weights = [self.alpha, self.beta];
-        let fused = match temperature {
-            Temperature::Fixed(temp) if self.fused => {
-                fused::dkd_rows(&s, &t, &y, *temp, self.joint, weights)
-            }
-            _ => None,
-        };
-        let scaled = |x: Tensor<1>, weight: f64| temperature.times_squared(x * (weight * w));
-        let names = [format!("{name}/tckd"), format!("{name}/nckd")];
-        Ok(match fused {
-            Some((total, parts)) => {
-                let terms =
-                    [0, 1].map(|i| scaled(parts.clone().narrow(1, i, 1).mean(), weights[i]));
-                LossOutput::new(
-                    scaled(total.mean(), 1.0),
-                    names.into_iter().zip(terms).collect(),
-                )
-            }
-            None => {
-                let parts = decoupled_rows(s, t, y, temperature, self.joint);
-                let terms = [0, 1].map(|i| scaled(parts[i].clone().mean(), weights[i]));
-                LossOutput::from_terms(names.into_iter().zip(terms).collect())
-            }
-        })
-    }
-}
-
-/// Per-sample `[KL(b* ‖ bˢ), KL(p̂ᵀ ‖ p̂ˢ)]`, each `[N]`, by composed tensor ops: the reference
-/// of the fused kernel.
-fn decoupled_rows(
-    s: Tensor<2>,
-    t: Tensor<2>,
-    y: Tensor<1, Int>,
-    temperature: &Temperature,
-    joint: Joint,
-) -> [Tensor<1>; 2] {
-    let (student, teacher) = split(s.clone(), t, y.clone(), temperature);
-    let target = joint_target(&student, &teacher, s, y, joint);
-    [
-        kl_rows(target, student.log_binary),
-        kl_rows(teacher.log_non_target, student.log_non_target),
-    ]
-}
-
-/// `log b*` for every sample, `[N, 2]`: the teacher's `log bᵀ`, except where the student's
-/// arg-max is the target and `joint` says otherwise (the student's side is detached).
-fn joint_target(
-    student: &Decoupled,
-    teacher: &Decoupled,
-    logits: Tensor<2>,
-    targets: Tensor<1, Int>,
-    joint: Joint,
-) -> Tensor<2> {
-    let teacher = teacher.log_binary.clone();
-    let student = student.log_binary.clone().detach();
-    let own = match joint {
-        Joint::Teacher => return teacher,
-        Joint::Max => {
-            // the student's whole binary distribution where its target mass is larger
-            let larger = student
-                .clone()
-                .narrow(1, 0, 1)
-                .greater(teacher.clone().narrow(1, 0, 1))
-                .expand(teacher.dims());
-            teacher.clone().mask_where(larger, student)
-        }
-        Joint::Mix(w) => {
-            // log(w·bᵀ + (1 − w)·bˢ), per component, as a two-term log-sum-exp
-            let pair = |k: usize| {
-                Tensor::cat(
-                    vec![
-                        teacher.clone().narrow(1, k, 1) + w.ln(),
-                        student.clone().narrow(1, k, 1) + (1.0 - w).ln(),
-                    ],
-                    1,
-                )
-            };
-            Tensor::cat(vec![logsumexp(pair(0)), logsumexp(pair(1))], 1)
-        }
-    };
-    // only samples whose student arg-max is the target take the joint target
-    let correct = logits
-        .detach()
-        .argmax(1)
-        .equal(targets.unsqueeze_dim(1))
-        .expand(teacher.dims());
-    teacher.mask_where(correct, own)
-}
-
-/// Student and teacher logits split around the targets at `temperature`.
-fn split(
-    student: Tensor<2>,
-    teacher: Tensor<2>,
-    targets: Tensor<1, Int>,
-    temperature: &Temperature,
-) -> (Decoupled, Decoupled) {
-    let mask = target_mask(targets, student.dims()[1]);
-    (
-        Decoupled::new(temperature.scale(student), mask.clone()),
-        Decoupled::new(temperature.scale(teacher), mask),
-    )
-}
-
-/// Checks the class count DKD-style objectives need: NCKD is vacuous below 3 classes.
-pub(crate) fn check_classes(objective: &str, classes: usize) -> Result<(), DistillError> {
-    if classes < 3 {
-        return Err(DistillError::TooFewClasses {
-            objective: objective.into(),
-            min: 3,
-            got: classes,
-        });
-    }
-    Ok(())
 }
 
 /// Per-sample `(TCKD, NCKD)`, each `[N]`, without weights, `T²` or input checks: the composed

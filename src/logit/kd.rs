@@ -1,7 +1,7 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use crate::error::check_temperature;
+use crate::check::check_temperature;
 use crate::fused;
 use burn::tensor::activation::log_softmax;
 
@@ -68,9 +68,11 @@ impl Kd {
     }
 }
 
+crate::objective!(Kd, "kd");
+
 impl Loss for Kd {
     fn name(&self) -> &str {
-        "kd"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
@@ -84,7 +86,7 @@ impl Tempered for Kd {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let (s, t) = input.logits("kd")?;
+        let (s, t) = input.of(Kd::NAME).logits()?;
         let c = s.dims()[1];
         let rows = match temperature {
             Temperature::Fixed(temp) if self.fused => fused::kd_rows(&s, &t, *temp),
@@ -93,7 +95,7 @@ impl Tempered for Kd {
         let per_sample = rows.unwrap_or_else(|| kd_rows(s, t, temperature));
         let loss = self.reduction.apply(per_sample, c);
         Ok(LossOutput::single(
-            "kd",
+            Kd::NAME,
             match self.t_squared {
                 true => temperature.times_squared(loss),
                 false => loss,

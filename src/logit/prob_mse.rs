@@ -3,7 +3,7 @@
 use burn::config::Config;
 use burn::tensor::activation::softmax;
 
-use crate::error::check_temperature;
+use crate::check::check_temperature;
 use crate::math::Temperature;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
@@ -39,18 +39,20 @@ impl Tempered for ProbMse {
         input: &DistillInput,
         t: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let (s, te) = input.logits("prob_mse")?;
+        let (s, te) = input.of(ProbMse::NAME).logits()?;
         let diff = softmax(t.scale(te), 1) - softmax(t.scale(s), 1);
         Ok(LossOutput::single(
-            "prob_mse",
+            ProbMse::NAME,
             t.times_squared(diff.square().mean()),
         ))
     }
 }
 
+crate::objective!(ProbMse, "prob_mse");
+
 impl Loss for ProbMse {
     fn name(&self) -> &str {
-        "prob_mse"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {

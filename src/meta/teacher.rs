@@ -7,9 +7,9 @@ use burn::store::ModuleRecord;
 use burn::tensor::Tensor;
 
 use super::hypergrad::{Batch, Bilevel, MetaGradient};
-use crate::error::check_positive;
+use crate::CrossEntropy;
+use crate::check::check_positive;
 use crate::input::{Distillable, Outputs};
-use crate::logit::CrossEntropy;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Progress};
 
 /// The pilot step size `η`.
@@ -51,7 +51,7 @@ pub struct MetaTeacherConfig {
 impl MetaTeacherConfig {
     /// A meta-teacher owning `teacher`, updated by `optimizer` (any burn optimizer, e.g.
     /// `SgdConfig::new().init()`), distilling with `loss` (which should include the task term,
-    /// e.g. `CrossEntropy::new().weighted(0.1) + kd.weighted(0.9)`). The quiz loss is
+    /// e.g. `ce.weighted(0.1) + kd.weighted(0.9)`). The quiz loss is
     /// cross-entropy; change it with [`MetaTeacher::with_quiz`].
     ///
     /// Errors: a non-positive `η`, learning rate or finite-difference step, zero pilot steps or
@@ -71,9 +71,7 @@ impl MetaTeacherConfig {
             check_positive(NAME, "fd_step", h)?;
         }
         for (field, v) in [("pilot_steps", self.pilot_steps), ("period", self.period)] {
-            if v == 0 {
-                return Err(DistillError::config(NAME, field, v, "must be at least 1"));
-            }
+            crate::check::check_count(NAME, field, v, 1)?;
         }
         let mut count = Trainable(0);
         teacher.visit(&mut count);
@@ -86,7 +84,7 @@ impl MetaTeacherConfig {
             teacher,
             optimizer: optimizer.into(),
             loss: Box::new(loss),
-            quiz: Box::new(CrossEntropy::new()),
+            quiz: Box::new(CrossEntropy::plain()),
             config: self.clone(),
             rounds: 0,
         })
@@ -181,11 +179,7 @@ impl<T: Module> MetaTeacher<T> {
         optimizer: impl Into<ModuleOptimizer>,
         dkd: crate::logit::Dkd,
     ) -> Result<Self, DistillError> {
-        config.init(
-            teacher,
-            optimizer,
-            crate::LossSum::new().with(CrossEntropy::new()).with(dkd),
-        )
+        config.init(teacher, optimizer, CrossEntropy::plain() + dkd)
     }
 
     /// The same meta-teacher scoring pilots with `quiz` instead of cross-entropy (it reads the

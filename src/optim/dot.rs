@@ -7,7 +7,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
-use crate::error::check_non_negative;
+use crate::check::check_non_negative;
 use crate::{DistillError, LossOutput};
 
 /// Configuration of [`Dot`]; the defaults are the paper's (β = 0.9, δ = 0.075, task term `ce`).
@@ -33,9 +33,7 @@ impl DotConfig {
     pub fn init(&self) -> Result<Dot, DistillError> {
         let (task, distill) = (self.momentum - self.delta, self.momentum + self.delta);
         for (field, v) in [("momentum - delta", task), ("momentum + delta", distill)] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(DistillError::config("dot", field, v, "must be in [0, 1)"));
-            }
+            crate::check::check_fraction("dot", field, v, false)?;
         }
         check_non_negative("dot", "weight_decay", self.weight_decay)?;
         if self.task_terms.is_empty() {

@@ -98,14 +98,7 @@ pub struct DgkdConfig {
 impl DgkdConfig {
     /// Validates the drop probability and wraps `inner` (KD in the paper).
     pub fn init<L: Loss>(&self, inner: L) -> Result<Dgkd<L>, DistillError> {
-        if !(0.0..1.0).contains(&self.drop) {
-            return Err(DistillError::config(
-                "dgkd",
-                "drop",
-                self.drop,
-                "must be in [0, 1)",
-            ));
-        }
+        crate::check::check_fraction(Dgkd::<()>::NAME, "drop", self.drop, false)?;
         Ok(Dgkd {
             inner,
             drop: self.drop,
@@ -136,8 +129,8 @@ pub struct Dgkd<L> {
 impl<L> Dgkd<L> {
     /// The guides kept among `guides` at (`epoch`, `step`): never empty.
     pub fn kept(&self, guides: usize, epoch: usize, step: usize) -> Vec<usize> {
-        let key = ((epoch as u64) << 32) ^ step as u64;
-        let mut rng = SplitMix(self.seed ^ key.wrapping_mul(0xE703_7ED1_A0B4_28DB));
+        let key = SplitMix::progress_key(epoch, step);
+        let mut rng = SplitMix::keyed(self.seed, Self::NAME, key);
         let kept: Vec<usize> = (0..guides).filter(|_| rng.unit() >= self.drop).collect();
         if kept.is_empty() && guides > 0 {
             return vec![(rng.next() % guides as u64) as usize];
@@ -146,14 +139,16 @@ impl<L> Dgkd<L> {
     }
 }
 
+crate::objective!(Dgkd<L>, "dgkd");
+
 impl<L: Loss> Loss for Dgkd<L> {
     fn name(&self) -> &str {
         self.inner.name()
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let p = input.require_progress("dgkd", "to drop its guides")?;
-        let (_, teacher) = input.logits("dgkd")?;
+        let p = input.of(Self::NAME).progress("to drop its guides")?;
+        let (_, teacher) = input.of(Self::NAME).logits()?;
         let guides: Vec<_> = std::iter::once(teacher)
             .chain(input.guides().iter().cloned())
             .collect();

@@ -4,8 +4,8 @@
 
 mod assistant;
 #[cfg(feature = "train")]
-mod train;
+mod distiller;
 
 pub use assistant::*;
 #[cfg(feature = "train")]
-pub use train::*;
+pub use distiller::*;

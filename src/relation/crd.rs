@@ -5,8 +5,7 @@ use burn::module::{Module, RunningState};
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::head::Embed;
-use super::relational_pair;
-use crate::error::check_temperature;
+use crate::check::check_temperature;
 use crate::math::{SplitMix, l2_normalize};
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -44,14 +43,7 @@ impl CrdConfig {
     /// memories (uniform in ±1/√(e/3), from the seed) on `device`.
     pub fn init(&self, device: &Device) -> Result<Crd, DistillError> {
         check_temperature(self.temperature)?;
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(DistillError::config(
-                "crd",
-                "momentum",
-                self.momentum,
-                "must be in [0, 1)",
-            ));
-        }
+        crate::check::check_fraction(Crd::NAME, "momentum", self.momentum, false)?;
         for (field, v) in [
             ("student_dim", self.student_dim),
             ("teacher_dim", self.teacher_dim),
@@ -59,14 +51,12 @@ impl CrdConfig {
             ("embed_dim", self.embed_dim),
             ("negatives", self.negatives),
         ] {
-            if v == 0 {
-                return Err(DistillError::config("crd", field, v, "must be >= 1"));
-            }
+            crate::check::check_count(Crd::NAME, field, v, 1)?;
         }
         let (n, e) = (self.dataset_size, self.embed_dim);
         let stdv = 1.0 / (e as f64 / 3.0).sqrt();
         let memory = |stream: u64| {
-            let mut rng = SplitMix(self.seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
+            let mut rng = SplitMix::keyed(self.seed, "crd/memory", stream);
             let data: Vec<f64> = (0..n * e)
                 .map(|_| (rng.unit() * 2.0 - 1.0) * stdv)
                 .collect();
@@ -125,10 +115,8 @@ impl Crd {
     /// The `K` negatives of each row `[B, K]` at this `epoch` and `step`.
     fn negatives(&self, rows: usize, epoch: usize, step: usize, device: &Device) -> Tensor<2, Int> {
         let (k, n) = (self.config.negatives, self.config.dataset_size as u64);
-        let key = self.config.seed
-            ^ ((epoch as u64) << 40)
-            ^ (step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
-        let mut rng = SplitMix(key);
+        let key = SplitMix::progress_key(epoch, step);
+        let mut rng = SplitMix::keyed(self.config.seed, "crd/negatives", key);
         let data: Vec<i64> = (0..rows * k).map(|_| (rng.next() % n) as i64).collect();
         Tensor::from_data(TensorData::new(data, [rows, k]), device)
     }
@@ -179,17 +167,19 @@ fn nce(p: Tensor<2>, data: usize) -> Tensor<1> {
     -(log_d1.sum() + log_d0.sum()) * (1.0 / b as f64)
 }
 
+crate::objective!(Crd, "crd");
+
 impl Loss for Crd {
     fn name(&self) -> &str {
-        "crd"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = relational_pair(input, "crd", &c.feature, 1)?;
+        let (s, t) = input.of(Crd::NAME).rows(&c.feature, 1)?;
         let b = s.dims()[0];
-        let idx = input.checked_indices("crd", b, c.dataset_size)?;
-        let p = input.require_progress("crd", "to draw its negatives")?;
+        let idx = input.of(Crd::NAME).indices(b, c.dataset_size)?;
+        let p = input.of(Crd::NAME).progress("to draw its negatives")?;
         let dev = s.device();
         let ids = Tensor::cat(
             vec![
@@ -233,7 +223,7 @@ impl Loss for Crd {
         self.update(&self.memory_student, ms, vs, idx.clone());
         self.update(&self.memory_teacher, mt, vt, idx);
         Ok(LossOutput::single(
-            "crd",
+            Crd::NAME,
             nce(out_s, c.dataset_size) + nce(out_t, c.dataset_size),
         ))
     }

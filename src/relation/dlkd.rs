@@ -6,9 +6,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::head::{Embed, MlpHead};
-use super::relational_pair;
-use crate::error::{check_non_negative, check_temperature};
-use crate::logit::cross_entropy_per_sample;
+use crate::check::{check_non_negative, check_temperature};
+use crate::cross_entropy_per_sample;
 use crate::math::{cosine_matrix, eye, kl_rows, l2_normalize};
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -67,11 +66,11 @@ impl DlkdConfig {
             ("supcon_weight", self.supcon_weight),
             ("align_weight", self.align_weight),
         ] {
-            check_non_negative("dlkd", field, v)?;
+            check_non_negative(Dlkd::NAME, field, v)?;
         }
         if self.ce_weight + self.corr_weight + self.supcon_weight + self.align_weight == 0.0 {
             return Err(DistillError::config(
-                "dlkd",
+                Dlkd::NAME,
                 "weights",
                 0,
                 "at least one must be > 0",
@@ -82,9 +81,7 @@ impl DlkdConfig {
             ("teacher_dim", self.teacher_dim),
             ("embed_dim", self.embed_dim),
         ] {
-            if v == 0 {
-                return Err(DistillError::config("dlkd", field, v, "must be >= 1"));
-            }
+            crate::check::check_count(Dlkd::NAME, field, v, 1)?;
         }
         let (s, t) = (self.student_dim, self.teacher_dim);
         Ok(Dlkd {
@@ -201,27 +198,30 @@ impl Dlkd {
     }
 }
 
+crate::objective!(Dlkd, "dlkd");
+
 impl Loss for Dlkd {
     fn name(&self) -> &str {
-        "dlkd"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = relational_pair(input, "dlkd", &c.feature, 2)?;
+        let (s, t) = input.of(Dlkd::NAME).rows(&c.feature, 2)?;
         let [n, ds] = s.dims();
         let dt = t.dims()[1];
         if ds != c.student_dim || dt != c.teacher_dim {
             return Err(DistillError::ShapeMismatch {
-                what: format!("dlkd tap `{}` widths (student, teacher)", c.feature),
+                objective: Dlkd::NAME.into(),
+                what: format!("tap `{}` widths (student, teacher)", c.feature),
                 expected: vec![c.student_dim, c.teacher_dim],
                 actual: vec![ds, dt],
             });
         }
         let mut terms = Vec::new();
         if c.ce_weight > 0.0 {
-            let z = input.student_logits("dlkd")?;
-            let y = input.checked_targets("dlkd", n, z.dims()[1])?;
+            let z = input.of(Dlkd::NAME).student_logits()?;
+            let y = input.of(Dlkd::NAME).targets(n, z.dims()[1])?;
             terms.push((
                 "ce".into(),
                 cross_entropy_per_sample(z, y, 0.0).mean() * c.ce_weight,
@@ -229,23 +229,26 @@ impl Loss for Dlkd {
         }
         if c.corr_weight > 0.0 {
             let all: Vec<usize> = (0..n).collect();
-            let (anchors, references) = match input.get_views("dlkd")? {
+            let (anchors, references) = match input.of(Dlkd::NAME).views()? {
                 Some(v) if !v.augmented_rows().is_empty() => (v.augmented_rows(), v.plain_rows()),
                 _ => (all.clone(), all),
             };
             let corr = self.correlation_loss(s.clone(), t.clone(), &anchors, &references);
-            terms.push(("dlkd/corr".into(), corr * c.corr_weight));
+            terms.push((format!("{}/corr", Dlkd::NAME), corr * c.corr_weight));
         }
         if c.supcon_weight > 0.0 {
             let y = match c.supcon_labels {
-                true => input.checked_targets("dlkd", n, i64::MAX as usize)?,
+                true => input.of(Dlkd::NAME).targets(n, i64::MAX as usize)?,
                 false => Tensor::arange(0..n as i64, &s.device()),
             };
             let supcon = self.supcon_loss(s.clone(), t.clone(), y);
-            terms.push(("dlkd/supcon".into(), supcon * c.supcon_weight));
+            terms.push((format!("{}/supcon", Dlkd::NAME), supcon * c.supcon_weight));
         }
         if c.align_weight > 0.0 {
-            terms.push(("dlkd/align".into(), self.align_loss(s, t) * c.align_weight));
+            terms.push((
+                format!("{}/align", Dlkd::NAME),
+                self.align_loss(s, t) * c.align_weight,
+            ));
         }
         Ok(LossOutput::from_terms(terms))
     }

@@ -3,7 +3,6 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use super::relational_pair;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Configuration of [`Pkt`].
@@ -20,7 +19,7 @@ pub struct PktConfig {
 impl PktConfig {
     /// Validates `eps`.
     pub fn init(&self) -> Result<Pkt, DistillError> {
-        crate::error::check_positive("pkt", "eps", self.eps)?;
+        crate::check::check_positive(Pkt::NAME, "eps", self.eps)?;
         Ok(Pkt {
             feature: self.feature.clone(),
             eps: self.eps,
@@ -53,15 +52,17 @@ fn distribution(x: Tensor<2>, eps: f64) -> Tensor<2> {
     k.clone() / k.sum_dim(1)
 }
 
+crate::objective!(Pkt, "pkt");
+
 impl Loss for Pkt {
     fn name(&self) -> &str {
-        "pkt"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let (s, t) = relational_pair(input, "pkt", &self.feature, 2)?;
+        let (s, t) = input.of(Pkt::NAME).rows(&self.feature, 2)?;
         let (ps, pt) = (distribution(s, self.eps), distribution(t, self.eps));
         let kl = pt.clone() * ((pt + self.eps).log() - (ps + self.eps).log());
-        Ok(LossOutput::single("pkt", kl.mean()))
+        Ok(LossOutput::single(Pkt::NAME, kl.mean()))
     }
 }

@@ -4,8 +4,7 @@ use burn::config::Config;
 use burn::nn::loss::HuberLossConfig;
 use burn::tensor::Tensor;
 
-use super::relational_pair;
-use crate::error::check_non_negative;
+use crate::check::check_non_negative;
 use crate::math::{l2_normalize, pairwise_distances};
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -32,9 +31,9 @@ pub struct RkdConfig {
 impl RkdConfig {
     /// Validates the weights and `eps`.
     pub fn init(&self) -> Result<Rkd, DistillError> {
-        check_non_negative("rkd", "distance_weight", self.distance_weight)?;
-        check_non_negative("rkd", "angle_weight", self.angle_weight)?;
-        crate::error::check_positive("rkd", "eps", self.eps)?;
+        check_non_negative(Rkd::NAME, "distance_weight", self.distance_weight)?;
+        check_non_negative(Rkd::NAME, "angle_weight", self.angle_weight)?;
+        crate::check::check_positive(Rkd::NAME, "eps", self.eps)?;
         Ok(Rkd {
             config: self.clone(),
         })
@@ -68,14 +67,16 @@ fn potentials(x: Tensor<2>, squared: bool, eps: f64) -> (Tensor<2>, Tensor<3>) {
     (dist, unit.clone().matmul(unit.swap_dims(1, 2)))
 }
 
+crate::objective!(Rkd, "rkd");
+
 impl Loss for Rkd {
     fn name(&self) -> &str {
-        "rkd"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = relational_pair(input, "rkd", &c.feature, 2)?;
+        let (s, t) = input.of(Rkd::NAME).rows(&c.feature, 2)?;
         let (sd, sa) = potentials(s, c.squared, c.eps);
         let (td, ta) = potentials(t, c.squared, c.eps);
         let huber = HuberLossConfig::new(1.0).init();
@@ -83,9 +84,12 @@ impl Loss for Rkd {
         let n = sa.dims()[0];
         let flat = |x: Tensor<3>| x.reshape([n * n, n]);
         Ok(LossOutput::from_terms(vec![
-            ("rkd/distance".into(), smooth_l1(sd, td) * c.distance_weight),
             (
-                "rkd/angle".into(),
+                format!("{}/distance", Rkd::NAME),
+                smooth_l1(sd, td) * c.distance_weight,
+            ),
+            (
+                format!("{}/angle", Rkd::NAME),
                 smooth_l1(flat(sa), flat(ta)) * c.angle_weight,
             ),
         ]))

@@ -2,7 +2,6 @@
 
 use burn::config::Config;
 
-use super::relational_pair;
 use crate::math::l2_normalize;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -32,19 +31,21 @@ pub struct Sp {
     feature: String,
 }
 
+crate::objective!(Sp, "sp");
+
 impl Loss for Sp {
     fn name(&self) -> &str {
-        "sp"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let (s, t) = relational_pair(input, "sp", &self.feature, 2)?;
+        let (s, t) = input.of(Sp::NAME).rows(&self.feature, 2)?;
         let gram =
             |x: burn::tensor::Tensor<2>| l2_normalize(x.clone().matmul(x.transpose()), 1e-12);
         let n = s.dims()[0] as f64;
         let diff = gram(t) - gram(s);
         Ok(LossOutput::single(
-            "sp",
+            Sp::NAME,
             diff.square().sum() * (1.0 / (n * n)),
         ))
     }

@@ -3,8 +3,8 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use super::Schedule;
-use crate::error::check_non_negative;
+use crate::Schedule;
+use crate::check::check_non_negative;
 use crate::math::Temperature;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Progress, Tempered};
 
@@ -41,7 +41,7 @@ impl CtkdConfig {
         if !(self.t_start.is_finite() && self.t_start > 0.0) {
             return Err(DistillError::InvalidTemperature(self.t_start));
         }
-        check_non_negative("ctkd", "t_range", self.t_range)?;
+        check_non_negative(Ctkd::<()>::NAME, "t_range", self.t_range)?;
         let lambda = Schedule::Cosine {
             start: self.lambda_start,
             end: self.lambda_end,
@@ -50,7 +50,7 @@ impl CtkdConfig {
         lambda.validate()?;
         if !self.theta_init.is_finite() {
             return Err(DistillError::config(
-                "ctkd",
+                Ctkd::<()>::NAME,
                 "theta_init",
                 self.theta_init,
                 "must be finite",
@@ -84,7 +84,7 @@ impl CtkdConfig {
 /// construction, and with DKD it stays finite where the reference code gives NaN (its DKD
 /// takes `log` of probabilities that underflow at large `T`).
 #[derive(Module, Debug)]
-pub struct Ctkd<L: Tempered + Clone + 'static> {
+pub struct Ctkd<L> {
     theta: Param<Tensor<1>>,
     #[module(skip)]
     inner: L,
@@ -130,7 +130,7 @@ impl<L: Tempered + Clone + 'static> Ctkd<L> {
     /// The temperature tensor `[1]` for this input, with θ behind the gradient reversal.
     fn learned(&self, input: &DistillInput) -> Result<Temperature, DistillError> {
         let lambda = match self.lambda.needs_progress() {
-            true => self.lambda(input.require_progress("ctkd", "for its λ schedule")?)?,
+            true => self.lambda(input.of(Self::NAME).progress("for its λ schedule")?)?,
             false => self.lambda.value(None)?,
         };
         let theta = self.theta.val();
@@ -139,6 +139,8 @@ impl<L: Tempered + Clone + 'static> Ctkd<L> {
         Ok(Temperature::Learned(self.temperature_of(reversed)))
     }
 }
+
+crate::objective!(Ctkd<L>, "ctkd");
 
 impl<L: Tempered + Clone + 'static> Loss for Ctkd<L> {
     fn name(&self) -> &str {

@@ -29,7 +29,7 @@ impl<L> Standardized<L> {
     pub fn with_eps(self, eps: f64) -> Result<Self, DistillError> {
         if !(eps.is_finite() && eps > 0.0) {
             return Err(DistillError::config(
-                "standardized",
+                Standardized::<()>::NAME,
                 "eps",
                 eps,
                 "must be > 0",
@@ -53,6 +53,8 @@ pub fn standardize_rows(z: Tensor<2>, eps: f64) -> Tensor<2> {
     let var = (centred.clone() * centred.clone()).sum_dim(1) * (1.0 / (c as f64 - 1.0));
     centred / (var.clamp_min(1e-30).sqrt() + eps)
 }
+
+crate::objective!(Standardized<L>, "standardized");
 
 impl<L: Loss> Loss for Standardized<L> {
     fn name(&self) -> &str {

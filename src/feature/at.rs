@@ -4,8 +4,7 @@ use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::module::adaptive_avg_pool2d;
 
-use super::map_pair;
-use crate::error::{check_non_negative, check_positive};
+use crate::check::{check_non_negative, check_positive};
 use crate::math::l2_normalize;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -26,11 +25,11 @@ pub struct AtConfig {
 impl AtConfig {
     /// Validates `p`, the weight and that there is a tap.
     pub fn init(&self) -> Result<At, DistillError> {
-        check_positive("at", "p", self.p)?;
-        check_non_negative("at", "weight", self.weight)?;
+        check_positive(At::NAME, "p", self.p)?;
+        check_non_negative(At::NAME, "weight", self.weight)?;
         if self.features.is_empty() {
             return Err(DistillError::config(
-                "at",
+                At::NAME,
                 "features",
                 "[]",
                 "names at least one tap",
@@ -66,16 +65,18 @@ pub fn attention_map(f: Tensor<4>, p: f64) -> Tensor<2> {
     l2_normalize(powered.mean_dim(1).flatten(1, 3), 1e-12)
 }
 
+crate::objective!(At, "at");
+
 impl Loss for At {
     fn name(&self) -> &str {
-        "at"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let p = self.config.p;
         let mut total: Option<Tensor<1>> = None;
         for name in &self.config.features {
-            let (mut s, mut t) = map_pair(input, "at", name)?;
+            let (mut s, mut t) = input.of(At::NAME).maps(name)?;
             let (hs, ws) = (s.dims()[2], s.dims()[3]);
             let (ht, wt) = (t.dims()[2], t.dims()[3]);
             if hs * ws > ht * wt {
@@ -90,6 +91,6 @@ impl Loss for At {
             });
         }
         let total = total.expect("at least one tap, checked at init");
-        Ok(LossOutput::single("at", total * self.config.weight))
+        Ok(LossOutput::single(At::NAME, total * self.config.weight))
     }
 }

@@ -1,7 +1,10 @@
+//! The task loss: cross-entropy on the student's logits, which every family composes with.
+
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
+use crate::check::check_fraction;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Configuration to create a [`CrossEntropy`] task loss.
@@ -15,16 +18,8 @@ pub struct CrossEntropyConfig {
 impl CrossEntropyConfig {
     /// Validates the configuration and builds the loss.
     pub fn init(&self) -> Result<CrossEntropy, DistillError> {
-        if !(0.0..1.0).contains(&self.smoothing) {
-            return Err(DistillError::config(
-                "ce",
-                "smoothing",
-                self.smoothing,
-                "must be in [0, 1)",
-            ));
-        }
         Ok(CrossEntropy {
-            smoothing: self.smoothing,
+            smoothing: check_fraction(CrossEntropy::NAME, "smoothing", self.smoothing, false)?,
         })
     }
 }
@@ -39,30 +34,28 @@ pub struct CrossEntropy {
     smoothing: f64,
 }
 
-impl CrossEntropy {
-    /// Cross-entropy without smoothing.
-    pub fn new() -> Self {
-        Self { smoothing: 0.0 }
-    }
-}
+crate::objective!(CrossEntropy, "ce");
 
-impl Default for CrossEntropy {
-    fn default() -> Self {
-        Self::new()
+impl CrossEntropy {
+    /// Cross-entropy without smoothing (the default config's objective), for the crate's own
+    /// defaults.
+    pub(crate) fn plain() -> Self {
+        Self { smoothing: 0.0 }
     }
 }
 
 impl Loss for CrossEntropy {
     fn name(&self) -> &str {
-        "ce"
+        Self::NAME
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let s = input.student_logits("ce")?;
+        let input = input.of(Self::NAME);
+        let s = input.student_logits()?;
         let [n, c] = s.dims();
-        let y = input.checked_targets("ce", n, c)?;
+        let y = input.targets(n, c)?;
         Ok(LossOutput::single(
-            "ce",
+            Self::NAME,
             cross_entropy_per_sample(s, y, self.smoothing).mean(),
         ))
     }

@@ -1,0 +1,278 @@
+//! [`Checked`]: the input as one objective reads it, every read validated.
+
+use burn::tensor::{DType, FloatDType, Int, Tensor};
+
+use super::outputs::frozen;
+use super::{DistillInput, Feature, Progress, Views};
+use crate::DistillError;
+
+/// A [`DistillInput`] read on behalf of one objective ([`DistillInput::of`]): each accessor
+/// checks what it returns (presence, shapes, ranges) and names the objective in its error. The
+/// teacher's tensors come back detached unless the input
+/// [attaches](DistillInput::attach_teacher) them.
+///
+/// ```
+/// # use burn::tensor::{Device, Tensor};
+/// use burn_distill::{DistillError, DistillInput};
+/// # let dev = Device::flex();
+/// let input = DistillInput::new(Tensor::zeros([2, 3], &dev), Tensor::zeros([2, 4], &dev));
+/// let err = input.of("kd").logits().unwrap_err();
+/// assert!(matches!(err, DistillError::ClassMismatch { ref objective, .. } if objective == "kd"));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a> {
+    input: &'a DistillInput,
+    objective: &'a str,
+}
+
+impl<'a> Checked<'a> {
+    pub(super) fn new(input: &'a DistillInput, objective: &'a str) -> Self {
+        Self { input, objective }
+    }
+
+    /// The objective reading.
+    pub fn objective(&self) -> &'a str {
+        self.objective
+    }
+
+    /// The input itself.
+    pub fn input(&self) -> &'a DistillInput {
+        self.input
+    }
+
+    fn missing(&self, what: &str) -> DistillError {
+        DistillError::MissingInput {
+            objective: self.objective.into(),
+            what: what.into(),
+        }
+    }
+
+    fn shape(&self, what: String, expected: Vec<usize>, actual: Vec<usize>) -> DistillError {
+        DistillError::ShapeMismatch {
+            objective: self.objective.into(),
+            what,
+            expected,
+            actual,
+        }
+    }
+
+    fn empty(&self, what: String) -> DistillError {
+        DistillError::EmptyBatch {
+            objective: self.objective.into(),
+            what,
+        }
+    }
+
+    fn teacher<T: Clone>(&self, t: &T, detach: impl Fn(T) -> T) -> T {
+        match self.input.teacher_attached {
+            true => t.clone(),
+            false => detach(t.clone()),
+        }
+    }
+
+    /// The student's logits after checking that they are `[N, C]` with `N > 0`.
+    pub fn student_logits(&self) -> Result<Tensor<2>, DistillError> {
+        let s = self
+            .input
+            .student_logits
+            .as_ref()
+            .ok_or_else(|| self.missing("student logits"))?;
+        if s.dims()[0] == 0 {
+            return Err(self.empty("student logits".into()));
+        }
+        Ok(upcast(s.clone()))
+    }
+
+    /// The student's and teacher's logits after checking that both are `[N, C]` with the same
+    /// `N > 0` and `C`.
+    pub fn logits(&self) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
+        let s = self.student_logits()?;
+        let t = self
+            .input
+            .teacher_logits
+            .as_ref()
+            .ok_or_else(|| self.missing("teacher logits"))?;
+        let ([ns, cs], [nt, ct]) = (s.dims(), t.dims());
+        if cs != ct {
+            return Err(DistillError::ClassMismatch {
+                objective: self.objective.into(),
+                student: cs,
+                teacher: ct,
+            });
+        }
+        if ns != nt {
+            return Err(self.shape("teacher logits".into(), vec![ns, cs], vec![nt, ct]));
+        }
+        Ok((s, upcast(self.teacher(t, frozen))))
+    }
+
+    /// The targets after checking there are `batch` of them, each in `0..classes`.
+    ///
+    /// The range check reads the targets' minimum and maximum back from the device once per
+    /// input, however many objectives ask.
+    pub fn targets(&self, batch: usize, classes: usize) -> Result<Tensor<1, Int>, DistillError> {
+        let y = self
+            .input
+            .targets
+            .as_ref()
+            .ok_or_else(|| self.missing("targets (DistillInput::targets)"))?;
+        let n = y.dims()[0];
+        if n != batch {
+            return Err(self.shape("targets".into(), vec![batch], vec![n]));
+        }
+        let range = *self.input.target_range.get_or_init(|| min_max(y));
+        match outside(range, classes) {
+            Some(target) => Err(DistillError::TargetOutOfRange {
+                objective: self.objective.into(),
+                target,
+                classes,
+            }),
+            None => Ok(y.clone()),
+        }
+    }
+
+    /// Per-row labels `[batch]` of any non-negative value (the targets, for objectives that
+    /// group rows by label rather than index classes).
+    pub fn labels(&self, batch: usize) -> Result<Tensor<1, Int>, DistillError> {
+        self.targets(batch, i64::MAX as usize)
+    }
+
+    /// The training progress, or [`DistillError::MissingInput`] saying `why` it is needed.
+    pub fn progress(&self, why: &str) -> Result<Progress, DistillError> {
+        self.input.progress.ok_or_else(|| {
+            self.missing(&format!("training progress (DistillInput::progress) {why}"))
+        })
+    }
+
+    /// The view layout, if set; a layout that does not cover the batch is an error.
+    pub fn views(&self) -> Result<Option<&'a Views>, DistillError> {
+        match (&self.input.views, self.input.batch_size()) {
+            (Some(v), Some(n)) if v.rows() != n => Err(DistillError::InvalidViews {
+                reason: format!(
+                    "{}: the layout has {} rows, the batch {n}",
+                    self.objective,
+                    v.rows()
+                ),
+            }),
+            (v, _) => Ok(v.as_ref()),
+        }
+    }
+
+    /// The dataset indices after checking there are `batch` of them, each in `0..size`.
+    pub fn indices(&self, batch: usize, size: usize) -> Result<Tensor<1, Int>, DistillError> {
+        let idx = self
+            .input
+            .indices
+            .as_ref()
+            .ok_or_else(|| self.missing("dataset indices (DistillInput::indices)"))?;
+        if idx.dims()[0] != batch {
+            return Err(self.shape("dataset indices".into(), vec![batch], idx.dims().to_vec()));
+        }
+        match outside(min_max(idx), size) {
+            Some(index) => Err(DistillError::IndexOutOfRange {
+                objective: self.objective.into(),
+                index,
+                size,
+            }),
+            None => Ok(idx.clone()),
+        }
+    }
+
+    /// The feature tap `name`, student then teacher.
+    pub fn feature(&self, name: &str) -> Result<(Feature, Feature), DistillError> {
+        let (s, t) = self
+            .input
+            .features
+            .get(name)
+            .ok_or_else(|| DistillError::MissingFeature {
+                objective: self.objective.into(),
+                name: name.into(),
+            })?;
+        Ok((s.clone(), self.teacher(t, Feature::detach)))
+    }
+
+    /// The student's and teacher's maps of tap `name`, after checking both are `[N, C, H, W]`
+    /// with the same `N > 0` and non-empty channels and spatial sizes.
+    pub fn maps(&self, name: &str) -> Result<(Tensor<4>, Tensor<4>), DistillError> {
+        let (s, t) = self.feature(name)?;
+        let map = |f: Feature, who: &str| match f {
+            Feature::Map(t) => Ok(t),
+            Feature::Embedding(t) => Err(self.shape(
+                format!("{who} tap `{name}` (a map [N, C, H, W] is needed)"),
+                vec![t.dims()[0], 0, 0, 0],
+                t.dims().to_vec(),
+            )),
+        };
+        let (s, t) = (map(s, "student")?, map(t, "teacher")?);
+        let (ds, dt) = (s.dims(), t.dims());
+        if ds[0] != dt[0] {
+            return Err(self.shape(
+                format!("teacher tap `{name}` batch"),
+                vec![ds[0]],
+                vec![dt[0]],
+            ));
+        }
+        for (who, d) in [("student", ds), ("teacher", dt)] {
+            if d.contains(&0) {
+                return Err(self.empty(format!("{who} tap `{name}` of shape {d:?}")));
+            }
+        }
+        Ok((s, t))
+    }
+
+    /// The student's and teacher's tap `name`, one row per sample (a map is flattened), after
+    /// checking that they have the same number of rows, at least `min` of them, and a non-zero
+    /// width.
+    pub fn rows(&self, name: &str, min: usize) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
+        let (s, t) = self.feature(name)?;
+        let (ns, nt) = (s.rows(), t.rows());
+        if ns != nt {
+            return Err(self.shape(format!("teacher tap `{name}` rows"), vec![ns], vec![nt]));
+        }
+        if ns < min {
+            return Err(DistillError::BatchTooSmall {
+                objective: self.objective.into(),
+                min,
+                got: ns,
+            });
+        }
+        let (s, t) = (s.flatten(), t.flatten());
+        for (who, d) in [("student", s.dims()), ("teacher", t.dims())] {
+            if d[1] == 0 {
+                return Err(self.empty(format!("{who} tap `{name}` has width 0")));
+            }
+        }
+        Ok((s, t))
+    }
+}
+
+/// The smallest and largest value of an index tensor, read back in one transfer.
+fn min_max(t: &Tensor<1, Int>) -> (i64, i64) {
+    let v: Vec<i64> = Tensor::cat(vec![t.clone().min(), t.clone().max()], 0)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap_or_default();
+    (v[0], v[1])
+}
+
+/// The bound of `(lo, hi)` outside `0..size`, if any.
+fn outside((lo, hi): (i64, i64), size: usize) -> Option<i64> {
+    if lo < 0 {
+        Some(lo)
+    } else if hi >= size as i64 {
+        Some(hi)
+    } else {
+        None
+    }
+}
+
+/// Half-precision logits in f32: losses over them (sums of `T²`-scaled log-ratios) overflow
+/// f16's 65504 long before the logits do, so the logit objectives compute in f32 and return
+/// f32 losses, as mixed-precision training does; gradients flow back to the half inputs.
+fn upcast(z: Tensor<2>) -> Tensor<2> {
+    match z.dtype() {
+        DType::F16 | DType::BF16 => z.cast(FloatDType::F32),
+        _ => z,
+    }
+}

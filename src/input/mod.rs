@@ -1,0 +1,225 @@
+//! What an objective reads: logits, targets, named feature taps and training progress.
+//!
+//! [`DistillInput`] carries them; [`Checked`] (from [`DistillInput::of`]) reads them on behalf of
+//! one objective, validating shapes and ranges and naming the objective in every error.
+
+mod checked;
+mod outputs;
+mod progress;
+mod views;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use burn::tensor::{Int, Tensor};
+
+pub use checked::Checked;
+pub use outputs::{Distillable, Feature, Outputs};
+pub use progress::Progress;
+pub use views::Views;
+
+/// Everything an objective may read for one batch.
+///
+/// ```
+/// # use burn::tensor::{Device, Int, Tensor};
+/// # use burn_distill::{DistillInput, Progress};
+/// # let dev = Device::flex();
+/// let student = Tensor::<2>::from_floats([[1.0, 2.0, 0.5]], &dev);
+/// let teacher = Tensor::<2>::from_floats([[2.0, 1.0, 0.0]], &dev);
+/// let input = DistillInput::new(student, teacher)
+///     .targets(Tensor::<1, Int>::from_ints([1], &dev))
+///     .progress(Progress::epoch(3, 240));
+/// assert_eq!(input.batch_size(), Some(1));
+/// ```
+///
+/// The teacher's tensors are detached when an objective reads them, so no gradient reaches the
+/// teacher; [`attach_teacher`](Self::attach_teacher) keeps them in the graph (a meta-learned
+/// teacher needs that).
+#[derive(Debug, Clone, Default)]
+pub struct DistillInput {
+    student_logits: Option<Tensor<2>>,
+    teacher_logits: Option<Tensor<2>>,
+    targets: Option<Tensor<1, Int>>,
+    features: BTreeMap<String, (Feature, Feature)>,
+    views: Option<Views>,
+    indices: Option<Tensor<1, Int>>,
+    guides: Vec<Tensor<2>>,
+    progress: Option<Progress>,
+    teacher_attached: bool,
+    target_range: OnceLock<(i64, i64)>,
+}
+
+impl DistillInput {
+    /// An input with the student's and the teacher's logits, both `[N, C]`.
+    pub fn new(student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Self {
+        Self {
+            student_logits: Some(student_logits),
+            teacher_logits: Some(teacher_logits),
+            ..Self::default()
+        }
+    }
+
+    /// An input with the student's logits `[N, C]` only, for objectives that need no teacher
+    /// (cross-entropy, a meta-teacher's quiz).
+    pub fn student(student_logits: Tensor<2>) -> Self {
+        Self {
+            student_logits: Some(student_logits),
+            ..Self::default()
+        }
+    }
+
+    /// The input the objectives see for one forward pass of a student and of a teacher: their
+    /// logits and every feature tap both expose under the same name.
+    pub fn from_outputs(student: Outputs, teacher: Outputs) -> Self {
+        let mut teacher_features = teacher.features;
+        let features = student
+            .features
+            .into_iter()
+            .filter_map(|(name, s)| teacher_features.remove(&name).map(|t| (name, (s, t))))
+            .collect();
+        Self {
+            features,
+            ..Self::new(student.logits, teacher.logits)
+        }
+    }
+
+    /// An input with no logits, for objectives that read feature taps only.
+    pub fn features_only() -> Self {
+        Self::default()
+    }
+
+    /// Sets the class-index targets `[N]`.
+    pub fn targets(mut self, targets: Tensor<1, Int>) -> Self {
+        self.targets = Some(targets);
+        self.target_range = OnceLock::new();
+        self
+    }
+
+    /// Adds the feature tap `name`: the student's and the teacher's representation of the batch.
+    pub fn feature(
+        mut self,
+        name: impl Into<String>,
+        student: impl Into<Feature>,
+        teacher: impl Into<Feature>,
+    ) -> Self {
+        self.features
+            .insert(name.into(), (student.into(), teacher.into()));
+        self
+    }
+
+    /// Describes the rows as views of images (see [`Views`]).
+    pub fn views(mut self, views: Views) -> Self {
+        self.views = Some(views);
+        self
+    }
+
+    /// Sets each row's index in the dataset `[N]` (for objectives with a per-sample memory,
+    /// such as CRD).
+    pub fn indices(mut self, indices: Tensor<1, Int>) -> Self {
+        self.indices = Some(indices);
+        self
+    }
+
+    /// Adds the logits `[N, C]` of another guide (a teaching assistant) beside the teacher,
+    /// for multi-guide objectives ([`Dgkd`](crate::pipeline::Dgkd)).
+    pub fn guide(mut self, logits: Tensor<2>) -> Self {
+        self.guides.push(logits);
+        self
+    }
+
+    /// The extra guides' logits, in the order they were added.
+    pub fn guides(&self) -> &[Tensor<2>] {
+        &self.guides
+    }
+
+    /// The same input with `teacher` as the teacher's logits.
+    pub fn with_teacher_logits(&self, teacher: Tensor<2>) -> Self {
+        let mut out = self.clone();
+        out.teacher_logits = Some(teacher);
+        out
+    }
+
+    /// Sets the training progress that schedules read.
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Keeps the teacher's tensors in the autodiff graph, so the loss is differentiable in
+    /// the teacher too.
+    pub fn attach_teacher(mut self) -> Self {
+        self.teacher_attached = true;
+        self
+    }
+
+    /// The same input with `f` applied to the student's, the teacher's and the guides' logits
+    /// (a pre-transform such as [`Standardized`](crate::logit::Standardized)).
+    pub fn map_logits(&self, f: impl Fn(Tensor<2>) -> Tensor<2>) -> Self {
+        let mut out = self.clone();
+        out.student_logits = self.student_logits.clone().map(&f);
+        out.teacher_logits = self.teacher_logits.clone().map(&f);
+        out.guides = self.guides.iter().cloned().map(&f).collect();
+        out
+    }
+
+    /// The same input restricted to the batch rows `rows` (logits, targets, guides, dataset
+    /// indices and every feature tap), e.g. the samples a curriculum admits. A view layout
+    /// does not survive a selection: the result has none.
+    pub fn select_rows(&self, rows: Tensor<1, Int>) -> Self {
+        let pick2 = |t: &Tensor<2>| t.clone().select(0, rows.clone());
+        let pick = |f: &Feature| match f {
+            Feature::Map(t) => Feature::Map(t.clone().select(0, rows.clone())),
+            Feature::Embedding(t) => Feature::Embedding(pick2(t)),
+        };
+        Self {
+            student_logits: self.student_logits.as_ref().map(pick2),
+            teacher_logits: self.teacher_logits.as_ref().map(pick2),
+            targets: self
+                .targets
+                .as_ref()
+                .map(|y| y.clone().select(0, rows.clone())),
+            features: self
+                .features
+                .iter()
+                .map(|(k, (s, t))| (k.clone(), (pick(s), pick(t))))
+                .collect(),
+            views: None,
+            guides: self.guides.iter().map(pick2).collect(),
+            indices: self
+                .indices
+                .as_ref()
+                .map(|i| i.clone().select(0, rows.clone())),
+            progress: self.progress,
+            teacher_attached: self.teacher_attached,
+            target_range: OnceLock::new(),
+        }
+    }
+
+    /// Whether the teacher's tensors stay in the graph.
+    pub fn is_teacher_attached(&self) -> bool {
+        self.teacher_attached
+    }
+
+    /// The batch size, from the logits (or the first feature tap).
+    pub fn batch_size(&self) -> Option<usize> {
+        if let Some(s) = &self.student_logits {
+            return Some(s.dims()[0]);
+        }
+        self.features.values().next().map(|(s, _)| match s {
+            Feature::Map(t) => t.dims()[0],
+            Feature::Embedding(t) => t.dims()[0],
+        })
+    }
+
+    /// The training progress, if set.
+    pub fn get_progress(&self) -> Option<Progress> {
+        self.progress
+    }
+
+    /// This input as read by the objective `objective` (its [`NAME`](crate::Loss::name)):
+    /// every accessor of [`Checked`] validates what it returns and names `objective` in its
+    /// errors.
+    pub fn of<'a>(&'a self, objective: &'a str) -> Checked<'a> {
+        Checked::new(self, objective)
+    }
+}
