@@ -33,30 +33,10 @@
 //!
 //! ## Objectives
 //!
-//! | objective | paper | module |
-//! |---|---|---|
-//! | [`CrossEntropy`](logit::CrossEntropy) | the task loss | [`logit`] |
-//! | [`Kd`](logit::Kd) | Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network* | [`logit`] |
-//! | [`Dkd`](logit::Dkd) | Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation* | [`logit`] |
-//! | [`Dckd`](logit::Dckd) | Wang et al., PLoS One 2025 (reconstruction from the abstract) | [`logit`] |
-//! | [`Dist`](logit::Dist) | Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher* | [`logit`] |
-//! | [`Standardized`](logit::Standardized) | Sun et al., CVPR 2024, *Logit Standardization in KD* | [`logit`] |
-//! | [`Ctkd`](curriculum::Ctkd) | Li et al., AAAI 2023, *Curriculum Temperature for KD* | [`curriculum`] |
-//! | [`Schedule`](curriculum::Schedule) | warm-ups and ramps for any weight | [`curriculum`] |
-//! | [`Paced`](curriculum::Paced), [`TopKMask`](curriculum::TopKMask) | difficulty curricula over samples and classes (DeepKD's top-k mask) | [`curriculum`] |
-//! | [`Dot`](optim::Dot) | Zhao et al., ICCV 2023, *DOT: A Distillation-Oriented Trainer* | [`optim`] |
-//! | [`ProbMse`](logit::ProbMse) | MetaDistil's NLP soft loss (squared error of softened probabilities) | [`logit`] |
-//! | [`Hint`](feature::Hint) | Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets* | [`feature`] |
-//! | [`At`](feature::At) | Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention* | [`feature`] |
-//! | [`Mgd`](feature::Mgd) | Yang et al., ECCV 2022, *Masked Generative Distillation* | [`feature`] |
-//! | [`Dafa`](feature::Dafa), [`Dam`](feature::Dam) | Shen et al. 2024, SoKD (reconstruction from the abstract) | [`feature`] |
-//! | [`Rkd`](relation::Rkd) | Park et al., CVPR 2019, *Relational Knowledge Distillation* | [`relation`] |
-//! | [`Pkt`](relation::Pkt) | Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer* | [`relation`] |
-//! | [`Sp`](relation::Sp) | Tung & Mori, ICCV 2019, *Similarity-Preserving KD* | [`relation`] |
-//! | [`Dlkd`](relation::Dlkd) | Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation* | [`relation`] |
-//! | [`Crd`](relation::Crd) | Tian et al., ICLR 2020, *Contrastive Representation Distillation* | [`relation`] |
-//! | [`MetaTeacher`](meta::MetaTeacher) | Zhou, Xu, McAuley, ACL 2022, *BERT Learns to Teach* (MetaDistil) | [`meta`] |
-//! | [`MetaTeacher::decoupled`](meta::MetaTeacher::decoupled) | Du et al. 2023, Decoupled MetaDistil (reconstruction) | [`meta`] |
+//! Every objective, generated from [`objectives()`] (paths relative to this crate; each page
+//! is in the repository's `docs/`):
+//!
+#![doc = include_str!("../docs/objectives.md")]
 //!
 //! ## Backends
 //!
@@ -88,8 +68,23 @@ pub mod relation;
 pub use cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};
 pub use error::DistillError;
 pub use input::{Checked, DistillInput, Distillable, Feature, Outputs, Progress, Views};
-pub use loss::{Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
+pub use loss::{Entry, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
 pub use schedule::Schedule;
+
+/// Every objective of the crate, family by family: the catalog the method tables in the README,
+/// these docs and `docs/index.md` are generated from (`tests/catalog.rs` keeps them in step).
+pub fn objectives() -> Vec<Entry> {
+    [
+        logit::OBJECTIVES,
+        curriculum::OBJECTIVES,
+        optim::OBJECTIVES,
+        feature::OBJECTIVES,
+        relation::OBJECTIVES,
+        meta::OBJECTIVES,
+        pipeline::OBJECTIVES,
+    ]
+    .concat()
+}
 
 /// The types a training loop needs, in one import.
 pub mod prelude {

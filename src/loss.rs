@@ -359,3 +359,43 @@ macro_rules! combinator_add {
 }
 
 combinator_add!(Weighted<L>, L; Named<L>, L; Box<dyn Loss>);
+
+/// One row of the crate's catalog of objectives ([`objectives`](crate::objectives)): the items
+/// (objective types, or a constructor), the paper or reference, and the method's page under
+/// `docs/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The module the items live in, e.g. `burn_distill::logit`.
+    pub module: &'static str,
+    /// The items, e.g. `["Kd"]` or `["Paced", "TopKMask"]`.
+    pub items: &'static [&'static str],
+    /// The paper (or reference implementation) it follows.
+    pub paper: &'static str,
+    /// Its page in `docs/` (with an anchor where the page covers several methods).
+    pub doc: &'static str,
+}
+
+/// Declares a family module's files and registers its objectives in the catalog: the one line
+/// an objective adds to its family (see CONTRIBUTING.md).
+///
+/// ```ignore
+/// crate::family! {
+///     files: dkd, kd;
+///     "Kd" => "Hinton, Vinyals, Dean 2015", "kd.md";
+/// }
+/// ```
+#[macro_export]
+#[doc(hidden)]
+macro_rules! family {
+    (files: $($file:ident),* ; $($($item:literal),+ => $paper:literal, $doc:literal;)*) => {
+        $(mod $file; pub use $file::*;)*
+
+        /// This family's rows of the catalog.
+        pub(crate) const OBJECTIVES: &[$crate::Entry] = &[$($crate::Entry {
+            module: module_path!(),
+            items: &[$($item),+],
+            paper: $paper,
+            doc: $doc,
+        }),*];
+    };
+}

@@ -5,9 +5,11 @@
 //! objective by one. [`Ctkd`] learns a global temperature adversarially. [`Paced`] admits
 //! harder samples and [`TopKMask`] more non-target classes as training goes on.
 
-mod ctkd;
-mod difficulty;
-
 pub use crate::Schedule;
-pub use ctkd::*;
-pub use difficulty::*;
+
+crate::family! {
+    files: ctkd, difficulty;
+    "Ctkd" => "Li et al., AAAI 2023, *Curriculum Temperature for KD*", "ctkd.md";
+    "Schedule" => "warm-ups and ramps for any weight", "curriculum.md";
+    "Paced", "TopKMask" => "difficulty curricula over samples and classes (DeepKD's top-k mask)", "curriculum.md#difficulty-curricula";
+}

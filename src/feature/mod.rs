@@ -5,12 +5,10 @@
 //! Every objective here reads named feature taps (`DistillInput::feature`) holding maps
 //! `[N, C, H, W]`; a missing tap is `DistillError::MissingFeature` naming it.
 
-mod at;
-mod hint;
-mod mgd;
-mod sokd;
-
-pub use at::*;
-pub use hint::*;
-pub use mgd::*;
-pub use sokd::*;
+crate::family! {
+    files: at, hint, mgd, sokd;
+    "Hint" => "Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets*", "hint.md";
+    "At" => "Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention*", "at.md";
+    "Mgd" => "Yang et al., ECCV 2022, *Masked Generative Distillation*", "mgd.md";
+    "Dafa", "Augmented", "Dam" => "Shen et al. 2024, SoKD (reconstruction from the abstract)", "sokd.md";
+}

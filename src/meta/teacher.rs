@@ -171,13 +171,14 @@ impl<T: Module> std::fmt::Debug for MetaTeacher<T> {
 
 impl<T: Module> MetaTeacher<T> {
     /// Decoupled MetaDistil (Du et al., High-Confidence Computing 2023): the meta-teacher
-    /// driving DKD plus the task term. It is reconstructed from the paper's abstract (no public
-    /// code): see `docs/metadistil.md`.
+    /// driving DKD plus the task term: `dkd` is the decoupled objective
+    /// ([`logit::Dkd`](../logit/struct.Dkd.html), or DCKD), the task term cross-entropy. It is
+    /// reconstructed from the paper's abstract (no public code): see `docs/metadistil.md`.
     pub fn decoupled(
         config: &MetaTeacherConfig,
         teacher: T,
         optimizer: impl Into<ModuleOptimizer>,
-        dkd: crate::logit::Dkd,
+        dkd: impl Loss + 'static,
     ) -> Result<Self, DistillError> {
         config.init(teacher, optimizer, CrossEntropy::plain() + dkd)
     }

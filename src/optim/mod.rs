@@ -1,6 +1,7 @@
 //! Optimisation tailored to distillation: [`Dot`] gives the task and the distillation
 //! gradients separate momenta.
 
-mod dot;
-
-pub use dot::*;
+crate::family! {
+    files: dot;
+    "Dot" => "Zhao et al., ICCV 2023, *DOT: A Distillation-Oriented Trainer*", "dot.md";
+}

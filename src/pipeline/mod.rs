@@ -2,10 +2,14 @@
 //! multi-guide distillation (DGKD) and, behind the `train` feature, burn-train integration
 //! ([`Distiller`](crate::pipeline) with loss-term metrics).
 
-mod assistant;
 #[cfg(feature = "train")]
 mod distiller;
 
-pub use assistant::*;
 #[cfg(feature = "train")]
 pub use distiller::*;
+
+crate::family! {
+    files: assistant;
+    "Takd", "Dgkd" => "Mirzadeh et al., AAAI 2020; Son et al., ICCV 2021: teaching assistants", "assistants.md";
+    "Distiller" => "burn-train model with loss-term metrics (feature `train`)", "train.md";
+}

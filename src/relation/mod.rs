@@ -6,16 +6,11 @@
 //! data-parallel training each device relates only its own shard, so the loss is that of
 //! smaller batches, not of the global one (see `docs/relational.md`).
 
-mod crd;
-mod dlkd;
-mod head;
-mod pkt;
-mod rkd;
-mod sp;
-
-pub use crd::*;
-pub use dlkd::*;
-pub use head::*;
-pub use pkt::*;
-pub use rkd::*;
-pub use sp::*;
+crate::family! {
+    files: crd, dlkd, head, pkt, rkd, sp;
+    "Rkd" => "Park et al., CVPR 2019, *Relational Knowledge Distillation*", "rkd.md";
+    "Pkt" => "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*", "pkt.md";
+    "Sp" => "Tung & Mori, ICCV 2019, *Similarity-Preserving KD*", "sp.md";
+    "Dlkd" => "Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation*", "dlkd.md";
+    "Crd" => "Tian et al., ICLR 2020, *Contrastive Representation Distillation*", "crd.md";
+}

@@ -1,0 +1,125 @@
+//! The crate's layers, read from the `crate::` paths of its source: the core imports no family
+//! and no kernel, the kernels only the core, and no family imports another. Integration
+//! modules (pipelines, the prelude) may use anything. See docs/architecture.md.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const CORE: &[&str] = &[
+    "check",
+    "cross_entropy",
+    "error",
+    "input",
+    "loss",
+    "math",
+    "schedule",
+];
+const KERNELS: &[&str] = &["fused"];
+const FAMILIES: &[&str] = &[
+    "curriculum",
+    "feature",
+    "logit",
+    "meta",
+    "optim",
+    "relation",
+];
+const INTEGRATION: &[&str] = &["lib", "pipeline"];
+
+/// The top-level module a source file belongs to (`src/logit/kd.rs` → `logit`).
+fn module_of(path: &Path, src: &Path) -> String {
+    let rel = path.strip_prefix(src).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// The top-level modules named by `crate::<module>` paths in the code (comments skipped); a
+/// grouped `crate::{…}` names root re-exports, which are the core's.
+fn imports(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        let code = code.split("//").next().unwrap_or_default();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            // a module path; `crate::{..}`, `crate::Type`, `crate::function` and
+            // `crate::macro!` are root items, the core's re-exports
+            if is_module(&name) {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+fn is_module(name: &str) -> bool {
+    [CORE, KERNELS, FAMILIES, INTEGRATION]
+        .iter()
+        .any(|layer| layer.contains(&name))
+}
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn layers_import_only_downwards() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let known: BTreeSet<&str> = [CORE, KERNELS, FAMILIES, INTEGRATION]
+        .concat()
+        .into_iter()
+        .collect();
+    let mut broken = Vec::new();
+    for path in &all {
+        let module = module_of(path, &src);
+        assert!(
+            known.contains(module.as_str()),
+            "{}: module `{module}` is in no layer (add it to tests/layering.rs and docs/architecture.md)",
+            path.display()
+        );
+        let allowed: Vec<&str> = if CORE.contains(&module.as_str()) {
+            CORE.to_vec()
+        } else if KERNELS.contains(&module.as_str()) {
+            [CORE, KERNELS].concat()
+        } else if FAMILIES.contains(&module.as_str()) {
+            [CORE, KERNELS, &[module.as_str()]].concat()
+        } else {
+            known.iter().copied().collect()
+        };
+        let text = std::fs::read_to_string(path).unwrap();
+        for used in imports(&text) {
+            if !allowed.contains(&used.as_str()) {
+                broken.push(format!("{} ({module}) uses crate::{used}", path.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "layering broken:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_reader_sees_imports() {
+    // the checker itself: a family path is found, comments and root re-exports are not
+    let text = "use crate::logit::Kd;\n/// [`x`](crate::meta::X)\nuse crate::{Loss, DistillInput};\nlet x = crate::math::eye(3);\ncrate::objective!(X, \"x\");";
+    let got: Vec<String> = imports(text).into_iter().collect();
+    assert_eq!(got, ["logit", "math"]);
+}
