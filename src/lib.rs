@@ -64,10 +64,11 @@ pub mod meta;
 pub mod optim;
 pub mod pipeline;
 pub mod relation;
+pub mod token;
 
 pub use cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};
 pub use error::DistillError;
-pub use input::{Checked, DistillInput, Distillable, Feature, Outputs, Progress, Views};
+pub use input::{Checked, DistillInput, Distillable, Extension, Feature, Outputs, Progress, Views};
 pub use loss::{Entry, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
 pub use schedule::Schedule;
 
@@ -81,6 +82,7 @@ pub fn objectives() -> Vec<Entry> {
         feature::OBJECTIVES,
         relation::OBJECTIVES,
         meta::OBJECTIVES,
+        token::OBJECTIVES,
         pipeline::OBJECTIVES,
     ]
     .concat()

@@ -66,6 +66,13 @@ pub fn logsumexp(x: Tensor<2>) -> Tensor<2> {
     m.clone() + (x - m).exp().sum_dim(1).log()
 }
 
+/// `log(exp a + exp b)` element by element, shifted by the (detached) larger of the two: exact
+/// for log-probabilities of any magnitude (the log of a mixture of two distributions).
+pub fn log_add_exp<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    let m = a.clone().max_pair(b.clone()).detach();
+    m.clone() + ((a - m.clone()).exp() + (b - m).exp()).log()
+}
+
 /// [`logsumexp`] over the entries where `mask` is false (an exact mask: the masked entries
 /// contribute exactly 0 and get zero gradient). Each row needs one unmasked entry.
 pub fn masked_logsumexp(x: Tensor<2>, mask: Tensor<2, Bool>) -> Tensor<2> {

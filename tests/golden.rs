@@ -27,7 +27,13 @@ use burn_distill::logit::{DistConfig, ProbMseConfig, Standardized};
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
 use burn_distill::relation::{DlkdConfig, PktConfig, RkdConfig, SpConfig};
+use burn_distill::token::{
+    ForwardKlConfig, FusedLinearConfig, HiddenLoss, HiddenStateConfig, JsdConfig, LmHead, LmHeads,
+    MissingMass, ReverseKlConfig, SkewDirection, SkewKlConfig, SymmetricKlConfig, TeacherHead,
+    TokenReduction, TopKConfig, TopKDivergence, TvdConfig, jsd_elements, tvd_elements,
+};
 use burn_distill::{Feature, Views};
+use common::exact::Divergence;
 use common::*;
 use serde_json::Value;
 
@@ -56,7 +62,28 @@ const RUNNERS: &[(&str, Runner)] = &[
     ("fitnet_mse", fitnet),
     ("fitnet_convreg_mse", fitnet),
     ("mgd", mgd),
+    ("gkd_generalized_jsd", trl),
+    ("torchtune_forward_kl", torchtune),
+    ("torchtune_forward_kl_chunked", torchtune),
+    ("torchtune_reverse_kl", torchtune),
+    ("torchtune_reverse_kl_chunked", torchtune),
+    ("torchtune_symmetric_kl", torchtune),
+    ("torchtune_symmetric_kl_chunked", torchtune),
+    ("distillm_skew_forward_kl", distillm),
+    ("distillm_skew_reverse_kl", distillm),
+    ("distillkit_kl", distillkit),
+    ("distillkit_jsd", distillkit),
+    ("distillkit_tvd", distillkit),
+    ("distillkit_hs_mse", distillkit_hidden),
+    ("distillkit_hs_cosine", distillkit_hidden),
+    ("liger_fused_linear_jsd", liger_fused_linear),
+    ("liger_jsd_testref", liger_testref),
+    ("liger_tvd_testref", liger_testref),
 ];
+
+/// A runner's answer for a case whose variant the crate does not have yet: counted as not
+/// implemented (with the reason), not as a failure.
+const NOT_YET: &str = "not implemented: ";
 
 type Array = (Vec<usize>, Vec<f64>);
 
@@ -77,6 +104,9 @@ struct Case {
     nonfinite_grads: BTreeSet<String>,
     /// The recorded gradients a runner compared.
     checked: RefCell<BTreeSet<String>>,
+    /// A runner's (relative, absolute) tolerance where the case says the reference is less
+    /// precise than its dtype.
+    tolerance: std::cell::Cell<Option<(f64, f64)>>,
 }
 
 fn number(v: &Value) -> Result<f64, String> {
@@ -150,6 +180,7 @@ impl Case {
             nonfinite_loss: flagged["loss"].as_bool().unwrap_or(false),
             nonfinite_grads: names(&flagged["grads"]),
             checked: RefCell::default(),
+            tolerance: Default::default(),
         })
     }
 
@@ -197,6 +228,9 @@ impl Case {
 
     /// (relative, absolute) tolerance of the dtype, as the golden README gives it.
     fn tolerance(&self) -> (f64, f64) {
+        if let Some(t) = self.tolerance.get() {
+            return t;
+        }
         match self.dtype {
             DType::F32 => (1e-5, 1e-6),
             _ => (1e-10, 1e-12),
@@ -854,6 +888,496 @@ fn mgd(case: &Case) -> Result<(), String> {
     case.expect_conv(&mgd.generator.conv2, &gp, "gen2_weight", "gen2_bias")
 }
 
+/// A token case's logits as `[N, V]` leaves (a `[B, T, V]` input is flattened), with their
+/// values and the vocabulary size.
+fn token_leaf(case: &Case, name: &str) -> Result<(Tensor<2>, Vec<f64>, usize), String> {
+    let (shape, data) = case.input(name)?;
+    let v = *shape.last().ok_or("a scalar logit input")?;
+    let n = data.len() / v.max(1);
+    let leaf = tensor(data.clone(), [n, v], case.dtype).require_grad();
+    Ok((leaf, data.clone(), v))
+}
+
+/// Which tokens count: `labels != ignore_index` (`labels`, `label` or `true_labels`), or the
+/// `mask` input (true = counted); `None` when the case has neither.
+fn token_mask(case: &Case) -> Result<Option<Vec<bool>>, String> {
+    let ignore = case.opt("ignore_index").unwrap_or(-100.0);
+    for name in ["labels", "label", "true_labels"] {
+        if case.has(name) {
+            return Ok(Some(
+                case.input(name)?.1.iter().map(|&y| y != ignore).collect(),
+            ));
+        }
+    }
+    match case.has("mask") {
+        true => Ok(Some(
+            case.input("mask")?.1.iter().map(|&m| m != 0.0).collect(),
+        )),
+        false => Ok(None),
+    }
+}
+
+fn bools(mask: &[bool]) -> Tensor<1, burn::tensor::Bool> {
+    ints(mask.iter().map(|&m| m as i64).collect()).equal_elem(1)
+}
+
+/// How a token case is checked: the objective, the exact recomputation's divergence,
+/// temperature, `T²` and divisor (of the number of valid tokens).
+struct TokenCheck<'a> {
+    loss: Box<dyn Loss>,
+    divergence: Divergence,
+    temperature: f64,
+    t_squared: bool,
+    divide: &'a dyn Fn(usize) -> f64,
+}
+
+/// Runs a token objective on the case's `student_logits` / `teacher_logits` (teacher
+/// attached) and its mask: the loss (one value, or per token where the reference returns
+/// its unreduced elements) and both logits' gradients.
+fn token_case(case: &Case, check: TokenCheck) -> Result<(), String> {
+    let (s, sv, v) = token_leaf(case, "student_logits")?;
+    let (t, tv, _) = token_leaf(case, "teacher_logits")?;
+    let mask = token_mask(case)?;
+    let mut input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+    if let Some(m) = &mask {
+        input = input.mask(bools(m));
+    }
+    let out = check.loss.forward(&input).map_err(e)?;
+    let exact = |s: &[f64], t: &[f64]| {
+        exact::token(
+            s,
+            t,
+            v,
+            mask.as_deref(),
+            check.divergence,
+            check.temperature,
+            check.t_squared,
+            check.divide,
+        )
+    };
+    let total = out.total.clone();
+    if total.dims()[0] == 1 {
+        case.expect_loss(out.value(), Some(exact(&sv, &tv)))?;
+    } else {
+        // the reference's unreduced elements [rows, V]: compare each token's sum over V
+        let want = case.loss.as_deref().ok_or("no loss")?;
+        let per_token: Vec<f64> = want.chunks(v).map(|r| r.iter().sum()).collect();
+        let got = values(total.clone());
+        let got: Vec<f64> = match &mask {
+            Some(m) if per_token.len() < got.len() => got
+                .into_iter()
+                .zip(m)
+                .filter_map(|(g, &keep)| keep.then_some(g))
+                .collect(),
+            _ => got,
+        };
+        let (rel, abs) = case.tolerance();
+        close("per-token loss", &got, &per_token, rel, abs)?;
+    }
+    let grads = total.sum().backward();
+    let fd_s = || numeric_grad(&|x| exact(&x, &tv), &sv, 1e-5);
+    let fd_t = || numeric_grad(&|x| exact(&sv, &x), &tv, 1e-5);
+    case.expect_grad("student_logits", s.grad(&grads).map(values), Some(&fd_s))?;
+    case.expect_grad("teacher_logits", t.grad(&grads).map(values), Some(&fd_t))
+}
+
+/// `max(valid, 1)`: the mean over the valid tokens (an empty mask gives 0).
+fn per_valid(valid: usize) -> f64 {
+    valid.max(1) as f64
+}
+
+/// TRL's `generalized_jsd_loss`: the mixture JSD(β), its reductions and `num_items_in_batch`.
+fn trl(case: &Case) -> Result<(), String> {
+    let (beta, temperature) = (case.param("beta")?, case.opt("temperature").unwrap_or(1.0));
+    let vocab = *case.input("student_logits")?.0.last().unwrap_or(&1) as f64;
+    let items = case.opt("num_items_in_batch");
+    let reduction = match (case.params["reduction"].as_str(), items) {
+        (_, Some(n)) => TokenReduction::Global(n),
+        (Some("batchmean"), _) => TokenReduction::Mean,
+        (Some("mean"), _) => TokenReduction::ElementMean,
+        (Some("sum"), _) => TokenReduction::Sum,
+        (Some("none"), _) => TokenReduction::None,
+        (r, _) => return Err(format!("reduction {r:?}")),
+    };
+    let divide = move |valid: usize| match reduction {
+        TokenReduction::Global(n) => n,
+        TokenReduction::ElementMean => per_valid(valid) * vocab,
+        TokenReduction::Sum | TokenReduction::None => 1.0,
+        _ => per_valid(valid),
+    };
+    let loss = JsdConfig::new()
+        .with_beta(beta)
+        .with_temperature(temperature)
+        .with_reduction(reduction)
+        .init()
+        .map_err(e)?;
+    token_case(
+        case,
+        TokenCheck {
+            loss: loss.boxed(),
+            divergence: Divergence::Jsd(beta),
+            temperature,
+            t_squared: false,
+            divide: &divide,
+        },
+    )
+}
+
+/// torchtune's forward (a cross-entropy), reverse and symmetric KL, plain and chunked (the
+/// chunks change nothing but the order of the sums).
+fn torchtune(case: &Case) -> Result<(), String> {
+    let normalize = case.params["normalize"].as_bool().unwrap_or(true);
+    let reduction = match normalize {
+        true => TokenReduction::Mean,
+        false => TokenReduction::Sum,
+    };
+    let divide = move |valid: usize| if normalize { per_valid(valid) } else { 1.0 };
+    let (loss, divergence) = match case.method.trim_end_matches("_chunked") {
+        "torchtune_forward_kl" => (
+            ForwardKlConfig::new()
+                .with_cross_entropy(true)
+                .with_reduction(reduction)
+                .init()
+                .map_err(e)?
+                .boxed(),
+            Divergence::Forward {
+                cross_entropy: true,
+            },
+        ),
+        "torchtune_reverse_kl" => (
+            ReverseKlConfig::new()
+                .with_reduction(reduction)
+                .init()
+                .map_err(e)?
+                .boxed(),
+            Divergence::Reverse,
+        ),
+        _ => {
+            let ratio = case.param("sym_kd_ratio")?;
+            (
+                SymmetricKlConfig::new()
+                    .with_ratio(ratio)
+                    .with_cross_entropy(true)
+                    .with_reduction(reduction)
+                    .init()
+                    .map_err(e)?
+                    .boxed(),
+                Divergence::Symmetric {
+                    ratio,
+                    cross_entropy: true,
+                },
+            )
+        }
+    };
+    token_case(
+        case,
+        TokenCheck {
+            loss,
+            divergence,
+            temperature: 1.0,
+            t_squared: false,
+            divide: &divide,
+        },
+    )
+}
+
+/// DistiLLM's skew forward KL (a cross-entropy against the mixture) and skew reverse KL.
+fn distillm(case: &Case) -> Result<(), String> {
+    let alpha = case.param("lam")?;
+    let forward = case.method == "distillm_skew_forward_kl";
+    let loss = SkewKlConfig::new()
+        .with_direction(match forward {
+            true => SkewDirection::Forward,
+            false => SkewDirection::Reverse,
+        })
+        .with_alpha(alpha)
+        .with_cross_entropy(forward)
+        .init()
+        .map_err(e)?;
+    let divergence = match forward {
+        true => Divergence::SkewForward {
+            alpha,
+            cross_entropy: true,
+        },
+        false => Divergence::SkewReverse(alpha),
+    };
+    token_case(
+        case,
+        TokenCheck {
+            loss: loss.boxed(),
+            divergence,
+            temperature: 1.0,
+            t_squared: false,
+            divide: &per_valid,
+        },
+    )
+}
+
+/// DistillKit's dense KL, JSD (β = 0.5) and TVD: `T²`, the sum over the masked tokens divided
+/// by their number.
+fn distillkit(case: &Case) -> Result<(), String> {
+    if case.params["signal"].as_str() == Some("sparse") {
+        return distillkit_sparse(case);
+    }
+    let temperature = case.param("temperature")?;
+    let (loss, divergence): (Box<dyn Loss>, _) = match case.method.as_str() {
+        "distillkit_kl" => (
+            ForwardKlConfig::new()
+                .with_temperature(temperature)
+                .with_t_squared(true)
+                .init()
+                .map_err(e)?
+                .boxed(),
+            Divergence::Forward {
+                cross_entropy: false,
+            },
+        ),
+        "distillkit_jsd" => (
+            JsdConfig::new()
+                .with_beta(0.5)
+                .with_temperature(temperature)
+                .with_t_squared(true)
+                .init()
+                .map_err(e)?
+                .boxed(),
+            Divergence::Jsd(0.5),
+        ),
+        _ => (
+            TvdConfig::new()
+                .with_temperature(temperature)
+                .with_t_squared(true)
+                .init()
+                .map_err(e)?
+                .boxed(),
+            Divergence::Tvd,
+        ),
+    };
+    token_case(
+        case,
+        TokenCheck {
+            loss,
+            divergence,
+            temperature,
+            t_squared: true,
+            divide: &per_valid,
+        },
+    )
+}
+
+/// DistillKit's sparse (top-k) signal: the teacher's top-k ids and log-probabilities, zero or
+/// symmetric-uniform missing mass, `T²`, the sum over the masked tokens divided by their number.
+fn distillkit_sparse(case: &Case) -> Result<(), String> {
+    if case.params["log_values"].as_bool() == Some(false) {
+        return Err(format!("{NOT_YET}a sparse teacher given as logits"));
+    }
+    let temperature = case.param("temperature")?;
+    let divergence = match case.method.as_str() {
+        "distillkit_kl" => TopKDivergence::ForwardKl,
+        "distillkit_jsd" => TopKDivergence::Jsd,
+        _ => TopKDivergence::Tvd,
+    };
+    let missing = match case.params["missing_probability_handling"].as_str() {
+        Some("SYMMETRIC_UNIFORM") => MissingMass::SymmetricUniform,
+        _ => MissingMass::Zero,
+    };
+    let loss = TopKConfig::new()
+        .with_divergence(divergence)
+        .with_missing(missing)
+        .with_temperature(temperature)
+        .with_generation_temperature(case.opt("generation_temperature").unwrap_or(1.0))
+        .with_t_squared(true)
+        .init()
+        .map_err(e)?;
+    let (s, sv, v) = token_leaf(case, "student_logits")?;
+    let (ids_shape, ids) = case.input("target_ids")?;
+    let k = *ids_shape.last().ok_or("no k")?;
+    let n = ids.len() / k;
+    let ids = Tensor::<2, Int>::from_data(
+        burn::tensor::TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n, k]),
+        &device(),
+    );
+    let (_, lp) = case.input("target_values")?;
+    let lp = tensor(lp.clone(), [n, k], case.dtype);
+    let mask = token_mask(case)?;
+    let mut input = DistillInput::student(s.clone()).sparse_teacher(ids, lp);
+    if let Some(m) = &mask {
+        input = input.mask(bools(m));
+    }
+    let out = loss.forward(&input).map_err(e)?;
+    // an empty mask: the exact value is 0 with zero gradients (the reference divides 0 by 0)
+    let empty = mask.as_ref().is_some_and(|m| m.iter().all(|&x| !x));
+    case.expect_loss(out.value(), empty.then_some(0.0))?;
+    let grads = out.total.backward();
+    let zeros = || vec![0.0; sv.len()];
+    let exact: Option<&dyn Fn() -> Vec<f64>> = if empty { Some(&zeros) } else { None };
+    let _ = v;
+    case.expect_grad("student_logits", s.grad(&grads).map(values), exact)
+}
+
+/// DistillKit's hidden-state MSE and cosine over a layer mapping, with the case's projections
+/// (torch layout `[Ht, Hs]`, no bias) and token mask.
+fn distillkit_hidden(case: &Case) -> Result<(), String> {
+    let pairs: Vec<(usize, usize)> = case.params["layer_mapping"]
+        .as_array()
+        .ok_or("no layer_mapping")?
+        .iter()
+        .map(|p| Some((p[0].as_u64()? as usize, p[1].as_u64()? as usize)))
+        .collect::<Option<_>>()
+        .ok_or("a bad layer_mapping")?;
+    let width = |name: &str| -> Result<usize, String> {
+        Ok(*case.input(name)?.0.last().ok_or("a scalar hidden state")?)
+    };
+    let (hs, ht) = (width("student_hidden_0")?, width("teacher_hidden_0")?);
+    let config = HiddenStateConfig::new(
+        hs,
+        ht,
+        pairs
+            .iter()
+            .map(|(i, j)| (format!("student_hidden_{i}"), format!("teacher_hidden_{j}")))
+            .collect(),
+    )
+    .with_loss(match case.method.as_str() {
+        "distillkit_hs_cosine" => HiddenLoss::Cosine,
+        _ => HiddenLoss::Mse,
+    })
+    .with_projection(case.has("projection_0_weight"));
+    let mut hidden = config.init(&device()).map_err(e)?;
+    for (i, p) in hidden.projections.iter_mut().enumerate() {
+        let (_, w) = case.input(&format!("projection_{i}_weight"))?;
+        // torch [Ht, Hs] → burn [Hs, Ht]
+        let wt: Vec<f64> = (0..hs * ht).map(|k| w[(k % ht) * hs + k / ht]).collect();
+        p.weight = Param::from_tensor(tensor(wt, [hs, ht], case.dtype));
+    }
+    let mut input = DistillInput::features_only().attach_teacher();
+    let mut leaves = Vec::new();
+    for name in case.inputs.keys() {
+        let side = if name.starts_with("student_hidden_") {
+            true
+        } else if name.starts_with("teacher_hidden_") {
+            false
+        } else {
+            continue;
+        };
+        let (leaf, _, _) = token_leaf(case, name)?;
+        input = match side {
+            true => input.student_feature(name.clone(), leaf.clone()),
+            false => input.teacher_feature(name.clone(), leaf.clone()),
+        };
+        leaves.push((name.clone(), leaf));
+    }
+    if let Some(m) = token_mask(case)? {
+        input = input.mask(bools(&m));
+    }
+    let out = hidden.forward(&input).map_err(e)?;
+    case.expect_loss(out.value(), None)?;
+    let grads = out.total.backward();
+    for (name, leaf) in &leaves {
+        case.expect_grad(name, leaf.grad(&grads).map(values), None)?;
+    }
+    let gp = GradientsParams::from_grads(grads, &hidden);
+    for (i, p) in hidden.projections.iter().enumerate() {
+        let g = gp.get::<2>(p.weight.id).map(|g| values(g.transpose()));
+        case.expect_grad(&format!("projection_{i}_weight"), g, None)?;
+    }
+    Ok(())
+}
+
+/// Liger's `LigerFusedLinearJSDLoss` (the pure-torch chunked path): JSD(β) at `T` through
+/// both lm-heads plus a hard-label cross-entropy, each a mean over the valid tokens, in chunks.
+fn liger_fused_linear(case: &Case) -> Result<(), String> {
+    let (hard, soft) = (
+        case.param("weight_hard_loss")?,
+        case.param("weight_soft_loss")?,
+    );
+    if hard > 0.0 && case.dtype == DType::F64 {
+        // the case says: the reference computes its cross-entropy in float32, so only ~1e-7
+        // relative accuracy holds for loss and gradients
+        case.tolerance.set(Some((1e-6, 1e-9)));
+    }
+    let jsd = JsdConfig::new()
+        .with_beta(case.param("beta")?)
+        .with_temperature(case.param("temperature")?)
+        .with_reduction(TokenReduction::None)
+        .init()
+        .map_err(e)?;
+    let fused = FusedLinearConfig::new()
+        .with_chunk_size(case.opt("chunk_size").map(|c| c as usize))
+        .with_soft_weight(soft)
+        .with_hard_weight(hard)
+        .init(jsd)
+        .map_err(e)?;
+    let head = |x: &str,
+                w: &str,
+                b: &str|
+     -> Result<(LmHead, Tensor<2>, Tensor<2>, Option<Tensor<1>>), String> {
+        let (x, w) = (case.leaf::<2>(x)?, case.leaf::<2>(w)?);
+        let b = match case.has(b) {
+            true => Some(case.leaf::<1>(b)?),
+            false => None,
+        };
+        Ok((LmHead::torch(x.clone(), w.clone(), b.clone()), x, w, b))
+    };
+    let (student, x, w, b) = head("student_input", "student_weight", "student_bias")?;
+    let (teacher, ..) = head("teacher_input", "teacher_weight", "teacher_bias")?;
+    let ignore = case.opt("ignore_index").unwrap_or(-100.0) as i64;
+    let labels = ints(
+        case.input("true_labels")?
+            .1
+            .iter()
+            .map(|&y| y as i64)
+            .collect(),
+    );
+    let input = DistillInput::features_only()
+        .labels(labels, ignore)
+        .with(LmHeads {
+            student,
+            teacher: TeacherHead::Head(teacher),
+        });
+    let out = fused.forward(&input).map_err(e)?;
+    case.expect_loss(out.value(), None)?;
+    let grads = out.total.backward();
+    case.expect_grad("student_input", x.grad(&grads).map(values), None)?;
+    case.expect_grad("student_weight", w.grad(&grads).map(values), None)?;
+    case.expect_grad(
+        "student_bias",
+        b.and_then(|b| b.grad(&grads)).map(values),
+        None,
+    )
+}
+
+/// Liger's pure-torch test references: the JSD on log-probabilities and the TVD on
+/// probabilities given directly (gradients in those coordinates), through the crate's
+/// element functions and [`TokenReduction::apply`].
+fn liger_testref(case: &Case) -> Result<(), String> {
+    let jsd = case.method == "liger_jsd_testref";
+    let (s_name, t_name) = if jsd { ("log_q", "log_p") } else { ("q", "p") };
+    let (s, _, v) = token_leaf(case, s_name)?;
+    let (t, _, _) = token_leaf(case, t_name)?;
+    let elements = match jsd {
+        true => jsd_elements(s.clone(), t.clone(), case.param("beta")?),
+        false => tvd_elements(s.clone(), t.clone()),
+    };
+    let reduction = match case.params["reduction"].as_str() {
+        None | Some("batchmean") => TokenReduction::Mean,
+        Some("mean") => TokenReduction::ElementMean,
+        Some("sum") => TokenReduction::Sum,
+        Some(_) => TokenReduction::None,
+    };
+    let mask = token_mask(case)?.map(|m| bools(&m));
+    let total = reduction.apply(elements.sum_dim(1).squeeze_dim(1), mask, v);
+    if total.dims()[0] == 1 {
+        case.expect_loss(values(total.clone())[0], None)?;
+    } else {
+        let want = case.loss.as_deref().ok_or("no loss")?;
+        let per_token: Vec<f64> = want.chunks(v).map(|r| r.iter().sum()).collect();
+        let (rel, abs) = case.tolerance();
+        close("per-row loss", &values(total.clone()), &per_token, rel, abs)?;
+    }
+    let grads = total.sum().backward();
+    case.expect_grad(s_name, s.grad(&grads).map(values), None)?;
+    case.expect_grad(t_name, t.grad(&grads).map(values), None)
+}
+
 /// What one case came to.
 enum Outcome {
     Passed,
@@ -884,6 +1408,7 @@ fn run_case(path: &std::path::Path) -> (String, Outcome) {
             missing if missing.is_empty() => Outcome::Passed,
             missing => Outcome::Failed(format!("recorded gradients not checked: {missing:?}")),
         },
+        Ok(Err(msg)) if msg.starts_with(NOT_YET) => return (case.method, Outcome::NotImplemented),
         Ok(Err(msg)) => Outcome::Failed(msg),
         Err(panic) => {
             let msg = panic

@@ -22,6 +22,7 @@ const FAMILIES: &[&str] = &[
     "meta",
     "optim",
     "relation",
+    "token",
 ];
 const INTEGRATION: &[&str] = &["lib", "pipeline"];
 

@@ -1,6 +1,6 @@
 //! [`Checked`]: the input as one objective reads it, every read validated.
 
-use burn::tensor::{DType, FloatDType, Int, Tensor};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
 use super::outputs::frozen;
 use super::{DistillInput, Feature, Progress, Views};
@@ -131,10 +131,81 @@ impl<'a> Checked<'a> {
         }
     }
 
+    /// The targets, checked as [`targets`](Self::targets), when the input carries them.
+    pub fn targets_if_any(
+        &self,
+        batch: usize,
+        classes: usize,
+    ) -> Result<Option<Tensor<1, Int>>, DistillError> {
+        match self.input.targets {
+            Some(_) => self.targets(batch, classes).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Per-row labels `[batch]` of any non-negative value (the targets, for objectives that
     /// group rows by label rather than index classes).
     pub fn labels(&self, batch: usize) -> Result<Tensor<1, Int>, DistillError> {
         self.targets(batch, i64::MAX as usize)
+    }
+
+    /// Which of the `batch` rows count ([`DistillInput::mask`]), after checking its length;
+    /// `None`: every row counts.
+    pub fn mask(&self, batch: usize) -> Result<Option<Tensor<1, Bool>>, DistillError> {
+        match &self.input.mask {
+            Some(m) if m.dims()[0] != batch => Err(self.shape(
+                "mask (DistillInput::mask or labels)".into(),
+                vec![batch],
+                m.dims().to_vec(),
+            )),
+            m => Ok(m.clone()),
+        }
+    }
+
+    /// The sparse teacher ([`DistillInput::sparse_teacher`]) after checking that its ids and
+    /// log-probabilities are both `[batch, k]` with `k ≥ 1` and every id in `0..vocab`; the
+    /// log-probabilities detached unless the teacher is attached.
+    pub fn sparse_teacher(
+        &self,
+        batch: usize,
+        vocab: usize,
+    ) -> Result<(Tensor<2, Int>, Tensor<2>), DistillError> {
+        let (ids, lp) = self
+            .input
+            .sparse_teacher
+            .as_ref()
+            .ok_or_else(|| self.missing("a sparse teacher (DistillInput::sparse_teacher)"))?;
+        let [n, k] = ids.dims();
+        if n != batch || k == 0 {
+            return Err(self.shape(
+                "sparse teacher ids".into(),
+                vec![batch, k.max(1)],
+                ids.dims().to_vec(),
+            ));
+        }
+        if lp.dims() != ids.dims() {
+            return Err(self.shape(
+                "sparse teacher log-probabilities".into(),
+                ids.dims().to_vec(),
+                lp.dims().to_vec(),
+            ));
+        }
+        if let Some(index) = outside(min_max(&ids.clone().flatten(0, 1)), vocab) {
+            return Err(DistillError::TargetOutOfRange {
+                objective: self.objective.into(),
+                target: index,
+                classes: vocab,
+            });
+        }
+        Ok((ids.clone(), upcast(self.teacher(lp, frozen))))
+    }
+
+    /// The extension of type `E` ([`DistillInput::with`]), or [`DistillError::MissingInput`]
+    /// naming `what` it is.
+    pub fn extension<E: super::Extension>(&self, what: &str) -> Result<&'a E, DistillError> {
+        self.input
+            .extension::<E>()
+            .ok_or_else(|| self.missing(&format!("{what} (DistillInput::with)")))
     }
 
     /// The training progress, or [`DistillError::MissingInput`] saying `why` it is needed.
@@ -180,14 +251,26 @@ impl<'a> Checked<'a> {
 
     /// The feature tap `name`, student then teacher.
     pub fn feature(&self, name: &str) -> Result<(Feature, Feature), DistillError> {
-        let (s, t) = self
+        self.mapped(name, name)
+    }
+
+    /// The student's tap `student` and the teacher's tap `teacher` (a layer mapping: student
+    /// layer `i` distilled from teacher layer `j`).
+    pub fn mapped(&self, student: &str, teacher: &str) -> Result<(Feature, Feature), DistillError> {
+        let missing = |name: &str| DistillError::MissingFeature {
+            objective: self.objective.into(),
+            name: name.into(),
+        };
+        let s = self
             .input
-            .features
-            .get(name)
-            .ok_or_else(|| DistillError::MissingFeature {
-                objective: self.objective.into(),
-                name: name.into(),
-            })?;
+            .student_features
+            .get(student)
+            .ok_or_else(|| missing(student))?;
+        let t = self
+            .input
+            .teacher_features
+            .get(teacher)
+            .ok_or_else(|| missing(teacher))?;
         Ok((s.clone(), self.teacher(t, Feature::detach)))
     }
 

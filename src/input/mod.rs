@@ -4,16 +4,19 @@
 //! one objective, validating shapes and ranges and naming the objective in every error.
 
 mod checked;
+mod extension;
 mod outputs;
 mod progress;
 mod views;
 
+use std::any::TypeId;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 pub use checked::Checked;
+pub use extension::Extension;
 pub use outputs::{Distillable, Feature, Outputs};
 pub use progress::Progress;
 pub use views::Views;
@@ -40,7 +43,13 @@ pub struct DistillInput {
     student_logits: Option<Tensor<2>>,
     teacher_logits: Option<Tensor<2>>,
     targets: Option<Tensor<1, Int>>,
-    features: BTreeMap<String, (Feature, Feature)>,
+    mask: Option<Tensor<1, Bool>>,
+    sparse_teacher: Option<(Tensor<2, Int>, Tensor<2>)>,
+    extensions: BTreeMap<TypeId, Arc<dyn Extension>>,
+    /// The student's feature taps, by name.
+    student_features: BTreeMap<String, Feature>,
+    /// The teacher's feature taps, by name.
+    teacher_features: BTreeMap<String, Feature>,
     views: Option<Views>,
     indices: Option<Tensor<1, Int>>,
     guides: Vec<Tensor<2>>,
@@ -69,16 +78,13 @@ impl DistillInput {
     }
 
     /// The input the objectives see for one forward pass of a student and of a teacher: their
-    /// logits and every feature tap both expose under the same name.
+    /// logits and every feature tap each exposes (an objective reads a tap both expose under
+    /// one name, or, with a layer mapping, the student's tap of one name and the teacher's of
+    /// another).
     pub fn from_outputs(student: Outputs, teacher: Outputs) -> Self {
-        let mut teacher_features = teacher.features;
-        let features = student
-            .features
-            .into_iter()
-            .filter_map(|(name, s)| teacher_features.remove(&name).map(|t| (name, (s, t))))
-            .collect();
         Self {
-            features,
+            student_features: student.features,
+            teacher_features: teacher.features,
             ..Self::new(student.logits, teacher.logits)
         }
     }
@@ -95,6 +101,48 @@ impl DistillInput {
         self
     }
 
+    /// Sets which rows count `[N]` (true = counted): padding and prompt tokens of a language
+    /// model are false. Objectives that honour a mask (the [`token`](crate::token) family) give
+    /// the rows that do not count exactly zero loss and gradient; a mask with no true entry
+    /// gives a loss of 0, never NaN.
+    pub fn mask(mut self, mask: Tensor<1, Bool>) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+
+    /// Sets per-token labels `[N]` in which `ignore_index` (−100 in PyTorch's convention)
+    /// marks the rows that do not count: the mask is `labels != ignore_index`, and the targets
+    /// are the labels with ignored rows set to class 0 (so a hard-label term reads them in
+    /// range; its ignored rows are masked out).
+    pub fn labels(self, labels: Tensor<1, Int>, ignore_index: i64) -> Self {
+        let ignored = labels.clone().equal_elem(ignore_index);
+        let targets = labels.mask_fill(ignored.clone(), 0);
+        self.targets(targets).mask(ignored.bool_not())
+    }
+
+    /// Sets the teacher as a sparse distribution: for each row, the ids of its top-`k` tokens
+    /// `[N, k]` and their log-probabilities `[N, k]` (from the teacher's full log-softmax, as an
+    /// offline teacher store keeps them). Read by [`token::TopK`](crate::token::TopK).
+    pub fn sparse_teacher(mut self, ids: Tensor<2, Int>, log_probs: Tensor<2>) -> Self {
+        self.sparse_teacher = Some((ids, log_probs));
+        self
+    }
+
+    /// Adds `extension`, which objectives that know its type read (one of each type; a second
+    /// replaces the first). A new kind of input an objective needs is an extension, not a new
+    /// field: see [`Extension`].
+    pub fn with<E: Extension>(mut self, extension: E) -> Self {
+        self.extensions
+            .insert(TypeId::of::<E>(), Arc::new(extension));
+        self
+    }
+
+    /// The extension of type `E`, if the input carries one.
+    pub fn extension<E: Extension>(&self) -> Option<&E> {
+        let ext: &dyn std::any::Any = self.extensions.get(&TypeId::of::<E>())?.as_ref();
+        ext.downcast_ref::<E>()
+    }
+
     /// Adds the feature tap `name`: the student's and the teacher's representation of the batch.
     pub fn feature(
         mut self,
@@ -102,8 +150,22 @@ impl DistillInput {
         student: impl Into<Feature>,
         teacher: impl Into<Feature>,
     ) -> Self {
-        self.features
-            .insert(name.into(), (student.into(), teacher.into()));
+        let name = name.into();
+        self.student_features.insert(name.clone(), student.into());
+        self.teacher_features.insert(name, teacher.into());
+        self
+    }
+
+    /// Adds the student's feature tap `name` alone (a layer another objective maps to a
+    /// teacher tap of another name, e.g. [`token::HiddenState`](crate::token::HiddenState)).
+    pub fn student_feature(mut self, name: impl Into<String>, student: impl Into<Feature>) -> Self {
+        self.student_features.insert(name.into(), student.into());
+        self
+    }
+
+    /// Adds the teacher's feature tap `name` alone.
+    pub fn teacher_feature(mut self, name: impl Into<String>, teacher: impl Into<Feature>) -> Self {
+        self.teacher_features.insert(name.into(), teacher.into());
         self
     }
 
@@ -178,12 +240,30 @@ impl DistillInput {
                 .targets
                 .as_ref()
                 .map(|y| y.clone().select(0, rows.clone())),
-            features: self
-                .features
+            sparse_teacher: self
+                .sparse_teacher
+                .as_ref()
+                .map(|(ids, lp)| (ids.clone().select(0, rows.clone()), pick2(lp))),
+            mask: self
+                .mask
+                .as_ref()
+                .map(|m| m.clone().int().select(0, rows.clone()).equal_elem(1)),
+            student_features: self
+                .student_features
                 .iter()
-                .map(|(k, (s, t))| (k.clone(), (pick(s), pick(t))))
+                .map(|(k, f)| (k.clone(), pick(f)))
+                .collect(),
+            teacher_features: self
+                .teacher_features
+                .iter()
+                .map(|(k, f)| (k.clone(), pick(f)))
                 .collect(),
             views: None,
+            extensions: self
+                .extensions
+                .iter()
+                .filter_map(|(k, e)| e.select_rows(&rows).map(|e| (*k, e)))
+                .collect(),
             guides: self.guides.iter().map(pick2).collect(),
             indices: self
                 .indices
@@ -205,10 +285,7 @@ impl DistillInput {
         if let Some(s) = &self.student_logits {
             return Some(s.dims()[0]);
         }
-        self.features.values().next().map(|(s, _)| match s {
-            Feature::Map(t) => t.dims()[0],
-            Feature::Embedding(t) => t.dims()[0],
-        })
+        self.student_features.values().next().map(Feature::rows)
     }
 
     /// The training progress, if set.

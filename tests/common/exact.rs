@@ -102,3 +102,128 @@ pub fn dkd(s: &[f64], t: &[f64], y: &[usize], c: usize, [alpha, beta]: [f64; 2],
     }
     temp * temp * total / rs.len() as f64
 }
+
+/// A per-token divergence of the token family, in scalar f64 log space.
+#[derive(Debug, Clone, Copy)]
+pub enum Divergence {
+    /// `KL(p_t ‖ p_s)`, or with `cross_entropy` `−Σ p_t log p_s`.
+    Forward { cross_entropy: bool },
+    /// `KL(p_s ‖ p_t)`.
+    Reverse,
+    /// TRL's generalized JSD(β) (β = 0 / 1: forward / reverse KL).
+    Jsd(f64),
+    /// `λ·forward + (1 − λ)·reverse` (torchtune).
+    Symmetric { ratio: f64, cross_entropy: bool },
+    /// `KL(p_t ‖ α p_t + (1 − α) p_s)` (or its cross-entropy form).
+    SkewForward { alpha: f64, cross_entropy: bool },
+    /// `KL(p_s ‖ α p_s + (1 − α) p_t)`.
+    SkewReverse(f64),
+    /// `½ Σ |p_t − p_s|`.
+    Tvd,
+}
+
+fn mix(log_p: &[f64], log_q: &[f64], w: f64) -> Vec<f64> {
+    // log(w·p + (1 − w)·q)
+    log_p
+        .iter()
+        .zip(log_q)
+        .map(|(&a, &b)| {
+            let (a, b) = (a + w.ln(), b + (1.0 - w).ln());
+            let m = a.max(b);
+            m + ((a - m).exp() + (b - m).exp()).ln()
+        })
+        .collect()
+}
+
+fn cross(log_p: &[f64], log_q: &[f64]) -> f64 {
+    -log_p
+        .iter()
+        .zip(log_q)
+        .map(|(p, q)| p.exp() * q)
+        .sum::<f64>()
+}
+
+impl Divergence {
+    fn row(self, ls: &[f64], lt: &[f64]) -> f64 {
+        match self {
+            Divergence::Forward {
+                cross_entropy: false,
+            } => kl(lt, ls),
+            Divergence::Forward {
+                cross_entropy: true,
+            } => cross(lt, ls),
+            Divergence::Reverse => kl(ls, lt),
+            Divergence::Jsd(0.0) => kl(lt, ls),
+            Divergence::Jsd(1.0) => kl(ls, lt),
+            Divergence::Jsd(b) => {
+                let m = mix(lt, ls, b);
+                b * kl(lt, &m) + (1.0 - b) * kl(ls, &m)
+            }
+            Divergence::Symmetric {
+                ratio,
+                cross_entropy,
+            } => {
+                ratio * Divergence::Forward { cross_entropy }.row(ls, lt)
+                    + (1.0 - ratio) * kl(ls, lt)
+            }
+            Divergence::SkewForward {
+                alpha,
+                cross_entropy,
+            } => {
+                let m = if alpha == 0.0 {
+                    ls.to_vec()
+                } else {
+                    mix(lt, ls, alpha)
+                };
+                if cross_entropy {
+                    cross(lt, &m)
+                } else {
+                    kl(lt, &m)
+                }
+            }
+            Divergence::SkewReverse(alpha) => {
+                let m = if alpha == 0.0 {
+                    lt.to_vec()
+                } else {
+                    mix(ls, lt, alpha)
+                };
+                kl(ls, &m)
+            }
+            Divergence::Tvd => {
+                0.5 * ls
+                    .iter()
+                    .zip(lt)
+                    .map(|(a, b)| (a.exp() - b.exp()).abs())
+                    .sum::<f64>()
+            }
+        }
+    }
+}
+
+/// A token loss: `divergence` of each valid row (`mask`, all when `None`) at temperature `t`,
+/// summed, times `T²` when `t_squared`, divided by `divide(valid)`. Rows that do not count are
+/// never evaluated (their logits may be anything).
+#[allow(clippy::too_many_arguments)]
+pub fn token(
+    s: &[f64],
+    t: &[f64],
+    v: usize,
+    mask: Option<&[bool]>,
+    divergence: Divergence,
+    temp: f64,
+    t_squared: bool,
+    divide: &dyn Fn(usize) -> f64,
+) -> f64 {
+    let (rs, rt) = (rows(s, v, temp), rows(t, v, temp));
+    let mut total = 0.0;
+    let mut valid = 0;
+    for (i, (us, ut)) in rs.iter().zip(&rt).enumerate() {
+        if mask.is_some_and(|m| !m[i]) {
+            continue;
+        }
+        valid += 1;
+        total += divergence.row(&log_softmax(us), &log_softmax(ut));
+    }
+    let scale = if t_squared { temp * temp } else { 1.0 };
+    scale * total / divide(valid)
+}

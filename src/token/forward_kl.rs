@@ -1,0 +1,90 @@
+//! Forward KL per token, the classic distillation divergence.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
+
+use super::tokens::{Softening, TokenReduction};
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Per-element forward-KL terms `p_t,v (log p_t,v − log p_s,v)` from log-probabilities
+/// `[N, V]`; their sum over `v` is `KL(p_t ‖ p_s)`. A teacher probability that underflows to
+/// 0 contributes exactly 0.
+pub fn forward_kl_elements(log_ps: Tensor<2>, log_pt: Tensor<2>) -> Tensor<2> {
+    log_pt.clone().exp() * (log_pt - log_ps)
+}
+
+/// The cross-entropy form `−p_t,v log p_s,v` (torchtune's `ForwardKLLoss`): the KL plus the
+/// teacher's entropy, with the same student gradient.
+pub fn teacher_cross_entropy_elements(log_ps: Tensor<2>, log_pt: Tensor<2>) -> Tensor<2> {
+    -(log_pt.exp() * log_ps)
+}
+
+/// Configuration of [`ForwardKl`].
+#[derive(Config, Debug)]
+pub struct ForwardKlConfig {
+    /// The softmax temperature `T` (> 0).
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiply by `T²` (DistillKit does; TRL, Liger and torchtune do not).
+    #[config(default = false)]
+    pub t_squared: bool,
+    /// How per-token values become the total.
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+    /// The cross-entropy `−Σ p_t log p_s` instead of the KL (torchtune's `ForwardKLLoss`):
+    /// the same student gradient, a value larger by the teacher's entropy, and a teacher
+    /// gradient of its own.
+    #[config(default = false)]
+    pub cross_entropy: bool,
+}
+
+impl ForwardKlConfig {
+    /// Validates the configuration and builds the objective.
+    pub fn init(&self) -> Result<ForwardKl, DistillError> {
+        Ok(ForwardKl {
+            soft: Softening::new(
+                ForwardKl::NAME,
+                self.temperature,
+                self.t_squared,
+                self.reduction,
+            )?,
+            cross_entropy: self.cross_entropy,
+        })
+    }
+}
+
+/// Forward KL per token:
+///
+/// `L = [T²] · reduce_tokens KL(softmax(z_t/T) ‖ softmax(z_s/T))`
+///
+/// over the rows the input's mask (or labels) admits. Mass-covering: the student is pushed to
+/// put probability wherever the teacher does. One term, `"forward_kl"`.
+///
+/// # Shapes
+/// - student and teacher logits `[N, V]`; mask `[N]` (optional)
+#[derive(Debug, Clone)]
+pub struct ForwardKl {
+    soft: Softening,
+    cross_entropy: bool,
+}
+
+crate::objective!(ForwardKl, "forward_kl");
+
+impl Loss for ForwardKl {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let elements = match self.cross_entropy {
+            true => teacher_cross_entropy_elements,
+            false => forward_kl_elements,
+        };
+        self.soft.forward(Self::NAME, input, |s, t| {
+            elements(log_softmax(s, 1), log_softmax(t, 1))
+                .sum_dim(1)
+                .squeeze_dim(1)
+        })
+    }
+}

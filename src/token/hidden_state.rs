@@ -1,0 +1,156 @@
+//! Hidden-state distillation: student layers matched to teacher layers, token by token.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+
+use super::cosine::cosine_distance_rows;
+use super::tokens::TokenReduction;
+use crate::check::{check_count, check_positive};
+use crate::{DistillError, DistillInput, Feature, Loss, LossOutput};
+
+/// Per-token mean squared error over the width, `[N, H]` → `[N]`.
+pub fn mse_rows(student: Tensor<2>, teacher: Tensor<2>) -> Tensor<1> {
+    (student - teacher).square().mean_dim(1).squeeze_dim(1)
+}
+
+/// How [`HiddenState`] compares a pair of layers.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum HiddenLoss {
+    /// Mean squared error over the width (DistillKit's `HiddenStateMSELoss`).
+    Mse,
+    /// `1 − cos` per token (DistillKit's `HiddenStateCosineLoss`).
+    Cosine,
+}
+
+/// Configuration of [`HiddenState`].
+#[derive(Config, Debug)]
+pub struct HiddenStateConfig {
+    /// Width of the student's hidden states.
+    pub student_width: usize,
+    /// Width of the teacher's hidden states.
+    pub teacher_width: usize,
+    /// The layer mapping: (student tap, teacher tap) pairs, each tap a feature of the input
+    /// holding hidden states `[N, H]` (one row per token).
+    pub layers: Vec<(String, String)>,
+    /// MSE or cosine.
+    #[config(default = "HiddenLoss::Mse")]
+    pub loss: HiddenLoss,
+    /// A learnable projection `Linear(student_width → teacher_width, no bias)` per pair
+    /// (needed when the widths differ; DistillKit's `HiddenStateMapping`).
+    #[config(default = true)]
+    pub projection: bool,
+    /// How per-token values become each pair's loss (the pairs are then averaged).
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+    /// Floor of the norms in the cosine.
+    #[config(default = 1e-8)]
+    pub eps: f64,
+}
+
+impl HiddenStateConfig {
+    /// Validates the configuration and builds the projections on `device`.
+    pub fn init(&self, device: &Device) -> Result<HiddenState, DistillError> {
+        check_count(HiddenState::NAME, "student_width", self.student_width, 1)?;
+        check_count(HiddenState::NAME, "teacher_width", self.teacher_width, 1)?;
+        check_count(HiddenState::NAME, "layers", self.layers.len(), 1)?;
+        check_positive(HiddenState::NAME, "eps", self.eps)?;
+        if !self.projection && self.student_width != self.teacher_width {
+            return Err(DistillError::config(
+                HiddenState::NAME,
+                "projection",
+                false,
+                "the widths differ: a projection is needed",
+            ));
+        }
+        if let TokenReduction::Global(n) = self.reduction {
+            check_positive(HiddenState::NAME, "reduction (Global count)", n)?;
+        }
+        let projections = match self.projection {
+            true => self
+                .layers
+                .iter()
+                .map(|_| {
+                    LinearConfig::new(self.student_width, self.teacher_width)
+                        .with_bias(false)
+                        .init(device)
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        Ok(HiddenState {
+            projections,
+            config: self.clone(),
+        })
+    }
+}
+
+/// Hidden-state distillation (DistillKit's hidden-state losses): for each mapped pair of a
+/// student layer `i` and a teacher layer `j`, with `P` the pair's learnable projection,
+///
+/// `Lᵢⱼ = reduce_tokens d(P·hˢᵢ, hᵗⱼ)`, `d` = MSE over the width or `1 − cos`,
+///
+/// over the tokens the mask admits, and `L = mean over the pairs`. The projections are part
+/// of this module: put it beside the student in the module the optimizer updates. One term,
+/// `"hidden_state"`.
+///
+/// # Shapes
+/// - every tap `[N, H]` (student `student_width`, teacher `teacher_width`); mask `[N]`
+#[derive(Module, Debug)]
+pub struct HiddenState {
+    /// One projection per pair of layers (empty without projections).
+    pub projections: Vec<Linear>,
+    #[module(skip)]
+    config: HiddenStateConfig,
+}
+
+crate::objective!(HiddenState, "hidden_state");
+
+impl Loss for HiddenState {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let c = &self.config;
+        let input = input.of(Self::NAME);
+        let mut total: Option<Tensor<1>> = None;
+        for (i, (ts, tt)) in c.layers.iter().enumerate() {
+            let (s, t) = input.mapped(ts, tt)?;
+            let (s, t) = (Feature::flatten(s), Feature::flatten(t));
+            let ([ns, ws], [nt, wt]) = (s.dims(), t.dims());
+            if ws != c.student_width || wt != c.teacher_width || ns != nt {
+                return Err(DistillError::ShapeMismatch {
+                    objective: Self::NAME.into(),
+                    what: format!("taps `{ts}` (student) and `{tt}` (teacher)"),
+                    expected: vec![ns, c.student_width, ns, c.teacher_width],
+                    actual: vec![ns, ws, nt, wt],
+                });
+            }
+            let mask = input.mask(ns)?;
+            let (s, t) = match &mask {
+                Some(m) => {
+                    let out = |w: usize| m.clone().bool_not().unsqueeze_dim::<2>(1).expand([ns, w]);
+                    (s.mask_fill(out(ws), 0.0), t.mask_fill(out(wt), 0.0))
+                }
+                None => (s, t),
+            };
+            let s = match self.projections.get(i) {
+                Some(p) => p.forward(s),
+                None => s,
+            };
+            let rows = match c.loss {
+                HiddenLoss::Mse => mse_rows(s, t),
+                HiddenLoss::Cosine => cosine_distance_rows(s, t, c.eps),
+            };
+            let pair = c.reduction.apply(rows, mask, 1);
+            total = Some(match total {
+                None => pair,
+                Some(acc) => acc + pair,
+            });
+        }
+        let total = total.expect("at least one pair (checked at init)") * (1.0 / c.layers.len() as f64);
+        Ok(LossOutput::single(Self::NAME, total))
+    }
+}

@@ -1,0 +1,93 @@
+//! The generalized Jensen–Shannon divergence of GKD, in TRL's and Liger's convention.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
+
+use super::forward_kl::forward_kl_elements;
+use super::tokens::{Softening, TokenReduction};
+use crate::check::check_fraction;
+use crate::math::log_add_exp;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Per-element generalized-JSD terms from log-probabilities `[N, V]`, with the mixture
+/// `m = (1 − β)·p_s + β·p_t` formed in log space:
+/// `β·p_t (log p_t − log m) + (1 − β)·p_s (log p_s − log m)`. `β = 0` and `β = 1` are forward
+/// `KL(p_t ‖ p_s)` and reverse `KL(p_s ‖ p_t)` (TRL's and Liger's special cases: the formula's
+/// own limits there are 0).
+pub fn jsd_elements(log_ps: Tensor<2>, log_pt: Tensor<2>, beta: f64) -> Tensor<2> {
+    if beta == 0.0 {
+        return forward_kl_elements(log_ps, log_pt);
+    }
+    if beta == 1.0 {
+        return forward_kl_elements(log_pt, log_ps);
+    }
+    let log_m = log_add_exp(
+        log_ps.clone() + (1.0 - beta).ln(),
+        log_pt.clone() + beta.ln(),
+    );
+    forward_kl_elements(log_m.clone(), log_pt) * beta
+        + forward_kl_elements(log_m, log_ps) * (1.0 - beta)
+}
+
+/// Configuration of [`Jsd`].
+#[derive(Config, Debug)]
+pub struct JsdConfig {
+    /// β ∈ [0, 1]: the teacher's share of the mixture and the weight of `KL(p_t ‖ m)`
+    /// (0: forward KL, 1: reverse KL, 0.5: the symmetric JSD).
+    #[config(default = 0.5)]
+    pub beta: f64,
+    /// The softmax temperature `T` (> 0).
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiply by `T²` (DistillKit does; TRL and Liger do not).
+    #[config(default = false)]
+    pub t_squared: bool,
+    /// How per-token values become the total.
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+}
+
+impl JsdConfig {
+    /// Validates the configuration and builds the objective.
+    pub fn init(&self) -> Result<Jsd, DistillError> {
+        Ok(Jsd {
+            beta: check_fraction(Jsd::NAME, "beta", self.beta, true)?,
+            soft: Softening::new(Jsd::NAME, self.temperature, self.t_squared, self.reduction)?,
+        })
+    }
+}
+
+/// The generalized Jensen–Shannon divergence per token (Agarwal et al., ICLR 2024, *On-Policy
+/// Distillation of Language Models*, GKD), in TRL's `generalized_jsd_loss` and Liger's
+/// convention:
+///
+/// `m = (1 − β)·p_s + β·p_t`,  `JSD_β = β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`
+///
+/// with `p = softmax(z/T)`, reduced over the valid tokens; `β = 0` / `1` are forward / reverse
+/// KL. The mixture's log comes from a two-term log-sum-exp, so it is finite for logits of any
+/// magnitude. DistillKit's JSD is `β = 0.5` with `T²`. One term, `"jsd"`.
+///
+/// # Shapes
+/// - student and teacher logits `[N, V]`; mask `[N]` (optional)
+#[derive(Debug, Clone)]
+pub struct Jsd {
+    beta: f64,
+    soft: Softening,
+}
+
+crate::objective!(Jsd, "jsd");
+
+impl Loss for Jsd {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        self.soft.forward(Self::NAME, input, |s, t| {
+            jsd_elements(log_softmax(s, 1), log_softmax(t, 1), self.beta)
+                .sum_dim(1)
+                .squeeze_dim(1)
+        })
+    }
+}

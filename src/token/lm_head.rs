@@ -1,0 +1,330 @@
+//! Token distillation through the lm-head, in chunks: the `[N, V]` logits never exist.
+
+use std::sync::Arc;
+
+use burn::config::Config;
+use burn::tensor::{Int, Tensor};
+
+use super::tokens::TokenReduction;
+use crate::check::{check_non_negative, check_positive};
+use crate::{DistillError, DistillInput, Extension, Loss, LossOutput, cross_entropy_per_sample};
+
+/// One model's last hidden states and its lm-head: `logits = hidden · weight + bias`.
+#[derive(Debug, Clone)]
+pub struct LmHead {
+    /// The last hidden states `[N, H]`, one row per token.
+    pub hidden: Tensor<2>,
+    /// The lm-head weight in burn's `Linear` layout `[H, V]`.
+    pub weight: Tensor<2>,
+    /// The lm-head bias `[V]`, if any.
+    pub bias: Option<Tensor<1>>,
+}
+
+impl LmHead {
+    /// Hidden states `[N, H]` and an lm-head in burn's layout (`weight` `[H, V]`, as
+    /// `Linear::weight`).
+    pub fn new(hidden: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self {
+            hidden,
+            weight,
+            bias,
+        }
+    }
+
+    /// Hidden states and an lm-head in PyTorch's layout (`weight` `[V, H]`).
+    pub fn torch(hidden: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self::new(hidden, weight.transpose(), bias)
+    }
+
+    /// The logits of rows `lo..lo + len`, `[len, V]`, outside the autodiff graph.
+    fn logits(&self, lo: usize, len: usize) -> Tensor<2> {
+        let h = self.hidden.clone().narrow(0, lo, len).detach();
+        let z = h.matmul(self.weight.clone().detach());
+        match &self.bias {
+            Some(b) => z + b.clone().detach().unsqueeze_dim(0),
+            None => z,
+        }
+        .detach()
+    }
+
+    fn tracked(&self) -> bool {
+        self.hidden.is_require_grad()
+            || self.weight.is_require_grad()
+            || self.bias.as_ref().is_some_and(|b| b.is_require_grad())
+    }
+
+    /// `Σ ⟨x, g⟩` over the hidden states, weight and bias: a scalar whose gradients are the
+    /// given ones (`gh` `[N, H]`, `gw` `[H, V]`, `gb` `[V]`, taken as constants).
+    fn surrogate(&self, gh: Tensor<2>, gw: Tensor<2>, gb: Tensor<1>) -> Tensor<1> {
+        let s = (self.hidden.clone() * gh).sum() + (self.weight.clone() * gw).sum();
+        match &self.bias {
+            Some(b) => s + (b.clone() * gb).sum(),
+            None => s,
+        }
+    }
+}
+
+/// The teacher's side: its logits, or its own hidden states and lm-head.
+#[allow(clippy::large_enum_variant)] // one per input, never stored in bulk
+#[derive(Debug, Clone)]
+pub enum TeacherHead {
+    /// The teacher's logits `[N, V]` (computed elsewhere, or cached).
+    Logits(Tensor<2>),
+    /// The teacher's last hidden states and lm-head: its logits are formed chunk by chunk too.
+    Head(LmHead),
+}
+
+/// What a [`FusedLinear`] objective reads: the student's and the teacher's hidden states and
+/// lm-heads, carried by the input as an [`Extension`] (`DistillInput::with(LmHeads { … })`).
+#[derive(Debug, Clone)]
+pub struct LmHeads {
+    /// The student's hidden states and lm-head.
+    pub student: LmHead,
+    /// The teacher's logits or hidden states and lm-head.
+    pub teacher: TeacherHead,
+}
+
+impl Extension for LmHeads {
+    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extension>> {
+        let pick = |h: &LmHead| LmHead {
+            hidden: h.hidden.clone().select(0, rows.clone()),
+            ..h.clone()
+        };
+        Some(Arc::new(LmHeads {
+            student: pick(&self.student),
+            teacher: match &self.teacher {
+                TeacherHead::Logits(z) => TeacherHead::Logits(z.clone().select(0, rows.clone())),
+                TeacherHead::Head(h) => TeacherHead::Head(pick(h)),
+            },
+        }))
+    }
+}
+
+/// Configuration of [`FusedLinear`].
+#[derive(Config, Debug)]
+pub struct FusedLinearConfig {
+    /// Tokens per chunk; `None` picks about 4M logits per chunk (`⌈2²² / V⌉` rows). The result
+    /// does not depend on it beyond floating-point summation order.
+    #[config(default = "None")]
+    pub chunk_size: Option<usize>,
+    /// How the per-token values become the total (`None` is not available: the fused path
+    /// returns one value).
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+    /// Weight of the distillation (soft) part.
+    #[config(default = 1.0)]
+    pub soft_weight: f64,
+    /// Weight of a hard-label cross-entropy on the student's logits (before any temperature),
+    /// over the same tokens, in the same pass (Liger's `weight_hard_loss`); it reads the
+    /// input's labels.
+    #[config(default = 0.0)]
+    pub hard_weight: f64,
+}
+
+impl FusedLinearConfig {
+    /// Wraps `inner`, a token objective built with `TokenReduction::None` (its per-token
+    /// values are reduced here, over all chunks).
+    pub fn init<L: Loss>(&self, inner: L) -> Result<FusedLinear<L>, DistillError> {
+        if self.reduction == TokenReduction::None {
+            return Err(DistillError::config(
+                FusedLinear::<()>::NAME,
+                "reduction",
+                "None",
+                "the fused path returns one value: use Mean, ElementMean, Sum or Global",
+            ));
+        }
+        if let TokenReduction::Global(n) = self.reduction {
+            check_positive(FusedLinear::<()>::NAME, "reduction (Global count)", n)?;
+        }
+        if let Some(c) = self.chunk_size {
+            crate::check::check_count(FusedLinear::<()>::NAME, "chunk_size", c, 1)?;
+        }
+        check_non_negative(FusedLinear::<()>::NAME, "soft_weight", self.soft_weight)?;
+        check_non_negative(FusedLinear::<()>::NAME, "hard_weight", self.hard_weight)?;
+        Ok(FusedLinear {
+            inner,
+            config: self.clone(),
+        })
+    }
+}
+
+/// A token objective through the lm-head, chunk by chunk (Liger-Kernel's fused linear losses,
+/// on every backend): for each chunk of `c` tokens, the student's logits `h·W + b` (and the
+/// teacher's, from its head) are formed `[c, V]`, the wrapped objective and its gradient with
+/// respect to those logits are computed, and the gradients of the hidden states, the weight
+/// and the bias are accumulated (`dh = g·Wᵀ`, `dW += hᵀ·g`, `db += Σ g`); the chunk's logits
+/// are then dropped. Peak extra memory is one chunk's logits and the gradients themselves,
+/// never `[N, V]`.
+///
+/// `L = soft_weight · reduce_tokens inner(z_s, z_t) + hard_weight · reduce_tokens CE(z_s, y)`
+///
+/// The returned total has the loss as its value and the accumulated gradients as its
+/// gradients (in the student's hidden states, weight and bias; in the teacher's too when the
+/// input [attaches](DistillInput::attach_teacher) it and they are tracked), so it composes with
+/// any other objective and weight. One term, `"fused_linear"`.
+///
+/// # Shapes
+/// - student hidden `[N, H]`, weight `[H, V]`, bias `[V]`; teacher logits `[N, V]` or hidden
+///   `[N, Hₜ]`, weight `[Hₜ, V]`; mask or labels `[N]`
+#[derive(Debug, Clone)]
+pub struct FusedLinear<L> {
+    inner: L,
+    config: FusedLinearConfig,
+}
+
+crate::objective!(FusedLinear<L>, "fused_linear");
+
+impl<L: Loss> Loss for FusedLinear<L> {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let c = &self.config;
+        let checked = input.of(Self::NAME);
+        let heads = checked.extension::<LmHeads>("the hidden states and lm-heads (LmHeads)")?;
+        let (student, teacher) = (&heads.student, &heads.teacher);
+        let [n, hs] = student.hidden.dims();
+        let [hw, v] = student.weight.dims();
+        if hw != hs || student.bias.as_ref().is_some_and(|b| b.dims() != [v]) {
+            return Err(DistillError::ShapeMismatch {
+                objective: Self::NAME.into(),
+                what: "student lm-head weight [H, V] and bias [V]".into(),
+                expected: vec![hs, v, v],
+                actual: [student.weight.dims().to_vec(), student.bias.as_ref().map_or(vec![], |b| b.dims().to_vec())].concat(),
+            });
+        }
+        let teacher_rows_vocab = match teacher {
+            TeacherHead::Logits(z) => z.dims(),
+            TeacherHead::Head(h) => [h.hidden.dims()[0], h.weight.dims()[1]],
+        };
+        if teacher_rows_vocab != [n, v] {
+            return Err(DistillError::ShapeMismatch {
+                objective: Self::NAME.into(),
+                what: "teacher logits (tokens, vocabulary)".into(),
+                expected: vec![n, v],
+                actual: teacher_rows_vocab.to_vec(),
+            });
+        }
+        if n == 0 {
+            return Err(DistillError::EmptyBatch {
+                objective: Self::NAME.into(),
+                what: "student hidden states".into(),
+            });
+        }
+        let mask = checked.mask(n)?;
+        let targets = match c.hard_weight > 0.0 {
+            true => Some(checked.targets(n, v)?),
+            false => None,
+        };
+        let attached = input.is_teacher_attached();
+        let teacher_tracked = attached
+            && match teacher {
+                TeacherHead::Logits(z) => z.is_require_grad(),
+                TeacherHead::Head(h) => h.tracked(),
+            };
+        let chunk = c.chunk_size.unwrap_or((1usize << 22).div_ceil(v.max(1))).clamp(1, n);
+
+        let (device, dtype) = (student.hidden.device(), student.hidden.dtype());
+        let zeros2 = |shape: [usize; 2]| Tensor::<2>::zeros(shape, (&device, dtype));
+        let mut gh = Vec::new();
+        let mut gw = zeros2([hs, v]);
+        let mut gb = Tensor::<1>::zeros([v], (&device, dtype));
+        let mut teacher_g: Vec<Tensor<2>> = Vec::new();
+        let (mut tw, mut tb) = match teacher {
+            TeacherHead::Head(h) => (
+                Some(zeros2(h.weight.dims())),
+                Some(Tensor::<1>::zeros([v], (&device, dtype))),
+            ),
+            TeacherHead::Logits(_) => (None, None),
+        };
+        let mut value = Tensor::<1>::zeros([1], (&device, dtype));
+        for lo in (0..n).step_by(chunk) {
+            let len = chunk.min(n - lo);
+            let zs = student.logits(lo, len).require_grad();
+            let zt = match teacher {
+                TeacherHead::Logits(z) => z.clone().narrow(0, lo, len).detach().detach(),
+                TeacherHead::Head(h) => h.logits(lo, len),
+            };
+            let zt = match teacher_tracked {
+                true => zt.require_grad(),
+                false => zt.set_require_grad(false),
+            };
+            let mask_c = mask.clone().map(|m| m.narrow(0, lo, len));
+            let mut chunk_input = DistillInput::new(zs.clone(), zt.clone()).attach_teacher();
+            if let Some(m) = mask_c.clone() {
+                chunk_input = chunk_input.mask(m);
+            }
+            let rows = self.inner.forward(&chunk_input)?.total;
+            if rows.dims() != [len] {
+                return Err(DistillError::config(
+                    Self::NAME,
+                    "inner",
+                    self.inner.name(),
+                    "the wrapped objective must give one value per token (TokenReduction::None)",
+                ));
+            }
+            let mut part = rows.sum() * c.soft_weight;
+            if let Some(y) = &targets {
+                let ce = cross_entropy_per_sample(zs.clone(), y.clone().narrow(0, lo, len), 0.0);
+                let ce = match &mask_c {
+                    Some(m) => ce.mask_fill(m.clone().bool_not(), 0.0),
+                    None => ce,
+                };
+                part = part + ce.sum() * c.hard_weight;
+            }
+            value = value + part.clone().detach();
+            let grads = part.backward();
+            let g = zs.grad(&grads).unwrap_or_else(|| zs.clone().detach().zeros_like());
+            let h = student.hidden.clone().narrow(0, lo, len).detach();
+            gh.push(g.clone().matmul(student.weight.clone().detach().transpose()));
+            gw = gw + h.transpose().matmul(g.clone());
+            gb = gb + g.sum_dim(0).squeeze_dim(0);
+            if teacher_tracked {
+                let g = zt.grad(&grads).unwrap_or_else(|| zt.clone().detach().zeros_like());
+                match teacher {
+                    TeacherHead::Logits(_) => teacher_g.push(g),
+                    TeacherHead::Head(th) => {
+                        let h = th.hidden.clone().narrow(0, lo, len).detach();
+                        teacher_g.push(g.clone().matmul(th.weight.clone().detach().transpose()));
+                        tw = tw.map(|w| w + h.transpose().matmul(g.clone()));
+                        tb = tb.map(|b| b + g.sum_dim(0).squeeze_dim(0));
+                    }
+                }
+            }
+        }
+        // the reduction's divisor, as a tensor (no read-back)
+        let count = match &mask {
+            Some(m) => m.clone().float().cast(dtype).sum(),
+            None => Tensor::<1>::zeros([1], (&device, dtype)) + n as f64,
+        };
+        let scale = match c.reduction {
+            TokenReduction::Mean => count.clamp_min(1.0).recip(),
+            TokenReduction::ElementMean => (count.clamp_min(1.0) * v as f64).recip(),
+            TokenReduction::Global(total) => count.zeros_like() + 1.0 / total,
+            TokenReduction::Sum | TokenReduction::None => count.zeros_like() + 1.0,
+        };
+        let value = value * scale.clone();
+        let s2 = scale.clone().unsqueeze_dim::<2>(0);
+        let mut surrogate = student.surrogate(
+            Tensor::cat(gh, 0) * s2.clone(),
+            gw * s2.clone(),
+            gb * scale.clone(),
+        );
+        if teacher_tracked {
+            let g = Tensor::cat(teacher_g, 0) * s2.clone();
+            surrogate = surrogate
+                + match teacher {
+                    TeacherHead::Logits(z) => (z.clone() * g).sum(),
+                    TeacherHead::Head(th) => th.surrogate(
+                        g,
+                        tw.expect("a head's weight gradient") * s2,
+                        tb.expect("a head's bias gradient") * scale,
+                    ),
+                };
+        }
+        // value: the loss; gradient: the accumulated one
+        let total = surrogate.clone() - surrogate.detach() + value;
+        Ok(LossOutput::single(Self::NAME, total))
+    }
+}

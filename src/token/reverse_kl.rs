@@ -1,0 +1,68 @@
+//! Reverse KL per token (mode-seeking).
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
+
+use super::forward_kl::forward_kl_elements;
+use super::tokens::{Softening, TokenReduction};
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Per-element reverse-KL terms `p_s,v (log p_s,v − log p_t,v)`; their sum is `KL(p_s ‖ p_t)`.
+pub fn reverse_kl_elements(log_ps: Tensor<2>, log_pt: Tensor<2>) -> Tensor<2> {
+    forward_kl_elements(log_pt, log_ps)
+}
+
+/// Configuration of [`ReverseKl`].
+#[derive(Config, Debug)]
+pub struct ReverseKlConfig {
+    /// The softmax temperature `T` (> 0).
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiply by `T²`.
+    #[config(default = false)]
+    pub t_squared: bool,
+    /// How per-token values become the total.
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+}
+
+impl ReverseKlConfig {
+    /// Validates the configuration and builds the objective.
+    pub fn init(&self) -> Result<ReverseKl, DistillError> {
+        Ok(ReverseKl(Softening::new(
+            ReverseKl::NAME,
+            self.temperature,
+            self.t_squared,
+            self.reduction,
+        )?))
+    }
+}
+
+/// Reverse KL per token (as in MiniLLM, Gu et al., ICLR 2024):
+///
+/// `L = [T²] · reduce_tokens KL(softmax(z_s/T) ‖ softmax(z_t/T))`
+///
+/// Mode-seeking: the student may ignore teacher modes it cannot represent. torchtune's
+/// `ReverseKLLoss` is exactly this. One term, `"reverse_kl"`.
+///
+/// # Shapes
+/// - student and teacher logits `[N, V]`; mask `[N]` (optional)
+#[derive(Debug, Clone)]
+pub struct ReverseKl(Softening);
+
+crate::objective!(ReverseKl, "reverse_kl");
+
+impl Loss for ReverseKl {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        self.0.forward(Self::NAME, input, |s, t| {
+            reverse_kl_elements(log_softmax(s, 1), log_softmax(t, 1))
+                .sum_dim(1)
+                .squeeze_dim(1)
+        })
+    }
+}

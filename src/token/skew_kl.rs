@@ -1,0 +1,125 @@
+//! DistiLLM's skew KL divergences.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
+
+use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
+use super::tokens::{Softening, TokenReduction};
+use crate::check::check_fraction;
+use crate::math::log_add_exp;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// `log(α·p + (1 − α)·q)` from log-probabilities, in log space (`α ∈ [0, 1)`).
+pub fn log_skew_mixture(log_p: Tensor<2>, log_q: Tensor<2>, alpha: f64) -> Tensor<2> {
+    if alpha == 0.0 {
+        return log_q;
+    }
+    log_add_exp(log_p + alpha.ln(), log_q + (1.0 - alpha).ln())
+}
+
+/// Which distribution the skew KL matches from.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum SkewDirection {
+    /// `KL(p_t ‖ α·p_t + (1 − α)·p_s)`: DistiLLM's skew forward KL.
+    Forward,
+    /// `KL(p_s ‖ α·p_s + (1 − α)·p_t)`: DistiLLM's skew reverse KL.
+    Reverse,
+}
+
+/// Configuration of [`SkewKl`].
+#[derive(Config, Debug)]
+pub struct SkewKlConfig {
+    /// Forward or reverse.
+    #[config(default = "SkewDirection::Forward")]
+    pub direction: SkewDirection,
+    /// α ∈ [0, 1): the skew, the matched distribution's own share of the mixture (DistiLLM's
+    /// `lam`, 0.1 in the paper; 0 gives the plain KL).
+    #[config(default = 0.1)]
+    pub alpha: f64,
+    /// The softmax temperature `T` (> 0).
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiply by `T²`.
+    #[config(default = false)]
+    pub t_squared: bool,
+    /// How per-token values become the total.
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+    /// The forward form as DistiLLM computes it, the cross-entropy `−Σ p_t log m` (the skew KL
+    /// plus the teacher's entropy: the same student gradient). Only with `Forward`.
+    #[config(default = false)]
+    pub cross_entropy: bool,
+}
+
+impl SkewKlConfig {
+    /// Validates the configuration and builds the objective.
+    pub fn init(&self) -> Result<SkewKl, DistillError> {
+        if self.cross_entropy && self.direction == SkewDirection::Reverse {
+            return Err(DistillError::config(
+                SkewKl::NAME,
+                "cross_entropy",
+                true,
+                "only the forward skew KL has a cross-entropy form",
+            ));
+        }
+        Ok(SkewKl {
+            direction: self.direction,
+            alpha: check_fraction(SkewKl::NAME, "alpha", self.alpha, false)?,
+            cross_entropy: self.cross_entropy,
+            soft: Softening::new(
+                SkewKl::NAME,
+                self.temperature,
+                self.t_squared,
+                self.reduction,
+            )?,
+        })
+    }
+}
+
+/// The skew KL divergences of DistiLLM (Ko et al., ICML 2024, *DistiLLM: Towards Streamlined
+/// Distillation for Large Language Models*), per token:
+///
+/// `SKL_α(p_t ‖ p_s) = KL(p_t ‖ α·p_t + (1 − α)·p_s)`,  `SRKL_α = KL(p_s ‖ α·p_s + (1 − α)·p_t)`
+///
+/// with the mixture formed in log space (DistiLLM forms it in probability space, which is NaN
+/// once both probabilities underflow, for logits ~1e3). Skewing bounds the divergence and
+/// smooths its gradient where the student puts little mass. One term, `"skew_kl"`.
+///
+/// # Shapes
+/// - student and teacher logits `[N, V]`; mask `[N]` (optional)
+#[derive(Debug, Clone)]
+pub struct SkewKl {
+    direction: SkewDirection,
+    alpha: f64,
+    cross_entropy: bool,
+    soft: Softening,
+}
+
+crate::objective!(SkewKl, "skew_kl");
+
+impl Loss for SkewKl {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        self.soft.forward(Self::NAME, input, |s, t| {
+            let (ls, lt) = (log_softmax(s, 1), log_softmax(t, 1));
+            let elements = match self.direction {
+                SkewDirection::Forward => {
+                    let log_m = log_skew_mixture(lt.clone(), ls, self.alpha);
+                    match self.cross_entropy {
+                        true => teacher_cross_entropy_elements(log_m, lt),
+                        false => forward_kl_elements(log_m, lt),
+                    }
+                }
+                SkewDirection::Reverse => {
+                    let log_m = log_skew_mixture(ls.clone(), lt, self.alpha);
+                    forward_kl_elements(log_m, ls)
+                }
+            };
+            elements.sum_dim(1).squeeze_dim(1)
+        })
+    }
+}

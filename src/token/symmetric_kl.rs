@@ -1,0 +1,84 @@
+//! torchtune's symmetric KL: a mix of forward and reverse KL.
+
+use burn::config::Config;
+use burn::tensor::activation::log_softmax;
+
+use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
+use super::reverse_kl::reverse_kl_elements;
+use super::tokens::{Softening, TokenReduction};
+use crate::check::check_fraction;
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Configuration of [`SymmetricKl`].
+#[derive(Config, Debug)]
+pub struct SymmetricKlConfig {
+    /// λ ∈ [0, 1], the forward KL's share (torchtune's `sym_kd_ratio`).
+    #[config(default = 0.5)]
+    pub ratio: f64,
+    /// The softmax temperature `T` (> 0).
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiply by `T²`.
+    #[config(default = false)]
+    pub t_squared: bool,
+    /// How per-token values become the total.
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+    /// The forward part as the cross-entropy `−Σ p_t log p_s` (torchtune's convention; see
+    /// [`ForwardKlConfig::cross_entropy`](super::ForwardKlConfig::cross_entropy)).
+    #[config(default = false)]
+    pub cross_entropy: bool,
+}
+
+impl SymmetricKlConfig {
+    /// Validates the configuration and builds the objective.
+    pub fn init(&self) -> Result<SymmetricKl, DistillError> {
+        Ok(SymmetricKl {
+            ratio: check_fraction(SymmetricKl::NAME, "ratio", self.ratio, true)?,
+            cross_entropy: self.cross_entropy,
+            soft: Softening::new(
+                SymmetricKl::NAME,
+                self.temperature,
+                self.t_squared,
+                self.reduction,
+            )?,
+        })
+    }
+}
+
+/// The symmetric KL per token of torchtune's `SymmetricKLLoss`:
+///
+/// `L = λ·KL(p_t ‖ p_s) + (1 − λ)·KL(p_s ‖ p_t)`, reduced over the valid tokens.
+///
+/// One term, `"symmetric_kl"`.
+///
+/// # Shapes
+/// - student and teacher logits `[N, V]`; mask `[N]` (optional)
+#[derive(Debug, Clone)]
+pub struct SymmetricKl {
+    ratio: f64,
+    cross_entropy: bool,
+    soft: Softening,
+}
+
+crate::objective!(SymmetricKl, "symmetric_kl");
+
+impl Loss for SymmetricKl {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let forward = match self.cross_entropy {
+            true => teacher_cross_entropy_elements,
+            false => forward_kl_elements,
+        };
+        self.soft.forward(Self::NAME, input, |s, t| {
+            let (ls, lt) = (log_softmax(s, 1), log_softmax(t, 1));
+            (forward(ls.clone(), lt.clone()) * self.ratio
+                + reverse_kl_elements(ls, lt) * (1.0 - self.ratio))
+                .sum_dim(1)
+                .squeeze_dim(1)
+        })
+    }
+}

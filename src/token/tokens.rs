@@ -1,0 +1,155 @@
+//! What the token divergences share: masking, softening at a temperature, and the reduction
+//! over tokens.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::check::{check_positive, check_temperature};
+use crate::math::Temperature;
+use crate::{DistillError, DistillInput, LossOutput};
+
+/// How per-token divergences become the total. Rows that do not count (the mask) contribute
+/// exactly 0 under every reduction.
+///
+/// | reduction | total | as in |
+/// |---|---|---|
+/// | `Mean` | `Σ_tokens / max(valid tokens, 1)` (no valid token: 0, zero gradients) | TRL `batchmean`, torchtune `normalize`, DistillKit, Liger |
+/// | `ElementMean` | `Σ / (max(valid tokens, 1) · V)` | TRL `mean` (PyTorch's mean over elements) |
+/// | `Sum` | `Σ_tokens` | TRL `sum`, torchtune `normalize=False` |
+/// | `None` | one value per token `[N]` (0 where masked) | |
+/// | `Global(n)` | `Σ_tokens / n` | TRL `num_items_in_batch`, DistillKit |
+///
+/// `Global(n)` with `n` the number of valid tokens of the *whole* batch makes `k` accumulated
+/// micro-batches (or `r` data-parallel ranks whose gradients are summed) give exactly the
+/// gradient of the whole batch; `Mean` per micro-batch does not when their valid counts differ.
+#[derive(Config, Debug, Copy, PartialEq)]
+pub enum TokenReduction {
+    /// Mean over the valid tokens.
+    Mean,
+    /// Mean over the valid tokens' vocabulary entries.
+    ElementMean,
+    /// Sum over the valid tokens.
+    Sum,
+    /// One value per token.
+    None,
+    /// Sum over the valid tokens divided by a caller-given count (the global number of valid
+    /// tokens across micro-batches and ranks).
+    Global(f64),
+}
+
+/// Logits `[B, T, V]` as one row per token, `[B·T, V]` (row-major: token `t` of sequence `b`
+/// is row `b·T + t`).
+pub fn flatten(logits: Tensor<3>) -> Tensor<2> {
+    logits.flatten(0, 1)
+}
+
+/// A causal model's logits `[B, T, V]` at the positions that predict a next token: `[:, :-1]`,
+/// flattened to `[B·(T−1), V]`.
+pub fn shift_logits(logits: Tensor<3>) -> Tensor<2> {
+    let [b, t, v] = logits.dims();
+    logits
+        .narrow(1, 0, t.saturating_sub(1))
+        .reshape([b * t.saturating_sub(1), v])
+}
+
+/// The labels those positions predict: `[:, 1:]`, flattened to `[B·(T−1)]`.
+pub fn shift_labels(labels: Tensor<2, Int>) -> Tensor<1, Int> {
+    let [b, t] = labels.dims();
+    let t = t.saturating_sub(1);
+    labels.narrow(1, 1, t).reshape([b * t])
+}
+
+/// The temperature, the `T²` switch and the reduction every token divergence has.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Softening {
+    temperature: f64,
+    t_squared: bool,
+    reduction: TokenReduction,
+}
+
+impl Softening {
+    /// Validates the shared settings of the objective `name`.
+    pub fn new(
+        name: &str,
+        temperature: f64,
+        t_squared: bool,
+        reduction: TokenReduction,
+    ) -> Result<Self, DistillError> {
+        if let TokenReduction::Global(n) = reduction {
+            check_positive(name, "reduction (Global count)", n)?;
+        }
+        Ok(Self {
+            temperature: check_temperature(temperature)?,
+            t_squared,
+            reduction,
+        })
+    }
+
+    /// Checks the input, replaces the rows that do not count by zeros (constants: nothing
+    /// in them reaches the loss or the gradients), divides both logits by the temperature,
+    /// applies `per_token` (`[N, V]` student and teacher → `[N]`) and reduces.
+    pub fn forward(
+        &self,
+        name: &str,
+        input: &DistillInput,
+        per_token: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<1>,
+    ) -> Result<LossOutput, DistillError> {
+        let input = input.of(name);
+        let (s, t) = input.logits()?;
+        let [n, v] = s.dims();
+        let mask = input.mask(n)?;
+        // labels (when given) must be tokens of the vocabulary or the ignore index
+        input.targets_if_any(n, v)?;
+        let (s, t) = match &mask {
+            Some(m) => {
+                let out = m.clone().bool_not().unsqueeze_dim::<2>(1).expand([n, v]);
+                (s.mask_fill(out.clone(), 0.0), t.mask_fill(out, 0.0))
+            }
+            None => (s, t),
+        };
+        let temperature = Temperature::Fixed(self.temperature);
+        let rows = per_token(temperature.scale(s), temperature.scale(t));
+        let total = self.reduction.apply(rows, mask, v);
+        Ok(LossOutput::single(
+            name,
+            match self.t_squared {
+                true => temperature.times_squared(total),
+                false => total,
+            },
+        ))
+    }
+}
+
+impl TokenReduction {
+    /// Reduces per-token values `[N]` (each summed over `vocab` entries) over the rows `mask`
+    /// admits (all when `None`); masked rows contribute exactly 0.
+    pub fn apply(self, rows: Tensor<1>, mask: Option<Tensor<1, Bool>>, vocab: usize) -> Tensor<1> {
+        reduce(rows, mask, vocab, self)
+    }
+}
+
+fn reduce(
+    rows: Tensor<1>,
+    mask: Option<Tensor<1, Bool>>,
+    vocab: usize,
+    reduction: TokenReduction,
+) -> Tensor<1> {
+    let n = rows.dims()[0];
+    let (rows, count) = match mask {
+        Some(m) => {
+            let count = m.clone().float().cast(rows.dtype()).sum();
+            (rows.mask_fill(m.bool_not(), 0.0), count)
+        }
+        None => {
+            let count = rows.zeros_like().sum() + n as f64;
+            (rows, count)
+        }
+    };
+    match reduction {
+        TokenReduction::Mean => rows.sum() / count.clamp_min(1.0),
+        TokenReduction::ElementMean => rows.sum() / (count.clamp_min(1.0) * vocab as f64),
+        TokenReduction::Sum => rows.sum(),
+        TokenReduction::None => rows,
+        TokenReduction::Global(total) => rows.sum() * (1.0 / total),
+    }
+}

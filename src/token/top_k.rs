@@ -1,0 +1,225 @@
+//! Distillation from a sparse teacher: its top-k tokens and their log-probabilities.
+
+use burn::config::Config;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Bool, Tensor};
+
+use super::forward_kl::forward_kl_elements;
+use super::tokens::TokenReduction;
+use crate::check::{check_positive, check_temperature};
+use crate::math::{Temperature, log_add_exp, logsumexp};
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// The divergence [`TopK`] takes between the sparse teacher and the student.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum TopKDivergence {
+    /// `KL(p_t ‖ p_s)`.
+    ForwardKl,
+    /// `KL(p_s ‖ p_t)` (needs [`MissingMass::SymmetricUniform`]: with the teacher zero outside
+    /// its top k it is infinite).
+    ReverseKl,
+    /// The symmetric JSD, `½·KL(p_t ‖ m) + ½·KL(p_s ‖ m)`, `m = (p_t + p_s) / 2`.
+    Jsd,
+    /// The total variation `½ Σ |p_t − p_s|`.
+    Tvd,
+}
+
+/// What the teacher's probability mass outside its top k becomes (DistillKit's
+/// `MissingProbabilityHandling`).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum MissingMass {
+    /// Zero: the teacher is renormalised inside its top k and is 0 elsewhere; the student keeps
+    /// its whole distribution (the divergences are exact between the two).
+    Zero,
+    /// One extra bucket for the rest, for both distributions: the teacher's `1 − Σ_k p` and the
+    /// student's `1 − Σ_k q` form a `(k+1)`-th category.
+    SymmetricUniform,
+}
+
+/// Configuration of [`TopK`].
+#[derive(Config, Debug)]
+pub struct TopKConfig {
+    /// The divergence.
+    #[config(default = "TopKDivergence::ForwardKl")]
+    pub divergence: TopKDivergence,
+    /// What the teacher's missing mass becomes.
+    #[config(default = "MissingMass::Zero")]
+    pub missing: MissingMass,
+    /// The distillation temperature `T` (> 0): the student's logits are divided by it, the
+    /// teacher's stored log-probabilities re-tempered from `generation_temperature` to it.
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// The temperature the stored log-probabilities were computed at (> 0).
+    #[config(default = 1.0)]
+    pub generation_temperature: f64,
+    /// Multiply by `T²` (DistillKit does).
+    #[config(default = false)]
+    pub t_squared: bool,
+    /// How per-token values become the total.
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+    /// The smallest missing mass: a top-k sum is clamped to `1 − eps` before the missing
+    /// bucket's log (DistillKit's 1e-6), so a teacher whose top k hold all the mass in its
+    /// precision gets a finite bucket.
+    #[config(default = 1e-6)]
+    pub eps: f64,
+}
+
+impl TopKConfig {
+    /// Validates the configuration and builds the objective.
+    pub fn init(&self) -> Result<TopK, DistillError> {
+        if self.divergence == TopKDivergence::ReverseKl && self.missing == MissingMass::Zero {
+            return Err(DistillError::config(
+                TopK::NAME,
+                "missing",
+                "Zero",
+                "the reverse KL from a teacher that is 0 outside its top k is infinite: use SymmetricUniform",
+            ));
+        }
+        if let TokenReduction::Global(n) = self.reduction {
+            check_positive(TopK::NAME, "reduction (Global count)", n)?;
+        }
+        if !(self.eps > 0.0 && self.eps < 0.5) {
+            return Err(DistillError::config(TopK::NAME, "eps", self.eps, "must be in (0, 0.5)"));
+        }
+        Ok(TopK {
+            config: TopKConfig {
+                temperature: check_temperature(self.temperature)?,
+                generation_temperature: check_temperature(self.generation_temperature)?,
+                ..self.clone()
+            },
+        })
+    }
+}
+
+/// `log(1 − exp x)` for `x ≤ log(1 − eps)` (the log of a missing mass from the log of the mass
+/// present), clamped so the mass is at least `eps`.
+fn log_one_minus_exp(x: Tensor<2>, eps: f64) -> Tensor<2> {
+    (-(x.clamp_max((1.0 - eps).ln()).exp())).log1p()
+}
+
+/// The teacher's stored top-k log-probabilities `[N, k]` re-tempered by `α = gT / T` and
+/// normalised over the top k (`Zero`) or with the leftover mass (`SymmetricUniform`).
+pub fn retemper(log_probs: Tensor<2>, alpha: f64, missing: MissingMass, eps: f64) -> Tensor<2> {
+    match (missing, alpha == 1.0) {
+        (MissingMass::SymmetricUniform, true) => log_probs,
+        (MissingMass::Zero, _) => {
+            let scaled = log_probs * alpha;
+            scaled.clone() - logsumexp(scaled)
+        }
+        (MissingMass::SymmetricUniform, false) => {
+            let leftover = log_one_minus_exp(logsumexp(log_probs.clone()), eps) * alpha;
+            let scaled = log_probs * alpha;
+            let z = log_add_exp(logsumexp(scaled.clone()), leftover);
+            scaled - z
+        }
+    }
+}
+
+/// Per-token divergence `[N]` between a sparse teacher (its re-tempered log-probabilities
+/// `teacher` `[N, k]`) and the student, whose full-vocabulary log-probabilities at the same ids
+/// are `student` `[N, k]`.
+pub fn top_k_rows(
+    student: Tensor<2>,
+    teacher: Tensor<2>,
+    divergence: TopKDivergence,
+    missing: MissingMass,
+    eps: f64,
+) -> Tensor<1> {
+    let ln2 = std::f64::consts::LN_2;
+    // the student's mass outside the teacher's top k, `1 − Σ_k q`
+    let rest = |b: &Tensor<2>| -(b.clone().exp().sum_dim(1)) + 1.0;
+    let rows = match missing {
+        MissingMass::SymmetricUniform => {
+            let bucket = |x: &Tensor<2>| log_one_minus_exp(logsumexp(x.clone()), eps);
+            let a = Tensor::cat(vec![teacher.clone(), bucket(&teacher)], 1);
+            let b = Tensor::cat(vec![student.clone(), bucket(&student)], 1);
+            match divergence {
+                TopKDivergence::ForwardKl => forward_kl_elements(b, a).sum_dim(1),
+                TopKDivergence::ReverseKl => forward_kl_elements(a, b).sum_dim(1),
+                TopKDivergence::Jsd => {
+                    let m = log_add_exp(a.clone(), b.clone()) - ln2;
+                    (forward_kl_elements(m.clone(), a) + forward_kl_elements(m, b)).sum_dim(1)
+                        * 0.5
+                }
+                TopKDivergence::Tvd => (a.exp() - b.exp()).abs().sum_dim(1) * 0.5,
+            }
+        }
+        MissingMass::Zero => match divergence {
+            TopKDivergence::ForwardKl | TopKDivergence::ReverseKl => {
+                forward_kl_elements(student, teacher).sum_dim(1)
+            }
+            // outside the top k: p_t = 0, m = q / 2, so each q there adds q·ln 2 to KL(q ‖ m)
+            TopKDivergence::Jsd => {
+                let m = log_add_exp(teacher.clone(), student.clone()) - ln2;
+                let sparse = forward_kl_elements(m.clone(), teacher) + forward_kl_elements(m, student.clone());
+                (sparse.sum_dim(1) + rest(&student) * ln2) * 0.5
+            }
+            TopKDivergence::Tvd => {
+                ((teacher.exp() - student.clone().exp()).abs().sum_dim(1) + rest(&student)) * 0.5
+            }
+        },
+    };
+    rows.squeeze_dim(1)
+}
+
+/// Distillation from a sparse teacher (DistillKit's offline top-k signal, ~300 bytes a token
+/// at k = 64 instead of the whole vocabulary): the teacher is given as the ids of its top-k
+/// tokens and their log-probabilities ([`DistillInput::sparse_teacher`]), the student as its
+/// full logits `[N, V]`. With `q = softmax(z_s / T)` gathered at the ids and the teacher's
+/// log-probabilities re-tempered from the generation temperature to `T`:
+///
+/// - [`MissingMass::Zero`]: the teacher renormalised over its top k and 0 elsewhere; the
+///   forward KL, JSD and TVD are exact between it and the student's whole distribution;
+/// - [`MissingMass::SymmetricUniform`]: both distributions get a `(k+1)`-th bucket with
+///   their missing mass, and the divergence is taken over `k + 1` categories (computed in log
+///   space: DistillKit's is NaN when a float32 top-k sum reaches 1).
+///
+/// `[T²] · reduce_tokens D(p_t, p_s)` over the rows the mask admits. One term, `"top_k"`.
+///
+/// # Shapes
+/// - student logits `[N, V]`; sparse teacher ids and log-probabilities `[N, k]`; mask `[N]`
+#[derive(Debug, Clone)]
+pub struct TopK {
+    config: TopKConfig,
+}
+
+crate::objective!(TopK, "top_k");
+
+impl Loss for TopK {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let c = &self.config;
+        let input = input.of(Self::NAME);
+        let s = input.student_logits()?;
+        let [n, v] = s.dims();
+        let mask = input.mask(n)?;
+        input.targets_if_any(n, v)?;
+        let (ids, lp) = input.sparse_teacher(n, v)?;
+        let k = ids.dims()[1];
+        let (s, lp) = match &mask {
+            Some(m) => {
+                let out = |w: usize| -> Tensor<2, Bool> {
+                    m.clone().bool_not().unsqueeze_dim::<2>(1).expand([n, w])
+                };
+                (s.mask_fill(out(v), 0.0), lp.mask_fill(out(k), (1.0 / k as f64).ln()))
+            }
+            None => (s, lp),
+        };
+        let temperature = Temperature::Fixed(c.temperature);
+        let student = log_softmax(temperature.scale(s), 1).gather(1, ids);
+        let teacher = retemper(lp, c.generation_temperature / c.temperature, c.missing, c.eps);
+        let rows = top_k_rows(student, teacher, c.divergence, c.missing, c.eps);
+        let total = c.reduction.apply(rows, mask, v);
+        Ok(LossOutput::single(
+            Self::NAME,
+            match c.t_squared {
+                true => temperature.times_squared(total),
+                false => total,
+            },
+        ))
+    }
+}

@@ -1,0 +1,68 @@
+//! Total variation distance per token.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+
+use super::tokens::{Softening, TokenReduction};
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// Per-element total-variation terms `|p_t,v − p_s,v| / 2` from probabilities `[N, V]`; their
+/// sum over `v` is the total variation distance, in `[0, 1]`. Where `p_s = p_t` the gradient is
+/// 0 (the subgradient PyTorch's `abs` takes).
+pub fn tvd_elements(ps: Tensor<2>, pt: Tensor<2>) -> Tensor<2> {
+    (pt - ps).abs() * 0.5
+}
+
+/// Configuration of [`Tvd`].
+#[derive(Config, Debug)]
+pub struct TvdConfig {
+    /// The softmax temperature `T` (> 0).
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Multiply by `T²` (DistillKit does, even for the TVD).
+    #[config(default = false)]
+    pub t_squared: bool,
+    /// How per-token values become the total.
+    #[config(default = "TokenReduction::Mean")]
+    pub reduction: TokenReduction,
+}
+
+impl TvdConfig {
+    /// Validates the configuration and builds the objective.
+    pub fn init(&self) -> Result<Tvd, DistillError> {
+        Ok(Tvd(Softening::new(
+            Tvd::NAME,
+            self.temperature,
+            self.t_squared,
+            self.reduction,
+        )?))
+    }
+}
+
+/// The total variation distance per token (Liger's `LigerTVDLoss`, DistillKit's `TVDLoss`):
+///
+/// `L = [T²] · reduce_tokens ½ Σ_v |softmax(z_t/T)_v − softmax(z_s/T)_v|`
+///
+/// Bounded by 1 per token, whatever the logits. One term, `"tvd"`.
+///
+/// # Shapes
+/// - student and teacher logits `[N, V]`; mask `[N]` (optional)
+#[derive(Debug, Clone)]
+pub struct Tvd(Softening);
+
+crate::objective!(Tvd, "tvd");
+
+impl Loss for Tvd {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        self.0.forward(Self::NAME, input, |s, t| {
+            tvd_elements(softmax(s, 1), softmax(t, 1))
+                .sum_dim(1)
+                .squeeze_dim(1)
+        })
+    }
+}

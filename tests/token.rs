@@ -1,0 +1,762 @@
+//! The token family: finite-difference gradients in f64 (student and teacher) for every
+//! divergence, its invariants, masking, accumulation and data parallelism, large logits, and
+//! typed errors.
+
+mod common;
+
+use burn::tensor::{DType, Tensor};
+use burn_distill::prelude::*;
+use burn_distill::token::{
+    ForwardKlConfig, JsdConfig, LogitCosineConfig, ReverseKlConfig, SkewDirection, SkewKlConfig,
+    SymmetricKlConfig, TokenReduction, TvdConfig, shift_labels, shift_logits,
+};
+use common::*;
+use proptest::prelude::*;
+
+/// Every token objective, with a reduction, at temperature `temp`.
+fn objectives(temp: f64, reduction: TokenReduction) -> Vec<Box<dyn Loss>> {
+    vec![
+        ForwardKlConfig::new()
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .init()
+            .unwrap()
+            .boxed(),
+        ForwardKlConfig::new()
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .with_cross_entropy(true)
+            .init()
+            .unwrap()
+            .boxed(),
+        ReverseKlConfig::new()
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .with_t_squared(true)
+            .init()
+            .unwrap()
+            .boxed(),
+        JsdConfig::new()
+            .with_beta(0.3)
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .init()
+            .unwrap()
+            .boxed(),
+        SymmetricKlConfig::new()
+            .with_ratio(0.7)
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .init()
+            .unwrap()
+            .boxed(),
+        SkewKlConfig::new()
+            .with_alpha(0.2)
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .init()
+            .unwrap()
+            .boxed(),
+        SkewKlConfig::new()
+            .with_direction(SkewDirection::Reverse)
+            .with_alpha(0.4)
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .init()
+            .unwrap()
+            .boxed(),
+        TvdConfig::new()
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .init()
+            .unwrap()
+            .boxed(),
+        LogitCosineConfig::new()
+            .with_reduction(reduction)
+            .init()
+            .unwrap()
+            .boxed(),
+    ]
+}
+
+/// Tokens: `n` rows of `v` logits for student and teacher, and which rows count.
+#[derive(Debug, Clone)]
+struct Tokens {
+    n: usize,
+    v: usize,
+    s: Vec<f64>,
+    t: Vec<f64>,
+    mask: Vec<bool>,
+    temp: f64,
+}
+
+fn tokens() -> impl Strategy<Value = Tokens> {
+    (1usize..6, 2usize..9, 0.5f64..4.0).prop_flat_map(|(n, v, temp)| {
+        let logits = prop::collection::vec(-3.0f64..3.0, n * v);
+        (
+            logits.clone(),
+            logits,
+            prop::collection::vec(prop::bool::weighted(0.7), n),
+        )
+            .prop_map(move |(s, t, mask)| Tokens {
+                n,
+                v,
+                s,
+                t,
+                mask,
+                temp,
+            })
+    })
+}
+
+fn mask_tensor(mask: &[bool]) -> Tensor<1, burn::tensor::Bool> {
+    ints(mask.iter().map(|&m| m as i64).collect()).equal_elem(1)
+}
+
+impl Tokens {
+    fn input(&self, s: Tensor<2>, t: Tensor<2>) -> DistillInput {
+        DistillInput::new(s, t).mask(mask_tensor(&self.mask))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Analytic gradients against central differences, in the student and the teacher.
+    #[test]
+    fn gradients_match_finite_differences(b in tokens()) {
+        // the TVD's |·| has a kink at p_s = p_t: keep the two apart
+        let apart = b.s.iter().zip(&b.t).all(|(s, t)| (s - t).abs() > 1e-2);
+        for loss in objectives(b.temp, TokenReduction::Mean) {
+            if loss.name() == "tvd" && !apart {
+                continue;
+            }
+            let shape = [b.n, b.v];
+            let (s, t) = (f64t(b.s.clone(), shape).require_grad(), f64t(b.t.clone(), shape).require_grad());
+            let grads = loss
+                .forward(&b.input(s.clone(), t.clone()).attach_teacher())
+                .unwrap()
+                .total
+                .backward();
+            let value = |sv: Vec<f64>, tv: Vec<f64>| {
+                loss.forward(&b.input(f64t(sv, shape), f64t(tv, shape))).unwrap().value()
+            };
+            let num_s = numeric_grad(&|x| value(x, b.t.clone()), &b.s, 1e-6);
+            let num_t = numeric_grad(&|x| value(b.s.clone(), x), &b.t, 1e-6);
+            let fail = |m: String| TestCaseError::fail(format!("{}: {m}", loss.name()));
+            close("d/ds", &values(s.grad(&grads).unwrap()), &num_s, 1e-5, 1e-8).map_err(fail)?;
+            close("d/dt", &values(t.grad(&grads).unwrap()), &num_t, 1e-5, 1e-8).map_err(fail)?;
+        }
+    }
+
+    /// The divergences are zero when the distributions are equal (the cross-entropy forms
+    /// are the teacher's entropy, and so exceed the KL by exactly that); JSD and TVD are
+    /// symmetric at β = 0.5 and bounded.
+    #[test]
+    fn invariants(b in tokens()) {
+        let shape = [b.n, b.v];
+        let same = b.input(f64t(b.s.clone(), shape), f64t(b.s.clone(), shape));
+        for loss in objectives(b.temp, TokenReduction::Sum) {
+            let v = loss.forward(&same).unwrap().value();
+            if loss.name() == "forward_kl" && v.abs() > 1e-12 {
+                // the cross-entropy form: the teacher's entropy
+                prop_assert!(v > 0.0);
+                continue;
+            }
+            prop_assert!(v.abs() < 1e-10, "{} at p_s = p_t: {v}", loss.name());
+        }
+        let input = b.input(f64t(b.s.clone(), shape), f64t(b.t.clone(), shape));
+        let swapped = b.input(f64t(b.t.clone(), shape), f64t(b.s.clone(), shape));
+        let sum = |l: &dyn Loss, i: &DistillInput| l.forward(i).unwrap().value();
+        let jsd = JsdConfig::new().with_temperature(b.temp).with_reduction(TokenReduction::Sum).init().unwrap();
+        prop_assert!((sum(&jsd, &input) - sum(&jsd, &swapped)).abs() < 1e-10);
+        let valid = b.mask.iter().filter(|&&m| m).count() as f64;
+        prop_assert!(sum(&jsd, &input) <= valid * std::f64::consts::LN_2 + 1e-12);
+        let tvd = TvdConfig::new().with_temperature(b.temp).with_reduction(TokenReduction::Sum).init().unwrap();
+        prop_assert!(sum(&tvd, &input) <= valid + 1e-12);
+        // the cross-entropy form exceeds the KL by the teacher's entropy, token by token
+        let kl = ForwardKlConfig::new().with_temperature(b.temp).with_reduction(TokenReduction::None).init().unwrap();
+        let ce = ForwardKlConfig::new().with_temperature(b.temp).with_reduction(TokenReduction::None).with_cross_entropy(true).init().unwrap();
+        let (kl, ce) = (values(kl.forward(&input).unwrap().total), values(ce.forward(&input).unwrap().total));
+        for i in 0..b.n {
+            let row: Vec<f64> = b.t[i * b.v..(i + 1) * b.v].iter().map(|z| z / b.temp).collect();
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + row.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+            let entropy: f64 = row.iter().map(|z| -(z - lse).exp() * (z - lse)).sum();
+            let want = if b.mask[i] { kl[i] + entropy } else { 0.0 };
+            prop_assert!((ce[i] - want).abs() < 1e-10, "row {i}: {} vs {want}", ce[i]);
+        }
+    }
+
+    /// JSD(β) tends to 0 as β → 0 or 1 (the formula's limits), while β = 0 and 1 themselves
+    /// are forward and reverse KL (TRL's and Liger's special cases).
+    #[test]
+    fn jsd_limits(b in tokens()) {
+        let shape = [b.n, b.v];
+        let input = b.input(f64t(b.s.clone(), shape), f64t(b.t.clone(), shape));
+        let at = |beta: f64| JsdConfig::new().with_beta(beta).with_temperature(b.temp).init().unwrap().forward(&input).unwrap().value();
+        let fkl = ForwardKlConfig::new().with_temperature(b.temp).init().unwrap().forward(&input).unwrap().value();
+        let rkl = ReverseKlConfig::new().with_temperature(b.temp).init().unwrap().forward(&input).unwrap().value();
+        prop_assert!((at(0.0) - fkl).abs() < 1e-12 && (at(1.0) - rkl).abs() < 1e-12);
+        prop_assert!(at(1e-6).abs() < 1e-4 * (1.0 + fkl) && at(1.0 - 1e-6).abs() < 1e-4 * (1.0 + rkl));
+    }
+
+    /// `k` micro-batches (or ranks) with `Global(total valid tokens)` sum to exactly the whole
+    /// batch's `Mean` loss and gradient; `Mean` per micro-batch does not in general.
+    #[test]
+    fn accumulation_gives_the_whole_batch(b in tokens(), cut in 0usize..6) {
+        let cut = cut.min(b.n);
+        let shape = [b.n, b.v];
+        let valid = b.mask.iter().filter(|&&m| m).count();
+        let whole = JsdConfig::new().with_temperature(b.temp).init().unwrap();
+        let s = f64t(b.s.clone(), shape).require_grad();
+        let grads = whole.forward(&b.input(s.clone(), f64t(b.t.clone(), shape))).unwrap().total.backward();
+        let want = values(s.grad(&grads).unwrap());
+        let global = JsdConfig::new()
+            .with_temperature(b.temp)
+            .with_reduction(TokenReduction::Global(valid.max(1) as f64))
+            .init()
+            .unwrap();
+        let mut got = Vec::new();
+        let mut value = 0.0;
+        for (lo, hi) in [(0, cut), (cut, b.n)] {
+            if lo == hi {
+                continue;
+            }
+            let rows = hi - lo;
+            let part = |x: &[f64]| x[lo * b.v..hi * b.v].to_vec();
+            let s = f64t(part(&b.s), [rows, b.v]).require_grad();
+            let input = DistillInput::new(s.clone(), f64t(part(&b.t), [rows, b.v]))
+                .mask(mask_tensor(&b.mask[lo..hi]));
+            let out = global.forward(&input).unwrap();
+            value += out.value();
+            got.extend(values(s.grad(&out.total.backward()).unwrap()));
+        }
+        let whole_value = whole.forward(&b.input(f64t(b.s.clone(), shape), f64t(b.t.clone(), shape))).unwrap().value();
+        prop_assert!((value - whole_value).abs() < 1e-12 * (1.0 + whole_value.abs()));
+        close("accumulated d/ds", &got, &want, 1e-12, 1e-15).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// An empty mask gives 0 and zero gradients, never NaN, under every reduction.
+#[test]
+fn empty_mask_is_zero() {
+    for reduction in [
+        TokenReduction::Mean,
+        TokenReduction::ElementMean,
+        TokenReduction::Sum,
+        TokenReduction::Global(4.0),
+    ] {
+        for loss in objectives(2.0, reduction) {
+            let s = f64t(vec![1.0, -2.0, 0.5, 3.0, 0.0, 1.0], [2, 3]).require_grad();
+            let t = f64t(vec![0.0, 2.0, -1.0, 1.0, 1.0, 1.0], [2, 3]).require_grad();
+            let input = DistillInput::new(s.clone(), t.clone())
+                .labels(ints(vec![-100, -100]), -100)
+                .attach_teacher();
+            let out = loss.forward(&input).unwrap();
+            assert_eq!(out.value(), 0.0, "{}", loss.name());
+            let grads = out.total.backward();
+            for g in [s.grad(&grads), t.grad(&grads)].into_iter().flatten() {
+                assert!(values(g).iter().all(|v| *v == 0.0), "{}", loss.name());
+            }
+        }
+    }
+}
+
+/// A padded row full of NaN and infinities changes nothing: the loss and the gradients of the
+/// other rows are those of the valid rows alone, and the padded row's gradient is 0.
+#[test]
+fn masked_rows_never_reach_the_loss() {
+    let good_s = vec![1.0, -2.0, 0.5, 3.0, 0.0, 1.0];
+    let good_t = vec![0.0, 2.0, -1.0, 1.0, 1.0, 1.0];
+    let mut s_with = good_s.clone();
+    s_with.extend([f64::NAN, f64::INFINITY, 1.0]);
+    let mut t_with = good_t.clone();
+    t_with.extend([f64::NEG_INFINITY, 0.0, f64::NAN]);
+    for loss in objectives(1.5, TokenReduction::Mean) {
+        let plain = loss
+            .forward(&DistillInput::new(
+                f64t(good_s.clone(), [2, 3]),
+                f64t(good_t.clone(), [2, 3]),
+            ))
+            .unwrap()
+            .value();
+        let s = f64t(s_with.clone(), [3, 3]).require_grad();
+        let input = DistillInput::new(s.clone(), f64t(t_with.clone(), [3, 3]))
+            .labels(ints(vec![2, 0, -100]), -100);
+        let out = loss.forward(&input).unwrap();
+        assert!(
+            (out.value() - plain).abs() < 1e-12,
+            "{}: {} vs {plain}",
+            loss.name(),
+            out.value()
+        );
+        let g = values(s.grad(&out.total.backward()).unwrap());
+        assert!(g.iter().all(|v| v.is_finite()), "{}: {g:?}", loss.name());
+        assert!(g[6..].iter().all(|v| *v == 0.0), "{}", loss.name());
+    }
+}
+
+/// Logits of magnitude 1e4 in f32: finite losses and gradients.
+#[test]
+fn finite_at_large_logits_in_f32() {
+    let s: Vec<f64> = (0..12)
+        .map(|i| {
+            if i % 3 == 0 {
+                1e4
+            } else {
+                -1e4 * (i as f64 / 12.0)
+            }
+        })
+        .collect();
+    let t: Vec<f64> = (0..12)
+        .map(|i| {
+            if i % 4 == 1 {
+                -1e4
+            } else {
+                1e4 * (i as f64 / 12.0)
+            }
+        })
+        .collect();
+    for loss in objectives(1.0, TokenReduction::Mean) {
+        let (sl, tl) = (
+            tensor(s.clone(), [3, 4], DType::F32).require_grad(),
+            tensor(t.clone(), [3, 4], DType::F32).require_grad(),
+        );
+        let out = loss
+            .forward(&DistillInput::new(sl.clone(), tl.clone()).attach_teacher())
+            .unwrap();
+        assert!(out.value().is_finite(), "{}: {}", loss.name(), out.value());
+        let grads = out.total.backward();
+        for g in [sl.grad(&grads).unwrap(), tl.grad(&grads).unwrap()] {
+            assert!(values(g).iter().all(|v| v.is_finite()), "{}", loss.name());
+        }
+    }
+}
+
+/// The causal shift: position `t` predicts label `t + 1`.
+#[test]
+fn causal_shift_aligns_positions_with_next_labels() {
+    let z: Vec<f64> = (0..2 * 3 * 2).map(|i| i as f64).collect();
+    let logits = Tensor::<3>::from_data(burn::tensor::TensorData::new(z, [2, 3, 2]), &device());
+    let shifted = values(shift_logits(logits));
+    assert_eq!(shifted, [0.0, 1.0, 2.0, 3.0, 6.0, 7.0, 8.0, 9.0]);
+    let labels = Tensor::<2, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(vec![10i64, 11, 12, 20, 21, 22], [2, 3]),
+        &device(),
+    );
+    let y: Vec<i64> = shift_labels(labels)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap();
+    assert_eq!(y, [11, 12, 21, 22]);
+}
+
+/// Typed errors: a vocabulary mismatch, a mask of the wrong length, β and α out of range.
+#[test]
+fn bad_input_is_a_typed_error() {
+    let jsd = JsdConfig::new().init().unwrap();
+    let err = jsd
+        .forward(&DistillInput::new(
+            f64t(vec![0.0; 6], [2, 3]),
+            f64t(vec![0.0; 8], [2, 4]),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DistillError::ClassMismatch {
+                student: 3,
+                teacher: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = jsd
+        .forward(
+            &DistillInput::new(f64t(vec![0.0; 6], [2, 3]), f64t(vec![0.0; 6], [2, 3]))
+                .labels(ints(vec![0, 1, 2]), -100),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, DistillError::ShapeMismatch { ref what, .. } if what.contains("mask")),
+        "{err}"
+    );
+    let err = jsd
+        .forward(
+            &DistillInput::new(f64t(vec![0.0; 6], [2, 3]), f64t(vec![0.0; 6], [2, 3]))
+                .labels(ints(vec![3, -100]), -100),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DistillError::TargetOutOfRange {
+                target: 3,
+                classes: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for beta in [-0.1, 1.1, f64::NAN] {
+        assert!(matches!(
+            JsdConfig::new().with_beta(beta).init(),
+            Err(DistillError::InvalidConfig { .. })
+        ));
+    }
+    for alpha in [-0.1, 1.0, f64::INFINITY] {
+        assert!(matches!(
+            SkewKlConfig::new().with_alpha(alpha).init(),
+            Err(DistillError::InvalidConfig { .. })
+        ));
+    }
+    assert!(
+        SkewKlConfig::new()
+            .with_direction(SkewDirection::Reverse)
+            .with_cross_entropy(true)
+            .init()
+            .is_err()
+    );
+    assert!(matches!(
+        JsdConfig::new()
+            .with_reduction(TokenReduction::Global(0.0))
+            .init(),
+        Err(DistillError::InvalidConfig { .. })
+    ));
+    assert!(matches!(
+        TvdConfig::new().with_temperature(0.0).init(),
+        Err(DistillError::InvalidTemperature(_))
+    ));
+}
+
+mod fused_and_sparse {
+    use super::*;
+    use burn::module::Param;
+    use burn::tensor::Int;
+    use burn_distill::token::{
+        FusedLinearConfig, HiddenLoss, HiddenStateConfig, LmHead, LmHeads, MissingMass,
+        TeacherHead, TopKConfig, TopKDivergence,
+    };
+
+    fn det(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// The fused lm-head path equals the dense objective on materialised logits — loss and
+    /// the gradients of the student's hidden states, weight and bias and (attached) of the
+    /// teacher's — for every chunk size, including ones that do not divide N, in f64.
+    #[test]
+    fn fused_linear_equals_the_dense_objective_for_every_chunk_size() {
+        let (n, h, ht, v) = (7, 5, 4, 9);
+        let mask = vec![true, true, false, true, true, false, true];
+        let labels: Vec<i64> = (0..n as i64)
+            .map(|i| if mask[i as usize] { i % v as i64 } else { -100 })
+            .collect();
+        let (xs, ws, bs) = (det(n * h, 1, 1.0), det(h * v, 2, 1.0), det(v, 3, 0.5));
+        let (xt, wt) = (det(n * ht, 4, 1.0), det(ht * v, 5, 1.0));
+        let leaf2 = |d: &[f64], s: [usize; 2]| f64t(d.to_vec(), s).require_grad();
+        for (reduction, hard) in [
+            (TokenReduction::Mean, 0.0),
+            (TokenReduction::Sum, 0.4),
+            (TokenReduction::Global(3.0), 0.2),
+        ] {
+            // dense: materialise both logits, the objective plus the hard term
+            let (x, w, b) = (
+                leaf2(&xs, [n, h]),
+                leaf2(&ws, [h, v]),
+                f64t(bs.clone(), [v]).require_grad(),
+            );
+            let (x2, w2) = (leaf2(&xt, [n, ht]), leaf2(&wt, [ht, v]));
+            let zs = x.clone().matmul(w.clone()) + b.clone().unsqueeze_dim(0);
+            let zt = x2.clone().matmul(w2.clone());
+            let jsd = |r| {
+                JsdConfig::new()
+                    .with_beta(0.3)
+                    .with_temperature(2.0)
+                    .with_reduction(r)
+                    .init()
+                    .unwrap()
+            };
+            let input = DistillInput::new(zs, zt)
+                .labels(ints(labels.clone()), -100)
+                .attach_teacher();
+            let ce_total = {
+                let ce = burn_distill::cross_entropy_per_sample(
+                    x.clone().matmul(w.clone()) + b.clone().unsqueeze_dim(0),
+                    ints(labels.iter().map(|&y| y.max(0)).collect()),
+                    0.0,
+                )
+                .mask_fill(mask_tensor(&mask).bool_not(), 0.0)
+                .sum();
+                let valid = mask.iter().filter(|&&m| m).count() as f64;
+                match reduction {
+                    TokenReduction::Mean => ce * (1.0 / valid),
+                    TokenReduction::Global(g) => ce * (1.0 / g),
+                    _ => ce,
+                }
+            };
+            let dense = jsd(reduction).forward(&input).unwrap().total + ce_total * hard;
+            let want_value = values(dense.clone())[0];
+            let grads = dense.backward();
+            let want: Vec<Vec<f64>> = vec![
+                values(x.grad(&grads).unwrap()),
+                values(w.grad(&grads).unwrap()),
+                values(b.grad(&grads).unwrap()),
+                values(x2.grad(&grads).unwrap()),
+                values(w2.grad(&grads).unwrap()),
+            ];
+            for chunk in [1, 2, 3, 7, 50] {
+                let fused = FusedLinearConfig::new()
+                    .with_chunk_size(Some(chunk))
+                    .with_reduction(reduction)
+                    .with_hard_weight(hard)
+                    .init(jsd(TokenReduction::None))
+                    .unwrap();
+                let (x, w, b) = (
+                    leaf2(&xs, [n, h]),
+                    leaf2(&ws, [h, v]),
+                    f64t(bs.clone(), [v]).require_grad(),
+                );
+                let (x2, w2) = (leaf2(&xt, [n, ht]), leaf2(&wt, [ht, v]));
+                let input = DistillInput::features_only()
+                    .labels(ints(labels.clone()), -100)
+                    .with(LmHeads {
+                        student: LmHead::new(x.clone(), w.clone(), Some(b.clone())),
+                        teacher: TeacherHead::Head(LmHead::new(x2.clone(), w2.clone(), None)),
+                    })
+                    .attach_teacher();
+                let out = fused.forward(&input).unwrap();
+                assert!(
+                    (out.value() - want_value).abs() < 1e-12 * (1.0 + want_value.abs()),
+                    "chunk {chunk}: {} vs {want_value}",
+                    out.value()
+                );
+                let grads = out.total.backward();
+                let got = [
+                    values(x.grad(&grads).unwrap()),
+                    values(w.grad(&grads).unwrap()),
+                    values(b.grad(&grads).unwrap()),
+                    values(x2.grad(&grads).unwrap()),
+                    values(w2.grad(&grads).unwrap()),
+                ];
+                for (k, (g, want)) in got.iter().zip(&want).enumerate() {
+                    close(
+                        &format!("chunk {chunk} gradient {k}"),
+                        g,
+                        want,
+                        1e-11,
+                        1e-14,
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    }
+
+    /// A frozen teacher given as logits: no teacher gradient, the same student gradient; the
+    /// automatic chunk size; an input without `LmHeads` is a typed error.
+    #[test]
+    fn fused_linear_with_teacher_logits_and_errors() {
+        let (n, h, v) = (4, 3, 6);
+        let x = f64t(det(n * h, 7, 1.0), [n, h]).require_grad();
+        let w = f64t(det(h * v, 8, 1.0), [h, v]).require_grad();
+        let zt = f64t(det(n * v, 9, 2.0), [n, v]);
+        let fkl = ForwardKlConfig::new()
+            .with_reduction(TokenReduction::None)
+            .init()
+            .unwrap();
+        let fused = FusedLinearConfig::new().init(fkl).unwrap();
+        let input = DistillInput::features_only().with(LmHeads {
+            student: LmHead::new(x.clone(), w.clone(), None),
+            teacher: TeacherHead::Logits(zt.clone()),
+        });
+        let out = fused.forward(&input).unwrap();
+        let dense = ForwardKlConfig::new()
+            .init()
+            .unwrap()
+            .forward(&DistillInput::new(x.clone().matmul(w.clone()), zt))
+            .unwrap();
+        assert!((out.value() - dense.value()).abs() < 1e-12);
+        let (g1, g2) = (out.total.backward(), dense.total.backward());
+        close(
+            "dh",
+            &values(x.grad(&g1).unwrap()),
+            &values(x.grad(&g2).unwrap()),
+            1e-12,
+            1e-14,
+        )
+        .unwrap();
+        let err = fused.forward(&DistillInput::features_only()).unwrap_err();
+        assert!(matches!(err, DistillError::MissingInput { .. }), "{err}");
+        let per_mean = FusedLinearConfig::new()
+            .init(ForwardKlConfig::new().init().unwrap())
+            .unwrap();
+        assert!(matches!(
+            per_mean.forward(&input),
+            Err(DistillError::InvalidConfig { .. })
+        ));
+        assert!(
+            FusedLinearConfig::new()
+                .with_reduction(TokenReduction::None)
+                .init(ForwardKlConfig::new().init().unwrap())
+                .is_err()
+        );
+    }
+
+    fn top_k_input(s: Tensor<2>, ids: Vec<i64>, lp: Vec<f64>, n: usize, k: usize) -> DistillInput {
+        let ids =
+            Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [n, k]), &device());
+        DistillInput::student(s).sparse_teacher(ids, f64t(lp, [n, k]))
+    }
+
+    /// With every token in the top k (k = V), the sparse teacher under `Zero` is the dense one:
+    /// `TopK` equals the dense forward KL, JSD(½) and TVD.
+    #[test]
+    fn top_k_with_the_whole_vocabulary_is_the_dense_objective() {
+        let (n, v) = (3, 5);
+        let (s, t) = (det(n * v, 11, 2.0), det(n * v, 12, 2.0));
+        let mut ids = Vec::new();
+        let mut lp = Vec::new();
+        for i in 0..n {
+            let row = &t[i * v..(i + 1) * v];
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + row.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+            // in a shuffled order
+            for j in [3, 0, 4, 1, 2] {
+                ids.push(j as i64);
+                lp.push(row[j] - lse);
+            }
+        }
+        let dense_input = DistillInput::new(f64t(s.clone(), [n, v]), f64t(t.clone(), [n, v]));
+        for (div, dense) in [
+            (
+                TopKDivergence::ForwardKl,
+                ForwardKlConfig::new().init().unwrap().boxed(),
+            ),
+            (
+                TopKDivergence::Jsd,
+                JsdConfig::new().with_beta(0.5).init().unwrap().boxed(),
+            ),
+            (
+                TopKDivergence::Tvd,
+                TvdConfig::new().init().unwrap().boxed(),
+            ),
+        ] {
+            let top = TopKConfig::new().with_divergence(div).init().unwrap();
+            let got = top
+                .forward(&top_k_input(
+                    f64t(s.clone(), [n, v]),
+                    ids.clone(),
+                    lp.clone(),
+                    n,
+                    v,
+                ))
+                .unwrap()
+                .value();
+            let want = dense.forward(&dense_input).unwrap().value();
+            assert!((got - want).abs() < 1e-12, "{div:?}: {got} vs {want}");
+        }
+        assert!(
+            TopKConfig::new()
+                .with_divergence(TopKDivergence::ReverseKl)
+                .init()
+                .is_err()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// `TopK`'s student gradient against central differences, every divergence and
+        /// missing-mass rule (k < V).
+        #[test]
+        fn top_k_gradients_match_finite_differences(seed in 0u64..1000, k in 1usize..4) {
+            let (n, v) = (3, 6);
+            let s = det(n * v, seed, 2.0);
+            let t = det(n * v, seed + 7, 2.0);
+            let mut ids = Vec::new();
+            let mut lp = Vec::new();
+            for i in 0..n {
+                let row = &t[i * v..(i + 1) * v];
+                let m = row.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = m + row.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+                let mut order: Vec<usize> = (0..v).collect();
+                order.sort_by(|a, b| row[*b].partial_cmp(&row[*a]).unwrap());
+                for &j in &order[..k] {
+                    ids.push(j as i64);
+                    lp.push(row[j] - lse);
+                }
+            }
+            for missing in [MissingMass::Zero, MissingMass::SymmetricUniform] {
+                for div in [TopKDivergence::ForwardKl, TopKDivergence::ReverseKl, TopKDivergence::Jsd, TopKDivergence::Tvd] {
+                    if div == TopKDivergence::ReverseKl && missing == MissingMass::Zero {
+                        continue;
+                    }
+                    let top = TopKConfig::new().with_divergence(div).with_missing(missing).with_temperature(1.5).init().unwrap();
+                    let x = f64t(s.clone(), [n, v]).require_grad();
+                    let out = top.forward(&top_k_input(x.clone(), ids.clone(), lp.clone(), n, k)).unwrap();
+                    prop_assert!(out.value().is_finite());
+                    let g = values(x.grad(&out.total.backward()).unwrap());
+                    let value = |sv: Vec<f64>| top.forward(&top_k_input(f64t(sv, [n, v]), ids.clone(), lp.clone(), n, k)).unwrap().value();
+                    let num = numeric_grad(&value, &s, 1e-6);
+                    close(&format!("{div:?} {missing:?}"), &g, &num, 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+                }
+            }
+        }
+
+        /// `HiddenState`'s gradients (student and teacher taps, projections) against central
+        /// differences, MSE and cosine, with a mask.
+        #[test]
+        fn hidden_state_gradients_match_finite_differences(seed in 0u64..1000) {
+            let (n, hs, ht) = (4, 3, 5);
+            let (s1, t2) = (det(n * hs, seed, 1.0), det(n * ht, seed + 1, 1.0));
+            let wv = det(hs * ht, seed + 2, 1.0);
+            let mask = vec![true, false, true, true];
+            for loss in [HiddenLoss::Mse, HiddenLoss::Cosine] {
+                let mut hidden = HiddenStateConfig::new(hs, ht, vec![("s1".into(), "t2".into())])
+                    .with_loss(loss)
+                    .init(&device())
+                    .unwrap();
+                let input = |s: Vec<f64>, t: Vec<f64>| {
+                    DistillInput::features_only()
+                        .student_feature("s1", f64t(s, [n, hs]))
+                        .teacher_feature("t2", f64t(t, [n, ht]))
+                        .mask(mask_tensor(&mask))
+                };
+                let value_at = |hidden: &burn_distill::token::HiddenState, s: Vec<f64>, t: Vec<f64>| hidden.forward(&input(s, t)).unwrap().value();
+                hidden.projections[0].weight = Param::from_tensor(f64t(wv.clone(), [hs, ht]));
+                let (sl, tl) = (f64t(s1.clone(), [n, hs]).require_grad(), f64t(t2.clone(), [n, ht]).require_grad());
+                let tracked = DistillInput::features_only()
+                    .student_feature("s1", sl.clone())
+                    .teacher_feature("t2", tl.clone())
+                    .mask(mask_tensor(&mask))
+                    .attach_teacher();
+                let grads = hidden.forward(&tracked).unwrap().total.backward();
+                let num_s = numeric_grad(&|x| value_at(&hidden, x, t2.clone()), &s1, 1e-6);
+                let num_t = numeric_grad(&|x| value_at(&hidden, s1.clone(), x), &t2, 1e-6);
+                let fail = |m: String| TestCaseError::fail(format!("{loss:?}: {m}"));
+                close("d/ds", &values(sl.grad(&grads).unwrap()), &num_s, 1e-5, 1e-8).map_err(fail)?;
+                close("d/dt", &values(tl.grad(&grads).unwrap()), &num_t, 1e-5, 1e-8).map_err(fail)?;
+                let gp = burn::optim::GradientsParams::from_grads(grads, &hidden);
+                let gw = values(gp.get::<2>(hidden.projections[0].weight.id).unwrap());
+                let num_w = numeric_grad(&|x| {
+                    let mut h = hidden.clone();
+                    h.projections[0].weight = Param::from_tensor(f64t(x, [hs, ht]));
+                    value_at(&h, s1.clone(), t2.clone())
+                }, &wv, 1e-6);
+                close("d/dW", &gw, &num_w, 1e-5, 1e-8).map_err(fail)?;
+            }
+        }
+    }
+}
