@@ -51,6 +51,7 @@
 mod check;
 mod cross_entropy;
 mod error;
+mod example;
 mod input;
 mod loss;
 mod schedule;
@@ -68,8 +69,11 @@ pub mod token;
 
 pub use cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};
 pub use error::DistillError;
+pub use example::{ExampleInput, example_input, example_input_shifted};
 pub use input::{Checked, DistillInput, Distillable, Extension, Feature, Outputs, Progress, Views};
-pub use loss::{Entry, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted};
+pub use loss::{
+    Entry, Example, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Tempered, Weighted,
+};
 pub use schedule::Schedule;
 
 /// Every objective of the crate, family by family: the catalog the method tables in the README,

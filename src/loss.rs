@@ -363,7 +363,7 @@ combinator_add!(Weighted<L>, L; Named<L>, L; Box<dyn Loss>);
 /// One row of the crate's catalog of objectives ([`objectives`](crate::objectives)): the items
 /// (objective types, or a constructor), the paper or reference, and the method's page under
 /// `docs/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Entry {
     /// The module the items live in, e.g. `burn_distill::logit`.
     pub module: &'static str,
@@ -373,7 +373,13 @@ pub struct Entry {
     pub paper: &'static str,
     /// Its page in `docs/` (with an anchor where the page covers several methods).
     pub doc: &'static str,
+    /// An instance that reads [`example_input`](crate::example_input) (for objectives whose
+    /// construction involves no random draw): the backend and property suites run every one.
+    pub example: Option<Example>,
 }
+
+/// Builds a catalog entry's example objective on a device.
+pub type Example = fn(&burn::tensor::Device) -> Result<Box<dyn Loss>, DistillError>;
 
 /// Declares a family module's files and registers its objectives in the catalog: the one line
 /// an objective adds to its family (see CONTRIBUTING.md).
@@ -381,13 +387,16 @@ pub struct Entry {
 /// ```ignore
 /// crate::family! {
 ///     files: dkd, kd;
-///     "Kd" => "Hinton, Vinyals, Dean 2015", "kd.md";
+///     "Kd" => "Hinton, Vinyals, Dean 2015", "kd.md", example: |_| Ok(KdConfig::new().init()?.boxed());
 /// }
 /// ```
 #[macro_export]
 #[doc(hidden)]
 macro_rules! family {
-    (files: $($file:ident),* ; $($($item:literal),+ => $paper:literal, $doc:literal;)*) => {
+    (@example) => { None };
+    (@example $example:expr) => { Some($example) };
+    (files: $($file:ident),* ;
+     $($($item:literal),+ => $paper:literal, $doc:literal $(, example: $example:expr)?;)*) => {
         $(mod $file; pub use $file::*;)*
 
         /// This family's rows of the catalog.
@@ -396,6 +405,7 @@ macro_rules! family {
             items: &[$($item),+],
             paper: $paper,
             doc: $doc,
+            example: $crate::family!(@example $($example)?),
         }),*];
     };
 }

@@ -14,14 +14,14 @@ mod common;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::SgdConfig;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use burn_distill::LossSum;
-use burn_distill::curriculum::{CtkdConfig, PacedConfig, TopKMaskConfig};
-use burn_distill::feature::{AtConfig, DamConfig, HintConfig, MgdConfig};
+use burn_distill::curriculum::CtkdConfig;
+use burn_distill::feature::{HintConfig, MgdConfig};
 use burn_distill::logit::{DckdConfig, DistConfig, ProbMseConfig, Standardized};
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
-use burn_distill::pipeline::DgkdConfig;
 use burn_distill::prelude::*;
-use burn_distill::relation::{CrdConfig, DlkdConfig, PktConfig, RkdConfig, SpConfig};
+use burn_distill::relation::{CrdConfig, DlkdConfig};
+use burn_distill::token::HiddenStateConfig;
+use burn_distill::{ExampleInput, Feature, LossSum, example_input};
 use common::{Net, close, configure_f64, values};
 
 /// The reference: flex (the default device here) in f64.
@@ -160,73 +160,62 @@ fn ints(v: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
-/// Leaves on one device: logits, maps and embeddings for a batch of 6.
-struct Leaves {
-    s: Tensor<2>,
-    t: Tensor<2>,
-    ms: Tensor<4>,
-    mt: Tensor<4>,
-    es: Tensor<2>,
-    et: Tensor<2>,
-    input: DistillInput,
-}
-
-fn leaves(device: &Device, dtype: DType) -> Leaves {
-    let s = leaf([6, 5], 1, 3.0, device, dtype);
-    let t = leaf([6, 5], 2, 3.0, device, dtype);
-    let guide = leaf([6, 5], 3, 3.0, device, dtype).detach();
-    let ms = leaf([6, 3, 4, 4], 4, 1.0, device, dtype);
-    let mt = leaf([6, 6, 4, 4], 5, 1.0, device, dtype);
-    let es = leaf([6, 4], 6, 1.0, device, dtype);
-    let et = leaf([6, 5], 7, 1.0, device, dtype);
-    let input = DistillInput::new(s.clone(), t.clone())
-        .targets(ints(vec![0, 1, 2, 3, 4, 0], device))
-        .guide(guide)
-        .feature("feature", ms.clone(), mt.clone())
-        .feature("embedding", es.clone(), et.clone())
-        .indices(ints(vec![0, 3, 5, 7, 2, 9], device))
-        .progress(Progress::epoch(2, 10).at_step(3, 10))
-        .attach_teacher();
-    Leaves {
-        s,
-        t,
-        ms,
-        mt,
-        es,
-        et,
-        input,
-    }
-}
-
 /// A loss value and the gradients of the leaves, as f64.
 type Evaluated = (f64, Vec<Vec<f64>>);
 
-/// Loss value and the gradient of every leaf, as f64.
-fn evaluate(loss: &dyn Loss, l: &Leaves) -> Evaluated {
+/// Loss value and the gradient of every leaf of the crate's example input, as f64.
+fn evaluate(loss: &dyn Loss, ex: &ExampleInput) -> Evaluated {
     let out = loss
-        .forward(&l.input)
+        .forward(&ex.input)
         .unwrap_or_else(|e| panic!("{}: {e}", loss.name()));
     let value = out.value();
     let grads = out.total.backward();
-    let g2 = |t: &Tensor<2>| t.grad(&grads).map(values).unwrap_or_default();
-    let g4 = |t: &Tensor<4>| t.grad(&grads).map(values).unwrap_or_default();
-    (
-        value,
-        vec![
-            g2(&l.s),
-            g2(&l.t),
-            g4(&l.ms),
-            g4(&l.mt),
-            g2(&l.es),
-            g2(&l.et),
-        ],
-    )
+    let gradients = ex
+        .leaves
+        .iter()
+        .map(|(_, leaf)| match leaf {
+            Feature::Map(t) => t.grad(&grads).map(values),
+            Feature::Embedding(t) => t.grad(&grads).map(values),
+        })
+        .map(Option::unwrap_or_default)
+        .collect();
+    (value, gradients)
 }
 
-/// Objectives without parameters.
-fn stateless() -> Vec<Box<dyn Loss>> {
-    let kd = || KdConfig::new().with_temperature(2.0).init().unwrap();
-    let dkd = || DkdConfig::new().with_warmup_epochs(0).init().unwrap();
+/// Every catalogued objective with an example (built on `device`), then the composed
+/// versions of the fused objectives and the combinators.
+fn stateless(device: &Device) -> Vec<Box<dyn Loss>> {
+    let mut out: Vec<Box<dyn Loss>> = burn_distill::objectives()
+        .into_iter()
+        .filter_map(|e| e.example)
+        .map(|build| build(device).unwrap())
+        .collect();
+    assert!(out.len() >= 20, "the catalog lost its examples");
+    out.extend(logit_objectives().into_iter().skip(4));
+    out.push(
+        (CrossEntropyConfig::new().init().unwrap().weighted(0.3)
+            + kd().weighted(0.7)
+            + dkd().named("dkd2").weighted_by(Schedule::Linear {
+                start: 0.0,
+                end: 1.0,
+                epochs: 5,
+            }))
+        .boxed(),
+    );
+    out.push((LossSum::new() + kd() + kd()).boxed());
+    out
+}
+
+fn kd() -> burn_distill::logit::Kd {
+    KdConfig::new().with_temperature(2.0).init().unwrap()
+}
+
+fn dkd() -> burn_distill::logit::Dkd {
+    DkdConfig::new().with_warmup_epochs(0).init().unwrap()
+}
+
+/// The logit objectives, fused where the backend has it, then composed.
+fn logit_objectives() -> Vec<Box<dyn Loss>> {
     vec![
         CrossEntropyConfig::new().init().unwrap().boxed(),
         kd().boxed(),
@@ -236,8 +225,6 @@ fn stateless() -> Vec<Box<dyn Loss>> {
             .init()
             .unwrap()
             .boxed(),
-        // the composed versions of the fused objectives (the rows above take the fused path
-        // where the backend has it)
         KdConfig::new()
             .with_temperature(2.0)
             .with_fused(false)
@@ -263,35 +250,6 @@ fn stateless() -> Vec<Box<dyn Loss>> {
             .init()
             .unwrap()
             .boxed(),
-        PacedConfig::new().init(kd()).unwrap().boxed(),
-        TopKMaskConfig::new()
-            .with_start(0.5)
-            .init(dkd())
-            .unwrap()
-            .boxed(),
-        DgkdConfig::new().init(kd()).unwrap().boxed(),
-        AtConfig::new().init().unwrap().boxed(),
-        DamConfig::new()
-            .init(AtConfig::new().init().unwrap())
-            .unwrap()
-            .boxed(),
-        RkdConfig::new().init().unwrap().boxed(),
-        PktConfig::new().init().unwrap().boxed(),
-        SpConfig::new()
-            .with_feature("feature".into())
-            .init()
-            .unwrap()
-            .boxed(),
-        // the combinators
-        (CrossEntropyConfig::new().init().unwrap().weighted(0.3)
-            + kd().weighted(0.7)
-            + dkd().named("dkd2").weighted_by(Schedule::Linear {
-                start: 0.0,
-                end: 1.0,
-                epochs: 5,
-            }))
-        .boxed(),
-        (LossSum::new() + kd() + kd()).boxed(),
     ]
 }
 
@@ -311,14 +269,18 @@ fn with_parameters(device: &Device, dtype: DType) -> Vec<Box<dyn Loss>> {
         .init(&r)
         .unwrap();
     let dlkd = DlkdConfig::new(4, 5).with_embed_dim(3).init(&r).unwrap();
+    mv(&mut |m| out.push(hint.clone().map(m).boxed()));
+    mv(&mut |m| out.push(mgd.clone().map(m).boxed()));
+    mv(&mut |m| out.push(dlkd.clone().map(m).boxed()));
     let ctkd = CtkdConfig::new()
         .with_lambda_start(-0.5)
         .init(KdConfig::new().init().unwrap(), &r)
         .unwrap();
-    mv(&mut |m| out.push(hint.clone().map(m).boxed()));
-    mv(&mut |m| out.push(mgd.clone().map(m).boxed()));
-    mv(&mut |m| out.push(dlkd.clone().map(m).boxed()));
     mv(&mut |m| out.push(ctkd.clone().map(m).boxed()));
+    let hidden = HiddenStateConfig::new(4, 5, vec![("embedding".into(), "embedding".into())])
+        .init(&r)
+        .unwrap();
+    mv(&mut |m| out.push(hidden.clone().map(m).boxed()));
     // CRD's memory is state the forward updates: a fresh copy from a record each time
     let crd = CrdConfig::new(4, 5, 10)
         .with_embed_dim(3)
@@ -374,25 +336,28 @@ fn compare(
 fn every_objective_matches_flex_f64_on_every_backend() {
     configure_f64();
     let r = reference();
-    let reference_values: Vec<(String, Evaluated)> = stateless()
+    let reference_values: Vec<(String, Evaluated)> = stateless(&r)
         .into_iter()
         .chain(with_parameters(&r, DType::F64))
         .map(|loss| {
             (
                 loss.name().to_string(),
-                evaluate(loss.as_ref(), &leaves(&r, DType::F64)),
+                evaluate(loss.as_ref(), &example_input(&r, DType::F64)),
             )
         })
         .collect();
     let mut failures = Vec::new();
     for backend in backends() {
-        let losses: Vec<Box<dyn Loss>> = stateless()
+        let losses: Vec<Box<dyn Loss>> = stateless(&backend.device)
             .into_iter()
             .chain(with_parameters(&backend.device, backend.dtype))
             .collect();
         assert_eq!(losses.len(), reference_values.len());
         for (loss, (name, want)) in losses.iter().zip(&reference_values) {
-            let got = evaluate(loss.as_ref(), &leaves(&backend.device, backend.dtype));
+            let got = evaluate(
+                loss.as_ref(),
+                &example_input(&backend.device, backend.dtype),
+            );
             if let Err(e) = compare(&backend, name, got, want) {
                 failures.push(e);
             }
@@ -485,11 +450,11 @@ fn meta_teacher_matches_flex_f64_on_every_backend() {
 #[test]
 fn logit_objectives_in_half_precision() {
     configure_f64();
-    let logit: Vec<Box<dyn Loss>> = stateless().into_iter().take(10).collect();
+    let logit = logit_objectives();
     let r = reference();
     let want: Vec<_> = logit
         .iter()
-        .map(|l| evaluate(l.as_ref(), &leaves(&r, DType::F64)))
+        .map(|l| evaluate(l.as_ref(), &example_input(&r, DType::F64)))
         .collect();
     let mut devices: Vec<(String, Device)> = vec![("flex".into(), Device::flex().autodiff())];
     for b in backends()
@@ -516,7 +481,7 @@ fn logit_objectives_in_half_precision() {
                 dtype,
             };
             for (loss, want) in logit.iter().zip(&want) {
-                let got = evaluate(loss.as_ref(), &leaves(&device, dtype));
+                let got = evaluate(loss.as_ref(), &example_input(&device, dtype));
                 compare(&backend, loss.name(), got, want).unwrap();
                 // extreme logits stay finite
                 let big = |seed| {

@@ -359,3 +359,48 @@ fn finite_for_logits_of_magnitude_1e4() {
         }
     }
 }
+
+/// Every catalogued example objective (`Entry::example`) on the crate's example input, in
+/// f64: the analytic gradient of each leaf it reads against central differences, at
+/// coordinates proptest picks. A new objective with an example is checked here by being in the
+/// catalog.
+mod catalogued {
+    use super::*;
+    use burn_distill::{Feature, example_input, example_input_shifted};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(6))]
+
+        #[test]
+        fn every_example_matches_finite_differences(picks in prop::collection::vec(0usize..1000, 4)) {
+            let dev = common::device();
+            let mut checked = 0;
+            for entry in burn_distill::objectives() {
+                let Some(build) = entry.example else { continue };
+                let loss = build(&dev).unwrap();
+                let ex = example_input(&dev, DType::F64);
+                let grads = loss.forward(&ex.input).unwrap().total.backward();
+                for (name, leaf) in &ex.leaves {
+                    let g = match leaf {
+                        Feature::Map(t) => t.grad(&grads).map(values),
+                        Feature::Embedding(t) => t.grad(&grads).map(values),
+                    };
+                    let Some(g) = g else { continue };
+                    for &p in &picks {
+                        let i = p % g.len();
+                        let h = 1e-6;
+                        let at = |d: f64| loss.forward(&example_input_shifted(&dev, DType::F64, Some((name, i, d))).input).unwrap().value();
+                        let num = (at(h) - at(-h)) / (2.0 * h);
+                        prop_assert!(
+                            (g[i] - num).abs() <= 1e-5 * num.abs() + 1e-7,
+                            "{}: d/d{name}[{i}] = {} vs finite difference {num}", loss.name(), g[i]
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+            // every example reads at least the student's logits or a tap
+            prop_assert!(checked >= 4 * 20, "only {checked} coordinates checked");
+        }
+    }
+}

@@ -170,11 +170,8 @@ impl<'a> Checked<'a> {
         batch: usize,
         vocab: usize,
     ) -> Result<(Tensor<2, Int>, Tensor<2>), DistillError> {
-        let (ids, lp) = self
-            .input
-            .sparse_teacher
-            .as_ref()
-            .ok_or_else(|| self.missing("a sparse teacher (DistillInput::sparse_teacher)"))?;
+        let super::SparseTeacher { ids, log_probs: lp } =
+            self.extension::<super::SparseTeacher>("a sparse teacher (sparse_teacher)")?;
         let [n, k] = ids.dims();
         if n != batch || k == 0 {
             return Err(self.shape(
@@ -217,7 +214,7 @@ impl<'a> Checked<'a> {
 
     /// The view layout, if set; a layout that does not cover the batch is an error.
     pub fn views(&self) -> Result<Option<&'a Views>, DistillError> {
-        match (&self.input.views, self.input.batch_size()) {
+        match (self.input.extension::<Views>(), self.input.batch_size()) {
             (Some(v), Some(n)) if v.rows() != n => Err(DistillError::InvalidViews {
                 reason: format!(
                     "{}: the layout has {} rows, the batch {n}",
@@ -225,17 +222,14 @@ impl<'a> Checked<'a> {
                     v.rows()
                 ),
             }),
-            (v, _) => Ok(v.as_ref()),
+            (v, _) => Ok(v),
         }
     }
 
     /// The dataset indices after checking there are `batch` of them, each in `0..size`.
     pub fn indices(&self, batch: usize, size: usize) -> Result<Tensor<1, Int>, DistillError> {
-        let idx = self
-            .input
-            .indices
-            .as_ref()
-            .ok_or_else(|| self.missing("dataset indices (DistillInput::indices)"))?;
+        let super::DatasetIndices(idx) =
+            self.extension::<super::DatasetIndices>("dataset indices (indices)")?;
         if idx.dims()[0] != batch {
             return Err(self.shape("dataset indices".into(), vec![batch], idx.dims().to_vec()));
         }

@@ -17,3 +17,36 @@ pub trait Extension: std::any::Any + std::fmt::Debug + Send + Sync {
         None
     }
 }
+
+/// Each row's index in the dataset `[N]`, for objectives with a per-sample memory
+/// ([`Crd`](crate::relation::Crd)); set with [`DistillInput::indices`](super::DistillInput::indices).
+#[derive(Debug, Clone)]
+pub struct DatasetIndices(pub Tensor<1, Int>);
+
+impl Extension for DatasetIndices {
+    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extension>> {
+        Some(Arc::new(Self(self.0.clone().select(0, rows.clone()))))
+    }
+}
+
+/// A sparse teacher: the ids of its top-`k` tokens `[N, k]` and their log-probabilities
+/// `[N, k]`; set with [`DistillInput::sparse_teacher`](super::DistillInput::sparse_teacher).
+#[derive(Debug, Clone)]
+pub struct SparseTeacher {
+    /// Token ids `[N, k]`.
+    pub ids: Tensor<2, Int>,
+    /// Their log-probabilities under the teacher `[N, k]`.
+    pub log_probs: Tensor<2>,
+}
+
+impl Extension for SparseTeacher {
+    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extension>> {
+        Some(Arc::new(Self {
+            ids: self.ids.clone().select(0, rows.clone()),
+            log_probs: self.log_probs.clone().select(0, rows.clone()),
+        }))
+    }
+}
+
+/// A view layout does not survive a selection of rows: it is dropped.
+impl Extension for super::Views {}

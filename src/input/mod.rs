@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use burn::tensor::{Bool, Int, Tensor};
 
 pub use checked::Checked;
-pub use extension::Extension;
+pub use extension::{DatasetIndices, Extension, SparseTeacher};
 pub use outputs::{Distillable, Feature, Outputs};
 pub use progress::Progress;
 pub use views::Views;
@@ -44,14 +44,11 @@ pub struct DistillInput {
     teacher_logits: Option<Tensor<2>>,
     targets: Option<Tensor<1, Int>>,
     mask: Option<Tensor<1, Bool>>,
-    sparse_teacher: Option<(Tensor<2, Int>, Tensor<2>)>,
     extensions: BTreeMap<TypeId, Arc<dyn Extension>>,
     /// The student's feature taps, by name.
     student_features: BTreeMap<String, Feature>,
     /// The teacher's feature taps, by name.
     teacher_features: BTreeMap<String, Feature>,
-    views: Option<Views>,
-    indices: Option<Tensor<1, Int>>,
     guides: Vec<Tensor<2>>,
     progress: Option<Progress>,
     teacher_attached: bool,
@@ -123,9 +120,8 @@ impl DistillInput {
     /// Sets the teacher as a sparse distribution: for each row, the ids of its top-`k` tokens
     /// `[N, k]` and their log-probabilities `[N, k]` (from the teacher's full log-softmax, as an
     /// offline teacher store keeps them). Read by [`token::TopK`](crate::token::TopK).
-    pub fn sparse_teacher(mut self, ids: Tensor<2, Int>, log_probs: Tensor<2>) -> Self {
-        self.sparse_teacher = Some((ids, log_probs));
-        self
+    pub fn sparse_teacher(self, ids: Tensor<2, Int>, log_probs: Tensor<2>) -> Self {
+        self.with(SparseTeacher { ids, log_probs })
     }
 
     /// Adds `extension`, which objectives that know its type read (one of each type; a second
@@ -170,16 +166,14 @@ impl DistillInput {
     }
 
     /// Describes the rows as views of images (see [`Views`]).
-    pub fn views(mut self, views: Views) -> Self {
-        self.views = Some(views);
-        self
+    pub fn views(self, views: Views) -> Self {
+        self.with(views)
     }
 
     /// Sets each row's index in the dataset `[N]` (for objectives with a per-sample memory,
     /// such as CRD).
-    pub fn indices(mut self, indices: Tensor<1, Int>) -> Self {
-        self.indices = Some(indices);
-        self
+    pub fn indices(self, indices: Tensor<1, Int>) -> Self {
+        self.with(DatasetIndices(indices))
     }
 
     /// Adds the logits `[N, C]` of another guide (a teaching assistant) beside the teacher,
@@ -224,9 +218,10 @@ impl DistillInput {
         out
     }
 
-    /// The same input restricted to the batch rows `rows` (logits, targets, guides, dataset
-    /// indices and every feature tap), e.g. the samples a curriculum admits. A view layout
-    /// does not survive a selection: the result has none.
+    /// The same input restricted to the batch rows `rows` (logits, targets, the mask, guides,
+    /// every feature tap, and each extension that follows a selection: dataset indices, the
+    /// sparse teacher, the lm-heads), e.g. the samples a curriculum admits. A view layout does
+    /// not survive a selection: the result has none.
     pub fn select_rows(&self, rows: Tensor<1, Int>) -> Self {
         let pick2 = |t: &Tensor<2>| t.clone().select(0, rows.clone());
         let pick = |f: &Feature| match f {
@@ -240,10 +235,6 @@ impl DistillInput {
                 .targets
                 .as_ref()
                 .map(|y| y.clone().select(0, rows.clone())),
-            sparse_teacher: self
-                .sparse_teacher
-                .as_ref()
-                .map(|(ids, lp)| (ids.clone().select(0, rows.clone()), pick2(lp))),
             mask: self
                 .mask
                 .as_ref()
@@ -258,17 +249,12 @@ impl DistillInput {
                 .iter()
                 .map(|(k, f)| (k.clone(), pick(f)))
                 .collect(),
-            views: None,
             extensions: self
                 .extensions
                 .iter()
                 .filter_map(|(k, e)| e.select_rows(&rows).map(|e| (*k, e)))
                 .collect(),
             guides: self.guides.iter().map(pick2).collect(),
-            indices: self
-                .indices
-                .as_ref()
-                .map(|i| i.clone().select(0, rows.clone())),
             progress: self.progress,
             teacher_attached: self.teacher_attached,
             target_range: OnceLock::new(),

@@ -5,13 +5,22 @@ pub use crate::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};
 
 mod decoupled;
 
+use crate::LossExt;
+
 crate::family! {
     files: dckd, dist, dkd, kd, prob_mse, standardized;
-    "CrossEntropy" => "the task loss (with label smoothing)", "kd.md#composing-with-the-task-loss";
-    "Kd" => "Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network*", "kd.md";
-    "Dkd" => "Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation*", "dkd.md";
-    "Dckd" => "Wang et al., PLoS One 2025 (reconstruction from the abstract)", "dckd.md";
-    "Dist" => "Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher*", "dist.md";
-    "Standardized" => "Sun et al., CVPR 2024, *Logit Standardization in KD*", "dist.md#logit-standardisation";
-    "ProbMse" => "MetaDistil's NLP soft loss (squared error of softened probabilities)", "prob_mse.md";
+    "CrossEntropy" => "the task loss (with label smoothing)", "kd.md#composing-with-the-task-loss",
+        example: |_| Ok(CrossEntropyConfig::new().init()?.boxed());
+    "Kd" => "Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network*", "kd.md",
+        example: |_| Ok(KdConfig::new().with_temperature(2.0).init()?.boxed());
+    "Dkd" => "Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation*", "dkd.md",
+        example: |_| Ok(DkdConfig::new().with_warmup_epochs(0).init()?.boxed());
+    "Dckd" => "Wang et al., PLoS One 2025 (reconstruction from the abstract)", "dckd.md",
+        example: |_| Ok(DckdConfig::new().with_warmup_epochs(0).init()?.boxed());
+    "Dist" => "Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher*", "dist.md",
+        example: |_| Ok(DistConfig::new().init()?.boxed());
+    "Standardized" => "Sun et al., CVPR 2024, *Logit Standardization in KD*", "dist.md#logit-standardisation",
+        example: |_| Ok(Standardized::new(KdConfig::new().init()?).boxed());
+    "ProbMse" => "MetaDistil's NLP soft loss (squared error of softened probabilities)", "prob_mse.md",
+        example: |_| Ok(ProbMseConfig::new().with_temperature(2.0).init()?.boxed());
 }

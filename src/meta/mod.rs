@@ -13,11 +13,13 @@ pub(crate) const OBJECTIVES: &[crate::Entry] = &[
         items: &["MetaTeacher"],
         paper: "Zhou, Xu, McAuley, ACL 2022, *BERT Learns to Teach* (MetaDistil)",
         doc: "metadistil.md",
+        example: None,
     },
     crate::Entry {
         module: module_path!(),
         items: &["MetaTeacher::decoupled"],
         paper: "Du et al. 2023, Decoupled MetaDistil (reconstruction)",
         doc: "metadistil.md#decoupled-metadistil-reconstruction",
+        example: None,
     },
 ];

@@ -6,11 +6,16 @@
 //! data-parallel training each device relates only its own shard, so the loss is that of
 //! smaller batches, not of the global one (see `docs/relational.md`).
 
+use crate::LossExt;
+
 crate::family! {
     files: crd, dlkd, head, pkt, rkd, sp;
-    "Rkd" => "Park et al., CVPR 2019, *Relational Knowledge Distillation*", "rkd.md";
-    "Pkt" => "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*", "pkt.md";
-    "Sp" => "Tung & Mori, ICCV 2019, *Similarity-Preserving KD*", "sp.md";
+    "Rkd" => "Park et al., CVPR 2019, *Relational Knowledge Distillation*", "rkd.md",
+        example: |_| Ok(RkdConfig::new().init()?.boxed());
+    "Pkt" => "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*", "pkt.md",
+        example: |_| Ok(PktConfig::new().init()?.boxed());
+    "Sp" => "Tung & Mori, ICCV 2019, *Similarity-Preserving KD*", "sp.md",
+        example: |_| Ok(SpConfig::new().with_feature("feature".into()).init()?.boxed());
     "Dlkd" => "Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation*", "dlkd.md";
     "Crd" => "Tian et al., ICLR 2020, *Contrastive Representation Distillation*", "crd.md";
 }

@@ -14,18 +14,29 @@
 
 mod tokens;
 
+use crate::LossExt;
+
 pub use tokens::{TokenReduction, flatten, shift_labels, shift_logits};
 
 crate::family! {
     files: cosine, forward_kl, hidden_state, jsd, lm_head, reverse_kl, skew_kl, symmetric_kl, top_k, tvd;
-    "ForwardKl" => "KL(p_t ‖ p_s) per token (TRL, torchtune, DistillKit)", "token.md";
-    "ReverseKl" => "KL(p_s ‖ p_t) per token (MiniLLM; TRL, torchtune)", "token.md";
-    "Jsd" => "generalized JSD(β) (Agarwal et al., ICLR 2024, GKD; TRL, Liger)", "token.md";
-    "SymmetricKl" => "λ·FKL + (1 − λ)·RKL (torchtune)", "token.md";
-    "SkewKl" => "skew forward / reverse KL (Ko et al., ICML 2024, DistiLLM)", "token.md";
-    "Tvd" => "total variation distance per token (Liger, DistillKit)", "token.md";
-    "TopK" => "a sparse top-k teacher with DistillKit's missing-mass handling", "token.md";
-    "FusedLinear" => "any token objective through the lm-head in chunks, logits never materialised (Liger-Kernel's fused linear losses)", "token.md";
+    "ForwardKl" => "KL(p_t ‖ p_s) per token (TRL, torchtune, DistillKit)", "token.md",
+        example: |_| Ok(ForwardKlConfig::new().with_temperature(2.0).init()?.boxed());
+    "ReverseKl" => "KL(p_s ‖ p_t) per token (MiniLLM; TRL, torchtune)", "token.md",
+        example: |_| Ok(ReverseKlConfig::new().init()?.boxed());
+    "Jsd" => "generalized JSD(β) (Agarwal et al., ICLR 2024, GKD; TRL, Liger)", "token.md",
+        example: |_| Ok(JsdConfig::new().with_beta(0.3).init()?.boxed());
+    "SymmetricKl" => "λ·FKL + (1 − λ)·RKL (torchtune)", "token.md",
+        example: |_| Ok(SymmetricKlConfig::new().with_ratio(0.7).init()?.boxed());
+    "SkewKl" => "skew forward / reverse KL (Ko et al., ICML 2024, DistiLLM)", "token.md",
+        example: |_| Ok(SkewKlConfig::new().with_alpha(0.2).init()?.boxed());
+    "Tvd" => "total variation distance per token (Liger, DistillKit)", "token.md",
+        example: |_| Ok(TvdConfig::new().with_temperature(1.5).init()?.boxed());
+    "TopK" => "a sparse top-k teacher with DistillKit's missing-mass handling", "token.md",
+        example: |_| Ok(TopKConfig::new().with_missing(MissingMass::SymmetricUniform).with_divergence(TopKDivergence::Jsd).init()?.boxed());
+    "FusedLinear" => "any token objective through the lm-head in chunks, logits never materialised (Liger-Kernel's fused linear losses)", "token.md",
+        example: |_| Ok(FusedLinearConfig::new().with_chunk_size(Some(4)).init(ForwardKlConfig::new().with_reduction(TokenReduction::None).init()?)?.boxed());
     "HiddenState" => "hidden-state MSE / cosine with learnable projections (DistillKit)", "token.md";
-    "LogitCosine" => "1 − cos(z_s, z_t) per token", "token.md";
+    "LogitCosine" => "1 − cos(z_s, z_t) per token", "token.md",
+        example: |_| Ok(LogitCosineConfig::new().init()?.boxed());
 }
