@@ -7,6 +7,26 @@ use burn::tensor::activation::log_softmax;
 use crate::check::check_fraction;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
+/// Per-sample cross-entropy `[N]` of logits `[N, C]` against class indices `[N]`, with label
+/// smoothing `smoothing` (no input checks: see [`CrossEntropy`] for the checked form).
+pub fn cross_entropy_per_sample(
+    logits: Tensor<2>,
+    targets: Tensor<1, burn::tensor::Int>,
+    smoothing: f64,
+) -> Tensor<1> {
+    let c = logits.dims()[1];
+    let logp = log_softmax(logits, 1);
+    let nll = -logp
+        .clone()
+        .gather(1, targets.unsqueeze_dim(1))
+        .squeeze_dim::<1>(1);
+    if smoothing == 0.0 {
+        return nll;
+    }
+    let uniform = -logp.sum_dim(1).squeeze_dim::<1>(1) * (1.0 / c as f64);
+    nll * (1.0 - smoothing) + uniform * smoothing
+}
+
 /// Configuration to create a [`CrossEntropy`] task loss.
 #[derive(Config, Debug)]
 pub struct CrossEntropyConfig {
@@ -59,24 +79,4 @@ impl Loss for CrossEntropy {
             cross_entropy_per_sample(s, y, self.smoothing).mean(),
         ))
     }
-}
-
-/// Per-sample cross-entropy `[N]` of logits `[N, C]` against class indices `[N]`, with label
-/// smoothing `smoothing` (no input checks: see [`CrossEntropy`] for the checked form).
-pub fn cross_entropy_per_sample(
-    logits: Tensor<2>,
-    targets: Tensor<1, burn::tensor::Int>,
-    smoothing: f64,
-) -> Tensor<1> {
-    let c = logits.dims()[1];
-    let logp = log_softmax(logits, 1);
-    let nll = -logp
-        .clone()
-        .gather(1, targets.unsqueeze_dim(1))
-        .squeeze_dim::<1>(1);
-    if smoothing == 0.0 {
-        return nll;
-    }
-    let uniform = -logp.sum_dim(1).squeeze_dim::<1>(1) * (1.0 / c as f64);
-    nll * (1.0 - smoothing) + uniform * smoothing
 }

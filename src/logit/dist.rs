@@ -1,9 +1,19 @@
 use burn::config::Config;
+use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
 use crate::check::{check_non_negative, check_temperature};
 use crate::math::{Temperature, pearson_rows};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
+
+/// DIST's two relation losses from class distributions `[N, C]`:
+/// `[1 − meanₙ ρ(pˢₙ,:, pᵀₙ,:), 1 − mean_c ρ(pˢ:,c, pᵀ:,c)]` (inter-class, intra-class), without
+/// weights or `τ²`.
+pub fn dist_relations(ps: Tensor<2>, pt: Tensor<2>, eps: f64) -> [Tensor<1>; 2] {
+    let inter = pearson_rows(ps.clone(), pt.clone(), eps).mean().neg() + 1.0;
+    let intra = pearson_rows(ps.transpose(), pt.transpose(), eps).mean().neg() + 1.0;
+    [inter, intra]
+}
 
 /// Configuration to create a [`Dist`] objective.
 #[derive(Config, Debug)]
@@ -83,11 +93,7 @@ impl Tempered for Dist {
         let (s, t) = input.of(Dist::NAME).logits()?;
         let ps = softmax(temperature.scale(s), 1);
         let pt = softmax(temperature.scale(t), 1);
-        let inter = pearson_rows(ps.clone(), pt.clone(), self.eps).mean().neg() + 1.0;
-        let intra = pearson_rows(ps.transpose(), pt.transpose(), self.eps)
-            .mean()
-            .neg()
-            + 1.0;
+        let [inter, intra] = dist_relations(ps, pt, self.eps);
         Ok(LossOutput::from_terms(vec![
             (
                 format!("{}/inter", Dist::NAME),
@@ -100,3 +106,4 @@ impl Tempered for Dist {
         ]))
     }
 }
+

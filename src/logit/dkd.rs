@@ -5,6 +5,21 @@ use super::decoupled::{Decoupling, split};
 use crate::math::{JointTarget, Temperature, kl_rows};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
+/// Per-sample `(TCKD, NCKD)`, each `[N]`, without weights, `T²` or input checks: the composed
+/// tensor-op version, the reference of the fused kernel.
+pub fn dkd_per_sample(
+    student: Tensor<2>,
+    teacher: Tensor<2>,
+    targets: Tensor<1, Int>,
+    temperature: f64,
+) -> (Tensor<1>, Tensor<1>) {
+    let (s, t) = split(student, teacher, targets, &Temperature::Fixed(temperature));
+    (
+        kl_rows(t.log_binary, s.log_binary),
+        kl_rows(t.log_non_target, s.log_non_target),
+    )
+}
+
 /// Configuration to create a [`Dkd`] objective. The defaults are the paper's CIFAR-100 ones.
 #[derive(Config, Debug)]
 pub struct DkdConfig {
@@ -87,21 +102,6 @@ impl Tempered for Dkd {
     ) -> Result<LossOutput, DistillError> {
         self.0.forward(Self::NAME, input, temperature)
     }
-}
-
-/// Per-sample `(TCKD, NCKD)`, each `[N]`, without weights, `T²` or input checks: the composed
-/// tensor-op version, the reference of the fused kernel.
-pub fn dkd_per_sample(
-    student: Tensor<2>,
-    teacher: Tensor<2>,
-    targets: Tensor<1, Int>,
-    temperature: f64,
-) -> (Tensor<1>, Tensor<1>) {
-    let (s, t) = split(student, teacher, targets, &Temperature::Fixed(temperature));
-    (
-        kl_rows(t.log_binary, s.log_binary),
-        kl_rows(t.log_non_target, s.log_non_target),
-    )
 }
 
 /// `T² · batchmean (α·TCKD + β·NCKD)`, mdistiller's `dkd_loss`, as a function.

@@ -8,6 +8,20 @@ use burn::tensor::activation::log_softmax;
 use crate::math::{Temperature, kl_rows};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction, Tempered};
 
+/// Per-sample `KL(softmax(z_t/T) ‖ softmax(z_s/T))`, shape `[N]`, without `T²` and without
+/// input checks: the composed tensor-op version, the reference of the fused kernel.
+pub fn kd_per_sample(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -> Tensor<1> {
+    kd_rows(student, teacher, &Temperature::Fixed(temperature))
+}
+
+/// Per-sample KL of the softened distributions at any [`Temperature`].
+fn kd_rows(student: Tensor<2>, teacher: Tensor<2>, temperature: &Temperature) -> Tensor<1> {
+    kl_rows(
+        log_softmax(temperature.scale(teacher), 1),
+        log_softmax(temperature.scale(student), 1),
+    )
+}
+
 /// Configuration to create a [`Kd`] objective.
 #[derive(Config, Debug)]
 pub struct KdConfig {
@@ -102,20 +116,6 @@ impl Tempered for Kd {
             },
         ))
     }
-}
-
-/// Per-sample `KL(softmax(z_t/T) ‖ softmax(z_s/T))`, shape `[N]`, without `T²` and without
-/// input checks: the composed tensor-op version, the reference of the fused kernel.
-pub fn kd_per_sample(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -> Tensor<1> {
-    kd_rows(student, teacher, &Temperature::Fixed(temperature))
-}
-
-/// Per-sample KL of the softened distributions at any [`Temperature`].
-fn kd_rows(student: Tensor<2>, teacher: Tensor<2>, temperature: &Temperature) -> Tensor<1> {
-    kl_rows(
-        log_softmax(temperature.scale(teacher), 1),
-        log_softmax(temperature.scale(student), 1),
-    )
 }
 
 /// `T² · batchmean KL(softmax(z_t/T) ‖ softmax(z_s/T))`, mdistiller's `kd_loss`, as a function:

@@ -1,11 +1,18 @@
 //! The squared error between softened probabilities (MetaDistil's NLP soft loss).
 
 use burn::config::Config;
+use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
 use crate::check::check_temperature;
 use crate::math::Temperature;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
+
+/// The mean over all `N·C` entries of `(softmax(z_t) − softmax(z_s))²`, on logits already
+/// divided by the temperature.
+pub fn prob_mse(student: Tensor<2>, teacher: Tensor<2>) -> Tensor<1> {
+    (softmax(teacher, 1) - softmax(student, 1)).square().mean()
+}
 
 /// Configuration of [`ProbMse`].
 #[derive(Config, Debug)]
@@ -59,3 +66,4 @@ impl Loss for ProbMse {
         self.forward_at(input, &Temperature::Fixed(self.temperature))
     }
 }
+

@@ -3,6 +3,17 @@ use burn::tensor::Tensor;
 use crate::math::Temperature;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
+/// `(z − mean) / (std + eps)` over each row (unbiased std; the variance is floored at 1e-30
+/// so a constant row gets a finite gradient).
+pub fn standardize_rows(z: Tensor<2>, eps: f64) -> Tensor<2> {
+    let c = z.dims()[1];
+    let centred = z.clone() - z.mean_dim(1);
+    // a reciprocal product, not burn's `var`: its division by n − 1 differentiates with an
+    // f32 scalar in burn 0.22.1 (see `math::Temperature::scale`)
+    let var = (centred.clone() * centred.clone()).sum_dim(1) * (1.0 / (c as f64 - 1.0));
+    centred / (var.clamp_min(1e-30).sqrt() + eps)
+}
+
 /// Logit standardisation, as described in [Logit Standardization in Knowledge
 /// Distillation](https://arxiv.org/abs/2403.01427) (Sun et al., CVPR 2024): a pre-transform
 /// for any logit objective. Each row of student and teacher logits becomes
@@ -41,17 +52,6 @@ impl<L> Standardized<L> {
     fn transform(&self, input: &DistillInput) -> DistillInput {
         input.map_logits(|z| standardize_rows(z, self.eps))
     }
-}
-
-/// `(z − mean) / (std + eps)` over each row (unbiased std; the variance is floored at 1e-30
-/// so a constant row gets a finite gradient).
-pub fn standardize_rows(z: Tensor<2>, eps: f64) -> Tensor<2> {
-    let c = z.dims()[1];
-    let centred = z.clone() - z.mean_dim(1);
-    // a reciprocal product, not burn's `var`: its division by n − 1 differentiates with an
-    // f32 scalar in burn 0.22.1 (see `math::Temperature::scale`)
-    let var = (centred.clone() * centred.clone()).sum_dim(1) * (1.0 / (c as f64 - 1.0));
-    centred / (var.clamp_min(1e-30).sqrt() + eps)
 }
 
 crate::objective!(Standardized<L>, "standardized");

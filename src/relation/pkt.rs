@@ -5,6 +5,22 @@ use burn::tensor::Tensor;
 
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
+/// PKT's loss between student and teacher rows `[N, D]` (any widths): the mean over the `N²`
+/// entries of `Pᵗ log((Pᵗ + ε) / (Pˢ + ε))`.
+pub fn pkt_loss(student: Tensor<2>, teacher: Tensor<2>, eps: f64) -> Tensor<1> {
+    let (ps, pt) = (distribution(student, eps), distribution(teacher, eps));
+    (pt.clone() * ((pt + eps).log() - (ps + eps).log())).mean()
+}
+
+/// Each row's cosine similarities to the batch, mapped to [0, 1] and normalised.
+fn distribution(x: Tensor<2>, eps: f64) -> Tensor<2> {
+    // ‖x‖ as sqrt(max(‖x‖², tiny)): the reference's value, a finite gradient at 0
+    let norm = x.clone().square().sum_dim(1).clamp_min(1e-30).sqrt();
+    let x = x / (norm + eps);
+    let k = (x.clone().matmul(x.transpose()) + 1.0) * 0.5;
+    k.clone() / k.sum_dim(1)
+}
+
 /// Configuration of [`Pkt`].
 #[derive(Config, Debug)]
 pub struct PktConfig {
@@ -44,14 +60,6 @@ pub struct Pkt {
     eps: f64,
 }
 
-fn distribution(x: Tensor<2>, eps: f64) -> Tensor<2> {
-    // ‖x‖ as sqrt(max(‖x‖², tiny)): the reference's value, a finite gradient at 0
-    let norm = x.clone().square().sum_dim(1).clamp_min(1e-30).sqrt();
-    let x = x / (norm + eps);
-    let k = (x.clone().matmul(x.transpose()) + 1.0) * 0.5;
-    k.clone() / k.sum_dim(1)
-}
-
 crate::objective!(Pkt, "pkt");
 
 impl Loss for Pkt {
@@ -61,8 +69,6 @@ impl Loss for Pkt {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let (s, t) = input.of(Pkt::NAME).rows(&self.feature, 2)?;
-        let (ps, pt) = (distribution(s, self.eps), distribution(t, self.eps));
-        let kl = pt.clone() * ((pt + self.eps).log() - (ps + self.eps).log());
-        Ok(LossOutput::single(Pkt::NAME, kl.mean()))
+        Ok(LossOutput::single(Pkt::NAME, pkt_loss(s, t, self.eps)))
     }
 }

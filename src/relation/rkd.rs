@@ -8,6 +8,17 @@ use crate::check::check_non_negative;
 use crate::math::{l2_normalize, pairwise_distances};
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
+/// The distance and angle potentials of a batch of rows.
+fn potentials(x: Tensor<2>, squared: bool, eps: f64) -> (Tensor<2>, Tensor<3>) {
+    let [n, d] = x.dims();
+    let dist = pairwise_distances(x.clone(), squared, eps);
+    let off = (n * (n - 1)) as f64;
+    let dist = dist.clone() / (dist.sum() * (1.0 / off)).unsqueeze();
+    let diff = x.clone().unsqueeze_dim::<3>(0) - x.unsqueeze_dim::<3>(1); // [i, j] = xⱼ − xᵢ
+    let unit = l2_normalize(diff.reshape([n * n, d]), 1e-12).reshape([n, n, d]);
+    (dist, unit.clone().matmul(unit.swap_dims(1, 2)))
+}
+
 /// Configuration of [`Rkd`]; the defaults are the paper's (and mdistiller's).
 #[derive(Config, Debug)]
 pub struct RkdConfig {
@@ -54,17 +65,6 @@ impl RkdConfig {
 #[derive(Debug, Clone)]
 pub struct Rkd {
     config: RkdConfig,
-}
-
-/// The distance and angle potentials of a batch of rows.
-fn potentials(x: Tensor<2>, squared: bool, eps: f64) -> (Tensor<2>, Tensor<3>) {
-    let [n, d] = x.dims();
-    let dist = pairwise_distances(x.clone(), squared, eps);
-    let off = (n * (n - 1)) as f64;
-    let dist = dist.clone() / (dist.sum() * (1.0 / off)).unsqueeze();
-    let diff = x.clone().unsqueeze_dim::<3>(0) - x.unsqueeze_dim::<3>(1); // [i, j] = xⱼ − xᵢ
-    let unit = l2_normalize(diff.reshape([n * n, d]), 1e-12).reshape([n, n, d]);
-    (dist, unit.clone().matmul(unit.swap_dims(1, 2)))
 }
 
 crate::objective!(Rkd, "rkd");

@@ -1,9 +1,18 @@
 //! SP: similarity-preserving distillation.
 
 use burn::config::Config;
+use burn::tensor::Tensor;
 
 use crate::math::l2_normalize;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// SP's loss between student and teacher rows `[N, D]` (any widths):
+/// `‖normalize(xᵗxᵗᵀ) − normalize(xˢxˢᵀ)‖²_F / N²`.
+pub fn sp_loss(student: Tensor<2>, teacher: Tensor<2>) -> Tensor<1> {
+    let gram = |x: Tensor<2>| l2_normalize(x.clone().matmul(x.transpose()), 1e-12);
+    let n = student.dims()[0] as f64;
+    (gram(teacher) - gram(student)).square().sum() * (1.0 / (n * n))
+}
 
 /// Configuration of [`Sp`].
 #[derive(Config, Debug)]
@@ -40,13 +49,7 @@ impl Loss for Sp {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let (s, t) = input.of(Sp::NAME).rows(&self.feature, 2)?;
-        let gram =
-            |x: burn::tensor::Tensor<2>| l2_normalize(x.clone().matmul(x.transpose()), 1e-12);
-        let n = s.dims()[0] as f64;
-        let diff = gram(t) - gram(s);
-        Ok(LossOutput::single(
-            Sp::NAME,
-            diff.square().sum() * (1.0 / (n * n)),
-        ))
+        Ok(LossOutput::single(Sp::NAME, sp_loss(s, t)))
     }
 }
+
