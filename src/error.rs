@@ -124,6 +124,14 @@ pub enum DistillError {
         /// Why it failed.
         reason: String,
     },
+    /// A loss term asked for (a metric, a task term) that the loss does not have.
+    #[error("the loss has no term `{term}`; its terms are {terms:?}")]
+    UnknownTerm {
+        /// The term asked for.
+        term: String,
+        /// The terms the loss has.
+        terms: Vec<String>,
+    },
     /// A configuration value is out of its valid range.
     #[error("invalid config for {objective}: {field} = {value} ({reason})")]
     InvalidConfig {

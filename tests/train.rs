@@ -195,3 +195,80 @@ fn a_distiller_with_a_meta_teacher_updates_that_teacher() {
         "the meta-teacher's teacher learned"
     );
 }
+
+/// Every term name the crate's objectives produce (`dkd/tckd`, `dckd/nckd`, `kd#2`, …) is a
+/// metric burn-train's file logger can write: a run with a metric per term of such a loss
+/// completes and writes a log per metric. A metric for a term the loss lacks is refused
+/// before the run, naming the terms it has.
+#[test]
+fn term_metrics_of_every_name_run_under_the_file_logger() {
+    use burn_distill::logit::{DckdConfig, DkdConfig};
+    let dev = Device::flex().autodiff();
+    let teacher = net(&[4, 16, 3], 3, &dev);
+    let student = net(&[4, 3], 4, &dev);
+    let kd = || KdConfig::new().with_temperature(2.0).init().unwrap();
+    let loss = CrossEntropyConfig::new().init().unwrap()
+        + DkdConfig::new().with_warmup_epochs(0).init().unwrap()
+        + DckdConfig::new().with_warmup_epochs(0).init().unwrap()
+        + kd()
+        + kd();
+    // the terms, from one forward pass on a batch like the training ones
+    let example = {
+        let b = ItemBatcher.batch(items()[..8].to_vec(), &dev);
+        let s = student.run(&b.batch.input).logits;
+        let t = teacher.run(&b.batch.input).logits;
+        DistillInput::new(s, t).targets(b.batch.targets)
+    };
+    let metrics = TermMetric::all(&loss, &example).unwrap();
+    let names: Vec<String> = burn::train::metric::Metric::name(&metrics[1])
+        .to_string()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    assert_eq!(names.last().unwrap(), "dkd_tckd");
+    assert_eq!(metrics.len(), 7); // ce, dkd/tckd, dkd/nckd, dckd/tckd, dckd/nckd, kd, kd#2
+    let Err(err) = TermMetric::checked("dkd/tkcd", &loss, &example) else {
+        panic!("a term the loss lacks was accepted");
+    };
+    assert!(
+        matches!(err, DistillError::UnknownTerm { ref terms, .. } if terms.len() == 7),
+        "{err}"
+    );
+    assert!(TermMetric::checked("dkd/tckd", &loss, &example).is_ok());
+
+    let model = Distiller::new(student, teacher, loss);
+    let train = DataLoaderBuilder::new(ItemBatcher)
+        .batch_size(16)
+        .build(InMemDataset::new(items()));
+    let valid = DataLoaderBuilder::new(ItemBatcher)
+        .batch_size(16)
+        .build(InMemDataset::new(items()));
+    let dir = std::env::temp_dir().join(format!("burn-distill-terms-{}", std::process::id()));
+    let mut training = SupervisedTraining::new(&dir, train, valid).num_epochs(1);
+    for m in metrics {
+        training = training.metric_train_numeric(m);
+    }
+    let result = training.launch(Learner::new(model, AdamConfig::new().init(), 1e-2));
+    drop(result);
+    let logs: Vec<String> = walk(&dir)
+        .into_iter()
+        .filter(|p| p.contains("Loss_term") || p.contains("Loss term"))
+        .collect();
+    assert!(logs.iter().any(|p| p.contains("dkd_tckd")), "{logs:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}

@@ -15,7 +15,7 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 
 use crate::input::{Distillable, Outputs};
 use crate::meta::{Batch, MetaTeacher};
-use crate::{DistillInput, Loss, Progress};
+use crate::{DistillError, DistillInput, Loss, Progress};
 
 /// One training item for a [`Distiller`]: the batch, optionally the teacher's outputs on it
 /// (cached once per data set when the teacher is frozen and the inputs are not augmented),
@@ -101,15 +101,63 @@ pub struct TermMetric {
 }
 
 impl TermMetric {
-    /// The metric of the term `term`.
+    /// The metric of the term `term`. Its name is `Loss term <term>` with every character
+    /// that is not a letter, a digit, `-` or `_` replaced by `_` (`dkd/tckd` → `dkd_tckd`), so
+    /// that every logger can use it as a file name (burn's file logger opens `<name>.log`).
+    ///
+    /// A term the loss does not produce logs NaN: prefer [`checked`](Self::checked) or
+    /// [`all`](Self::all), which read the loss's terms from one forward pass first.
     pub fn new(term: impl Into<String>) -> Self {
         let term = term.into();
+        let safe: String = term
+            .chars()
+            .map(|c| match c.is_alphanumeric() || c == '-' || c == '_' {
+                true => c,
+                false => '_',
+            })
+            .collect();
         Self {
-            name: Arc::new(format!("Loss term {term}")),
+            name: Arc::new(format!("Loss term {safe}")),
             term,
             state: NumericMetricState::default(),
         }
     }
+
+    /// The metric of `term` after checking, on one forward pass of `loss` over `example` (a
+    /// batch like the training ones), that the loss has that term;
+    /// [`DistillError::UnknownTerm`] lists the terms it has.
+    pub fn checked(
+        term: &str,
+        loss: &dyn Loss,
+        example: &DistillInput,
+    ) -> Result<Self, DistillError> {
+        let terms = term_names(loss, example)?;
+        match terms.iter().any(|t| t == term) {
+            true => Ok(Self::new(term)),
+            false => Err(DistillError::UnknownTerm {
+                term: term.into(),
+                terms,
+            }),
+        }
+    }
+
+    /// One metric per term of `loss` (read from one forward pass over `example`), to register
+    /// with `metric_train_numeric` / `metric_valid_numeric`.
+    pub fn all(loss: &dyn Loss, example: &DistillInput) -> Result<Vec<Self>, DistillError> {
+        Ok(term_names(loss, example)?
+            .into_iter()
+            .map(Self::new)
+            .collect())
+    }
+}
+
+/// The names of the terms `loss` returns on `example`.
+fn term_names(loss: &dyn Loss, example: &DistillInput) -> Result<Vec<String>, DistillError> {
+    Ok(loss
+        .forward(example)?
+        .terms()
+        .map(|(n, _)| n.to_string())
+        .collect())
 }
 
 impl Metric for TermMetric {
