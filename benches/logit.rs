@@ -1,6 +1,7 @@
 //! Forward + backward (w.r.t. the student's logits, teacher frozen) of the logit objectives on
-//! flex, f32, single-threaded by construction, at [64,100], [256,100], [256,1000], [1024,1000]:
-//! KD, DKD and DCKD fused and composed, KD as a naive scalar single-pass loop, DIST composed.
+//! flex, f32, at [64,100], [256,100], [256,1000], [1024,1000]:
+//! KD, DKD and DCKD fused (on every core, and on one thread) and composed, KD as a naive
+//! scalar single-pass loop, DIST composed.
 //!
 //! `cargo bench --bench logit`; medians go in docs/performance.md.
 
@@ -92,7 +93,7 @@ fn bench(c: &mut Criterion) {
         ),
         (
             "dckd/composed",
-            Box::new(dckd.with_fused(false).init().unwrap()),
+            Box::new(dckd.clone().with_fused(false).init().unwrap()),
         ),
         ("dist/composed", Box::new(DistConfig::new().init().unwrap())),
     ]);
@@ -100,6 +101,21 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("forward+backward {n}x{classes}"));
         let data = batch(n, classes, &dev);
         bench_objectives(&mut group, &objectives, &data);
+        // the fused kernels on one thread (the rows above use every core)
+        burn_distill::fused::set_threads(1);
+        let one: Vec<(&str, Box<dyn Loss>)> = vec![
+            (
+                "kd/fused-1thread",
+                Box::new(KdConfig::new().init().unwrap()),
+            ),
+            (
+                "dkd/fused-1thread",
+                Box::new(DkdConfig::new().with_warmup_epochs(0).init().unwrap()),
+            ),
+            ("dckd/fused-1thread", Box::new(dckd.init().unwrap())),
+        ];
+        bench_objectives(&mut group, &one, &data);
+        burn_distill::fused::set_threads(0);
         let (sv, tv) = (
             data.0.into_data().try_to_vec::<f32>().unwrap(),
             data.1.into_data().try_to_vec::<f32>().unwrap(),

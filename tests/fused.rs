@@ -7,8 +7,8 @@ mod common;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_distill::fused;
 use burn_distill::logit::{Dckd, DckdConfig, DkdConfig, JointTarget, KdConfig};
-use burn_distill::{DistillInput, Loss};
-use common::{Batch, batches, close, device, values};
+use burn_distill::{DistillInput, Loss, LossExt};
+use common::{Batch, batches, close, device, ints, tensor, values};
 use proptest::prelude::*;
 
 /// Batches of 1–5 rows, 3–39 classes, logits in ±(0.1 to 6), temperatures in [0.5, 8).
@@ -240,4 +240,67 @@ fn non_finite_rows_give_nan() {
 fn supported_devices() {
     assert!(fused::supported(&Device::flex()));
     assert!(fused::supported(&Device::flex().autodiff()));
+}
+
+/// The fused kernels split their rows over threads: losses and gradients are bit-identical
+/// for every thread count (each row is computed by one thread, in the same order).
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let dev = device();
+    let (n, c) = (37, 129);
+    let data = |seed: u64| -> Vec<f64> {
+        let mut s = seed | 1;
+        (0..n * c)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 * 8.0 - 4.0
+            })
+            .collect()
+    };
+    let (sv, tv) = (data(3), data(5));
+    let y: Vec<i64> = (0..n as i64).map(|i| (i * 7) % c as i64).collect();
+    let run = |threads: usize, dtype: DType| -> Vec<Vec<f64>> {
+        burn_distill::fused::set_threads(threads);
+        let losses: Vec<Box<dyn Loss>> = vec![
+            KdConfig::new().init().unwrap().boxed(),
+            DkdConfig::new()
+                .with_warmup_epochs(0)
+                .init()
+                .unwrap()
+                .boxed(),
+            DckdConfig::new()
+                .with_warmup_epochs(0)
+                .init()
+                .unwrap()
+                .boxed(),
+        ];
+        let mut out = Vec::new();
+        for loss in losses {
+            let s = tensor(sv.clone(), [n, c], dtype).require_grad();
+            let t = tensor(tv.clone(), [n, c], dtype).require_grad();
+            let input = DistillInput::new(s.clone(), t.clone())
+                .targets(ints(y.clone()))
+                .attach_teacher();
+            let o = loss.forward(&input).unwrap();
+            out.push(vec![o.value()]);
+            let grads = o.total.backward();
+            out.push(values(s.grad(&grads).unwrap()));
+            out.push(values(t.grad(&grads).unwrap()));
+        }
+        let _ = &dev;
+        out
+    };
+    for dtype in [DType::F32, DType::F64] {
+        let one = run(1, dtype);
+        for threads in [2, 3, 8, 0] {
+            let got = run(threads, dtype);
+            assert!(
+                got == one,
+                "{threads} threads ({dtype:?}) differ from one thread"
+            );
+        }
+    }
+    burn_distill::fused::set_threads(0);
 }

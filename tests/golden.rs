@@ -540,7 +540,8 @@ fn ctkd_kd(case: &Case) -> Result<(), String> {
         .with_lambda_end(lambda)
         .init(KdConfig::new().init().map_err(e)?, &device())
         .map_err(e)?
-        .with_theta(theta.clone());
+        .with_theta(theta.clone())
+        .map_err(e)?;
     let (rel, abs) = case.tolerance();
     let want_t = case.outputs.get("temperature").ok_or("no temperature")?;
     close("temperature", &[ctkd.temperature()], want_t, rel, abs)?;

@@ -225,7 +225,7 @@ proptest! {
     #[test]
     fn ctkd_theta_gradient_is_lambda_times_finite_difference(b in batch(), theta in -2.0f64..2.0, epoch in 0usize..12) {
         let ctkd_at = |theta: f64| {
-            CtkdConfig::new().init(KdConfig::new().init().unwrap(), &device()).unwrap().with_theta(f64t(vec![theta], [1]))
+            CtkdConfig::new().init(KdConfig::new().init().unwrap(), &device()).unwrap().with_theta(f64t(vec![theta], [1])).unwrap()
         };
         let input = b.input(b.s.clone(), b.t.clone()).progress(Progress::epoch(epoch, 240));
         let ctkd = ctkd_at(theta);

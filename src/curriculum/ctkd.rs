@@ -114,9 +114,19 @@ impl<L: Tempered + Clone + 'static> Ctkd<L> {
     }
 
     /// The same objective with θ replaced (to restore it, or give it another dtype).
-    pub fn with_theta(mut self, theta: Tensor<1>) -> Self {
+    ///
+    /// Errors: a θ that is not of shape `[1]`.
+    pub fn with_theta(mut self, theta: Tensor<1>) -> Result<Self, DistillError> {
+        if theta.dims() != [1] {
+            return Err(DistillError::ShapeMismatch {
+                objective: Self::NAME.into(),
+                what: "θ".into(),
+                expected: vec![1],
+                actual: theta.dims().to_vec(),
+            });
+        }
         self.theta = Param::from_tensor(theta.require_grad());
-        self
+        Ok(self)
     }
 
     /// The gradient-reversal factor λ at `progress` (CTKD's epochs count from 1).

@@ -8,7 +8,36 @@
 
 use num_traits::Float;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::Joint;
+
+/// Threads the kernels use: 0 = every core (the default), else at most this many.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// A call below this many logits runs on one thread (a thread's start costs about as much as
+/// the kernel on 16K logits).
+const MIN_PER_THREAD: usize = 1 << 16;
+
+/// Sets the threads the fused kernels split their rows over: `0` (the default) uses every
+/// core for calls large enough to pay (64K logits a thread); `n ≥ 1` uses at most `n`
+/// threads whatever the size (`1`: single-threaded). The results do not depend on it: each
+/// row is computed by one thread, in the same order of operations.
+pub fn set_threads(n: usize) {
+    THREADS.store(n, Ordering::Relaxed);
+}
+
+/// How many threads a call over `rows` rows of `c` logits uses.
+fn threads_for(rows: usize, c: usize) -> usize {
+    let want = match THREADS.load(Ordering::Relaxed) {
+        0 => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cores.min((rows * c / MIN_PER_THREAD).max(1))
+        }
+        n => n,
+    };
+    want.clamp(1, rows.max(1))
+}
 
 /// A float the kernels run in: `f32` (vectorised polynomial `exp`) or `f64` (the standard
 /// library's `exp`, for reference-precision runs).
@@ -207,6 +236,74 @@ pub struct Job<'a, F> {
     pub teacher: &'a mut [F],
 }
 
+impl<'a, F: Send + Sync> Job<'a, F> {
+    /// The job as `parts` jobs over consecutive blocks of rows (`per_row` outputs a row).
+    fn split(self, parts: usize, per_row: usize) -> Vec<(usize, Job<'a, F>)> {
+        let Job {
+            mut s,
+            mut t,
+            c,
+            inv_t,
+            mut rows,
+            mut student,
+            mut teacher,
+        } = self;
+        let n = rows.len() / per_row;
+        let mut out = Vec::with_capacity(parts);
+        let mut start = 0;
+        for p in 0..parts {
+            let len = n / parts + usize::from(p < n % parts);
+            let cut = |x: &mut &'a [F]| {
+                let (a, b) = x.split_at(len * c);
+                *x = b;
+                a
+            };
+            let cut_mut = |x: &mut &'a mut [F], width: usize| {
+                let at = (len * width).min(x.len());
+                let (a, b) = std::mem::take(x).split_at_mut(at);
+                *x = b;
+                a
+            };
+            let job = Job {
+                s: cut(&mut s),
+                t: cut(&mut t),
+                c,
+                inv_t,
+                rows: cut_mut(&mut rows, per_row),
+                student: cut_mut(&mut student, c),
+                teacher: cut_mut(&mut teacher, c),
+            };
+            out.push((start, job));
+            start += len;
+        }
+        out
+    }
+}
+
+/// Runs `kernel` on `job` split over [`threads_for`] threads (scoped; one block of rows each,
+/// so every row is computed exactly as on one thread). `kernel` gets each block's first row.
+fn on_threads<'a, F: Send + Sync>(
+    job: Job<'a, F>,
+    per_row: usize,
+    kernel: impl Fn(usize, Job<'a, F>) + Sync,
+) {
+    let threads = threads_for(job.rows.len() / per_row, job.c);
+    if threads == 1 {
+        return kernel(0, job);
+    }
+    std::thread::scope(|scope| {
+        let mut jobs = job.split(threads, per_row).into_iter();
+        let first = jobs.next();
+        for (start, part) in jobs {
+            let kernel = &kernel;
+            scope.spawn(move || kernel(start, part));
+        }
+        if let Some((start, part)) = first {
+            kernel(start, part);
+        }
+    });
+}
+
 /// Runs `$rows::<F, FMA>` with AVX2 + FMA code where the CPU has them, baseline code otherwise.
 macro_rules! simd_dispatch {
     ($f:ty; $rows:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
@@ -228,7 +325,11 @@ macro_rules! simd_dispatch {
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))` into `job.rows` (`[n]`), and its gradient
 /// planes w.r.t. the raw logits: `(p_s − p_t)/T` for the student, `p_t ⊙ (a − KL)/T`
 /// (`a = log p_t − log p_s`) for the teacher.
-pub fn kd<F: Real>(job: Job<F>) {
+pub fn kd<F: Real + Send + Sync>(job: Job<F>) {
+    on_threads(job, 1, |_, part| kd_block(part));
+}
+
+fn kd_block<F: Real>(job: Job<F>) {
     simd_dispatch!(F; kd_rows, kd_avx2, (job: Job<F>));
 }
 
@@ -347,7 +448,19 @@ pub struct Parts<'a, F> {
 
 /// Per-sample `(TCKD, NCKD)` of DKD (or DCKD, through the joint rule) into `job.rows`
 /// (`[n, 2]`), and the gradient planes of `w_tc·TCKD + w_nc·NCKD` w.r.t. the raw logits.
-pub fn dkd<F: Real>(job: Job<F>, parts: &Parts<F>) {
+pub fn dkd<F: Real + Send + Sync>(job: Job<F>, parts: &Parts<F>) {
+    on_threads(job, 2, |start, part| {
+        let rows = part.rows.len() / 2;
+        let block = Parts {
+            targets: &parts.targets[start..start + rows],
+            joint: parts.joint,
+            weights: parts.weights,
+        };
+        dkd_block(part, &block)
+    });
+}
+
+fn dkd_block<F: Real>(job: Job<F>, parts: &Parts<F>) {
     simd_dispatch!(F; dkd_rows, dkd_avx2, (job: Job<F>, parts: &Parts<F>));
 }
 
@@ -430,6 +543,8 @@ fn dkd_rows<F: Real, const FMA: bool>(job: Job<F>, parts: &Parts<F>) {
 /// The backward pass of a fused op: each row of its gradient plane (`[n, c]`) times the
 /// incoming per-sample gradient `g` (`[n]`), in place.
 pub fn combine<F: Real>(plane: &mut [F], g: &[F], c: usize) {
+    // one thread: a second one made the whole call slower on this 2-core machine (one
+    // streaming pass is memory-bound), see docs/performance.md
     for (row, &w) in plane.chunks_exact_mut(c).zip(g) {
         for v in row.iter_mut() {
             *v = *v * w;

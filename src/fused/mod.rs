@@ -37,7 +37,7 @@ mod ops;
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Int, Tensor};
 
-pub use cpu::exp_in_place;
+pub use cpu::{exp_in_place, set_threads};
 use ops::FusedOps;
 
 pub(crate) use crate::math::JointTarget as Joint;

@@ -80,6 +80,9 @@ impl<'a> Checked<'a> {
         if s.dims()[0] == 0 {
             return Err(self.empty("student logits".into()));
         }
+        if s.dims()[1] == 0 {
+            return Err(self.empty("student logits (zero classes)".into()));
+        }
         Ok(upcast(s.clone()))
     }
 

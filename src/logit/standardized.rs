@@ -49,8 +49,12 @@ impl<L> Standardized<L> {
         Ok(Self { eps, ..self })
     }
 
-    fn transform(&self, input: &DistillInput) -> DistillInput {
-        input.map_logits(|z| standardize_rows(z, self.eps))
+    /// The input with standardised logits, after checking they have at least 2 classes (the
+    /// standard deviation of one value is 0/0).
+    fn transform(&self, input: &DistillInput) -> Result<DistillInput, DistillError> {
+        let c = input.of(Standardized::<()>::NAME).student_logits()?.dims()[1];
+        crate::check::check_classes(Standardized::<()>::NAME, c, 2)?;
+        Ok(input.map_logits(|z| standardize_rows(z, self.eps)))
     }
 }
 
@@ -62,7 +66,7 @@ impl<L: Loss> Loss for Standardized<L> {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.inner.forward(&self.transform(input))
+        self.inner.forward(&self.transform(input)?)
     }
 }
 
@@ -72,6 +76,6 @@ impl<L: Tempered> Tempered for Standardized<L> {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        self.inner.forward_at(&self.transform(input), temperature)
+        self.inner.forward_at(&self.transform(input)?, temperature)
     }
 }

@@ -178,6 +178,14 @@ impl Loss for Crd {
         let c = &self.config;
         let (s, t) = input.of(Crd::NAME).rows(&c.feature, 1)?;
         let b = s.dims()[0];
+        if s.dims()[1] != c.student_dim || t.dims()[1] != c.teacher_dim {
+            return Err(DistillError::ShapeMismatch {
+                objective: Crd::NAME.into(),
+                what: format!("tap `{}` widths (student, teacher)", c.feature),
+                expected: vec![c.student_dim, c.teacher_dim],
+                actual: vec![s.dims()[1], t.dims()[1]],
+            });
+        }
         let idx = input.of(Crd::NAME).indices(b, c.dataset_size)?;
         let p = input.of(Crd::NAME).progress("to draw its negatives")?;
         let dev = s.device();
@@ -189,6 +197,15 @@ impl Loss for Crd {
             1,
         );
         let (vs, vt) = (self.embed_student.forward(s), self.embed_teacher.forward(t));
+        // the memories must never take in a non-finite value: one read decides
+        let finite = (vs.clone().detach().sum() + vt.clone().detach().sum())
+            .into_scalar::<f64>()
+            .is_finite();
+        if !finite {
+            return Err(DistillError::NonFinite {
+                what: "crd: this batch's embeddings (the memories were left unchanged)".into(),
+            });
+        }
         let (ms, mt) = (
             self.memory_student.value_sync(),
             self.memory_teacher.value_sync(),
@@ -209,6 +226,11 @@ impl Loss for Crd {
             for (zi, out) in z.iter_mut().zip([&out_s, &out_t]) {
                 if *zi < 0.0 {
                     *zi = out.clone().detach().mean().into_scalar::<f64>() * n;
+                    if !(zi.is_finite() && *zi > 0.0) {
+                        return Err(DistillError::NonFinite {
+                            what: "crd: the normaliser from the first batch (not stored)".into(),
+                        });
+                    }
                 }
             }
             self.normalizers.update(Tensor::<1>::from_data(

@@ -221,6 +221,14 @@ impl Loss for Dlkd {
         let mut terms = Vec::new();
         if c.ce_weight > 0.0 {
             let z = input.of(Dlkd::NAME).student_logits()?;
+            if z.dims()[0] != n {
+                return Err(DistillError::ShapeMismatch {
+                    objective: Dlkd::NAME.into(),
+                    what: "student logits (one row per tap row)".into(),
+                    expected: vec![n, z.dims()[1]],
+                    actual: z.dims().to_vec(),
+                });
+            }
             let y = input.of(Dlkd::NAME).targets(n, z.dims()[1])?;
             terms.push((
                 "ce".into(),

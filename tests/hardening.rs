@@ -1,0 +1,207 @@
+//! Bad input that used to panic inside burn, give a silent NaN or poison state: each case
+//! asserts the exact outcome (issue 19's first root causes).
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_distill::curriculum::CtkdConfig;
+use burn_distill::feature::AtConfig;
+use burn_distill::logit::{DckdConfig, DistConfig, Standardized};
+use burn_distill::prelude::*;
+use burn_distill::relation::{CrdConfig, DlkdConfig, RkdConfig};
+use common::*;
+
+fn empty(err: DistillError, objective: &str) -> bool {
+    matches!(err, DistillError::EmptyBatch { objective: ref o, .. } if o == objective)
+}
+
+/// Logits with zero classes `[N, 0]` are an `EmptyBatch` for every logit objective, fused or
+/// composed (the fused backward used to panic in the crate's own kernel, the composed paths in
+/// burn's `max_dim`).
+#[test]
+fn zero_classes_are_an_empty_batch() {
+    let z = || f64t(vec![], [3, 0]);
+    let losses: Vec<Box<dyn Loss>> = vec![
+        KdConfig::new().init().unwrap().boxed(),
+        KdConfig::new().with_fused(false).init().unwrap().boxed(),
+        DkdConfig::new()
+            .with_warmup_epochs(0)
+            .init()
+            .unwrap()
+            .boxed(),
+        DckdConfig::new()
+            .with_warmup_epochs(0)
+            .init()
+            .unwrap()
+            .boxed(),
+        DistConfig::new().init().unwrap().boxed(),
+        CrossEntropyConfig::new().init().unwrap().boxed(),
+    ];
+    for loss in losses {
+        let input = DistillInput::new(z(), z()).targets(ints(vec![0, 0, 0]));
+        let err = loss.forward(&input).unwrap_err();
+        assert!(empty(err.clone(), loss.name()), "{}: {err}", loss.name());
+    }
+}
+
+/// Zero channels (AT) and zero-width embeddings (RKD) are an `EmptyBatch`, not a NaN or a
+/// panic in a reshape.
+#[test]
+fn zero_channels_and_widths_are_an_empty_batch() {
+    let at = AtConfig::new().init().unwrap();
+    let input = DistillInput::features_only().feature(
+        "feature",
+        f64t(vec![], [2, 0, 3, 3]),
+        f64t(vec![0.5; 2 * 4 * 9], [2, 4, 3, 3]),
+    );
+    assert!(empty(at.forward(&input).unwrap_err(), "at"));
+    let rkd = RkdConfig::new().init().unwrap();
+    let input = DistillInput::features_only().feature(
+        "embedding",
+        f64t(vec![], [3, 0]),
+        f64t(vec![1.0; 6], [3, 2]),
+    );
+    assert!(empty(rkd.forward(&input).unwrap_err(), "rkd"));
+}
+
+/// Logit standardisation of a single class (0/0) is `TooFewClasses`.
+#[test]
+fn standardized_needs_two_classes() {
+    let loss = Standardized::new(KdConfig::new().init().unwrap());
+    let input = DistillInput::new(f64t(vec![1.0, 2.0], [2, 1]), f64t(vec![0.0, 1.0], [2, 1]));
+    let err = loss.forward(&input).unwrap_err();
+    assert!(
+        matches!(err, DistillError::TooFewClasses { min: 2, got: 1, .. }),
+        "{err}"
+    );
+}
+
+/// CTKD refuses a θ of another shape than `[1]`.
+#[test]
+fn ctkd_theta_is_one_value() {
+    let ctkd = CtkdConfig::new()
+        .init(KdConfig::new().init().unwrap(), &device())
+        .unwrap();
+    let err = ctkd.with_theta(f64t(vec![0.0, 1.0], [2])).unwrap_err();
+    assert!(
+        matches!(err, DistillError::ShapeMismatch { ref expected, .. } if expected == &[1]),
+        "{err}"
+    );
+}
+
+/// DLKD's task term checks the logits' batch against the taps' (it used to panic in gather).
+#[test]
+fn dlkd_checks_the_logits_batch() {
+    configure_f64();
+    let dlkd = DlkdConfig::new(2, 2)
+        .with_corr_weight(0.0)
+        .with_supcon_weight(0.0)
+        .with_align_weight(0.0)
+        .init(&device())
+        .unwrap();
+    let input = DistillInput::student(f64t(vec![0.1; 3 * 4], [3, 4]))
+        .targets(ints(vec![0, 1]))
+        .feature(
+            "embedding",
+            f64t(vec![0.2; 4], [2, 2]),
+            f64t(vec![0.3; 4], [2, 2]),
+        );
+    let err = dlkd.forward(&input).unwrap_err();
+    assert!(
+        matches!(err, DistillError::ShapeMismatch { ref objective, .. } if objective == "dlkd"),
+        "{err}"
+    );
+}
+
+fn crd_input(
+    s: Vec<f64>,
+    t: Vec<f64>,
+    widths: [usize; 2],
+    idx: Vec<i64>,
+    step: usize,
+) -> DistillInput {
+    let n = idx.len();
+    DistillInput::features_only()
+        .feature(
+            "embedding",
+            f64t(s, [n, widths[0]]),
+            f64t(t, [n, widths[1]]),
+        )
+        .indices(Tensor::<1, Int>::from_data(
+            TensorData::new(idx, [n]),
+            &device(),
+        ))
+        .progress(Progress::epoch(0, 1).at_step(step, 10))
+}
+
+/// One NaN batch does not poison CRD: it is a `NonFinite` error, the memories and the
+/// normaliser are left as they were (bit-identical records), and the next valid batch gives
+/// the finite loss it would have given without it. Tap widths other than the configured ones
+/// are a `ShapeMismatch` (they used to panic in burn's `Linear`).
+#[test]
+fn crd_is_not_poisoned_by_a_nan_batch() {
+    configure_f64();
+    let config = CrdConfig::new(2, 3, 6).with_embed_dim(3).with_negatives(4);
+    // one set of embedding weights for every copy (init draws them at random)
+    let weights = config
+        .init(&device())
+        .unwrap()
+        .into_record()
+        .into_bytes()
+        .unwrap();
+    let crd = || {
+        config
+            .init(&device())
+            .unwrap()
+            .load_record(burn::store::ModuleRecord::from_bytes(weights.clone()).unwrap())
+    };
+    let good = |step| {
+        crd_input(
+            vec![0.3, -1.0, 2.0, 0.5],
+            vec![1.0, 0.0, -1.0, 0.2, 0.4, 0.6],
+            [2, 3],
+            vec![1, 4],
+            step,
+        )
+    };
+    let bad = crd_input(
+        vec![f64::NAN, -1.0, 2.0, 0.5],
+        vec![1.0, 0.0, -1.0, 0.2, 0.4, 0.6],
+        [2, 3],
+        vec![2, 3],
+        1,
+    );
+
+    // reference: two valid batches
+    let clean = crd();
+    let first = clean.forward(&good(0)).unwrap().value();
+    let second = clean.forward(&good(2)).unwrap().value();
+
+    let poisoned = crd();
+    // a NaN batch first: the normaliser is not fixed from it, nothing is written
+    let before = poisoned.clone().into_record().into_bytes().unwrap();
+    assert!(matches!(
+        poisoned.forward(&bad).unwrap_err(),
+        DistillError::NonFinite { .. }
+    ));
+    assert_eq!(poisoned.clone().into_record().into_bytes().unwrap(), before);
+    assert_eq!(poisoned.forward(&good(0)).unwrap().value(), first);
+    // a NaN batch between valid ones changes nothing either
+    let before = poisoned.clone().into_record().into_bytes().unwrap();
+    assert!(matches!(
+        poisoned.forward(&bad).unwrap_err(),
+        DistillError::NonFinite { .. }
+    ));
+    assert_eq!(poisoned.clone().into_record().into_bytes().unwrap(), before);
+    let after = poisoned.forward(&good(2)).unwrap().value();
+    assert!(after.is_finite());
+    assert_eq!(after, second);
+
+    let wide = crd_input(vec![0.1; 6], vec![0.2; 6], [3, 3], vec![0, 1], 0);
+    let err = crd().forward(&wide).unwrap_err();
+    assert!(
+        matches!(err, DistillError::ShapeMismatch { ref objective, .. } if objective == "crd"),
+        "{err}"
+    );
+}
