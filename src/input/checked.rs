@@ -9,7 +9,8 @@ use crate::DistillError;
 /// A [`DistillInput`] read on behalf of one objective ([`DistillInput::of`]): each accessor
 /// checks what it returns (presence, shapes, ranges) and names the objective in its error. The
 /// teacher's tensors come back detached unless the input
-/// [attaches](DistillInput::attach_teacher) them.
+/// [attaches](DistillInput::attach_teacher) them, and in the student's float type (a teacher
+/// in f32 beside an f64 student is converted; half-precision logits are read in f32).
 ///
 /// ```
 /// # use burn::tensor::{Device, Tensor};
@@ -106,7 +107,8 @@ impl<'a> Checked<'a> {
         if ns != nt {
             return Err(self.shape("teacher logits".into(), vec![ns, cs], vec![nt, ct]));
         }
-        Ok((s, upcast(self.teacher(t, frozen))))
+        let t = like(upcast(self.teacher(t, frozen)), s.dtype());
+        Ok((s, t))
     }
 
     /// The targets after checking there are `batch` of them, each in `0..classes`.
@@ -197,7 +199,8 @@ impl<'a> Checked<'a> {
                 classes: vocab,
             });
         }
-        Ok((ids.clone(), upcast(self.teacher(lp, frozen))))
+        let dtype = self.student_logits()?.dtype();
+        Ok((ids.clone(), like(upcast(self.teacher(lp, frozen)), dtype)))
     }
 
     /// The extension of type `E` ([`DistillInput::with`]), or [`DistillError::MissingInput`]
@@ -268,7 +271,12 @@ impl<'a> Checked<'a> {
             .teacher_features
             .get(teacher)
             .ok_or_else(|| missing(teacher))?;
-        Ok((s.clone(), self.teacher(t, Feature::detach)))
+        let t = match (s, self.teacher(t, Feature::detach)) {
+            (Feature::Map(s), Feature::Map(t)) => Feature::Map(like(t, s.dtype())),
+            (Feature::Embedding(s), Feature::Embedding(t)) => Feature::Embedding(like(t, s.dtype())),
+            (_, t) => t,
+        };
+        Ok((s.clone(), t))
     }
 
     /// The student's and teacher's maps of tap `name`, after checking both are `[N, C, H, W]`
@@ -344,6 +352,15 @@ fn outside((lo, hi): (i64, i64), size: usize) -> Option<i64> {
         Some(hi)
     } else {
         None
+    }
+}
+
+/// `t` in `dtype` (the student's: a teacher in another float type is converted, as mixed
+/// precision does, instead of meeting the student in a burn op that panics on the mismatch).
+fn like<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    match t.dtype() == dtype {
+        true => t,
+        false => t.cast(FloatDType::from(dtype)),
     }
 }
 
