@@ -216,28 +216,58 @@ fn mixed_dtypes_are_read_in_the_students() {
     let losses: Vec<Box<dyn Loss>> = vec![
         KdConfig::new().init().unwrap().boxed(),
         KdConfig::new().with_fused(false).init().unwrap().boxed(),
-        DkdConfig::new().with_warmup_epochs(0).init().unwrap().boxed(),
+        DkdConfig::new()
+            .with_warmup_epochs(0)
+            .init()
+            .unwrap()
+            .boxed(),
         DistConfig::new().init().unwrap().boxed(),
         JsdConfig::new().init().unwrap().boxed(),
         RkdConfig::new().init().unwrap().boxed(),
         AtConfig::new().init().unwrap().boxed(),
     ];
-    let logits = |seed: f64| (0..20).map(|i| ((i as f64 * 0.37 + seed).sin()) * 3.0).collect::<Vec<f64>>();
-    let maps = |seed: f64| (0..4 * 2 * 9).map(|i| ((i as f64 * 0.11 + seed).cos())).collect::<Vec<f64>>();
+    let logits = |seed: f64| {
+        (0..20)
+            .map(|i| ((i as f64 * 0.37 + seed).sin()) * 3.0)
+            .collect::<Vec<f64>>()
+    };
+    let maps = |seed: f64| {
+        (0..4 * 2 * 9)
+            .map(|i| ((i as f64 * 0.11 + seed).cos()))
+            .collect::<Vec<f64>>()
+    };
     let input = |ds: DType, dt: DType| {
-        DistillInput::new(tensor(logits(0.0), [4, 5], ds), tensor(logits(1.0), [4, 5], dt))
-            .targets(ints(vec![0, 1, 2, 3]))
-            .feature("embedding", tensor(logits(2.0), [4, 5], ds), tensor(logits(3.0), [4, 5], dt))
-            .feature("feature", tensor(maps(0.0), [4, 2, 3, 3], ds), tensor(maps(1.0), [4, 2, 3, 3], dt))
+        DistillInput::new(
+            tensor(logits(0.0), [4, 5], ds),
+            tensor(logits(1.0), [4, 5], dt),
+        )
+        .targets(ints(vec![0, 1, 2, 3]))
+        .feature(
+            "embedding",
+            tensor(logits(2.0), [4, 5], ds),
+            tensor(logits(3.0), [4, 5], dt),
+        )
+        .feature(
+            "feature",
+            tensor(maps(0.0), [4, 2, 3, 3], ds),
+            tensor(maps(1.0), [4, 2, 3, 3], dt),
+        )
     };
     for loss in &losses {
-        let want = loss.forward(&input(DType::F64, DType::F64)).unwrap().value();
+        let want = loss
+            .forward(&input(DType::F64, DType::F64))
+            .unwrap()
+            .value();
         for (ds, dt) in [(DType::F64, DType::F32), (DType::F32, DType::F64)] {
             let got = loss
                 .forward(&input(ds, dt))
                 .unwrap_or_else(|e| panic!("{} {ds:?}/{dt:?}: {e}", loss.name()))
                 .value();
-            assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{} {ds:?}/{dt:?}: {got} vs {want}", loss.name());
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{} {ds:?}/{dt:?}: {got} vs {want}",
+                loss.name()
+            );
         }
     }
 }

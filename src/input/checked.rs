@@ -273,7 +273,9 @@ impl<'a> Checked<'a> {
             .ok_or_else(|| missing(teacher))?;
         let t = match (s, self.teacher(t, Feature::detach)) {
             (Feature::Map(s), Feature::Map(t)) => Feature::Map(like(t, s.dtype())),
-            (Feature::Embedding(s), Feature::Embedding(t)) => Feature::Embedding(like(t, s.dtype())),
+            (Feature::Embedding(s), Feature::Embedding(t)) => {
+                Feature::Embedding(like(t, s.dtype()))
+            }
             (_, t) => t,
         };
         Ok((s.clone(), t))
