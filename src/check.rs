@@ -92,3 +92,24 @@ pub fn check_classes(objective: &str, classes: usize, min: usize) -> Result<(), 
         }),
     }
 }
+
+/// Checks that a value is finite.
+pub fn check_finite(objective: &str, field: &str, v: f64) -> Result<f64, DistillError> {
+    match v.is_finite() {
+        true => Ok(v),
+        false => Err(DistillError::config(objective, field, v, "must be finite")),
+    }
+}
+
+/// Checks that a share is in `(0, 1]` (a fraction of a batch or of the classes kept).
+pub fn check_share(objective: &str, field: &str, v: f64) -> Result<f64, DistillError> {
+    match v > 0.0 && v <= 1.0 {
+        true => Ok(v),
+        false => Err(DistillError::config(
+            objective,
+            field,
+            v,
+            "must be in (0, 1]",
+        )),
+    }
+}

@@ -233,7 +233,7 @@ fn mixed_dtypes_are_read_in_the_students() {
     };
     let maps = |seed: f64| {
         (0..4 * 2 * 9)
-            .map(|i| ((i as f64 * 0.11 + seed).cos()))
+            .map(|i| (i as f64 * 0.11 + seed).cos())
             .collect::<Vec<f64>>()
     };
     let input = |ds: DType, dt: DType| {

@@ -48,14 +48,7 @@ impl CtkdConfig {
             epochs: self.lambda_epochs,
         };
         lambda.validate()?;
-        if !self.theta_init.is_finite() {
-            return Err(DistillError::config(
-                Ctkd::<()>::NAME,
-                "theta_init",
-                self.theta_init,
-                "must be finite",
-            ));
-        }
+        crate::check::check_finite(Ctkd::<()>::NAME, "theta_init", self.theta_init)?;
         let theta = Tensor::<1>::from_floats([self.theta_init], device).require_grad();
         Ok(Ctkd {
             theta: Param::from_tensor(theta),

@@ -19,14 +19,7 @@ fn fraction_ramp(
     epochs: usize,
 ) -> Result<Schedule, DistillError> {
     for (field, v) in [("start", start), ("end", end)] {
-        if !(v > 0.0 && v <= 1.0) {
-            return Err(DistillError::config(
-                objective,
-                field,
-                v,
-                "must be in (0, 1]",
-            ));
-        }
+        crate::check::check_share(objective, field, v)?;
     }
     if end < start {
         return Err(DistillError::config(
@@ -172,14 +165,7 @@ pub struct TopKMaskConfig {
 impl TopKMaskConfig {
     /// Wraps `inner`; errors for fractions outside (0, 1], a shrinking ramp or `min_kept = 0`.
     pub fn init<L: Loss>(&self, inner: L) -> Result<TopKMask<L>, DistillError> {
-        if self.min_kept == 0 {
-            return Err(DistillError::config(
-                TopKMask::<()>::NAME,
-                "min_kept",
-                0,
-                "must be >= 1",
-            ));
-        }
+        crate::check::check_count(TopKMask::<()>::NAME, "min_kept", self.min_kept, 1)?;
         Ok(TopKMask {
             inner,
             kept: fraction_ramp(TopKMask::<()>::NAME, self.start, self.end, self.epochs)?,

@@ -57,14 +57,7 @@ impl DafaConfig {
     pub fn init(&self, device: &Device) -> Result<Dafa, DistillError> {
         crate::check::check_non_negative(Dafa::NAME, "magnitude", self.magnitude)?;
         crate::check::check_fraction(Dafa::NAME, "drop", self.drop, false)?;
-        if !self.identity_logit.is_finite() {
-            return Err(DistillError::config(
-                Dafa::NAME,
-                "identity_logit",
-                self.identity_logit,
-                "must be finite",
-            ));
-        }
+        crate::check::check_finite(Dafa::NAME, "identity_logit", self.identity_logit)?;
         let logits: Vec<f64> = (0..DAFA_OPS.len())
             .map(|k| if k == 0 { self.identity_logit } else { 0.0 })
             .collect();
@@ -272,14 +265,7 @@ pub struct DamConfig {
 impl DamConfig {
     /// Validates the fraction and wraps `inner`.
     pub fn init<L: Loss>(&self, inner: L) -> Result<Dam<L>, DistillError> {
-        if !(self.fraction > 0.0 && self.fraction <= 1.0) {
-            return Err(DistillError::config(
-                Dam::<()>::NAME,
-                "fraction",
-                self.fraction,
-                "must be in (0, 1]",
-            ));
-        }
+        crate::check::check_share(Dam::<()>::NAME, "fraction", self.fraction)?;
         Ok(Dam {
             inner,
             config: self.clone(),

@@ -35,14 +35,7 @@ pub struct DistConfig {
 impl DistConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<Dist, DistillError> {
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(DistillError::config(
-                Dist::NAME,
-                "eps",
-                self.eps,
-                "must be > 0",
-            ));
-        }
+        crate::check::check_positive(Dist::NAME, "eps", self.eps)?;
         Ok(Dist {
             beta: check_non_negative(Dist::NAME, "beta", self.beta)?,
             gamma: check_non_negative(Dist::NAME, "gamma", self.gamma)?,

@@ -38,14 +38,7 @@ impl<L> Standardized<L> {
 
     /// The same with another `ε > 0`.
     pub fn with_eps(self, eps: f64) -> Result<Self, DistillError> {
-        if !(eps.is_finite() && eps > 0.0) {
-            return Err(DistillError::config(
-                Standardized::<()>::NAME,
-                "eps",
-                eps,
-                "must be > 0",
-            ));
-        }
+        crate::check::check_positive(Standardized::<()>::NAME, "eps", eps)?;
         Ok(Self { eps, ..self })
     }
 
