@@ -1,4 +1,5 @@
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # burn-distill
 //!
 //! Knowledge-distillation objectives for the [burn](https://burn.dev) deep-learning framework.

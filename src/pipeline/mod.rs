@@ -6,6 +6,7 @@
 mod distiller;
 
 #[cfg(feature = "train")]
+#[cfg_attr(docsrs, doc(cfg(feature = "train")))]
 pub use distiller::*;
 
 use crate::LossExt;
