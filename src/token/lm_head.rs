@@ -38,13 +38,16 @@ impl LmHead {
 
     /// The logits of rows `lo..lo + len`, `[len, V]`, outside the autodiff graph.
     fn logits(&self, lo: usize, len: usize) -> Tensor<2> {
-        let h = self.hidden.clone().narrow(0, lo, len).detach();
-        let z = h.matmul(self.weight.clone().detach());
-        match &self.bias {
-            Some(b) => z + b.clone().detach().unsqueeze_dim(0),
+        let z = self.rows(lo, len).matmul(constant(self.weight.clone()));
+        constant(match &self.bias {
+            Some(b) => z + constant(b.clone()).unsqueeze_dim(0),
             None => z,
-        }
-        .detach()
+        })
+    }
+
+    /// Hidden states `lo..lo + len` as constants.
+    fn rows(&self, lo: usize, len: usize) -> Tensor<2> {
+        constant(self.hidden.clone().narrow(0, lo, len))
     }
 
     fn tracked(&self) -> bool {
@@ -62,6 +65,13 @@ impl LmHead {
             None => s,
         }
     }
+}
+
+/// `t` outside the autodiff graph and not requiring a gradient: burn's `detach` keeps
+/// `require_grad`, and anything computed from a detached tracked leaf would be tracked again
+/// (here: every chunk's `[H, V]` weight gradient would stay in a graph until the end).
+fn constant<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    t.detach().set_require_grad(false)
 }
 
 /// The teacher's side: its logits, or its own hidden states and lm-head.
@@ -239,11 +249,12 @@ impl<L: Loss> Loss for FusedLinear<L> {
             TeacherHead::Logits(_) => (None, None),
         };
         let mut value = Tensor::<1>::zeros([1], (&device, dtype));
+        // the logits of a chunk are fresh leaves of a small graph that each chunk drops
         for lo in (0..n).step_by(chunk) {
             let len = chunk.min(n - lo);
             let zs = student.logits(lo, len).require_grad();
             let zt = match teacher {
-                TeacherHead::Logits(z) => z.clone().narrow(0, lo, len).detach().detach(),
+                TeacherHead::Logits(z) => constant(z.clone().narrow(0, lo, len)),
                 TeacherHead::Head(h) => h.logits(lo, len),
             };
             let zt = match teacher_tracked {
@@ -273,20 +284,20 @@ impl<L: Loss> Loss for FusedLinear<L> {
                 };
                 part = part + ce.sum() * c.hard_weight;
             }
-            value = value + part.clone().detach();
+            value = value + constant(part.clone());
             let grads = part.backward();
-            let g = zs.grad(&grads).unwrap_or_else(|| zs.clone().detach().zeros_like());
-            let h = student.hidden.clone().narrow(0, lo, len).detach();
-            gh.push(g.clone().matmul(student.weight.clone().detach().transpose()));
+            let g = constant(zs.grad(&grads).unwrap_or_else(|| zs.clone().zeros_like()));
+            let h = student.rows(lo, len);
+            gh.push(g.clone().matmul(constant(student.weight.clone()).transpose()));
             gw = gw + h.transpose().matmul(g.clone());
             gb = gb + g.sum_dim(0).squeeze_dim(0);
             if teacher_tracked {
-                let g = zt.grad(&grads).unwrap_or_else(|| zt.clone().detach().zeros_like());
+                let g = constant(zt.grad(&grads).unwrap_or_else(|| zt.clone().zeros_like()));
                 match teacher {
                     TeacherHead::Logits(_) => teacher_g.push(g),
                     TeacherHead::Head(th) => {
-                        let h = th.hidden.clone().narrow(0, lo, len).detach();
-                        teacher_g.push(g.clone().matmul(th.weight.clone().detach().transpose()));
+                        let h = th.rows(lo, len);
+                        teacher_g.push(g.clone().matmul(constant(th.weight.clone()).transpose()));
                         tw = tw.map(|w| w + h.transpose().matmul(g.clone()));
                         tb = tb.map(|b| b + g.sum_dim(0).squeeze_dim(0));
                     }
@@ -324,7 +335,7 @@ impl<L: Loss> Loss for FusedLinear<L> {
                 };
         }
         // value: the loss; gradient: the accumulated one
-        let total = surrogate.clone() - surrogate.detach() + value;
+        let total = surrogate.clone() - constant(surrogate) + value;
         Ok(LossOutput::single(Self::NAME, total))
     }
 }

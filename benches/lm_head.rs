@@ -1,0 +1,172 @@
+//! The fused lm-head path (`token::FusedLinear`) against the unfused one (matmul to `[N, V]`
+//! logits, then the loss) on flex, f32: forward + backward w.r.t. the student's hidden states,
+//! lm-head weight and bias, teacher frozen, for forward KL and JSD(0.5), at N = 2,048 and
+//! 8,192 tokens, H = 512, V = 32,000. Time: criterion medians. Memory: this binary's global
+//! allocator counts live heap bytes; the peak above the inputs during one forward + backward is
+//! printed for each path before the timings.
+//!
+//! `cargo bench --bench lm_head` (many minutes: one N = 8,192 step is ~5·10¹¹ flops);
+//! `LM_HEAD_N=2048` runs one size; a criterion filter that matches nothing (`-- none`) prints
+//! the memory lines alone. Results go in docs/performance.md.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use burn::tensor::{Device, Distribution, Tensor};
+use burn_distill::prelude::*;
+use burn_distill::token::{
+    ForwardKlConfig, FusedLinearConfig, JsdConfig, LmHead, LmHeads, TeacherHead, TokenReduction,
+};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), SeqCst) + layout.size();
+            PEAK.fetch_max(live, SeqCst);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        LIVE.fetch_sub(layout.size(), SeqCst);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const H: usize = 512;
+const V: usize = 32_000;
+
+/// Student hidden states, weight and bias (tracked), teacher hidden states and weight.
+struct Inputs {
+    h: Tensor<2>,
+    w: Tensor<2>,
+    b: Tensor<1>,
+    ht: Tensor<2>,
+    wt: Tensor<2>,
+}
+
+fn inputs(n: usize, dev: &Device) -> Inputs {
+    let r =
+        |shape: [usize; 2], s: f64| Tensor::<2>::random(shape, Distribution::Normal(0.0, s), dev);
+    Inputs {
+        h: r([n, H], 1.0),
+        w: r([H, V], 0.05),
+        b: Tensor::<1>::zeros([V], dev),
+        ht: r([n, H], 1.0),
+        wt: r([H, V], 0.05),
+    }
+}
+
+fn divergence(name: &str) -> Box<dyn Loss> {
+    let none = TokenReduction::None;
+    match name {
+        "forward_kl" => ForwardKlConfig::new()
+            .with_reduction(none)
+            .init()
+            .unwrap()
+            .boxed(),
+        _ => JsdConfig::new()
+            .with_reduction(none)
+            .init()
+            .unwrap()
+            .boxed(),
+    }
+}
+
+fn dense(name: &str) -> Box<dyn Loss> {
+    match name {
+        "forward_kl" => ForwardKlConfig::new().init().unwrap().boxed(),
+        _ => JsdConfig::new().init().unwrap().boxed(),
+    }
+}
+
+/// One fused forward + backward; the gradients are dropped.
+fn fused(x: &Inputs, loss: &dyn Loss) {
+    let (h, w, b) = (
+        x.h.clone().require_grad(),
+        x.w.clone().require_grad(),
+        x.b.clone().require_grad(),
+    );
+    let input = DistillInput::features_only().with(LmHeads {
+        student: LmHead::new(h, w, Some(b)),
+        teacher: TeacherHead::Head(LmHead::new(x.ht.clone(), x.wt.clone(), None)),
+    });
+    drop(loss.forward(&input).unwrap().total.backward());
+}
+
+/// The unfused forward + backward: both logits materialised, then the loss.
+fn unfused(x: &Inputs, loss: &dyn Loss) {
+    let (h, w, b) = (
+        x.h.clone().require_grad(),
+        x.w.clone().require_grad(),
+        x.b.clone().require_grad(),
+    );
+    let zs = h.matmul(w) + b.unsqueeze_dim(0);
+    let zt = x.ht.clone().matmul(x.wt.clone());
+    drop(
+        loss.forward(&DistillInput::new(zs, zt))
+            .unwrap()
+            .total
+            .backward(),
+    );
+}
+
+/// Peak heap bytes above the live ones while `f` runs.
+fn extra(f: impl FnOnce()) -> usize {
+    let before = LIVE.load(SeqCst);
+    PEAK.store(before, SeqCst);
+    f();
+    PEAK.load(SeqCst) - before
+}
+
+/// The token counts: `LM_HEAD_N=2048` (a comma-separated list) or both.
+fn sizes() -> Vec<usize> {
+    match std::env::var("LM_HEAD_N") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => vec![2048, 8192],
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let dev = Device::flex().autodiff();
+    for n in sizes() {
+        let x = inputs(n, &dev);
+        let logits_mb = (n * V * 4) as f64 / (1 << 20) as f64;
+        for name in ["forward_kl", "jsd"] {
+            let chunked = FusedLinearConfig::new().init(divergence(name)).unwrap();
+            let (d, f) = (dense(name), &chunked as &dyn Loss);
+            let mem_u = extra(|| unfused(&x, d.as_ref())) as f64 / (1 << 20) as f64;
+            let mem_f = extra(|| fused(&x, f)) as f64 / (1 << 20) as f64;
+            println!(
+                "memory N={n} {name}: unfused {mem_u:.0} MiB, fused {mem_f:.0} MiB ({:.1}% of unfused; one [N, V] logits tensor is {logits_mb:.0} MiB)",
+                100.0 * mem_f / mem_u
+            );
+            let mut group = c.benchmark_group(format!("lm-head N={n} H={H} V={V}"));
+            group.sample_size(10);
+            group.bench_function(BenchmarkId::new(name, "unfused"), |bch| {
+                bch.iter(|| unfused(&x, d.as_ref()))
+            });
+            group.bench_function(BenchmarkId::new(name, "fused"), |bch| {
+                bch.iter(|| fused(&x, f))
+            });
+            group.finish();
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(std::time::Duration::from_millis(100)).measurement_time(std::time::Duration::from_secs(5));
+    targets = bench
+}
+criterion_main!(benches);
