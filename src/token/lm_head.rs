@@ -250,6 +250,12 @@ impl<L: Loss> Loss for FusedLinear<L> {
         };
         let mut value = Tensor::<1>::zeros([1], (&device, dtype));
         // the logits of a chunk are fresh leaves of a small graph that each chunk drops
+        // the weights as constants, transposed once for the hidden-state gradients
+        let w_t = constant(student.weight.clone()).transpose();
+        let tw_t = match teacher {
+            TeacherHead::Head(th) => Some(constant(th.weight.clone()).transpose()),
+            TeacherHead::Logits(_) => None,
+        };
         for lo in (0..n).step_by(chunk) {
             let len = chunk.min(n - lo);
             let zs = student.logits(lo, len).require_grad();
@@ -288,7 +294,7 @@ impl<L: Loss> Loss for FusedLinear<L> {
             let grads = part.backward();
             let g = constant(zs.grad(&grads).unwrap_or_else(|| zs.clone().zeros_like()));
             let h = student.rows(lo, len);
-            gh.push(g.clone().matmul(constant(student.weight.clone()).transpose()));
+            gh.push(g.clone().matmul(w_t.clone()));
             gw = gw + h.transpose().matmul(g.clone());
             gb = gb + g.sum_dim(0).squeeze_dim(0);
             if teacher_tracked {
@@ -297,7 +303,8 @@ impl<L: Loss> Loss for FusedLinear<L> {
                     TeacherHead::Logits(_) => teacher_g.push(g),
                     TeacherHead::Head(th) => {
                         let h = th.rows(lo, len);
-                        teacher_g.push(g.clone().matmul(constant(th.weight.clone()).transpose()));
+                        let w_t = tw_t.clone().expect("a head's transposed weight");
+                        teacher_g.push(g.clone().matmul(w_t));
                         tw = tw.map(|w| w + h.transpose().matmul(g.clone()));
                         tb = tb.map(|b| b + g.sum_dim(0).squeeze_dim(0));
                     }
