@@ -9,9 +9,6 @@
 //! `LM_HEAD_N=2048` runs one size; a criterion filter that matches nothing (`-- none`) prints
 //! the memory lines alone. Results go in docs/performance.md.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_distill::prelude::*;
 use burn_distill::token::{
@@ -19,26 +16,10 @@ use burn_distill::token::{
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
-struct Counting;
+#[path = "../tests/common/counting.rs"]
+mod counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), SeqCst) + layout.size();
-            PEAK.fetch_max(live, SeqCst);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        LIVE.fetch_sub(layout.size(), SeqCst);
-    }
-}
+use counting::{Counting, extra};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -119,14 +100,6 @@ fn unfused(x: &Inputs, loss: &dyn Loss) {
             .total
             .backward(),
     );
-}
-
-/// Peak heap bytes above the live ones while `f` runs.
-fn extra(f: impl FnOnce()) -> usize {
-    let before = LIVE.load(SeqCst);
-    PEAK.store(before, SeqCst);
-    f();
-    PEAK.load(SeqCst) - before
 }
 
 /// The token counts: `LM_HEAD_N=2048` (a comma-separated list) or both.

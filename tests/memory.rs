@@ -7,44 +7,17 @@
 //! planes, and the gradients returned). One test function, so nothing else allocates
 //! meanwhile.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_distill::logit::{DckdConfig, DkdConfig, KdConfig};
 use burn_distill::{DistillInput, Loss};
 
-struct Counting;
+#[path = "common/counting.rs"]
+mod counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), SeqCst) + layout.size();
-            PEAK.fetch_max(live, SeqCst);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        LIVE.fetch_sub(layout.size(), SeqCst);
-    }
-}
+use counting::{Counting, extra};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-/// Peak bytes above the live ones while `f` runs (what `f` returns is dropped inside).
-fn extra<R>(f: impl FnOnce() -> R) -> usize {
-    let before = LIVE.load(SeqCst);
-    PEAK.store(before, SeqCst);
-    drop(f());
-    PEAK.load(SeqCst) - before
-}
 
 #[test]
 fn fused_forward_and_backward_stay_within_three_logits() {
