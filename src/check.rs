@@ -113,3 +113,28 @@ pub fn check_share(objective: &str, field: &str, v: f64) -> Result<f64, DistillE
         )),
     }
 }
+
+/// Checks that a list of feature taps is not empty, and that `weights`, when given, has one
+/// non-negative weight per tap.
+pub fn check_taps(objective: &str, taps: &[String], weights: &[f64]) -> Result<(), DistillError> {
+    if taps.is_empty() {
+        return Err(DistillError::config(
+            objective,
+            "features",
+            "[]",
+            "names at least one tap",
+        ));
+    }
+    if !weights.is_empty() && weights.len() != taps.len() {
+        return Err(DistillError::config(
+            objective,
+            "weights",
+            format!("{weights:?}"),
+            &format!("one weight per tap ({} taps), or none", taps.len()),
+        ));
+    }
+    for &w in weights {
+        check_non_negative(objective, "weights", w)?;
+    }
+    Ok(())
+}

@@ -13,7 +13,8 @@ pub struct ExampleInput {
     /// The input (teacher attached).
     pub input: DistillInput,
     /// The tracked leaves: `logits_student` and `logits_teacher` `[6, 5]`, the taps
-    /// `feature` (maps `[6, 3, 4, 4]` and `[6, 6, 4, 4]`) and `embedding` (`[6, 4]` and `[6, 5]`),
+    /// `feature` (maps `[6, 3, 4, 4]` and `[6, 6, 4, 4]`), `embedding` (`[6, 4]` and `[6, 5]`)
+    /// and `paired` (maps `[6, 3, 4, 4]` on both sides, for objectives that need equal shapes),
     /// and the student's lm-head weight `[4, 5]`.
     pub leaves: Vec<(&'static str, Feature)>,
 }
@@ -35,7 +36,7 @@ fn data<const D: usize>(shape: [usize; D], seed: u64, scale: f64) -> TensorData 
 
 /// A batch of 6 rows (5 classes) on `device` in `dtype` that every objective with an
 /// [`Entry::example`](crate::Entry::example) reads: student and teacher logits, targets, a
-/// guide, feature taps `feature` (maps) and `embedding`, dataset indices, a sparse top-2
+/// guide, feature taps `feature` (maps), `embedding` and `paired` (equal maps), dataset indices, a sparse top-2
 /// teacher, the student's lm-head ([`LmHeads`], over the `embedding` tap) and progress; the
 /// teacher is attached, so every gradient is there to compare. The same numbers on every
 /// backend.
@@ -58,6 +59,8 @@ pub fn example_input_shifted(
         "embedding_student",
         "embedding_teacher",
         "lm_head_weight",
+        "paired_student",
+        "paired_teacher",
     ];
     let leaf = |shape: &[usize], seed: u64, scale: f64| -> TensorData {
         let mut d = match shape {
@@ -91,7 +94,9 @@ pub fn example_input_shifted(
     let es = leaf2([6, 4], 5, 1.0);
     let et = leaf2([6, 5], 6, 1.0);
     let head = leaf2([4, 5], 7, 1.0);
-    let guide = Tensor::<2>::from_data(data([6, 5], 8, 3.0), (device, dtype));
+    let ps = leaf4([6, 3, 4, 4], 8, 1.0);
+    let pt = leaf4([6, 3, 4, 4], 9, 1.0);
+    let guide = Tensor::<2>::from_data(data([6, 5], 10, 3.0), (device, dtype));
     // the teacher's top-2 tokens of each row of a fixed distribution, as log-probabilities
     let ids = Tensor::<2, Int>::from_data(
         TensorData::new(vec![0i64, 3, 1, 4, 2, 0, 3, 1, 4, 2, 0, 4], [6, 2]),
@@ -111,6 +116,7 @@ pub fn example_input_shifted(
         .guide(guide)
         .feature("feature", ms.clone(), mt.clone())
         .feature("embedding", es.clone(), et.clone())
+        .feature("paired", ps.clone(), pt.clone())
         .indices(ints(vec![0, 3, 5, 7, 2, 9]))
         .sparse_teacher(ids, top)
         .with(LmHeads {
@@ -129,6 +135,8 @@ pub fn example_input_shifted(
             ("embedding_student", Feature::Embedding(es)),
             ("embedding_teacher", Feature::Embedding(et)),
             ("lm_head_weight", Feature::Embedding(head)),
+            ("paired_student", Feature::Map(ps)),
+            ("paired_teacher", Feature::Map(pt)),
         ],
     }
 }

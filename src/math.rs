@@ -207,6 +207,21 @@ impl SplitMix {
     }
 }
 
+/// Each row's `p`-norm `(Σ |x|^p)^(1/p)`, `[N, D]` → `[N, 1]`, floored at `eps` (a zero row
+/// gets `eps` and a zero gradient, never `0/0`).
+pub fn p_norms(x: Tensor<2>, p: f64, eps: f64) -> Tensor<2> {
+    match p {
+        1.0 => x.abs().sum_dim(1).clamp_min(eps),
+        2.0 => row_norms(x, eps),
+        p => x
+            .abs()
+            .powf_scalar(p)
+            .sum_dim(1)
+            .clamp_min(eps.powf(p).max(f64::MIN_POSITIVE))
+            .powf_scalar(1.0 / p),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,11 +22,17 @@ use burn::module::Param;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{DType, Gradients, Int, Tensor};
 use burn_distill::curriculum::CtkdConfig;
-use burn_distill::feature::{AtConfig, Connector, HintConfig, MgdConfig, MgdMask};
-use burn_distill::logit::{DistConfig, ProbMseConfig, Standardized};
+use burn_distill::feature::{
+    AffinityConfig, AtConfig, Connector, HintConfig, IckdConfig, KtaConfig, MgdConfig, MgdMask,
+    NstConfig, SrdConfig, factor_loss, pad_l2_per_sample,
+};
+use burn_distill::logit::{
+    DistConfig, DistPlusConfig, LogitMseConfig, MlkdConfig, ProbMseConfig, Standardized,
+    batch_correlation, class_correlation, mlkd_instance,
+};
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
-use burn_distill::relation::{DlkdConfig, PktConfig, RkdConfig, SpConfig};
+use burn_distill::relation::{CcConfig, CcKernel, DlkdConfig, PktConfig, RkdConfig, SpConfig};
 use burn_distill::token::{
     ForwardKlConfig, FusedLinearConfig, HiddenLoss, HiddenStateConfig, JsdConfig, LmHead, LmHeads,
     MissingMass, ReverseKlConfig, SkewDirection, SkewKlConfig, SymmetricKlConfig, TeacherHead,
@@ -79,6 +85,20 @@ const RUNNERS: &[(&str, Runner)] = &[
     ("liger_fused_linear_jsd", liger_fused_linear),
     ("liger_jsd_testref", liger_testref),
     ("liger_tvd_testref", liger_testref),
+    ("logit_mse_temperature", logit_mse),
+    ("nst", nst),
+    ("ft", ft),
+    ("cckd", cckd),
+    ("ickd_chsim", ickd),
+    ("kta", kta),
+    ("kta_affinity", affinity),
+    ("pad_l2", pad_l2),
+    ("srd", srd),
+    ("dist_plus", dist_plus),
+    ("mlkd_kd", mlkd_level),
+    ("mlkd_cc", mlkd_level),
+    ("mlkd_bc", mlkd_level),
+    ("mlkd_full", mlkd_full),
 ];
 
 /// A runner's answer for a case whose variant the crate does not have yet: counted as not
@@ -252,6 +272,31 @@ impl Case {
                 close("loss (exact recomputation)", &[got], &[exact], rel, abs)
             }
         }
+    }
+
+    /// Compares a loss of any shape with the reference's elements (row-major), then checks the
+    /// gradients of the leaves of its sum, as [`check`](Self::check) does.
+    fn check_elements<const D: usize>(
+        &self,
+        loss: Tensor<D>,
+        leaves: &[(&str, Feature)],
+    ) -> Result<(), String> {
+        let want = self.loss.as_deref().ok_or("no loss")?;
+        let (rel, abs) = self.tolerance();
+        close("loss", &values(loss.clone()), want, rel, abs)?;
+        let grads = loss.sum().backward();
+        for (name, leaf) in leaves {
+            self.expect_grad(name, grad(leaf, &grads), None)?;
+        }
+        Ok(())
+    }
+
+    /// The named inputs as tracked taps, with their names (for [`check`](Self::check)).
+    fn taps(&self, names: &[&str]) -> Result<Vec<(String, Feature)>, String> {
+        names
+            .iter()
+            .map(|n| Ok((n.to_string(), tap(self, n)?)))
+            .collect()
     }
 
     /// Compares the gradient of input `name` with the reference (or, where the reference was
@@ -1468,4 +1513,306 @@ fn golden_cases() {
         failed.join("\n")
     );
     assert!(passed > 0, "no golden case ran");
+}
+
+/// `leaves` borrowed as `check` takes them.
+fn borrowed(leaves: &[(String, Feature)]) -> Vec<(&str, Feature)> {
+    leaves
+        .iter()
+        .map(|(n, f)| (n.as_str(), f.clone()))
+        .collect()
+}
+
+/// A tap's tensor as a map or as rows.
+fn map(f: &Feature) -> Result<Tensor<4>, String> {
+    match f {
+        Feature::Map(t) => Ok(t.clone()),
+        Feature::Embedding(_) => Err("a map [N, C, H, W] is needed".into()),
+    }
+}
+
+/// The objective `loss` on one tap `name` built from the inputs `student` and `teacher`
+/// (teacher attached), checked with their gradients.
+fn on_tap(case: &Case, loss: &dyn Loss, student: &str, teacher: &str) -> Result<(), String> {
+    let leaves = case.taps(&[student, teacher])?;
+    let input = DistillInput::features_only()
+        .feature("tap", leaves[0].1.clone(), leaves[1].1.clone())
+        .attach_teacher();
+    case.check(loss.forward(&input).map_err(e)?, &borrowed(&leaves))
+        .map(drop)
+}
+
+/// MetaDistil's `MSEWithTemperature`.
+fn logit_mse(case: &Case) -> Result<(), String> {
+    let (s, t) = logits(case)?;
+    let loss = LogitMseConfig::new()
+        .with_temperature(case.param("temperature")?)
+        .init()
+        .map_err(e)?;
+    let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+    case.check(loss.forward(&input).map_err(e)?, &as_taps(&s, &t))
+        .map(drop)
+}
+
+/// mdistiller's `single_stage_nst_loss` (weight 1).
+fn nst(case: &Case) -> Result<(), String> {
+    let loss = NstConfig::new()
+        .with_features(vec!["tap".into()])
+        .with_weight(1.0)
+        .init()
+        .map_err(e)?;
+    on_tap(case, &loss, "feat_student", "feat_teacher")
+}
+
+/// RepDistiller's `FactorTransfer` loss on two factors (the paraphraser and translator are the
+/// reference's callers, not part of the case).
+fn ft(case: &Case) -> Result<(), String> {
+    let leaves = case.taps(&["feat_student", "feat_teacher"])?;
+    let loss = factor_loss(
+        map(&leaves[0].1)?,
+        map(&leaves[1].1)?,
+        case.param("p1")?,
+        case.param("p2")?,
+    );
+    case.check(LossOutput::single("ft", loss), &borrowed(&leaves))
+        .map(drop)
+}
+
+/// torchdistill's `CCKDLoss` on the outputs of its linear heads.
+fn cckd(case: &Case) -> Result<(), String> {
+    let kernel = &case.params["kernel_config"];
+    let kernel = match kernel["type"].as_str() {
+        Some("bilinear") => CcKernel::Bilinear,
+        Some("gaussian") => CcKernel::Gaussian {
+            gamma: number(&kernel["gamma"])?,
+            order: number(&kernel["max_p"])? as usize,
+        },
+        other => return Err(format!("{NOT_YET}CCKD kernel {other:?}")),
+    };
+    let loss = CcConfig::new()
+        .with_kernel(kernel)
+        .with_batch_mean(case.params["reduction"].as_str() == Some("batchmean"))
+        .with_feature("tap".into())
+        .init()
+        .map_err(e)?;
+    on_tap(
+        case,
+        &loss,
+        "student_linear_output",
+        "teacher_linear_output",
+    )
+}
+
+/// torchdistill's `ChSimLoss` over its feature pairs (`student_feat_i`, `teacher_feat_i`) with
+/// their weights.
+fn ickd(case: &Case) -> Result<(), String> {
+    let pairs = case.params["feature_pairs"]
+        .as_object()
+        .ok_or("no feature_pairs")?;
+    let weights = pairs
+        .values()
+        .map(|p| number(&p["weight"]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut input = DistillInput::features_only().attach_teacher();
+    let mut leaves = Vec::new();
+    for i in 0..weights.len() {
+        let pair = case.taps(&[&format!("student_feat_{i}"), &format!("teacher_feat_{i}")])?;
+        input = input.feature(format!("pair{i}"), pair[0].1.clone(), pair[1].1.clone());
+        leaves.extend(pair);
+    }
+    let loss = IckdConfig::new()
+        .with_features((0..weights.len()).map(|i| format!("pair{i}")).collect())
+        .with_weights(weights)
+        .init(&device())
+        .map_err(e)?;
+    case.check(loss.forward(&input).map_err(e)?, &borrowed(&leaves))
+        .map(drop)
+}
+
+/// torchdistill's reduction names: `'mean'` and `'sum'` (and the KL's `'batchmean'`).
+fn reduction(case: &Case, mean: Reduction) -> Result<Reduction, String> {
+    match case.params["reduction"].as_str() {
+        Some("mean") | Some("batchmean") => Ok(mean),
+        Some("sum") => Ok(Reduction::Sum),
+        other => Err(format!("{NOT_YET}reduction {other:?}")),
+    }
+}
+
+/// torchdistill's `KTALoss`: its `'mean'` averages every element for `p = 1`, samples otherwise.
+fn kta(case: &Case) -> Result<(), String> {
+    let p = case.param("p")?;
+    let mean = if p == 1.0 {
+        Reduction::Mean
+    } else {
+        Reduction::BatchMean
+    };
+    let loss = KtaConfig::new()
+        .with_p(p)
+        .with_q(case.param("q")?)
+        .with_reduction(reduction(case, mean)?)
+        .with_feature("tap".into())
+        .init()
+        .map_err(e)?;
+    on_tap(case, &loss, "feature_adapter_output", "paraphraser_output")
+}
+
+/// torchdistill's `AffinityLoss`.
+fn affinity(case: &Case) -> Result<(), String> {
+    let loss = AffinityConfig::new()
+        .with_reduction(reduction(case, Reduction::BatchMean)?)
+        .with_feature("tap".into())
+        .init()
+        .map_err(e)?;
+    on_tap(case, &loss, "student_output", "teacher_output")
+}
+
+/// torchdistill's `PADL2Loss` on given log-variances (the objective computes them with its
+/// variance branch; the math is the case's).
+fn pad_l2(case: &Case) -> Result<(), String> {
+    let leaves = case.taps(&["log_variances", "student_embed", "teacher_embed"])?;
+    let rows = |f: &Feature| f.clone().flatten();
+    let per_sample = pad_l2_per_sample(
+        rows(&leaves[1].1),
+        rows(&leaves[2].1),
+        rows(&leaves[0].1),
+        case.param("eps")?,
+    );
+    let loss = reduction(case, Reduction::BatchMean)?.apply(per_sample, 1);
+    case.check(LossOutput::single("pad_l2", loss), &borrowed(&leaves))
+        .map(drop)
+}
+
+/// torchdistill's `SRDLoss` (features already projected).
+fn srd(case: &Case) -> Result<(), String> {
+    if case.params["reduction"].as_str() != Some("batchmean") {
+        return Err(format!(
+            "{NOT_YET}SRD's KL reduction {:?}",
+            case.params["reduction"]
+        ));
+    }
+    let loss = SrdConfig::new()
+        .with_feature("tap".into())
+        .with_exponent(case.param("exponent")?)
+        .with_temperature(case.param("temperature")?)
+        .init(&device())
+        .map_err(e)?;
+    let mut leaves = case.taps(&["student_features", "teacher_features"])?;
+    let (s, t) = (
+        case.leaf::<2>("student_logits")?,
+        case.leaf::<2>("teacher_logits")?,
+    );
+    let input = DistillInput::new(s.clone(), t.clone())
+        .feature("tap", leaves[0].1.clone(), leaves[1].1.clone())
+        .attach_teacher();
+    leaves.push(("student_logits".into(), Feature::Embedding(s)));
+    leaves.push(("teacher_logits".into(), Feature::Embedding(t)));
+    case.check(loss.forward(&input).map_err(e)?, &borrowed(&leaves))
+        .map(drop)
+}
+
+/// torchdistill's `DISTPlusLoss`.
+fn dist_plus(case: &Case) -> Result<(), String> {
+    let loss = DistPlusConfig::new()
+        .with_beta(case.param("beta")?)
+        .with_gamma(case.param("gamma")?)
+        .with_iota(case.param("iota")?)
+        .with_kappa(case.param("kappa")?)
+        .with_temperature(case.param("tau")?)
+        .with_eps(case.param("eps")?)
+        .with_feature("tap".into())
+        .init()
+        .map_err(e)?;
+    let mut leaves = case.taps(&["student_features", "teacher_features"])?;
+    let (s, t) = (
+        case.leaf::<2>("student_logits")?,
+        case.leaf::<2>("teacher_logits")?,
+    );
+    let input = DistillInput::new(s.clone(), t.clone())
+        .feature("tap", leaves[0].1.clone(), leaves[1].1.clone())
+        .attach_teacher();
+    leaves.push(("student_logits".into(), Feature::Embedding(s)));
+    leaves.push(("teacher_logits".into(), Feature::Embedding(t)));
+    case.check(loss.forward(&input).map_err(e)?, &borrowed(&leaves))
+        .map(drop)
+}
+
+/// One of MLKD's level functions (`kd_loss`, `cc_loss`, `bc_loss`), reduced or not.
+fn mlkd_level(case: &Case) -> Result<(), String> {
+    let (s, t) = logits(case)?;
+    let temperature = case.param("temperature")?;
+    let reduce = case.params["reduce"].as_bool().ok_or("no `reduce`")?;
+    let leaves = as_taps(&s, &t);
+    match case.method.as_str() {
+        "mlkd_kd" => {
+            let per_sample = mlkd_instance(s, t, temperature);
+            match reduce {
+                true => case.check_elements(per_sample.mean(), &leaves),
+                false => case.check_elements(per_sample, &leaves),
+            }
+        }
+        method => {
+            let level = match method {
+                "mlkd_cc" => class_correlation(s, t, temperature),
+                _ => batch_correlation(s, t, temperature),
+            };
+            match reduce {
+                true => case.check_elements(level.sum(), &leaves),
+                false => case.check_elements(level, &leaves),
+            }
+        }
+    }
+}
+
+/// MLKD's `KD_ours.forward_train` total (the trainer sums the components' means), with its
+/// components in `outputs`.
+fn mlkd_full(case: &Case) -> Result<(), String> {
+    let cfg = &case.params["cfg"];
+    let temperatures = case.params["temperatures_used"]
+        .as_array()
+        .ok_or("no temperatures_used")?
+        .iter()
+        .map(number)
+        .collect::<Result<Vec<_>, _>>()?;
+    if temperatures.first().copied() != Some(number(&cfg["KD.TEMPERATURE"])?) {
+        return Err("temperatures_used does not start at KD.TEMPERATURE".into());
+    }
+    let loss = MlkdConfig::new()
+        .with_temperatures(temperatures)
+        .with_kd_weight(number(&cfg["KD.LOSS.KD_WEIGHT"])?)
+        .with_ce_weight(number(&cfg["KD.LOSS.CE_WEIGHT"])?)
+        .with_strong(Some("strong".into()))
+        .init()
+        .map_err(e)?;
+    let sw = case.leaf::<2>("student_logits_weak")?;
+    let ss = case.leaf::<2>("student_logits_strong")?;
+    let tw = case.constant::<2>("teacher_logits_weak")?;
+    let ts = case.constant::<2>("teacher_logits_strong")?;
+    let input = DistillInput::new(sw.clone(), tw)
+        .feature("strong", ss.clone(), ts)
+        .targets(case.targets("target")?);
+    let out = loss.forward(&input).map_err(e)?;
+    let (rel, abs) = case.tolerance();
+    for (part, name) in [
+        ("kd", "loss_kd"),
+        ("cc", "loss_cc"),
+        ("bc", "loss_bc"),
+        ("ce", "loss_ce"),
+    ] {
+        let got = out
+            .term(&format!("mlkd/{part}"))
+            .ok_or_else(|| format!("no term mlkd/{part}"))?;
+        let want = case
+            .outputs
+            .get(name)
+            .ok_or_else(|| format!("no output {name}"))?;
+        close(name, &values(got.clone()), want, rel, abs)?;
+    }
+    case.check(
+        out,
+        &[
+            ("student_logits_weak", Feature::Embedding(sw)),
+            ("student_logits_strong", Feature::Embedding(ss)),
+        ],
+    )
+    .map(drop)
 }

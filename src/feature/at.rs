@@ -2,9 +2,9 @@
 
 use burn::config::Config;
 use burn::tensor::Tensor;
-use burn::tensor::module::adaptive_avg_pool2d;
 
-use crate::check::{check_non_negative, check_positive};
+use super::maps::{pool_to_smaller, sum_stages};
+use crate::check::{check_non_negative, check_positive, check_taps};
 use crate::math::l2_normalize;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -27,14 +27,7 @@ impl AtConfig {
     pub fn init(&self) -> Result<At, DistillError> {
         check_positive(At::NAME, "p", self.p)?;
         check_non_negative(At::NAME, "weight", self.weight)?;
-        if self.features.is_empty() {
-            return Err(DistillError::config(
-                At::NAME,
-                "features",
-                "[]",
-                "names at least one tap",
-            ));
-        }
+        check_taps(At::NAME, &self.features, &[])?;
         Ok(At {
             config: self.clone(),
         })
@@ -74,23 +67,11 @@ impl Loss for At {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let p = self.config.p;
-        let mut total: Option<Tensor<1>> = None;
-        for name in &self.config.features {
-            let (mut s, mut t) = input.of(At::NAME).maps(name)?;
-            let (hs, ws) = (s.dims()[2], s.dims()[3]);
-            let (ht, wt) = (t.dims()[2], t.dims()[3]);
-            if hs * ws > ht * wt {
-                s = adaptive_avg_pool2d(s, [ht, wt]);
-            } else if hs * ws < ht * wt {
-                t = adaptive_avg_pool2d(t, [hs, ws]);
-            }
-            let stage = (attention_map(s, p) - attention_map(t, p)).square().mean();
-            total = Some(match total {
-                None => stage,
-                Some(acc) => acc + stage,
-            });
-        }
-        let total = total.expect("at least one tap, checked at init");
+        let total = sum_stages(&self.config.features, |_, name| {
+            let (s, t) = input.of(At::NAME).maps(name)?;
+            let (s, t) = pool_to_smaller(s, t);
+            Ok((attention_map(s, p) - attention_map(t, p)).square().mean())
+        })?;
         Ok(LossOutput::single(At::NAME, total * self.config.weight))
     }
 }

@@ -48,7 +48,13 @@ impl<'a> Checked<'a> {
         }
     }
 
-    fn shape(&self, what: String, expected: Vec<usize>, actual: Vec<usize>) -> DistillError {
+    /// A shape error naming this objective.
+    pub(crate) fn shape(
+        &self,
+        what: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    ) -> DistillError {
         DistillError::ShapeMismatch {
             objective: self.objective.into(),
             what,
@@ -57,7 +63,8 @@ impl<'a> Checked<'a> {
         }
     }
 
-    fn empty(&self, what: String) -> DistillError {
+    /// An empty-batch error naming this objective.
+    pub(crate) fn empty(&self, what: String) -> DistillError {
         DistillError::EmptyBatch {
             objective: self.objective.into(),
             what,
@@ -331,6 +338,20 @@ impl<'a> Checked<'a> {
             if d[1] == 0 {
                 return Err(self.empty(format!("{who} tap `{name}` has width 0")));
             }
+        }
+        Ok((s, t))
+    }
+
+    /// [`rows`](Self::rows) of tap `name` that must also have one width on both sides (the
+    /// student's feature already projected to the teacher's).
+    pub fn paired_rows(&self, name: &str) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
+        let (s, t) = self.rows(name, 1)?;
+        if s.dims() != t.dims() {
+            return Err(self.shape(
+                format!("teacher tap `{name}` (flattened; one width on both sides)"),
+                s.dims().to_vec(),
+                t.dims().to_vec(),
+            ));
         }
         Ok((s, t))
     }

@@ -9,13 +9,15 @@
 use crate::LossExt;
 
 crate::family! {
-    files: crd, dlkd, head, pkt, rkd, sp;
+    files: cc, crd, dlkd, head, pkt, rkd, sp;
     "Rkd" => "Park et al., CVPR 2019, *Relational Knowledge Distillation*", "rkd.md",
         example: |_| Ok(RkdConfig::new().init()?.boxed());
     "Pkt" => "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*", "pkt.md",
         example: |_| Ok(PktConfig::new().init()?.boxed());
     "Sp" => "Tung & Mori, ICCV 2019, *Similarity-Preserving KD*", "sp.md",
         example: |_| Ok(SpConfig::new().with_feature("feature".into()).init()?.boxed());
+    "Cc" => "Peng et al., ICCV 2019, *Correlation Congruence for Knowledge Distillation*", "cc.md",
+        example: |_| Ok(CcConfig::new().init()?.boxed());
     "Dlkd" => "Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation*", "dlkd.md";
     "Crd" => "Tian et al., ICLR 2020, *Contrastive Representation Distillation*", "crd.md";
 }

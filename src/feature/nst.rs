@@ -1,0 +1,101 @@
+//! NST: neuron selectivity transfer.
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+
+use super::maps::{pool_to_smaller, sum_stages, unit_channels};
+use crate::check::{check_non_negative, check_taps};
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// One stage of NST: the squared MMD with the polynomial kernel `k(a, b) = (aᵀb)²` between the
+/// student's and the teacher's channels, each channel a unit vector over the spatial
+/// positions (the larger map pooled to the smaller one's size first):
+///
+/// ```text
+/// mean k(fᵗ, fᵗ) + mean k(fˢ, fˢ) − 2 mean k(fˢ, fᵗ)
+/// ```
+///
+/// (means over the batch and every channel pair). The teacher-teacher term is detached, as in
+/// the reference; the cross term is not.
+pub fn nst_stage(s: Tensor<4>, t: Tensor<4>) -> Tensor<1> {
+    let (s, t) = pool_to_smaller(s, t);
+    let (s, t) = (unit_channels(s), unit_channels(t));
+    let kernel = |a: Tensor<3>, b: Tensor<3>| a.matmul(b.swap_dims(1, 2)).square().mean();
+    kernel(t.clone(), t.clone()).detach() + kernel(s.clone(), s.clone())
+        - kernel(s, t) * 2.0
+}
+
+/// Configuration of [`Nst`]; the weight is mdistiller's (and RepDistiller's) 50.
+#[derive(Config, Debug)]
+pub struct NstConfig {
+    /// The feature taps, one per stage; their losses are summed.
+    #[config(default = "vec![\"feature\".to_string()]")]
+    pub features: Vec<String>,
+    /// Weight of the summed loss (mdistiller's `NST.LOSS.FEAT_WEIGHT`).
+    #[config(default = 50.0)]
+    pub weight: f64,
+}
+
+impl NstConfig {
+    /// Validates the taps and the weight.
+    pub fn init(&self) -> Result<Nst, DistillError> {
+        check_taps(Nst::NAME, &self.features, &[])?;
+        check_non_negative(Nst::NAME, "weight", self.weight)?;
+        Ok(Nst {
+            config: self.clone(),
+        })
+    }
+}
+
+/// Neuron selectivity transfer (Huang & Wang 2017, *Like What You Like: Knowledge Distill
+/// via Neuron Selectivity Transfer*, <https://arxiv.org/abs/1707.01219>; mdistiller's
+/// `NST.py`): every channel of a stage's map is a sample of the layer's "selectivity"
+/// distribution over spatial positions, and the student matches the teacher's distribution
+/// under the maximum mean discrepancy with the polynomial kernel `(aᵀb + c)ᵈ`, `d = 2, c = 0`
+/// (the paper's best and the reference's only kernel):
+///
+/// ```text
+/// L = w · Σ_stages [mean k(fᵗ, fᵗ) + mean k(fˢ, fˢ) − 2 mean k(fˢ, fᵗ)]
+/// ```
+///
+/// Channel counts may differ; spatial sizes are pooled to the smaller. One term `"nst"`.
+///
+/// # Shapes
+/// - every tap: maps `[N, C, H, W]` (the same `N`)
+#[derive(Debug, Clone)]
+pub struct Nst {
+    config: NstConfig,
+}
+
+crate::objective!(Nst, "nst");
+
+impl Loss for Nst {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let total = sum_stages(&self.config.features, |_, name| {
+            let (s, t) = input.of(Self::NAME).maps(name)?;
+            Ok(nst_stage(s, t))
+        })?;
+        Ok(LossOutput::single(Self::NAME, total * self.config.weight))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    #[test]
+    fn zero_for_the_same_map_and_positive_otherwise() {
+        let dev = Device::flex();
+        let f = Tensor::<4>::from_floats([[[[1.0, 2.0], [0.5, -1.0]], [[0.0, 1.0], [3.0, 1.0]]]], &dev);
+        let g = Tensor::<4>::from_floats([[[[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, -2.0]]]], &dev);
+        let same = nst_stage(f.clone(), f.clone()).into_scalar::<f32>();
+        let other = nst_stage(f, g).into_scalar::<f32>();
+        assert!(same.abs() < 1e-6, "{same}");
+        assert!(other > 1e-3, "{other}");
+    }
+}
