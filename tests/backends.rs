@@ -15,14 +15,16 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::SgdConfig;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_distill::curriculum::CtkdConfig;
-use burn_distill::feature::{HintConfig, MgdConfig};
-use burn_distill::logit::{DckdConfig, DistConfig, ProbMseConfig, Standardized};
+use burn_distill::feature::{FtConfig, HintConfig, IckdConfig, MgdConfig, PadL2Config, SrdConfig};
+use burn_distill::logit::{
+    DckdConfig, DistConfig, LogitMseConfig, MlkdConfig, ProbMseConfig, Standardized,
+};
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
 use burn_distill::relation::{CrdConfig, DlkdConfig};
 use burn_distill::token::HiddenStateConfig;
 use burn_distill::{ExampleInput, Feature, LossSum, example_input};
-use common::{Net, close, configure_f64, values};
+use common::{Net, close, configure_f64, noise, values};
 
 /// The reference: flex (the default device here) in f64.
 fn reference() -> Device {
@@ -132,17 +134,7 @@ impl ModuleMapper for Move<'_> {
 
 /// The same deterministic data on any device and dtype.
 fn data<const D: usize>(shape: [usize; D], seed: u64, scale: f64) -> TensorData {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let n = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    TensorData::new(v, shape)
+    TensorData::new(noise(seed, shape.iter().product(), scale), shape)
 }
 
 fn leaf<const D: usize>(
@@ -244,6 +236,12 @@ fn logit_objectives() -> Vec<Box<dyn Loss>> {
             .unwrap()
             .boxed(),
         DistConfig::new().init().unwrap().boxed(),
+        LogitMseConfig::new().init().unwrap().boxed(),
+        MlkdConfig::new()
+            .with_ce_weight(1.0)
+            .init()
+            .unwrap()
+            .boxed(),
         Standardized::new(kd()).boxed(),
         ProbMseConfig::new()
             .with_temperature(2.0)
@@ -281,6 +279,23 @@ fn with_parameters(device: &Device, dtype: DType) -> Vec<Box<dyn Loss>> {
         .init(&r)
         .unwrap();
     mv(&mut |m| out.push(hidden.clone().map(m).boxed()));
+    let ft = FtConfig::new(3, 6).init(&r).unwrap();
+    mv(&mut |m| out.push(ft.clone().map(m).boxed()));
+    let pad = PadL2Config::new(48)
+        .with_feature("paired".into())
+        .init(&r)
+        .unwrap();
+    mv(&mut |m| out.push(pad.clone().map(m).boxed()));
+    let srd = SrdConfig::new()
+        .with_projector(Some([4, 5]))
+        .init(&r)
+        .unwrap();
+    mv(&mut |m| out.push(srd.clone().map(m).boxed()));
+    let ickd = IckdConfig::new()
+        .with_embeds(vec![[3, 6]])
+        .init(&r)
+        .unwrap();
+    mv(&mut |m| out.push(ickd.clone().map(m).boxed()));
     // CRD's memory is state the forward updates: a fresh copy from a record each time
     let crd = CrdConfig::new(4, 5, 10)
         .with_embed_dim(3)

@@ -6,7 +6,9 @@ mod common;
 use burn::tensor::{Distribution, Tensor};
 use burn_distill::Outputs;
 use burn_distill::feature::{
-    AtConfig, DafaConfig, DamConfig, DamMode, HintConfig, MgdConfig, MgdMask, MgdReduction,
+    AffinityConfig, AtConfig, DafaConfig, DamConfig, DamMode, FspConfig, FtConfig, HintConfig,
+    IckdConfig, KtaConfig, MgdConfig, MgdMask, MgdReduction, NstConfig, PadL2Config, SrdConfig,
+    fsp_matrix,
 };
 use burn_distill::logit::ProbMseConfig;
 use burn_distill::prelude::*;
@@ -47,6 +49,11 @@ impl Maps {
     }
 }
 
+/// `len` numbers in `[-2, 2)` from `seed`.
+fn uniform(len: usize, seed: u64) -> Vec<f64> {
+    noise(seed, len, 2.0)
+}
+
 fn check_grads(loss: &dyn Loss, b: &Maps) -> Result<(), TestCaseError> {
     let progress = |i: DistillInput| i.progress(Progress::epoch(1, 2).at_step(3, 10));
     check_tap_grads(
@@ -72,6 +79,7 @@ proptest! {
             check_grads(&hint, &b)?;
         }
         check_grads(&AtConfig::new().with_weight(10.0).init().unwrap(), &b)?;
+        check_grads(&NstConfig::new().init().unwrap(), &b)?;
         if b.s_shape[2] == b.t_shape[2] {
             for mode in [DamMode::Soft, DamMode::TopK] {
                 let at = AtConfig::new().with_weight(10.0).init().unwrap();
@@ -86,14 +94,30 @@ proptest! {
         }
     }
 
+    /// The objectives that need one shape on both sides, on the tap `feature`.
+    #[test]
+    fn paired_map_gradients_match_finite_differences(
+        (n, c, h) in (1usize..4, 1usize..4, 1usize..4),
+        seed in any::<u64>(),
+        p in prop::sample::select(vec![1.0, 2.0, 3.0]),
+    ) {
+        configure_f64();
+        let shape = [n, c, h, h];
+        let len = n * c * h * h;
+        let b = Maps { s_shape: shape, t_shape: shape, s: uniform(len, seed), t: uniform(len, seed ^ 0xA5) };
+        check_grads(&IckdConfig::new().init(&device()).unwrap(), &b)?;
+        check_grads(&KtaConfig::new().with_p(p).with_q(if p == 3.0 { 1.5 } else { 2.0 }).init().unwrap(), &b)?;
+        check_grads(&AffinityConfig::new().init().unwrap(), &b)?;
+        check_grads(&FspConfig::new(vec!["feature".into(), "feature".into()]).with_weight(1.0).init().unwrap(), &b)?;
+        check_grads(&PadL2Config::new(c * h * h).with_feature("feature".into()).init(&device()).unwrap(), &b)?;
+        let ft = FtConfig::new(c, c).with_rate(1.0).with_p2(p).with_weight(1.0).init(&device()).unwrap();
+        check_grads(&ft, &b)?;
+    }
+
     #[test]
     fn prob_mse_gradients_and_invariants(n in 1usize..4, c in 2usize..6, temp in 0.5f64..6.0, seed in any::<u64>()) {
         configure_f64();
-        let mut st = seed | 1;
-        let mut draw = |k: usize| -> Vec<f64> {
-            (0..k).map(|_| { st ^= st << 13; st ^= st >> 7; st ^= st << 17; (st >> 11) as f64 / (1u64 << 53) as f64 * 6.0 - 3.0 }).collect()
-        };
-        let (s, t) = (draw(n * c), draw(n * c));
+        let (s, t) = (noise(seed, n * c, 3.0), noise(seed ^ 0x5EED, n * c, 3.0));
         let loss = ProbMseConfig::new().with_temperature(temp).init().unwrap();
         let value = |s: &[f64], t: &[f64]| loss.forward(&DistillInput::new(f64t(s.to_vec(), [n, c]), f64t(t.to_vec(), [n, c]))).unwrap().value();
         let sl = f64t(s.clone(), [n, c]).require_grad();
@@ -331,18 +355,7 @@ fn sokd_off_is_the_wrapped_loss() {
 fn dafa_parameter_gradients_match_finite_differences() {
     configure_f64();
     let dev = device();
-    let r = |shape: [usize; 4], seed: u64| {
-        let mut st = seed | 1;
-        let v: Vec<f64> = (0..shape.iter().product::<usize>())
-            .map(|_| {
-                st ^= st << 13;
-                st ^= st >> 7;
-                st ^= st << 17;
-                (st >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-            })
-            .collect();
-        f64t(v, shape)
-    };
+    let r = |shape: [usize; 4], seed: u64| f64t(noise(seed, shape.iter().product(), 1.0), shape);
     let (s, t) = (r([2, 3, 4, 4], 1), r([2, 3, 4, 4], 2));
     let hint = HintConfig::new([3, 4, 4], [3, 4, 4])
         .with_connector(false)
@@ -378,4 +391,130 @@ fn dafa_parameter_gradients_match_finite_differences() {
         values(d.augment(t.clone(), 5))
     );
     assert_ne!(values(d.augment(t.clone(), 5)), values(d.augment(t, 6)));
+}
+
+/// The learnable parts of the catalogue's feature objectives (FT's translator, ICKD's
+/// embedding, PAD-L2's variance branch, SRD's projector): the gradient in every parameter
+/// against central differences.
+#[test]
+fn learnable_parts_match_finite_differences() {
+    configure_f64();
+    let dev = device();
+    let (s, t) = (
+        f64t(uniform(2 * 3 * 3 * 3, 1), [2, 3, 3, 3]),
+        f64t(uniform(2 * 4 * 3 * 3, 2), [2, 4, 3, 3]),
+    );
+    let (es, et) = (
+        f64t(uniform(3 * 4, 3), [3, 4]),
+        f64t(uniform(3 * 5, 4), [3, 5]),
+    );
+    let logits = f64t(uniform(3 * 2, 5), [3, 2]);
+    let maps = || DistillInput::features_only().feature("feature", s.clone(), t.clone());
+    let rows = || {
+        DistillInput::new(logits.clone(), logits.clone() * 0.5).feature(
+            "embedding",
+            es.clone(),
+            et.clone(),
+        )
+    };
+    let picks = [0, 7, 19, 31];
+    let mut checked = 0;
+    // weights of 1: at FT's 200 the differences' rounding reaches the 1e-8 floor
+    dev.seed(7);
+    let ft = FtConfig::new(3, 4).with_weight(1.0).init(&dev).unwrap();
+    checked += check_param_grads(&ft, &maps, &picks).unwrap();
+    let ickd = IckdConfig::new()
+        .with_embeds(vec![[3, 4]])
+        .init(&dev)
+        .unwrap();
+    checked += check_param_grads(&ickd, &maps, &picks).unwrap();
+    let srd = SrdConfig::new()
+        .with_projector(Some([4, 5]))
+        .init(&dev)
+        .unwrap();
+    checked += check_param_grads(&srd, &rows, &picks).unwrap();
+    let pad = PadL2Config::new(5).init(&dev).unwrap();
+    let same = || DistillInput::features_only().feature("embedding", et.clone(), et.clone() * 0.3);
+    checked += check_param_grads(&pad, &same, &picks).unwrap();
+    assert!(checked >= 4 * 4 * 4, "{checked} coordinates");
+}
+
+/// FSP's matrix and NST by hand, FT's two stages, and the catalogue's shape errors.
+#[test]
+fn catalogue_feature_values_by_hand() {
+    configure_f64();
+    let dev = device();
+    // one position: G = top · bottomᵀ, [1, 1, 2] = [[3·1, 3·2]]
+    let bottom = f64t(vec![1.0, 2.0], [1, 2, 1, 1]);
+    let top = f64t(vec![3.0], [1, 1, 1, 1]);
+    assert_eq!(values(fsp_matrix(bottom, top)), [3.0, 6.0]);
+    use burn::optim::{GradientsParams, SgdConfig};
+    // the paraphraser's reconstruction loss falls under plain gradient descent
+    let ft = FtConfig::new(2, 2).with_rate(1.0).init(&dev).unwrap();
+    let teacher = f64t(uniform(2 * 2 * 3 * 3, 9), [2, 2, 3, 3]);
+    // frozen for the second stage, the paraphraser gets no gradient and the translator does
+    let on_maps =
+        DistillInput::features_only().feature("feature", teacher.clone(), teacher.clone() * 0.5);
+    let trained = |ft: &burn_distill::feature::Ft| {
+        let loss = ft.forward(&on_maps).unwrap();
+        GradientsParams::from_grads(loss.total.backward(), ft).len()
+    };
+    let all = trained(&ft);
+    let frozen = trained(&ft.clone().freeze_paraphraser());
+    assert!(frozen > 0 && frozen < all, "{frozen} of {all} parameters");
+    let mut p = ft.paraphraser.clone();
+    let first = values(p.reconstruction_loss(teacher.clone()))[0];
+    let mut opt = SgdConfig::new().init();
+    for _ in 0..30 {
+        let loss = p.reconstruction_loss(teacher.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &p);
+        p = opt.step(0.05, p, grads);
+    }
+    let last = values(p.reconstruction_loss(teacher))[0];
+    assert!(last < first, "reconstruction {first} -> {last}");
+    // shapes the objectives refuse with a typed error
+    let input = DistillInput::features_only().feature(
+        "feature",
+        f64t(uniform(2 * 3 * 2 * 2, 1), [2, 3, 2, 2]),
+        f64t(uniform(2 * 4 * 2 * 2, 2), [2, 4, 2, 2]),
+    );
+    let refuse = |loss: &dyn Loss| match loss.forward(&input) {
+        Err(DistillError::ShapeMismatch { .. }) => {}
+        other => panic!("{}: {other:?}", loss.name()),
+    };
+    refuse(&IckdConfig::new().init(&dev).unwrap());
+    refuse(&KtaConfig::new().init().unwrap());
+    refuse(&AffinityConfig::new().init().unwrap());
+    refuse(
+        &FspConfig::new(vec!["feature".into(), "feature".into()])
+            .init()
+            .unwrap(),
+    );
+    refuse(&FtConfig::new(3, 5).init(&dev).unwrap());
+    refuse(
+        &PadL2Config::new(12)
+            .with_feature("feature".into())
+            .init(&dev)
+            .unwrap(),
+    );
+    refuse(
+        &SrdConfig::new()
+            .with_feature("feature".into())
+            .init(&dev)
+            .unwrap(),
+    );
+    refuse(
+        &SrdConfig::new()
+            .with_feature("feature".into())
+            .with_projector(Some([5, 16]))
+            .init(&dev)
+            .unwrap(),
+    );
+    assert!(FspConfig::new(vec!["feature".into()]).init().is_err());
+    assert!(
+        IckdConfig::new()
+            .with_weights(vec![1.0, 2.0])
+            .init(&dev)
+            .is_err()
+    );
 }

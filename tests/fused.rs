@@ -8,7 +8,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_distill::fused;
 use burn_distill::logit::{Dckd, DckdConfig, DkdConfig, JointTarget, KdConfig};
 use burn_distill::{DistillInput, Loss, LossExt};
-use common::{Batch, batches, close, device, ints, tensor, values};
+use common::{Batch, batches, close, device, ints, noise, tensor, values};
 use proptest::prelude::*;
 
 /// Batches of 1–5 rows, 3–39 classes, logits in ±(0.1 to 6), temperatures in [0.5, 8).
@@ -247,17 +247,7 @@ fn supported_devices() {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let (n, c) = (37, 129);
-    let data = |seed: u64| -> Vec<f64> {
-        let mut s = seed | 1;
-        (0..n * c)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 53) as f64 * 8.0 - 4.0
-            })
-            .collect()
-    };
+    let data = |seed: u64| noise(seed, n * c, 4.0);
     let (sv, tv) = (data(3), data(5));
     let y: Vec<i64> = (0..n as i64).map(|i| (i * 7) % c as i64).collect();
     let run = |threads: usize, dtype: DType| -> Vec<Vec<f64>> {

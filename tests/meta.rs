@@ -14,19 +14,6 @@ use burn_distill::{Distillable, LossSum};
 use common::*;
 use proptest::prelude::*;
 
-/// Deterministic values in [-scale, scale) from a seed (xorshift).
-fn noise(seed: u64, n: usize, scale: f64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
 /// An MLP of the given widths whose parameters are `flat` (per layer: weight `[in, out]`
 /// row-major, then bias).
 fn net(widths: &[usize], flat: &[f64]) -> Net {

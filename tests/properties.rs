@@ -6,7 +6,8 @@ mod common;
 use burn::tensor::{DType, Tensor};
 use burn_distill::curriculum::{CtkdConfig, Difficulty, PacedConfig, TopKMaskConfig};
 use burn_distill::logit::{
-    DckdConfig, DistConfig, JointTarget, ProbMseConfig, Standardized, dkd_per_sample, kd_per_sample,
+    DckdConfig, DistConfig, JointTarget, LogitMseConfig, MlkdConfig, ProbMseConfig, Standardized,
+    at_most_median, class_correlation, dkd_per_sample, kd_per_sample, mlkd_instance,
 };
 use burn_distill::math::{Decoupled, target_mask};
 use burn_distill::prelude::*;
@@ -319,6 +320,22 @@ fn finite_for_logits_of_magnitude_1e4() {
                     .init(KdConfig::new().with_temperature(temp).init().unwrap())
                     .unwrap()
                     .boxed(),
+                LogitMseConfig::new()
+                    .with_temperature(temp)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+                MlkdConfig::new()
+                    .with_temperatures(vec![temp, 3.0])
+                    .with_ce_weight(1.0)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+                MlkdConfig::new()
+                    .with_reference(false)
+                    .init()
+                    .unwrap()
+                    .boxed(),
                 TopKMaskConfig::new()
                     .init(
                         DkdConfig::new()
@@ -402,5 +419,54 @@ mod catalogued {
             // every example reads at least the student's logits or a tap
             prop_assert!(checked >= 4 * 20, "only {checked} coordinates checked");
         }
+    }
+}
+
+/// MLKD's two readings of its masks, recomputed from its level functions: the reference code
+/// scales each reduced level by the mask's fraction, `reference: false` sums the selected
+/// samples (classes) with the same normalisation.
+#[test]
+fn mlkd_masks_scale_or_select() {
+    let (n, c) = (5, 4);
+    let uniform = |seed: u64| noise(seed, n * c, 3.0);
+    let (s, t) = (f64t(uniform(1), [n, c]), f64t(uniform(2), [n, c]));
+    let pt = burn::tensor::activation::softmax(t.clone(), 1);
+    let mask = |x: Tensor<1>| -> Vec<f64> {
+        at_most_median(x)
+            .into_data()
+            .try_to_vec::<bool>()
+            .unwrap()
+            .into_iter()
+            .map(|b| b as u8 as f64)
+            .collect()
+    };
+    let a = mask(pt.clone().max_dim(1).squeeze_dim(1));
+    let b = mask(pt.sum_dim(0).squeeze_dim(0));
+    let temp = 2.0;
+    let inst = values(mlkd_instance(s.clone(), t.clone(), temp));
+    let cls = values(class_correlation(s.clone(), t.clone(), temp));
+    let frac = |m: &[f64]| m.iter().sum::<f64>() / m.len() as f64;
+    let kd_scaled = inst.iter().sum::<f64>() / n as f64 * frac(&a);
+    let kd_selected = inst.iter().zip(&a).map(|(v, m)| v * m).sum::<f64>() / n as f64;
+    let cc_scaled = cls.iter().sum::<f64>() * frac(&b);
+    let cc_selected: f64 = cls.iter().enumerate().map(|(k, v)| v * b[k % c]).sum();
+    assert!(
+        frac(&a) < 1.0 && frac(&b) < 1.0,
+        "the masks select something"
+    );
+    for (reference, kd, cc) in [
+        (true, kd_scaled, cc_scaled),
+        (false, kd_selected, cc_selected),
+    ] {
+        let out = MlkdConfig::new()
+            .with_temperatures(vec![temp])
+            .with_reference(reference)
+            .init()
+            .unwrap()
+            .forward(&DistillInput::new(s.clone(), t.clone()))
+            .unwrap();
+        let term = |name: &str| values(out.term(name).unwrap().clone())[0];
+        close("mlkd/kd", &[term("mlkd/kd")], &[kd], 1e-12, 1e-14).unwrap();
+        close("mlkd/cc", &[term("mlkd/cc")], &[cc], 1e-12, 1e-14).unwrap();
     }
 }

@@ -6,7 +6,9 @@ mod common;
 use burn::module::Module;
 use burn::tensor::{Int, Tensor};
 use burn_distill::prelude::*;
-use burn_distill::relation::{CrdConfig, DlkdConfig, PktConfig, RkdConfig, SpConfig};
+use burn_distill::relation::{
+    CcConfig, CcKernel, CrdConfig, DlkdConfig, PktConfig, RkdConfig, SpConfig,
+};
 use burn_distill::{Feature, Views};
 use common::*;
 use proptest::prelude::*;
@@ -106,10 +108,16 @@ proptest! {
         }
         // DLKD: its heads are fixed parameters here (the golden cases check their gradients)
         check_grads(&dlkd(&b), &b)?;
+        for kernel in [CcKernel::Bilinear, CcKernel::Gaussian { gamma: 0.4, order: 3 }] {
+            check_grads(&CcConfig::new().with_kernel(kernel).init().unwrap(), &b)?;
+        }
+        if b.ds == b.dt {
+            check_grads(&CcConfig::new().with_kernel(CcKernel::Consecutive).init().unwrap(), &b)?;
+        }
     }
 
     /// Relating samples, not ordering them: RKD, SP, PKT and DLKD's correlation (one view per
-    /// image) give the same loss for any permutation of the batch.
+    /// image) and CC's matrix kernels give the same loss for any permutation of the batch.
     #[test]
     fn invariant_to_permuting_the_batch(b in taps(2..7), seed in any::<u64>()) {
         configure_f64();
@@ -126,6 +134,7 @@ proptest! {
             SpConfig::new().init().unwrap().boxed(),
             PktConfig::new().init().unwrap().boxed(),
             corr_only.boxed(),
+            CcConfig::new().init().unwrap().boxed(),
         ];
         for loss in &losses {
             let a = loss.forward(&b.input(b.s.clone(), b.t.clone())).unwrap().value();
@@ -470,4 +479,54 @@ fn crd_errors() {
         CrdConfig::new(2, 3, 5).with_momentum(1.0).init(&device()),
         Err(DistillError::InvalidConfig { .. })
     ));
+}
+
+/// CC by hand: the Gaussian kernel's expansion, the unsquared norm over `N²`, and
+/// RepDistiller's consecutive form.
+#[test]
+fn cc_values_by_hand() {
+    configure_f64();
+    // two one-dimensional samples: student (1, 0), teacher (0, 1)
+    let input = DistillInput::features_only().feature(
+        "embedding",
+        f64t(vec![1.0, 0.0], [2, 1]),
+        f64t(vec![0.0, 1.0], [2, 1]),
+    );
+    let value = |kernel| {
+        CcConfig::new()
+            .with_kernel(kernel)
+            .init()
+            .unwrap()
+            .forward(&input)
+            .unwrap()
+            .value()
+    };
+    // bilinear: Kˢ = [[1, 0], [0, 0]], Kᵗ = [[0, 0], [0, 1]]: ‖·‖_F = √2, over N² = 4
+    assert!((value(CcKernel::Bilinear) - 2f64.sqrt() / 4.0).abs() < 1e-12);
+    // order 1, γ = 0.5: K = e⁻¹ (1 + aᵀb): the same difference scaled by e⁻¹
+    let gaussian = value(CcKernel::Gaussian {
+        gamma: 0.5,
+        order: 1,
+    });
+    assert!((gaussian - (-1f64).exp() * 2f64.sqrt() / 4.0).abs() < 1e-12);
+    // consecutive: δ = (1, −1), |δ₀||δ₁| = 1, one pair
+    assert!((value(CcKernel::Consecutive) - 1.0).abs() < 1e-12);
+    let one = DistillInput::features_only().feature(
+        "embedding",
+        f64t(vec![1.0], [1, 1]),
+        f64t(vec![0.0], [1, 1]),
+    );
+    assert!(matches!(
+        CcConfig::new().init().unwrap().forward(&one),
+        Err(DistillError::BatchTooSmall { min: 2, .. })
+    ));
+    assert!(
+        CcConfig::new()
+            .with_kernel(CcKernel::Gaussian {
+                gamma: -1.0,
+                order: 2
+            })
+            .init()
+            .is_err()
+    );
 }

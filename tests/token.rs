@@ -442,15 +442,7 @@ mod fused_and_sparse {
     };
 
     fn det(n: usize, seed: u64, scale: f64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-            })
-            .collect()
+        noise(seed, n, scale)
     }
 
     /// The fused lm-head path equals the dense objective on materialised logits — loss and

@@ -172,8 +172,10 @@ impl FtConfig {
 /// ```
 ///
 /// Stage 1: minimise [`Paraphraser::reconstruction_loss`] over `paraphraser` alone. Stage 2:
-/// this objective; the teacher's factor is detached (the paraphraser stays frozen) and the
-/// translator trains with the student. The paper's loss is `‖φ(Fˢ) − φ(Fᵗ)‖₁` over each
+/// [`freeze_paraphraser`](Ft::freeze_paraphraser), then this objective: the translator trains
+/// with the student, the paraphraser stays as stage 1 left it (every gradient is the true
+/// derivative; freezing is what keeps the paraphraser out of the optimizer's update, as
+/// RepDistiller keeps it out of its `trainable_list`). The paper's loss is `‖φ(Fˢ) − φ(Fᵗ)‖₁` over each
 /// sample's unit factor; the crate follows the reference code (a mean over elements, so
 /// `w = 200` is its scale). For `p₁` or `p₂` that is not an even integer the crate uses
 /// `|F|^p`, where the reference's `pow` of a negative number would be NaN. One term `"ft"`.
@@ -191,6 +193,15 @@ pub struct Ft {
 }
 
 crate::objective!(Ft, "ft");
+
+impl Ft {
+    /// The objective with its paraphraser frozen (burn's [`Module::freeze`]: no gradients, no
+    /// training behaviour), for the distillation stage.
+    pub fn freeze_paraphraser(mut self) -> Self {
+        self.paraphraser = self.paraphraser.freeze();
+        self
+    }
+}
 
 impl Loss for Ft {
     fn name(&self) -> &str {
@@ -213,7 +224,7 @@ impl Loss for Ft {
                 });
             }
         }
-        let teacher = self.paraphraser.factor(t).detach();
+        let teacher = self.paraphraser.factor(t);
         let student = self.translator.forward(s);
         Ok(LossOutput::single(
             Self::NAME,

@@ -22,7 +22,7 @@ crate::family! {
         example: |_| Ok(NstConfig::new().init()?.boxed());
     "Ft", "Paraphraser" => "Kim et al., NeurIPS 2018, *Paraphrasing Complex Network: Factor Transfer*", "ft.md";
     "Fsp" => "Yim et al., CVPR 2017, *A Gift from Knowledge Distillation*", "fsp.md",
-        example: |_| Ok(FspConfig::new(vec!["feature".into(), "paired".into()]).init()?.boxed());
+        example: |_| Ok(FspConfig::new(vec!["paired".into(), "paired".into()]).init()?.boxed());
     "Ickd" => "Liu et al., ICCV 2021, *Inter-Channel Correlation for KD*", "ickd.md",
         example: |dev| Ok(IckdConfig::new().with_features(vec!["paired".into()]).init(dev)?.boxed());
     "Kta", "Affinity" => "He et al., CVPR 2019, *Knowledge Adaptation for Efficient Semantic Segmentation*", "kta.md",

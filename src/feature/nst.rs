@@ -15,13 +15,14 @@ use crate::{DistillError, DistillInput, Loss, LossOutput};
 /// mean k(fᵗ, fᵗ) + mean k(fˢ, fˢ) − 2 mean k(fˢ, fᵗ)
 /// ```
 ///
-/// (means over the batch and every channel pair). The teacher-teacher term is detached, as in
-/// the reference; the cross term is not.
+/// (means over the batch and every channel pair). Every term is differentiated: the reference
+/// detaches the teacher-teacher term (harmless for a frozen teacher, a wrong gradient for an
+/// [attached](crate::DistillInput::attach_teacher) one), the crate does not.
 pub fn nst_stage(s: Tensor<4>, t: Tensor<4>) -> Tensor<1> {
     let (s, t) = pool_to_smaller(s, t);
     let (s, t) = (unit_channels(s), unit_channels(t));
     let kernel = |a: Tensor<3>, b: Tensor<3>| a.matmul(b.swap_dims(1, 2)).square().mean();
-    kernel(t.clone(), t.clone()).detach() + kernel(s.clone(), s.clone())
+    kernel(t.clone(), t.clone()) + kernel(s.clone(), s.clone())
         - kernel(s, t) * 2.0
 }
 

@@ -3,10 +3,11 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::check::{check_count, check_positive, check_temperature};
-use crate::logit::kd_per_sample;
+use crate::math::kl_rows;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// SRD's feature term: `2 · log Σ |fˢ − fᵗ|^e` over the whole batch (the sum floored at 1e-30:
@@ -121,7 +122,8 @@ impl Loss for Srd {
             ));
         }
         let (zs, zt) = checked.logits()?;
-        let kl = kd_per_sample(zs, zt, self.config.temperature).mean();
+        let scale = 1.0 / self.config.temperature;
+        let kl = kl_rows(log_softmax(zt * scale, 1), log_softmax(zs * scale, 1)).mean();
         Ok(LossOutput::from_terms(vec![
             (
                 format!("{}/feature", Self::NAME),

@@ -3,7 +3,7 @@
 
 use burn::config::Config;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
 use crate::check::{check_non_negative, check_temperature};
 use crate::cross_entropy_per_sample;
@@ -140,14 +140,14 @@ impl Mlkd {
         mask: &Tensor<1, Bool>,
         f: impl Fn(f64) -> Tensor<2>,
     ) -> Tensor<1> {
-        let m = mask.clone().float();
         let total = temperatures
             .iter()
             .map(|&t| {
                 let x = f(t);
+                let m = mask.clone().float().cast(FloatDType::from(x.dtype()));
                 match self.config.reference {
-                    true => x.sum() * m.clone().mean(),
-                    false => (x * m.clone().unsqueeze_dim::<2>(0)).sum(),
+                    true => x.sum() * m.mean(),
+                    false => (x * m.unsqueeze_dim::<2>(0)).sum(),
                 }
             })
             .reduce(|a, b| a + b)

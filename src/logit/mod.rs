@@ -21,7 +21,7 @@ crate::family! {
     "Dist" => "Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher*", "dist.md",
         example: |_| Ok(DistConfig::new().init()?.boxed());
     "DistPlus" => "Huang et al., TPAMI 2025, *DIST+: KD From a Stronger Adaptive Teacher*", "dist_plus.md",
-        example: |_| Ok(DistPlusConfig::new().init()?.boxed());
+        example: |_| Ok(DistPlusConfig::new().with_feature("paired".into()).init()?.boxed());
     "Mlkd" => "Jin, Wang, Lin, CVPR 2023, *Multi-Level Logit Distillation*", "mlkd.md",
         example: |_| Ok(MlkdConfig::new().with_ce_weight(1.0).init()?.boxed());
     "Standardized" => "Sun et al., CVPR 2024, *Logit Standardization in KD*", "dist.md#logit-standardisation",

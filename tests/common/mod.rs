@@ -39,6 +39,20 @@ pub fn ints(data: Vec<i64>) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(data, [n]), &device())
 }
 
+/// `n` deterministic values in `[-scale, scale)` from `seed` (xorshift): the same test data on
+/// every run and platform.
+pub fn noise(seed: u64, n: usize, scale: f64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
 /// A tensor's values as `f64`.
 pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
     t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
@@ -220,4 +234,94 @@ impl Batch {
         let leaf = |v: &[f64]| tensor(v.to_vec(), [self.n, self.c], dtype).require_grad();
         (leaf(&self.s), leaf(&self.t), ints(self.y.clone()))
     }
+}
+
+/// Adds `delta` to element `index` of the parameter `target`.
+struct Shift {
+    target: burn::module::ParamId,
+    index: usize,
+    delta: f64,
+}
+
+impl burn::module::ModuleMapper for Shift {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        if param.id != self.target {
+            return param;
+        }
+        let (index, delta) = (self.index, self.delta);
+        param.map(|t| {
+            let (shape, device, dtype) = (t.shape(), t.device(), t.dtype());
+            let mut v = values(t);
+            v[index] += delta;
+            Tensor::from_data(TensorData::new(v, shape), (&device, dtype)).require_grad()
+        })
+    }
+}
+
+/// Every trainable float parameter (buffers such as running statistics are not tracked) and
+/// its gradient in `grads`.
+struct Trainable<'a> {
+    grads: &'a burn::optim::GradientsParams,
+    found: Vec<(burn::module::ParamId, Option<Vec<f64>>, usize)>,
+}
+
+impl burn::module::ModuleVisitor for Trainable<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let t = param.val();
+        if t.is_require_grad() {
+            let numel = t.shape().num_elements();
+            self.found
+                .push((param.id, self.grads.get::<D>(param.id).map(values), numel));
+        }
+    }
+}
+
+/// The gradient of `module`'s loss on `input()` in every trainable parameter against central
+/// differences (f64, 1e-5 relative), at the coordinates `picks` (modulo each size); a
+/// parameter without a gradient (a frozen part, behind a detach) must have zero differences.
+/// Returns how many coordinates were compared.
+pub fn check_param_grads<M>(
+    module: &M,
+    input: &dyn Fn() -> burn_distill::DistillInput,
+    picks: &[usize],
+) -> Result<usize, String>
+where
+    M: burn::module::Module + burn_distill::Loss + Clone,
+{
+    let grads = module.forward(&input()).unwrap().total.backward();
+    let grads = burn::optim::GradientsParams::from_grads(grads, module);
+    let mut visitor = Trainable {
+        grads: &grads,
+        found: Vec::new(),
+    };
+    module.visit(&mut visitor);
+    let mut checked = 0;
+    for (id, grad, numel) in visitor.found {
+        let grad = grad.unwrap_or_else(|| vec![0.0; numel]);
+        for &p in picks {
+            let index = p % numel;
+            let at = |delta: f64| {
+                let shifted = module.clone().map(&mut Shift {
+                    target: id,
+                    index,
+                    delta,
+                });
+                shifted.forward(&input()).unwrap().value()
+            };
+            let h = 1e-6;
+            let num = (at(h) - at(-h)) / (2.0 * h);
+            close(
+                &format!("{}: d/d{id}[{index}]", module.name()),
+                &[grad[index]],
+                &[num],
+                1e-5,
+                1e-8,
+            )?;
+            checked += 1;
+        }
+    }
+    Ok(checked)
 }
