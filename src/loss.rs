@@ -210,6 +210,43 @@ pub trait LossExt: Loss + Sized + 'static {
     fn boxed(self) -> Box<dyn Loss> {
         Box::new(self)
     }
+
+    /// This objective alone during the first `epochs` epochs, then `next` alone: the
+    /// initialisation stages of AB, FSP or SSKD before the distillation proper (RepDistiller's
+    /// `init_epochs`). Reads the input's [`Progress`](crate::Progress).
+    fn then_after<N: Loss + 'static>(self, epochs: usize, next: N) -> Staged {
+        Staged {
+            first: Box::new(self),
+            epochs,
+            next: Box::new(next),
+        }
+    }
+}
+
+/// One objective for a number of epochs, then another; see [`LossExt::then_after`].
+#[derive(Debug)]
+pub struct Staged {
+    first: Box<dyn Loss>,
+    epochs: usize,
+    next: Box<dyn Loss>,
+}
+
+impl Loss for Staged {
+    fn name(&self) -> &str {
+        self.next.name()
+    }
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let progress = input
+            .get_progress()
+            .ok_or_else(|| DistillError::MissingInput {
+                objective: self.next.name().into(),
+                what: "training progress (DistillInput::progress), to choose the stage".into(),
+            })?;
+        match progress.epoch < self.epochs {
+            true => self.first.forward(input),
+            false => self.next.forward(input),
+        }
+    }
 }
 
 impl<T: Loss + 'static> LossExt for T {}

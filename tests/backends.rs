@@ -15,7 +15,10 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::SgdConfig;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_distill::curriculum::CtkdConfig;
-use burn_distill::feature::{FtConfig, HintConfig, IckdConfig, MgdConfig, PadL2Config, SrdConfig};
+use burn_distill::feature::{
+    AbConfig, FtConfig, HintConfig, IckdConfig, MgdConfig, OfdConfig, PadL2Config, ReviewKdConfig,
+    SrdConfig, VidConfig, ofd_margins,
+};
 use burn_distill::logit::{
     DckdConfig, DistConfig, LogitMseConfig, MlkdConfig, ProbMseConfig, Standardized,
 };

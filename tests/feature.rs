@@ -6,6 +6,10 @@ mod common;
 use burn::tensor::{Distribution, Tensor};
 use burn_distill::Outputs;
 use burn_distill::feature::{
+    AbConfig, OfdConfig, ReviewKdConfig, VidConfig, activation_boundary, hcl_stage, ofd_margins,
+    partial_l2,
+};
+use burn_distill::feature::{
     AffinityConfig, AtConfig, DafaConfig, DamConfig, DamMode, FspConfig, FtConfig, HintConfig,
     IckdConfig, KtaConfig, MgdConfig, MgdMask, MgdReduction, NstConfig, PadL2Config, SrdConfig,
     fsp_matrix,
@@ -517,4 +521,121 @@ fn catalogue_feature_values_by_hand() {
             .init(&dev)
             .is_err()
     );
+}
+
+/// AB, VID, OFD and ReviewKD: the gradients of both taps and of every parameter against
+/// central differences, on maps of different channels and sizes.
+#[test]
+fn boundary_variational_overhaul_review_gradients() {
+    configure_f64();
+    let dev = device();
+    dev.seed(3);
+    let (s, t) = (
+        f64t(noise(11, 2 * 3 * 4 * 4, 1.5), [2, 3, 4, 4]),
+        f64t(noise(12, 2 * 5 * 2 * 2, 1.5), [2, 5, 2, 2]),
+    );
+    let (s2, t2) = (
+        f64t(noise(13, 2 * 4 * 2 * 2, 1.5), [2, 4, 2, 2]),
+        f64t(noise(14, 2 * 5 * 1 * 1, 1.5), [2, 5, 1, 1]),
+    );
+    let maps = || {
+        DistillInput::features_only()
+            .feature("a", s.clone(), t.clone())
+            .feature("b", s2.clone(), t2.clone())
+    };
+    let taps = || vec!["a".to_string(), "b".to_string()];
+    let picks = [0, 5, 17, 29];
+    let ab = AbConfig::new(
+        taps(),
+        vec![[3, 4, 4], [4, 2, 2]],
+        vec![[5, 2, 2], [5, 1, 1]],
+    )
+    .with_weight(1.0)
+    .init(&dev)
+    .unwrap();
+    let vid = VidConfig::new(taps(), vec![[3, 5], [4, 5]])
+        .init(&dev)
+        .unwrap();
+    let margins = ofd_margins(&[1.0, 0.5, 2.0, 1.0, 0.1], &[0.0, 0.3, -1.0, 2.0, 0.0]);
+    let ofd = OfdConfig::new(taps(), vec![[3, 5], [4, 5]], vec![margins.clone(), margins])
+        .with_weight(1.0)
+        .init(&dev)
+        .unwrap();
+    let review = ReviewKdConfig::new(taps(), vec![3, 4], vec![5, 5])
+        .with_warmup_epochs(0)
+        .init(&dev)
+        .unwrap();
+    let mut checked = 0;
+    checked += check_param_grads(&ab, &maps, &picks).unwrap();
+    checked += check_param_grads(&vid, &maps, &picks).unwrap();
+    checked += check_param_grads(&ofd, &maps, &picks).unwrap();
+    checked += check_param_grads(&review, &maps, &picks).unwrap();
+    assert!(checked > 40, "{checked} coordinates");
+    for loss in [&vid as &dyn Loss, &ofd, &review] {
+        // the second tap rides along unperturbed
+        let extra = |i: DistillInput| i.feature("b", s2.clone(), t2.clone());
+        let with_a = |s: &[f64], t: &[f64]| {
+            check_tap_grads(loss, "a", (s, [2, 3, 4, 4]), (t, [2, 5, 2, 2]), &extra)
+        };
+        with_a(&values(s.clone()), &values(t.clone())).unwrap();
+    }
+}
+
+/// AB's and OFD's piecewise losses, OFD's margins, HCL's pyramid and the staged schedule,
+/// by hand.
+#[test]
+fn boundary_and_overhaul_by_hand() {
+    configure_f64();
+    let m = |v: Vec<f64>| f64t(v, [1, 1, 1, 4]);
+    // student (−2, 0, 0.5, 2) against teacher (−1, −1, 1, 1), margin 1:
+    // t ≤ 0: s > −1 is pushed to −1: (0 + 1)² = 1 for s = 0; s = −2 is already past
+    // t > 0: s ≤ 1 is pulled to 1: (0.5 − 1)² = 0.25; s = 2 is already past
+    let ab = activation_boundary(
+        m(vec![-2.0, 0.0, 0.5, 2.0]),
+        m(vec![-1.0, -1.0, 1.0, 1.0]),
+        1.0,
+    );
+    assert!((values(ab)[0] - 1.25).abs() < 1e-12);
+    // the margin of N(0, 1) below zero: −φ(0)/Φ(0) = −√(2/π); a channel almost never negative: −3|γ|
+    let margins = ofd_margins(&[1.0, -2.0], &[0.0, 10.0]);
+    assert!((margins[0] + (2.0 / std::f64::consts::PI).sqrt()).abs() < 1e-12);
+    assert_eq!(margins[1], -6.0);
+    // OFD, margin −1 on a single channel: t = −2 (≤ m): (s − m)² where s > m: s = 0 → 1;
+    // t = −0.5 (m < t ≤ 0): (s − t)² where s > t: s = 0 → 0.25; s = −1 (below t) → 0;
+    // t = 1 > 0: (s − t)²: s = 3 → 4
+    let s = f64t(vec![0.0, 0.0, -1.0, 3.0], [1, 1, 1, 4]);
+    let t = f64t(vec![-2.0, -0.5, -0.5, 1.0], [1, 1, 1, 4]);
+    let ofd = partial_l2(s, t, f64t(vec![-1.0], [1]));
+    assert!((values(ofd)[0] - 5.25).abs() < 1e-12);
+    // HCL on 2×2 maps: the map's MSE (weight 1) and the 1×1 pool's (weight ½), over 1.5
+    let a = f64t(vec![1.0, 0.0, 0.0, 0.0], [1, 1, 2, 2]);
+    let b = f64t(vec![0.0; 4], [1, 1, 2, 2]);
+    let hcl = values(hcl_stage(a, b))[0];
+    assert!((hcl - (0.25 + 0.5 * 0.0625) / 1.5).abs() < 1e-12);
+    // staged: AB alone for 2 epochs, then AT
+    let dev = device();
+    let input = |epoch| {
+        DistillInput::features_only()
+            .feature(
+                "feature",
+                f64t(noise(1, 8, 1.0), [1, 2, 2, 2]),
+                f64t(noise(2, 8, 1.0), [1, 2, 2, 2]),
+            )
+            .progress(Progress::epoch(epoch, 10))
+    };
+    let ab = AbConfig::new(vec!["feature".into()], vec![[2, 2, 2]], vec![[2, 2, 2]])
+        .init(&dev)
+        .unwrap();
+    let staged = ab.clone().then_after(2, AtConfig::new().init().unwrap());
+    let names = |epoch| -> Vec<String> {
+        staged
+            .forward(&input(epoch))
+            .unwrap()
+            .terms()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    };
+    assert_eq!(names(1), ["ab"]);
+    assert_eq!(names(2), ["at"]);
+    assert!(staged.forward(&DistillInput::features_only()).is_err());
 }

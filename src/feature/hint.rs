@@ -6,6 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor};
 
+use super::maps::configured_maps;
 use crate::check::check_non_negative;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -31,15 +32,10 @@ pub struct HintConfig {
 }
 
 impl HintConfig {
-    /// Validates the shapes and builds the connector on `device`:
-    /// a 1×1 convolution when the spatial sizes match, a 3×3 stride-2 convolution when the
-    /// student's map is twice the teacher's, a transposed 4×4 stride-2 convolution when it is
-    /// half, and a `(1 + Hs − Ht) × (1 + Ws − Wt)` convolution when it is otherwise larger
-    /// (mdistiller's `ConvReg`); then batch norm (and ReLU).
+    /// Validates the shapes and builds the connector ([`ConvReg::new`]) on `device`.
     pub fn init(&self, device: &Device) -> Result<Hint, DistillError> {
         check_non_negative(Hint::NAME, "weight", self.weight)?;
-        let ([cs, hs, ws], [ct, ht, wt]) = (self.student, self.teacher);
-        if [cs, hs, ws, ct, ht, wt].contains(&0) {
+        if self.student.contains(&0) || self.teacher.contains(&0) {
             return Err(DistillError::config(
                 Hint::NAME,
                 "student/teacher",
@@ -61,38 +57,12 @@ impl HintConfig {
                 config: self.clone(),
             });
         }
-        let conv = if (hs, ws) == (ht, wt) {
-            Connector::Conv(Conv2dConfig::new([cs, ct], [1, 1]).init(device))
-        } else if (hs, ws) == (2 * ht, 2 * wt) {
-            Connector::Conv(
-                Conv2dConfig::new([cs, ct], [3, 3])
-                    .with_stride([2, 2])
-                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                    .init(device),
-            )
-        } else if (2 * hs, 2 * ws) == (ht, wt) {
-            Connector::Up(
-                ConvTranspose2dConfig::new([cs, ct], [4, 4])
-                    .with_stride([2, 2])
-                    .with_padding([1, 1])
-                    .init(device),
-            )
-        } else if hs >= ht && ws >= wt {
-            Connector::Conv(Conv2dConfig::new([cs, ct], [1 + hs - ht, 1 + ws - wt]).init(device))
-        } else {
-            return Err(DistillError::config(
-                Hint::NAME,
-                "student",
-                format!("{:?}", self.student),
-                "a map smaller than the teacher's (and not half its size) has no connector",
-            ));
-        };
+        let connector = ConvReg::new(self.student, self.teacher, self.relu, device)
+            .map_err(|reason| {
+                DistillError::config(Hint::NAME, "student", format!("{:?}", self.student), reason)
+            })?;
         Ok(Hint {
-            connector: Some(ConvReg {
-                conv,
-                bn: BatchNormConfig::new(ct).init(device),
-                relu: self.relu.then(Relu::new),
-            }),
+            connector: Some(connector),
             config: self.clone(),
         })
     }
@@ -119,6 +89,45 @@ pub struct ConvReg {
 }
 
 impl ConvReg {
+    /// The connector from a student map `[Cs, Hs, Ws]` to a teacher map `[Ct, Ht, Wt]`: a 1×1
+    /// convolution when the spatial sizes match, a 3×3 stride-2 convolution when the student's
+    /// map is twice the teacher's, a transposed 4×4 stride-2 convolution when it is half, and a
+    /// `(1 + Hs − Ht) × (1 + Ws − Wt)` convolution when it is otherwise larger (mdistiller's
+    /// and RepDistiller's `ConvReg`); then batch norm (and ReLU). `Err` says why there is none.
+    pub fn new(
+        [cs, hs, ws]: [usize; 3],
+        [ct, ht, wt]: [usize; 3],
+        relu: bool,
+        device: &Device,
+    ) -> Result<Self, &'static str> {
+        let conv = if (hs, ws) == (ht, wt) {
+            Connector::Conv(Conv2dConfig::new([cs, ct], [1, 1]).init(device))
+        } else if (hs, ws) == (2 * ht, 2 * wt) {
+            Connector::Conv(
+                Conv2dConfig::new([cs, ct], [3, 3])
+                    .with_stride([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init(device),
+            )
+        } else if (2 * hs, 2 * ws) == (ht, wt) {
+            Connector::Up(
+                ConvTranspose2dConfig::new([cs, ct], [4, 4])
+                    .with_stride([2, 2])
+                    .with_padding([1, 1])
+                    .init(device),
+            )
+        } else if hs >= ht && ws >= wt {
+            Connector::Conv(Conv2dConfig::new([cs, ct], [1 + hs - ht, 1 + ws - wt]).init(device))
+        } else {
+            return Err("a map smaller than the teacher's (and not half its size) has no connector");
+        };
+        Ok(Self {
+            conv,
+            bn: BatchNormConfig::new(ct).init(device),
+            relu: relu.then(Relu::new),
+        })
+    }
+
     /// The student's map brought to the teacher's shape.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = match &self.conv {
@@ -159,20 +168,7 @@ impl Loss for Hint {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Hint::NAME).maps(&c.feature)?;
-        for (who, want, got) in [
-            ("student", c.student, s.dims()),
-            ("teacher", c.teacher, t.dims()),
-        ] {
-            if got[1..] != want {
-                return Err(DistillError::ShapeMismatch {
-                    objective: Hint::NAME.into(),
-                    what: format!("{who} tap `{}`", c.feature),
-                    expected: [got[0]].into_iter().chain(want).collect(),
-                    actual: got.to_vec(),
-                });
-            }
-        }
+        let (s, t) = configured_maps(&input.of(Hint::NAME), &c.feature, c.student, c.teacher)?;
         let s = match &self.connector {
             Some(r) => r.forward(s),
             None => s,

@@ -43,3 +43,45 @@ pub fn sum_stages(
     }
     total.ok_or_else(|| DistillError::config("feature", "features", "[]", "names at least one tap"))
 }
+
+/// The maps of tap `name`, after checking that the student's and teacher's `[C, H, W]` are
+/// the configured `student` and `teacher`.
+pub fn configured_maps(
+    checked: &crate::Checked,
+    name: &str,
+    student: [usize; 3],
+    teacher: [usize; 3],
+) -> Result<(Tensor<4>, Tensor<4>), DistillError> {
+    let (s, t) = checked.maps(name)?;
+    for (who, want, got) in [
+        ("student", student, s.dims()),
+        ("teacher", teacher, t.dims()),
+    ] {
+        if got[1..] != want {
+            return Err(checked.shape(
+                format!("{who} tap `{name}`"),
+                [got[0]].into_iter().chain(want).collect(),
+                got.to_vec(),
+            ));
+        }
+    }
+    Ok((s, t))
+}
+
+/// The maps of tap `name`, after checking that the student has `cs` channels and the teacher
+/// `ct`.
+pub fn channel_maps(
+    checked: &crate::Checked,
+    name: &str,
+    [cs, ct]: [usize; 2],
+) -> Result<(Tensor<4>, Tensor<4>), DistillError> {
+    let (s, t) = checked.maps(name)?;
+    if s.dims()[1] != cs || t.dims()[1] != ct {
+        return Err(checked.shape(
+            format!("channels of tap `{name}` (student, teacher)"),
+            vec![cs, ct],
+            vec![s.dims()[1], t.dims()[1]],
+        ));
+    }
+    Ok((s, t))
+}

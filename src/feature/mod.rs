@@ -1,6 +1,6 @@
 //! Feature distillation: the student's intermediate feature maps are pushed towards the
-//! teacher's (FitNet hints, attention transfer, NST, factor transfer, FSP, ICKD, KTA and its
-//! affinity term, PAD-L2, SRD, masked generative distillation), and SoKD's plug-ins around any
+//! teacher's (FitNet hints, attention transfer, NST, factor transfer, FSP, AB, VID, OFD,
+//! ReviewKD, ICKD, KTA and its affinity term, PAD-L2, SRD, masked generative distillation), and SoKD's plug-ins around any
 //! of them (learnable teacher-feature augmentation, distinctive-area mask).
 //!
 //! Every objective here reads named feature taps (`DistillInput::feature`) holding maps
@@ -11,7 +11,7 @@ mod maps;
 use crate::LossExt;
 
 crate::family! {
-    files: affinity, at, fsp, ft, hint, ickd, kta, mgd, nst, pad_l2, sokd, srd;
+    files: ab, affinity, at, fsp, ft, hint, ickd, kta, mgd, nst, ofd, pad_l2, review_kd, sokd, srd, vid;
     "Hint" => "Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets*", "hint.md";
     "At" => "Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention*", "at.md",
         example: |_| Ok(AtConfig::new().init()?.boxed());
@@ -31,4 +31,8 @@ crate::family! {
     "PadL2" => "Zhang et al., ECCV 2020, *Prime-Aware Adaptive Distillation*", "pad_l2.md";
     "Srd" => "Miles & Mikolajczyk, AAAI 2024, *Understanding the Role of the Projector in KD*", "srd.md",
         example: |dev| Ok(SrdConfig::new().with_feature("paired".into()).init(dev)?.boxed());
+    "Ab" => "Heo et al., AAAI 2019, *Distillation of Activation Boundaries Formed by Hidden Neurons*", "ab.md";
+    "Vid" => "Ahn et al., CVPR 2019, *Variational Information Distillation*", "vid.md";
+    "Ofd" => "Heo et al., ICCV 2019, *A Comprehensive Overhaul of Feature Distillation*", "ofd.md";
+    "ReviewKd", "Abf" => "Chen et al., CVPR 2021, *Distilling Knowledge via Knowledge Review*", "review_kd.md";
 }

@@ -1,0 +1,160 @@
+//! VID: variational information distillation.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::Relu;
+use burn::tensor::activation::softplus;
+use burn::tensor::{Device, Tensor};
+
+use super::maps::{channel_maps, pool_to_smaller, sum_stages};
+use crate::check::{check_non_negative, check_positive};
+use crate::{DistillError, DistillInput, Loss, LossOutput};
+
+/// VID's negative log-likelihood of the teacher's map `t` `[N, C, H, W]` under a Gaussian with
+/// mean `mean` (the regressor's output) and per-channel variance `variance` `[C]`:
+/// `mean over all elements of ½ ((μ − t)²/σ² + log σ²)`.
+pub fn vid_nll(mean: Tensor<4>, t: Tensor<4>, variance: Tensor<1>) -> Tensor<1> {
+    let var = variance.reshape([1, -1, 1, 1]);
+    (((mean - t).square() / var.clone() + var.log()) * 0.5).mean()
+}
+
+/// VID's regressor: three 1×1 convolutions without bias, ReLU between them
+/// (`Cs → Cmid → Cmid → Ct`), and the per-channel log-scale `α` whose softplus is the
+/// variance.
+#[derive(Module, Debug)]
+pub struct VidRegressor {
+    /// The convolutions.
+    pub convs: Vec<Conv2d>,
+    /// The activation between them.
+    pub relu: Relu,
+    /// `α` `[Ct]`: `σ² = softplus(α) + ε`.
+    pub log_scale: Param<Tensor<1>>,
+}
+
+impl VidRegressor {
+    /// The predicted mean `[N, Ct, H, W]` of a student map `[N, Cs, H, W]`.
+    pub fn mean(&self, mut x: Tensor<4>) -> Tensor<4> {
+        for (i, conv) in self.convs.iter().enumerate() {
+            if i > 0 {
+                x = self.relu.forward(x);
+            }
+            x = conv.forward(x);
+        }
+        x
+    }
+}
+
+/// Configuration of [`Vid`]: the channels at each tap, and the references' constants.
+#[derive(Config, Debug)]
+pub struct VidConfig {
+    /// The taps (their losses are summed).
+    pub features: Vec<String>,
+    /// `[student channels, teacher channels]` at each tap; the regressor's middle width is the
+    /// teacher's (mdistiller, RepDistiller).
+    pub channels: Vec<[usize; 2]>,
+    /// The initial variance σ² (RepDistiller: 5).
+    #[config(default = 5.0)]
+    pub init_variance: f64,
+    /// ε added to the variance.
+    #[config(default = 1e-5)]
+    pub eps: f64,
+    /// Weight of the summed loss (mdistiller: 1).
+    #[config(default = 1.0)]
+    pub weight: f64,
+}
+
+impl VidConfig {
+    /// Validates the configuration and builds the regressors on `device`.
+    pub fn init(&self, device: &Device) -> Result<Vid, DistillError> {
+        crate::check::check_taps(Vid::NAME, &self.features, &[])?;
+        check_positive(Vid::NAME, "eps", self.eps)?;
+        check_non_negative(Vid::NAME, "weight", self.weight)?;
+        if !(self.init_variance > self.eps && self.init_variance.is_finite()) {
+            return Err(DistillError::config(
+                Vid::NAME,
+                "init_variance",
+                self.init_variance,
+                "must be finite and larger than eps",
+            ));
+        }
+        if self.channels.len() != self.features.len() || self.channels.iter().any(|c| c.contains(&0))
+        {
+            return Err(DistillError::config(
+                Vid::NAME,
+                "channels",
+                format!("{:?}", self.channels),
+                "one [student, teacher] pair of non-zero channel counts per tap",
+            ));
+        }
+        // softplus(α) = init − ε
+        let alpha = (self.init_variance - self.eps).exp_m1().ln();
+        let regressors = self
+            .channels
+            .iter()
+            .map(|&[cs, ct]| VidRegressor {
+                convs: [(cs, ct), (ct, ct), (ct, ct)]
+                    .iter()
+                    .map(|&(a, b)| {
+                        Conv2dConfig::new([a, b], [1, 1])
+                            .with_bias(false)
+                            .init(device)
+                    })
+                    .collect(),
+                relu: Relu::new(),
+                log_scale: Param::from_tensor(Tensor::full([ct], alpha, device)),
+            })
+            .collect();
+        Ok(Vid {
+            regressors,
+            config: self.clone(),
+        })
+    }
+}
+
+/// Variational information distillation (Ahn, Hu, Damianou, Lawrence, Dai, CVPR 2019,
+/// *Variational Information Distillation for Knowledge Transfer*; RepDistiller's `VIDLoss`,
+/// mdistiller's `VID.py`): maximise a variational lower bound of the mutual information
+/// between the student's and the teacher's maps, a Gaussian likelihood of the teacher's map
+/// given the student's,
+///
+/// ```text
+/// μ = r(Fˢ),  σ²_c = softplus(α_c) + ε        L = w · Σ_taps mean ½ ((μ − Fᵗ)²/σ² + log σ²)
+/// ```
+///
+/// (the larger map pooled to the smaller first). The regressor `r` and the log-scales `α` are
+/// parameters of this module and **both train**: RepDistiller registers `α` as an
+/// `nn.Parameter`; mdistiller keeps its log-scales in a plain list that its optimizer never
+/// sees, so its variances stay at their initial 5 — the crate follows RepDistiller (the paper).
+/// One term `"vid"`.
+///
+/// # Shapes
+/// - tap `i`: student `[N, Csᵢ, H, W]`, teacher `[N, Ctᵢ, H', W']`
+#[derive(Module, Debug)]
+pub struct Vid {
+    /// One regressor (with its log-scales) per tap.
+    pub regressors: Vec<VidRegressor>,
+    #[module(skip)]
+    config: VidConfig,
+}
+
+crate::objective!(Vid, "vid");
+
+impl Loss for Vid {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let c = &self.config;
+        let checked = input.of(Self::NAME);
+        let total = sum_stages(&c.features, |i, name| {
+            let (s, t) = channel_maps(&checked, name, c.channels[i])?;
+            let (s, t) = pool_to_smaller(s, t);
+            let r = &self.regressors[i];
+            let variance = softplus(r.log_scale.val(), 1.0) + c.eps;
+            Ok(vid_nll(r.mean(s), t, variance))
+        })?;
+        Ok(LossOutput::single(Self::NAME, total * c.weight))
+    }
+}
