@@ -299,6 +299,30 @@ fn with_parameters(device: &Device, dtype: DType) -> Vec<Box<dyn Loss>> {
         .init(&r)
         .unwrap();
     mv(&mut |m| out.push(ickd.clone().map(m).boxed()));
+    let feature = || vec!["feature".to_string()];
+    let ab = AbConfig::new(feature(), vec![[3, 4, 4]], vec![[6, 4, 4]])
+        .init(&r)
+        .unwrap();
+    mv(&mut |m| out.push(ab.clone().map(m).boxed()));
+    let vid = VidConfig::new(feature(), vec![[3, 6]]).init(&r).unwrap();
+    mv(&mut |m| out.push(vid.clone().map(m).boxed()));
+    let margins = ofd_margins(
+        &[1.0, 0.5, 2.0, 1.0, 0.1, 1.5],
+        &[0.0, 0.3, -1.0, 2.0, 0.0, -0.2],
+    );
+    let ofd = OfdConfig::new(feature(), vec![[3, 6]], vec![margins])
+        .init(&r)
+        .unwrap();
+    mv(&mut |m| out.push(ofd.clone().map(m).boxed()));
+    let review = ReviewKdConfig::new(
+        vec!["paired".into(), "feature".into()],
+        vec![3, 3],
+        vec![3, 6],
+    )
+    .with_warmup_epochs(0)
+    .init(&r)
+    .unwrap();
+    mv(&mut |m| out.push(review.clone().map(m).boxed()));
     // CRD's memory is state the forward updates: a fresh copy from a record each time
     let crd = CrdConfig::new(4, 5, 10)
         .with_embed_dim(3)

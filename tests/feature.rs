@@ -536,7 +536,7 @@ fn boundary_variational_overhaul_review_gradients() {
     );
     let (s2, t2) = (
         f64t(noise(13, 2 * 4 * 2 * 2, 1.5), [2, 4, 2, 2]),
-        f64t(noise(14, 2 * 5 * 1 * 1, 1.5), [2, 5, 1, 1]),
+        f64t(noise(14, 2 * 5, 1.5), [2, 5, 1, 1]),
     );
     let maps = || {
         DistillInput::features_only()
