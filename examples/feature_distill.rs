@@ -1,22 +1,23 @@
-//! Feature and relational distillation with small CNNs on the quick-start digits (8×8
-//! images): the same student alone, with KD, and with a FitNet hint, attention transfer, MGD,
-//! MGD + SoKD, RKD and DLKD on its taps (each plus cross-entropy), test accuracies over seeds.
-//!
-//! MGD + SoKD: the teacher's map passes through DAFA (a learnable augmentation mixture,
-//! trained bi-level by a meta-teacher on quiz batches drawn from the training split), and
-//! DAM restricts MGD to the areas both networks attend to.
+//! Every feature and relational method of the crate on one CNN teacher/student pair, on the
+//! UCI 8×8 digits: for each method, its loss weight is chosen on a validation split carved
+//! from the training data (mean over the seeds), and the chosen students are evaluated on the
+//! test split once, at the end.
 //!
 //! ```text
-//! cargo run --release --example feature_distill              # ~2 minutes
-//! cargo run --release --example feature_distill -- --epochs 2
+//! cargo run --release --example feature_distill                       # ~15 minutes
+//! cargo run --release --example feature_distill -- --epochs 2 --seeds 1 --grid 1
+//! cargo run --release --example feature_distill -- --out target/feature_distill   # + SVG
 //! ```
 //!
-//! Teacher and student expose two taps: `"feature"`, the last convolutional map, and
-//! `"embedding"`, the penultimate layer. The teacher's taps are computed once (it is frozen
-//! and the data is not augmented).
+//! Teacher and student expose five taps: `"conv1"` (the first convolution, after its ReLU),
+//! `"preact"` (the second, before its ReLU), `"feature"` (after ReLU and pooling), `"pooled"`
+//! (the penultimate layer as a `[N, E, 1, 1]` map) and `"embedding"` (the penultimate layer).
+//! The teacher's taps are computed once (it is frozen and the data is not augmented).
+//! Every method adds its loss, times the chosen weight, to the student's cross-entropy.
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -26,18 +27,23 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_distill::feature::{
-    AtConfig, Augmented, DafaConfig, DamConfig, Hint, HintConfig, Mgd, MgdConfig,
+    Ab, AbConfig, AtConfig, Augmented, DafaConfig, DamConfig, Ft, FtConfig, Hint, HintConfig, Ickd,
+    IckdConfig, Mgd, MgdConfig, MgdReduction, NstConfig, Ofd, OfdConfig, Paraphraser, ReviewKd,
+    ReviewKdConfig, Srd, SrdConfig, Vid, VidConfig, ofd_margins,
 };
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
-use burn_distill::relation::{Dlkd, DlkdConfig, RkdConfig};
+use burn_distill::relation::{
+    CcConfig, Crd, CrdConfig, Dlkd, DlkdConfig, PktConfig, RkdConfig, SpConfig,
+};
 use burn_distill::{Distillable, Feature, Outputs};
 use common::*;
 
-const SEEDS: [u64; 3] = [1, 2, 3];
+/// Student: conv 4 → conv 8 → pool → 16-d embedding; teacher: 32 → 64 → 128.
+const STUDENT: [usize; 3] = [4, 8, 16];
+const TEACHER: [usize; 3] = [32, 64, 128];
 
-/// conv–ReLU–conv–ReLU–maxpool, then two linear layers; taps after the pool and before the
-/// classifier.
+/// conv–ReLU–conv–ReLU–maxpool, then two linear layers.
 #[derive(Module, Debug)]
 struct Cnn {
     conv1: Conv2d,
@@ -50,7 +56,7 @@ struct Cnn {
 
 impl Cnn {
     /// Channels `c1`, `c2` and an embedding of `e`.
-    fn new(c1: usize, c2: usize, e: usize, seed: u64, dev: &Device) -> Self {
+    fn new([c1, c2, e]: [usize; 3], seed: u64, dev: &Device) -> Self {
         dev.seed(seed);
         let conv = |i, o| {
             Conv2dConfig::new([i, o], [3, 3])
@@ -71,16 +77,20 @@ impl Cnn {
     /// Images `[N, 64]` → logits and the taps.
     fn forward(&self, x: Tensor<2>) -> Outputs {
         let n = x.dims()[0];
-        let x = x.reshape([n, 1, 8, 8]);
-        let map = self.pool.forward(
-            self.relu
-                .forward(self.conv2.forward(self.relu.forward(self.conv1.forward(x)))),
-        );
+        let conv1 = self
+            .relu
+            .forward(self.conv1.forward(x.reshape([n, 1, 8, 8])));
+        let preact = self.conv2.forward(conv1.clone());
+        let map = self.pool.forward(self.relu.forward(preact.clone()));
         let embedding = self
             .relu
             .forward(self.fc.forward(map.clone().flatten(1, 3)));
+        let e = embedding.dims()[1];
         Outputs::logits(self.out.forward(embedding.clone()))
+            .feature("conv1", conv1)
+            .feature("preact", preact)
             .feature("feature", map)
+            .feature("pooled", embedding.clone().reshape([n, e, 1, 1]))
             .feature("embedding", embedding)
     }
 }
@@ -92,14 +102,40 @@ impl Distillable for Cnn {
     }
 }
 
-/// The learnable parts a method trains beside the student (one value per run: the size of
-/// the largest variant does not matter).
+/// The learnable parts a method trains beside the student.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 enum Parts {
     Hint(Hint),
     Mgd(Mgd),
     Dlkd(Dlkd),
+    Crd(Crd),
+    Ft(Ft),
+    Ab(Ab),
+    Vid(Vid),
+    Ofd(Ofd),
+    Review(ReviewKd),
+    Ickd(Ickd),
+    Srd(Srd),
+}
+
+impl Parts {
+    /// The part as an objective (a copy with the current parameters).
+    fn objective(&self) -> Box<dyn Loss> {
+        match self {
+            Parts::Hint(x) => x.clone().boxed(),
+            Parts::Mgd(x) => x.clone().boxed(),
+            Parts::Dlkd(x) => x.clone().boxed(),
+            Parts::Crd(x) => x.clone().boxed(),
+            Parts::Ft(x) => x.clone().boxed(),
+            Parts::Ab(x) => x.clone().boxed(),
+            Parts::Vid(x) => x.clone().boxed(),
+            Parts::Ofd(x) => x.clone().boxed(),
+            Parts::Review(x) => x.clone().boxed(),
+            Parts::Ickd(x) => x.clone().boxed(),
+            Parts::Srd(x) => x.clone().boxed(),
+        }
+    }
 }
 
 #[derive(Module, Debug)]
@@ -108,50 +144,242 @@ struct Trainee {
     parts: Option<Parts>,
 }
 
-/// How a method builds its loss from the current learnable parts.
-enum Method {
-    Fixed(Box<dyn Loss>),
-    Hint,
-    Mgd,
-    /// MGD inside DAM, against a DAFA-augmented teacher that a meta-teacher trains.
-    MgdSokd,
-    Dlkd,
+/// What the methods need besides their weight: the data, the frozen teacher and what was
+/// computed from it once.
+struct Data {
+    train: Split,
+    val: Split,
+    test: Split,
+    /// The teacher's outputs on the training rows.
+    teacher: Outputs,
+    /// The trained teacher, for SoKD's augmented teacher.
+    network: Cnn,
+    /// FT's paraphraser, pre-trained on the teacher's `feature` maps (stage 1).
+    paraphraser: Paraphraser,
+    /// OFD's margins from the statistics of the teacher's `preact` channels.
+    margins: Vec<f64>,
+    epochs: usize,
 }
 
-fn ce_plus(loss: impl Loss + 'static) -> Box<dyn Loss> {
-    (CrossEntropyConfig::new()
+/// How a method's loss is made.
+enum Kind {
+    /// No learnable part: the loss at weight `w`.
+    Fixed(fn(f64) -> Result<Box<dyn Loss>, DistillError>),
+    /// A learnable part, built fresh for each run; its loss at weight `w` is made from the
+    /// part's current parameters at every step.
+    Learned(fn(&Data, &Device) -> Result<Parts, DistillError>),
+    /// MGD inside DAM, against a DAFA-augmented teacher that a meta-teacher trains.
+    Sokd,
+}
+
+struct Method {
+    name: &'static str,
+    kind: Kind,
+    /// The weights tried (for AB: the epochs of its initialisation stage).
+    grid: &'static [f64],
+}
+
+fn ce() -> CrossEntropy {
+    CrossEntropyConfig::new()
         .init()
         .expect("the default config is valid")
-        + loss)
-        .boxed()
 }
 
-/// The loss of `trainee` (whose parts are cloned in, so the optimizer's update is used).
-fn loss_of(method: &Method, trainee: &Trainee) -> Box<dyn Loss> {
-    match (method, &trainee.parts) {
-        (Method::Fixed(_), _) => unreachable!("fixed losses are used as they are"),
-        (Method::Hint, Some(Parts::Hint(h))) => ce_plus(h.clone()),
-        (Method::Mgd, Some(Parts::Mgd(m))) => ce_plus(m.clone()),
-        (Method::MgdSokd, Some(Parts::Mgd(m))) => {
-            ce_plus(DamConfig::new().init(m.clone()).expect("a valid DAM"))
-        }
-        (Method::Dlkd, Some(Parts::Dlkd(d))) => d.clone().boxed(),
-        _ => unreachable!("parts match the method"),
+fn ce_plus(w: f64, loss: impl Loss + 'static) -> Box<dyn Loss> {
+    (ce() + loss.weighted(w)).boxed()
+}
+
+/// The loss of one step: cross-entropy plus the method's part at weight `w` (AB: its
+/// initialisation stage of `w` epochs, then cross-entropy alone, as RepDistiller).
+fn learned_loss(part: &Parts, w: f64) -> Box<dyn Loss> {
+    match part {
+        Parts::Ab(ab) => ab.clone().then_after(w as usize, ce()).boxed(),
+        Parts::Dlkd(d) => (ce() + d.clone().weighted(w)).boxed(),
+        p => (ce() + p.objective().weighted(w)).boxed(),
     }
+}
+
+fn methods() -> Vec<Method> {
+    vec![
+        Method {
+            name: "alone (CE)",
+            kind: Kind::Fixed(|_| Ok(ce().boxed())),
+            grid: &[1.0],
+        },
+        Method {
+            name: "KD (T = 2)",
+            kind: Kind::Fixed(|w| Ok(ce_plus(w, KdConfig::new().with_temperature(2.0).init()?))),
+            grid: &[0.3, 1.0, 3.0],
+        },
+        Method {
+            name: "FitNet hint",
+            kind: Kind::Learned(|_, dev| {
+                Ok(Parts::Hint(
+                    HintConfig::new([STUDENT[1], 4, 4], [TEACHER[1], 4, 4]).init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "AT",
+            kind: Kind::Fixed(|w| Ok(ce_plus(w, AtConfig::new().init()?))),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "NST",
+            kind: Kind::Fixed(|w| Ok(ce_plus(w, NstConfig::new().init()?))),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "FT",
+            kind: Kind::Learned(|data, dev| {
+                let mut ft = FtConfig::new(STUDENT[1], TEACHER[1]).init(dev)?;
+                ft.paraphraser = data.paraphraser.clone();
+                Ok(Parts::Ft(ft.freeze_paraphraser()))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "AB (init epochs)",
+            kind: Kind::Learned(|_, dev| {
+                let shape = |c| [c, 8, 8];
+                Ok(Parts::Ab(
+                    AbConfig::new(
+                        vec!["preact".into()],
+                        vec![shape(STUDENT[1])],
+                        vec![shape(TEACHER[1])],
+                    )
+                    .init(dev)?,
+                ))
+            }),
+            grid: &[2.0, 5.0, 10.0],
+        },
+        Method {
+            name: "VID",
+            kind: Kind::Learned(|_, dev| {
+                Ok(Parts::Vid(
+                    VidConfig::new(vec!["feature".into()], vec![[STUDENT[1], TEACHER[1]]])
+                        .init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "OFD",
+            kind: Kind::Learned(|data, dev| {
+                Ok(Parts::Ofd(
+                    OfdConfig::new(
+                        vec!["preact".into()],
+                        vec![[STUDENT[1], TEACHER[1]]],
+                        vec![data.margins.clone()],
+                    )
+                    .init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "ReviewKD",
+            kind: Kind::Learned(|data, dev| {
+                Ok(Parts::Review(
+                    ReviewKdConfig::new(
+                        vec!["conv1".into(), "feature".into(), "pooled".into()],
+                        STUDENT.to_vec(),
+                        TEACHER.to_vec(),
+                    )
+                    .with_warmup_epochs(data.epochs / 2)
+                    .init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "ICKD (embedded)",
+            kind: Kind::Learned(|_, dev| {
+                Ok(Parts::Ickd(
+                    IckdConfig::new()
+                        .with_embeds(vec![[STUDENT[1], TEACHER[1]]])
+                        .init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "SRD (projector)",
+            kind: Kind::Learned(|_, dev| {
+                Ok(Parts::Srd(
+                    SrdConfig::new()
+                        .with_projector(Some([STUDENT[2], TEACHER[2]]))
+                        .init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "MGD",
+            kind: Kind::Learned(|_, dev| {
+                Ok(Parts::Mgd(
+                    MgdConfig::new(STUDENT[1], TEACHER[1])
+                        .with_reduction(MgdReduction::Mean)
+                        .init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "MGD + SoKD (DAFA, DAM)",
+            kind: Kind::Sokd,
+            grid: &[1.0],
+        },
+        Method {
+            name: "RKD",
+            kind: Kind::Fixed(|w| Ok(ce_plus(w, RkdConfig::new().init()?))),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "PKT",
+            kind: Kind::Fixed(|w| Ok(ce_plus(w, PktConfig::new().init()?))),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "SP",
+            kind: Kind::Fixed(|w| Ok(ce_plus(w, SpConfig::new().init()?))),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "CC (Gaussian)",
+            kind: Kind::Fixed(|w| Ok(ce_plus(w, CcConfig::new().init()?))),
+            grid: &[1e-4, 1e-3, 1e-2],
+        },
+        Method {
+            name: "CRD",
+            kind: Kind::Learned(|data, dev| {
+                Ok(Parts::Crd(
+                    CrdConfig::new(STUDENT[2], TEACHER[2], data.train.len())
+                        .with_negatives(256)
+                        .init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "DLKD",
+            kind: Kind::Learned(|_, dev| {
+                Ok(Parts::Dlkd(
+                    DlkdConfig::new(STUDENT[2], TEACHER[2])
+                        .with_ce_weight(0.0)
+                        .init(dev)?,
+                ))
+            }),
+            grid: &[0.01, 0.1, 1.0],
+        },
+    ]
 }
 
 /// Rows `idx` of a tensor.
 fn rows<const D: usize>(t: &Tensor<D>, idx: &[i64]) -> Tensor<D> {
     let i = Tensor::<1, Int>::from_data(TensorData::new(idx.to_vec(), [idx.len()]), &t.device());
     t.clone().select(0, i)
-}
-
-struct Data<'a> {
-    train: &'a Split,
-    test: &'a Split,
-    teacher: &'a Outputs,
-    /// The trained teacher, for methods that run it (SoKD's augmented teacher).
-    network: &'a Cnn,
 }
 
 /// The teacher's precomputed outputs for rows `idx`.
@@ -172,21 +400,34 @@ fn teacher_rows(teacher: &Outputs, idx: &[i64]) -> Outputs {
     }
 }
 
+/// One student trained with `method` at weight `w`; returns it.
 fn train_student(
     method: &Method,
-    parts: Option<Parts>,
+    w: f64,
     data: &Data,
-    epochs: usize,
     seed: u64,
     dev: &Device,
-) -> Result<f64, DistillError> {
+) -> Result<Cnn, DistillError> {
+    let parts = match &method.kind {
+        Kind::Learned(build) => Some(build(data, dev)?),
+        Kind::Sokd => Some(Parts::Mgd(
+            MgdConfig::new(STUDENT[1], TEACHER[1])
+                .with_reduction(MgdReduction::Mean)
+                .init(dev)?,
+        )),
+        Kind::Fixed(_) => None,
+    };
+    let fixed = match &method.kind {
+        Kind::Fixed(make) => Some(make(w)?),
+        _ => None,
+    };
     let mut model = Trainee {
-        student: Cnn::new(4, 8, 16, 100 + seed, dev),
+        student: Cnn::new(STUDENT, 100 + seed, dev),
         parts,
     };
     // SoKD: the frozen teacher behind DAFA, whose parameters a meta-teacher trains
-    let mut meta = match method {
-        Method::MgdSokd => {
+    let mut meta = match method.kind {
+        Kind::Sokd => {
             let dafa = DafaConfig::new().with_seed(seed).init(dev)?;
             let teacher = Augmented::new(data.network.clone().no_grad(), dafa);
             Some(
@@ -194,18 +435,13 @@ fn train_student(
                     .with_pilot_rate(PilotRate::StudentLr)
                     .with_teacher_lr(1e-2)
                     .with_period(2)
-                    .init(
-                        teacher,
-                        AdamConfig::new().init(),
-                        CrossEntropyConfig::new().init()?,
-                    )?,
+                    .init(teacher, AdamConfig::new().init(), ce())?,
             )
         }
         _ => None,
     };
     let mut optim = AdamConfig::new().init();
-    let lr = 2e-3;
-    let n = data.train.len();
+    let (lr, epochs, n) = (2e-3, data.epochs, data.train.len());
     let steps = n.div_ceil(64);
     for epoch in 0..epochs {
         let perm = permutation(n, seed * 1000 + epoch as u64);
@@ -213,135 +449,187 @@ fn train_student(
         for (step, idx) in perm.chunks(64).enumerate() {
             let batch = data.train.rows(idx);
             let progress = Progress::epoch(epoch, epochs).at_step(step, steps);
-            let out = if let Some(meta) = meta.as_mut() {
-                meta.set_loss(loss_of(method, &model));
-                let q = data
-                    .train
-                    .rows(&quiz_order[step * 64 % n..(step * 64 % n + 64).min(n)]);
-                let (batch, quiz) = (Batch::new(batch.x, batch.y), Batch::new(q.x, q.y));
-                meta.round(&model.student, &batch, &quiz, progress, lr)?;
-                meta.student_loss(model.student.run(&batch.input), &batch, progress)?
-            } else {
-                let input = DistillInput::from_outputs(
-                    model.student.forward(batch.x),
-                    teacher_rows(data.teacher, idx),
-                )
-                .targets(batch.y)
-                .progress(progress);
-                match method {
-                    Method::Fixed(loss) => loss.forward(&input)?,
-                    _ => loss_of(method, &model).forward(&input)?,
+            let out = match (&fixed, &model.parts, meta.as_mut()) {
+                (_, Some(Parts::Mgd(mgd)), Some(meta)) => {
+                    meta.set_loss(ce_plus(w, DamConfig::new().init(mgd.clone())?));
+                    let q = data
+                        .train
+                        .rows(&quiz_order[step * 64 % n..(step * 64 % n + 64).min(n)]);
+                    let (batch, quiz) = (Batch::new(batch.x, batch.y), Batch::new(q.x, q.y));
+                    meta.round(&model.student, &batch, &quiz, progress, lr)?;
+                    meta.student_loss(model.student.run(&batch.input), &batch, progress)?
+                }
+                (fixed, parts, _) => {
+                    let indices = Tensor::<1, Int>::from_data(
+                        TensorData::new(idx.to_vec(), [idx.len()]),
+                        dev,
+                    );
+                    let input = DistillInput::from_outputs(
+                        model.student.forward(batch.x),
+                        teacher_rows(&data.teacher, idx),
+                    )
+                    .targets(batch.y)
+                    .indices(indices)
+                    .progress(progress);
+                    match (fixed, parts) {
+                        (Some(loss), _) => loss.forward(&input)?,
+                        (None, Some(part)) => learned_loss(part, w).forward(&input)?,
+                        (None, None) => unreachable!("every method has a loss"),
+                    }
                 }
             };
             let grads = GradientsParams::from_grads(out.total.backward(), &model);
             model = optim.step(lr, model, grads);
         }
     }
-    if let Some(meta) = &meta {
-        let mix = meta.teacher().dafa.mixture();
-        println!("  seed {seed}: DAFA mixture (identity, scale, noise, drop, smooth) = {mix:.3?}");
+    Ok(model.student)
+}
+
+/// FT's first stage: the paraphraser learns to reconstruct the teacher's `feature` maps.
+fn pretrain_paraphraser(teacher: &Outputs, epochs: usize, dev: &Device) -> Paraphraser {
+    let Some(Feature::Map(maps)) = teacher.features.get("feature") else {
+        unreachable!("the CNN has a `feature` map")
+    };
+    let mut p = FtConfig::new(STUDENT[1], TEACHER[1])
+        .init(dev)
+        .expect("valid channels")
+        .paraphraser;
+    let mut optim = AdamConfig::new().init();
+    let n = maps.dims()[0];
+    for epoch in 0..epochs {
+        for idx in permutation(n, 7000 + epoch as u64).chunks(64) {
+            let loss = p.reconstruction_loss(rows(maps, idx));
+            let grads = GradientsParams::from_grads(loss.backward(), &p);
+            p = optim.step(1e-3, p, grads);
+        }
     }
-    Ok(accuracy(&model.student, data.test))
+    p
+}
+
+/// OFD's margins from the per-channel mean and standard deviation of the teacher's `preact`
+/// map (this teacher has no batch norm: the statistics it would have learned).
+fn preact_margins(teacher: &Outputs) -> Vec<f64> {
+    let Some(Feature::Map(pre)) = teacher.features.get("preact") else {
+        unreachable!("the CNN has a `preact` map")
+    };
+    let c = pre.dims()[1];
+    let per_channel = pre.clone().swap_dims(0, 1).reshape([c as i32, -1]);
+    let mean = per_channel.clone().mean_dim(1);
+    let std = (per_channel - mean.clone()).square().mean_dim(1).sqrt();
+    let f = |t: Tensor<2>| t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap();
+    ofd_margins(&f(std), &f(mean))
 }
 
 fn main() -> Result<(), DistillError> {
-    let epochs = flag("--epochs").unwrap_or(40);
+    let epochs: usize = flag("--epochs").unwrap_or(40);
+    let seeds: Vec<u64> = (1..=flag::<u64>("--seeds").unwrap_or(3)).collect();
+    // --grid 1: only the middle weight of each grid (a quick run); 0 or absent: the whole grid
+    let quick = flag::<usize>("--grid") == Some(1);
+    let out: Option<PathBuf> = flag("--out");
     let dev = Device::flex().autodiff();
-    let (train_set, test_set) = digits(&dev, 0.25);
+    let (train_all, test) = digits(&dev, 0.25);
+    // the validation split: a fifth of the training rows, by a fixed shuffle
+    let perm = permutation(train_all.len(), 77);
+    let n_val = train_all.len() / 5;
+    let (val, train) = (
+        train_all.rows(&perm[..n_val]),
+        train_all.rows(&perm[n_val..]),
+    );
+    println!(
+        "digits: {} train / {} validation / {} test",
+        train.len(),
+        val.len(),
+        test.len()
+    );
 
-    // the teacher: 32-64 channels, a 128-d embedding
     let start = Instant::now();
-    let mut teacher = Cnn::new(32, 64, 128, 0, &dev);
+    let mut teacher = Cnn::new(TEACHER, 0, &dev);
     let mut optim = AdamConfig::new().init();
-    let ce = CrossEntropyConfig::new().init()?;
     for epoch in 0..epochs.max(1) {
-        for idx in permutation(train_set.len(), epoch as u64).chunks(64) {
-            let batch = train_set.rows(idx);
+        for idx in permutation(train.len(), epoch as u64).chunks(64) {
+            let batch = train.rows(idx);
             let input = DistillInput::student(teacher.forward(batch.x).logits).targets(batch.y);
-            let loss = ce.forward(&input)?;
+            let loss = ce().forward(&input)?;
             let grads = GradientsParams::from_grads(loss.total.backward(), &teacher);
             teacher = optim.step(1e-3, teacher, grads);
         }
     }
+    let teacher_val = accuracy(&teacher, &val);
     println!(
-        "teacher CNN 32-64 conv, 128-d embedding: test accuracy {:.2}% ({:.1}s)",
-        accuracy(&teacher, &test_set),
+        "teacher CNN {TEACHER:?}: validation accuracy {teacher_val:.2}% ({:.1}s)",
         start.elapsed().as_secs_f64()
     );
-    let frozen = teacher.valid().forward(train_set.x.clone().inner());
+    let frozen = teacher.valid().forward(train.x.clone().inner());
     let data = Data {
-        train: &train_set,
-        test: &test_set,
-        teacher: &frozen,
-        network: &teacher,
+        paraphraser: pretrain_paraphraser(&frozen, epochs.div_ceil(4), &dev),
+        margins: preact_margins(&frozen),
+        teacher: frozen,
+        network: teacher.clone(),
+        train,
+        val,
+        test,
+        epochs,
     };
 
-    let (s_map, t_map) = ([8, 4, 4], [64, 4, 4]);
-    let kd = KdConfig::new().with_temperature(2.0).init()?;
-    let methods: Vec<(&str, Method)> = vec![
-        (
-            "alone (CE)",
-            Method::Fixed(CrossEntropyConfig::new().init()?.boxed()),
-        ),
-        (
-            "KD T=2 (0.5/0.5)",
-            Method::Fixed(
-                (CrossEntropyConfig::new().init()?.weighted(0.5) + kd.weighted(0.5)).boxed(),
-            ),
-        ),
-        ("CE + FitNet hint", Method::Hint),
-        (
-            "CE + AT (β=1000)",
-            Method::Fixed(ce_plus(AtConfig::new().init()?)),
-        ),
-        ("CE + MGD (mean)", Method::Mgd),
-        ("CE + MGD + SoKD (DAFA, DAM)", Method::MgdSokd),
-        (
-            "CE + RKD (25/50)",
-            Method::Fixed(ce_plus(RkdConfig::new().init()?)),
-        ),
-        ("DLKD (CE+corr+supcon+align)", Method::Dlkd),
-    ];
-    let parts = |method: &Method| -> Result<Option<Parts>, DistillError> {
-        Ok(match method {
-            Method::Fixed(_) => None,
-            Method::Hint => Some(Parts::Hint(HintConfig::new(s_map, t_map).init(&dev)?)),
-            Method::Mgd | Method::MgdSokd => Some(Parts::Mgd(
-                MgdConfig::new(8, 64)
-                    .with_reduction(burn_distill::feature::MgdReduction::Mean)
-                    .init(&dev)?,
-            )),
-            Method::Dlkd => Some(Parts::Dlkd(DlkdConfig::new(16, 128).init(&dev)?)),
-        })
-    };
+    // choose each method's weight on the validation split; keep the chosen students
     let mut table = Vec::new();
-    for (name, method) in &methods {
+    for method in methods() {
         let start = Instant::now();
-        let mut accs = Vec::new();
-        for &seed in &SEEDS {
-            accs.push(train_student(
-                method,
-                parts(method)?,
-                &data,
-                epochs,
-                seed,
-                &dev,
-            )?);
+        let grid: Vec<f64> = match quick {
+            true => vec![method.grid[method.grid.len() / 2]],
+            false => method.grid.to_vec(),
+        };
+        let mut best: Option<(f64, f64, f64, Vec<Cnn>)> = None;
+        for &w in &grid {
+            let mut students = Vec::new();
+            for &seed in &seeds {
+                students.push(train_student(&method, w, &data, seed, &dev)?);
+            }
+            let accs: Vec<f64> = students.iter().map(|s| accuracy(s, &data.val)).collect();
+            let (mean, std) = mean_std(&accs);
+            println!(
+                "  {:<24} w = {w:<6} validation {mean:.2} ± {std:.2}%",
+                method.name
+            );
+            if best.as_ref().is_none_or(|b| mean > b.1) {
+                best = Some((w, mean, std, students));
+            }
         }
+        let (w, val_mean, val_std, students) = best.expect("a non-empty grid");
+        let accs: Vec<f64> = students.iter().map(|s| accuracy(s, &data.test)).collect();
         let (mean, std) = mean_std(&accs);
         let secs = start.elapsed().as_secs_f64();
-        println!("{name:<30} test accuracy {mean:.2} ± {std:.2}% ({secs:.1}s)");
-        table.push((*name, mean, std, secs));
+        println!(
+            "{:<26} chose w = {w}: validation {val_mean:.2} ± {val_std:.2}%, test {mean:.2} ± {std:.2}% ({secs:.0}s)",
+            method.name
+        );
+        table.push((method.name, w, val_mean, val_std, mean, std, secs));
     }
     println!(
-        "\nstudent CNN 4-8 conv, 16-d embedding, {epochs} epochs, Adam 2e-3, seeds {SEEDS:?}:"
+        "\nteacher test accuracy {:.2}%; student CNN {STUDENT:?}, {epochs} epochs, Adam 2e-3, seeds {seeds:?}:",
+        accuracy(&teacher, &data.test)
     );
-    println!("| method | test accuracy (%) | vs alone | time (s) |\n|---|---|---|---|");
-    for (name, mean, std, secs) in &table {
+    println!(
+        "| method | weight | validation (%) | test (%) | vs alone | time (s) |\n|---|---|---|---|---|---|"
+    );
+    let alone = table[0].4;
+    for (name, w, vm, vs, m, s, secs) in &table {
         println!(
-            "| {name} | {mean:.2} ± {std:.2} | {:+.2} | {secs:.1} |",
-            mean - table[0].1
+            "| {name} | {w} | {vm:.2} ± {vs:.2} | {m:.2} ± {s:.2} | {:+.2} | {secs:.0} |",
+            m - alone
         );
+    }
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir).expect("the output directory");
+        let bars: Vec<(String, f64, f64)> =
+            table.iter().map(|r| (r.0.to_string(), r.4, r.5)).collect();
+        let path = dir.join("feature_distill.svg");
+        std::fs::write(
+            &path,
+            bar_svg(&bars, "test accuracy (%), mean ± std over seeds"),
+        )
+        .expect("the plot");
+        println!("plot: {}", path.display());
     }
     Ok(())
 }

@@ -274,3 +274,50 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     };
     (m, var.sqrt())
 }
+
+/// A horizontal bar chart of `(label, mean, std)` rows with error bars, as SVG, the axis from
+/// the smallest `mean − std` to the largest `mean + std`.
+pub fn bar_svg(rows: &[(String, f64, f64)], title: &str) -> String {
+    let (label_w, plot_w, bar_h, top) = (190.0, 420.0, 18.0, 30.0);
+    let lo = rows
+        .iter()
+        .map(|r| r.1 - r.2)
+        .fold(f64::INFINITY, f64::min)
+        .floor();
+    let hi = rows
+        .iter()
+        .map(|r| r.1 + r.2)
+        .fold(f64::NEG_INFINITY, f64::max)
+        .ceil();
+    let span = (hi - lo).max(1.0);
+    let x = |v: f64| label_w + (v - lo) / span * plot_w;
+    let height = top + rows.len() as f64 * (bar_h + 6.0) + 30.0;
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{label_w}' y='18'>{title}</text>\n",
+        label_w + plot_w + 30.0
+    );
+    for (i, (label, mean, std)) in rows.iter().enumerate() {
+        let y = top + i as f64 * (bar_h + 6.0);
+        s += &format!(
+            "<text x='{}' y='{}' text-anchor='end'>{label}</text>\n<rect x='{label_w}' y='{y}' width='{:.1}' height='{bar_h}' fill='#4c78a8'/>\n<line x1='{:.1}' x2='{:.1}' y1='{:.1}' y2='{:.1}' stroke='black'/>\n<text x='{:.1}' y='{}'>{mean:.2}</text>\n",
+            label_w - 6.0,
+            y + 13.0,
+            (x(*mean) - label_w).max(0.0),
+            x(mean - std),
+            x(mean + std),
+            y + bar_h / 2.0,
+            y + bar_h / 2.0,
+            x(mean + std) + 4.0,
+            y + 13.0,
+        );
+    }
+    let base = top + rows.len() as f64 * (bar_h + 6.0) + 4.0;
+    for tick in [lo, (lo + hi) / 2.0, hi] {
+        s += &format!(
+            "<line x1='{0:.1}' x2='{0:.1}' y1='{top}' y2='{base}' stroke='#bbb'/>\n<text x='{0:.1}' y='{1}' text-anchor='middle'>{tick:.1}</text>\n",
+            x(tick),
+            base + 14.0
+        );
+    }
+    s + "</svg>\n"
+}
