@@ -5,6 +5,7 @@ mod common;
 
 use burn::tensor::{Distribution, Tensor};
 use burn_distill::Outputs;
+use burn_distill::feature::{KdsvdConfig, top_singular};
 use burn_distill::feature::{
     AbConfig, OfdConfig, ReviewKdConfig, VidConfig, activation_boundary, hcl_stage, ofd_margins,
     partial_l2,
@@ -639,3 +640,63 @@ fn boundary_and_overhaul_by_hand() {
     assert_eq!(names(2), ["at"]);
     assert!(staged.forward(&DistillInput::features_only()).is_err());
 }
+
+/// KDSVD's singular vectors solve the eigenproblem of `XᵀX` with a fixed sign, and its loss
+/// depends on the maps only through what the SVD keeps: invariant to an orthogonal mixing of
+/// the `C·H` rows (including `X → −X`) of either network's map.
+#[test]
+fn kdsvd_invariants() {
+    configure_f64();
+    // a known spectrum: X = [[3, 0], [0, 1], [0, 0]] → σ = (3, 1), V = ±I, signs fixed positive
+    let x = f64t(vec![3.0, 0.0, 0.0, 1.0, 0.0, 0.0], [1, 3, 2]);
+    let (v, sigma) = top_singular(x, 2, 50);
+    close("σ", &values(sigma), &[3.0, 1.0], 1e-10, 1e-12).unwrap();
+    close("V", &values(v), &[1.0, 0.0, 0.0, 1.0], 1e-10, 1e-12).unwrap();
+    // random matrices: XᵀX v = σ² v
+    let x = f64t(noise(5, 2 * 6 * 4, 1.0), [2, 6, 4]);
+    let (v, sigma) = top_singular(x.clone(), 2, 200);
+    let gram = x.clone().swap_dims(1, 2).matmul(x);
+    let lhs = values(gram.matmul(v.clone()));
+    let s2: Vec<f64> = values(sigma).iter().map(|s| s * s).collect();
+    let rhs: Vec<f64> = values(v)
+        .iter()
+        .enumerate()
+        .map(|(i, vi)| vi * s2[(i / 8) * 2 + i % 2])
+        .collect();
+    close("XᵀX v = σ² v", &lhs, &rhs, 1e-6, 1e-8).unwrap();
+    // the loss under X → HX, H a Householder reflection of the C·H = 6 rows
+    let (n, c, h, w) = (2, 3, 2, 4);
+    let maps = |seed| noise(seed, n * c * h * w, 1.0);
+    let u: Vec<f64> = noise(9, c * h, 1.0);
+    let norm2: f64 = u.iter().map(|x| x * x).sum();
+    let reflect = |m: &[f64]| -> Vec<f64> {
+        let mut out = m.to_vec();
+        for b in 0..n {
+            for col in 0..w {
+                let at = |r: usize| b * c * h * w + r * w + col;
+                let dot: f64 = (0..c * h).map(|r| u[r] * m[at(r)]).sum();
+                for r in 0..c * h {
+                    out[at(r)] = m[at(r)] - 2.0 * u[r] * dot / norm2;
+                }
+            }
+        }
+        out
+    };
+    let loss = KdsvdConfig::new(vec!["a".into(), "b".into()]).with_iterations(100).init().unwrap();
+    let value = |sa: &[f64], ta: &[f64], sb: &[f64], tb: &[f64]| {
+        let shape = [n, c, h, w];
+        let input = DistillInput::features_only()
+            .feature("a", f64t(sa.to_vec(), shape), f64t(ta.to_vec(), shape))
+            .feature("b", f64t(sb.to_vec(), shape), f64t(tb.to_vec(), shape));
+        loss.forward(&input).unwrap().value()
+    };
+    let (sa, ta, sb, tb) = (maps(1), maps(2), maps(3), maps(4));
+    let base = value(&sa, &ta, &sb, &tb);
+    assert!(base > 1e-6, "a non-trivial loss: {base}");
+    let mixed = value(&reflect(&sa), &reflect(&ta), &sb, &reflect(&tb));
+    let negated: Vec<f64> = sb.iter().map(|x| -x).collect();
+    let flipped = value(&sa, &ta, &negated, &tb);
+    close("KDSVD under X → HX", &[mixed, flipped], &[base, base], 1e-8, 1e-12).unwrap();
+    assert!(KdsvdConfig::new(vec!["a".into()]).init().is_err());
+}
+

@@ -1,5 +1,5 @@
 //! Feature distillation: the student's intermediate feature maps are pushed towards the
-//! teacher's (FitNet hints, attention transfer, NST, factor transfer, FSP, AB, VID, OFD,
+//! teacher's (FitNet hints, attention transfer, NST, factor transfer, FSP, KDSVD, AB, VID, OFD,
 //! ReviewKD, ICKD, KTA and its affinity term, PAD-L2, SRD, masked generative distillation), and SoKD's plug-ins around any
 //! of them (learnable teacher-feature augmentation, distinctive-area mask).
 //!
@@ -11,7 +11,7 @@ mod maps;
 use crate::LossExt;
 
 crate::family! {
-    files: ab, affinity, at, fsp, ft, hint, ickd, kta, mgd, nst, ofd, pad_l2, review_kd, sokd, srd, vid;
+    files: ab, affinity, at, fsp, ft, hint, ickd, kdsvd, kta, mgd, nst, ofd, pad_l2, review_kd, sokd, srd, vid;
     "Hint" => "Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets*", "hint.md";
     "At" => "Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention*", "at.md",
         example: |_| Ok(AtConfig::new().init()?.boxed());
@@ -35,4 +35,6 @@ crate::family! {
     "Vid" => "Ahn et al., CVPR 2019, *Variational Information Distillation*", "vid.md";
     "Ofd" => "Heo et al., ICCV 2019, *A Comprehensive Overhaul of Feature Distillation*", "ofd.md";
     "ReviewKd", "Abf" => "Chen et al., CVPR 2021, *Distilling Knowledge via Knowledge Review*", "review_kd.md";
+    "Kdsvd" => "Lee et al., ECCV 2018, *Self-supervised KD Using Singular Value Decomposition*", "kdsvd.md",
+        example: |_| Ok(KdsvdConfig::new(vec!["feature".into(), "paired".into()]).init()?.boxed());
 }
