@@ -5,7 +5,6 @@ mod common;
 
 use burn::tensor::{Distribution, Tensor};
 use burn_distill::Outputs;
-use burn_distill::feature::{KdsvdConfig, top_singular};
 use burn_distill::feature::{
     AbConfig, OfdConfig, ReviewKdConfig, VidConfig, activation_boundary, hcl_stage, ofd_margins,
     partial_l2,
@@ -15,6 +14,7 @@ use burn_distill::feature::{
     IckdConfig, KtaConfig, MgdConfig, MgdMask, MgdReduction, NstConfig, PadL2Config, SrdConfig,
     fsp_matrix,
 };
+use burn_distill::feature::{KdsvdConfig, top_singular};
 use burn_distill::logit::ProbMseConfig;
 use burn_distill::prelude::*;
 use common::*;
@@ -682,7 +682,10 @@ fn kdsvd_invariants() {
         }
         out
     };
-    let loss = KdsvdConfig::new(vec!["a".into(), "b".into()]).with_iterations(100).init().unwrap();
+    let loss = KdsvdConfig::new(vec!["a".into(), "b".into()])
+        .with_iterations(100)
+        .init()
+        .unwrap();
     let value = |sa: &[f64], ta: &[f64], sb: &[f64], tb: &[f64]| {
         let shape = [n, c, h, w];
         let input = DistillInput::features_only()
@@ -696,7 +699,13 @@ fn kdsvd_invariants() {
     let mixed = value(&reflect(&sa), &reflect(&ta), &sb, &reflect(&tb));
     let negated: Vec<f64> = sb.iter().map(|x| -x).collect();
     let flipped = value(&sa, &ta, &negated, &tb);
-    close("KDSVD under X → HX", &[mixed, flipped], &[base, base], 1e-8, 1e-12).unwrap();
+    close(
+        "KDSVD under X → HX",
+        &[mixed, flipped],
+        &[base, base],
+        1e-8,
+        1e-12,
+    )
+    .unwrap();
     assert!(KdsvdConfig::new(vec!["a".into()]).init().is_err());
 }
-

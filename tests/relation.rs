@@ -9,6 +9,7 @@ use burn_distill::prelude::*;
 use burn_distill::relation::{
     CcConfig, CcKernel, CrdConfig, DlkdConfig, PktConfig, RkdConfig, SpConfig,
 };
+use burn_distill::relation::{SskdConfig, view_contrast_loss};
 use burn_distill::{Feature, Views};
 use common::*;
 use proptest::prelude::*;
@@ -529,4 +530,114 @@ fn cc_values_by_hand() {
             .init()
             .is_err()
     );
+}
+
+/// SSKD on two images with three rotations each: the gradients of the student's logits,
+/// features and head against central differences; zero distillation terms when the student is
+/// the teacher; the teacher's first stage learns; a batch that is not 4 rows per image is an
+/// error.
+#[test]
+fn sskd_gradients_stages_and_errors() {
+    configure_f64();
+    let dev = device();
+    dev.seed(5);
+    let (n, c, d) = (8, 5, 6);
+    let (zs, zt) = (noise(1, n * c, 2.0), noise(2, n * c, 2.0));
+    let (fs, ft) = (noise(3, n * d, 1.0), noise(4, n * d, 1.0));
+    let y = || ints(vec![1, 3]);
+    let sskd = SskdConfig::new(d, d)
+        .with_ss_ratio(0.5)
+        .init(&dev)
+        .unwrap()
+        .freeze_teacher_head();
+    let input = |zs: &[f64], fs: &[f64]| {
+        DistillInput::new(f64t(zs.to_vec(), [n, c]), f64t(zt.clone(), [n, c]))
+            .feature(
+                "embedding",
+                f64t(fs.to_vec(), [n, d]),
+                f64t(ft.clone(), [n, d]),
+            )
+            .targets(y())
+    };
+    // the student's logits and features
+    let (zl, fl) = (
+        f64t(zs.clone(), [n, c]).require_grad(),
+        f64t(fs.clone(), [n, d]).require_grad(),
+    );
+    let tracked = DistillInput::new(zl.clone(), f64t(zt.clone(), [n, c]))
+        .feature("embedding", fl.clone(), f64t(ft.clone(), [n, d]))
+        .targets(y());
+    let grads = sskd.forward(&tracked).unwrap().total.backward();
+    let num_z = numeric_grad(
+        &|v| sskd.forward(&input(&v, &fs)).unwrap().value(),
+        &zs,
+        1e-6,
+    );
+    let num_f = numeric_grad(
+        &|v| sskd.forward(&input(&zs, &v)).unwrap().value(),
+        &fs,
+        1e-6,
+    );
+    close(
+        "d/dzs",
+        &values(zl.grad(&grads).unwrap()),
+        &num_z,
+        1e-5,
+        1e-8,
+    )
+    .unwrap();
+    close(
+        "d/dfs",
+        &values(fl.grad(&grads).unwrap()),
+        &num_f,
+        1e-5,
+        1e-8,
+    )
+    .unwrap();
+    let checked = check_param_grads(&sskd, &|| input(&zs, &fs), &[0, 11, 23, 35]).unwrap();
+    assert!(checked >= 4 * 4, "{checked}");
+    // the student is the teacher (logits, features, head): only the task loss is left
+    let mut same = SskdConfig::new(d, d).init(&dev).unwrap();
+    same.student_head = same.teacher_head.clone();
+    let twin = DistillInput::new(f64t(zt.clone(), [n, c]), f64t(zt.clone(), [n, c]))
+        .feature(
+            "embedding",
+            f64t(ft.clone(), [n, d]),
+            f64t(ft.clone(), [n, d]),
+        )
+        .targets(y());
+    let out = same.forward(&twin).unwrap();
+    for term in ["sskd/kl", "sskd/ss", "sskd/tf"] {
+        let v = values(out.term(term).unwrap().clone())[0];
+        assert!(v.abs() < 1e-10, "{term} = {v}");
+    }
+    // stage 1: the teacher head's contrastive loss falls under gradient descent
+    use burn::optim::{GradientsParams, SgdConfig};
+    let teacher_features = f64t(ft.clone(), [n, d]);
+    let mut head = same.teacher_head.clone();
+    let first = values(view_contrast_loss(head.forward(teacher_features.clone())))[0];
+    let mut opt = SgdConfig::new().init();
+    for _ in 0..50 {
+        let loss = view_contrast_loss(head.forward(teacher_features.clone()));
+        head = opt.step(
+            0.5,
+            head.clone(),
+            GradientsParams::from_grads(loss.backward(), &head),
+        );
+    }
+    let last = values(same.teacher_stage_loss(teacher_features.clone()))[0];
+    let trained = values(view_contrast_loss(head.forward(teacher_features)))[0];
+    assert!(
+        trained < first && (last - first).abs() < 1e-12,
+        "{first} -> {trained}"
+    );
+    // 6 rows are not 4 per image
+    let six = DistillInput::new(
+        f64t(zs[..6 * c].to_vec(), [6, c]),
+        f64t(zt[..6 * c].to_vec(), [6, c]),
+    );
+    assert!(matches!(
+        sskd.forward(&six),
+        Err(DistillError::ShapeMismatch { .. })
+    ));
 }

@@ -9,7 +9,7 @@
 use crate::LossExt;
 
 crate::family! {
-    files: cc, crd, dlkd, head, pkt, rkd, sp;
+    files: cc, crd, dlkd, head, pkt, rkd, sp, sskd;
     "Rkd" => "Park et al., CVPR 2019, *Relational Knowledge Distillation*", "rkd.md",
         example: |_| Ok(RkdConfig::new().init()?.boxed());
     "Pkt" => "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*", "pkt.md",
@@ -20,4 +20,5 @@ crate::family! {
         example: |_| Ok(CcConfig::new().init()?.boxed());
     "Dlkd" => "Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation*", "dlkd.md";
     "Crd" => "Tian et al., ICLR 2020, *Contrastive Representation Distillation*", "crd.md";
+    "Sskd", "SsHead" => "Xu et al., ECCV 2020, *Knowledge Distillation Meets Self-Supervision*", "sskd.md";
 }
