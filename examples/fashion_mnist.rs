@@ -1,6 +1,9 @@
 //! Fashion-MNIST: a teacher MLP trained once (and saved), then the same small student alone
-//! and with each distillation method, over seeds; a table of test accuracy (mean ± std) and
-//! wall time, and an SVG plot of test accuracy per epoch.
+//! and with each distillation method, over seeds. Each method's settings (KD: T and α; DKD /
+//! DCKD: T and β) are chosen on a validation split of 5,000 training images (the mean over the
+//! seeds); MetaDistil, TAKD and DGKD use KD's choice. The chosen students are evaluated on the
+//! test split once, at the end: a table of test accuracy (mean ± std) and wall time, and an
+//! SVG plot of validation accuracy per epoch.
 //!
 //! ```text
 //! cargo run --release --example fashion_mnist
@@ -12,7 +15,7 @@
 //! /usr/share/datasets/fashion-mnist), or `--data DIR` / `FASHION_MNIST_DIR`. Nothing is
 //! downloaded. Flags: `--epochs`, `--seeds`, `--methods`, `--out`, `--data`,
 //! `--teacher-epochs`, `--limit N` (use the first N training images, for smoke runs),
-//! `--temperature` (1), `--alpha` (KD weight, 0.5), `--beta` (DKD/DCKD's β, 0.5).
+//! `--grid 0` (no search: the first setting of each grid, T = 1, α = β = 0.5).
 
 mod common;
 
@@ -46,10 +49,8 @@ struct Args {
     out: PathBuf,
     data: PathBuf,
     limit: Option<usize>,
-    /// KD/DKD/DCKD temperature, KD weight α (CE gets 1 − α) and DKD/DCKD's β.
-    temperature: f64,
-    alpha: f64,
-    beta: f64,
+    /// Search the settings' grid (`--grid 0`: its first point only).
+    grid: bool,
 }
 
 fn args() -> Args {
@@ -67,9 +68,7 @@ fn args() -> Args {
             .or_else(|| std::env::var("FASHION_MNIST_DIR").ok().map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist")),
         limit: flag("--limit"),
-        temperature: flag("--temperature").unwrap_or(1.0),
-        alpha: flag("--alpha").unwrap_or(0.5),
-        beta: flag("--beta").unwrap_or(0.5),
+        grid: flag::<usize>("--grid") != Some(0),
     }
 }
 
@@ -107,8 +106,10 @@ fn load(dir: &Path, prefix: &str, limit: Option<usize>, dev: &Device) -> Result<
     })
 }
 
-/// One student run: its final test accuracy and its test accuracy after each epoch.
+/// One student run: the trained student, its final validation accuracy and its validation
+/// accuracy after each epoch.
 struct Run {
+    student: Mlp,
     accuracy: f64,
     curve: Vec<f64>,
 }
@@ -122,7 +123,8 @@ fn cfg(epochs: usize, seed: u64) -> Train {
     }
 }
 
-/// Trains a fresh student with `loss` against cached teacher logits, recording the curve.
+/// Trains a fresh student with `loss` against cached teacher logits, recording its
+/// validation curve.
 fn distil(
     widths: &[usize],
     loss: &dyn Loss,
@@ -131,30 +133,54 @@ fn distil(
     epochs: usize,
     seed: u64,
     dev: &Device,
-) -> (Mlp, Run) {
-    let (train_set, test_set) = data;
+) -> Run {
+    let (train_set, val_set) = data;
     let mut curve = Vec::new();
-    let model = train(
+    let student = train(
         Mlp::new(widths, 100 + seed, dev),
         train_set,
         teacher,
         loss,
         &cfg(epochs, seed),
-        |_, _, m| curve.push(accuracy(m, test_set)),
+        |_, _, m| curve.push(accuracy(m, val_set)),
     );
-    let run = Run {
-        accuracy: accuracy(&model, test_set),
+    Run {
+        accuracy: accuracy(&student, val_set),
+        student,
         curve,
-    };
-    (model, run)
+    }
 }
 
-/// The distillation settings shared by the methods.
-#[derive(Clone, Copy)]
+/// One setting of a method: the temperature, KD's weight α (CE gets 1 − α) and DKD/DCKD's β.
+#[derive(Clone, Copy, Debug)]
 struct Kd {
     temperature: f64,
     alpha: f64,
     beta: f64,
+}
+
+impl Kd {
+    /// The settings tried for `method` (first: T = 1, α = β = 0.5); MetaDistil, TAKD and DGKD
+    /// take KD's choice.
+    fn grid(method: &str, kd_choice: Kd) -> Vec<Kd> {
+        let at = |temperature, alpha, beta| Kd {
+            temperature,
+            alpha,
+            beta,
+        };
+        match method {
+            "kd" => [1.0, 2.0, 4.0]
+                .iter()
+                .flat_map(|&t| [0.5, 0.9].map(|a| at(t, a, 0.5)))
+                .collect(),
+            "dkd" | "dckd" => [1.0, 2.0, 4.0]
+                .iter()
+                .flat_map(|&t| [0.5, 2.0].map(|b| at(t, 0.5, b)))
+                .collect(),
+            "alone" => vec![at(1.0, 0.5, 0.5)],
+            _ => vec![kd_choice],
+        }
+    }
 }
 
 impl Kd {
@@ -179,7 +205,7 @@ fn metadistil(
     seed: u64,
     dev: &Device,
 ) -> Result<Run, DistillError> {
-    let (train_set, quiz_set, test_set) = data;
+    let (train_set, quiz_set, val_set) = data;
     let mut meta = MetaTeacherConfig::new()
         .with_pilot_rate(PilotRate::Fixed(0.05))
         .with_teacher_lr(1e-3)
@@ -204,15 +230,16 @@ fn metadistil(
             let grads = GradientsParams::from_grads(out.total.backward(), &student);
             student = optim.step(LR, student, grads);
         }
-        curve.push(accuracy(&student, test_set));
+        curve.push(accuracy(&student, val_set));
     }
     Ok(Run {
-        accuracy: accuracy(&student, test_set),
+        accuracy: accuracy(&student, val_set),
+        student,
         curve,
     })
 }
 
-/// An SVG line plot of test accuracy per epoch, one line per method (mean over seeds).
+/// An SVG line plot of validation accuracy per epoch, one line per method (mean over seeds).
 fn svg(curves: &BTreeMap<String, Vec<f64>>, order: &[String]) -> String {
     let (w, h, pad) = (720.0, 420.0, 50.0);
     let all: Vec<f64> = curves.values().flatten().cloned().collect();
@@ -231,7 +258,7 @@ fn svg(curves: &BTreeMap<String, Vec<f64>>, order: &[String]) -> String {
     );
     let _ = writeln!(
         s,
-        "<text x='{}' y='20' text-anchor='middle'>Fashion-MNIST: student test accuracy per epoch (mean over seeds)</text>",
+        "<text x='{}' y='20' text-anchor='middle'>Fashion-MNIST: student validation accuracy per epoch (mean over seeds)</text>",
         w / 2.0
     );
     for k in 0..=4 {
@@ -289,17 +316,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all_train = load(&args.data, "train", args.limit, &dev)?;
     let test_set = load(&args.data, "t10k", None, &dev)?;
     std::fs::create_dir_all(&args.out)?;
-    // 5,000 (or 1/12) training images held out as MetaDistil's quiz set; every method trains
-    // on the rest
-    let n_quiz = (all_train.len() / 12).min(5000);
+    // 5,000 (or 1/12) training images held out for validation, as many as MetaDistil's quiz
+    // set; every method trains on the rest
+    let n_held = (all_train.len() / 12).min(5000);
     let perm = permutation(all_train.len(), 99);
-    let (quiz_set, train_set) = (
-        all_train.rows(&perm[..n_quiz]),
-        all_train.rows(&perm[n_quiz..]),
+    let (val_set, quiz_set, train_set) = (
+        all_train.rows(&perm[..n_held]),
+        all_train.rows(&perm[n_held..2 * n_held]),
+        all_train.rows(&perm[2 * n_held..]),
     );
     println!(
-        "Fashion-MNIST: {} train, {} quiz (MetaDistil), {} test images",
+        "Fashion-MNIST: {} train, {} validation, {} quiz (MetaDistil), {} test images",
         train_set.len(),
+        val_set.len(),
         quiz_set.len(),
         test_set.len()
     );
@@ -324,42 +353,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &cfg(args.teacher_epochs, 0),
             |e, terms, m| {
                 println!(
-                    "teacher epoch {:>2}: {}  test {:.2}%",
+                    "teacher epoch {:>2}: {}  validation {:.2}%",
                     e + 1,
                     fmt_terms(terms),
-                    accuracy(m, &test_set)
+                    accuracy(m, &val_set)
                 )
             },
         );
         teacher.clone().save_file(path.with_extension("bpk"))?;
         teacher
     };
-    let teacher_acc = accuracy(&teacher, &test_set);
     println!(
-        "teacher {TEACHER:?}: test accuracy {teacher_acc:.2}% ({:.1}s)\n",
+        "teacher {TEACHER:?}: validation accuracy {:.2}% ({:.1}s)\n",
+        accuracy(&teacher, &val_set),
         start.elapsed().as_secs_f64()
     );
     let teacher_logits = logits_of(&teacher, &train_set);
-    let data = (&train_set, &test_set);
-    let kd = Kd {
-        temperature: args.temperature,
-        alpha: args.alpha,
-        beta: args.beta,
-    };
+    let data = (&train_set, &val_set);
 
-    // 2. the students
+    // 2. the students: each method's setting chosen on the validation split
     let seeds: Vec<u64> = (1..=args.seeds as u64).collect();
-    let mut table: Vec<(String, f64, f64, f64)> = Vec::new();
+    let mut table: Vec<(String, Kd, f64, f64, f64, f64, f64)> = Vec::new();
     let mut curves: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    // the assistant of TAKD and DGKD, trained once from the teacher (seed 0)
+    // KD's choice, which MetaDistil, TAKD and DGKD reuse
+    let mut kd_choice = Kd {
+        temperature: 1.0,
+        alpha: 0.5,
+        beta: 0.5,
+    };
+    // the assistant of TAKD and DGKD, trained once from the teacher (seed 0) with KD's choice
     let mut assistant: Option<(Mlp, Tensor<2>)> = None;
     for method in &args.methods {
         let start = Instant::now();
-        let mut runs = Vec::new();
-        for &seed in &seeds {
-            let run = match method.as_str() {
-                "alone" => {
-                    distil(
+        let mut grid = Kd::grid(method, kd_choice);
+        if !args.grid {
+            grid.truncate(1);
+        }
+        let mut best: Option<(Kd, f64, f64, Vec<Run>)> = None;
+        for kd in grid {
+            let mut runs = Vec::new();
+            for &seed in &seeds {
+                let run = match method.as_str() {
+                    "alone" => distil(
                         &STUDENT,
                         &CrossEntropyConfig::new().init()?,
                         None,
@@ -367,11 +402,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         args.epochs,
                         seed,
                         &dev,
-                    )
-                    .1
-                }
-                "kd" => {
-                    distil(
+                    ),
+                    "kd" => distil(
                         &STUDENT,
                         kd.loss()?.as_ref(),
                         Some(&teacher_logits),
@@ -379,105 +411,116 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         args.epochs,
                         seed,
                         &dev,
-                    )
-                    .1
-                }
-                "dkd" | "dckd" => {
-                    let loss = if method == "dkd" {
-                        (CrossEntropyConfig::new().init()?
-                            + DkdConfig::new()
-                                .with_beta(kd.beta)
-                                .with_temperature(kd.temperature)
-                                .with_warmup_epochs(2)
-                                .init()?)
-                        .boxed()
-                    } else {
-                        (CrossEntropyConfig::new().init()?
-                            + DckdConfig::new()
-                                .with_beta(kd.beta)
-                                .with_temperature(kd.temperature)
-                                .with_warmup_epochs(2)
-                                .init()?)
-                        .boxed()
-                    };
-                    distil(
-                        &STUDENT,
-                        loss.as_ref(),
-                        Some(&teacher_logits),
-                        data,
-                        args.epochs,
-                        seed,
-                        &dev,
-                    )
-                    .1
-                }
-                "metadistil" => metadistil(
-                    &teacher,
-                    kd,
-                    (&train_set, &quiz_set, &test_set),
-                    args.epochs,
-                    seed,
-                    &dev,
-                )?,
-                "takd" | "dgkd" => {
-                    if assistant.is_none() {
-                        // TAKD's first stage: teacher → assistant, with the same KD
-                        let chain = Takd::new().stage(
-                            "assistant",
-                            Mlp::new(&ASSISTANT, 50, &dev),
-                            kd.loss()?,
-                        );
-                        let trained = chain.run(teacher.clone(), |name, model, from, loss| {
-                            let logits = logits_of(from, &train_set);
-                            let out = train(
-                                model,
-                                &train_set,
-                                Some(&logits),
-                                loss,
-                                &cfg(args.epochs, 0),
-                                |_, _, _| {},
-                            );
-                            println!(
-                                "  {name} {ASSISTANT:?}: test accuracy {:.2}%",
-                                accuracy(&out, &test_set)
-                            );
-                            Ok::<_, DistillError>(out)
-                        })?;
-                        let a = trained.into_iter().next().expect("one stage");
-                        let logits = logits_of(&a, &train_set);
-                        assistant = Some((a, logits));
-                    }
-                    let (_, a_logits) = assistant.as_ref().expect("trained above");
-                    if method == "takd" {
-                        // TAKD's second stage: assistant → student
+                    ),
+                    "dkd" | "dckd" => {
+                        let loss = if method == "dkd" {
+                            (CrossEntropyConfig::new().init()?
+                                + DkdConfig::new()
+                                    .with_beta(kd.beta)
+                                    .with_temperature(kd.temperature)
+                                    .with_warmup_epochs(2)
+                                    .init()?)
+                            .boxed()
+                        } else {
+                            (CrossEntropyConfig::new().init()?
+                                + DckdConfig::new()
+                                    .with_beta(kd.beta)
+                                    .with_temperature(kd.temperature)
+                                    .with_warmup_epochs(2)
+                                    .init()?)
+                            .boxed()
+                        };
                         distil(
                             &STUDENT,
-                            kd.loss()?.as_ref(),
-                            Some(a_logits),
+                            loss.as_ref(),
+                            Some(&teacher_logits),
                             data,
                             args.epochs,
                             seed,
                             &dev,
                         )
-                        .1
-                    } else {
-                        dgkd(&teacher_logits, a_logits, kd, data, args.epochs, seed, &dev)?
                     }
-                }
-                other => {
-                    return Err(format!(
-                        "unknown method {other}: use alone,kd,dkd,dckd,metadistil,takd,dgkd"
-                    )
-                    .into());
-                }
-            };
+                    "metadistil" => metadistil(
+                        &teacher,
+                        kd,
+                        (&train_set, &quiz_set, &val_set),
+                        args.epochs,
+                        seed,
+                        &dev,
+                    )?,
+                    "takd" | "dgkd" => {
+                        if assistant.is_none() {
+                            // TAKD's first stage: teacher → assistant, with the same KD
+                            let chain = Takd::new().stage(
+                                "assistant",
+                                Mlp::new(&ASSISTANT, 50, &dev),
+                                kd.loss()?,
+                            );
+                            let trained =
+                                chain.run(teacher.clone(), |name, model, from, loss| {
+                                    let logits = logits_of(from, &train_set);
+                                    let out = train(
+                                        model,
+                                        &train_set,
+                                        Some(&logits),
+                                        loss,
+                                        &cfg(args.epochs, 0),
+                                        |_, _, _| {},
+                                    );
+                                    println!(
+                                        "  {name} {ASSISTANT:?}: validation accuracy {:.2}%",
+                                        accuracy(&out, &val_set)
+                                    );
+                                    Ok::<_, DistillError>(out)
+                                })?;
+                            let a = trained.into_iter().next().expect("one stage");
+                            let logits = logits_of(&a, &train_set);
+                            assistant = Some((a, logits));
+                        }
+                        let (_, a_logits) = assistant.as_ref().expect("trained above");
+                        if method == "takd" {
+                            // TAKD's second stage: assistant → student
+                            distil(
+                                &STUDENT,
+                                kd.loss()?.as_ref(),
+                                Some(a_logits),
+                                data,
+                                args.epochs,
+                                seed,
+                                &dev,
+                            )
+                        } else {
+                            dgkd(&teacher_logits, a_logits, kd, data, args.epochs, seed, &dev)?
+                        }
+                    }
+                    other => {
+                        return Err(format!(
+                            "unknown method {other}: use alone,kd,dkd,dckd,metadistil,takd,dgkd"
+                        )
+                        .into());
+                    }
+                };
+                runs.push(run);
+            }
+            let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
+            let (mean, std) = mean_std(&accs);
             println!(
-                "{method:<11} seed {seed}: test accuracy {:.2}%  (per epoch: {:.2?})",
-                run.accuracy, run.curve
+                "{method:<11} T = {}, α = {}, β = {}: validation {mean:.2} ± {std:.2}%",
+                kd.temperature, kd.alpha, kd.beta
             );
-            runs.push(run);
+            if best.as_ref().is_none_or(|b| mean > b.1) {
+                best = Some((kd, mean, std, runs));
+            }
         }
-        let accs: Vec<f64> = runs.iter().map(|r| r.accuracy).collect();
+        let (kd, val_mean, val_std, runs) = best.expect("a non-empty grid");
+        if method == "kd" {
+            kd_choice = kd;
+        }
+        // the test split, read once per chosen student
+        let accs: Vec<f64> = runs
+            .iter()
+            .map(|r| accuracy(&r.student, &test_set))
+            .collect();
         let (mean, std) = mean_std(&accs);
         let secs = start.elapsed().as_secs_f64();
         let epochs = runs[0].curve.len();
@@ -488,22 +531,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect(),
         );
         println!(
-            "{method:<11} test accuracy {mean:.2} ± {std:.2}% over {} seeds ({secs:.1}s)\n",
+            "{method:<11} chose T = {}, α = {}, β = {}: test accuracy {mean:.2} ± {std:.2}% over {} seeds ({secs:.1}s)\n",
+            kd.temperature,
+            kd.alpha,
+            kd.beta,
             seeds.len()
         );
-        table.push((method.clone(), mean, std, secs));
+        table.push((method.clone(), kd, val_mean, val_std, mean, std, secs));
     }
 
     let mut md = format!(
-        "teacher {TEACHER:?} {teacher_acc:.2}%; student {STUDENT:?}, {} epochs, Adam {LR}, batch {BATCH}, seeds {seeds:?}; T = {}, α = {}, β = {}\n\n| method | test accuracy (%) | vs alone | wall time (s) |\n|---|---|---|---|\n",
-        args.epochs, kd.temperature, kd.alpha, kd.beta
+        "teacher {TEACHER:?} {:.2}% (test); student {STUDENT:?}, {} epochs, Adam {LR}, batch {BATCH}, seeds {seeds:?}\n\n| method | chosen setting | validation (%) | test accuracy (%) | vs alone | wall time (s) |\n|---|---|---|---|---|---|\n",
+        accuracy(&teacher, &test_set),
+        args.epochs,
     );
-    let alone = table.iter().find(|r| r.0 == "alone").map(|r| r.1);
-    for (name, mean, std, secs) in &table {
+    let alone = table.iter().find(|r| r.0 == "alone").map(|r| r.4);
+    for (name, kd, vm, vs, mean, std, secs) in &table {
         let delta = alone.map_or("".into(), |a| format!("{:+.2}", mean - a));
+        let setting = match name.as_str() {
+            "alone" => "".to_string(),
+            "dkd" | "dckd" => format!("T = {}, β = {}", kd.temperature, kd.beta),
+            _ => format!("T = {}, α = {}", kd.temperature, kd.alpha),
+        };
         let _ = writeln!(
             md,
-            "| {name} | {mean:.2} ± {std:.2} | {delta} | {secs:.0} |"
+            "| {name} | {setting} | {vm:.2} ± {vs:.2} | {mean:.2} ± {std:.2} | {delta} | {secs:.0} |"
         );
     }
     println!("{md}");
@@ -528,7 +580,7 @@ fn dgkd(
     seed: u64,
     dev: &Device,
 ) -> Result<Run, DistillError> {
-    let (train_set, test_set) = data;
+    let (train_set, val_set) = data;
     let dgkd = DgkdConfig::new()
         .with_seed(seed)
         .init(KdConfig::new().with_temperature(kd.temperature).init()?)?;
@@ -559,10 +611,11 @@ fn dgkd(
             let grads = GradientsParams::from_grads(out.total.backward(), &model);
             model = optim.step(LR, model, grads);
         }
-        curve.push(accuracy(&model, test_set));
+        curve.push(accuracy(&model, val_set));
     }
     Ok(Run {
-        accuracy: accuracy(&model, test_set),
+        accuracy: accuracy(&model, val_set),
+        student: model,
         curve,
     })
 }

@@ -28,13 +28,14 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_distill::feature::{
     Ab, AbConfig, AtConfig, Augmented, DafaConfig, DamConfig, Ft, FtConfig, Hint, HintConfig, Ickd,
-    IckdConfig, Mgd, MgdConfig, MgdReduction, NstConfig, Ofd, OfdConfig, Paraphraser, ReviewKd,
-    ReviewKdConfig, Srd, SrdConfig, Vid, VidConfig, ofd_margins,
+    IckdConfig, KdsvdConfig, Mgd, MgdConfig, MgdReduction, NstConfig, Ofd, OfdConfig, Paraphraser,
+    ReviewKd, ReviewKdConfig, Srd, SrdConfig, Vid, VidConfig, ofd_margins,
 };
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
 use burn_distill::relation::{
-    CcConfig, Crd, CrdConfig, Dlkd, DlkdConfig, PktConfig, RkdConfig, SpConfig,
+    CcConfig, Crd, CrdConfig, Dlkd, DlkdConfig, PktConfig, RkdConfig, SpConfig, SsHead, Sskd,
+    SskdConfig, view_contrast_loss,
 };
 use burn_distill::{Distillable, Feature, Outputs};
 use common::*;
@@ -117,6 +118,7 @@ enum Parts {
     Review(ReviewKd),
     Ickd(Ickd),
     Srd(Srd),
+    Sskd(Sskd),
 }
 
 impl Parts {
@@ -134,6 +136,7 @@ impl Parts {
             Parts::Review(x) => x.clone().boxed(),
             Parts::Ickd(x) => x.clone().boxed(),
             Parts::Srd(x) => x.clone().boxed(),
+            Parts::Sskd(x) => x.clone().boxed(),
         }
     }
 }
@@ -158,6 +161,8 @@ struct Data {
     paraphraser: Paraphraser,
     /// OFD's margins from the statistics of the teacher's `preact` channels.
     margins: Vec<f64>,
+    /// SSKD's teacher head, trained on the rotated images (stage 1).
+    ss_head: SsHead,
     epochs: usize,
 }
 
@@ -165,9 +170,9 @@ struct Data {
 enum Kind {
     /// No learnable part: the loss at weight `w`.
     Fixed(fn(f64) -> Result<Box<dyn Loss>, DistillError>),
-    /// A learnable part, built fresh for each run; its loss at weight `w` is made from the
-    /// part's current parameters at every step.
-    Learned(fn(&Data, &Device) -> Result<Parts, DistillError>),
+    /// A learnable part, built fresh for each run (for weight `w`); its loss at weight `w` is
+    /// made from the part's current parameters at every step.
+    Learned(fn(&Data, f64, &Device) -> Result<Parts, DistillError>),
     /// MGD inside DAM, against a DAFA-augmented teacher that a meta-teacher trains.
     Sokd,
 }
@@ -194,6 +199,8 @@ fn ce_plus(w: f64, loss: impl Loss + 'static) -> Box<dyn Loss> {
 fn learned_loss(part: &Parts, w: f64) -> Box<dyn Loss> {
     match part {
         Parts::Ab(ab) => ab.clone().then_after(w as usize, ce()).boxed(),
+        // its own cross-entropy on the plain views; `w` is in its term weights
+        Parts::Sskd(sskd) => sskd.clone().boxed(),
         Parts::Dlkd(d) => (ce() + d.clone().weighted(w)).boxed(),
         p => (ce() + p.objective().weighted(w)).boxed(),
     }
@@ -213,35 +220,45 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "FitNet hint",
-            kind: Kind::Learned(|_, dev| {
+            kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Hint(
                     HintConfig::new([STUDENT[1], 4, 4], [TEACHER[1], 4, 4]).init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "AT",
             kind: Kind::Fixed(|w| Ok(ce_plus(w, AtConfig::new().init()?))),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "NST",
             kind: Kind::Fixed(|w| Ok(ce_plus(w, NstConfig::new().init()?))),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "FT",
-            kind: Kind::Learned(|data, dev| {
+            kind: Kind::Learned(|data, _, dev| {
                 let mut ft = FtConfig::new(STUDENT[1], TEACHER[1]).init(dev)?;
                 ft.paraphraser = data.paraphraser.clone();
                 Ok(Parts::Ft(ft.freeze_paraphraser()))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "KDSVD",
+            kind: Kind::Fixed(|w| {
+                Ok(ce_plus(
+                    w,
+                    KdsvdConfig::new(vec!["conv1".into(), "feature".into()]).init()?,
+                ))
+            }),
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "AB (init epochs)",
-            kind: Kind::Learned(|_, dev| {
+            kind: Kind::Learned(|_, _, dev| {
                 let shape = |c| [c, 8, 8];
                 Ok(Parts::Ab(
                     AbConfig::new(
@@ -256,17 +273,17 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "VID",
-            kind: Kind::Learned(|_, dev| {
+            kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Vid(
                     VidConfig::new(vec!["feature".into()], vec![[STUDENT[1], TEACHER[1]]])
                         .init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "OFD",
-            kind: Kind::Learned(|data, dev| {
+            kind: Kind::Learned(|data, _, dev| {
                 Ok(Parts::Ofd(
                     OfdConfig::new(
                         vec!["preact".into()],
@@ -276,11 +293,11 @@ fn methods() -> Vec<Method> {
                     .init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "ReviewKD",
-            kind: Kind::Learned(|data, dev| {
+            kind: Kind::Learned(|data, _, dev| {
                 Ok(Parts::Review(
                     ReviewKdConfig::new(
                         vec!["conv1".into(), "feature".into(), "pooled".into()],
@@ -291,40 +308,40 @@ fn methods() -> Vec<Method> {
                     .init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "ICKD (embedded)",
-            kind: Kind::Learned(|_, dev| {
+            kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Ickd(
                     IckdConfig::new()
                         .with_embeds(vec![[STUDENT[1], TEACHER[1]]])
                         .init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "SRD (projector)",
-            kind: Kind::Learned(|_, dev| {
+            kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Srd(
                     SrdConfig::new()
                         .with_projector(Some([STUDENT[2], TEACHER[2]]))
                         .init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "MGD",
-            kind: Kind::Learned(|_, dev| {
+            kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Mgd(
                     MgdConfig::new(STUDENT[1], TEACHER[1])
                         .with_reduction(MgdReduction::Mean)
                         .init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "MGD + SoKD (DAFA, DAM)",
@@ -334,44 +351,55 @@ fn methods() -> Vec<Method> {
         Method {
             name: "RKD",
             kind: Kind::Fixed(|w| Ok(ce_plus(w, RkdConfig::new().init()?))),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "PKT",
             kind: Kind::Fixed(|w| Ok(ce_plus(w, PktConfig::new().init()?))),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "SP",
             kind: Kind::Fixed(|w| Ok(ce_plus(w, SpConfig::new().init()?))),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "CC (Gaussian)",
             kind: Kind::Fixed(|w| Ok(ce_plus(w, CcConfig::new().init()?))),
-            grid: &[1e-4, 1e-3, 1e-2],
+            grid: &[1e-5, 1e-4, 1e-3, 1e-2],
         },
         Method {
             name: "CRD",
-            kind: Kind::Learned(|data, dev| {
+            kind: Kind::Learned(|data, _, dev| {
                 Ok(Parts::Crd(
                     CrdConfig::new(STUDENT[2], TEACHER[2], data.train.len())
                         .with_negatives(256)
                         .init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "SSKD (rotations)",
+            kind: Kind::Learned(|data, w, dev| {
+                let mut sskd = SskdConfig::new(STUDENT[2], TEACHER[2])
+                    .with_weights([1.0, w, w, w])
+                    .init(dev)?;
+                sskd.teacher_head = data.ss_head.clone();
+                Ok(Parts::Sskd(sskd.freeze_teacher_head()))
+            }),
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "DLKD",
-            kind: Kind::Learned(|_, dev| {
+            kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Dlkd(
                     DlkdConfig::new(STUDENT[2], TEACHER[2])
                         .with_ce_weight(0.0)
                         .init(dev)?,
                 ))
             }),
-            grid: &[0.01, 0.1, 1.0],
+            grid: &[0.001, 0.01, 0.1, 1.0],
         },
     ]
 }
@@ -409,7 +437,7 @@ fn train_student(
     dev: &Device,
 ) -> Result<Cnn, DistillError> {
     let parts = match &method.kind {
-        Kind::Learned(build) => Some(build(data, dev)?),
+        Kind::Learned(build) => Some(build(data, w, dev)?),
         Kind::Sokd => Some(Parts::Mgd(
             MgdConfig::new(STUDENT[1], TEACHER[1])
                 .with_reduction(MgdReduction::Mean)
@@ -459,6 +487,15 @@ fn train_student(
                     meta.round(&model.student, &batch, &quiz, progress, lr)?;
                     meta.student_loss(model.student.run(&batch.input), &batch, progress)?
                 }
+                (_, Some(Parts::Sskd(sskd)), _) => {
+                    // each image and its three rotations, image-major; the teacher runs on them
+                    let x = with_rotations(batch.x);
+                    let teacher = data.network.valid().forward(x.clone().inner());
+                    let input = DistillInput::from_outputs(model.student.forward(x), teacher)
+                        .targets(batch.y)
+                        .progress(progress);
+                    sskd.forward(&input)?
+                }
                 (fixed, parts, _) => {
                     let indices = Tensor::<1, Int>::from_data(
                         TensorData::new(idx.to_vec(), [idx.len()]),
@@ -483,6 +520,39 @@ fn train_student(
         }
     }
     Ok(model.student)
+}
+
+/// Images `[B, 64]` (8×8) with their rotations by 90°, 180° and 270°: `[4B, 64]`, image-major.
+fn with_rotations(x: Tensor<2>) -> Tensor<2> {
+    let b = x.dims()[0];
+    let image = x.reshape([b, 8, 8]);
+    let turn = |t: Tensor<3>| t.swap_dims(1, 2).flip([1]);
+    let r1 = turn(image.clone());
+    let r2 = turn(r1.clone());
+    let r3 = turn(r2.clone());
+    Tensor::stack::<4>(vec![image, r1, r2, r3], 1).reshape([4 * b, 64])
+}
+
+/// SSKD's first stage: the teacher's self-supervision head learns which image each rotation
+/// comes from, on the frozen teacher's penultimate features.
+fn pretrain_ss_head(data_train: &Split, network: &Cnn, epochs: usize, dev: &Device) -> SsHead {
+    let mut head = SsHead::new(TEACHER[2], dev);
+    let mut optim = AdamConfig::new().init();
+    let frozen = network.valid();
+    for epoch in 0..epochs {
+        for idx in permutation(data_train.len(), 9000 + epoch as u64).chunks(64) {
+            let x = with_rotations(data_train.rows(idx).x.inner());
+            let Some(Feature::Embedding(f)) = frozen.forward(x).features.get("embedding").cloned()
+            else {
+                unreachable!("the CNN has an `embedding`")
+            };
+            let f = Tensor::<2>::from_data(f.into_data(), dev);
+            let loss = view_contrast_loss(head.forward(f));
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            head = optim.step(1e-3, head, grads);
+        }
+    }
+    head
 }
 
 /// FT's first stage: the paraphraser learns to reconstruct the teacher's `feature` maps.
@@ -563,6 +633,7 @@ fn main() -> Result<(), DistillError> {
     let data = Data {
         paraphraser: pretrain_paraphraser(&frozen, epochs.div_ceil(4), &dev),
         margins: preact_margins(&frozen),
+        ss_head: pretrain_ss_head(&train, &teacher, epochs.div_ceil(4), &dev),
         teacher: frozen,
         network: teacher.clone(),
         train,
