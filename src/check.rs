@@ -3,40 +3,63 @@
 
 use crate::DistillError;
 
-/// Checks that a temperature is positive and finite.
+/// The temperatures the arithmetic carries: `z/T` and `T²` stay far inside f32 for logits up
+/// to 1e4 (the tested range) over `[1e-3, 1e3]`, which holds every temperature in use.
+pub const TEMPERATURES: (f64, f64) = (1e-3, 1e3);
+
+/// The largest weight, rate or constant accepted: beyond it a loss of ordinary size overflows
+/// f32 (3.4e38) or every other term vanishes under it.
+pub const MAGNITUDE: f64 = 1e15;
+
+/// Checks that a temperature is in [`TEMPERATURES`].
 pub fn check_temperature(t: f64) -> Result<f64, DistillError> {
-    if t.is_finite() && t > 0.0 {
+    let (lo, hi) = TEMPERATURES;
+    if t.is_finite() && (lo..=hi).contains(&t) {
         Ok(t)
     } else {
         Err(DistillError::InvalidTemperature(t))
     }
 }
 
-/// Checks that a rate or step is finite and positive.
+/// Checks that a rate or step is finite, positive and at most [`MAGNITUDE`].
 pub fn check_positive(objective: &str, field: &str, v: f64) -> Result<f64, DistillError> {
-    if v.is_finite() && v > 0.0 {
+    if v.is_finite() && v > 0.0 && v <= MAGNITUDE {
         Ok(v)
     } else {
         Err(DistillError::config(
             objective,
             field,
             v,
-            "must be finite and > 0",
+            "must be finite, > 0 and at most 1e15",
         ))
     }
 }
 
-/// Checks that a weight or coefficient is finite and not negative.
+/// Checks that a weight or coefficient is finite, not negative and at most [`MAGNITUDE`].
 pub fn check_non_negative(objective: &str, field: &str, v: f64) -> Result<f64, DistillError> {
-    if v.is_finite() && v >= 0.0 {
+    if v.is_finite() && (0.0..=MAGNITUDE).contains(&v) {
         Ok(v)
     } else {
         Err(DistillError::config(
             objective,
             field,
             v,
-            "must be finite and >= 0",
+            "must be finite, >= 0 and at most 1e15",
         ))
+    }
+}
+
+/// Checks that the power of a map (`|F|^p`: AT, FT) is in `(0, 16]`: feature values of 100
+/// raised to 16 are 1e32, at the edge of f32.
+pub fn check_power(objective: &str, field: &str, p: f64) -> Result<f64, DistillError> {
+    match p.is_finite() && p > 0.0 && p <= 16.0 {
+        true => Ok(p),
+        false => Err(DistillError::config(
+            objective,
+            field,
+            p,
+            "must be in (0, 16]",
+        )),
     }
 }
 

@@ -51,8 +51,9 @@ pub enum DistillError {
         /// The data set's size.
         size: usize,
     },
-    /// A temperature is zero, negative, infinite or NaN.
-    #[error("temperature must be positive and finite, got {0}")]
+    /// A temperature is outside [`check::TEMPERATURES`](crate::check::TEMPERATURES) `[1e-3, 1e3]`
+    /// (zero, negative, infinite, NaN, or too extreme for f32 arithmetic).
+    #[error("temperature must be in [0.001, 1000], got {0}")]
     InvalidTemperature(f64),
     /// The batch has no rows.
     #[error("{objective}: empty input: {what} is empty")]

@@ -128,7 +128,7 @@ impl Schedule {
                 (p.epochs_done() / epochs as f64).clamp(0.0, 1.0)
             }
         };
-        Ok(match *self {
+        let value = match *self {
             Schedule::Constant(v) => v,
             Schedule::Warmup { value, epochs } => {
                 if epochs == 0 {
@@ -145,8 +145,18 @@ impl Schedule {
                 start,
                 factor,
                 every,
-            } => start * factor.powi((p.epoch / every) as i32),
-        })
+            } => start * factor.powf((p.epoch / every) as f64),
+        };
+        // a step schedule can leave f64 after enough epochs: an error, not an infinite weight
+        match value.is_finite() {
+            true => Ok(value),
+            false => Err(DistillError::config(
+                "schedule",
+                "value",
+                value,
+                &format!("is not finite at epoch {}", p.epoch),
+            )),
+        }
     }
 }
 

@@ -271,3 +271,143 @@ fn mixed_dtypes_are_read_in_the_students() {
         }
     }
 }
+
+fn invalid_config(err: DistillError, field: &str) -> bool {
+    matches!(err, DistillError::InvalidConfig { field: ref f, .. } if f.contains(field))
+}
+
+/// Finite but absurd configurations are refused at `init` with the field named, instead of
+/// overflowing f32, aborting on an allocation or panicking later.
+#[test]
+fn absurd_configs_are_refused_at_init() {
+    configure_f64();
+    for t in [1e30, 5e-324, 1e-4, 2e3] {
+        let err = KdConfig::new().with_temperature(t).init().unwrap_err();
+        assert!(
+            matches!(err, DistillError::InvalidTemperature(v) if v == t),
+            "T = {t}"
+        );
+    }
+    for t in [1e-3, 0.07, 4.0, 1e3] {
+        assert!(
+            KdConfig::new().with_temperature(t).init().is_ok(),
+            "T = {t}"
+        );
+    }
+    let huge = |w: f64| DistConfig::new().with_beta(w).init().unwrap_err();
+    assert!(invalid_config(huge(1e39), "beta"));
+    assert!(invalid_config(
+        RkdConfig::new().with_eps(1e300).init().unwrap_err(),
+        "eps"
+    ));
+    assert!(invalid_config(
+        burn_distill::relation::PktConfig::new()
+            .with_eps(1e300)
+            .init()
+            .unwrap_err(),
+        "eps"
+    ));
+    assert!(invalid_config(
+        AtConfig::new().with_p(1e30).init().unwrap_err(),
+        "p"
+    ));
+    assert!(AtConfig::new().with_p(3.0).init().is_ok());
+    // CRD: exp(cos/τ) would overflow; memories of 2⁴⁰ rows would abort on allocation
+    let dev = device();
+    let crd = |n: usize, negatives: usize, t: f64| {
+        CrdConfig::new(4, 4, n)
+            .with_negatives(negatives)
+            .with_temperature(t)
+            .init(&dev)
+            .map(|_| ())
+    };
+    assert!(invalid_config(crd(10, 4, 1e-3).unwrap_err(), "temperature"));
+    assert!(invalid_config(
+        crd(1 << 40, 4, 0.07).unwrap_err(),
+        "dataset_size"
+    ));
+    assert!(invalid_config(
+        crd(10, 1 << 40, 0.07).unwrap_err(),
+        "negatives"
+    ));
+    assert!(crd(10, 4, 0.07).is_ok());
+}
+
+/// `Schedule::Step` past 2³¹ epochs keeps its value (the exponent was truncated to i32), and a
+/// step schedule that leaves f64 is an error, not an infinite weight.
+#[test]
+fn step_schedules_past_i32_and_past_f64() {
+    configure_f64();
+    let epoch = (1usize << 31) + 5;
+    let halving = Schedule::Step {
+        start: 1.0,
+        factor: 1.0,
+        every: 1,
+    };
+    assert_eq!(
+        halving
+            .value(Some(Progress::epoch(epoch, epoch + 1)))
+            .unwrap(),
+        1.0
+    );
+    let growing = Schedule::Step {
+        start: 1.0,
+        factor: 10.0,
+        every: 1,
+    };
+    assert_eq!(growing.value(Some(Progress::epoch(3, 10))).unwrap(), 1000.0);
+    assert!(matches!(
+        growing.value(Some(Progress::epoch(400, 1000))),
+        Err(DistillError::InvalidConfig { .. })
+    ));
+}
+
+/// Relational objectives on half-precision embeddings of ordinary size stay finite (RKD's eps
+/// of 1e-12 squared is 0 in f16: the rows are read in f32).
+#[test]
+fn relations_are_finite_in_half_precision() {
+    configure_f64();
+    use burn::tensor::DType;
+    let dev = device();
+    let mut checked = 0;
+    for dtype in [DType::F16, DType::BF16] {
+        if !dev.supports_dtype(dtype) {
+            continue;
+        }
+        checked += 1;
+        let rows = |seed| tensor(noise(seed, 6 * 4, 1.0), [6, 4], dtype).require_grad();
+        let (s, t) = (rows(1), rows(2));
+        let input = DistillInput::features_only().feature("embedding", s.clone(), t);
+        let losses: Vec<Box<dyn Loss>> = vec![
+            RkdConfig::new().init().unwrap().boxed(),
+            burn_distill::relation::PktConfig::new()
+                .init()
+                .unwrap()
+                .boxed(),
+            burn_distill::relation::SpConfig::new()
+                .init()
+                .unwrap()
+                .boxed(),
+            burn_distill::relation::CcConfig::new()
+                .init()
+                .unwrap()
+                .boxed(),
+        ];
+        for loss in &losses {
+            let out = loss.forward(&input).unwrap();
+            assert!(
+                out.value().is_finite(),
+                "{} {dtype:?}: {}",
+                loss.name(),
+                out.value()
+            );
+            let g = values(s.grad(&out.total.backward()).unwrap());
+            assert!(
+                g.iter().all(|v| v.is_finite()),
+                "{} {dtype:?}: gradient",
+                loss.name()
+            );
+        }
+    }
+    assert!(checked > 0, "flex runs half precision");
+}

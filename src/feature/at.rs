@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::tensor::Tensor;
 
 use super::maps::{pool_to_smaller, sum_stages};
-use crate::check::{check_non_negative, check_positive, check_taps};
+use crate::check::{check_non_negative, check_power, check_taps};
 use crate::math::l2_normalize;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -25,7 +25,7 @@ pub struct AtConfig {
 impl AtConfig {
     /// Validates `p`, the weight and that there is a tap.
     pub fn init(&self) -> Result<At, DistillError> {
-        check_positive(At::NAME, "p", self.p)?;
+        check_power(At::NAME, "p", self.p)?;
         check_non_negative(At::NAME, "weight", self.weight)?;
         check_taps(At::NAME, &self.features, &[])?;
         Ok(At {

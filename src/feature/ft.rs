@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::at::attention_map;
 use super::maps::pool_to_smaller;
-use crate::check::{check_non_negative, check_positive};
+use crate::check::{check_non_negative, check_positive, check_power};
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// FT's factor loss between two factor maps `[N, C, H, W]` (RepDistiller's
@@ -138,8 +138,8 @@ impl FtConfig {
     /// Validates the configuration and builds the paraphraser (no batch norm, as the
     /// reference) and the translator (with batch norm) on `device`.
     pub fn init(&self, device: &Device) -> Result<Ft, DistillError> {
-        check_positive(Ft::NAME, "p1", self.p1)?;
-        check_positive(Ft::NAME, "p2", self.p2)?;
+        check_power(Ft::NAME, "p1", self.p1)?;
+        check_power(Ft::NAME, "p2", self.p2)?;
         check_non_negative(Ft::NAME, "weight", self.weight)?;
         let factor = (self.teacher_channels as f64 * check_positive(Ft::NAME, "rate", self.rate)?)
             as usize;

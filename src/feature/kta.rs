@@ -3,7 +3,7 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use crate::check::check_positive;
+use crate::check::check_power;
 use crate::math::p_norms;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction};
 
@@ -43,8 +43,8 @@ pub struct KtaConfig {
 impl KtaConfig {
     /// Validates the norms.
     pub fn init(&self) -> Result<Kta, DistillError> {
-        check_positive(Kta::NAME, "p", self.p)?;
-        check_positive(Kta::NAME, "q", self.q)?;
+        check_power(Kta::NAME, "p", self.p)?;
+        check_power(Kta::NAME, "q", self.q)?;
         Ok(Kta {
             config: self.clone(),
         })

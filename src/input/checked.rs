@@ -319,7 +319,7 @@ impl<'a> Checked<'a> {
 
     /// The student's and teacher's tap `name`, one row per sample (a map is flattened), after
     /// checking that they have the same number of rows, at least `min` of them, and a non-zero
-    /// width.
+    /// width. Half-precision rows are read in f32 (as the logits are).
     pub fn rows(&self, name: &str, min: usize) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
         let (s, t) = self.feature(name)?;
         let (ns, nt) = (s.rows(), t.rows());
@@ -333,7 +333,9 @@ impl<'a> Checked<'a> {
                 got: ns,
             });
         }
-        let (s, t) = (s.flatten(), t.flatten());
+        // distances, angles and Gram matrices of half-precision rows lose their small terms
+        // (an eps of 1e-12 squares to 0 in f16): relations are computed in f32
+        let (s, t) = (upcast(s.flatten()), upcast(t.flatten()));
         for (who, d) in [("student", s.dims()), ("teacher", t.dims())] {
             if d[1] == 0 {
                 return Err(self.empty(format!("{who} tap `{name}` has width 0")));

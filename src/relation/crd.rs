@@ -53,7 +53,25 @@ impl CrdConfig {
         ] {
             crate::check::check_count(Crd::NAME, field, v, 1)?;
         }
+        // exp(cos / τ) must stay in f32: cos ≤ 1, ln(f32::MAX) ≈ 88.7
+        if self.temperature < 0.02 {
+            return Err(DistillError::config(
+                Crd::NAME,
+                "temperature",
+                self.temperature,
+                "must be at least 0.02 (exp(1/τ) overflows f32 below ~0.0113)",
+            ));
+        }
         let (n, e) = (self.dataset_size, self.embed_dim);
+        // two memories of n × e values, and n × (negatives + 1) draws per step at most
+        if n.checked_mul(e).is_none_or(|m| m > 1 << 31) || self.negatives > 1 << 24 {
+            return Err(DistillError::config(
+                Crd::NAME,
+                "dataset_size/embed_dim/negatives",
+                format!("{n} × {e}, {} negatives", self.negatives),
+                "the memories are limited to 2³¹ values (8 GiB each in f32) and the negatives to 2²⁴",
+            ));
+        }
         let stdv = 1.0 / (e as f64 / 3.0).sqrt();
         let memory = |stream: u64| {
             let mut rng = SplitMix::keyed(self.seed, "crd/memory", stream);
