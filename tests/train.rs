@@ -272,3 +272,53 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// A distiller that tracks its own progress runs a warm-up loss under `SupervisedTraining`
+/// with batches that carry none; its step count is in its record (a resumed run continues
+/// it); `check` finds bad input before `launch` as a `Result`.
+#[test]
+fn a_distiller_tracks_progress_and_checks_a_batch() {
+    let dev = Device::flex().autodiff();
+    let warm = || {
+        CrossEntropyConfig::new().init().unwrap()
+            + DkdConfig::new().with_warmup_epochs(2).init().unwrap()
+    };
+    let item = ItemBatcher.batch(items(), &dev);
+    // without progress, the warm-up has nothing to read: an error, before any training
+    let blind = Distiller::new(net(&[4, 3], 6, &dev), net(&[4, 16, 3], 7, &dev), warm());
+    assert!(matches!(
+        blind.check(&item),
+        Err(DistillError::MissingInput { .. })
+    ));
+    // a target outside the classes
+    let mut bad = item.clone();
+    bad.batch.targets = Tensor::<1, Int>::from_data(TensorData::new(vec![7i64; 48], [48]), &dev);
+    let tracked = Distiller::new(net(&[4, 3], 6, &dev), net(&[4, 16, 3], 7, &dev), warm())
+        .with_progress(3, 3);
+    assert!(matches!(
+        tracked.check(&bad),
+        Err(DistillError::TargetOutOfRange { .. })
+    ));
+    assert!(tracked.check(&item).is_ok());
+    // 48 items in batches of 16: 3 steps an epoch, 3 epochs
+    let train = DataLoaderBuilder::new(ItemBatcher)
+        .batch_size(16)
+        .shuffle(2)
+        .build(InMemDataset::new(items()));
+    let valid = DataLoaderBuilder::new(ItemBatcher)
+        .batch_size(16)
+        .build(InMemDataset::new(items()));
+    let dir = std::env::temp_dir().join(format!("burn-distill-progress-{}", std::process::id()));
+    let result = SupervisedTraining::new(&dir, train, valid)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .num_epochs(3)
+        .launch(Learner::new(tracked, AdamConfig::new().init(), 1e-2));
+    let model = result.model;
+    assert_eq!(model.steps_taken(), 9);
+    // the count travels with the record
+    let fresh = Distiller::new(net(&[4, 3], 6, &dev), net(&[4, 16, 3], 7, &dev), warm())
+        .with_progress(3, 3);
+    let restored = fresh.load_record(model.clone().into_record());
+    assert_eq!(restored.steps_taken(), 9);
+    let _ = std::fs::remove_dir_all(dir);
+}

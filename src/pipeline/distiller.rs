@@ -5,7 +5,9 @@ use std::any::Any;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::module::{Module, ModuleDisplay, ModuleVisitor, Param};
-use burn::tensor::{ExecutionError, Tensor, TensorReadError};
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
+use burn::tensor::{Device, ExecutionError, Tensor, TensorReadError};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
     AccuracyInput, Adaptor, ItemLazy, LossInput, Metric, MetricAttributes, MetricMetadata,
@@ -230,6 +232,15 @@ impl ModuleVisitor for Materialise {
 /// (accuracy, the loss, and each loss term with [`TermMetric`]), checkpoints and burn's
 /// multi-device strategies unchanged.
 ///
+/// **Progress** (DKD's warm-up, CTKD, every [`Schedule`](crate::Schedule)): with
+/// [`with_progress`](Self::with_progress) the distiller counts its own optimizer steps and
+/// gives every batch its [`Progress`]; the count is part of the module's record, so a run
+/// resumed from a checkpoint continues where it stopped, and it does not depend on how many
+/// loader workers made the batches (with gradient accumulation, count `steps_per_epoch` in
+/// optimizer steps). A batch that carries its own `progress` keeps it.
+/// **Bad input** is found before `launch` with [`check`](Self::check) on one batch: inside
+/// `TrainStep` an error can only be a panic, whose message names the objective and the cause.
+///
 /// The teacher is frozen (no gradient, its parameters never move) unless a
 /// [`MetaTeacher`] drives it ([`with_meta`](Self::with_meta)); then each training step first
 /// runs the meta-teacher's round on the item's quiz batch. Cached teacher outputs in a
@@ -248,6 +259,12 @@ pub struct Distiller<S: Module + ModuleDisplay, T: Module + ModuleDisplay> {
     meta: Option<Arc<Mutex<Box<dyn Any + Send>>>>,
     #[module(skip)]
     student_lr: f64,
+    /// Optimizer steps taken (a parameter without gradient: saved with the record, never
+    /// trained).
+    steps: Param<Tensor<1>>,
+    /// `(steps per epoch, epochs)` when the distiller gives each batch its progress.
+    #[module(skip)]
+    schedule: Option<(usize, usize)>,
 }
 
 impl<S: Module + ModuleDisplay, T: Module + ModuleDisplay + 'static> Distiller<S, T> {
@@ -260,7 +277,50 @@ impl<S: Module + ModuleDisplay, T: Module + ModuleDisplay + 'static> Distiller<S
             loss: Arc::new(loss),
             meta: None,
             student_lr: 0.0,
+            steps: Param::from_tensor(
+                Tensor::zeros([1], &Device::default()).set_require_grad(false),
+            ),
+            schedule: None,
         }
+    }
+
+    /// The same, giving each batch its [`Progress`] from its own step count:
+    /// `steps_per_epoch` batches an epoch (the loader's length), `epochs` in the run.
+    pub fn with_progress(mut self, steps_per_epoch: usize, epochs: usize) -> Self {
+        self.schedule = Some((steps_per_epoch.max(1), epochs));
+        self
+    }
+
+    /// The optimizer steps this distiller has taken (restored with its record; exact up to
+    /// 2²⁴ steps in f32).
+    pub fn steps_taken(&self) -> usize {
+        self.steps.val().into_scalar::<f64>() as usize
+    }
+
+    /// The same distiller one optimizer step further.
+    fn stepped(mut self) -> Self {
+        let next = self.steps.val() + 1.0;
+        self.steps = Param::initialized(self.steps.id, next.set_require_grad(false));
+        self
+    }
+
+    /// The progress at the current step count, if the distiller tracks it.
+    fn progress(&self) -> Option<Progress> {
+        let (per_epoch, epochs) = self.schedule?;
+        let step = self.steps_taken();
+        Some(Progress::epoch(step / per_epoch, epochs).at_step(step % per_epoch, per_epoch))
+    }
+
+    /// The loss on one batch like the training ones, as a `Result`: run it before `launch`,
+    /// where a bad shape, a missing tap or a missing progress is an error to handle instead of
+    /// a panic inside burn-train's loop.
+    pub fn check(&self, item: &DistillBatch<S::Input>) -> Result<(), DistillError>
+    where
+        S: Distillable,
+        T: Distillable<Input = S::Input>,
+        S::Input: Clone,
+    {
+        self.try_forward(item.clone()).map(|_| ())
     }
 
     /// The same, with `meta` updating the teacher before each step that carries a quiz batch:
@@ -290,8 +350,19 @@ impl<S: Module + ModuleDisplay, T: Module + ModuleDisplay + 'static> Distiller<S
     }
 
     /// The loss on `item`, its terms, the student's logits and the targets (`classification.loss`
-    /// is the total to differentiate).
+    /// is the total to differentiate). Panics on a [`DistillError`], naming it
+    /// ([`check`](Self::check) finds those first).
     pub fn forward(&self, item: DistillBatch<S::Input>) -> DistillOutput
+    where
+        S: Distillable,
+        T: Distillable<Input = S::Input>,
+    {
+        self.try_forward(item)
+            .unwrap_or_else(|e| panic!("burn-distill: the distillation loss failed: {e}"))
+    }
+
+    /// [`forward`](Self::forward) as a `Result`.
+    fn try_forward(&self, item: DistillBatch<S::Input>) -> Result<DistillOutput, DistillError>
     where
         S: Distillable,
         T: Distillable<Input = S::Input>,
@@ -305,20 +376,17 @@ impl<S: Module + ModuleDisplay, T: Module + ModuleDisplay + 'static> Distiller<S
         };
         let mut input = DistillInput::from_outputs(student, teacher.detach())
             .targets(item.batch.targets.clone());
-        if let Some(p) = item.progress {
+        if let Some(p) = item.progress.or_else(|| self.progress()) {
             input = input.progress(p);
         }
-        let out = self
-            .loss
-            .forward(&input)
-            .unwrap_or_else(|e| panic!("distillation loss: {e}"));
-        DistillOutput {
+        let out = self.loss.forward(&input)?;
+        Ok(DistillOutput {
             terms: out
                 .terms()
                 .map(|(n, t)| (n.to_string(), t.clone()))
                 .collect(),
             classification: ClassificationOutput::new(out.total, logits, item.batch.targets),
-        }
+        })
     }
 }
 
@@ -331,18 +399,37 @@ where
     type Input = DistillBatch<S::Input>;
     type Output = DistillOutput;
 
-    fn step(&self, item: DistillBatch<S::Input>) -> TrainOutput<DistillOutput> {
+    fn step(&self, mut item: DistillBatch<S::Input>) -> TrainOutput<DistillOutput> {
+        item.progress = item.progress.or_else(|| self.progress());
         if let Some(quiz) = &item.quiz {
             let progress = item.progress.unwrap_or_default();
             self.with_meta_teacher(|m| {
                 m.round(&self.student, &item.batch, quiz, progress, self.student_lr)
             })
             .transpose()
-            .unwrap_or_else(|e| panic!("meta-teacher round: {e}"));
+            .unwrap_or_else(|e| panic!("burn-distill: the meta-teacher's round failed: {e}"));
         }
         let out = self.forward(item);
         let grads = out.classification.loss.backward();
         TrainOutput::new(self, grads, out)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> Self {
+        optim.step(lr, self, grads).stepped()
+    }
+
+    fn optimize_multi(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: MultiGradientsParams,
+    ) -> Self {
+        optim.step_multi(lr, self, grads).stepped()
     }
 }
 
