@@ -4,7 +4,7 @@
 //! test split once, at the end.
 //!
 //! ```text
-//! cargo run --release --example feature_distill                       # ~15 minutes
+//! cargo run --release --example feature_distill                       # ~35 minutes
 //! cargo run --release --example feature_distill -- --epochs 2 --seeds 1 --grid 1
 //! cargo run --release --example feature_distill -- --out target/feature_distill   # + SVG
 //! ```
