@@ -709,3 +709,90 @@ fn kdsvd_invariants() {
     .unwrap();
     assert!(KdsvdConfig::new(vec!["a".into()]).init().is_err());
 }
+
+/// The learnable parts of the catalogue's objectives save and restore through burn's records:
+/// a fresh objective loaded with another's record gives the same loss.
+#[test]
+fn learnable_parts_save_and_restore() {
+    use burn::module::Module;
+    configure_f64();
+    let dev = device();
+    let maps = DistillInput::new(
+        f64t(noise(1, 4 * 3, 1.0), [4, 3]),
+        f64t(noise(2, 4 * 3, 1.0), [4, 3]),
+    )
+    .feature(
+        "a",
+        f64t(noise(3, 4 * 3 * 4 * 4, 1.0), [4, 3, 4, 4]),
+        f64t(noise(4, 4 * 5 * 2 * 2, 1.0), [4, 5, 2, 2]),
+    )
+    .feature(
+        "embedding",
+        f64t(noise(5, 4 * 4, 1.0), [4, 4]),
+        f64t(noise(6, 4 * 4, 1.0), [4, 4]),
+    );
+    fn same<M: Module + Loss>(make: impl Fn(u64) -> M, input: &DistillInput) {
+        let (a, b) = (make(1), make(2));
+        let before = b.forward(input).unwrap().value();
+        let restored = b.load_record(a.clone().into_record());
+        let (want, got) = (
+            a.forward(input).unwrap().value(),
+            restored.forward(input).unwrap().value(),
+        );
+        assert_ne!(want, before, "{}: two inits differ", a.name());
+        assert_eq!(want, got, "{}: restored from the record", a.name());
+    }
+    let seeded = |seed: u64| {
+        dev.seed(seed);
+        &dev
+    };
+    let a = || vec!["a".to_string()];
+    same(
+        |s| {
+            FtConfig::new(3, 5)
+                .with_feature("a".into())
+                .init(seeded(s))
+                .unwrap()
+        },
+        &maps,
+    );
+    same(
+        |s| VidConfig::new(a(), vec![[3, 5]]).init(seeded(s)).unwrap(),
+        &maps,
+    );
+    same(
+        |s| {
+            AbConfig::new(a(), vec![[3, 4, 4]], vec![[5, 2, 2]])
+                .init(seeded(s))
+                .unwrap()
+        },
+        &maps,
+    );
+    same(
+        |s| {
+            OfdConfig::new(a(), vec![[3, 5]], vec![vec![-0.5; 5]])
+                .init(seeded(s))
+                .unwrap()
+        },
+        &maps,
+    );
+    same(
+        |s| {
+            ReviewKdConfig::new(a(), vec![3], vec![5])
+                .with_warmup_epochs(0)
+                .init(seeded(s))
+                .unwrap()
+        },
+        &maps,
+    );
+    same(|s| PadL2Config::new(4).init(seeded(s)).unwrap(), &maps);
+    same(
+        |s| {
+            SrdConfig::new()
+                .with_projector(Some([4, 4]))
+                .init(seeded(s))
+                .unwrap()
+        },
+        &maps,
+    );
+}
