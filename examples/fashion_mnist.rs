@@ -239,77 +239,6 @@ fn metadistil(
     })
 }
 
-/// An SVG line plot of validation accuracy per epoch, one line per method (mean over seeds).
-fn svg(curves: &BTreeMap<String, Vec<f64>>, order: &[String]) -> String {
-    let (w, h, pad) = (720.0, 420.0, 50.0);
-    let all: Vec<f64> = curves.values().flatten().cloned().collect();
-    let (lo, hi) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
-    let (lo, hi) = ((lo - 0.5).floor(), (hi + 0.5).ceil());
-    let epochs = curves.values().map(Vec::len).max().unwrap_or(1).max(2);
-    let x = |e: usize| pad + (w - 2.0 * pad) * e as f64 / (epochs - 1) as f64;
-    let y = |a: f64| h - pad - (h - 2.0 * pad) * (a - lo) / (hi - lo);
-    let colors = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    ];
-    let mut s = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n"
-    );
-    let _ = writeln!(
-        s,
-        "<text x='{}' y='20' text-anchor='middle'>Fashion-MNIST: student validation accuracy per epoch (mean over seeds)</text>",
-        w / 2.0
-    );
-    for k in 0..=4 {
-        let a = lo + (hi - lo) * k as f64 / 4.0;
-        let _ = writeln!(
-            s,
-            "<line x1='{pad}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#ddd'/><text x='{}' y='{:.1}' text-anchor='end'>{a:.1}%</text>",
-            w - pad,
-            pad - 5.0,
-            y(a) + 4.0,
-            y = y(a)
-        );
-    }
-    for e in 0..epochs {
-        let _ = writeln!(
-            s,
-            "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>",
-            x(e),
-            h - pad + 16.0,
-            e + 1
-        );
-    }
-    let _ = writeln!(
-        s,
-        "<text x='{}' y='{}' text-anchor='middle'>epoch</text>",
-        w / 2.0,
-        h - 8.0
-    );
-    for (i, name) in order.iter().enumerate() {
-        let Some(c) = curves.get(name) else { continue };
-        let color = colors[i % colors.len()];
-        let points: Vec<String> = c
-            .iter()
-            .enumerate()
-            .map(|(e, a)| format!("{:.1},{:.1}", x(e), y(*a)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-            points.join(" ")
-        );
-        let _ = writeln!(
-            s,
-            "<text x='{}' y='{}' fill='{color}'>{name}</text>",
-            w - pad - 150.0,
-            pad + 16.0 * (i as f64 + 1.0)
-        );
-    }
-    s + "</svg>\n"
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args();
     let dev = Device::flex().autodiff();
@@ -560,7 +489,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("{md}");
     std::fs::write(args.out.join("results.md"), &md)?;
-    std::fs::write(args.out.join("accuracy.svg"), svg(&curves, &args.methods))?;
+    let plot = line_svg(
+        &curves,
+        &args.methods,
+        "Fashion-MNIST: student validation accuracy per epoch (mean over seeds)",
+        "%",
+    );
+    std::fs::write(args.out.join("accuracy.svg"), plot)?;
     println!(
         "wrote {} and {}",
         args.out.join("results.md").display(),

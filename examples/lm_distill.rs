@@ -4,8 +4,9 @@
 //! validation perplexity per epoch, test perplexity once at the end.
 //!
 //! ```text
-//! cargo run --release --example lm_distill                      # about 10 minutes on 2 cores
+//! cargo run --release --example lm_distill                      # about 14 minutes on 2 cores
 //! cargo run --release --example lm_distill -- --epochs 1 --steps 20 --teacher-epochs 1
+//! cargo run --release --example lm_distill -- --out target/lm_distill   # + an SVG plot
 //! ```
 //!
 //! Data: the fortune cookies of Debian's `fortunes` package (BSD licence; fortune-mod, Ken
@@ -29,7 +30,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_distill::prelude::*;
 use burn_distill::token::{self, ForwardKlConfig, JsdConfig, ReverseKlConfig, SkewKlConfig};
-use common::flag;
+use common::{flag, line_svg};
 
 const DIR: &str = "/usr/share/games/fortunes";
 const SEQ: usize = 64;
@@ -341,6 +342,18 @@ fn main() -> Result<(), DistillError> {
         "| teacher (d=128, 2 layers) | {:.3} | {teacher_test:.3} |",
         curve_last(&teacher, &data, &run, &device)
     );
+    if let Some(dir) = flag::<std::path::PathBuf>("--out") {
+        std::fs::create_dir_all(&dir).expect("the output directory");
+        let curves: std::collections::BTreeMap<String, Vec<f64>> = rows
+            .iter()
+            .map(|(n, c, _)| (n.clone(), c.clone()))
+            .collect();
+        let order: Vec<String> = rows.iter().map(|(n, _, _)| n.clone()).collect();
+        let title = "fortunes: student validation perplexity per epoch";
+        let path = dir.join("lm_distill.svg");
+        std::fs::write(&path, line_svg(&curves, &order, title, "")).expect("the plot");
+        println!("plot: {}", path.display());
+    }
     Ok(())
 }
 

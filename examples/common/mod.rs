@@ -4,6 +4,9 @@
 
 pub mod idx;
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
@@ -317,6 +320,83 @@ pub fn bar_svg(rows: &[(String, f64, f64)], title: &str) -> String {
             "<line x1='{0:.1}' x2='{0:.1}' y1='{top}' y2='{base}' stroke='#bbb'/>\n<text x='{0:.1}' y='{1}' text-anchor='middle'>{tick:.1}</text>\n",
             x(tick),
             base + 14.0
+        );
+    }
+    s + "</svg>\n"
+}
+
+/// An SVG line plot of one value per epoch, one line per name of `order` (the curves of
+/// `curves`), titled `title`, the axis labelled in `unit`.
+pub fn line_svg(
+    curves: &BTreeMap<String, Vec<f64>>,
+    order: &[String],
+    title: &str,
+    unit: &str,
+) -> String {
+    let (w, h, pad) = (720.0, 420.0, 50.0);
+    let all: Vec<f64> = curves.values().flatten().cloned().collect();
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    let (lo, hi) = ((lo - 0.5).floor(), (hi + 0.5).ceil());
+    let epochs = curves.values().map(Vec::len).max().unwrap_or(1).max(2);
+    let x = |e: usize| pad + (w - 2.0 * pad) * e as f64 / (epochs - 1) as f64;
+    let y = |a: f64| h - pad - (h - 2.0 * pad) * (a - lo) / (hi - lo);
+    let colors = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    ];
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n"
+    );
+    let _ = writeln!(
+        s,
+        "<text x='{}' y='20' text-anchor='middle'>{title}</text>",
+        w / 2.0
+    );
+    for k in 0..=4 {
+        let a = lo + (hi - lo) * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<line x1='{pad}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#ddd'/><text x='{}' y='{:.1}' text-anchor='end'>{a:.1}{unit}</text>",
+            w - pad,
+            pad - 5.0,
+            y(a) + 4.0,
+            y = y(a)
+        );
+    }
+    for e in 0..epochs {
+        let _ = writeln!(
+            s,
+            "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>",
+            x(e),
+            h - pad + 16.0,
+            e + 1
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x='{}' y='{}' text-anchor='middle'>epoch</text>",
+        w / 2.0,
+        h - 8.0
+    );
+    for (i, name) in order.iter().enumerate() {
+        let Some(c) = curves.get(name) else { continue };
+        let color = colors[i % colors.len()];
+        let points: Vec<String> = c
+            .iter()
+            .enumerate()
+            .map(|(e, a)| format!("{:.1},{:.1}", x(e), y(*a)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+            points.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "<text x='{}' y='{}' fill='{color}'>{name}</text>",
+            w - pad - 150.0,
+            pad + 16.0 * (i as f64 + 1.0)
         );
     }
     s + "</svg>\n"
