@@ -7,6 +7,7 @@
 //! cargo run --release --example feature_distill                       # ~35 minutes
 //! cargo run --release --example feature_distill -- --epochs 2 --seeds 1 --grid 1
 //! cargo run --release --example feature_distill -- --out target/feature_distill   # + SVG
+//! cargo run --release --example feature_distill -- --pair matched   # equal-shape methods
 //! ```
 //!
 //! Teacher and student expose five taps: `"conv1"` (the first convolution, after its ReLU),
@@ -31,6 +32,8 @@ use burn_distill::feature::{
     IckdConfig, KdsvdConfig, Mgd, MgdConfig, MgdReduction, NstConfig, Ofd, OfdConfig, Paraphraser,
     ReviewKd, ReviewKdConfig, Srd, SrdConfig, Vid, VidConfig, ofd_margins,
 };
+use burn_distill::feature::{AffinityConfig, FspConfig, KtaConfig, PadL2, PadL2Config};
+use burn_distill::logit::DistPlusConfig;
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
 use burn_distill::relation::{
@@ -119,6 +122,7 @@ enum Parts {
     Ickd(Ickd),
     Srd(Srd),
     Sskd(Sskd),
+    PadL2(PadL2),
 }
 
 impl Parts {
@@ -137,6 +141,7 @@ impl Parts {
             Parts::Ickd(x) => x.clone().boxed(),
             Parts::Srd(x) => x.clone().boxed(),
             Parts::Sskd(x) => x.clone().boxed(),
+            Parts::PadL2(x) => x.clone().boxed(),
         }
     }
 }
@@ -163,6 +168,8 @@ struct Data {
     margins: Vec<f64>,
     /// SSKD's teacher head, trained on the rotated images (stage 1).
     ss_head: SsHead,
+    /// The student's `[conv 1, conv 2, embedding]` widths.
+    student: [usize; 3],
     epochs: usize,
 }
 
@@ -404,6 +411,48 @@ fn methods() -> Vec<Method> {
     ]
 }
 
+/// The methods that need one shape on both sides, for a student of the teacher's
+/// architecture (`--pair matched`): the student alone, KD, and FSP, PAD-L2, DIST+, KTA with its
+/// affinity term.
+fn matched_methods() -> Vec<Method> {
+    let mut list: Vec<Method> = methods().into_iter().take(2).collect();
+    list.extend([
+        Method {
+            name: "FSP",
+            kind: Kind::Fixed(|w| {
+                Ok(ce_plus(
+                    w,
+                    FspConfig::new(vec!["conv1".into(), "feature".into()]).init()?,
+                ))
+            }),
+            grid: &[0.001, 0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "PAD-L2 (variance branch)",
+            kind: Kind::Learned(|_, _, dev| {
+                Ok(Parts::PadL2(PadL2Config::new(TEACHER[2]).init(dev)?))
+            }),
+            grid: &[0.001, 0.01, 0.1, 1.0],
+        },
+        Method {
+            name: "DIST+",
+            kind: Kind::Fixed(|w| Ok(ce_plus(w, DistPlusConfig::new().init()?))),
+            grid: &[0.1, 1.0, 3.0, 10.0],
+        },
+        Method {
+            name: "KTA + affinity",
+            kind: Kind::Fixed(|w| {
+                Ok(ce_plus(
+                    w,
+                    KtaConfig::new().init()? + AffinityConfig::new().init()?,
+                ))
+            }),
+            grid: &[0.1, 1.0, 10.0, 100.0],
+        },
+    ]);
+    list
+}
+
 /// Rows `idx` of a tensor.
 fn rows<const D: usize>(t: &Tensor<D>, idx: &[i64]) -> Tensor<D> {
     let i = Tensor::<1, Int>::from_data(TensorData::new(idx.to_vec(), [idx.len()]), &t.device());
@@ -450,7 +499,7 @@ fn train_student(
         _ => None,
     };
     let mut model = Trainee {
-        student: Cnn::new(STUDENT, 100 + seed, dev),
+        student: Cnn::new(data.student, 100 + seed, dev),
         parts,
     };
     // SoKD: the frozen teacher behind DAFA, whose parameters a meta-teacher trains
@@ -596,6 +645,10 @@ fn main() -> Result<(), DistillError> {
     // --grid 1: only the middle weight of each grid (a quick run); 0 or absent: the whole grid
     let quick = flag::<usize>("--grid") == Some(1);
     let out: Option<PathBuf> = flag("--out");
+    // --pair matched: a student of the teacher's architecture, for the methods that need one
+    // shape on both sides
+    let matched = flag::<String>("--pair").as_deref() == Some("matched");
+    let student = if matched { TEACHER } else { STUDENT };
     let dev = Device::flex().autodiff();
     let (train_all, test) = digits(&dev, 0.25);
     // the validation split: a fifth of the training rows, by a fixed shuffle
@@ -634,6 +687,7 @@ fn main() -> Result<(), DistillError> {
         paraphraser: pretrain_paraphraser(&frozen, epochs.div_ceil(4), &dev),
         margins: preact_margins(&frozen),
         ss_head: pretrain_ss_head(&train, &teacher, epochs.div_ceil(4), &dev),
+        student,
         teacher: frozen,
         network: teacher.clone(),
         train,
@@ -644,7 +698,11 @@ fn main() -> Result<(), DistillError> {
 
     // choose each method's weight on the validation split; keep the chosen students
     let mut table = Vec::new();
-    for method in methods() {
+    for method in if matched {
+        matched_methods()
+    } else {
+        methods()
+    } {
         let start = Instant::now();
         let grid: Vec<f64> = match quick {
             true => vec![method.grid[method.grid.len() / 2]],
@@ -677,7 +735,7 @@ fn main() -> Result<(), DistillError> {
         table.push((method.name, w, val_mean, val_std, mean, std, secs));
     }
     println!(
-        "\nteacher test accuracy {:.2}%; student CNN {STUDENT:?}, {epochs} epochs, Adam 2e-3, seeds {seeds:?}:",
+        "\nteacher test accuracy {:.2}%; student CNN {student:?}, {epochs} epochs, Adam 2e-3, seeds {seeds:?}:",
         accuracy(&teacher, &data.test)
     );
     println!(
