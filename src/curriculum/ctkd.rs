@@ -1,11 +1,10 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use crate::Schedule;
 use crate::check::check_non_negative;
-use crate::math::Temperature;
+use crate::math::{Temperature, logistic};
 use crate::{DistillError, DistillInput, Loss, LossOutput, Progress, Tempered};
 
 /// Configuration to create a [`Ctkd`] learnable temperature around a tempered objective.
@@ -98,7 +97,7 @@ impl<L: Tempered + Clone + 'static> Ctkd<L> {
 
     /// `t_start + t_range · sigmoid(θ)`.
     fn temperature_of(&self, theta: Tensor<1>) -> Tensor<1> {
-        sigmoid(theta) * self.t_range + self.t_start
+        logistic(theta) * self.t_range + self.t_start
     }
 
     /// The parameter θ.

@@ -4,12 +4,12 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
-use burn::tensor::activation::sigmoid;
 use burn::tensor::module::{adaptive_avg_pool2d, interpolate};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use crate::check::check_non_negative;
+use crate::math::logistic;
 use crate::{DistillError, DistillInput, Loss, LossOutput, Schedule};
 
 /// ReviewKD's hierarchical context loss for one stage (mdistiller's `hcl_loss`): the mean
@@ -88,7 +88,7 @@ impl Abf {
         let mut x = self.reduce.forward(x);
         if let (Some(att), Some(y)) = (&self.attention, residual) {
             let y = nearest(y, [h, w]);
-            let z = sigmoid(att.forward(Tensor::cat(vec![x.clone(), y.clone()], 1)));
+            let z = logistic(att.forward(Tensor::cat(vec![x.clone(), y.clone()], 1)));
             let a = z.clone().slice([0..n, 0..1]);
             let b = z.slice([0..n, 1..2]);
             x = x * a + y * b;
