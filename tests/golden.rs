@@ -1715,20 +1715,9 @@ fn pad_l2(case: &Case) -> Result<(), String> {
         .map(drop)
 }
 
-/// torchdistill's `SRDLoss` (features already projected).
-fn srd(case: &Case) -> Result<(), String> {
-    if case.params["reduction"].as_str() != Some("batchmean") {
-        return Err(format!(
-            "{NOT_YET}SRD's KL reduction {:?}",
-            case.params["reduction"]
-        ));
-    }
-    let loss = SrdConfig::new()
-        .with_feature("tap".into())
-        .with_exponent(case.param("exponent")?)
-        .with_temperature(case.param("temperature")?)
-        .init(&device())
-        .map_err(e)?;
+/// `loss` on the logits `student_logits` / `teacher_logits` and the tap `student_features` /
+/// `teacher_features` (teacher attached), checked with all four gradients.
+fn on_logits_and_tap(case: &Case, loss: &dyn Loss) -> Result<(), String> {
     let mut leaves = case.taps(&["student_features", "teacher_features"])?;
     let (s, t) = (
         case.leaf::<2>("student_logits")?,
@@ -1743,6 +1732,23 @@ fn srd(case: &Case) -> Result<(), String> {
         .map(drop)
 }
 
+/// torchdistill's `SRDLoss` (features already projected).
+fn srd(case: &Case) -> Result<(), String> {
+    if case.params["reduction"].as_str() != Some("batchmean") {
+        return Err(format!(
+            "{NOT_YET}SRD's KL reduction {:?}",
+            case.params["reduction"]
+        ));
+    }
+    let loss = SrdConfig::new()
+        .with_feature("tap".into())
+        .with_exponent(case.param("exponent")?)
+        .with_temperature(case.param("temperature")?)
+        .init(&device())
+        .map_err(e)?;
+    on_logits_and_tap(case, &loss)
+}
+
 /// torchdistill's `DISTPlusLoss`.
 fn dist_plus(case: &Case) -> Result<(), String> {
     let loss = DistPlusConfig::new()
@@ -1755,18 +1761,7 @@ fn dist_plus(case: &Case) -> Result<(), String> {
         .with_feature("tap".into())
         .init()
         .map_err(e)?;
-    let mut leaves = case.taps(&["student_features", "teacher_features"])?;
-    let (s, t) = (
-        case.leaf::<2>("student_logits")?,
-        case.leaf::<2>("teacher_logits")?,
-    );
-    let input = DistillInput::new(s.clone(), t.clone())
-        .feature("tap", leaves[0].1.clone(), leaves[1].1.clone())
-        .attach_teacher();
-    leaves.push(("student_logits".into(), Feature::Embedding(s)));
-    leaves.push(("teacher_logits".into(), Feature::Embedding(t)));
-    case.check(loss.forward(&input).map_err(e)?, &borrowed(&leaves))
-        .map(drop)
+    on_logits_and_tap(case, &loss)
 }
 
 /// One of MLKD's level functions (`kd_loss`, `cc_loss`, `bc_loss`), reduced or not.

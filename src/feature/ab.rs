@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use super::hint::ConvReg;
-use super::maps::{configured_maps, sum_stages};
+use super::maps::{configured_maps, halving_weight, sum_stages};
 use crate::check::{check_non_negative, check_positive};
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -120,7 +120,7 @@ impl Loss for Ab {
                 Some(r) => r.forward(s),
                 None => s,
             };
-            let stage = 2f64.powi(i as i32 + 1 - k as i32) / n as f64;
+            let stage = halving_weight(i, k) / n as f64;
             Ok(activation_boundary(s, t, c.margin) * stage)
         })?;
         Ok(LossOutput::single(Self::NAME, total * c.weight))

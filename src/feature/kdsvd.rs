@@ -144,12 +144,11 @@ impl Loss for Kdsvd {
             Ok((vs * scale.clone(), vt * scale))
         };
         // the first stage only starts the chain
-        let mut previous = Some(summary(&c.features[0])?);
-        let mut n = 1;
+        let mut previous = summary(&c.features[0])?;
+        let n = previous.0.dims()[0];
         let total = sum_stages(&c.features[1..], |_, name| {
             let (vs, vt) = summary(name)?;
-            n = vs.dims()[0];
-            let (ps, pt) = previous.replace((vs.clone(), vt.clone())).expect("the chain started");
+            let (ps, pt) = std::mem::replace(&mut previous, (vs.clone(), vt.clone()));
             let d = relation(vs, ps) - relation(vt, pt);
             Ok(d.square().sum())
         })?;

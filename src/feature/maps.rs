@@ -27,6 +27,12 @@ pub fn unit_channels(f: Tensor<4>) -> Tensor<3> {
     l2_normalize(f.reshape([n * c, h * w]), 1e-12).reshape([n, c, h * w])
 }
 
+/// The weight of stage `i` of `k` in AB's and OFD's sums: 1 for the deepest, halving towards
+/// the input (`2^(i + 1 − k)`).
+pub fn halving_weight(i: usize, k: usize) -> f64 {
+    2f64.powi(i as i32 + 1 - k as i32)
+}
+
 /// The sum over the taps `names` of one stage's loss `stage(index, name)` (the taps' list is
 /// non-empty: [`check_taps`](crate::check::check_taps) at `init`).
 pub fn sum_stages(

@@ -7,7 +7,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::maps::{channel_maps, sum_stages};
+use super::maps::{channel_maps, halving_weight, sum_stages};
 use crate::check::check_non_negative;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
@@ -200,7 +200,7 @@ impl Loss for Ofd {
                 TensorData::new(c.margins[i].clone(), [ct]),
                 (&s.device(), s.dtype()),
             );
-            Ok(partial_l2(s, t, margin) * 2f64.powi(i as i32 + 1 - k as i32))
+            Ok(partial_l2(s, t, margin) * halving_weight(i, k))
         })?;
         Ok(LossOutput::single(Self::NAME, total * c.weight))
     }

@@ -209,12 +209,7 @@ impl Loss for ReviewKd {
             value: c.weight,
             epochs: c.warmup_epochs,
         };
-        let weight = match warmup.needs_progress() {
-            true => warmup.value(Some(
-                checked.progress("for its warm-up (or set warmup_epochs = 0)")?,
-            ))?,
-            false => c.weight,
-        };
+        let weight = checked.scheduled(&warmup, "for its warm-up (or set warmup_epochs = 0)")?;
         let mut residual: Option<Tensor<4>> = None;
         let mut total: Option<Tensor<1>> = None;
         for (abf, i) in self.abfs.iter().zip((0..c.features.len()).rev()) {

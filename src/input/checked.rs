@@ -63,8 +63,7 @@ impl<'a> Checked<'a> {
         }
     }
 
-    /// An empty-batch error naming this objective.
-    pub(crate) fn empty(&self, what: String) -> DistillError {
+    fn empty(&self, what: String) -> DistillError {
         DistillError::EmptyBatch {
             objective: self.objective.into(),
             what,
@@ -216,6 +215,16 @@ impl<'a> Checked<'a> {
         self.input
             .extension::<E>()
             .ok_or_else(|| self.missing(&format!("{what} (DistillInput::with)")))
+    }
+
+    /// The value of `schedule` at this input's progress; a schedule that needs progress and
+    /// finds none is [`DistillError::MissingInput`] saying `why` it is needed.
+    pub fn scheduled(&self, schedule: &crate::Schedule, why: &str) -> Result<f64, DistillError> {
+        let progress = match schedule.needs_progress() {
+            true => Some(self.progress(why)?),
+            false => None,
+        };
+        schedule.value(progress)
     }
 
     /// The training progress, or [`DistillError::MissingInput`] saying `why` it is needed.

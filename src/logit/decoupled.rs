@@ -60,12 +60,7 @@ impl Decoupling {
         let [n, c] = s.dims();
         check_classes(name, c, 3)?; // NCKD is vacuous below 3 classes
         let y = input.targets(n, c)?;
-        let w = match self.warmup.needs_progress() {
-            true => self.warmup.value(Some(
-                input.progress("for its warm-up (or set warmup_epochs = 0)")?,
-            ))?,
-            false => 1.0,
-        };
+        let w = input.scheduled(&self.warmup, "for its warm-up (or set warmup_epochs = 0)")?;
         let weights = [self.alpha, self.beta];
         let fused = match temperature {
             Temperature::Fixed(temp) if self.fused => {

@@ -132,23 +132,15 @@ pub struct Mlkd {
 crate::objective!(Mlkd, "mlkd");
 
 impl Mlkd {
-    /// One level summed over the temperatures: `f(T)` reduced with `mask` (a scale by its
-    /// fraction, or a selection of the columns of `f`).
-    fn level(
-        &self,
-        temperatures: &[f64],
-        mask: &Tensor<1, Bool>,
-        f: impl Fn(f64) -> Tensor<2>,
-    ) -> Tensor<1> {
-        let total = temperatures
+    /// One level summed over the temperatures: each of `levels` reduced with `mask` (a scale
+    /// by its fraction, or a selection of the columns).
+    fn level(&self, levels: &[Tensor<2>], mask: &Tensor<1, Bool>) -> Tensor<1> {
+        let m = mask.clone().float().cast(FloatDType::from(levels[0].dtype()));
+        let total = levels
             .iter()
-            .map(|&t| {
-                let x = f(t);
-                let m = mask.clone().float().cast(FloatDType::from(x.dtype()));
-                match self.config.reference {
-                    true => x.sum() * m.mean(),
-                    false => (x * m.unsqueeze_dim::<2>(0)).sum(),
-                }
+            .map(|x| match self.config.reference {
+                true => x.clone().sum() * m.clone().mean(),
+                false => (x.clone() * m.clone().unsqueeze_dim::<2>(0)).sum(),
             })
             .reduce(|a, b| a + b)
             .expect("at least one temperature, checked at init");
@@ -186,24 +178,24 @@ impl Loss for Mlkd {
         let instance = |s: &Tensor<2>, t: &Tensor<2>, temp| {
             mlkd_instance(s.clone(), t.clone(), temp).unsqueeze_dim::<2>(0) * (1.0 / n as f64)
         };
-        let mut kd = self.level(temps, &samples, |temp| instance(&s, &t, temp));
+        let weak: Vec<Tensor<2>> = temps.iter().map(|&temp| instance(&s, &t, temp)).collect();
+        let mut kd = self.level(&weak, &samples);
         if let Some((ss, ts)) = &strong {
-            let ts = ts.clone();
+            // the reference's strong term reuses the weak view from its fourth temperature on
             let split = if self.config.reference { 3 } else { temps.len() };
             for (i, &temp) in temps.iter().enumerate() {
                 let term = match i < split {
-                    true => instance(ss, &ts, temp),
-                    false => instance(&s, &t, temp),
+                    true => instance(ss, ts, temp),
+                    false => weak[i].clone(),
                 };
                 kd = kd + term.sum() * self.config.kd_weight;
             }
         }
-        let cc = self.level(temps, &classes, |temp| {
-            class_correlation(s.clone(), t.clone(), temp)
-        });
-        let bc = self.level(temps, &samples, |temp| {
-            batch_correlation(s.clone(), t.clone(), temp)
-        });
+        let per_temperature = |f: fn(Tensor<2>, Tensor<2>, f64) -> Tensor<2>| -> Vec<Tensor<2>> {
+            temps.iter().map(|&temp| f(s.clone(), t.clone(), temp)).collect()
+        };
+        let cc = self.level(&per_temperature(class_correlation), &classes);
+        let bc = self.level(&per_temperature(batch_correlation), &samples);
         let mut terms = vec![
             (format!("{}/kd", Self::NAME), kd),
             (format!("{}/cc", Self::NAME), cc),
