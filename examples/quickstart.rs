@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --example quickstart
+//! cargo run --example quickstart -- --loss examples/losses/dkd.toml   # alone vs a loss from a file
 //! ```
 
 mod common;
@@ -42,7 +43,13 @@ fn main() -> Result<(), DistillError> {
 
     // 2. the student, three ways
     let (epochs, lr, hidden, temp, alpha, beta) = (STUDENT_EPOCHS, 3e-3, 6, 2.0, 0.5, 1.0);
-    let methods: Vec<(&str, Box<dyn Loss>)> = vec![
+    // `--loss FILE`: the student alone and with the loss a TOML or JSON spec describes
+    let from_file: Option<String> = flag("--loss");
+    if let Some(path) = &from_file {
+        let spec = burn_distill::spec::LossSpec::read(path)?;
+        println!("loss from {path}:\n{}", spec.to_toml());
+    }
+    let mut methods: Vec<(&str, Box<dyn Loss>)> = vec![
         ("alone (CE)", CrossEntropyConfig::new().init()?.boxed()),
         (
             "KD  T=2, 0.5 CE + 0.5 KD",
@@ -74,6 +81,11 @@ fn main() -> Result<(), DistillError> {
             .boxed(),
         ),
     ];
+    if let Some(path) = &from_file {
+        let spec = burn_distill::spec::LossSpec::read(path)?;
+        methods.truncate(1);
+        methods.push((path.as_str(), spec.init()?));
+    }
     let cfg = |seed| Train {
         epochs,
         batch: 64,
@@ -121,36 +133,38 @@ fn main() -> Result<(), DistillError> {
         });
     }
 
-    // KD whose temperature is learned adversarially (CTKD): T = 1 + 20·sigmoid(θ), θ trained
-    // with the student behind a gradient reversal ramping to −1 over 10 epochs
-    let name = "CTKD+KD, 0.5 CE + 0.5 KD";
-    compare(name, &mut |seed| {
-        let model = WithCtkd {
-            student: Mlp::new(&[64, hidden, 10], 100 + seed, &dev),
-            ctkd: CtkdConfig::new()
-                .init(KdConfig::new().init().expect("valid KD"), &dev)
-                .expect("valid CTKD"),
-        };
-        let loss = |m: &WithCtkd, input: &DistillInput| {
-            (CrossEntropyConfig::new().init()?.weighted(1.0 - alpha)
-                + m.ctkd.clone().weighted(alpha))
-            .forward(input)
-        };
-        let trained = train_with(
-            model,
-            |m| &m.student,
-            &train_set,
-            Some(&teacher_logits),
-            &loss,
-            &cfg(seed),
-            report(name, seed),
-        );
-        println!(
-            "  seed {seed}: learned temperature {:.3}",
-            trained.ctkd.temperature()
-        );
-        trained.student
-    });
+    if from_file.is_none() {
+        // KD whose temperature is learned adversarially (CTKD): T = 1 + 20·sigmoid(θ), θ trained
+        // with the student behind a gradient reversal ramping to −1 over 10 epochs
+        let name = "CTKD+KD, 0.5 CE + 0.5 KD";
+        compare(name, &mut |seed| {
+            let model = WithCtkd {
+                student: Mlp::new(&[64, hidden, 10], 100 + seed, &dev),
+                ctkd: CtkdConfig::new()
+                    .init(KdConfig::new().init().expect("valid KD"), &dev)
+                    .expect("valid CTKD"),
+            };
+            let loss = |m: &WithCtkd, input: &DistillInput| {
+                (CrossEntropyConfig::new().init()?.weighted(1.0 - alpha)
+                    + m.ctkd.clone().weighted(alpha))
+                .forward(input)
+            };
+            let trained = train_with(
+                model,
+                |m| &m.student,
+                &train_set,
+                Some(&teacher_logits),
+                &loss,
+                &cfg(seed),
+                report(name, seed),
+            );
+            println!(
+                "  seed {seed}: learned temperature {:.3}",
+                trained.ctkd.temperature()
+            );
+            trained.student
+        });
+    }
 
     println!(
         "student 64-{hidden}-10, {epochs} epochs, Adam {lr}, mean ± std over seeds {SEEDS:?}:"

@@ -133,6 +133,14 @@ pub enum DistillError {
         /// The terms the loss has.
         terms: Vec<String>,
     },
+    /// A loss specification ([`spec`](crate::spec), JSON or TOML) cannot be read or built.
+    #[error("loss spec, {at}: {reason}")]
+    InvalidSpec {
+        /// Where: the file or format, or the term, e.g. `loss[1] (dkd)`.
+        at: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A configuration value is out of its valid range.
     #[error("invalid config for {objective}: {field} = {value} ({reason})")]
     InvalidConfig {

@@ -66,6 +66,7 @@ pub mod meta;
 pub mod optim;
 pub mod pipeline;
 pub mod relation;
+pub mod spec;
 pub mod token;
 
 pub use cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};

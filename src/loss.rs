@@ -301,7 +301,7 @@ impl LossSum {
     }
 
     /// Adds `loss` as the last part (what `+` does).
-    fn with<L: Loss + 'static>(mut self, loss: L) -> Self {
+    pub(crate) fn with<L: Loss + 'static>(mut self, loss: L) -> Self {
         self.parts.push(Box::new(loss));
         self
     }

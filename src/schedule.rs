@@ -61,6 +61,87 @@ pub enum Schedule {
     },
 }
 
+/// The serde form of a [`Schedule`] that is not a plain number: a table tagged by `kind`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum Tagged {
+    Constant {
+        value: f64,
+    },
+    Warmup {
+        value: f64,
+        epochs: usize,
+    },
+    Linear {
+        start: f64,
+        end: f64,
+        epochs: usize,
+    },
+    Cosine {
+        start: f64,
+        end: f64,
+        epochs: usize,
+    },
+    Step {
+        start: f64,
+        factor: f64,
+        every: usize,
+    },
+}
+
+/// A constant is written as a plain number (`weight = 0.5`), every other schedule as a table
+/// tagged by `kind` (`weight = { kind = "warmup", value = 1.0, epochs = 20 }`).
+impl serde::Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tagged = match *self {
+            Schedule::Constant(v) => return serializer.serialize_f64(v),
+            Schedule::Warmup { value, epochs } => Tagged::Warmup { value, epochs },
+            Schedule::Linear { start, end, epochs } => Tagged::Linear { start, end, epochs },
+            Schedule::Cosine { start, end, epochs } => Tagged::Cosine { start, end, epochs },
+            Schedule::Step {
+                start,
+                factor,
+                every,
+            } => Tagged::Step {
+                start,
+                factor,
+                every,
+            },
+        };
+        tagged.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if let Some(v) = value.as_f64() {
+            return Ok(Schedule::Constant(v));
+        }
+        let tagged = Tagged::deserialize(value).map_err(|e| {
+            D::Error::custom(format!(
+                "a schedule is a number or a table with kind = constant | warmup | linear | cosine | step: {e}"
+            ))
+        })?;
+        Ok(match tagged {
+            Tagged::Constant { value } => Schedule::Constant(value),
+            Tagged::Warmup { value, epochs } => Schedule::Warmup { value, epochs },
+            Tagged::Linear { start, end, epochs } => Schedule::Linear { start, end, epochs },
+            Tagged::Cosine { start, end, epochs } => Schedule::Cosine { start, end, epochs },
+            Tagged::Step {
+                start,
+                factor,
+                every,
+            } => Schedule::Step {
+                start,
+                factor,
+                every,
+            },
+        })
+    }
+}
+
 impl From<f64> for Schedule {
     fn from(v: f64) -> Self {
         Schedule::Constant(v)

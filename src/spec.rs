@@ -1,0 +1,553 @@
+//! Losses from configuration files: a serde form (JSON or TOML) of any composite loss — its
+//! terms, each an objective with its options, a weight or [`Schedule`], a name, wrappers, and an
+//! initialisation stage.
+//!
+//! ```toml
+//! [[loss]]
+//! method = "ce"
+//!
+//! [[loss]]
+//! method = "dkd"
+//! beta = 8.0
+//! warmup_epochs = 20
+//! weighted = { kind = "linear", start = 0.5, end = 1.0, epochs = 10 }
+//!
+//! [[loss]]
+//! method = "standardized"      # a wrapper: the objective it wraps is `of`
+//! name = "kd_std"
+//! of = { method = "kd", temperature = 2.0 }
+//! ```
+//!
+//! Every key of a term other than `method`, `weighted`, `name` and `of` is a field of the
+//! objective's config (`XConfig`): the ones left out keep the config's defaults, the required
+//! ones (the constructor arguments of `XConfig::new`) must be given, an unknown one is an
+//! error that lists the known ones. [`LossSpec::init`] builds a `Box<dyn Loss>` through each
+//! config's own `init`, so it returns the same typed errors as building in code. `method` is the
+//! objective's name ([`Kd::NAME`](crate::logit::Kd::NAME), …); every field of every method, with
+//! its default, is listed in `docs/spec.md` (generated from [`methods`]).
+//!
+//! Objectives with learnable parameters (FitNet's regressor, CRD's embeddings, …) must train
+//! with the student, so a `Box<dyn Loss>` cannot hold them: [`TermSpec::config`] reads their
+//! typed config from the same file, and the caller builds them on its device inside its model.
+//!
+//! ```
+//! use burn_distill::spec::LossSpec;
+//! # fn main() -> Result<(), burn_distill::DistillError> {
+//! let spec = LossSpec::from_toml(
+//!     r#"
+//!     [[loss]]
+//!     method = "ce"
+//!     weighted = 0.5
+//!
+//!     [[loss]]
+//!     method = "kd"
+//!     temperature = 2.0
+//!     weighted = 0.5
+//!     "#,
+//! )?;
+//! let loss = spec.init()?; // Box<dyn Loss>: ce + kd
+//! assert_eq!(LossSpec::from_json(&spec.to_json())?, spec);
+//! # Ok(()) }
+//! ```
+
+use std::any::TypeId;
+use std::path::Path;
+
+use burn::config::Config;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::curriculum::{CtkdConfig, Paced, PacedConfig, TopKMask, TopKMaskConfig};
+use crate::feature::*;
+use crate::logit::*;
+use crate::pipeline::{Dgkd, DgkdConfig};
+use crate::relation::*;
+use crate::token::*;
+use crate::{DistillError, Loss, LossExt, LossSum, Schedule};
+
+/// A loss: the sum of its terms, optionally preceded by an initialisation stage (see
+/// [`LossExt::then_after`]). The file form has a `[[loss]]` table per term and an optional
+/// `[init]` table with `epochs` and its own `[[init.loss]]` terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossSpec {
+    /// The terms, summed in order.
+    pub loss: Vec<TermSpec>,
+    /// A loss used alone during the first epochs instead of `loss` (AB's or FSP's
+    /// initialisation stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSpec>,
+}
+
+/// The initialisation stage of a [`LossSpec`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitSpec {
+    /// Epochs during which this loss replaces the main one.
+    pub epochs: usize,
+    /// Its terms, summed.
+    pub loss: Vec<TermSpec>,
+}
+
+/// One term of a [`LossSpec`]: an objective, its options, weight, name and (for wrappers) the
+/// objective it wraps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TermSpec {
+    /// The objective's name, e.g. `"kd"` (see [`methods`]).
+    pub method: String,
+    /// Its weight, the file's `weighted` key (as [`LossExt::weighted`] / `weighted_by`; many
+    /// configs have a `weight` field of their own): a number or a [`Schedule`] table
+    /// (`kind = "warmup" | "linear" | …`).
+    #[serde(
+        rename = "weighted",
+        default = "unit_weight",
+        skip_serializing_if = "is_unit_weight"
+    )]
+    pub weight: Schedule,
+    /// A new name for the objective and its terms (two KD terms need two names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The objective a wrapper (`standardized`, `paced`, `top_k_mask`, `dgkd`, `dam`,
+    /// `fused_linear`) wraps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of: Option<Box<TermSpec>>,
+    /// The fields of the objective's config; those left out keep their defaults.
+    #[serde(flatten)]
+    pub options: Map<String, Value>,
+}
+
+fn unit_weight() -> Schedule {
+    Schedule::Constant(1.0)
+}
+
+fn is_unit_weight(w: &Schedule) -> bool {
+    *w == Schedule::Constant(1.0)
+}
+
+fn spec_error(at: &str, reason: impl Into<String>) -> DistillError {
+    DistillError::InvalidSpec {
+        at: at.into(),
+        reason: reason.into(),
+    }
+}
+
+impl LossSpec {
+    /// A loss of these terms, without an initialisation stage.
+    pub fn new(loss: Vec<TermSpec>) -> Self {
+        Self { loss, init: None }
+    }
+
+    /// Reads a spec from TOML.
+    pub fn from_toml(text: &str) -> Result<Self, DistillError> {
+        toml::from_str(text).map_err(|e| spec_error("TOML", e.to_string()))
+    }
+
+    /// Reads a spec from JSON.
+    pub fn from_json(text: &str) -> Result<Self, DistillError> {
+        serde_json::from_str(text).map_err(|e| spec_error("JSON", e.to_string()))
+    }
+
+    /// Reads a spec from a `.toml` or `.json` file.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self, DistillError> {
+        let path = path.as_ref();
+        let at = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| spec_error(&at, e.to_string()))?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Self::from_toml(&text),
+            Some("json") => Self::from_json(&text),
+            _ => Err(spec_error(&at, "the file must end in .toml or .json")),
+        }
+    }
+
+    /// The spec as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a spec read from TOML or JSON writes as TOML")
+    }
+
+    /// The spec as pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a spec always serialises to JSON")
+    }
+
+    /// Builds the loss: each term through its config's `init` (the same typed errors), weighted,
+    /// named and summed; with an `init` stage, `stage.then_after(epochs, loss)`.
+    pub fn init(&self) -> Result<Box<dyn Loss>, DistillError> {
+        let main = sum(&self.loss, "loss")?;
+        Ok(match &self.init {
+            None => main,
+            Some(stage) => sum(&stage.loss, "init.loss")?
+                .then_after(stage.epochs, main)
+                .boxed(),
+        })
+    }
+}
+
+fn sum(terms: &[TermSpec], at: &str) -> Result<Box<dyn Loss>, DistillError> {
+    if terms.is_empty() {
+        return Err(spec_error(at, "a loss needs at least one term"));
+    }
+    let mut out = LossSum::new();
+    for (i, term) in terms.iter().enumerate() {
+        out = out.with(term.build(&format!("{at}[{i}]"))?);
+    }
+    Ok(out.boxed())
+}
+
+impl TermSpec {
+    /// A term of this method with its defaults, weight 1, its own name.
+    pub fn new(method: impl Into<String>) -> Self {
+        Self {
+            method: method.into(),
+            weight: unit_weight(),
+            name: None,
+            of: None,
+            options: Map::new(),
+        }
+    }
+
+    /// The same with a config field set (`value` in its serde form).
+    pub fn with_option(mut self, field: impl Into<String>, value: impl Serialize) -> Self {
+        let value = serde_json::to_value(value).expect("an option serialises to JSON");
+        self.options.insert(field.into(), value);
+        self
+    }
+
+    /// The same with a weight.
+    pub fn with_weight(self, weight: impl Into<Schedule>) -> Self {
+        Self {
+            weight: weight.into(),
+            ..self
+        }
+    }
+
+    /// The same under another name.
+    pub fn with_name(self, name: impl Into<String>) -> Self {
+        Self {
+            name: Some(name.into()),
+            ..self
+        }
+    }
+
+    /// The same wrapping `inner` (for wrappers).
+    pub fn with_of(self, inner: TermSpec) -> Self {
+        Self {
+            of: Some(Box::new(inner)),
+            ..self
+        }
+    }
+
+    /// Builds the term alone, as [`LossSpec::init`] builds each term.
+    pub fn init(&self) -> Result<Box<dyn Loss>, DistillError> {
+        self.build(&self.method)
+    }
+
+    /// The typed config of this term's method, its defaults overridden by the options: how an
+    /// objective with learnable parameters is read from a file, e.g.
+    /// `term.config::<feature::HintConfig>()?.init(&device)?`. `C` must be the method's config.
+    pub fn config<C: Config + 'static>(&self) -> Result<C, DistillError> {
+        let method = method(&self.method, &self.method)?;
+        if (method.config_type)() != TypeId::of::<C>() {
+            return Err(spec_error(
+                &self.method,
+                format!(
+                    "its config is {}, not {}",
+                    method.config,
+                    std::any::type_name::<C>()
+                ),
+            ));
+        }
+        typed(&method.merged(&self.options, &self.method)?, &self.method)
+    }
+
+    fn build(&self, at: &str) -> Result<Box<dyn Loss>, DistillError> {
+        let at = format!("{at} ({})", self.method);
+        let method = method(&self.method, &at)?;
+        let options = method.merged(&self.options, &at)?;
+        let objective = match (&method.build, &self.of) {
+            (Build::Loss(build), None) => build(&options, &at)?,
+            (Build::Wrapper(build), Some(inner)) => {
+                build(&options, &at, inner.build(&format!("{at}.of"))?)?
+            }
+            (Build::Wrapper(_), None) => {
+                return Err(spec_error(
+                    &at,
+                    "a wrapper needs the objective it wraps: `of`",
+                ));
+            }
+            (Build::Loss(_), Some(_)) => {
+                return Err(spec_error(
+                    &at,
+                    format!("`of` is only for the wrappers {:?}", wrappers()),
+                ));
+            }
+            (Build::Learnable, _) => {
+                return Err(spec_error(
+                    &at,
+                    format!(
+                        "it has learnable parameters that must train with the student: read its \
+                         config with TermSpec::config::<{}>() and build it inside your model",
+                        method.config
+                    ),
+                ));
+            }
+        };
+        self.weight.validate()?;
+        let named = match &self.name {
+            Some(name) => objective.named(name.clone()).boxed(),
+            None => objective,
+        };
+        Ok(match is_unit_weight(&self.weight) {
+            true => named,
+            false => named.weighted_by(self.weight).boxed(),
+        })
+    }
+}
+
+type Built = Result<Box<dyn Loss>, DistillError>;
+
+/// An example value of a required field.
+type Example = fn() -> Value;
+
+/// How a method's objective is built from its (merged) options.
+enum Build {
+    Loss(fn(&Value, &str) -> Built),
+    Wrapper(fn(&Value, &str, Box<dyn Loss>) -> Built),
+    Learnable,
+}
+
+/// What kind of objective a [`Method`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodKind {
+    /// A stateless objective: [`LossSpec::init`] builds it.
+    Loss,
+    /// An objective that wraps another (`of`).
+    Wrapper,
+    /// An objective with learnable parameters: read its config with [`TermSpec::config`].
+    Learnable,
+}
+
+/// One method a spec can name: its config type, its required fields and its defaults.
+pub struct Method {
+    name: &'static str,
+    config: &'static str,
+    required: &'static [(&'static str, Example)],
+    defaults: fn(&Map<String, Value>, &str) -> Result<Value, DistillError>,
+    config_type: fn() -> TypeId,
+    check: fn(&Value) -> Result<(), serde_json::Error>,
+    build: Build,
+}
+
+impl std::fmt::Debug for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Method")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Method {
+    /// The method's name, as `method = "…"` gives it: the objective's `NAME`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its config type, e.g. `logit::KdConfig`.
+    pub fn config(&self) -> &'static str {
+        self.config
+    }
+
+    /// What it builds.
+    pub fn kind(&self) -> MethodKind {
+        match self.build {
+            Build::Loss(_) => MethodKind::Loss,
+            Build::Wrapper(_) => MethodKind::Wrapper,
+            Build::Learnable => MethodKind::Learnable,
+        }
+    }
+
+    /// The fields without a default (the arguments of `XConfig::new`), each with an example value.
+    pub fn required(&self) -> Vec<(&'static str, Value)> {
+        self.required.iter().map(|(n, v)| (*n, v())).collect()
+    }
+
+    /// Every field with its default (the required ones at their example values), as JSON.
+    pub fn defaults(&self) -> Value {
+        let examples = self
+            .required()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        (self.defaults)(&examples, self.name).expect("the example values build the config")
+    }
+
+    /// The options over the config's defaults, every key checked against its fields.
+    fn merged(&self, options: &Map<String, Value>, at: &str) -> Result<Value, DistillError> {
+        let defaults = (self.defaults)(options, at)?;
+        let over = |fields: &mut Value, key: &String, value: &Value| {
+            let fields = fields
+                .as_object_mut()
+                .expect("a config serialises to a table");
+            match fields.get_mut(key) {
+                Some(field) => {
+                    *field = value.clone();
+                    Ok(())
+                }
+                None => {
+                    let known: Vec<&String> = fields.keys().collect();
+                    let reason = format!("unknown field `{key}`; {} has {known:?}", self.config);
+                    Err(spec_error(at, reason))
+                }
+            }
+        };
+        let mut merged = defaults.clone();
+        for (key, value) in options {
+            over(&mut merged, key, value)?;
+        }
+        if let Err(e) = (self.check)(&merged) {
+            // serde's message does not name the field: try each option alone over the defaults
+            for (key, value) in options {
+                let mut alone = defaults.clone();
+                over(&mut alone, key, value)?;
+                if let Err(e) = (self.check)(&alone) {
+                    return Err(spec_error(at, format!("`{key}`: {e}")));
+                }
+            }
+            return Err(spec_error(at, e.to_string()));
+        }
+        Ok(merged)
+    }
+}
+
+/// The config `C` from merged options (checked by [`Method::merged`]).
+fn typed<C: serde::de::DeserializeOwned>(options: &Value, at: &str) -> Result<C, DistillError> {
+    serde_json::from_value(options.clone()).map_err(|e| spec_error(at, e.to_string()))
+}
+
+/// A required field of `options`, or an error naming it.
+fn required<T: serde::de::DeserializeOwned>(
+    options: &Map<String, Value>,
+    field: &str,
+    at: &str,
+) -> Result<T, DistillError> {
+    let value = options
+        .get(field)
+        .ok_or_else(|| spec_error(at, format!("missing the required field `{field}`")))?;
+    serde_json::from_value(value.clone()).map_err(|e| spec_error(at, format!("`{field}`: {e}")))
+}
+
+fn to_value(config: impl Serialize) -> Value {
+    serde_json::to_value(config).expect("a config serialises to JSON")
+}
+
+/// The names of the wrapper methods.
+fn wrappers() -> Vec<&'static str> {
+    methods()
+        .iter()
+        .filter(|m| m.kind() == MethodKind::Wrapper)
+        .map(|m| m.name)
+        .collect()
+}
+
+/// The method called `name`, or an error listing them all.
+fn method(name: &str, at: &str) -> Result<&'static Method, DistillError> {
+    methods().iter().find(|m| m.name == name).ok_or_else(|| {
+        let names: Vec<&str> = methods().iter().map(|m| m.name).collect();
+        spec_error(
+            at,
+            format!("unknown method `{name}`; the methods are {names:?}"),
+        )
+    })
+}
+
+/// One [`Method`]: `kind Objective = Config(required fields = example values)`.
+macro_rules! method {
+    (@build loss $cfg:ty) => {
+        Build::Loss(|v, at| Ok(typed::<$cfg>(v, at)?.init()?.boxed()))
+    };
+    (@build wrapper $cfg:ty) => {
+        Build::Wrapper(|v, at, inner| Ok(typed::<$cfg>(v, at)?.init(inner)?.boxed()))
+    };
+    (@build learnable $cfg:ty) => {
+        Build::Learnable
+    };
+    ($kind:ident $obj:ty = $module:ident::$cfg:ident($($req:ident = $example:tt),*)) => {
+        Method {
+            name: <$obj>::NAME,
+            config: concat!(stringify!($module), "::", stringify!($cfg)),
+            required: &[$((stringify!($req), || json!($example))),*],
+            defaults: |_options, _at| Ok(to_value($cfg::new($(required(_options, stringify!($req), _at)?),*))),
+            config_type: TypeId::of::<$cfg>,
+            check: |v| serde_json::from_value::<$cfg>(v.clone()).map(|_| ()),
+            build: method!(@build $kind $cfg),
+        }
+    };
+}
+
+/// Every method a spec can name, in catalog order.
+pub fn methods() -> &'static [Method] {
+    static METHODS: std::sync::OnceLock<Vec<Method>> = std::sync::OnceLock::new();
+    METHODS.get_or_init(|| {
+        vec![
+            method!(loss CrossEntropy = logit::CrossEntropyConfig()),
+            method!(loss Kd = logit::KdConfig()),
+            method!(loss Dkd = logit::DkdConfig()),
+            method!(loss Dckd = logit::DckdConfig()),
+            method!(loss Dist = logit::DistConfig()),
+            method!(loss DistPlus = logit::DistPlusConfig()),
+            method!(loss Mlkd = logit::MlkdConfig()),
+            method!(loss ProbMse = logit::ProbMseConfig()),
+            method!(loss LogitMse = logit::LogitMseConfig()),
+            Method {
+                name: Standardized::<()>::NAME,
+                config: "logit::Standardized (eps)",
+                required: &[],
+                defaults: |_, _| Ok(json!({ "eps": 1e-7 })),
+                config_type: TypeId::of::<Standardized<()>>,
+                check: |v| serde_json::from_value::<f64>(v["eps"].clone()).map(|_| ()),
+                build: Build::Wrapper(|v, at, inner| {
+                    let eps: f64 = typed(&v["eps"], at)?;
+                    Ok(Standardized::new(inner).with_eps(eps)?.boxed())
+                }),
+            },
+            method!(learnable crate::curriculum::Ctkd<()> = curriculum::CtkdConfig()),
+            method!(wrapper Paced<()> = curriculum::PacedConfig()),
+            method!(wrapper TopKMask<()> = curriculum::TopKMaskConfig()),
+            method!(learnable Hint = feature::HintConfig(student = [8, 4, 4], teacher = [16, 4, 4])),
+            method!(loss At = feature::AtConfig()),
+            method!(learnable Mgd = feature::MgdConfig(student_channels = 8, teacher_channels = 16)),
+            method!(wrapper Dam<()> = feature::DamConfig()),
+            method!(loss Nst = feature::NstConfig()),
+            method!(learnable Ft = feature::FtConfig(student_channels = 8, teacher_channels = 16)),
+            method!(loss Fsp = feature::FspConfig(features = ["block1", "block2"])),
+            method!(loss Kdsvd = feature::KdsvdConfig(features = ["block1", "block2"])),
+            method!(learnable Ab = feature::AbConfig(features = ["block1"], student = [[8, 4, 4]], teacher = [[16, 4, 4]])),
+            method!(learnable Vid = feature::VidConfig(features = ["block1"], channels = [[8, 16]])),
+            method!(learnable Ofd = feature::OfdConfig(features = ["block1"], channels = [[4, 2]], margins = [[-1.0, -0.5]])),
+            method!(learnable ReviewKd = feature::ReviewKdConfig(features = ["block1", "block2"], student_channels = [8, 16], teacher_channels = [16, 32])),
+            method!(learnable Ickd = feature::IckdConfig()),
+            method!(loss Kta = feature::KtaConfig()),
+            method!(loss Affinity = feature::AffinityConfig()),
+            method!(learnable PadL2 = feature::PadL2Config(width = 16)),
+            method!(learnable Srd = feature::SrdConfig()),
+            method!(loss Rkd = relation::RkdConfig()),
+            method!(loss Pkt = relation::PktConfig()),
+            method!(loss Sp = relation::SpConfig()),
+            method!(loss Cc = relation::CcConfig()),
+            method!(learnable Dlkd = relation::DlkdConfig(student_dim = 16, teacher_dim = 32)),
+            method!(learnable Crd = relation::CrdConfig(student_dim = 16, teacher_dim = 32, dataset_size = 1000)),
+            method!(learnable Sskd = relation::SskdConfig(student_dim = 16, teacher_dim = 32)),
+            method!(wrapper Dgkd<()> = pipeline::DgkdConfig()),
+            method!(loss ForwardKl = token::ForwardKlConfig()),
+            method!(loss ReverseKl = token::ReverseKlConfig()),
+            method!(loss Jsd = token::JsdConfig()),
+            method!(loss SymmetricKl = token::SymmetricKlConfig()),
+            method!(loss SkewKl = token::SkewKlConfig()),
+            method!(loss Tvd = token::TvdConfig()),
+            method!(loss TopK = token::TopKConfig()),
+            method!(wrapper FusedLinear<()> = token::FusedLinearConfig()),
+            method!(learnable HiddenState = token::HiddenStateConfig(student_width = 16, teacher_width = 32, layers = [["layer4", "layer8"]])),
+            method!(loss LogitCosine = token::LogitCosineConfig()),
+        ]
+    })
+}
