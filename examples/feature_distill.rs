@@ -27,6 +27,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_distill::cache::{CacheWriter, TeacherCache};
 use burn_distill::feature::{
     Ab, AbConfig, AtConfig, Augmented, DafaConfig, DamConfig, Ft, FtConfig, Hint, HintConfig, Ickd,
     IckdConfig, KdsvdConfig, Mgd, MgdConfig, MgdReduction, NstConfig, Ofd, OfdConfig, Paraphraser,
@@ -158,8 +159,10 @@ struct Data {
     train: Split,
     val: Split,
     test: Split,
-    /// The teacher's outputs on the training rows.
-    teacher: Outputs,
+    /// The teacher's outputs on the training rows, streamed from a cache on disk.
+    teacher: TeacherCache,
+    /// Where the cached outputs are read to (the teacher's device, without autodiff).
+    teacher_device: Device,
     /// The trained teacher, for SoKD's augmented teacher.
     network: Cnn,
     /// FT's paraphraser, pre-trained on the teacher's `feature` maps (stage 1).
@@ -459,22 +462,27 @@ fn rows<const D: usize>(t: &Tensor<D>, idx: &[i64]) -> Tensor<D> {
     t.clone().select(0, i)
 }
 
-/// The teacher's precomputed outputs for rows `idx`.
-fn teacher_rows(teacher: &Outputs, idx: &[i64]) -> Outputs {
-    Outputs {
-        logits: rows(&teacher.logits, idx),
-        features: teacher
-            .features
-            .iter()
-            .map(|(k, f)| {
-                let f = match f {
-                    Feature::Map(t) => Feature::Map(rows(t, idx)),
-                    Feature::Embedding(t) => Feature::Embedding(rows(t, idx)),
-                };
-                (k.clone(), f)
-            })
-            .collect(),
+/// The teacher's outputs on every training row, computed once and written to a cache on disk
+/// that training streams from, batch by batch.
+fn cache_teacher(frozen: &Outputs, key: &str) -> Result<TeacherCache, DistillError> {
+    let path =
+        std::env::temp_dir().join(format!("burn-distill-feature-{}.cache", std::process::id()));
+    let n = frozen.logits.dims()[0];
+    let mut writer = CacheWriter::create(&path, key, n)?;
+    for chunk in (0..n).collect::<Vec<usize>>().chunks(256) {
+        let ids: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+        let ids = Tensor::<1, Int>::from_data(
+            TensorData::new(ids, [chunk.len()]),
+            &frozen.logits.device(),
+        );
+        writer.write_outputs(chunk, &frozen.select(ids))?;
     }
+    let info = writer.finish()?;
+    println!("teacher outputs cached in {}: {info}", path.display());
+    let cache = TeacherCache::open(&path, key, n);
+    // the open file stays readable after its name is gone (and nothing is left behind)
+    let _ = std::fs::remove_file(&path);
+    cache
 }
 
 /// One student trained with `method` at weight `w`; returns it.
@@ -552,7 +560,10 @@ fn train_student(
                     );
                     let input = DistillInput::from_outputs(
                         model.student.forward(batch.x),
-                        teacher_rows(&data.teacher, idx),
+                        data.teacher.outputs(
+                            &idx.iter().map(|&i| i as usize).collect::<Vec<_>>(),
+                            &data.teacher_device,
+                        )?,
                     )
                     .targets(batch.y)
                     .indices(indices)
@@ -688,7 +699,8 @@ fn main() -> Result<(), DistillError> {
         margins: preact_margins(&frozen),
         ss_head: pretrain_ss_head(&train, &teacher, epochs.div_ceil(4), &dev),
         student,
-        teacher: frozen,
+        teacher: cache_teacher(&frozen, &format!("digits CNN {TEACHER:?}, {epochs} epochs"))?,
+        teacher_device: frozen.logits.device(),
         network: teacher.clone(),
         train,
         val,

@@ -133,6 +133,15 @@ pub enum DistillError {
         /// The terms the loss has.
         terms: Vec<String>,
     },
+    /// A teacher cache ([`cache`](crate::cache)) is missing, unfinished, truncated, corrupt or
+    /// not the one expected, or cannot be written.
+    #[error("teacher cache {path}: {reason}")]
+    Cache {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A loss specification ([`spec`](crate::spec), JSON or TOML) cannot be read or built.
     #[error("loss spec, {at}: {reason}")]
     InvalidSpec {

@@ -57,6 +57,7 @@ mod input;
 mod loss;
 mod schedule;
 
+pub mod cache;
 pub mod curriculum;
 pub mod feature;
 pub mod fused;

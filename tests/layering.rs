@@ -24,7 +24,7 @@ const FAMILIES: &[&str] = &[
     "relation",
     "token",
 ];
-const INTEGRATION: &[&str] = &["example", "lib", "pipeline", "spec"];
+const INTEGRATION: &[&str] = &["cache", "example", "lib", "pipeline", "spec"];
 
 /// The top-level module a source file belongs to (`src/logit/kd.rs` → `logit`).
 fn module_of(path: &Path, src: &Path) -> String {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 /// One intermediate representation tapped from a network.
 #[derive(Debug, Clone)]
@@ -83,6 +83,22 @@ impl Outputs {
     pub fn feature(mut self, name: impl Into<String>, feature: impl Into<Feature>) -> Self {
         self.features.insert(name.into(), feature.into());
         self
+    }
+
+    /// The rows `indices` of the logits and of every tap (a batch of outputs computed once for
+    /// the whole data set; on disk, see [`cache`](crate::cache)).
+    pub fn select(&self, indices: Tensor<1, Int>) -> Self {
+        let features = self.features.iter().map(|(name, feature)| {
+            let rows = match feature {
+                Feature::Map(t) => Feature::Map(t.clone().select(0, indices.clone())),
+                Feature::Embedding(t) => Feature::Embedding(t.clone().select(0, indices.clone())),
+            };
+            (name.clone(), rows)
+        });
+        Self {
+            logits: self.logits.clone().select(0, indices.clone()),
+            features: features.collect(),
+        }
     }
 
     /// The same outputs cut from the autodiff graph.
