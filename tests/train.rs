@@ -322,3 +322,41 @@ fn a_distiller_tracks_progress_and_checks_a_batch() {
     assert_eq!(restored.steps_taken(), 9);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// burn-train's multi-device strategy with two workers (both on flex: the CPU has one device):
+/// burn splits the loader between them (24 items each, batches of 16 and 8) and takes one
+/// optimizer step per pair of batches, with their gradients summed — 2 steps an epoch, which
+/// the distiller counts; the DKD warm-up reads that progress, the teacher never moves.
+/// (DDP cannot run here: burn 0.22.1 has collective operations only on CUDA and remote
+/// devices, and panics "Distributed operations are not supported for device Flex(Cpu)".)
+#[test]
+fn a_distiller_trains_under_the_multi_device_strategy() {
+    use burn::train::{ExecutionStrategy, MultiDeviceOptim};
+    let dev = Device::flex().autodiff();
+    let teacher = net(&[4, 16, 3], 3, &dev);
+    let before = weights(&teacher);
+    let student = net(&[4, 3], 4, &dev);
+    let student_before = weights(&student);
+    let warm = CrossEntropyConfig::new().init().unwrap()
+        + DkdConfig::new().with_warmup_epochs(2).init().unwrap();
+    let model = Distiller::new(student, teacher, warm).with_progress(2, 3);
+    let loader = || {
+        DataLoaderBuilder::new(ItemBatcher)
+            .batch_size(16)
+            .build(InMemDataset::new(items()))
+    };
+    let dir = std::env::temp_dir().join(format!("burn-distill-multi-{}", std::process::id()));
+    let strategy = ExecutionStrategy::multi(
+        vec![dev.clone(), dev.clone()],
+        MultiDeviceOptim::OptimMainDevice,
+    );
+    let result = SupervisedTraining::new(&dir, loader(), loader())
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .num_epochs(3)
+        .with_training_strategy(strategy.into())
+        .launch(Learner::new(model, AdamConfig::new().init(), 1e-2));
+    assert_eq!(result.model.steps_taken(), 6);
+    assert_eq!(weights(&result.model.teacher), before);
+    assert_ne!(weights(&result.model.student), student_before);
+    let _ = std::fs::remove_dir_all(dir);
+}
