@@ -29,7 +29,7 @@ use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_distill::Distillable;
 use burn_distill::logit::DckdConfig;
-use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
+use burn_distill::meta::{MetaTeacherConfig, PilotRate};
 use burn_distill::pipeline::{DgkdConfig, Takd};
 use burn_distill::prelude::*;
 use common::idx::{find, read_idx};

@@ -27,7 +27,6 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_distill::cache::{CacheWriter, TeacherCache};
 use burn_distill::feature::{
     Ab, AbConfig, AtConfig, Augmented, DafaConfig, DamConfig, Ft, FtConfig, Hint, HintConfig, Ickd,
     IckdConfig, KdsvdConfig, Mgd, MgdConfig, MgdReduction, NstConfig, Ofd, OfdConfig, Paraphraser,
@@ -35,13 +34,12 @@ use burn_distill::feature::{
 };
 use burn_distill::feature::{AffinityConfig, FspConfig, KtaConfig, PadL2, PadL2Config};
 use burn_distill::logit::DistPlusConfig;
-use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
+use burn_distill::meta::{MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
 use burn_distill::relation::{
     CcConfig, Crd, CrdConfig, Dlkd, DlkdConfig, PktConfig, RkdConfig, SpConfig, SsHead, Sskd,
     SskdConfig, view_contrast_loss,
 };
-use burn_distill::{Distillable, Feature, Outputs};
 use common::*;
 
 /// Student: conv 4 → conv 8 → pool → 16-d embedding; teacher: 32 → 64 → 128.

@@ -17,9 +17,8 @@ use std::time::Instant;
 
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::Device;
-use burn_distill::meta::{Batch, MetaTeacher, MetaTeacherConfig, PilotRate};
+use burn_distill::meta::{MetaTeacher, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
-use burn_distill::{Distillable, LossSum};
 use common::*;
 
 const SEEDS: [u64; 3] = [1, 2, 3];

@@ -96,9 +96,15 @@ pub fn objectives() -> Vec<Entry> {
     .concat()
 }
 
-/// The types a training loop needs, in one import.
+/// The types a training loop needs, in one import: the losses every example composes, the
+/// input and output types, networks' outputs, batches, loss specs and the teacher cache.
 pub mod prelude {
-    pub use crate::Schedule;
+    pub use crate::cache::{CacheWriter, TeacherCache};
     pub use crate::logit::{CrossEntropy, CrossEntropyConfig, Dkd, DkdConfig, Kd, KdConfig};
-    pub use crate::{DistillError, DistillInput, Loss, LossExt, LossOutput, Progress, Reduction};
+    pub use crate::meta::Batch;
+    pub use crate::spec::LossSpec;
+    pub use crate::{
+        DistillError, DistillInput, Distillable, Feature, Loss, LossExt, LossOutput, LossSum,
+        Outputs, Progress, Reduction, Schedule,
+    };
 }
