@@ -50,6 +50,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::file::{commit, partial_path};
 use crate::{DistillError, Feature, Outputs};
 
 const MAGIC: &[u8; 8] = b"BDTCACH1";
@@ -175,13 +176,6 @@ pub struct CacheWriter {
     samples: usize,
     layout: Option<(Header, u64)>,
     written: Vec<bool>,
-}
-
-/// `<path>.partial`.
-fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(".partial");
-    PathBuf::from(name)
 }
 
 /// The values of a tensor as f32 (or token ids as u32), flat, and its shape.
@@ -402,11 +396,7 @@ impl CacheWriter {
             .and_then(|_| self.file.write_all(FOOTER))
             .and_then(|_| self.file.sync_all())
             .map_err(io_error(&self.partial))?;
-        std::fs::rename(&self.partial, &self.path).map_err(io_error(&self.path))?;
-        if let Some(dir) = self.path.parent().and_then(|d| File::open(d).ok()) {
-            // the rename itself reaches the disk (best effort: not every platform syncs a directory)
-            let _ = dir.sync_all();
-        }
+        commit(&self.partial, &self.path).map_err(io_error(&self.path))?;
         Ok(info)
     }
 }

@@ -53,6 +53,7 @@ mod check;
 mod cross_entropy;
 mod error;
 mod example;
+mod file;
 mod input;
 mod loss;
 mod schedule;

@@ -9,6 +9,7 @@ const CORE: &[&str] = &[
     "check",
     "cross_entropy",
     "error",
+    "file",
     "input",
     "loss",
     "math",

@@ -405,6 +405,77 @@ fn restored_meta_teacher_continues_bit_identically() {
     }
 }
 
+/// `save`/`load`: the whole state in one file; the restored meta-teacher continues exactly;
+/// damaged, unfinished and mismatched files are `InvalidRecord`.
+#[test]
+fn a_saved_meta_teacher_loads_from_one_file() {
+    configure_f64();
+    let (student, teacher, batch, quiz) = tiny();
+    let config = MetaTeacherConfig::new().with_teacher_lr(0.01);
+    let mut meta = config
+        .init(teacher, AdamConfig::new().init(), kd_loss())
+        .unwrap();
+    let p = Progress::epoch(0, 1);
+    for _ in 0..2 {
+        meta.round(&student, &batch, &quiz, p, 0.0).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("burn-distill-meta-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("meta.state");
+    meta.save(&path).unwrap();
+    assert!(!dir.join("meta.state.partial").exists());
+
+    let fresh = || {
+        let teacher = net(&[4, 6, 3], &noise(99, size(&[4, 6, 3]), 0.8));
+        config
+            .init(teacher, AdamConfig::new().init(), kd_loss())
+            .unwrap()
+    };
+    let mut restored = fresh().load(&path).unwrap();
+    assert_eq!(restored.rounds(), 2);
+    for _ in 0..3 {
+        let a = meta.round(&student, &batch, &quiz, p, 0.0).unwrap();
+        let b = restored.round(&student, &batch, &quiz, p, 0.0).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(teacher_values(&restored), teacher_values(&meta));
+    }
+
+    let good = std::fs::read(&path).unwrap();
+    let reason = |bytes: &[u8]| {
+        let copy = dir.join("copy.state");
+        std::fs::write(&copy, bytes).unwrap();
+        match fresh().load(&copy) {
+            Err(DistillError::InvalidRecord { reason, .. }) => reason,
+            other => panic!("expected InvalidRecord, got {other:?}"),
+        }
+    };
+    assert!(reason(&good[..good.len() - 1]).contains("truncated"));
+    assert!(reason(&good[..5]).contains("truncated"));
+    let mut corrupt = good.clone();
+    let last = corrupt.len() - 3;
+    corrupt[last] ^= 0x40;
+    assert!(
+        reason(&corrupt).contains("fails its checksum"),
+        "{}",
+        reason(&corrupt)
+    );
+    assert!(reason(b"something else entirely").contains("not a burn-distill state file"));
+    // a teacher of another shape refuses the record
+    let other = net(&[4, 5, 3], &noise(98, size(&[4, 5, 3]), 0.8));
+    let other = config
+        .init(other, AdamConfig::new().init(), kd_loss())
+        .unwrap();
+    assert!(matches!(
+        other.load(&path),
+        Err(DistillError::InvalidRecord { .. })
+    ));
+    assert!(matches!(
+        fresh().load(dir.join("absent.state")),
+        Err(DistillError::InvalidRecord { .. })
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn config_errors_surface_at_init() {
     configure_f64();

@@ -11,8 +11,8 @@ use burn_distill::logit::{
 };
 use burn_distill::math::{Decoupled, target_mask};
 use burn_distill::prelude::*;
-use common::*;
 use common::Batch;
+use common::*;
 use proptest::prelude::*;
 
 /// Batches of 1–4 rows, 3–7 classes, logits in ±4, temperatures in [0.5, 8).

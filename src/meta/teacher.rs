@@ -145,8 +145,11 @@ pub struct MetaTeacher<T> {
     rounds: u64,
 }
 
+/// The kind of file [`MetaTeacher::save`] writes.
+const STATE: &str = "meta-teacher state";
+
 /// A [`MetaTeacher`]'s state: the teacher's parameters, its optimizer's state and the round
-/// counter. Save the parts with burn (`ModuleRecord::save`, `OptimizerRecord::save`).
+/// counter. [`MetaTeacher::save`] and [`MetaTeacher::load`] write and read it as one file.
 #[derive(Debug)]
 pub struct MetaTeacherRecord {
     /// The teacher's parameters.
@@ -241,6 +244,64 @@ impl<T: Module> MetaTeacher<T> {
         self.optimizer = self.optimizer.load_record(record.optimizer);
         self.rounds = record.rounds;
         Ok(self)
+    }
+
+    /// Saves the whole state — teacher, optimizer state, round counter — to one file, written
+    /// atomically (complete or not at all) with a checksum per part.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<(), DistillError> {
+        let path = path.as_ref();
+        let failed = |reason: String| DistillError::InvalidRecord {
+            what: format!("meta-teacher state {}", path.display()),
+            reason,
+        };
+        let record = self.to_record();
+        let teacher = record
+            .teacher
+            .into_bytes()
+            .map_err(|e| failed(e.to_string()))?;
+        let optimizer = record
+            .optimizer
+            .into_bytes()
+            .map_err(|e| failed(e.to_string()))?;
+        let meta = serde_json::json!({ "rounds": record.rounds });
+        crate::file::write_bundle(
+            path,
+            STATE,
+            meta,
+            &[("teacher", &teacher), ("optimizer", &optimizer)],
+        )
+        .map_err(failed)
+    }
+
+    /// This meta-teacher with the state [`save`](Self::save) wrote to `path`. A missing,
+    /// unfinished, truncated or corrupt file, or one of another teacher's shape, is
+    /// [`DistillError::InvalidRecord`]; see [`load_record`](Self::load_record) for f64 runs.
+    pub fn load(self, path: impl AsRef<std::path::Path>) -> Result<Self, DistillError> {
+        let path = path.as_ref();
+        let failed = |reason: String| DistillError::InvalidRecord {
+            what: format!("meta-teacher state {}", path.display()),
+            reason,
+        };
+        let (meta, parts) = crate::file::read_bundle(path, STATE).map_err(failed)?;
+        let rounds = meta["rounds"]
+            .as_u64()
+            .ok_or_else(|| failed("no round counter".into()))?;
+        let part = |name: &str| {
+            let found = parts.iter().find(|(n, _)| n == name);
+            let bytes = found
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| failed(format!("no `{name}` part")))?;
+            Ok::<_, DistillError>(burn::tensor::Bytes::from_bytes_vec(bytes))
+        };
+        let teacher =
+            ModuleRecord::from_bytes(part("teacher")?).map_err(|e| failed(e.to_string()))?;
+        let optimizer =
+            OptimizerRecord::from_bytes(part("optimizer")?).map_err(|e| failed(e.to_string()))?;
+        self.load_record(MetaTeacherRecord {
+            teacher,
+            optimizer,
+            rounds,
+        })
     }
 
     /// One MetaDistil round on `batch`, scored on `quiz`: the pilot takes `pilot_steps` steps
