@@ -92,18 +92,18 @@ fn main() -> Result<(), DistillError> {
         lr,
         seed,
     };
+    // one bar over every epoch of every run; a line per method when it is done
+    let runs = methods.len() + usize::from(from_file.is_none());
+    let bar = progress_bar(runs * SEEDS.len() * epochs);
     let report = |name: &str, seed: u64| {
-        let name = name.to_string();
-        let test_set = &test_set;
-        move |epoch: usize, terms: &[(String, f64)], model: &Mlp| {
-            if seed == SEEDS[0] {
-                println!(
-                    "{name:<26} seed {seed} epoch {:>2}: {}  test {:.2}%",
-                    epoch + 1,
-                    fmt_terms(terms),
-                    accuracy(model, test_set)
-                );
-            }
+        let (name, bar) = (name.to_string(), &bar);
+        move |epoch: usize, terms: &[(String, f64)], _: &Mlp| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "{name} seed {seed} epoch {}: {}",
+                epoch + 1,
+                fmt_terms(terms)
+            ));
         }
     };
     let mut table = Vec::new();
@@ -114,10 +114,12 @@ fn main() -> Result<(), DistillError> {
             .map(|&seed| accuracy(&run(seed), &test_set))
             .collect();
         let (mean, std) = mean_std(&accs);
-        println!(
-            "{name:<26} test accuracy {mean:.2} ± {std:.2}% over {} seeds\n",
-            SEEDS.len()
-        );
+        bar.suspend(|| {
+            println!(
+                "{name:<26} test accuracy {mean:.2} ± {std:.2}% over {} seeds",
+                SEEDS.len()
+            )
+        });
         table.push((name.to_string(), mean, std, start.elapsed().as_secs_f64()));
     };
     for (name, loss) in &methods {
@@ -158,16 +160,19 @@ fn main() -> Result<(), DistillError> {
                 &cfg(seed),
                 report(name, seed),
             );
-            println!(
-                "  seed {seed}: learned temperature {:.3}",
-                trained.ctkd.temperature()
-            );
+            bar.suspend(|| {
+                println!(
+                    "  seed {seed}: learned temperature {:.3}",
+                    trained.ctkd.temperature()
+                )
+            });
             trained.student
         });
     }
 
+    bar.finish_and_clear();
     println!(
-        "student 64-{hidden}-10, {epochs} epochs, Adam {lr}, mean ± std over seeds {SEEDS:?}:"
+        "\nstudent 64-{hidden}-10, {epochs} epochs, Adam {lr}, mean ± std over seeds {SEEDS:?}:"
     );
     println!("| method | test accuracy (%) | vs alone | time (s) |\n|---|---|---|---|");
     let alone = table[0].1;

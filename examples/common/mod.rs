@@ -5,7 +5,6 @@
 pub mod idx;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, Relu};
@@ -267,6 +266,16 @@ pub fn flag<T: std::str::FromStr>(name: &str) -> Option<T> {
     )
 }
 
+/// A progress bar of `len` steps (drawn on a terminal only; logs get the summary lines).
+pub fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {elapsed} {msg}")
+            .expect("a valid template"),
+    );
+    bar
+}
+
 /// Mean and sample standard deviation.
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
@@ -278,10 +287,10 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// A horizontal bar chart of `(label, mean, std)` rows with error bars, as SVG, the axis from
-/// the smallest `mean − std` to the largest `mean + std`.
+/// A horizontal bar chart of `(label, mean, std)` rows with error bars, as SVG (plotters), the
+/// axis from the smallest `mean − std` to the largest `mean + std`.
 pub fn bar_svg(rows: &[(String, f64, f64)], title: &str) -> String {
-    let (label_w, plot_w, bar_h, top) = (190.0, 420.0, 18.0, 30.0);
+    use plotters::prelude::*;
     let lo = rows
         .iter()
         .map(|r| r.1 - r.2)
@@ -292,112 +301,110 @@ pub fn bar_svg(rows: &[(String, f64, f64)], title: &str) -> String {
         .map(|r| r.1 + r.2)
         .fold(f64::NEG_INFINITY, f64::max)
         .ceil();
-    let span = (hi - lo).max(1.0);
-    let x = |v: f64| label_w + (v - lo) / span * plot_w;
-    let height = top + rows.len() as f64 * (bar_h + 6.0) + 30.0;
-    let mut s = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{label_w}' y='18'>{title}</text>\n",
-        label_w + plot_w + 30.0
-    );
-    for (i, (label, mean, std)) in rows.iter().enumerate() {
-        let y = top + i as f64 * (bar_h + 6.0);
-        s += &format!(
-            "<text x='{}' y='{}' text-anchor='end'>{label}</text>\n<rect x='{label_w}' y='{y}' width='{:.1}' height='{bar_h}' fill='#4c78a8'/>\n<line x1='{:.1}' x2='{:.1}' y1='{:.1}' y2='{:.1}' stroke='black'/>\n<text x='{:.1}' y='{}'>{mean:.2}</text>\n",
-            label_w - 6.0,
-            y + 13.0,
-            (x(*mean) - label_w).max(0.0),
-            x(mean - std),
-            x(mean + std),
-            y + bar_h / 2.0,
-            y + bar_h / 2.0,
-            x(mean + std) + 4.0,
-            y + 13.0,
-        );
+    let hi = hi.max(lo + 1.0);
+    let n = rows.len();
+    let mut svg = String::new();
+    {
+        let height = 60 + 24 * n as u32;
+        let root = SVGBackend::with_string(&mut svg, (660, height)).into_drawing_area();
+        root.fill(&WHITE).expect("an SVG string");
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(24)
+            .y_label_area_size(190)
+            .build_cartesian_2d(lo..hi, (0..n).into_segmented())
+            .expect("a chart");
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) if *i < n => rows[n - 1 - i].0.clone(),
+                _ => String::new(),
+            })
+            .draw()
+            .expect("the axes");
+        let bar = RGBColor(0x4c, 0x78, 0xa8);
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, (_, mean, _))| {
+                let y = n - 1 - i;
+                let corners = [
+                    (lo, SegmentValue::Exact(y)),
+                    (*mean, SegmentValue::Exact(y + 1)),
+                ];
+                let mut rect = Rectangle::new(corners, bar.filled());
+                rect.set_margin(4, 4, 0, 0);
+                rect
+            }))
+            .expect("the bars");
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, (_, mean, std))| {
+                let y = SegmentValue::CenterOf(n - 1 - i);
+                PathElement::new(vec![(mean - std, y.clone()), (mean + std, y)], BLACK)
+            }))
+            .expect("the error bars");
+        root.present().expect("an SVG string");
     }
-    let base = top + rows.len() as f64 * (bar_h + 6.0) + 4.0;
-    for tick in [lo, (lo + hi) / 2.0, hi] {
-        s += &format!(
-            "<line x1='{0:.1}' x2='{0:.1}' y1='{top}' y2='{base}' stroke='#bbb'/>\n<text x='{0:.1}' y='{1}' text-anchor='middle'>{tick:.1}</text>\n",
-            x(tick),
-            base + 14.0
-        );
-    }
-    s + "</svg>\n"
+    svg
 }
 
-/// An SVG line plot of one value per epoch, one line per name of `order` (the curves of
-/// `curves`), titled `title`, the axis labelled in `unit`.
+/// A line plot (SVG, plotters) of one value per epoch, one line per name of `order` (the
+/// curves of `curves`), titled `title`, the axis labelled in `unit`.
 pub fn line_svg(
     curves: &BTreeMap<String, Vec<f64>>,
     order: &[String],
     title: &str,
     unit: &str,
 ) -> String {
-    let (w, h, pad) = (720.0, 420.0, 50.0);
-    let all: Vec<f64> = curves.values().flatten().cloned().collect();
-    let (lo, hi) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    use plotters::prelude::*;
+    let all = curves.values().flatten();
+    let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
     let (lo, hi) = ((lo - 0.5).floor(), (hi + 0.5).ceil());
     let epochs = curves.values().map(Vec::len).max().unwrap_or(1).max(2);
-    let x = |e: usize| pad + (w - 2.0 * pad) * e as f64 / (epochs - 1) as f64;
-    let y = |a: f64| h - pad - (h - 2.0 * pad) * (a - lo) / (hi - lo);
-    let colors = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    ];
-    let mut s = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n"
-    );
-    let _ = writeln!(
-        s,
-        "<text x='{}' y='20' text-anchor='middle'>{title}</text>",
-        w / 2.0
-    );
-    for k in 0..=4 {
-        let a = lo + (hi - lo) * k as f64 / 4.0;
-        let _ = writeln!(
-            s,
-            "<line x1='{pad}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#ddd'/><text x='{}' y='{:.1}' text-anchor='end'>{a:.1}{unit}</text>",
-            w - pad,
-            pad - 5.0,
-            y(a) + 4.0,
-            y = y(a)
-        );
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area();
+        root.fill(&WHITE).expect("an SVG string");
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(56)
+            .build_cartesian_2d(1..epochs, lo..hi)
+            .expect("a chart");
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_label_formatter(&|a| format!("{a:.1}{unit}"))
+            .draw()
+            .expect("the axes");
+        for (i, name) in order.iter().enumerate() {
+            let Some(curve) = curves.get(name) else {
+                continue;
+            };
+            let color = Palette99::pick(i).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(
+                    curve.iter().enumerate().map(|(e, a)| (e + 1, *a)),
+                    color,
+                ))
+                .expect("a curve")
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(
+                        vec![(x, y), (x + 20, y)],
+                        Palette99::pick(i).stroke_width(2),
+                    )
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .expect("the legend");
+        root.present().expect("an SVG string");
     }
-    for e in 0..epochs {
-        let _ = writeln!(
-            s,
-            "<text x='{:.1}' y='{}' text-anchor='middle'>{}</text>",
-            x(e),
-            h - pad + 16.0,
-            e + 1
-        );
-    }
-    let _ = writeln!(
-        s,
-        "<text x='{}' y='{}' text-anchor='middle'>epoch</text>",
-        w / 2.0,
-        h - 8.0
-    );
-    for (i, name) in order.iter().enumerate() {
-        let Some(c) = curves.get(name) else { continue };
-        let color = colors[i % colors.len()];
-        let points: Vec<String> = c
-            .iter()
-            .enumerate()
-            .map(|(e, a)| format!("{:.1},{:.1}", x(e), y(*a)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-            points.join(" ")
-        );
-        let _ = writeln!(
-            s,
-            "<text x='{}' y='{}' fill='{color}'>{name}</text>",
-            w - pad - 150.0,
-            pad + 16.0 * (i as f64 + 1.0)
-        );
-    }
-    s + "</svg>\n"
+    svg
 }
