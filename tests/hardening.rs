@@ -411,3 +411,104 @@ fn relations_are_finite_in_half_precision() {
     }
     assert!(checked > 0, "flex runs half precision");
 }
+
+/// `Paced` ranks one tensor and selects rows of all: an empty batch is `EmptyBatch` (it used
+/// to panic in `clamp(1, 0)`), and a part with another row count is a `ShapeMismatch` naming
+/// it (it used to select out of range).
+#[test]
+fn paced_checks_the_batch_it_selects_from() {
+    use burn_distill::curriculum::PacedConfig;
+    let paced = PacedConfig::new()
+        .init(CrossEntropyConfig::new().init().unwrap())
+        .unwrap();
+    let p = Progress::epoch(0, 10);
+    let empty_input = DistillInput::new(f64t(vec![], [0, 3]), f64t(vec![], [0, 3]))
+        .targets(ints(vec![]))
+        .progress(p);
+    assert!(empty(paced.forward(&empty_input).unwrap_err(), "paced"));
+    let z = || f64t(noise(1, 12, 1.0), [4, 3]);
+    let short_tap = DistillInput::new(z(), z())
+        .targets(ints(vec![0, 1, 2, 0]))
+        .feature(
+            "embedding",
+            f64t(vec![0.5; 6], [3, 2]),
+            f64t(vec![0.5; 6], [3, 2]),
+        )
+        .progress(p);
+    let err = paced.forward(&short_tap).unwrap_err();
+    assert!(
+        matches!(err, DistillError::ShapeMismatch { ref what, ref actual, .. }
+            if what.contains("student tap `embedding`") && actual == &[3]),
+        "{err}"
+    );
+    // a well-formed batch still admits its easiest rows
+    let ok = DistillInput::new(z(), z())
+        .targets(ints(vec![0, 1, 2, 0]))
+        .progress(p);
+    assert!(paced.forward(&ok).unwrap().value().is_finite());
+}
+
+/// `TopKMask` cuts the guides with the logits: a guide of another shape is a `ShapeMismatch`
+/// (it used to panic in `gather`), for every objective that reads the logits.
+#[test]
+fn guides_must_have_the_teachers_shape() {
+    use burn_distill::curriculum::TopKMaskConfig;
+    let z = || f64t(noise(2, 20, 1.0), [4, 5]);
+    let input = DistillInput::new(z(), z())
+        .targets(ints(vec![0, 1, 2, 3]))
+        .guide(f64t(noise(3, 12, 1.0), [4, 3]))
+        .progress(Progress::epoch(0, 10));
+    let mask = TopKMaskConfig::new()
+        .with_start(0.5)
+        .init(KdConfig::new().init().unwrap())
+        .unwrap();
+    for err in [
+        mask.forward(&input).unwrap_err(),
+        KdConfig::new().init().unwrap().forward(&input).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, DistillError::ShapeMismatch { ref what, ref expected, .. }
+                if what == "guide 0" && expected == &[4, 5]),
+            "{err}"
+        );
+    }
+}
+
+#[derive(Module, Debug)]
+struct Row {
+    w: burn::module::Param<Tensor<2>>,
+}
+
+/// DOT's momenta are state: a NaN learning rate is refused, and so is a step on a non-finite
+/// loss, before either touches them — the next good step is what a fresh DOT would take.
+#[test]
+fn dot_refuses_a_nan_rate_and_a_non_finite_loss() {
+    use burn_distill::optim::DotConfig;
+    let row = || Row {
+        w: burn::module::Param::from_tensor(f64t(vec![0.1, -0.2, 0.3], [1, 3])),
+    };
+    let teacher = |v: f64| f64t(vec![v, 0.0, 0.5], [1, 3]);
+    let loss = |t: f64| {
+        let kd = KdConfig::new().init().unwrap();
+        move |m: &Row| {
+            (CrossEntropyConfig::new().init()? + kd.clone())
+                .forward(&DistillInput::new(m.w.val(), teacher(t)).targets(ints(vec![0])))
+        }
+    };
+    let mut dot = DotConfig::new().init().unwrap();
+    let err = dot.step(f64::NAN, row(), loss(1.0)).unwrap_err();
+    assert!(
+        matches!(err, DistillError::InvalidConfig { ref field, .. } if field == "lr"),
+        "{err}"
+    );
+    let err = dot.step(0.1, row(), loss(f64::NAN)).unwrap_err();
+    assert!(matches!(err, DistillError::NonFinite { .. }), "{err}");
+    let (after, _) = dot.step(0.1, row(), loss(1.0)).unwrap();
+    let (fresh, _) = DotConfig::new()
+        .init()
+        .unwrap()
+        .step(0.1, row(), loss(1.0))
+        .unwrap();
+    assert_eq!(values(after.w.val()), values(fresh.w.val()));
+    assert!(values(after.w.val()).iter().all(|v| v.is_finite()));
+}

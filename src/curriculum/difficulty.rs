@@ -128,12 +128,7 @@ impl<L: Loss> Loss for Paced<L> {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let fraction = self.admitted(input)?;
-        let n = input
-            .batch_size()
-            .ok_or_else(|| DistillError::MissingInput {
-                objective: Paced::<()>::NAME.into(),
-                what: "logits or a feature tap to rank".into(),
-            })?;
+        let n = input.of(Self::NAME).batch()?;
         let k = count(fraction, n);
         if k == n {
             return self.inner.forward(input);

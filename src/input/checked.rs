@@ -113,8 +113,65 @@ impl<'a> Checked<'a> {
         if ns != nt {
             return Err(self.shape("teacher logits".into(), vec![ns, cs], vec![nt, ct]));
         }
+        // guides stand in for the teacher (DGKD) or are cut with it (TopKMask)
+        for (i, guide) in self.input.guides.iter().enumerate() {
+            if guide.dims() != [nt, ct] {
+                return Err(self.shape(format!("guide {i}"), vec![nt, ct], guide.dims().to_vec()));
+            }
+        }
         let t = like(upcast(self.teacher(t, frozen)), s.dtype());
         Ok((s, t))
+    }
+
+    /// The batch size, after checking the batch is not empty and that every part with one row
+    /// per sample (logits, targets, mask, guides, feature taps) has as many rows: what an
+    /// objective that selects rows ([`Paced`](crate::curriculum::Paced)) needs.
+    pub fn batch(&self) -> Result<usize, DistillError> {
+        let input = self.input;
+        let n = input
+            .batch_size()
+            .ok_or_else(|| self.missing("logits or a feature tap"))?;
+        if n == 0 {
+            return Err(DistillError::EmptyBatch {
+                objective: self.objective.into(),
+                what: "the batch".into(),
+            });
+        }
+        let logits = [
+            ("student logits", &input.student_logits),
+            ("teacher logits", &input.teacher_logits),
+        ];
+        let mut rows: Vec<(String, usize)> = logits
+            .iter()
+            .filter_map(|(what, t)| t.as_ref().map(|t| (what.to_string(), t.dims()[0])))
+            .collect();
+        rows.extend(
+            input
+                .targets
+                .as_ref()
+                .map(|y| ("targets".into(), y.dims()[0])),
+        );
+        rows.extend(input.mask.as_ref().map(|m| ("mask".into(), m.dims()[0])));
+        rows.extend(
+            input
+                .guides
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (format!("guide {i}"), g.dims()[0])),
+        );
+        for (side, taps) in [
+            ("student", &input.student_features),
+            ("teacher", &input.teacher_features),
+        ] {
+            rows.extend(
+                taps.iter()
+                    .map(|(name, f)| (format!("{side} tap `{name}`"), f.rows())),
+            );
+        }
+        match rows.into_iter().find(|(_, r)| *r != n) {
+            Some((what, r)) => Err(self.shape(format!("rows of the {what}"), vec![n], vec![r])),
+            None => Ok(n),
+        }
     }
 
     /// The targets after checking there are `batch` of them, each in `0..classes`.

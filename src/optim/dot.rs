@@ -124,9 +124,16 @@ impl Dot {
         module: M,
         loss: impl Fn(&M) -> Result<LossOutput, DistillError>,
     ) -> Result<(M, LossOutput), DistillError> {
+        crate::check::check_non_negative("dot", "lr", lr)?;
         let task = self.task_part(&loss(&module)?)?;
         let task_grads = GradientsParams::from_grads(task.backward(), &module);
         let out = loss(&module)?;
+        // the momenta are state: a non-finite loss must not reach them (one read-back a step)
+        if !out.value().is_finite() {
+            return Err(DistillError::NonFinite {
+                what: "the loss DOT steps on".into(),
+            });
+        }
         let distill = out.total.clone().sum() - self.task_part(&out)?;
         let distill_grads = GradientsParams::from_grads(distill.backward(), &module);
         let module = module.map(&mut DotStep {
