@@ -76,7 +76,7 @@ pub use error::DistillError;
 pub use example::{ExampleInput, example_input, example_input_shifted};
 pub use input::{Checked, DistillInput, Distillable, Extension, Feature, Outputs, Progress, Views};
 pub use loss::{
-    Entry, Example, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered,
+    Entry, Example, Finite, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered,
     Weighted,
 };
 pub use schedule::Schedule;

@@ -206,6 +206,14 @@ pub trait LossExt: Loss + Sized + 'static {
         }
     }
 
+    /// This objective, answering [`DistillError::NonFinite`] when its total is NaN or
+    /// infinite: the crate's opt-in check on non-finite input (one read-back of the total per
+    /// call, a device sync on a GPU). Without it, objectives propagate NaN and ±inf like
+    /// tensor ops do; stateful parts refuse them regardless (see `docs/architecture.md`).
+    fn finite(self) -> Finite<Self> {
+        Finite { inner: self }
+    }
+
     /// This objective as a trait object.
     fn boxed(self) -> Box<dyn Loss> {
         Box::new(self)
@@ -265,6 +273,27 @@ impl<L: Loss> Loss for Weighted<L> {
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let w = self.weight.value(input.get_progress())?;
         Ok(self.inner.forward(input)?.scale(w))
+    }
+}
+
+/// An objective whose non-finite totals are errors; see [`LossExt::finite`].
+#[derive(Debug, Clone)]
+pub struct Finite<L> {
+    inner: L,
+}
+
+impl<L: Loss> Loss for Finite<L> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        let out = self.inner.forward(input)?;
+        match out.value().is_finite() {
+            true => Ok(out),
+            false => Err(DistillError::NonFinite {
+                what: format!("the {} loss", self.inner.name()),
+            }),
+        }
     }
 }
 
@@ -395,7 +424,7 @@ macro_rules! combinator_add {
     )*};
 }
 
-combinator_add!(Weighted<L>, L; Named<L>, L; Box<dyn Loss>);
+combinator_add!(Weighted<L>, L; Named<L>, L; Finite<L>, L; Box<dyn Loss>);
 
 /// One row of the crate's catalog of objectives ([`objectives`](crate::objectives)): the items
 /// (objective types, or a constructor), the paper or reference, and the method's page under

@@ -512,3 +512,47 @@ fn dot_refuses_a_nan_rate_and_a_non_finite_loss() {
     assert_eq!(values(after.w.val()), values(fresh.w.val()));
     assert!(values(after.w.val()).iter().all(|v| v.is_finite()));
 }
+
+/// Run by [`a_tracked_teacher_is_warned_about_once`] in a child process: a KD step on a
+/// teacher forward pass that autodiff tracked (`tracked`), or on constants.
+#[test]
+fn tracked_teacher_child() {
+    let Some(mode) = std::env::var_os("BURN_DISTILL_TRACKED_CHILD") else {
+        return; // only meaningful as the child
+    };
+    let w = f64t(noise(4, 9, 1.0), [3, 3]).require_grad();
+    let x = f64t(noise(5, 6, 1.0), [2, 3]);
+    let teacher = match mode.to_str() {
+        Some("tracked") => x.clone().matmul(w), // the output of a tracked op
+        _ => x.clone().matmul(w.detach()).set_require_grad(false),
+    };
+    let kd = KdConfig::new().init().unwrap();
+    for _ in 0..3 {
+        let student = x.clone().require_grad();
+        kd.forward(&DistillInput::new(student, teacher.clone()))
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_tracked_teacher_is_warned_about_once() {
+    let run = |mode: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tracked_teacher_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("BURN_DISTILL_TRACKED_CHILD", mode)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr)
+            .matches("burn-distill: warning: the teacher's outputs")
+            .count()
+    };
+    assert_eq!(run("tracked"), 1, "one warning for three steps");
+    assert_eq!(run("constant"), 0);
+}

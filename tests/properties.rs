@@ -423,6 +423,52 @@ mod catalogued {
     }
 }
 
+/// The non-finite policy, for every catalogued objective: a NaN in any leaf it reads
+/// propagates (a non-finite total, or `NonFinite` where the objective checks), never a panic;
+/// under `finite()` it is always `NonFinite`.
+#[test]
+fn non_finite_input_follows_the_policy() {
+    use burn_distill::{Feature, example_input, example_input_shifted};
+    let dev = common::device();
+    let mut cases = 0;
+    for entry in burn_distill::objectives() {
+        let Some(build) = entry.example else { continue };
+        let loss = build(&dev).unwrap();
+        let ex = example_input(&dev, DType::F64);
+        let grads = loss.forward(&ex.input).unwrap().total.backward();
+        for (name, leaf) in &ex.leaves {
+            let read = match leaf {
+                Feature::Map(t) => t.grad(&grads).is_some(),
+                Feature::Embedding(t) => t.grad(&grads).is_some(),
+            };
+            if !read {
+                continue;
+            }
+            for bad in [f64::NAN, f64::INFINITY] {
+                let input = example_input_shifted(&dev, DType::F64, Some((name, 0, bad))).input;
+                match loss.forward(&input) {
+                    Ok(out) => assert!(
+                        !out.value().is_finite(),
+                        "{}: {bad} in {name} gave a finite {}",
+                        loss.name(),
+                        out.value()
+                    ),
+                    Err(DistillError::NonFinite { .. }) => {}
+                    Err(e) => panic!("{}: {bad} in {name}: {e}", loss.name()),
+                }
+                let err = build(&dev).unwrap().finite().forward(&input).unwrap_err();
+                assert!(
+                    matches!(err, DistillError::NonFinite { .. }),
+                    "{}: {err}",
+                    loss.name()
+                );
+                cases += 1;
+            }
+        }
+    }
+    assert!(cases >= 60, "only {cases} cases");
+}
+
 /// MLKD's two readings of its masks, recomputed from its level functions: the reference code
 /// scales each reduced level by the mask's fraction, `reference: false` sums the selected
 /// samples (classes) with the same normalisation.

@@ -70,7 +70,10 @@ impl<'a> Checked<'a> {
         }
     }
 
-    fn teacher<T: Clone>(&self, t: &T, detach: impl Fn(T) -> T) -> T {
+    fn teacher<T: Clone + Tracked>(&self, t: &T, detach: impl Fn(T) -> T) -> T {
+        if !self.input.teacher_attached && t.orphaned_graph() {
+            warn_tracked_teacher();
+        }
         match self.input.teacher_attached {
             true => t.clone(),
             false => detach(t.clone()),
@@ -463,4 +466,41 @@ fn upcast(z: Tensor<2>) -> Tensor<2> {
         DType::F16 | DType::BF16 => z.cast(FloatDType::F32),
         _ => z,
     }
+}
+
+/// What can tell whether it is the output of tracked operations: a teacher forward pass run
+/// with autodiff on (not a leaf, not a constant).
+trait Tracked {
+    fn orphaned_graph(&self) -> bool;
+}
+
+impl<const D: usize> Tracked for Tensor<D> {
+    fn orphaned_graph(&self) -> bool {
+        self.is_tracked() && !self.is_require_grad()
+    }
+}
+
+impl Tracked for Feature {
+    fn orphaned_graph(&self) -> bool {
+        match self {
+            Feature::Map(t) => t.orphaned_graph(),
+            Feature::Embedding(t) => t.orphaned_graph(),
+        }
+    }
+}
+
+/// Once per process: the teacher's outputs came from a tracked forward pass. The objectives
+/// detach them, but burn keeps the graph that made them for as long as the caller holds them,
+/// and a training loop that does this every step slows down step after step.
+fn warn_tracked_teacher() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!(
+            "burn-distill: warning: the teacher's outputs were computed with autodiff tracking \
+             (a forward pass of a module on an autodiff device). The objectives detach them, but \
+             burn keeps their graph alive while you hold them, and steps get slower: run the \
+             teacher with `teacher.valid()` (on the inner device) or `.no_grad()`, or call \
+             `DistillInput::attach_teacher()` if the teacher is meant to learn. See docs/kd.md."
+        );
+    });
 }
