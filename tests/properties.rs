@@ -469,6 +469,105 @@ fn non_finite_input_follows_the_policy() {
     assert!(cases >= 60, "only {cases} cases");
 }
 
+/// Bad input for every catalogued objective (so a new objective is covered by being
+/// registered): an empty batch, teacher logits of another class count or batch, a teacher tap
+/// of another batch, logits with no class, a teacher in f64 beside an f32 student. Each gives the
+/// exact error variant, or — when the objective does not read that part — the same value as
+/// the well-formed input; never a panic. The mixed-dtype input gives the f32 value.
+#[test]
+fn bad_input_gives_the_exact_error_or_is_ignored() {
+    use burn::tensor::{Int, TensorData};
+    use burn_distill::{Feature, example_input};
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let dev = common::device();
+    let f32t = |v: Vec<f64>, shape: [usize; 2]| common::tensor(v, shape, DType::F32);
+    let mut failures = Vec::new();
+    for entry in burn_distill::objectives() {
+        let Some(build) = entry.example else { continue };
+        let loss = build(&dev).unwrap();
+        let ex = example_input(&dev, DType::F32);
+        let good = loss.forward(&ex.input).unwrap().value();
+        let teacher = match &ex.leaves[1] {
+            ("logits_teacher", Feature::Embedding(t)) => t.clone(),
+            _ => unreachable!("the example's second leaf is the teacher's logits"),
+        };
+        let none = Tensor::<1, Int>::from_data(TensorData::new(Vec::<i64>::new(), [0]), &dev);
+        let map5 = Tensor::<4>::from_data(
+            TensorData::new(vec![0.1f32; 5 * 6 * 16], [5, 6, 4, 4]),
+            &dev,
+        );
+        type Expect = fn(&DistillError) -> bool;
+        let empty: Expect = |e| {
+            matches!(
+                e,
+                DistillError::EmptyBatch { .. } | DistillError::BatchTooSmall { got: 0, .. }
+            )
+        };
+        let classes: Expect = |e| matches!(e, DistillError::ClassMismatch { .. });
+        let shape: Expect = |e| matches!(e, DistillError::ShapeMismatch { .. });
+        let no_class: Expect = |e| {
+            matches!(
+                e,
+                DistillError::EmptyBatch { .. } | DistillError::ClassMismatch { .. }
+            )
+        };
+        let cases: Vec<(&str, DistillInput, Expect)> = vec![
+            ("an empty batch", ex.input.select_rows(none), empty),
+            (
+                "a teacher of 4 classes",
+                ex.input.with_teacher_logits(f32t(vec![0.1; 24], [6, 4])),
+                classes,
+            ),
+            (
+                "a teacher of 5 rows",
+                ex.input.with_teacher_logits(f32t(vec![0.1; 25], [5, 5])),
+                shape,
+            ),
+            (
+                "an embedding tap of 5 rows",
+                ex.input
+                    .clone()
+                    .teacher_feature("embedding", f32t(vec![0.1; 25], [5, 5])),
+                shape,
+            ),
+            (
+                "a map tap of 5 rows",
+                ex.input.clone().teacher_feature("feature", map5),
+                shape,
+            ),
+            (
+                "a teacher of no class",
+                ex.input.with_teacher_logits(f32t(vec![], [6, 0])),
+                no_class,
+            ),
+        ];
+        for (what, input, expected) in cases {
+            let got = catch_unwind(AssertUnwindSafe(|| loss.forward(&input).map(|o| o.value())));
+            let fine = match &got {
+                Ok(Ok(v)) => *v == good,
+                Ok(Err(e)) => expected(e),
+                Err(_) => false,
+            };
+            if !fine {
+                failures.push(format!(
+                    "{}: {what}: {:?}",
+                    loss.name(),
+                    got.map_err(|_| "panic")
+                ));
+            }
+        }
+        let mixed = ex.input.with_teacher_logits(teacher.cast(DType::F64));
+        match loss.forward(&mixed) {
+            Ok(out) if (out.value() - good).abs() <= 1e-5 * good.abs().max(1.0) => {}
+            other => failures.push(format!(
+                "{}: an f64 teacher: {other:?} vs {good}",
+                loss.name()
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// MLKD's two readings of its masks, recomputed from its level functions: the reference code
 /// scales each reduced level by the mask's fraction, `reference: false` sums the selected
 /// samples (classes) with the same normalisation.
