@@ -105,6 +105,21 @@ pub enum DistillError {
         /// The class count it got.
         got: usize,
     },
+    /// A tensor is in a wider float type than the parameters of the learnable objective that
+    /// reads it (narrower ones are widened, exactly).
+    #[error(
+        "{objective}: {what} is {actual}, but its parameters are {expected}: pass {expected} or a narrower float type (widened exactly)"
+    )]
+    DtypeMismatch {
+        /// The objective that read it.
+        objective: String,
+        /// The tensor.
+        what: String,
+        /// The parameters' float type.
+        expected: String,
+        /// The tensor's.
+        actual: String,
+    },
     /// A value computed during training is NaN or infinite (a diverged model, say).
     #[error("{what} is not finite")]
     NonFinite {

@@ -554,3 +554,53 @@ fn logit_objectives_in_half_precision() {
     }
     assert!(checked > 0, "no backend supports half precision");
 }
+
+/// Learnable objectives read taps (and logits) in their parameters' float type: narrower
+/// inputs are widened exactly (f32 taps into f64 parameters give the f64 value up to the taps'
+/// f32 rounding; f16 into f32 parameters a finite loss), wider ones are a `DtypeMismatch`
+/// naming both types — never burn's "dtype mismatch" panic.
+#[test]
+fn learnable_objectives_fit_their_parameters_dtype() {
+    configure_f64();
+    let dev = Device::flex().autodiff();
+    let all_f64 = with_parameters(&dev, DType::F64);
+    let wide = with_parameters(&dev, DType::F64);
+    let narrow = with_parameters(&dev, DType::F32);
+    assert!(all_f64.len() >= 14);
+    for ((reference, loss), small) in all_f64.iter().zip(&wide).zip(&narrow) {
+        // the same numbers rounded to f32, widened: the f64 value up to that rounding
+        let want = reference
+            .forward(&example_input(&dev, DType::F64).input)
+            .unwrap()
+            .value();
+        let got = loss
+            .forward(&example_input(&dev, DType::F32).input)
+            .unwrap()
+            .value();
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{}: {got} vs {want}",
+            loss.name()
+        );
+
+        // wider inputs: refused by name, unless the objective converts them itself (CTKD reads
+        // its θ as a number)
+        match small.forward(&example_input(&dev, DType::F64).input) {
+            Err(DistillError::DtypeMismatch {
+                expected, actual, ..
+            }) => assert_eq!((expected.as_str(), actual.as_str()), ("F32", "F64")),
+            Ok(out) => assert!(
+                (out.value() - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{}: {} vs {want}",
+                small.name(),
+                out.value()
+            ),
+            Err(e) => panic!("{}: {e}", small.name()),
+        }
+        let half = small
+            .forward(&example_input(&dev, DType::F16).input)
+            .unwrap()
+            .value();
+        assert!(half.is_finite(), "{}: {half}", small.name());
+    }
+}

@@ -210,7 +210,7 @@ impl Loss for Ft {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Self::NAME).maps(&c.feature)?;
+        let (s, t) = input.of(Self::NAME).for_module(self).maps(&c.feature)?;
         for (who, got, want) in [
             ("student", s.dims()[1], c.student_channels),
             ("teacher", t.dims()[1], c.teacher_channels),

@@ -168,7 +168,7 @@ impl Loss for Hint {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = configured_maps(&input.of(Hint::NAME), &c.feature, c.student, c.teacher)?;
+        let (s, t) = configured_maps(&input.of(Hint::NAME).for_module(self), &c.feature, c.student, c.teacher)?;
         let s = match &self.connector {
             Some(r) => r.forward(s),
             None => s,

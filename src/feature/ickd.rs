@@ -112,7 +112,7 @@ impl Loss for Ickd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).for_module(self);
         let total = sum_stages(&self.config.features, |i, name| {
             let (s, t) = checked.maps(name)?;
             let s = match self.embeds.get(i) {

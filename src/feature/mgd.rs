@@ -209,7 +209,7 @@ impl Loss for Mgd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Mgd::NAME).maps(&c.feature)?;
+        let (s, t) = input.of(Mgd::NAME).for_module(self).maps(&c.feature)?;
         let (ds, dt) = (s.dims(), t.dims());
         if ds[1] != c.student_channels || dt[1] != c.teacher_channels || ds[2..] != dt[2..] {
             return Err(DistillError::ShapeMismatch {

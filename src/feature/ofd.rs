@@ -188,7 +188,7 @@ impl Loss for Ofd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).for_module(self);
         let k = c.features.len();
         let total = sum_stages(&c.features, |i, name| {
             let (s, t) = channel_maps(&checked, name, c.channels[i])?;

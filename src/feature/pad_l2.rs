@@ -103,7 +103,7 @@ impl Loss for PadL2 {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).for_module(self);
         let (s, t) = checked.paired_rows(&self.config.feature)?;
         if s.dims()[1] != self.config.width {
             return Err(checked.shape(

@@ -204,7 +204,7 @@ impl Loss for ReviewKd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).for_module(self);
         let warmup = Schedule::Warmup {
             value: c.weight,
             epochs: c.warmup_epochs,

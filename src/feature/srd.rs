@@ -100,7 +100,7 @@ impl Loss for Srd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).for_module(self);
         let name = &self.config.feature;
         let (s, t) = checked.rows(name, 1)?;
         let s = match (&self.projector, self.config.projector) {

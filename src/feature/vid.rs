@@ -147,7 +147,7 @@ impl Loss for Vid {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).for_module(self);
         let total = sum_stages(&c.features, |i, name| {
             let (s, t) = channel_maps(&checked, name, c.channels[i])?;
             let (s, t) = pool_to_smaller(s, t);

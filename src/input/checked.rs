@@ -24,11 +24,65 @@ use crate::DistillError;
 pub struct Checked<'a> {
     input: &'a DistillInput,
     objective: &'a str,
+    params: Option<DType>,
 }
 
 impl<'a> Checked<'a> {
     pub(super) fn new(input: &'a DistillInput, objective: &'a str) -> Self {
-        Self { input, objective }
+        Self {
+            input,
+            objective,
+            params: None,
+        }
+    }
+
+    /// The same reader for an objective with learnable parameters (`module`'s): the taps it
+    /// returns are in the parameters' float type — widened when they are narrower (f16, bf16 →
+    /// f32 → f64: exact), a [`DistillError::DtypeMismatch`] when they are wider.
+    pub fn for_module<M: burn::module::Module>(self, module: &M) -> Self {
+        struct First(Option<DType>);
+        impl burn::module::ModuleVisitor for First {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                self.0.get_or_insert_with(|| param.val().dtype());
+            }
+        }
+        let mut first = First(None);
+        module.visit(&mut first);
+        Self {
+            params: first.0,
+            ..self
+        }
+    }
+
+    /// `t` in the parameters' float type, if there are parameters (see [`for_module`](Self::for_module)).
+    fn fit<const D: usize>(&self, t: Tensor<D>, what: &str) -> Result<Tensor<D>, DistillError> {
+        let Some(params) = self.params else {
+            return Ok(t);
+        };
+        let width = |d: DType| match d {
+            DType::F64 => 3,
+            DType::F32 | DType::Flex32 => 2,
+            DType::F16 | DType::BF16 => 1,
+            _ => 0,
+        };
+        match (t.dtype(), width(t.dtype()) < width(params)) {
+            (d, _) if d == params => Ok(t),
+            (_, true) => Ok(t.cast(FloatDType::from(params))),
+            (d, false) => Err(DistillError::DtypeMismatch {
+                objective: self.objective.into(),
+                what: what.into(),
+                expected: format!("{params:?}"),
+                actual: format!("{d:?}"),
+            }),
+        }
+    }
+
+    /// [`fit`](Self::fit) for a tap.
+    fn fit_feature(&self, f: Feature, what: &str) -> Result<Feature, DistillError> {
+        Ok(match f {
+            Feature::Map(t) => Feature::Map(self.fit(t, what)?),
+            Feature::Embedding(t) => Feature::Embedding(self.fit(t, what)?),
+        })
     }
 
     /// The objective reading.
@@ -93,7 +147,10 @@ impl<'a> Checked<'a> {
         if s.dims()[1] == 0 {
             return Err(self.empty("student logits (zero classes)".into()));
         }
-        Ok(upcast(s.clone()))
+        match self.params {
+            Some(_) => self.fit(s.clone(), "the student logits"),
+            None => Ok(upcast(s.clone())),
+        }
     }
 
     /// The student's and teacher's logits after checking that both are `[N, C]` with the same
@@ -354,7 +411,9 @@ impl<'a> Checked<'a> {
             }
             (_, t) => t,
         };
-        Ok((s.clone(), t))
+        let s = self.fit_feature(s.clone(), &format!("the student tap `{student}`"))?;
+        let t = self.fit_feature(t, &format!("the teacher tap `{teacher}`"))?;
+        Ok((s, t))
     }
 
     /// The student's and teacher's maps of tap `name`, after checking both are `[N, C, H, W]`
@@ -404,7 +463,12 @@ impl<'a> Checked<'a> {
         }
         // distances, angles and Gram matrices of half-precision rows lose their small terms
         // (an eps of 1e-12 squares to 0 in f16): relations are computed in f32
-        let (s, t) = (upcast(s.flatten()), upcast(t.flatten()));
+        // (a learnable objective computes in its parameters' type instead)
+        let up = |z: Tensor<2>| match self.params {
+            Some(_) => z,
+            None => upcast(z),
+        };
+        let (s, t) = (up(s.flatten()), up(t.flatten()));
         for (who, d) in [("student", s.dims()), ("teacher", t.dims())] {
             if d[1] == 0 {
                 return Err(self.empty(format!("{who} tap `{name}` has width 0")));

@@ -194,7 +194,7 @@ impl Loss for Crd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Crd::NAME).rows(&c.feature, 1)?;
+        let (s, t) = input.of(Crd::NAME).for_module(self).rows(&c.feature, 1)?;
         let b = s.dims()[0];
         if s.dims()[1] != c.student_dim || t.dims()[1] != c.teacher_dim {
             return Err(DistillError::ShapeMismatch {

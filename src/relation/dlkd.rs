@@ -207,7 +207,8 @@ impl Loss for Dlkd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Dlkd::NAME).rows(&c.feature, 2)?;
+        let checked = input.of(Dlkd::NAME).for_module(self);
+        let (s, t) = checked.rows(&c.feature, 2)?;
         let [n, ds] = s.dims();
         let dt = t.dims()[1];
         if ds != c.student_dim || dt != c.teacher_dim {
@@ -220,7 +221,7 @@ impl Loss for Dlkd {
         }
         let mut terms = Vec::new();
         if c.ce_weight > 0.0 {
-            let z = input.of(Dlkd::NAME).student_logits()?;
+            let z = checked.student_logits()?;
             if z.dims()[0] != n {
                 return Err(DistillError::ShapeMismatch {
                     objective: Dlkd::NAME.into(),
@@ -229,7 +230,7 @@ impl Loss for Dlkd {
                     actual: z.dims().to_vec(),
                 });
             }
-            let y = input.of(Dlkd::NAME).targets(n, z.dims()[1])?;
+            let y = checked.targets(n, z.dims()[1])?;
             terms.push((
                 "ce".into(),
                 cross_entropy_per_sample(z, y, 0.0).mean() * c.ce_weight,
@@ -237,7 +238,7 @@ impl Loss for Dlkd {
         }
         if c.corr_weight > 0.0 {
             let all: Vec<usize> = (0..n).collect();
-            let (anchors, references) = match input.of(Dlkd::NAME).views()? {
+            let (anchors, references) = match checked.views()? {
                 Some(v) if !v.augmented_rows().is_empty() => (v.augmented_rows(), v.plain_rows()),
                 _ => (all.clone(), all),
             };
@@ -246,7 +247,7 @@ impl Loss for Dlkd {
         }
         if c.supcon_weight > 0.0 {
             let y = match c.supcon_labels {
-                true => input.of(Dlkd::NAME).targets(n, i64::MAX as usize)?,
+                true => checked.targets(n, i64::MAX as usize)?,
                 false => Tensor::arange(0..n as i64, &s.device()),
             };
             let supcon = self.supcon_loss(s.clone(), t.clone(), y);

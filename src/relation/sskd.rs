@@ -230,7 +230,7 @@ impl Loss for Sskd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).for_module(self);
         let (zs, zt) = checked.logits()?;
         let [n, classes] = zs.dims();
         if n == 0 || !n.is_multiple_of(4) {
