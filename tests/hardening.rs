@@ -556,3 +556,18 @@ fn a_tracked_teacher_is_warned_about_once() {
     assert_eq!(run("tracked"), 1, "one warning for three steps");
     assert_eq!(run("constant"), 0);
 }
+
+/// A record of a learnable objective of another shape (a connector of other channels, a
+/// memory bank of another data set size) is refused by burn's `try_load_record`, a `Result`
+/// (its `load_record` panics): the path docs/train.md gives for restoring objectives.
+#[test]
+fn mismatched_records_are_errors_not_panics() {
+    use burn_distill::feature::HintConfig;
+    let dev = device();
+    let hint = |teacher: usize| HintConfig::new([3, 4, 4], [teacher, 4, 4]).init(&dev).unwrap();
+    assert!(hint(6).try_load_record(hint(8).into_record()).is_err());
+    assert!(hint(6).try_load_record(hint(6).into_record()).is_ok());
+    let crd = |size: usize| CrdConfig::new(4, 5, size).init(&dev).unwrap();
+    assert!(crd(20).try_load_record(crd(30).into_record()).is_err());
+    assert!(crd(20).try_load_record(crd(20).into_record()).is_ok());
+}
