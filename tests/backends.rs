@@ -257,6 +257,10 @@ fn logit_objectives() -> Vec<Box<dyn Loss>> {
 /// Objectives with parameters, built on `device` in `dtype` from one reference record, so
 /// every backend gets the same weights.
 fn with_parameters(device: &Device, dtype: DType) -> Vec<Box<dyn Loss>> {
+    // the draws come from the reference device's seeded generator: one caller at a time, or
+    // two tests running side by side interleave them and get different weights
+    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _draws = DRAWS.lock().unwrap_or_else(|p| p.into_inner());
     let r = reference();
     let mv = |m: &mut dyn FnMut(&mut Move)| {
         let mut mover = Move { device, dtype };
