@@ -564,7 +564,11 @@ fn a_tracked_teacher_is_warned_about_once() {
 fn mismatched_records_are_errors_not_panics() {
     use burn_distill::feature::HintConfig;
     let dev = device();
-    let hint = |teacher: usize| HintConfig::new([3, 4, 4], [teacher, 4, 4]).init(&dev).unwrap();
+    let hint = |teacher: usize| {
+        HintConfig::new([3, 4, 4], [teacher, 4, 4])
+            .init(&dev)
+            .unwrap()
+    };
     assert!(hint(6).try_load_record(hint(8).into_record()).is_err());
     assert!(hint(6).try_load_record(hint(6).into_record()).is_ok());
     let crd = |size: usize| CrdConfig::new(4, 5, size).init(&dev).unwrap();

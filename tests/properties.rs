@@ -470,12 +470,12 @@ fn non_finite_input_follows_the_policy() {
 }
 
 /// Bad input for every catalogued objective (so a new objective is covered by being
-/// registered): an empty batch, teacher logits of another class count or batch, a teacher tap
-/// of another batch, logits with no class, a teacher in f64 beside an f32 student. Each gives the
-/// exact error variant, or — when the objective does not read that part — the same value as
-/// the well-formed input; never a panic. The mixed-dtype input gives the f32 value.
-#[test]
-fn bad_input_gives_the_exact_error_or_is_ignored() {
+/// registered): an empty batch, teacher logits of another (generated) class count or batch, a
+/// teacher tap of another batch, logits with no class, a teacher in f64 beside an f32 student.
+/// Each gives the exact error variant, or — when the objective does not read that part — the
+/// same value as the well-formed input; never a panic. The mixed-dtype input gives the f32
+/// value.
+fn bad_input_gives_the_exact_error_or_is_ignored(classes: usize, rows: usize) {
     use burn::tensor::{Int, TensorData};
     use burn_distill::{Feature, example_input};
     use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -492,8 +492,8 @@ fn bad_input_gives_the_exact_error_or_is_ignored() {
             _ => unreachable!("the example's second leaf is the teacher's logits"),
         };
         let none = Tensor::<1, Int>::from_data(TensorData::new(Vec::<i64>::new(), [0]), &dev);
-        let map5 = Tensor::<4>::from_data(
-            TensorData::new(vec![0.1f32; 5 * 6 * 16], [5, 6, 4, 4]),
+        let map = Tensor::<4>::from_data(
+            TensorData::new(vec![0.1f32; rows * 6 * 16], [rows, 6, 4, 4]),
             &dev,
         );
         type Expect = fn(&DistillError) -> bool;
@@ -503,7 +503,7 @@ fn bad_input_gives_the_exact_error_or_is_ignored() {
                 DistillError::EmptyBatch { .. } | DistillError::BatchTooSmall { got: 0, .. }
             )
         };
-        let classes: Expect = |e| matches!(e, DistillError::ClassMismatch { .. });
+        let class_count: Expect = |e| matches!(e, DistillError::ClassMismatch { .. });
         let shape: Expect = |e| matches!(e, DistillError::ShapeMismatch { .. });
         let no_class: Expect = |e| {
             matches!(
@@ -514,25 +514,27 @@ fn bad_input_gives_the_exact_error_or_is_ignored() {
         let cases: Vec<(&str, DistillInput, Expect)> = vec![
             ("an empty batch", ex.input.select_rows(none), empty),
             (
-                "a teacher of 4 classes",
-                ex.input.with_teacher_logits(f32t(vec![0.1; 24], [6, 4])),
-                classes,
+                "a teacher of another class count",
+                ex.input
+                    .with_teacher_logits(f32t(vec![0.1; 6 * classes], [6, classes])),
+                class_count,
             ),
             (
-                "a teacher of 5 rows",
-                ex.input.with_teacher_logits(f32t(vec![0.1; 25], [5, 5])),
+                "a teacher of another batch",
+                ex.input
+                    .with_teacher_logits(f32t(vec![0.1; rows * 5], [rows, 5])),
                 shape,
             ),
             (
-                "an embedding tap of 5 rows",
+                "an embedding tap of another batch",
                 ex.input
                     .clone()
-                    .teacher_feature("embedding", f32t(vec![0.1; 25], [5, 5])),
+                    .teacher_feature("embedding", f32t(vec![0.1; rows * 5], [rows, 5])),
                 shape,
             ),
             (
-                "a map tap of 5 rows",
-                ex.input.clone().teacher_feature("feature", map5),
+                "a map tap of another batch",
+                ex.input.clone().teacher_feature("feature", map),
                 shape,
             ),
             (
@@ -550,7 +552,7 @@ fn bad_input_gives_the_exact_error_or_is_ignored() {
             };
             if !fine {
                 failures.push(format!(
-                    "{}: {what}: {:?}",
+                    "{}: {what} ({classes} classes, {rows} rows): {:?}",
                     loss.name(),
                     got.map_err(|_| "panic")
                 ));
@@ -566,6 +568,17 @@ fn bad_input_gives_the_exact_error_or_is_ignored() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+    #[test]
+    fn bad_input_is_the_exact_error_or_ignored(
+        classes in (1..12usize).prop_filter("another class count", |c| *c != 5),
+        rows in (1..12usize).prop_filter("another batch", |r| *r != 6),
+    ) {
+        bad_input_gives_the_exact_error_or_is_ignored(classes, rows);
+    }
 }
 
 /// MLKD's two readings of its masks, recomputed from its level functions: the reference code
