@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""burn-distill's fused KD/DKD against PyTorch eager, in one run on one machine.
+"""burn-distill's fused KD/DKD against PyTorch eager and torch.compile, in one run on one machine.
 
-1. Times forward + backward (w.r.t. the student's logits, teacher frozen) of KD and DKD in
-   PyTorch eager, f32, at [64,100], [256,100], [256,1000], [1024,1000], with
-   torch.set_num_threads(THREADS) (default 1). The loss code is this project's own
-   transcription of the reference formulas (mdistiller's kd_loss and dkd_loss: softmax,
-   log-softmax, kl_div, the target/other masks and the -1000 masking of DKD's NCKD).
-2. Runs `cargo bench --bench floor` and `cargo bench --bench logit` (criterion) and reads
-   their medians from target/criterion.
-3. Prints the markdown table of docs/performance.md: medians, speed-ups over PyTorch, and
-   multiples of the exp floor.
+1. Runs `cargo bench --bench floor` and `cargo bench --bench logit` (criterion) and reads
+   their medians from target/criterion: the fused kernels on one thread (`*/fused-1thread`)
+   and on every core (`*/fused`), the composed versions, the exp floor.
+2. Times forward + backward (w.r.t. the student's logits, teacher frozen) of KD and DKD in
+   PyTorch, f32, at [64,100], [256,100], [256,1000], [1024,1000]: eager, and compiled with
+   `torch.compile` (inductor: fused vectorised C++ loops, OpenMP), each with
+   torch.set_num_threads(1) and (2) — the strongest CPU baseline. The loss code is this
+   project's own transcription of the reference formulas (mdistiller's kd_loss and dkd_loss:
+   softmax, log-softmax, kl_div, the target/other masks and the -1000 masking of DKD's NCKD).
+3. Prints the markdown tables of docs/performance.md: medians, and the ratios PyTorch / fused
+   at equal thread counts.
 
-Usage: python3 benches/pytorch/compare.py [--threads 1] [--skip-cargo]
-Needs torch (pip install torch); not part of CI.
+Usage: python3 benches/pytorch/compare.py [--skip-cargo] [--no-compile]
+Needs torch (pip install torch) and a C++ compiler for inductor; not part of CI.
 """
 
 import argparse
@@ -69,7 +71,10 @@ def median_seconds(fn, budget=2.0, min_runs=20):
     return statistics.median(times)
 
 
-def torch_medians():
+def torch_medians(threads, compiled):
+    torch.set_num_threads(threads)
+    kd_fn = torch.compile(kd_loss, dynamic=False) if compiled else kd_loss
+    dkd_fn = torch.compile(dkd_loss, dynamic=False) if compiled else dkd_loss
     out = {}
     for n, c in SHAPES:
         g = torch.Generator().manual_seed(0)
@@ -79,11 +84,11 @@ def torch_medians():
 
         def kd():
             s = s0.clone().requires_grad_()
-            kd_loss(s, t, 4.0).backward()
+            kd_fn(s, t, 4.0).backward()
 
         def dkd():
             s = s0.clone().requires_grad_()
-            dkd_loss(s, t, y, 1.0, 8.0, 4.0).backward()
+            dkd_fn(s, t, y, 1.0, 8.0, 4.0).backward()
 
         out[("kd", n, c)] = median_seconds(kd)
         out[("dkd", n, c)] = median_seconds(dkd)
@@ -107,36 +112,46 @@ def fmt(sec):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-cargo", action="store_true", help="reuse target/criterion")
+    ap.add_argument("--no-compile", action="store_true", help="eager PyTorch only")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     if not args.skip_cargo:
         for bench in ["floor", "logit"]:
             subprocess.run(["cargo", "bench", "--bench", bench], cwd=ROOT, check=True)
-    pt = torch_medians()
+    threads = [1, 2]
+    modes = ["eager"] + ([] if args.no_compile else ["compiled"])
+    pt = {(m, th): torch_medians(th, m == "compiled") for m in modes for th in threads}
     cols = [f"[{n},{c}]" for n, c in SHAPES]
-    print(f"torch {torch.__version__}, {args.threads} thread(s); burn-distill: flex, f32, 1 thread\n")
+    cores = os.cpu_count()
+    print(f"torch {torch.__version__}; burn-distill: flex, f32; {cores} cores\n")
     print("| | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     floor = [criterion_median("floor_exp of 2·N·C floats", f"vectorised/{n}x{c}") for n, c in SHAPES]
-    print("| exp floor (2·N·C vectorised exps) | " + " | ".join(fmt(f) for f in floor) + " |")
+    print("| exp floor, 1 thread (2·N·C vectorised exps) | " + " | ".join(fmt(f) for f in floor) + " |")
     for loss in ["kd", "dkd", "dckd"]:
-        rows = {}
-        for kind in ["fused", "composed"]:
-            rows[kind] = [
-                criterion_median(f"forward+backward {n}x{c}", f"{loss}_{kind}") for n, c in SHAPES
-            ]
-            print(f"| {loss.upper()} {kind} | " + " | ".join(fmt(v) for v in rows[kind]) + " |")
-        if loss != "dckd":
-            torch_row = [pt[(loss, n, c)] for n, c in SHAPES]
-            print(f"| {loss.upper()} PyTorch eager | " + " | ".join(fmt(v) for v in torch_row) + " |")
-            ratio = [f"**{p / f:.1f}×**" if f else "–" for p, f in zip(torch_row, rows["fused"])]
-            print(f"| {loss.upper()}: PyTorch / fused | " + " | ".join(ratio) + " |")
-        mult = [f"{f / fl:.2f}×" if f and fl else "–" for f, fl in zip(rows["fused"], floor)]
-        print(f"| {loss.upper()}: fused / floor | " + " | ".join(mult) + " |")
-    loop = [criterion_median(f"forward+backward {n}x{c}", "kd_loop") for n, c in SHAPES]
-    print("| KD scalar single-pass loop | " + " | ".join(fmt(v) for v in loop) + " |")
+        fused = {
+            1: [criterion_median(f"forward+backward {n}x{c}", f"{loss}_fused-1thread") for n, c in SHAPES],
+            2: [criterion_median(f"forward+backward {n}x{c}", f"{loss}_fused") for n, c in SHAPES],
+        }
+        composed = [criterion_median(f"forward+backward {n}x{c}", f"{loss}_composed") for n, c in SHAPES]
+        for th in threads:
+            print(f"| {loss.upper()} fused, {th} thread(s) | " + " | ".join(fmt(v) for v in fused[th]) + " |")
+        print(f"| {loss.upper()} composed | " + " | ".join(fmt(v) for v in composed) + " |")
+        if loss == "dckd":
+            continue
+        for m in modes:
+            for th in threads:
+                row = [pt[(m, th)][(loss, n, c)] for n, c in SHAPES]
+                print(f"| {loss.upper()} PyTorch {m}, {th} thread(s) | " + " | ".join(fmt(v) for v in row) + " |")
+        for m in modes:
+            for th in threads:
+                ratio = [
+                    f"**{pt[(m, th)][(loss, n, c)] / f:.1f}×**" if f else "–"
+                    for (n, c), f in zip(SHAPES, fused[th])
+                ]
+                print(f"| {loss.upper()}: PyTorch {m} / fused, {th} thread(s) | " + " | ".join(ratio) + " |")
+        scale = [f"{a / b:.2f}×" if a and b else "–" for a, b in zip(fused[1], fused[2])]
+        print(f"| {loss.upper()} fused: 1 thread / 2 threads | " + " | ".join(scale) + " |")
 
 
 if __name__ == "__main__":
