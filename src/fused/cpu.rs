@@ -15,8 +15,9 @@ use super::Joint;
 /// Threads the kernels use: 0 = every core (the default), else at most this many.
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
-/// A call below this many logits runs on one thread (a thread's start costs about as much as
-/// the kernel on 16K logits).
+/// A call below this many logits runs on one thread (handing a block to another thread costs
+/// about as much as the kernel on a few thousand logits, and the blocks must be large enough
+/// to amortise the first touch of their gradient plane).
 const MIN_PER_THREAD: usize = 1 << 16;
 
 /// Sets the threads the fused kernels split their rows over: `0` (the default) uses every
@@ -31,7 +32,7 @@ pub fn set_threads(n: usize) {
 fn threads_for(rows: usize, c: usize) -> usize {
     let want = match THREADS.load(Ordering::Relaxed) {
         0 => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let cores = rayon::current_num_threads();
             cores.min((rows * c / MIN_PER_THREAD).max(1))
         }
         n => n,
@@ -280,7 +281,8 @@ impl<'a, F: Send + Sync> Job<'a, F> {
     }
 }
 
-/// Runs `kernel` on `job` split over [`threads_for`] threads (scoped; one block of rows each,
+/// Runs `kernel` on `job` split over [`threads_for`] threads (tasks on rayon's pool, which
+/// burn's flex shares, so the two never oversubscribe the cores; one block of rows each,
 /// so every row is computed exactly as on one thread). `kernel` gets each block's first row.
 fn on_threads<'a, F: Send + Sync>(
     job: Job<'a, F>,
@@ -291,12 +293,12 @@ fn on_threads<'a, F: Send + Sync>(
     if threads == 1 {
         return kernel(0, job);
     }
-    std::thread::scope(|scope| {
+    rayon::scope(|scope| {
         let mut jobs = job.split(threads, per_row).into_iter();
         let first = jobs.next();
         for (start, part) in jobs {
             let kernel = &kernel;
-            scope.spawn(move || kernel(start, part));
+            scope.spawn(move |_| kernel(start, part));
         }
         if let Some((start, part)) = first {
             kernel(start, part);
