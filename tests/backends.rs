@@ -104,11 +104,15 @@ fn backends() -> Vec<Backend> {
     }
     #[cfg(feature = "tch")]
     if std::env::var("BURN_DISTILL_LIBTORCH").as_deref() == Ok("1") {
-        v.push(Backend {
-            name: "libtorch f32".into(),
-            device: Device::libtorch().autodiff(),
-            dtype: DType::F32,
-        });
+        for (name, dtype) in [("libtorch f32", DType::F32), ("libtorch f64", DType::F64)] {
+            #[allow(deprecated)] // burn-tch is deprecated in burn 0.22, still a supported backend
+            let device = Device::libtorch().autodiff();
+            v.push(Backend {
+                name: name.into(),
+                device,
+                dtype,
+            });
+        }
     } else {
         println!(
             "libtorch: skipped (needs the libtorch of PyTorch 2.9.0; set BURN_DISTILL_LIBTORCH=1)"
