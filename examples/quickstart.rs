@@ -47,7 +47,7 @@ fn main() -> Result<(), DistillError> {
     let from_file: Option<String> = flag("--loss");
     if let Some(path) = &from_file {
         let spec = burn_distill::spec::LossSpec::read(path)?;
-        println!("loss from {path}:\n{}", spec.to_toml());
+        println!("loss from {path}:\n{}", spec.to_toml()?);
     }
     let mut methods: Vec<(&str, Box<dyn Loss>)> = vec![
         ("alone (CE)", CrossEntropyConfig::new().init()?.boxed()),

@@ -159,9 +159,9 @@ impl LossSpec {
         }
     }
 
-    /// The spec as TOML.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a spec read from TOML or JSON writes as TOML")
+    /// The spec as TOML (a spec read from JSON may hold what TOML cannot write, a `null`).
+    pub fn to_toml(&self) -> Result<String, DistillError> {
+        toml::to_string(self).map_err(|e| spec_error("TOML", e.to_string()))
     }
 
     /// The spec as pretty-printed JSON.
