@@ -50,7 +50,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::file::{commit, partial_path};
+use crate::file::{TRUNCATED, commit, open_error, partial_path, read_header};
 use crate::{DistillError, Feature, Outputs};
 
 const MAGIC: &[u8; 8] = b"BDTCACH1";
@@ -362,10 +362,7 @@ impl CacheWriter {
             entries,
         };
         let json = serde_json::to_vec(&header).expect("a header serialises");
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&json);
-        bytes.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+        let bytes = crate::file::header(MAGIC, &json);
         self.file
             .write_all(&bytes)
             .map_err(io_error(&self.partial))?;
@@ -415,41 +412,11 @@ impl TeacherCache {
     /// its key and sample count must be `key` and `samples`.
     pub fn open(path: impl AsRef<Path>, key: &str, samples: usize) -> Result<Self, DistillError> {
         let path = path.as_ref().to_path_buf();
-        let mut file = File::open(&path).map_err(|e| {
-            let partial = partial_path(&path);
-            match partial.exists() {
-                true => cache_error(
-                    &path,
-                    format!(
-                        "no finished cache ({e}); {} is a writer's unfinished file",
-                        partial.display()
-                    ),
-                ),
-                false => cache_error(&path, e.to_string()),
-            }
-        })?;
+        let mut file = File::open(&path).map_err(|e| cache_error(&path, open_error(&path, e)))?;
         let len = file.metadata().map_err(io_error(&path))?.len();
-        let unfinished =
-            || cache_error(&path, "truncated or unfinished (the writer did not finish)");
-        let mut fixed = [0u8; 16];
-        file.read_exact(&mut fixed).map_err(|_| unfinished())?;
-        if &fixed[..8] != MAGIC {
-            return Err(cache_error(&path, "not a burn-distill teacher cache"));
-        }
-        let json_len = u64::from_le_bytes(fixed[8..].try_into().expect("8 bytes"));
-        if json_len > len {
-            return Err(unfinished());
-        }
-        let mut json = vec![0u8; json_len as usize + 4];
-        file.read_exact(&mut json).map_err(|_| unfinished())?;
-        let crc = u32::from_le_bytes(json[json_len as usize..].try_into().expect("4 bytes"));
-        json.truncate(json_len as usize);
-        if crc32fast::hash(&json) != crc {
-            return Err(cache_error(
-                &path,
-                "the header fails its checksum (corrupt)",
-            ));
-        }
+        let unfinished = || cache_error(&path, TRUNCATED);
+        let (json, data_start) = read_header(&mut file, MAGIC, len, "teacher cache")
+            .map_err(|e| cache_error(&path, e))?;
         let header: Header = serde_json::from_slice(&json)
             .map_err(|e| cache_error(&path, format!("unreadable header: {e}")))?;
         if header.version != VERSION {
@@ -470,7 +437,6 @@ impl TeacherCache {
                 format!("holds {} samples, not {samples}", header.samples),
             ));
         }
-        let data_start = 16 + json_len + 4;
         if len != header.info(data_start).file_bytes {
             return Err(unfinished());
         }
