@@ -44,9 +44,11 @@ fn main() -> Result<(), DistillError> {
     // 2. the student, three ways
     let (epochs, lr, hidden, temp, alpha, beta) = (STUDENT_EPOCHS, 3e-3, 6, 2.0, 0.5, 1.0);
     // `--loss FILE`: the student alone and with the loss a TOML or JSON spec describes
-    let from_file: Option<String> = flag("--loss");
-    if let Some(path) = &from_file {
-        let spec = burn_distill::spec::LossSpec::read(path)?;
+    let from_file = match flag::<String>("--loss") {
+        Some(path) => Some((LossSpec::read(&path)?, path)),
+        None => None,
+    };
+    if let Some((spec, path)) = &from_file {
         println!("loss from {path}:\n{}", spec.to_toml()?);
     }
     let mut methods: Vec<(&str, Box<dyn Loss>)> = vec![
@@ -81,8 +83,7 @@ fn main() -> Result<(), DistillError> {
             .boxed(),
         ),
     ];
-    if let Some(path) = &from_file {
-        let spec = burn_distill::spec::LossSpec::read(path)?;
+    if let Some((spec, path)) = &from_file {
         methods.truncate(1);
         methods.push((path.as_str(), spec.init()?));
     }

@@ -65,10 +65,10 @@ impl<'a> Checked<'a> {
             DType::F16 | DType::BF16 => 1,
             _ => 0,
         };
-        match (t.dtype(), width(t.dtype()) < width(params)) {
-            (d, _) if d == params => Ok(t),
-            (_, true) => Ok(t.cast(FloatDType::from(params))),
-            (d, false) => Err(DistillError::DtypeMismatch {
+        let d = t.dtype();
+        match d == params || width(d) < width(params) {
+            true => Ok(like(t, params)),
+            false => Err(DistillError::DtypeMismatch {
                 objective: self.objective.into(),
                 what: what.into(),
                 expected: format!("{params:?}"),
