@@ -386,6 +386,25 @@ mod catalogued {
     use super::*;
     use burn_distill::{Feature, example_input, example_input_shifted};
 
+    /// The gradient of each example leaf `loss` reads (in f64), by name.
+    pub(super) fn leaf_grads(
+        loss: &dyn Loss,
+        dev: &burn::tensor::Device,
+    ) -> Vec<(&'static str, Vec<f64>)> {
+        let ex = example_input(dev, DType::F64);
+        let grads = loss.forward(&ex.input).unwrap().total.backward();
+        ex.leaves
+            .iter()
+            .filter_map(|(name, leaf)| {
+                let g = match leaf {
+                    Feature::Map(t) => t.grad(&grads).map(values),
+                    Feature::Embedding(t) => t.grad(&grads).map(values),
+                };
+                g.map(|g| (*name, g))
+            })
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(6))]
 
@@ -396,14 +415,7 @@ mod catalogued {
             for entry in burn_distill::objectives() {
                 let Some(build) = entry.example else { continue };
                 let loss = build(&dev).unwrap();
-                let ex = example_input(&dev, DType::F64);
-                let grads = loss.forward(&ex.input).unwrap().total.backward();
-                for (name, leaf) in &ex.leaves {
-                    let g = match leaf {
-                        Feature::Map(t) => t.grad(&grads).map(values),
-                        Feature::Embedding(t) => t.grad(&grads).map(values),
-                    };
-                    let Some(g) = g else { continue };
+                for (name, g) in leaf_grads(loss.as_ref(), &dev) {
                     for &p in &picks {
                         let i = p % g.len();
                         let h = 1e-6;
@@ -428,22 +440,13 @@ mod catalogued {
 /// under `finite()` it is always `NonFinite`.
 #[test]
 fn non_finite_input_follows_the_policy() {
-    use burn_distill::{Feature, example_input, example_input_shifted};
+    use burn_distill::example_input_shifted;
     let dev = common::device();
     let mut cases = 0;
     for entry in burn_distill::objectives() {
         let Some(build) = entry.example else { continue };
         let loss = build(&dev).unwrap();
-        let ex = example_input(&dev, DType::F64);
-        let grads = loss.forward(&ex.input).unwrap().total.backward();
-        for (name, leaf) in &ex.leaves {
-            let read = match leaf {
-                Feature::Map(t) => t.grad(&grads).is_some(),
-                Feature::Embedding(t) => t.grad(&grads).is_some(),
-            };
-            if !read {
-                continue;
-            }
+        for (name, _) in catalogued::leaf_grads(loss.as_ref(), &dev) {
             for bad in [f64::NAN, f64::INFINITY] {
                 let input = example_input_shifted(&dev, DType::F64, Some((name, 0, bad))).input;
                 match loss.forward(&input) {
