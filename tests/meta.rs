@@ -363,39 +363,30 @@ fn student_lr_drives_the_pilot_step() {
     ));
 }
 
-/// Save after two rounds with Adam (which has state), restore into a freshly initialised
-/// meta-teacher, and the next three rounds give bit-identical teachers.
-///
-/// burn 0.22.1 materialises a loaded optimizer state in the default device's float dtype, so
-/// an f64 run configures that device for F64 first (as an f64 trainer would).
-#[test]
-fn restored_meta_teacher_continues_bit_identically() {
-    configure_f64();
-    let (student, teacher, batch, quiz) = tiny();
-    let config = MetaTeacherConfig::new().with_teacher_lr(0.01);
-    let mut meta = config
-        .init(teacher.clone(), AdamConfig::new().init(), kd_loss())
+/// A meta-teacher with Adam (stateful) on `teacher`, two rounds into `tiny()`'s problem when
+/// `rounds` is 2; with a fresh teacher (another init) and no round, what a restore starts from.
+fn adam_meta(teacher: Net, rounds: usize) -> MetaTeacher<Net> {
+    let (student, _, batch, quiz) = tiny();
+    let mut meta = MetaTeacherConfig::new()
+        .with_teacher_lr(0.01)
+        .init(teacher, AdamConfig::new().init(), kd_loss())
         .unwrap();
-    let p = Progress::epoch(0, 1);
-    for _ in 0..2 {
-        meta.round(&student, &batch, &quiz, p, 0.0).unwrap();
+    for _ in 0..rounds {
+        meta.round(&student, &batch, &quiz, Progress::epoch(0, 1), 0.0)
+            .unwrap();
     }
-    let record = meta.to_record();
-    let teacher_bytes = record.teacher.into_bytes().unwrap();
-    let optimizer_bytes = record.optimizer.into_bytes().unwrap();
-    let rounds = record.rounds;
+    meta
+}
 
-    let fresh = net(&[4, 6, 3], &noise(99, size(&[4, 6, 3]), 0.8));
-    let mut restored = config
-        .init(fresh, AdamConfig::new().init(), kd_loss())
-        .unwrap()
-        .load_record(burn_distill::meta::MetaTeacherRecord {
-            teacher: burn::store::ModuleRecord::from_bytes(teacher_bytes).unwrap(),
-            optimizer: burn::optim::OptimizerRecord::from_bytes(optimizer_bytes).unwrap(),
-            rounds,
-        })
-        .unwrap();
-    assert_eq!(restored.rounds(), 2);
+fn fresh_teacher() -> Net {
+    net(&[4, 6, 3], &noise(99, size(&[4, 6, 3]), 0.8))
+}
+
+/// Three more rounds of `meta` and `restored` give the same results and teachers.
+fn continue_alike(mut meta: MetaTeacher<Net>, mut restored: MetaTeacher<Net>) {
+    let (student, _, batch, quiz) = tiny();
+    let p = Progress::epoch(0, 1);
+    assert_eq!(restored.rounds(), meta.rounds());
     assert_eq!(teacher_values(&restored), teacher_values(&meta));
     for _ in 0..3 {
         let a = meta.round(&student, &batch, &quiz, p, 0.0).unwrap();
@@ -405,40 +396,44 @@ fn restored_meta_teacher_continues_bit_identically() {
     }
 }
 
+/// Save after two rounds with Adam (which has state), restore into a freshly initialised
+/// meta-teacher, and the next three rounds give bit-identical teachers.
+///
+/// burn 0.22.1 materialises a loaded optimizer state in the default device's float dtype, so
+/// an f64 run configures that device for F64 first (as an f64 trainer would).
+#[test]
+fn restored_meta_teacher_continues_bit_identically() {
+    configure_f64();
+    let meta = adam_meta(tiny().1, 2);
+    let record = meta.to_record();
+    let teacher_bytes = record.teacher.into_bytes().unwrap();
+    let optimizer_bytes = record.optimizer.into_bytes().unwrap();
+    let restored = adam_meta(fresh_teacher(), 0)
+        .load_record(burn_distill::meta::MetaTeacherRecord {
+            teacher: burn::store::ModuleRecord::from_bytes(teacher_bytes).unwrap(),
+            optimizer: burn::optim::OptimizerRecord::from_bytes(optimizer_bytes).unwrap(),
+            rounds: record.rounds,
+        })
+        .unwrap();
+    assert_eq!(restored.rounds(), 2);
+    continue_alike(meta, restored);
+}
+
 /// `save`/`load`: the whole state in one file; the restored meta-teacher continues exactly;
 /// damaged, unfinished and mismatched files are `InvalidRecord`.
 #[test]
 fn a_saved_meta_teacher_loads_from_one_file() {
     configure_f64();
-    let (student, teacher, batch, quiz) = tiny();
-    let config = MetaTeacherConfig::new().with_teacher_lr(0.01);
-    let mut meta = config
-        .init(teacher, AdamConfig::new().init(), kd_loss())
-        .unwrap();
-    let p = Progress::epoch(0, 1);
-    for _ in 0..2 {
-        meta.round(&student, &batch, &quiz, p, 0.0).unwrap();
-    }
+    let meta = adam_meta(tiny().1, 2);
     let dir = std::env::temp_dir().join(format!("burn-distill-meta-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("meta.state");
     meta.save(&path).unwrap();
     assert!(!dir.join("meta.state.partial").exists());
-
-    let fresh = || {
-        let teacher = net(&[4, 6, 3], &noise(99, size(&[4, 6, 3]), 0.8));
-        config
-            .init(teacher, AdamConfig::new().init(), kd_loss())
-            .unwrap()
-    };
-    let mut restored = fresh().load(&path).unwrap();
+    let fresh = || adam_meta(fresh_teacher(), 0);
+    let restored = fresh().load(&path).unwrap();
     assert_eq!(restored.rounds(), 2);
-    for _ in 0..3 {
-        let a = meta.round(&student, &batch, &quiz, p, 0.0).unwrap();
-        let b = restored.round(&student, &batch, &quiz, p, 0.0).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(teacher_values(&restored), teacher_values(&meta));
-    }
+    continue_alike(meta, restored);
 
     let good = std::fs::read(&path).unwrap();
     let reason = |bytes: &[u8]| {
@@ -461,10 +456,7 @@ fn a_saved_meta_teacher_loads_from_one_file() {
     );
     assert!(reason(b"something else entirely").contains("not a burn-distill state file"));
     // a teacher of another shape refuses the record
-    let other = net(&[4, 5, 3], &noise(98, size(&[4, 5, 3]), 0.8));
-    let other = config
-        .init(other, AdamConfig::new().init(), kd_loss())
-        .unwrap();
+    let other = adam_meta(net(&[4, 5, 3], &noise(98, size(&[4, 5, 3]), 0.8)), 0);
     assert!(matches!(
         other.load(&path),
         Err(DistillError::InvalidRecord { .. })
