@@ -5,9 +5,11 @@
 //! allocator counts live heap bytes; the peak above the inputs during one forward + backward is
 //! printed for each path before the timings.
 //!
-//! `cargo bench --bench lm_head` (many minutes: one N = 8,192 step is ~5·10¹¹ flops);
-//! `LM_HEAD_N=2048` runs one size; a criterion filter that matches nothing (`-- none`) prints
-//! the memory lines alone. Results go in docs/performance.md.
+//! `cargo bench --bench lm_head` (many minutes: one N = 8,192 step is ~10¹² flops);
+//! `LM_HEAD_N=2048`, `LM_HEAD_LOSSES=forward_kl`, `LM_HEAD_THREADS=1,2` and `LM_HEAD_CHUNK=66`
+//! narrow it; a criterion filter that matches nothing (`-- none`) prints the memory lines
+//! alone. `benches/pytorch/lm_head.py` runs it beside PyTorch and Liger-Kernel; results go in
+//! docs/performance.md.
 
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_distill::prelude::*;
@@ -102,21 +104,36 @@ fn unfused(x: &Inputs, loss: &dyn Loss) {
     );
 }
 
-/// The token counts: `LM_HEAD_N=2048` (a comma-separated list) or both.
-fn sizes() -> Vec<usize> {
-    match std::env::var("LM_HEAD_N") {
-        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
-        Err(_) => vec![2048, 8192],
+/// A comma-separated list from the environment variable `var`, or `default`.
+fn list<T: std::str::FromStr + Clone>(var: &str, default: &[T]) -> Vec<T> {
+    match std::env::var(var) {
+        Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => default.to_vec(),
     }
 }
 
+/// Tokens per chunk: `LM_HEAD_CHUNK=66`, or the objective's default.
+fn chunk_size() -> Option<usize> {
+    std::env::var("LM_HEAD_CHUNK")
+        .ok()
+        .and_then(|c| c.parse().ok())
+}
+
+/// `LM_HEAD_N` (token counts, default 2048,8192), `LM_HEAD_LOSSES` (default
+/// forward_kl,jsd), `LM_HEAD_THREADS` (thread counts, each a rayon pool that flex's matmul,
+/// its element-wise ops and the fused kernels share; default all cores).
 fn bench(c: &mut Criterion) {
     let dev = Device::flex().autodiff();
-    for n in sizes() {
+    let cores = rayon::current_num_threads();
+    for n in list("LM_HEAD_N", &[2048, 8192]) {
         let x = inputs(n, &dev);
         let logits_mb = (n * V * 4) as f64 / (1 << 20) as f64;
-        for name in ["forward_kl", "jsd"] {
-            let chunked = FusedLinearConfig::new().init(divergence(name)).unwrap();
+        for name in list::<String>("LM_HEAD_LOSSES", &["forward_kl".into(), "jsd".into()]) {
+            let name = name.as_str();
+            let chunked = FusedLinearConfig::new()
+                .with_chunk_size(chunk_size())
+                .init(divergence(name))
+                .unwrap();
             let (d, f) = (dense(name), &chunked as &dyn Loss);
             let mem_u = extra(|| unfused(&x, d.as_ref())) as f64 / (1 << 20) as f64;
             let mem_f = extra(|| fused(&x, f)) as f64 / (1 << 20) as f64;
@@ -124,15 +141,22 @@ fn bench(c: &mut Criterion) {
                 "memory N={n} {name}: unfused {mem_u:.0} MiB, fused {mem_f:.0} MiB ({:.1}% of unfused; one [N, V] logits tensor is {logits_mb:.0} MiB)",
                 100.0 * mem_f / mem_u
             );
-            let mut group = c.benchmark_group(format!("lm-head N={n} H={H} V={V}"));
-            group.sample_size(10);
-            group.bench_function(BenchmarkId::new(name, "unfused"), |bch| {
-                bch.iter(|| unfused(&x, d.as_ref()))
-            });
-            group.bench_function(BenchmarkId::new(name, "fused"), |bch| {
-                bch.iter(|| fused(&x, f))
-            });
-            group.finish();
+            for threads in list("LM_HEAD_THREADS", &[cores]) {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("a thread pool");
+                let mut group =
+                    c.benchmark_group(format!("lm-head N={n} H={H} V={V} threads={threads}"));
+                group.sample_size(10);
+                group.bench_function(BenchmarkId::new(name, "unfused"), |bch| {
+                    bch.iter(|| pool.install(|| unfused(&x, d.as_ref())))
+                });
+                group.bench_function(BenchmarkId::new(name, "fused"), |bch| {
+                    bch.iter(|| pool.install(|| fused(&x, f)))
+                });
+                group.finish();
+            }
         }
     }
 }

@@ -554,6 +554,50 @@ pub fn combine<F: Real>(plane: &mut [F], g: &[F], c: usize) {
     }
 }
 
+/// `acc += aᵀ·b` in place (gemm, on the kernels' threads): `acc` `[m, n]`, `a` `[k, m]`,
+/// `b` `[k, n]`, all row-major. Each element of `acc` is summed over `k` in the same order
+/// whatever the thread count (gemm splits the output, not the sum).
+pub fn add_product<F: Real>(acc: &mut [F], a: &[F], b: &[F], [k, m, n]: [usize; 3]) {
+    assert!(
+        acc.len() == m * n && a.len() == k * m && b.len() == k * n,
+        "add_product shapes"
+    );
+    let threads = match THREADS.load(Ordering::Relaxed) {
+        0 => rayon::current_num_threads(),
+        t => t,
+    };
+    let parallelism = match threads {
+        1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    };
+    let (m_, n_) = (m as isize, n as isize);
+    // SAFETY: the three buffers have the asserted lengths; the strides describe row-major
+    // `acc` (m × n), `aᵀ` (m × k, read through `a`'s rows) and `b` (k × n).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            acc.as_mut_ptr(),
+            1,
+            n_,
+            true,
+            a.as_ptr(),
+            m_,
+            1,
+            b.as_ptr(),
+            1,
+            n_,
+            F::one(),
+            F::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Whether the CPU runs AVX2 and FMA (checked once).
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {

@@ -35,7 +35,7 @@ mod cpu;
 mod ops;
 
 use burn::backend::Dispatch;
-use burn::tensor::{DType, Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use cpu::{exp_in_place, set_threads};
 use ops::FusedOps;
@@ -60,13 +60,79 @@ pub fn supported(device: &Device) -> bool {
     on(device.as_dispatch())
 }
 
+/// Whether tensors of these float types on `device` can take a fused op (same type, f32 or
+/// f64, a fused backend).
+fn usable_all(tensors: &[&Tensor<2>]) -> bool {
+    let dtype = tensors[0].dtype();
+    matches!(dtype, DType::F32 | DType::F64)
+        && tensors.iter().all(|t| t.dtype() == dtype)
+        && supported(&tensors[0].device())
+}
+
+/// Zeros of `shape` in `dtype` on `device`. On the fused backends they are built from a typed
+/// vector: flex's own `zeros` (like its matmul outputs) holds its buffer twice for a moment —
+/// a byte vector, then the aligned copy `Bytes::from_bytes_vec` makes of it — which for an
+/// accumulator the size of an lm-head is the peak of the whole lm-head path.
+pub(crate) fn zeros<const D: usize>(shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
+    let data = match dtype {
+        DType::F32 => TensorData::zeros::<f32, _>(shape),
+        DType::F64 => TensorData::zeros::<f64, _>(shape),
+        _ => return Tensor::zeros(shape, (device, dtype)),
+    };
+    match supported(device) {
+        true => Tensor::from_data(data, (device, dtype)),
+        false => Tensor::zeros(shape, (device, dtype)),
+    }
+}
+
+/// `acc + aᵀ·b` (`acc` `[M, N]`, `a` `[K, M]`, `b` `[K, N]`; all constants): on the fused
+/// backends written into `acc` by gemm (nothing the size of `acc` is allocated when it is
+/// uniquely owned), elsewhere the composed `acc + aᵀ·b`.
+pub(crate) fn add_product(acc: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    if !usable_all(&[&acc, &a, &b]) {
+        return acc + a.transpose().matmul(b);
+    }
+    Tensor::from_dispatch(Dispatch::fused_add_product(
+        acc.into_dispatch(),
+        a.into_dispatch(),
+        b.into_dispatch(),
+    ))
+}
+
+/// `a·b` of constants (`a` `[M, K]`, `b` `[K, N]`): on the fused backends accumulated by
+/// [`add_product`] into [`zeros`], so the `[M, N]` result is never held twice (flex's own
+/// matmul output is, for a moment); elsewhere `a.matmul(b)`.
+pub(crate) fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    if !usable_all(&[&a, &b]) {
+        return a.matmul(b);
+    }
+    let (m, n) = (a.dims()[0], b.dims()[1]);
+    let out = zeros([m, n], &a.device(), a.dtype());
+    add_product(out, a.transpose(), b)
+}
+
+/// `Σ x ⊙ g` (`[1]`; `g` a constant of `x`'s shape), whose gradient with respect to `x` is
+/// `g`: on the fused backends `g` itself becomes that gradient (scaled in place), elsewhere
+/// the composed [`dot`] (whose backward allocates a new one).
+pub(crate) fn handover(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
+    if !usable_all(&[&x, &g]) {
+        return dot(x, g);
+    }
+    Tensor::from_dispatch(Dispatch::fused_handover(
+        x.into_dispatch(),
+        g.into_dispatch(),
+    ))
+}
+
+/// `Σ x ⊙ g` as one `[1, n]·[n, 1]` product: no `x ⊙ g` temporary the size of `x`.
+pub(crate) fn dot(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
+    let n = x.shape().num_elements();
+    x.reshape([1, n]).matmul(g.reshape([n, 1])).reshape([1])
+}
+
 /// Whether a pair of logits can take the fused path.
 fn usable(student: &Tensor<2>, teacher: &Tensor<2>) -> bool {
-    let dtype = student.dtype();
-    matches!(dtype, DType::F32 | DType::F64)
-        && teacher.dtype() == dtype
-        && student.dims()[0] > 0
-        && supported(&student.device())
+    student.dims()[0] > 0 && usable_all(&[student, teacher])
 }
 
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))`, `[N]`, through the fused op, or `None` where

@@ -67,6 +67,20 @@ pub trait FusedOps: Backend {
 
     /// The backward pass: the rows of `plane` `[N, C]` times `grad` `[N]`.
     fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `acc + aᵀ·b` (`acc` `[M, N]`, `a` `[K, M]`, `b` `[K, N]`), written into `acc` where it
+    /// is uniquely owned: an accumulation that allocates nothing the size of `acc`. Not
+    /// differentiable.
+    fn fused_add_product(
+        acc: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `Σ x ⊙ g` as a `[1]` tensor whose gradient with respect to `x` is `g` itself (times
+    /// the incoming gradient, in place): `g` becomes the gradient instead of being copied
+    /// into a new one. `g` is taken as a constant.
+    fn fused_handover(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// How the kernels see a CPU backend's tensors.
@@ -77,12 +91,15 @@ trait Io<B: Backend> {
     fn tensor<F: Real + Element>(&self, v: Vec<F>, shape: &[usize]) -> FloatTensor<B>;
     /// Target indices as `usize` (the caller has range-checked them).
     fn indices(&self, targets: IntTensor<B>) -> Vec<usize>;
-    /// `plane`'s rows times `g`, in place where the backend allows.
-    fn scale_rows<F: Real + Element>(&self, plane: FloatTensor<B>, g: &[F]) -> FloatTensor<B> {
-        let [n, c] = [plane.shape()[0], plane.shape()[1]];
-        let mut v = self.floats::<F>(&plane).into_owned();
-        cpu::combine(&mut v, g, c);
-        self.tensor(v, &[n, c])
+    /// `t` after `edit` on its elements (row-major), in place where the backend allows.
+    fn edit<F: Real + Element>(
+        &self,
+        t: FloatTensor<B>,
+        edit: impl FnOnce(&mut [F]),
+    ) -> FloatTensor<B> {
+        let mut v = self.floats::<F>(&t).into_owned();
+        edit(&mut v);
+        self.tensor(v, &t.shape())
     }
 }
 
@@ -208,10 +225,49 @@ fn combine<B: Backend>(
     plane: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    match plane.dtype() {
-        DType::F64 => io.scale_rows(plane, &io.floats::<f64>(&grad)),
-        _ => io.scale_rows(plane, &io.floats::<f32>(&grad)),
+    fn scale<B: Backend, F: Real + Element>(
+        io: &impl Io<B>,
+        p: FloatTensor<B>,
+        g: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let c = p.shape()[1];
+        let g = io.floats::<F>(&g);
+        io.edit::<F>(p, |p| cpu::combine(p, &g, c))
     }
+    match plane.dtype() {
+        DType::F64 => scale::<B, f64>(io, plane, grad),
+        _ => scale::<B, f32>(io, plane, grad),
+    }
+}
+
+fn add_product<B: Backend>(
+    io: &impl Io<B>,
+    acc: FloatTensor<B>,
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+) -> FloatTensor<B> {
+    fn run<B: Backend, F: Real + Element>(
+        io: &impl Io<B>,
+        acc: FloatTensor<B>,
+        a: FloatTensor<B>,
+        b: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let [k, m, n] = [a.shape()[0], a.shape()[1], b.shape()[1]];
+        let (a, b) = (io.floats::<F>(&a), io.floats::<F>(&b));
+        io.edit::<F>(acc, |acc| cpu::add_product(acc, &a, &b, [k, m, n]))
+    }
+    match acc.dtype() {
+        DType::F64 => run::<B, f64>(io, acc, a, b),
+        _ => run::<B, f32>(io, acc, a, b),
+    }
+}
+
+/// `Σ x ⊙ g` through one `[1, n]·[n, 1]` product (no temporary the size of `x`).
+fn dot<B: Backend>(x: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
+    let n = x.shape().num_elements();
+    let x = B::float_reshape(x, [1, n].into());
+    let g = B::float_reshape(g, [n, 1].into());
+    B::float_reshape(B::float_matmul(x, g), [1].into())
 }
 
 /// `impl FusedOps` for a CPU backend, through its [`Io`].
@@ -249,6 +305,14 @@ macro_rules! cpu_backend {
 
             fn fused_combine(plane: $tensor, grad: $tensor) -> $tensor {
                 combine::<Self>(&$io, plane, grad)
+            }
+
+            fn fused_add_product(acc: $tensor, a: $tensor, b: $tensor) -> $tensor {
+                add_product::<Self>(&$io, acc, a, b)
+            }
+
+            fn fused_handover(x: $tensor, g: $tensor) -> $tensor {
+                dot::<Self>(x, g)
             }
         }
     };
@@ -326,17 +390,20 @@ mod flex {
             indices(targets.into_data())
         }
 
-        fn scale_rows<F: Real + Element>(&self, mut plane: FlexTensor, g: &[F]) -> FlexTensor {
-            let c = plane.shape()[1];
-            match F::flex_slice_mut(&mut plane) {
-                Some(p) => {
-                    cpu::combine(p, g, c);
-                    plane
+        fn edit<F: Real + Element>(
+            &self,
+            mut t: FlexTensor,
+            edit: impl FnOnce(&mut [F]),
+        ) -> FlexTensor {
+            match F::flex_slice_mut(&mut t) {
+                Some(v) => {
+                    edit(v);
+                    t
                 }
                 None => {
-                    let mut v = self.floats::<F>(&plane).into_owned();
-                    cpu::combine(&mut v, g, c);
-                    self.tensor(v, &[plane.shape()[0], c])
+                    let mut v = self.floats::<F>(&t).into_owned();
+                    edit(&mut v);
+                    self.tensor(v, &t.shape())
                 }
             }
         }
@@ -447,5 +514,45 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         // not differentiable itself (no gradient of a gradient in burn 0.22)
         Self::from_inner(B::fused_combine(Self::inner(plane), Self::inner(grad)))
+    }
+
+    fn fused_add_product(
+        acc: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let [acc, a, b] = [acc, a, b].map(Self::inner);
+        Self::from_inner(B::fused_add_product(acc, a, b))
+    }
+
+    fn fused_handover(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        let g = Self::inner(g);
+        match Handover.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let value = B::fused_handover(x.into_primitive(), g.clone());
+                prep.finish(g, value)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_handover(x.into_primitive(), g)),
+        }
+    }
+}
+
+/// The backward step of [`FusedOps::fused_handover`]: the kept `g`, scaled by the incoming
+/// `[1]` gradient in place, is the input's gradient.
+#[derive(Debug)]
+struct Handover;
+
+impl<B: FusedOps> Backward<B, 1> for Handover {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [node] = ops.parents;
+        if let Some(node) = node {
+            let shape = ops.state.shape();
+            let flat = B::float_reshape(ops.state, [1, shape.num_elements()].into());
+            let grad = B::fused_combine(flat, grad);
+            grads.register::<B>(node.id, B::float_reshape(grad, shape));
+        }
     }
 }

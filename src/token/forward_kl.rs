@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
 use super::tokens::{Softening, TokenReduction};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::{DistillError, DistillInput, Loss, LossOutput, fused};
 
 /// Per-element forward-KL terms `p_t,v (log p_t,v − log p_s,v)` from log-probabilities
 /// `[N, V]`; their sum over `v` is `KL(p_t ‖ p_s)`. A teacher probability that underflows to
@@ -37,6 +37,12 @@ pub struct ForwardKlConfig {
     /// gradient of its own.
     #[config(default = false)]
     pub cross_entropy: bool,
+    /// Compute the KL with the [fused kernel](crate::fused) (KD's, at the token level) where
+    /// the device supports it: the same values and gradients as the composed tensor ops, on
+    /// every core, several times faster; `false` forces the composed version. The
+    /// cross-entropy form is always composed.
+    #[config(default = true)]
+    pub fused: bool,
 }
 
 impl ForwardKlConfig {
@@ -50,6 +56,7 @@ impl ForwardKlConfig {
                 self.reduction,
             )?,
             cross_entropy: self.cross_entropy,
+            fused: self.fused,
         })
     }
 }
@@ -67,6 +74,7 @@ impl ForwardKlConfig {
 pub struct ForwardKl {
     soft: Softening,
     cross_entropy: bool,
+    fused: bool,
 }
 
 crate::objective!(ForwardKl, "forward_kl");
@@ -81,10 +89,15 @@ impl Loss for ForwardKl {
             true => teacher_cross_entropy_elements,
             false => forward_kl_elements,
         };
+        let fused = self.fused && !self.cross_entropy;
         self.soft.forward(Self::NAME, input, |s, t| {
-            elements(log_softmax(s, 1), log_softmax(t, 1))
-                .sum_dim(1)
-                .squeeze_dim(1)
+            // the logits arrive divided by T: KD's kernel at T = 1 is the token's KL
+            let rows = fused.then(|| fused::kd_rows(&s, &t, 1.0)).flatten();
+            rows.unwrap_or_else(|| {
+                elements(log_softmax(s, 1), log_softmax(t, 1))
+                    .sum_dim(1)
+                    .squeeze_dim(1)
+            })
         })
     }
 }

@@ -7,7 +7,9 @@ use burn::tensor::{Int, Tensor};
 
 use super::tokens::TokenReduction;
 use crate::check::{check_non_negative, check_positive};
-use crate::{DistillError, DistillInput, Extension, Loss, LossOutput, cross_entropy_per_sample};
+use crate::{
+    DistillError, DistillInput, Extension, Loss, LossOutput, cross_entropy_per_sample, fused,
+};
 
 /// One model's last hidden states and its lm-head: `logits = hidden · weight + bias`.
 #[derive(Debug, Clone)]
@@ -38,7 +40,7 @@ impl LmHead {
 
     /// The logits of rows `lo..lo + len`, `[len, V]`, outside the autodiff graph.
     fn logits(&self, lo: usize, len: usize) -> Tensor<2> {
-        let z = self.rows(lo, len).matmul(constant(self.weight.clone()));
+        let z = fused::matmul(self.rows(lo, len), constant(self.weight.clone()));
         constant(match &self.bias {
             Some(b) => z + constant(b.clone()).unsqueeze_dim(0),
             None => z,
@@ -59,7 +61,7 @@ impl LmHead {
     /// `Σ ⟨x, g⟩` over the hidden states, weight and bias: a scalar whose gradients are the
     /// given ones (`gh` `[N, H]`, `gw` `[H, V]`, `gb` `[V]`, taken as constants).
     fn surrogate(&self, gh: Tensor<2>, gw: Tensor<2>, gb: Tensor<1>) -> Tensor<1> {
-        let s = (self.hidden.clone() * gh).sum() + (self.weight.clone() * gw).sum();
+        let s = fused::dot(self.hidden.clone(), gh) + fused::handover(self.weight.clone(), gw);
         match &self.bias {
             Some(b) => s + (b.clone() * gb).sum(),
             None => s,
@@ -236,25 +238,40 @@ impl<L: Loss> Loss for FusedLinear<L> {
         let chunk = c.chunk_size.unwrap_or((1usize << 22).div_ceil(v.max(1))).clamp(1, n);
 
         let (device, dtype) = (student.hidden.device(), student.hidden.dtype());
-        let zeros2 = |shape: [usize; 2]| Tensor::<2>::zeros(shape, (&device, dtype));
+        // the reduction's factor, known before any chunk (a tensor: no read-back), so every
+        // chunk's gradient is scaled while it is small and the accumulators hold the result
+        let count = match &mask {
+            Some(m) => m.clone().float().cast(dtype).sum(),
+            None => Tensor::<1>::zeros([1], (&device, dtype)) + n as f64,
+        };
+        let scale = match c.reduction {
+            TokenReduction::Mean => count.clamp_min(1.0).recip(),
+            TokenReduction::ElementMean => (count.clamp_min(1.0) * v as f64).recip(),
+            TokenReduction::Global(total) => count.zeros_like() + 1.0 / total,
+            TokenReduction::Sum | TokenReduction::None => count.zeros_like() + 1.0,
+        };
+        let zeros2 = |shape: [usize; 2]| fused::zeros(shape, &device, dtype);
         let mut gh = Vec::new();
         let mut gw = zeros2([hs, v]);
         let mut gb = Tensor::<1>::zeros([v], (&device, dtype));
         let mut teacher_g: Vec<Tensor<2>> = Vec::new();
+        // the teacher's head accumulators exist only when its gradients are wanted
         let (mut tw, mut tb) = match teacher {
-            TeacherHead::Head(h) => (
+            TeacherHead::Head(h) if teacher_tracked => (
                 Some(zeros2(h.weight.dims())),
                 Some(Tensor::<1>::zeros([v], (&device, dtype))),
             ),
-            TeacherHead::Logits(_) => (None, None),
+            _ => (None, None),
         };
         let mut value = Tensor::<1>::zeros([1], (&device, dtype));
         // the logits of a chunk are fresh leaves of a small graph that each chunk drops
         // the weights as constants, transposed once for the hidden-state gradients
         let w_t = constant(student.weight.clone()).transpose();
         let tw_t = match teacher {
-            TeacherHead::Head(th) => Some(constant(th.weight.clone()).transpose()),
-            TeacherHead::Logits(_) => None,
+            TeacherHead::Head(th) if teacher_tracked => {
+                Some(constant(th.weight.clone()).transpose())
+            }
+            _ => None,
         };
         for lo in (0..n).step_by(chunk) {
             let len = chunk.min(n - lo);
@@ -273,6 +290,7 @@ impl<L: Loss> Loss for FusedLinear<L> {
                 chunk_input = chunk_input.mask(m);
             }
             let rows = self.inner.forward(&chunk_input)?.total;
+            drop(chunk_input);
             if rows.dims() != [len] {
                 return Err(DistillError::config(
                     Self::NAME,
@@ -290,54 +308,38 @@ impl<L: Loss> Loss for FusedLinear<L> {
                 };
                 part = part + ce.sum() * c.hard_weight;
             }
+            let part = part * scale.clone();
             value = value + constant(part.clone());
             let grads = part.backward();
-            let g = constant(zs.grad(&grads).unwrap_or_else(|| zs.clone().zeros_like()));
+            let grad_of = |z: Tensor<2>| constant(z.grad(&grads).unwrap_or_else(|| z.zeros_like()));
+            let g = grad_of(zs);
             let h = student.rows(lo, len);
             gh.push(g.clone().matmul(w_t.clone()));
-            gw = gw + h.transpose().matmul(g.clone());
+            gw = fused::add_product(gw, h, g.clone());
             gb = gb + g.sum_dim(0).squeeze_dim(0);
             if teacher_tracked {
-                let g = constant(zt.grad(&grads).unwrap_or_else(|| zt.clone().zeros_like()));
-                match teacher {
-                    TeacherHead::Logits(_) => teacher_g.push(g),
-                    TeacherHead::Head(th) => {
+                let g = grad_of(zt);
+                match (teacher, &tw_t) {
+                    (TeacherHead::Head(th), Some(w_t)) => {
                         let h = th.rows(lo, len);
-                        let w_t = tw_t.clone().expect("a head's transposed weight");
-                        teacher_g.push(g.clone().matmul(w_t));
-                        tw = tw.map(|w| w + h.transpose().matmul(g.clone()));
+                        teacher_g.push(g.clone().matmul(w_t.clone()));
+                        tw = tw.map(|w| fused::add_product(w, h, g.clone()));
                         tb = tb.map(|b| b + g.sum_dim(0).squeeze_dim(0));
                     }
+                    _ => teacher_g.push(g),
                 }
             }
         }
-        // the reduction's divisor, as a tensor (no read-back)
-        let count = match &mask {
-            Some(m) => m.clone().float().cast(dtype).sum(),
-            None => Tensor::<1>::zeros([1], (&device, dtype)) + n as f64,
-        };
-        let scale = match c.reduction {
-            TokenReduction::Mean => count.clamp_min(1.0).recip(),
-            TokenReduction::ElementMean => (count.clamp_min(1.0) * v as f64).recip(),
-            TokenReduction::Global(total) => count.zeros_like() + 1.0 / total,
-            TokenReduction::Sum | TokenReduction::None => count.zeros_like() + 1.0,
-        };
-        let value = value * scale.clone();
-        let s2 = scale.clone().unsqueeze_dim::<2>(0);
-        let mut surrogate = student.surrogate(
-            Tensor::cat(gh, 0) * s2.clone(),
-            gw * s2.clone(),
-            gb * scale.clone(),
-        );
+        let mut surrogate = student.surrogate(Tensor::cat(gh, 0), gw, gb);
         if teacher_tracked {
-            let g = Tensor::cat(teacher_g, 0) * s2.clone();
+            let g = Tensor::cat(teacher_g, 0);
             surrogate = surrogate
                 + match teacher {
-                    TeacherHead::Logits(z) => (z.clone() * g).sum(),
+                    TeacherHead::Logits(z) => fused::dot(z.clone(), g),
                     TeacherHead::Head(th) => th.surrogate(
                         g,
-                        tw.expect("a head's weight gradient") * s2,
-                        tb.expect("a head's bias gradient") * scale,
+                        tw.expect("a tracked head's weight gradient"),
+                        tb.expect("a tracked head's bias gradient"),
                     ),
                 };
         }
