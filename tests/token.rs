@@ -51,6 +51,15 @@ fn objectives(temp: f64, reduction: TokenReduction) -> Vec<Box<dyn Loss>> {
             .init()
             .unwrap()
             .boxed(),
+        // the composed twin of the fused JSD
+        JsdConfig::new()
+            .with_beta(0.3)
+            .with_temperature(temp)
+            .with_reduction(reduction)
+            .with_fused(false)
+            .init()
+            .unwrap()
+            .boxed(),
         SymmetricKlConfig::new()
             .with_ratio(0.7)
             .with_temperature(temp)
@@ -614,91 +623,108 @@ mod fused_and_sparse {
         );
     }
 
-    /// The fused forward KL (KD's kernel per token) equals its composed twin — value and both
-    /// gradients, masked rows, T ≠ 1 — in f64 and in f32, and at logits of magnitude 1e4; and
-    /// the lm-head path through it gives bit-identical results on one thread and on two.
+    /// The fused forward KL (KD's kernel per token) and JSD(β) (its own kernel; KD's at β = 0
+    /// and 1) equal their composed twins — value and both gradients, masked rows, T ≠ 1 — in
+    /// f64 and in f32, and at logits of magnitude 1e4; and the lm-head path through them gives
+    /// bit-identical results on one thread and on two.
     #[test]
-    fn fused_forward_kl_equals_composed_and_ignores_the_thread_count() {
+    fn fused_token_divergences_equal_composed_and_ignore_the_thread_count() {
         let (n, v) = (6, 11);
         let mask = [true, false, true, true, false, true];
-        for (dtype, scale, tol) in [
+        let loss = |which: usize, fused: bool, reduction| -> Box<dyn Loss> {
+            match which {
+                0 => ForwardKlConfig::new()
+                    .with_temperature(2.0)
+                    .with_reduction(reduction)
+                    .with_fused(fused)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+                k => JsdConfig::new()
+                    .with_beta([0.3, 0.0, 1.0, 0.8][k - 1])
+                    .with_temperature(2.0)
+                    .with_reduction(reduction)
+                    .with_fused(fused)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            }
+        };
+        let cases = [
             (DType::F64, 3.0, 1e-12),
             (DType::F32, 3.0, 2e-5),
             (DType::F32, 1e4, 2e-5),
-        ] {
-            let run = |fused: bool| {
-                let s = f64t(det(n * v, 21, scale), [n, v])
-                    .cast(dtype)
-                    .require_grad();
-                let t = f64t(det(n * v, 22, scale), [n, v])
-                    .cast(dtype)
-                    .require_grad();
-                let loss = ForwardKlConfig::new()
-                    .with_temperature(2.0)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap();
-                let input = DistillInput::new(s.clone(), t.clone())
-                    .mask(mask_tensor(&mask))
-                    .attach_teacher();
-                let total = loss.forward(&input).unwrap().total;
-                let value = values(total.clone());
-                let grads = total.backward();
-                [
-                    value,
-                    values(s.grad(&grads).unwrap()),
-                    values(t.grad(&grads).unwrap()),
-                ]
-            };
-            let (fused, composed) = (run(true), run(false));
-            for (k, (f, c)) in fused.iter().zip(&composed).enumerate() {
-                assert!(
-                    f.iter().all(|x| x.is_finite()),
-                    "{dtype:?} {scale}: part {k} {f:?}"
-                );
-                close(&format!("{dtype:?} {scale} part {k}"), f, c, tol, tol).unwrap();
+        ];
+        for which in 0..5 {
+            for (dtype, scale, tol) in cases {
+                let run = |fused: bool| {
+                    let leaf = |seed| {
+                        f64t(det(n * v, seed, scale), [n, v])
+                            .cast(dtype)
+                            .require_grad()
+                    };
+                    let (s, t) = (leaf(21), leaf(22));
+                    let input = DistillInput::new(s.clone(), t.clone())
+                        .mask(mask_tensor(&mask))
+                        .attach_teacher();
+                    let total = loss(which, fused, TokenReduction::Mean)
+                        .forward(&input)
+                        .unwrap()
+                        .total;
+                    let value = values(total.clone());
+                    let grads = total.backward();
+                    [
+                        value,
+                        values(s.grad(&grads).unwrap()),
+                        values(t.grad(&grads).unwrap()),
+                    ]
+                };
+                let (fused, composed) = (run(true), run(false));
+                for (k, (f, c)) in fused.iter().zip(&composed).enumerate() {
+                    let what = format!("loss {which}, {dtype:?}, scale {scale}, part {k}");
+                    assert!(f.iter().all(|x| x.is_finite()), "{what}: {f:?}");
+                    close(&what, f, c, tol, tol).unwrap();
+                }
             }
         }
 
-        // the lm-head path (gemm accumulation, the fused KL): threads change nothing
+        // the lm-head path (gemm accumulation, the fused kernels): threads change nothing
         let (n, h, v) = (40, 16, 300);
-        let run = |threads: usize| {
-            burn_distill::fused::set_threads(threads);
-            let x = f64t(det(n * h, 31, 1.0), [n, h])
-                .cast(DType::F32)
-                .require_grad();
-            let w = f64t(det(h * v, 32, 1.0), [h, v])
-                .cast(DType::F32)
-                .require_grad();
-            let zt = f64t(det(n * v, 33, 2.0), [n, v]).cast(DType::F32);
-            let fkl = ForwardKlConfig::new()
-                .with_reduction(TokenReduction::None)
-                .init()
-                .unwrap();
-            let fused = FusedLinearConfig::new()
-                .with_chunk_size(Some(7))
-                .init(fkl)
-                .unwrap();
-            let input = DistillInput::features_only().with(LmHeads {
-                student: LmHead::new(x.clone(), w.clone(), None),
-                teacher: TeacherHead::Logits(zt),
-            });
-            let total = fused.forward(&input).unwrap().total;
-            let value = values(total.clone());
-            let grads = total.backward();
-            burn_distill::fused::set_threads(0);
-            [
-                value,
-                values(x.grad(&grads).unwrap()),
-                values(w.grad(&grads).unwrap()),
-            ]
-        };
-        let (one, two) = (run(1), run(2));
-        for (k, (a, b)) in one.iter().zip(&two).enumerate() {
-            assert!(
-                a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "part {k} differs between one and two threads"
-            );
+        for which in [0, 1] {
+            let run = |threads: usize| {
+                burn_distill::fused::set_threads(threads);
+                let leaf = |len, seed, shape| {
+                    f64t(det(len, seed, 1.0), shape)
+                        .cast(DType::F32)
+                        .require_grad()
+                };
+                let (x, w) = (leaf(n * h, 31, [n, h]), leaf(h * v, 32, [h, v]));
+                let zt = f64t(det(n * v, 33, 2.0), [n, v]).cast(DType::F32);
+                let fused = FusedLinearConfig::new()
+                    .with_chunk_size(Some(7))
+                    .init(loss(which, true, TokenReduction::None))
+                    .unwrap();
+                let input = DistillInput::features_only().with(LmHeads {
+                    student: LmHead::new(x.clone(), w.clone(), None),
+                    teacher: TeacherHead::Logits(zt),
+                });
+                let total = fused.forward(&input).unwrap().total;
+                let value = values(total.clone());
+                let grads = total.backward();
+                burn_distill::fused::set_threads(0);
+                [
+                    value,
+                    values(x.grad(&grads).unwrap()),
+                    values(w.grad(&grads).unwrap()),
+                ]
+            };
+            let (one, two) = (run(1), run(2));
+            for (k, (a, b)) in one.iter().zip(&two).enumerate() {
+                assert!(
+                    a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "loss {which}: part {k} differs between one and two threads"
+                );
+            }
         }
     }
 

@@ -379,6 +379,81 @@ fn kd_rows<F: Real, const FMA: bool>(job: Job<F>) {
     }
 }
 
+/// Per-sample generalized JSD `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`, `m = (1 − β)·p_s + β·p_t`,
+/// `p = softmax(z/T)`, for `0 < β < 1`, into `job.rows` (`[n]`), and its gradient planes
+/// w.r.t. the raw logits: `(1 − β)·p_s ⊙ (log p_s − log m − KL(p_s ‖ m))/T` for the student,
+/// `β·p_t ⊙ (log p_t − log m − KL(p_t ‖ m))/T` for the teacher. The log-probabilities come
+/// from the shifted logits (exact for logits of any magnitude), `log m` from the mixture of
+/// the probabilities (an entry where both underflow to 0 contributes 0).
+pub fn jsd<F: Real + Send + Sync>(job: Job<F>, beta: f64) {
+    on_threads(job, 1, |_, part| jsd_block(part, beta));
+}
+
+fn jsd_block<F: Real>(job: Job<F>, beta: f64) {
+    simd_dispatch!(F; jsd_rows, jsd_avx2, (job: Job<F>, beta: f64));
+}
+
+#[inline(always)]
+fn jsd_rows<F: Real, const FMA: bool>(job: Job<F>, beta: f64) {
+    let Job {
+        s,
+        t,
+        c,
+        inv_t,
+        rows,
+        student,
+        teacher,
+    } = job;
+    let k = F::of(inv_t);
+    let (ws, wt) = (F::of(1.0 - beta), F::of(beta));
+    // probabilities, then (where a plane is kept) the log-ratios log p − log m
+    let mut ps = vec![F::zero(); c];
+    let mut pt = vec![F::zero(); c];
+    let mut ds = vec![F::zero(); c];
+    let mut dt = vec![F::zero(); c];
+    for (n, row) in rows.iter_mut().enumerate() {
+        let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
+        let (ms, mt) = (max(s), max(t));
+        if ms.is_nan() || mt.is_nan() {
+            *row = F::nan();
+            nan_planes(n, c, student, teacher);
+            continue;
+        }
+        let (ss, st) = (
+            exp_shifted::<F, FMA>(s, ms, k, &mut ps),
+            exp_shifted::<F, FMA>(t, mt, k, &mut pt),
+        );
+        let (a, b, ls, lt) = (F::one() / ss, F::one() / st, ss.ln(), st.ln());
+        let (mut kl_s, mut kl_t) = (F::zero(), F::zero());
+        for j in 0..c {
+            let (p, q) = (ps[j] * a, pt[j] * b);
+            let m = ws * p + wt * q;
+            let (dsj, dtj) = match m > F::zero() {
+                true => {
+                    let lm = m.ln();
+                    (k * (s[j] - ms) - ls - lm, k * (t[j] - mt) - lt - lm)
+                }
+                false => (F::zero(), F::zero()),
+            };
+            kl_s = kl_s + p * dsj;
+            kl_t = kl_t + q * dtj;
+            (ps[j], pt[j], ds[j], dt[j]) = (p, q, dsj, dtj);
+        }
+        *row = wt * kl_t + ws * kl_s;
+        let plane = |g: &mut [F], p: &[F], d: &[F], w: F, kl: F| {
+            for ((g, &p), &d) in g.iter_mut().zip(p).zip(d) {
+                *g = w * k * p * (d - kl);
+            }
+        };
+        if !student.is_empty() {
+            plane(&mut student[n * c..(n + 1) * c], &ps, &ds, ws, kl_s);
+        }
+        if !teacher.is_empty() {
+            plane(&mut teacher[n * c..(n + 1) * c], &pt, &dt, wt, kl_t);
+        }
+    }
+}
+
 /// Row `n` of a non-finite input gets NaN gradients in both planes (`[n, c]` or empty).
 fn nan_planes<F: Real>(n: usize, c: usize, student: &mut [F], teacher: &mut [F]) {
     for plane in [student, teacher] {

@@ -135,12 +135,47 @@ fn usable(student: &Tensor<2>, teacher: &Tensor<2>) -> bool {
     student.dims()[0] > 0 && usable_all(&[student, teacher])
 }
 
+/// The per-sample divergence a fused row op computes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Divergence {
+    /// KD's `KL(p_t ‖ p_s)`.
+    Kl,
+    /// The generalized JSD `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`, `m = (1 − β)·p_s + β·p_t`,
+    /// `0 < β < 1`.
+    Jsd(f64),
+}
+
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))`, `[N]`, through the fused op, or `None` where
 /// it does not apply.
 pub(crate) fn kd_rows(
     student: &Tensor<2>,
     teacher: &Tensor<2>,
     temperature: f64,
+) -> Option<Tensor<1>> {
+    rows(student, teacher, temperature, Divergence::Kl)
+}
+
+/// Per-sample generalized JSD(β) of `softmax(s/T)` and `softmax(t/T)`, `[N]`, in TRL's and
+/// Liger's convention (β = 0: `KL(p_t ‖ p_s)`, β = 1: `KL(p_s ‖ p_t)`, both KD's kernel),
+/// through the fused op, or `None` where it does not apply.
+pub(crate) fn jsd_rows(
+    student: &Tensor<2>,
+    teacher: &Tensor<2>,
+    temperature: f64,
+    beta: f64,
+) -> Option<Tensor<1>> {
+    match beta {
+        0.0 => rows(student, teacher, temperature, Divergence::Kl),
+        1.0 => rows(teacher, student, temperature, Divergence::Kl),
+        b => rows(student, teacher, temperature, Divergence::Jsd(b)),
+    }
+}
+
+fn rows(
+    student: &Tensor<2>,
+    teacher: &Tensor<2>,
+    temperature: f64,
+    divergence: Divergence,
 ) -> Option<Tensor<1>> {
     if !usable(student, teacher) {
         return None;
@@ -149,6 +184,7 @@ pub(crate) fn kd_rows(
         student.clone().into_dispatch(),
         teacher.clone().into_dispatch(),
         1.0 / temperature,
+        divergence,
         false,
         false,
     );

@@ -22,8 +22,8 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Element, TensorData};
 
-use super::Joint;
 use super::cpu::{self, Parts, Real};
+use super::{Divergence, Joint};
 
 /// The fused KD and DKD ops. `keep_student` / `keep_teacher` ask for the gradient plane of that
 /// input (the autodiff implementation sets them from which inputs are tracked); a plane is
@@ -31,12 +31,14 @@ use super::cpu::{self, Parts, Real};
 /// ([`fused_combine`](FusedOps::fused_combine)) scales its rows by the incoming gradient.
 #[backend_extension(Autodiff, Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"))]
 pub trait FusedOps: Backend {
-    /// KD's per-sample rows `[N]` and planes.
+    /// A per-sample divergence's rows `[N]` (KD's `KL(p_t ‖ p_s)` or the generalized JSD)
+    /// and planes.
     #[allow(clippy::type_complexity)]
     fn fused_kd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         inv_t: f64,
+        divergence: Divergence,
         keep_student: bool,
         keep_teacher: bool,
     ) -> (
@@ -114,8 +116,8 @@ fn indices(data: TensorData) -> Vec<usize> {
 
 /// What a fused call computes.
 enum Kind<'a> {
-    /// KD.
-    Kd,
+    /// KD's KL or the generalized JSD, one value a row.
+    Kd(Divergence),
     /// DKD/DCKD: the targets, the joint rule and the weights `(α, β)`.
     Dkd(&'a [usize], Joint, [f64; 2]),
 }
@@ -176,7 +178,7 @@ fn fused_in<B: Backend, F: Real + Element>(
     let [mut gs, mut gt] = keep.map(|k| vec![F::zero(); if k { n * c } else { 0 }]);
     let (sv, tv) = (io.floats::<F>(&s), io.floats::<F>(&t));
     let per_row = match kind {
-        Kind::Kd => 1,
+        Kind::Kd(_) => 1,
         Kind::Dkd(..) => 2,
     };
     let mut rows = vec![F::zero(); per_row * n];
@@ -190,8 +192,12 @@ fn fused_in<B: Backend, F: Real + Element>(
         teacher: &mut gt,
     };
     let (rows, parts) = match kind {
-        Kind::Kd => {
+        Kind::Kd(Divergence::Kl) => {
             cpu::kd(job);
+            (rows, None)
+        }
+        Kind::Kd(Divergence::Jsd(beta)) => {
+            cpu::jsd(job, beta);
             (rows, None)
         }
         Kind::Dkd(targets, joint, weights) => {
@@ -278,11 +284,13 @@ macro_rules! cpu_backend {
                 student: $tensor,
                 teacher: $tensor,
                 inv_t: f64,
+                divergence: Divergence,
                 keep_student: bool,
                 keep_teacher: bool,
             ) -> ($tensor, Option<$tensor>, Option<$tensor>) {
                 let keep = [keep_student, keep_teacher];
-                let out = fused::<Self>(&$io, student, teacher, inv_t, Kind::Kd, keep);
+                let kind = Kind::Kd(divergence);
+                let out = fused::<Self>(&$io, student, teacher, inv_t, kind, keep);
                 (out.rows, out.student, out.teacher)
             }
 
@@ -435,6 +443,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         inv_t: f64,
+        divergence: Divergence,
         _: bool,
         _: bool,
     ) -> (
@@ -453,6 +462,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     student.into_primitive(),
                     teacher.into_primitive(),
                     inv_t,
+                    divergence,
                     keep[0],
                     keep[1],
                 );
@@ -463,6 +473,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     student.into_primitive(),
                     teacher.into_primitive(),
                     inv_t,
+                    divergence,
                     false,
                     false,
                 );

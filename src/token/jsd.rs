@@ -8,7 +8,7 @@ use super::forward_kl::forward_kl_elements;
 use super::tokens::{Softening, TokenReduction};
 use crate::check::check_fraction;
 use crate::math::log_add_exp;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::{DistillError, DistillInput, Loss, LossOutput, fused};
 
 /// Per-element generalized-JSD terms from log-probabilities `[N, V]`, with the mixture
 /// `m = (1 − β)·p_s + β·p_t` formed in log space:
@@ -46,6 +46,11 @@ pub struct JsdConfig {
     /// How per-token values become the total.
     #[config(default = "TokenReduction::Mean")]
     pub reduction: TokenReduction,
+    /// Compute it with a [fused kernel](crate::fused) where the device supports it (KD's for
+    /// β = 0 and 1, a JSD kernel between): the same values and gradients as the composed
+    /// tensor ops, on every core, several times faster; `false` forces the composed version.
+    #[config(default = true)]
+    pub fused: bool,
 }
 
 impl JsdConfig {
@@ -54,6 +59,7 @@ impl JsdConfig {
         Ok(Jsd {
             beta: check_fraction(Jsd::NAME, "beta", self.beta, true)?,
             soft: Softening::new(Jsd::NAME, self.temperature, self.t_squared, self.reduction)?,
+            fused: self.fused,
         })
     }
 }
@@ -74,6 +80,7 @@ impl JsdConfig {
 pub struct Jsd {
     beta: f64,
     soft: Softening,
+    fused: bool,
 }
 
 crate::objective!(Jsd, "jsd");
@@ -85,9 +92,13 @@ impl Loss for Jsd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         self.soft.forward(Self::NAME, input, |s, t| {
-            jsd_elements(log_softmax(s, 1), log_softmax(t, 1), self.beta)
-                .sum_dim(1)
-                .squeeze_dim(1)
+            // the logits arrive divided by T
+            let rows = self.fused.then(|| fused::jsd_rows(&s, &t, 1.0, self.beta));
+            rows.flatten().unwrap_or_else(|| {
+                jsd_elements(log_softmax(s, 1), log_softmax(t, 1), self.beta)
+                    .sum_dim(1)
+                    .squeeze_dim(1)
+            })
         })
     }
 }
