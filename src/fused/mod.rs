@@ -1,8 +1,10 @@
-//! Fused KD, DKD and DCKD: forward and analytic backward in a few passes over the logits.
+//! Fused KD, DKD and DCKD (and, per token, forward KL and JSD): forward and analytic backward
+//! in a few passes over the logits.
 //!
-//! [`Kd`](crate::logit::Kd), [`Dkd`](crate::logit::Dkd) and [`Dckd`](crate::logit::Dckd) take
-//! this path by default (their configs' `fused` switch) whenever the temperature is fixed, the
-//! logits are `f32` or `f64` and the device is one of:
+//! [`Kd`](crate::logit::Kd), [`Dkd`](crate::logit::Dkd), [`Dckd`](crate::logit::Dckd),
+//! [`ForwardKl`](crate::token::ForwardKl) and [`Jsd`](crate::token::Jsd) take this path by
+//! default (their configs' `fused` switch) whenever the temperature is fixed, the logits are
+//! `f32` or `f64` and the device is one of:
 //!
 //! | backend | fused path |
 //! |---|---|
@@ -25,6 +27,10 @@
 //! - DKD/DCKD: the same over the non-target classes (NCKD) and the binary split
 //!   `b = [p_y, 1 − p_y]` (TCKD) from two log-sum-exps; the op returns `α·TCKD + β·NCKD`
 //!   (differentiable, one plane per input) and the two parts as values for logging.
+//! - JSD(β), `0 < β < 1`: `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)` with `m = (1 − β)·p_s + β·p_t`,
+//!   the log-probabilities from the shifted logits and `log m` from the mixture (one `ln` an
+//!   entry), and the planes `(1 − β)·p_s ⊙ (log p_s − log m − KL(p_s ‖ m))/T` and
+//!   `β·p_t ⊙ (log p_t − log m − KL(p_t ‖ m))/T`. β = 0 and 1 are KD's kernel.
 //!
 //! The forward keeps a plane only for an input that is tracked (a frozen teacher costs
 //! nothing), and the backward multiplies the plane by the incoming per-sample gradient, in
