@@ -51,7 +51,7 @@ pub enum DistillError {
         /// The data set's size.
         size: usize,
     },
-    /// A temperature is outside [`check::TEMPERATURES`](crate::check::TEMPERATURES) `[1e-3, 1e3]`
+    /// A temperature is outside `[1e-3, 1e3]`
     /// (zero, negative, infinite, NaN, or too extreme for f32 arithmetic).
     #[error("temperature must be in [0.001, 1000], got {0}")]
     InvalidTemperature(f64),

@@ -66,7 +66,7 @@ pub(crate) fn frozen<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 pub struct Outputs {
     /// The logits `[N, C]`.
     pub logits: Tensor<2>,
-    /// Named intermediate representations (see [`DistillInput::feature`]).
+    /// Named intermediate representations (see [`DistillInput::feature`](crate::DistillInput::feature)).
     pub features: BTreeMap<String, Feature>,
 }
 
