@@ -15,21 +15,27 @@ use proptest::prelude::*;
 
 /// Every token objective, with a reduction, at temperature `temp`.
 fn objectives(temp: f64, reduction: TokenReduction) -> Vec<Box<dyn Loss>> {
-    vec![
-        ForwardKlConfig::new()
-            .with_temperature(temp)
-            .with_reduction(reduction)
-            .init()
-            .unwrap()
-            .boxed(),
-        // the composed twin of the fused forward KL
-        ForwardKlConfig::new()
-            .with_temperature(temp)
-            .with_reduction(reduction)
-            .with_fused(false)
-            .init()
-            .unwrap()
-            .boxed(),
+    // the fused forward KL and JSD, and their composed twins
+    let twins = [true, false].into_iter().flat_map(|fused| {
+        [
+            ForwardKlConfig::new()
+                .with_temperature(temp)
+                .with_reduction(reduction)
+                .with_fused(fused)
+                .init()
+                .unwrap()
+                .boxed(),
+            JsdConfig::new()
+                .with_beta(0.3)
+                .with_temperature(temp)
+                .with_reduction(reduction)
+                .with_fused(fused)
+                .init()
+                .unwrap()
+                .boxed(),
+        ]
+    });
+    let others: Vec<Box<dyn Loss>> = vec![
         ForwardKlConfig::new()
             .with_temperature(temp)
             .with_reduction(reduction)
@@ -41,22 +47,6 @@ fn objectives(temp: f64, reduction: TokenReduction) -> Vec<Box<dyn Loss>> {
             .with_temperature(temp)
             .with_reduction(reduction)
             .with_t_squared(true)
-            .init()
-            .unwrap()
-            .boxed(),
-        JsdConfig::new()
-            .with_beta(0.3)
-            .with_temperature(temp)
-            .with_reduction(reduction)
-            .init()
-            .unwrap()
-            .boxed(),
-        // the composed twin of the fused JSD
-        JsdConfig::new()
-            .with_beta(0.3)
-            .with_temperature(temp)
-            .with_reduction(reduction)
-            .with_fused(false)
             .init()
             .unwrap()
             .boxed(),
@@ -93,7 +83,8 @@ fn objectives(temp: f64, reduction: TokenReduction) -> Vec<Box<dyn Loss>> {
             .init()
             .unwrap()
             .boxed(),
-    ]
+    ];
+    twins.chain(others).collect()
 }
 
 /// Tokens: `n` rows of `v` logits for student and teacher, and which rows count.

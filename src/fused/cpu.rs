@@ -174,6 +174,26 @@ fn exp_shifted<F: Real, const FMA: bool>(src: &[F], shift: F, scale: F, dst: &mu
     sum
 }
 
+/// A row pair's softmax pieces at scale `k`: the maxima `ms`, `mt` and the sums `ss`, `st` of
+/// `exp(k·(x − max))`, whose terms go into `es` and `et`; `None` when either row holds a
+/// non-finite entry.
+#[inline(always)]
+fn softmax_pieces<F: Real, const FMA: bool>(
+    s: &[F],
+    t: &[F],
+    k: F,
+    es: &mut [F],
+    et: &mut [F],
+) -> Option<[F; 4]> {
+    let (ms, mt) = (max(s), max(t));
+    if ms.is_nan() || mt.is_nan() {
+        return None;
+    }
+    let ss = exp_shifted::<F, FMA>(s, ms, k, es);
+    let st = exp_shifted::<F, FMA>(t, mt, k, et);
+    Some([ms, mt, ss, st])
+}
+
 /// The largest entry (−∞ for an empty slice), or NaN when an entry is not finite: the
 /// kernels then give the row NaN, as the composed ops would.
 #[inline(always)]
@@ -351,14 +371,11 @@ fn kd_rows<F: Real, const FMA: bool>(job: Job<F>) {
     let mut et = vec![F::zero(); c];
     for (n, row) in rows.iter_mut().enumerate() {
         let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
-        let (ms, mt) = (max(s), max(t));
-        if ms.is_nan() || mt.is_nan() {
+        let Some([ms, mt, ss, st]) = softmax_pieces::<F, FMA>(s, t, k, &mut es, &mut et) else {
             *row = F::nan();
             nan_planes(n, c, student, teacher);
             continue;
-        }
-        let ss = exp_shifted::<F, FMA>(s, ms, k, &mut es);
-        let st = exp_shifted::<F, FMA>(t, mt, k, &mut et);
+        };
         // KL = Σ p_t (z_t − z_s) − lse_t + lse_s, with the maxima cancelled analytically
         let log_ratio = (ss / st).ln();
         let kl = k * weighted_gap(&et, s, t, ms, mt) / st + log_ratio;
@@ -413,16 +430,11 @@ fn jsd_rows<F: Real, const FMA: bool>(job: Job<F>, beta: f64) {
     let mut dt = vec![F::zero(); c];
     for (n, row) in rows.iter_mut().enumerate() {
         let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
-        let (ms, mt) = (max(s), max(t));
-        if ms.is_nan() || mt.is_nan() {
+        let Some([ms, mt, ss, st]) = softmax_pieces::<F, FMA>(s, t, k, &mut ps, &mut pt) else {
             *row = F::nan();
             nan_planes(n, c, student, teacher);
             continue;
-        }
-        let (ss, st) = (
-            exp_shifted::<F, FMA>(s, ms, k, &mut ps),
-            exp_shifted::<F, FMA>(t, mt, k, &mut pt),
-        );
+        };
         let (a, b, ls, lt) = (F::one() / ss, F::one() / st, ss.ln(), st.ln());
         let (mut kl_s, mut kl_t) = (F::zero(), F::zero());
         for j in 0..c {

@@ -75,14 +75,15 @@ fn usable_all(tensors: &[&Tensor<2>]) -> bool {
         && supported(&tensors[0].device())
 }
 
-/// Zeros of `shape` in `dtype` on `device`. On the fused backends they are built from a typed
-/// vector: flex's own `zeros` (like its matmul outputs) holds its buffer twice for a moment —
+/// Zeros of `shape` in `dtype` on `device`. On the fused backends they are built from one
+/// zeroed typed vector: flex's own `zeros` (like its matmul outputs) holds its buffer twice for a moment —
 /// a byte vector, then the aligned copy `Bytes::from_bytes_vec` makes of it — which for an
 /// accumulator the size of an lm-head is the peak of the whole lm-head path.
 pub(crate) fn zeros<const D: usize>(shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
+    let n = shape.iter().product();
     let data = match dtype {
-        DType::F32 => TensorData::zeros::<f32, _>(shape),
-        DType::F64 => TensorData::zeros::<f64, _>(shape),
+        DType::F32 => TensorData::new(vec![0f32; n], shape),
+        DType::F64 => TensorData::new(vec![0f64; n], shape),
         _ => return Tensor::zeros(shape, (device, dtype)),
     };
     match supported(device) {
@@ -103,18 +104,6 @@ pub(crate) fn add_product(acc: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<
         a.into_dispatch(),
         b.into_dispatch(),
     ))
-}
-
-/// `a·b` of constants (`a` `[M, K]`, `b` `[K, N]`): on the fused backends accumulated by
-/// [`add_product`] into [`zeros`], so the `[M, N]` result is never held twice (flex's own
-/// matmul output is, for a moment); elsewhere `a.matmul(b)`.
-pub(crate) fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
-    if !usable_all(&[&a, &b]) {
-        return a.matmul(b);
-    }
-    let (m, n) = (a.dims()[0], b.dims()[1]);
-    let out = zeros([m, n], &a.device(), a.dtype());
-    add_product(out, a.transpose(), b)
 }
 
 /// `Σ x ⊙ g` (`[1]`; `g` a constant of `x`'s shape), whose gradient with respect to `x` is

@@ -40,7 +40,7 @@ impl LmHead {
 
     /// The logits of rows `lo..lo + len`, `[len, V]`, outside the autodiff graph.
     fn logits(&self, lo: usize, len: usize) -> Tensor<2> {
-        let z = fused::matmul(self.rows(lo, len), constant(self.weight.clone()));
+        let z = self.rows(lo, len).matmul(constant(self.weight.clone()));
         constant(match &self.bias {
             Some(b) => z + constant(b.clone()).unsqueeze_dim(0),
             None => z,
@@ -240,16 +240,7 @@ impl<L: Loss> Loss for FusedLinear<L> {
         let (device, dtype) = (student.hidden.device(), student.hidden.dtype());
         // the reduction's factor, known before any chunk (a tensor: no read-back), so every
         // chunk's gradient is scaled while it is small and the accumulators hold the result
-        let count = match &mask {
-            Some(m) => m.clone().float().cast(dtype).sum(),
-            None => Tensor::<1>::zeros([1], (&device, dtype)) + n as f64,
-        };
-        let scale = match c.reduction {
-            TokenReduction::Mean => count.clamp_min(1.0).recip(),
-            TokenReduction::ElementMean => (count.clamp_min(1.0) * v as f64).recip(),
-            TokenReduction::Global(total) => count.zeros_like() + 1.0 / total,
-            TokenReduction::Sum | TokenReduction::None => count.zeros_like() + 1.0,
-        };
+        let scale = c.reduction.factor(mask.as_ref(), n, v, &device, dtype);
         let zeros2 = |shape: [usize; 2]| fused::zeros(shape, &device, dtype);
         let mut gh = Vec::new();
         let mut gw = zeros2([hs, v]);

@@ -2,7 +2,7 @@
 //! over tokens.
 
 use burn::config::Config;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use crate::check::{check_positive, check_temperature};
 use crate::math::Temperature;
@@ -135,21 +135,40 @@ fn reduce(
     reduction: TokenReduction,
 ) -> Tensor<1> {
     let n = rows.dims()[0];
-    let (rows, count) = match mask {
-        Some(m) => {
-            let count = m.clone().float().cast(rows.dtype()).sum();
-            (rows.mask_fill(m.bool_not(), 0.0), count)
-        }
-        None => {
-            let count = rows.zeros_like().sum() + n as f64;
-            (rows, count)
-        }
+    let factor = (reduction != TokenReduction::None)
+        .then(|| reduction.factor(mask.as_ref(), n, vocab, &rows.device(), rows.dtype()));
+    let rows = match mask {
+        Some(m) => rows.mask_fill(m.bool_not(), 0.0),
+        None => rows,
     };
-    match reduction {
-        TokenReduction::Mean => rows.sum() / count.clamp_min(1.0),
-        TokenReduction::ElementMean => rows.sum() / (count.clamp_min(1.0) * vocab as f64),
-        TokenReduction::Sum => rows.sum(),
-        TokenReduction::None => rows,
-        TokenReduction::Global(total) => rows.sum() * (1.0 / total),
+    match factor {
+        Some(f) => rows.sum() * f,
+        None => rows,
+    }
+}
+
+impl TokenReduction {
+    /// The factor `[1]` that turns the sum of `rows` per-token values (each over `vocab`
+    /// entries) into the total: `1/max(k, 1)` for `Mean`, `1/(max(k, 1)·vocab)` for
+    /// `ElementMean`, `1/n` for `Global(n)`, 1 for `Sum` and `None`, where `k` counts the
+    /// tokens `mask` admits (all when `None`) — a tensor, so nothing is read back.
+    pub(super) fn factor(
+        self,
+        mask: Option<&Tensor<1, Bool>>,
+        rows: usize,
+        vocab: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Tensor<1> {
+        let count = match mask {
+            Some(m) => m.clone().float().cast(dtype).sum(),
+            None => Tensor::<1>::zeros([1], (device, dtype)) + rows as f64,
+        };
+        match self {
+            TokenReduction::Mean => count.clamp_min(1.0).recip(),
+            TokenReduction::ElementMean => (count.clamp_min(1.0) * vocab as f64).recip(),
+            TokenReduction::Global(total) => count.zeros_like() + 1.0 / total,
+            TokenReduction::Sum | TokenReduction::None => count.zeros_like() + 1.0,
+        }
     }
 }
