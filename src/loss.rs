@@ -161,6 +161,14 @@ pub trait Loss: Send + Sync + std::fmt::Debug {
 
     /// Evaluates the objective on one batch.
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError>;
+
+    /// The fused kernel behind this objective's per-token values, when it has one and
+    /// computes them as configured (a token divergence built with `TokenReduction::None`, its
+    /// `fused` switch on): [`FusedLinear`](crate::token::FusedLinear) then runs the kernel on
+    /// each chunk of logits directly. `None`, the default, for every other objective.
+    fn token_kernel(&self) -> Option<crate::fused::TokenKernel> {
+        None
+    }
 }
 
 /// An objective on softened logits whose temperature can come from outside: a learned one
@@ -180,6 +188,9 @@ impl Loss for Box<dyn Loss> {
     }
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         (**self).forward(input)
+    }
+    fn token_kernel(&self) -> Option<crate::fused::TokenKernel> {
+        (**self).token_kernel()
     }
 }
 
@@ -311,6 +322,9 @@ impl<L: Loss> Loss for Named<L> {
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let out = self.inner.forward(input)?;
         Ok(out.renamed(self.inner.name(), &self.name))
+    }
+    fn token_kernel(&self) -> Option<crate::fused::TokenKernel> {
+        self.inner.token_kernel()
     }
 }
 

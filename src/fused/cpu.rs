@@ -10,7 +10,7 @@ use num_traits::Float;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Joint;
+use super::{Divergence, Joint};
 
 /// Threads the kernels use: 0 = every core (the default), else at most this many.
 static THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -272,8 +272,7 @@ impl<'a, F: Send + Sync> Job<'a, F> {
         let n = rows.len() / per_row;
         let mut out = Vec::with_capacity(parts);
         let mut start = 0;
-        for p in 0..parts {
-            let len = n / parts + usize::from(p < n % parts);
+        for len in block_lens(n, parts) {
             let cut = |x: &mut &'a [F]| {
                 let (a, b) = x.split_at(len * c);
                 *x = b;
@@ -313,10 +312,21 @@ fn on_threads<'a, F: Send + Sync>(
     if threads == 1 {
         return kernel(0, job);
     }
+    on_pool(job.split(threads, per_row), kernel);
+}
+
+/// The lengths of `parts` consecutive blocks of `n` rows (the first `n % parts` one longer).
+fn block_lens(n: usize, parts: usize) -> impl Iterator<Item = usize> {
+    (0..parts).map(move |p| n / parts + usize::from(p < n % parts))
+}
+
+/// Runs `kernel` on each `(first row, block)` as tasks on rayon's pool, the first block on
+/// the calling thread.
+fn on_pool<T: Send>(blocks: Vec<(usize, T)>, kernel: impl Fn(usize, T) + Sync) {
     rayon::scope(|scope| {
-        let mut jobs = job.split(threads, per_row).into_iter();
-        let first = jobs.next();
-        for (start, part) in jobs {
+        let mut blocks = blocks.into_iter();
+        let first = blocks.next();
+        for (start, part) in blocks {
             let kernel = &kernel;
             scope.spawn(move |_| kernel(start, part));
         }
@@ -345,8 +355,7 @@ macro_rules! simd_dispatch {
 }
 
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))` into `job.rows` (`[n]`), and its gradient
-/// planes w.r.t. the raw logits: `(p_s − p_t)/T` for the student, `p_t ⊙ (a − KL)/T`
-/// (`a = log p_t − log p_s`) for the teacher.
+/// planes w.r.t. the raw logits (see [`kd_row`]).
 pub fn kd<F: Real + Send + Sync>(job: Job<F>) {
     on_threads(job, 1, |_, part| kd_block(part));
 }
@@ -367,41 +376,66 @@ fn kd_rows<F: Real, const FMA: bool>(job: Job<F>) {
         teacher,
     } = job;
     let k = F::of(inv_t);
-    let mut es = vec![F::zero(); c];
-    let mut et = vec![F::zero(); c];
+    let mut scratch = Scratch::new(c);
     for (n, row) in rows.iter_mut().enumerate() {
-        let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
-        let Some([ms, mt, ss, st]) = softmax_pieces::<F, FMA>(s, t, k, &mut es, &mut et) else {
-            *row = F::nan();
-            nan_planes(n, c, student, teacher);
-            continue;
-        };
-        // KL = Σ p_t (z_t − z_s) − lse_t + lse_s, with the maxima cancelled analytically
-        let log_ratio = (ss / st).ln();
-        let kl = k * weighted_gap(&et, s, t, ms, mt) / st + log_ratio;
-        *row = kl;
-        let (a, b) = (F::one() / ss, F::one() / st);
-        if !student.is_empty() {
-            for ((g, &e), &f) in student[n * c..(n + 1) * c].iter_mut().zip(&es).zip(&et) {
-                *g = k * (e * a - f * b);
-            }
-        }
-        if !teacher.is_empty() {
-            let shift = log_ratio - kl;
-            for (j, g) in teacher[n * c..(n + 1) * c].iter_mut().enumerate() {
-                let log_ratio = k * ((t[j] - mt) - (s[j] - ms)) + shift;
-                *g = k * et[j] * b * log_ratio;
-            }
-        }
+        let r = n * c..(n + 1) * c;
+        let planes = [plane_row(student, &r), plane_row(teacher, &r)];
+        let pair = [&s[r.clone()], &t[r]];
+        *row = kd_row::<F, FMA>(pair, k, &mut scratch, F::one(), planes);
     }
 }
 
-/// Per-sample generalized JSD `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`, `m = (1 − β)·p_s + β·p_t`,
-/// `p = softmax(z/T)`, for `0 < β < 1`, into `job.rows` (`[n]`), and its gradient planes
-/// w.r.t. the raw logits: `(1 − β)·p_s ⊙ (log p_s − log m − KL(p_s ‖ m))/T` for the student,
-/// `β·p_t ⊙ (log p_t − log m − KL(p_t ‖ m))/T` for the teacher. The log-probabilities come
-/// from the shifted logits (exact for logits of any magnitude), `log m` from the mixture of
-/// the probabilities (an entry where both underflow to 0 contributes 0).
+/// Row `r` of a gradient plane, or `None` when the plane is not wanted (empty).
+fn plane_row<'a, F>(plane: &'a mut [F], r: &std::ops::Range<usize>) -> Option<&'a mut [F]> {
+    (!plane.is_empty()).then(|| &mut plane[r.clone()])
+}
+
+/// Per-row work space: a few rows of `c` floats, reused across rows.
+struct Scratch<F>([Vec<F>; 5]);
+
+impl<F: Real> Scratch<F> {
+    fn new(c: usize) -> Self {
+        Self(std::array::from_fn(|_| vec![F::zero(); c]))
+    }
+}
+
+/// One row's `KL(softmax(k·t) ‖ softmax(k·s))`, and `w` times its gradient planes w.r.t. the
+/// raw logits, into `gs` (the student's, `k·(p_s − p_t)`) and `gt` (the teacher's,
+/// `k·p_t ⊙ (log p_t − log p_s − KL)`) where given. A row holding a non-finite entry gets NaN,
+/// in its value and its planes, as the composed ops would give.
+#[inline(always)]
+fn kd_row<F: Real, const FMA: bool>(
+    [s, t]: [&[F]; 2],
+    k: F,
+    scratch: &mut Scratch<F>,
+    w: F,
+    [gs, gt]: [Option<&mut [F]>; 2],
+) -> F {
+    let [es, et, ..] = &mut scratch.0;
+    let Some([ms, mt, ss, st]) = softmax_pieces::<F, FMA>(s, t, k, es, et) else {
+        return nan_row([gs, gt]);
+    };
+    // KL = Σ p_t (z_t − z_s) − lse_t + lse_s, with the maxima cancelled analytically
+    let log_ratio = (ss / st).ln();
+    let kl = k * weighted_gap(et, s, t, ms, mt) / st + log_ratio;
+    let (a, b) = (F::one() / ss, F::one() / st);
+    if let Some(g) = gs {
+        for ((g, &e), &f) in g.iter_mut().zip(es.iter()).zip(et.iter()) {
+            *g = w * (k * (e * a - f * b));
+        }
+    }
+    if let Some(g) = gt {
+        let shift = log_ratio - kl;
+        for (j, g) in g.iter_mut().enumerate() {
+            let log_ratio = k * ((t[j] - mt) - (s[j] - ms)) + shift;
+            *g = w * (k * et[j] * b * log_ratio);
+        }
+    }
+    kl
+}
+
+/// Per-sample generalized JSD(β) of `softmax(s/T)` and `softmax(t/T)`, `0 < β < 1`, into
+/// `job.rows` (`[n]`), and its gradient planes w.r.t. the raw logits (see [`jsd_row`]).
 pub fn jsd<F: Real + Send + Sync>(job: Job<F>, beta: f64) {
     on_threads(job, 1, |_, part| jsd_block(part, beta));
 }
@@ -422,56 +456,200 @@ fn jsd_rows<F: Real, const FMA: bool>(job: Job<F>, beta: f64) {
         teacher,
     } = job;
     let k = F::of(inv_t);
-    let (ws, wt) = (F::of(1.0 - beta), F::of(beta));
-    // probabilities, then (where a plane is kept) the log-ratios log p − log m
-    let mut ps = vec![F::zero(); c];
-    let mut pt = vec![F::zero(); c];
-    let mut ds = vec![F::zero(); c];
-    let mut dt = vec![F::zero(); c];
+    let mut scratch = Scratch::new(c);
     for (n, row) in rows.iter_mut().enumerate() {
-        let (s, t) = (&s[n * c..(n + 1) * c], &t[n * c..(n + 1) * c]);
-        let Some([ms, mt, ss, st]) = softmax_pieces::<F, FMA>(s, t, k, &mut ps, &mut pt) else {
-            *row = F::nan();
-            nan_planes(n, c, student, teacher);
-            continue;
-        };
-        let (a, b, ls, lt) = (F::one() / ss, F::one() / st, ss.ln(), st.ln());
-        let (mut kl_s, mut kl_t) = (F::zero(), F::zero());
-        for j in 0..c {
-            let (p, q) = (ps[j] * a, pt[j] * b);
-            let m = ws * p + wt * q;
-            let (dsj, dtj) = match m > F::zero() {
-                true => {
-                    let lm = m.ln();
-                    (k * (s[j] - ms) - ls - lm, k * (t[j] - mt) - lt - lm)
-                }
-                false => (F::zero(), F::zero()),
-            };
-            kl_s = kl_s + p * dsj;
-            kl_t = kl_t + q * dtj;
-            (ps[j], pt[j], ds[j], dt[j]) = (p, q, dsj, dtj);
-        }
-        *row = wt * kl_t + ws * kl_s;
-        let plane = |g: &mut [F], p: &[F], d: &[F], w: F, kl: F| {
-            for ((g, &p), &d) in g.iter_mut().zip(p).zip(d) {
-                *g = w * k * p * (d - kl);
-            }
-        };
-        if !student.is_empty() {
-            plane(&mut student[n * c..(n + 1) * c], &ps, &ds, ws, kl_s);
-        }
-        if !teacher.is_empty() {
-            plane(&mut teacher[n * c..(n + 1) * c], &pt, &dt, wt, kl_t);
-        }
+        let r = n * c..(n + 1) * c;
+        let planes = [plane_row(student, &r), plane_row(teacher, &r)];
+        let pair = [&s[r.clone()], &t[r]];
+        *row = jsd_row::<F, FMA>(pair, k, beta, &mut scratch, F::one(), planes);
     }
 }
 
-/// Row `n` of a non-finite input gets NaN gradients in both planes (`[n, c]` or empty).
-fn nan_planes<F: Real>(n: usize, c: usize, student: &mut [F], teacher: &mut [F]) {
-    for plane in [student, teacher] {
-        if !plane.is_empty() {
-            plane[n * c..(n + 1) * c].fill(F::nan());
+/// One row's generalized JSD `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`, `m = (1 − β)·p_s + β·p_t`,
+/// `p = softmax(k·z)`, `0 < β < 1`, and `w` times its gradient planes w.r.t. the raw logits:
+/// `(1 − β)·k·p_s ⊙ (log p_s − log m − KL(p_s ‖ m))` for the student,
+/// `β·k·p_t ⊙ (log p_t − log m − KL(p_t ‖ m))` for the teacher. The log-probabilities come
+/// from the shifted logits (exact for logits of any magnitude), `log m` from the mixture of
+/// the probabilities (an entry where both underflow to 0 contributes 0). Non-finite rows give
+/// NaN, as in [`kd_row`].
+#[inline(always)]
+fn jsd_row<F: Real, const FMA: bool>(
+    [s, t]: [&[F]; 2],
+    k: F,
+    beta: f64,
+    scratch: &mut Scratch<F>,
+    w: F,
+    [gs, gt]: [Option<&mut [F]>; 2],
+) -> F {
+    let (ws, wt) = (F::of(1.0 - beta), F::of(beta));
+    // probabilities, then the log-ratios log p − log m
+    let [ps, pt, ds, dt, _] = &mut scratch.0;
+    let Some([ms, mt, ss, st]) = softmax_pieces::<F, FMA>(s, t, k, ps, pt) else {
+        return nan_row([gs, gt]);
+    };
+    let (a, b, ls, lt) = (F::one() / ss, F::one() / st, ss.ln(), st.ln());
+    let (mut kl_s, mut kl_t) = (F::zero(), F::zero());
+    for j in 0..s.len() {
+        let (p, q) = (ps[j] * a, pt[j] * b);
+        let m = ws * p + wt * q;
+        let (dsj, dtj) = match m > F::zero() {
+            true => {
+                let lm = m.ln();
+                (k * (s[j] - ms) - ls - lm, k * (t[j] - mt) - lt - lm)
+            }
+            false => (F::zero(), F::zero()),
+        };
+        kl_s = kl_s + p * dsj;
+        kl_t = kl_t + q * dtj;
+        (ps[j], pt[j], ds[j], dt[j]) = (p, q, dsj, dtj);
+    }
+    let plane = |g: &mut [F], p: &[F], d: &[F], v: F, kl: F| {
+        for ((g, &p), &d) in g.iter_mut().zip(p).zip(d) {
+            *g = w * (v * k * p * (d - kl));
         }
+    };
+    if let Some(g) = gs {
+        plane(g, ps, ds, ws, kl_s);
+    }
+    if let Some(g) = gt {
+        plane(g, pt, dt, wt, kl_t);
+    }
+    wt * kl_t + ws * kl_s
+}
+
+/// A non-finite row: NaN planes (where given) and a NaN value.
+fn nan_row<F: Real>(planes: [Option<&mut [F]>; 2]) -> F {
+    for g in planes.into_iter().flatten() {
+        g.fill(F::nan());
+    }
+    F::nan()
+}
+
+/// One chunk of the lm-head path ([`token_step`]): the student's logits `[n, c]`, replaced
+/// by the gradient, and what each row is weighed by.
+pub struct Step<'a, F> {
+    /// Student logits, row-major; on return, the gradient of the rows' total w.r.t. them.
+    pub s: &'a mut [F],
+    /// Teacher logits, row-major.
+    pub t: &'a [F],
+    /// Classes per row.
+    pub c: usize,
+    /// `1/T`.
+    pub inv_t: f64,
+    /// The divergence.
+    pub divergence: Divergence,
+    /// Per-row weights `[n]`; a row of weight 0 gets value 0 and a zero gradient, whatever
+    /// its logits.
+    pub weights: &'a [F],
+    /// The weight of the divergence (times `T²` where the objective has it).
+    pub soft: F,
+    /// The weight of the hard cross-entropy (at `T = 1`) on `targets`.
+    pub hard: F,
+    /// Per-row targets (in range) when `hard ≠ 0`, else empty.
+    pub targets: &'a [usize],
+    /// Per-row totals `w·(soft·D + hard·CE)`, `[n]`.
+    pub rows: &'a mut [F],
+}
+
+/// The rows of `step`: per-row totals `w·(soft·D(s, t) + hard·CE(s, y))` into `step.rows` and,
+/// written over the student's logits, their gradient w.r.t. them (each row is copied to the
+/// work space first, so the kernel reads it there and writes the gradient in its place).
+/// Rows are split over threads as in the other kernels: the results do not depend on the
+/// thread count.
+pub fn token_step<F: Real + Send + Sync>(step: Step<F>) {
+    let Step {
+        s,
+        t,
+        c,
+        rows,
+        weights,
+        targets,
+        ..
+    } = step;
+    let shared = Step {
+        s: &mut [],
+        t: &[],
+        rows: &mut [],
+        weights: &[],
+        targets: &[],
+        ..step
+    };
+    let n = rows.len();
+    let (mut s, mut rows, mut start) = (s, rows, 0);
+    let mut parts = Vec::new();
+    for len in block_lens(n, threads_for(n, c)) {
+        let (a, rest) = std::mem::take(&mut s).split_at_mut(len * c);
+        let (r, rest_rows) = std::mem::take(&mut rows).split_at_mut(len);
+        (s, rows) = (rest, rest_rows);
+        let part = Step {
+            s: a,
+            t: &t[start * c..(start + len) * c],
+            weights: &weights[start..start + len],
+            targets: targets.get(start..start + len).unwrap_or(&[]),
+            rows: r,
+            ..shared
+        };
+        parts.push((start, part));
+        start += len;
+    }
+    on_pool(parts, |_, part| step_block(part));
+}
+
+fn step_block<F: Real>(step: Step<F>) {
+    simd_dispatch!(F; step_rows, step_avx2, (step: Step<F>));
+}
+
+#[inline(always)]
+fn step_rows<F: Real, const FMA: bool>(step: Step<F>) {
+    let Step {
+        s,
+        t,
+        c,
+        inv_t,
+        divergence,
+        weights,
+        soft,
+        hard,
+        targets,
+        rows,
+    } = step;
+    let k = F::of(inv_t);
+    let mut scratch = Scratch::new(c);
+    let mut own = vec![F::zero(); c];
+    for (n, (g, value)) in s.chunks_exact_mut(c).zip(rows.iter_mut()).enumerate() {
+        let w = weights[n];
+        if w == F::zero() {
+            g.fill(F::zero());
+            *value = F::zero();
+            continue;
+        }
+        own.copy_from_slice(g);
+        let (s, t) = (&own[..], &t[n * c..(n + 1) * c]);
+        let ws = w * soft;
+        let mut v = match divergence {
+            _ if soft == F::zero() => {
+                g.fill(F::zero());
+                F::zero()
+            }
+            Divergence::Kl => kd_row::<F, FMA>([s, t], k, &mut scratch, ws, [Some(g), None]),
+            Divergence::ReverseKl => kd_row::<F, FMA>([t, s], k, &mut scratch, ws, [None, Some(g)]),
+            Divergence::Jsd(beta) => {
+                jsd_row::<F, FMA>([s, t], k, beta, &mut scratch, ws, [Some(g), None])
+            }
+        } * ws;
+        if hard != F::zero() {
+            // CE(s, y) = log Σ exp(s) − s_y; its gradient softmax(s) − onehot(y)
+            let (y, wh, e) = (targets[n], w * hard, &mut scratch.0[0]);
+            let m = max(s);
+            let sum = exp_shifted::<F, FMA>(s, m, F::one(), e);
+            let inv = F::one() / sum;
+            for (g, &e) in g.iter_mut().zip(e.iter()) {
+                *g = *g + wh * (e * inv);
+            }
+            g[y] = g[y] - wh;
+            v = v + wh * (m + sum.ln() - s[y]);
+        }
+        *value = v;
     }
 }
 
@@ -574,7 +752,7 @@ fn dkd_rows<F: Real, const FMA: bool>(job: Job<F>, parts: &Parts<F>) {
         let pt = Split::new::<FMA>(t, y, k, &mut et);
         if ps.m.is_nan() || pt.m.is_nan() || !(s[y] + t[y]).is_finite() {
             rows[2 * n..2 * n + 2].fill(F::nan());
-            nan_planes(n, c, student, teacher);
+            nan_row([plane_row(student, &r), plane_row(teacher, &r)]);
             continue;
         }
         // NCKD = KL(p̂_t ‖ p̂_s) over the non-target classes (the target's e is 0)
@@ -641,13 +819,22 @@ pub fn combine<F: Real>(plane: &mut [F], g: &[F], c: usize) {
     }
 }
 
-/// `acc += aᵀ·b` in place (gemm, on the kernels' threads): `acc` `[m, n]`, `a` `[k, m]`,
-/// `b` `[k, n]`, all row-major. Each element of `acc` is summed over `k` in the same order
-/// whatever the thread count (gemm splits the output, not the sum).
-pub fn add_product<F: Real>(acc: &mut [F], a: &[F], b: &[F], [k, m, n]: [usize; 3]) {
+/// `acc ← [acc +] op(a)·b` in place (gemm, on the kernels' threads), all row-major: `acc`
+/// `[m, n]`, `b` `[k, n]`, and `op(a)` `[m, k]`: `a` itself, or `a` `[k, m]` read transposed
+/// (`transpose_a`). `acc` is read only when `accumulate`. Each element of `acc` is summed
+/// over `k` in the same order whatever the thread count (gemm splits the output, not the
+/// sum).
+pub fn gemm_into<F: Real>(
+    acc: &mut [F],
+    a: &[F],
+    b: &[F],
+    [m, k, n]: [usize; 3],
+    transpose_a: bool,
+    accumulate: bool,
+) {
     assert!(
         acc.len() == m * n && a.len() == k * m && b.len() == k * n,
-        "add_product shapes"
+        "gemm_into shapes"
     );
     let threads = match THREADS.load(Ordering::Relaxed) {
         0 => rayon::current_num_threads(),
@@ -657,9 +844,14 @@ pub fn add_product<F: Real>(acc: &mut [F], a: &[F], b: &[F], [k, m, n]: [usize; 
         1 => gemm::Parallelism::None,
         t => gemm::Parallelism::Rayon(t),
     };
-    let (m_, n_) = (m as isize, n as isize);
+    // op(a)'s column and row strides
+    let (a_cs, a_rs) = match transpose_a {
+        true => (m as isize, 1),
+        false => (1, k as isize),
+    };
+    let n_ = n as isize;
     // SAFETY: the three buffers have the asserted lengths; the strides describe row-major
-    // `acc` (m × n), `aᵀ` (m × k, read through `a`'s rows) and `b` (k × n).
+    // `acc` (m × n), `op(a)` (m × k) and `b` (k × n).
     unsafe {
         gemm::gemm(
             m,
@@ -668,10 +860,10 @@ pub fn add_product<F: Real>(acc: &mut [F], a: &[F], b: &[F], [k, m, n]: [usize; 
             acc.as_mut_ptr(),
             1,
             n_,
-            true,
+            accumulate,
             a.as_ptr(),
-            m_,
-            1,
+            a_cs,
+            a_rs,
             b.as_ptr(),
             1,
             n_,

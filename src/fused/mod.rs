@@ -68,7 +68,7 @@ pub fn supported(device: &Device) -> bool {
 
 /// Whether tensors of these float types on `device` can take a fused op (same type, f32 or
 /// f64, a fused backend).
-fn usable_all(tensors: &[&Tensor<2>]) -> bool {
+pub(crate) fn usable_all(tensors: &[&Tensor<2>]) -> bool {
     let dtype = tensors[0].dtype();
     matches!(dtype, DType::F32 | DType::F64)
         && tensors.iter().all(|t| t.dtype() == dtype)
@@ -106,6 +106,31 @@ pub(crate) fn add_product(acc: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<
     ))
 }
 
+/// `h·w + b` (`[M, N]`; `h` `[M, K]`, `w` `[K, N]`, `b` `[N]`; constants): on the fused
+/// backends written into `out` (`[M, N]`, overwritten; nothing new is allocated when it is
+/// uniquely owned), elsewhere the composed product (`out` unused).
+pub(crate) fn logits_into(
+    out: Tensor<2>,
+    h: Tensor<2>,
+    w: Tensor<2>,
+    b: Option<Tensor<1>>,
+) -> Tensor<2> {
+    if !usable_all(&[&out, &h, &w]) {
+        let z = h.matmul(w);
+        return match b {
+            Some(b) => z + b.unsqueeze_dim(0),
+            None => z,
+        };
+    }
+    let b = b.unwrap_or_else(|| Tensor::zeros([0], (&out.device(), out.dtype())));
+    Tensor::from_dispatch(Dispatch::fused_logits(
+        out.into_dispatch(),
+        h.into_dispatch(),
+        w.into_dispatch(),
+        b.into_dispatch(),
+    ))
+}
+
 /// `Σ x ⊙ g` (`[1]`; `g` a constant of `x`'s shape), whose gradient with respect to `x` is
 /// `g`: on the fused backends `g` itself becomes that gradient (scaled in place), elsewhere
 /// the composed [`dot`] (whose backward allocates a new one).
@@ -135,9 +160,55 @@ fn usable(student: &Tensor<2>, teacher: &Tensor<2>) -> bool {
 pub(crate) enum Divergence {
     /// KD's `KL(p_t ‖ p_s)`.
     Kl,
+    /// The reverse `KL(p_s ‖ p_t)` (KD's kernel with the roles swapped).
+    ReverseKl,
     /// The generalized JSD `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`, `m = (1 − β)·p_s + β·p_t`,
     /// `0 < β < 1`.
     Jsd(f64),
+}
+
+/// A per-token divergence that a fused kernel computes, as an objective declares it
+/// ([`Loss::token_kernel`](crate::Loss::token_kernel)): the lm-head path
+/// ([`FusedLinear`](crate::token::FusedLinear)) then runs the kernel on each chunk of logits
+/// directly — no autodiff graph per chunk, the gradient written over the chunk's logits.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenKernel {
+    pub(crate) divergence: Divergence,
+    /// `1/T`.
+    pub(crate) inv_t: f64,
+    /// What the per-token values are multiplied by (`T²` or 1).
+    pub(crate) factor: f64,
+}
+
+/// What one [`token_step`] computes: the kernel, and the weights of its divergence and of the
+/// hard-label cross-entropy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenStep {
+    pub(crate) kernel: TokenKernel,
+    pub(crate) soft: f64,
+    pub(crate) hard: f64,
+}
+
+/// One chunk of the lm-head path through a fused kernel (the logits `f32` or `f64` on a fused
+/// backend: [`usable_all`]): per-row totals `wᵢ·(soft·factor·D(sᵢ, tᵢ) + hard·CE(sᵢ, yᵢ))`,
+/// `[c]`, and their gradient w.r.t. the student logits `[c, V]`, written over `student` where
+/// it is uniquely owned. Rows of weight 0 give 0 and a zero gradient. `targets` (in range) are
+/// read when `hard ≠ 0`. All inputs are constants; so are the outputs.
+pub(crate) fn token_step(
+    student: Tensor<2>,
+    teacher: &Tensor<2>,
+    weights: Tensor<1>,
+    targets: Tensor<1, Int>,
+    step: TokenStep,
+) -> (Tensor<1>, Tensor<2>) {
+    let (rows, grad) = Dispatch::fused_token_step(
+        student.into_dispatch(),
+        teacher.clone().into_dispatch(),
+        weights.into_dispatch(),
+        targets.into_dispatch(),
+        step,
+    );
+    (Tensor::from_dispatch(rows), Tensor::from_dispatch(grad))
 }
 
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))`, `[N]`, through the fused op, or `None` where
@@ -161,7 +232,7 @@ pub(crate) fn jsd_rows(
 ) -> Option<Tensor<1>> {
     match beta {
         0.0 => rows(student, teacher, temperature, Divergence::Kl),
-        1.0 => rows(teacher, student, temperature, Divergence::Kl),
+        1.0 => rows(student, teacher, temperature, Divergence::ReverseKl),
         b => rows(student, teacher, temperature, Divergence::Jsd(b)),
     }
 }

@@ -23,7 +23,7 @@ use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata, backend_
 use burn::tensor::{DType, Element, TensorData};
 
 use super::cpu::{self, Parts, Real};
-use super::{Divergence, Joint};
+use super::{Divergence, Joint, TokenStep};
 
 /// The fused KD and DKD ops. `keep_student` / `keep_teacher` ask for the gradient plane of that
 /// input (the autodiff implementation sets them from which inputs are tracked); a plane is
@@ -79,6 +79,28 @@ pub trait FusedOps: Backend {
         b: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
+    /// `h·w + b` (`h` `[M, K]`, `w` `[K, N]`, `b` `[N]` or empty for none) written into `out`
+    /// `[M, N]` where it is uniquely owned (its contents are overwritten): logits without a new
+    /// buffer. A `w` that is not row-major takes the backend's own matmul. Not
+    /// differentiable.
+    fn fused_logits(
+        out: FloatTensor<Self>,
+        h: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// One chunk of the lm-head path (`fused::token_step`): per-row totals `[c]` and, written
+    /// over `student` `[c, V]` where it is uniquely owned, their gradient. Not
+    /// differentiable.
+    fn fused_token_step(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        step: TokenStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
     /// `Σ x ⊙ g` as a `[1]` tensor whose gradient with respect to `x` is `g` itself (times
     /// the incoming gradient, in place): `g` becomes the gradient instead of being copied
     /// into a new one. `g` is taken as a constant.
@@ -87,6 +109,8 @@ pub trait FusedOps: Backend {
 
 /// How the kernels see a CPU backend's tensors.
 trait Io<B: Backend> {
+    /// The tensor's elements, borrowed, when they lie row-major in one buffer.
+    fn slice<'a, F: Real + Element>(&self, t: &'a FloatTensor<B>) -> Option<&'a [F]>;
     /// The tensor's elements, row-major (borrowed where the layout allows).
     fn floats<'a, F: Real + Element>(&self, t: &'a FloatTensor<B>) -> Cow<'a, [F]>;
     /// A tensor of `shape` holding `v`.
@@ -196,6 +220,18 @@ fn fused_in<B: Backend, F: Real + Element>(
             cpu::kd(job);
             (rows, None)
         }
+        Kind::Kd(Divergence::ReverseKl) => {
+            // KD's kernel with the roles (and planes) swapped
+            let (student, teacher) = (job.teacher, job.student);
+            cpu::kd(cpu::Job {
+                s: job.t,
+                t: job.s,
+                student,
+                teacher,
+                ..job
+            });
+            (rows, None)
+        }
         Kind::Kd(Divergence::Jsd(beta)) => {
             cpu::jsd(job, beta);
             (rows, None)
@@ -260,11 +296,97 @@ fn add_product<B: Backend>(
     ) -> FloatTensor<B> {
         let [k, m, n] = [a.shape()[0], a.shape()[1], b.shape()[1]];
         let (a, b) = (io.floats::<F>(&a), io.floats::<F>(&b));
-        io.edit::<F>(acc, |acc| cpu::add_product(acc, &a, &b, [k, m, n]))
+        io.edit::<F>(acc, |acc| {
+            cpu::gemm_into(acc, &a, &b, [m, k, n], true, true)
+        })
     }
     match acc.dtype() {
         DType::F64 => run::<B, f64>(io, acc, a, b),
         _ => run::<B, f32>(io, acc, a, b),
+    }
+}
+
+fn logits<B: Backend>(
+    io: &impl Io<B>,
+    out: FloatTensor<B>,
+    h: FloatTensor<B>,
+    w: FloatTensor<B>,
+    b: FloatTensor<B>,
+) -> FloatTensor<B> {
+    fn run<B: Backend, F: Real + Element>(
+        io: &impl Io<B>,
+        out: FloatTensor<B>,
+        h: FloatTensor<B>,
+        w: FloatTensor<B>,
+        b: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let [m, k, n] = [h.shape()[0], h.shape()[1], w.shape()[1]];
+        let Some(wv) = io.slice::<F>(&w) else {
+            // a transposed weight (a PyTorch-layout head): the backend's matmul reads it
+            let z = B::float_matmul(h, w);
+            return match b.shape()[0] {
+                0 => z,
+                _ => B::float_add(z, B::float_reshape(b, [1, n].into())),
+            };
+        };
+        let (hv, bv) = (io.floats::<F>(&h), io.floats::<F>(&b));
+        io.edit::<F>(out, |out| {
+            if !bv.is_empty() {
+                for row in out.chunks_exact_mut(n) {
+                    row.copy_from_slice(&bv);
+                }
+            }
+            cpu::gemm_into(out, &hv, wv, [m, k, n], false, !bv.is_empty())
+        })
+    }
+    match out.dtype() {
+        DType::F64 => run::<B, f64>(io, out, h, w, b),
+        _ => run::<B, f32>(io, out, h, w, b),
+    }
+}
+
+fn token_step<B: Backend>(
+    io: &impl Io<B>,
+    s: FloatTensor<B>,
+    t: FloatTensor<B>,
+    w: FloatTensor<B>,
+    targets: IntTensor<B>,
+    step: TokenStep,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    fn run<B: Backend, F: Real + Element>(
+        io: &impl Io<B>,
+        s: FloatTensor<B>,
+        t: FloatTensor<B>,
+        w: FloatTensor<B>,
+        targets: IntTensor<B>,
+        step: TokenStep,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let [n, c] = [s.shape()[0], s.shape()[1]];
+        let (tv, wv) = (io.floats::<F>(&t), io.floats::<F>(&w));
+        let y = match step.hard != 0.0 {
+            true => io.indices(targets),
+            false => Vec::new(),
+        };
+        let mut rows = vec![F::zero(); n];
+        let grad = io.edit::<F>(s, |sv| {
+            cpu::token_step(cpu::Step {
+                s: sv,
+                t: &tv,
+                c,
+                inv_t: step.kernel.inv_t,
+                divergence: step.kernel.divergence,
+                weights: &wv,
+                soft: F::of(step.soft * step.kernel.factor),
+                hard: F::of(step.hard),
+                targets: &y,
+                rows: &mut rows,
+            })
+        });
+        (io.tensor(rows, &[n]), grad)
+    }
+    match s.dtype() {
+        DType::F64 => run::<B, f64>(io, s, t, w, targets, step),
+        _ => run::<B, f32>(io, s, t, w, targets, step),
     }
 }
 
@@ -319,6 +441,20 @@ macro_rules! cpu_backend {
                 add_product::<Self>(&$io, acc, a, b)
             }
 
+            fn fused_logits(out: $tensor, h: $tensor, w: $tensor, b: $tensor) -> $tensor {
+                logits::<Self>(&$io, out, h, w, b)
+            }
+
+            fn fused_token_step(
+                student: $tensor,
+                teacher: $tensor,
+                weights: $tensor,
+                targets: $tensor,
+                step: TokenStep,
+            ) -> ($tensor, $tensor) {
+                token_step::<Self>(&$io, student, teacher, weights, targets, step)
+            }
+
             fn fused_handover(x: $tensor, g: $tensor) -> $tensor {
                 dot::<Self>(x, g)
             }
@@ -341,6 +477,10 @@ mod ndarray {
     struct View;
 
     impl Io<NdArray> for View {
+        fn slice<'a, F: Real + Element>(&self, t: &'a NdArrayTensor) -> Option<&'a [F]> {
+            F::ndarray_slice(t)
+        }
+
         fn floats<'a, F: Real + Element>(&self, t: &'a NdArrayTensor) -> Cow<'a, [F]> {
             match F::ndarray_slice(t) {
                 Some(s) => Cow::Borrowed(s),
@@ -379,6 +519,10 @@ mod flex {
     struct InPlace;
 
     impl Io<Flex> for InPlace {
+        fn slice<'a, F: Real + Element>(&self, t: &'a FlexTensor) -> Option<&'a [F]> {
+            F::flex_slice(t)
+        }
+
         fn floats<'a, F: Real + Element>(&self, t: &'a FlexTensor) -> Cow<'a, [F]> {
             match F::flex_slice(t) {
                 Some(s) => Cow::Borrowed(s),
@@ -534,6 +678,28 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         let [acc, a, b] = [acc, a, b].map(Self::inner);
         Self::from_inner(B::fused_add_product(acc, a, b))
+    }
+
+    fn fused_logits(
+        out: FloatTensor<Self>,
+        h: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let [out, h, w, b] = [out, h, w, b].map(Self::inner);
+        Self::from_inner(B::fused_logits(out, h, w, b))
+    }
+
+    fn fused_token_step(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        step: TokenStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let [s, t, w] = [student, teacher, weights].map(Self::inner);
+        let (rows, grad) = B::fused_token_step(s, t, w, targets, step);
+        (Self::from_inner(rows), Self::from_inner(grad))
     }
 
     fn fused_handover(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -100,4 +100,9 @@ impl Loss for ForwardKl {
             })
         })
     }
+
+    fn token_kernel(&self) -> Option<fused::TokenKernel> {
+        let fused = self.fused && !self.cross_entropy;
+        fused.then(|| self.soft.kernel(fused::Divergence::Kl)).flatten()
+    }
 }

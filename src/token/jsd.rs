@@ -101,4 +101,13 @@ impl Loss for Jsd {
             })
         })
     }
+
+    fn token_kernel(&self) -> Option<fused::TokenKernel> {
+        let divergence = match self.beta {
+            0.0 => fused::Divergence::Kl,
+            1.0 => fused::Divergence::ReverseKl,
+            b => fused::Divergence::Jsd(b),
+        };
+        self.fused.then(|| self.soft.kernel(divergence)).flatten()
+    }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use burn::config::Config;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use super::tokens::TokenReduction;
 use crate::check::{check_non_negative, check_positive};
@@ -47,6 +47,18 @@ impl LmHead {
         })
     }
 
+    /// The logits of rows `lo..lo + len`, `[len, V]`, written into `out` when it has that
+    /// shape (see [`fused::logits_into`]), else into a new buffer; outside the autodiff graph.
+    fn logits_into(&self, out: Option<Tensor<2>>, lo: usize, len: usize) -> Tensor<2> {
+        let v = self.weight.dims()[1];
+        let (device, dtype) = (self.weight.device(), self.weight.dtype());
+        let out = out
+            .filter(|o| o.dims() == [len, v])
+            .unwrap_or_else(|| fused::zeros([len, v], &device, dtype));
+        let bias = self.bias.clone().map(constant);
+        fused::logits_into(out, self.rows(lo, len), constant(self.weight.clone()), bias)
+    }
+
     /// Hidden states `lo..lo + len` as constants.
     fn rows(&self, lo: usize, len: usize) -> Tensor<2> {
         constant(self.hidden.clone().narrow(0, lo, len))
@@ -58,13 +70,50 @@ impl LmHead {
             || self.bias.as_ref().is_some_and(|b| b.is_require_grad())
     }
 
-    /// `Σ ⟨x, g⟩` over the hidden states, weight and bias: a scalar whose gradients are the
-    /// given ones (`gh` `[N, H]`, `gw` `[H, V]`, `gb` `[V]`, taken as constants).
-    fn surrogate(&self, gh: Tensor<2>, gw: Tensor<2>, gb: Tensor<1>) -> Tensor<1> {
-        let s = fused::dot(self.hidden.clone(), gh) + fused::handover(self.weight.clone(), gw);
-        match &self.bias {
-            Some(b) => s + (b.clone() * gb).sum(),
-            None => s,
+}
+
+/// A head's gradients, accumulated chunk by chunk: `dh = g·Wᵀ` per chunk, `dW += hᵀ·g`,
+/// `db += Σ g` (the latter two in place, by gemm on the fused backends).
+struct HeadGrads {
+    gh: Vec<Tensor<2>>,
+    gw: Tensor<2>,
+    /// `[1, V]`, when the head has a bias.
+    gb: Option<Tensor<2>>,
+    /// The weight, transposed once, as a constant.
+    w_t: Tensor<2>,
+}
+
+impl HeadGrads {
+    fn new(head: &LmHead) -> Self {
+        let (device, dtype) = (head.weight.device(), head.weight.dtype());
+        let v = head.weight.dims()[1];
+        Self {
+            gh: Vec::new(),
+            gw: fused::zeros(head.weight.dims(), &device, dtype),
+            gb: head.bias.as_ref().map(|_| fused::zeros([1, v], &device, dtype)),
+            w_t: constant(head.weight.clone()).transpose(),
+        }
+    }
+
+    /// Adds the gradient `g` `[len, V]` of the logits of rows `lo..lo + len`.
+    fn add(mut self, head: &LmHead, lo: usize, len: usize, g: Tensor<2>) -> Self {
+        self.gh.push(g.clone().matmul(self.w_t.clone()));
+        self.gb = self.gb.map(|gb| {
+            let ones = Tensor::<2>::ones([len, 1], (&g.device(), g.dtype()));
+            fused::add_product(gb, ones, g.clone())
+        });
+        self.gw = fused::add_product(self.gw, head.rows(lo, len), g);
+        self
+    }
+
+    /// `Σ ⟨x, g⟩` over the head's hidden states, weight and bias: a scalar whose gradients
+    /// are the accumulated ones.
+    fn surrogate(self, head: &LmHead) -> Tensor<1> {
+        let s = fused::dot(head.hidden.clone(), Tensor::cat(self.gh, 0))
+            + fused::handover(head.weight.clone(), self.gw);
+        match (&head.bias, self.gb) {
+            (Some(b), Some(gb)) => s + (b.clone() * gb.squeeze_dim(0)).sum(),
+            _ => s,
         }
     }
 }
@@ -186,6 +235,58 @@ pub struct FusedLinear<L> {
 
 crate::objective!(FusedLinear<L>, "fused_linear");
 
+impl<L: Loss> FusedLinear<L> {
+    /// One chunk through the wrapped objective and a small autodiff graph: the chunk's
+    /// weighted, scaled value and the gradients of the student's (and, when tracked, the
+    /// teacher's) logits.
+    fn by_graph(
+        &self,
+        zs: Tensor<2>,
+        zt: Tensor<2>,
+        mask: Option<Tensor<1, Bool>>,
+        targets: Option<Tensor<1, Int>>,
+        scale: &Tensor<1>,
+        teacher_tracked: bool,
+    ) -> Result<(Tensor<1>, Tensor<2>, Option<Tensor<2>>), DistillError> {
+        let c = &self.config;
+        let len = zs.dims()[0];
+        // the logits of a chunk are fresh leaves of a small graph that each chunk drops
+        let zs = zs.require_grad();
+        let zt = match teacher_tracked {
+            true => zt.require_grad(),
+            false => zt,
+        };
+        let mut input = DistillInput::new(zs.clone(), zt.clone()).attach_teacher();
+        if let Some(m) = mask.clone() {
+            input = input.mask(m);
+        }
+        let rows = self.inner.forward(&input)?.total;
+        drop(input);
+        if rows.dims() != [len] {
+            return Err(DistillError::config(
+                Self::NAME,
+                "inner",
+                self.inner.name(),
+                "the wrapped objective must give one value per token (TokenReduction::None)",
+            ));
+        }
+        let mut part = rows.sum() * c.soft_weight;
+        if let Some(y) = targets {
+            let ce = cross_entropy_per_sample(zs.clone(), y, 0.0);
+            let ce = match mask {
+                Some(m) => ce.mask_fill(m.bool_not(), 0.0),
+                None => ce,
+            };
+            part = part + ce.sum() * c.hard_weight;
+        }
+        let part = part * scale.clone();
+        let grads = part.backward();
+        let grad_of = |z: Tensor<2>| constant(z.grad(&grads).unwrap_or_else(|| z.zeros_like()));
+        let gt = teacher_tracked.then(|| grad_of(zt));
+        Ok((constant(part), grad_of(zs), gt))
+    }
+}
+
 impl<L: Loss> Loss for FusedLinear<L> {
     fn name(&self) -> &str {
         Self::NAME
@@ -236,103 +337,83 @@ impl<L: Loss> Loss for FusedLinear<L> {
                 TeacherHead::Head(h) => h.tracked(),
             };
         let chunk = c.chunk_size.unwrap_or((1usize << 22).div_ceil(v.max(1))).clamp(1, n);
+        // a frozen teacher and an objective with a fused kernel: each chunk runs the kernel
+        // directly (no graph), its gradient written over the chunk's logits
+        let kernel = match teacher {
+            TeacherHead::Logits(z) => [&student.hidden, &student.weight, z],
+            TeacherHead::Head(h) => [&student.hidden, &student.weight, &h.hidden],
+        };
+        let kernel = self
+            .inner
+            .token_kernel()
+            .filter(|_| !teacher_tracked && fused::usable_all(&kernel));
 
         let (device, dtype) = (student.hidden.device(), student.hidden.dtype());
         // the reduction's factor, known before any chunk (a tensor: no read-back), so every
         // chunk's gradient is scaled while it is small and the accumulators hold the result
         let scale = c.reduction.factor(mask.as_ref(), n, v, &device, dtype);
-        let zeros2 = |shape: [usize; 2]| fused::zeros(shape, &device, dtype);
-        let mut gh = Vec::new();
-        let mut gw = zeros2([hs, v]);
-        let mut gb = Tensor::<1>::zeros([v], (&device, dtype));
-        let mut teacher_g: Vec<Tensor<2>> = Vec::new();
-        // the teacher's head accumulators exist only when its gradients are wanted
-        let (mut tw, mut tb) = match teacher {
-            TeacherHead::Head(h) if teacher_tracked => (
-                Some(zeros2(h.weight.dims())),
-                Some(Tensor::<1>::zeros([v], (&device, dtype))),
-            ),
-            _ => (None, None),
-        };
-        let mut value = Tensor::<1>::zeros([1], (&device, dtype));
-        // the logits of a chunk are fresh leaves of a small graph that each chunk drops
-        // the weights as constants, transposed once for the hidden-state gradients
-        let w_t = constant(student.weight.clone()).transpose();
-        let tw_t = match teacher {
-            TeacherHead::Head(th) if teacher_tracked => {
-                Some(constant(th.weight.clone()).transpose())
-            }
+        let mut grads = HeadGrads::new(student);
+        // the teacher's accumulators exist only when its gradients are wanted
+        let mut teacher_grads = match teacher {
+            TeacherHead::Head(h) if teacher_tracked => Some(HeadGrads::new(h)),
             _ => None,
         };
+        let mut teacher_g: Vec<Tensor<2>> = Vec::new();
+        let mut value = Tensor::<1>::zeros([1], (&device, dtype));
+        // the kernel path's two chunk buffers, reused from chunk to chunk: the student's
+        // logits become their gradient, which becomes the next chunk's logits
+        let (mut spare_s, mut spare_t) = (None, None);
         for lo in (0..n).step_by(chunk) {
             let len = chunk.min(n - lo);
-            let zs = student.logits(lo, len).require_grad();
+            let zs = match kernel {
+                Some(_) => student.logits_into(spare_s.take(), lo, len),
+                None => student.logits(lo, len),
+            };
             let zt = match teacher {
                 TeacherHead::Logits(z) => constant(z.clone().narrow(0, lo, len)),
+                TeacherHead::Head(h) if kernel.is_some() => h.logits_into(spare_t.take(), lo, len),
                 TeacherHead::Head(h) => h.logits(lo, len),
             };
-            let zt = match teacher_tracked {
-                true => zt.require_grad(),
-                false => zt.set_require_grad(false),
-            };
-            let mask_c = mask.clone().map(|m| m.narrow(0, lo, len));
-            let mut chunk_input = DistillInput::new(zs.clone(), zt.clone()).attach_teacher();
-            if let Some(m) = mask_c.clone() {
-                chunk_input = chunk_input.mask(m);
-            }
-            let rows = self.inner.forward(&chunk_input)?.total;
-            drop(chunk_input);
-            if rows.dims() != [len] {
-                return Err(DistillError::config(
-                    Self::NAME,
-                    "inner",
-                    self.inner.name(),
-                    "the wrapped objective must give one value per token (TokenReduction::None)",
-                ));
-            }
-            let mut part = rows.sum() * c.soft_weight;
-            if let Some(y) = &targets {
-                let ce = cross_entropy_per_sample(zs.clone(), y.clone().narrow(0, lo, len), 0.0);
-                let ce = match &mask_c {
-                    Some(m) => ce.mask_fill(m.clone().bool_not(), 0.0),
-                    None => ce,
-                };
-                part = part + ce.sum() * c.hard_weight;
-            }
-            let part = part * scale.clone();
-            value = value + constant(part.clone());
-            let grads = part.backward();
-            let grad_of = |z: Tensor<2>| constant(z.grad(&grads).unwrap_or_else(|| z.zeros_like()));
-            let g = grad_of(zs);
-            let h = student.rows(lo, len);
-            gh.push(g.clone().matmul(w_t.clone()));
-            gw = fused::add_product(gw, h, g.clone());
-            gb = gb + g.sum_dim(0).squeeze_dim(0);
-            if teacher_tracked {
-                let g = grad_of(zt);
-                match (teacher, &tw_t) {
-                    (TeacherHead::Head(th), Some(w_t)) => {
-                        let h = th.rows(lo, len);
-                        teacher_g.push(g.clone().matmul(w_t.clone()));
-                        tw = tw.map(|w| fused::add_product(w, h, g.clone()));
-                        tb = tb.map(|b| b + g.sum_dim(0).squeeze_dim(0));
-                    }
-                    _ => teacher_g.push(g),
+            let mask = mask.clone().map(|m| m.narrow(0, lo, len));
+            let targets = targets.clone().map(|y| y.narrow(0, lo, len));
+            let (part, g, gt) = match kernel {
+                Some(kernel) => {
+                    let weights = match mask {
+                        Some(m) => m.float().cast(dtype) * scale.clone(),
+                        None => scale.clone().expand([len]),
+                    };
+                    let targets = targets.unwrap_or_else(|| Tensor::zeros([0], &device));
+                    let step = fused::TokenStep {
+                        kernel,
+                        soft: c.soft_weight,
+                        hard: c.hard_weight,
+                    };
+                    let (rows, g) = fused::token_step(zs, &zt, weights, targets, step);
+                    spare_t = Some(zt);
+                    (rows.sum(), g, None)
                 }
+                None => self.by_graph(zs, zt, mask, targets, &scale, teacher_tracked)?,
+            };
+            value = value + part;
+            grads = grads.add(student, lo, len, g.clone());
+            if kernel.is_some() {
+                spare_s = Some(g);
+            }
+            match (gt, teacher) {
+                (Some(g), TeacherHead::Head(h)) => {
+                    teacher_grads = teacher_grads.map(|tg| tg.add(h, lo, len, g));
+                }
+                (Some(g), TeacherHead::Logits(_)) => teacher_g.push(g),
+                (None, _) => {}
             }
         }
-        let mut surrogate = student.surrogate(Tensor::cat(gh, 0), gw, gb);
-        if teacher_tracked {
-            let g = Tensor::cat(teacher_g, 0);
-            surrogate = surrogate
-                + match teacher {
-                    TeacherHead::Logits(z) => fused::dot(z.clone(), g),
-                    TeacherHead::Head(th) => th.surrogate(
-                        g,
-                        tw.expect("a tracked head's weight gradient"),
-                        tb.expect("a tracked head's bias gradient"),
-                    ),
-                };
+        let mut surrogate = grads.surrogate(student);
+        match (teacher, teacher_grads) {
+            (TeacherHead::Head(h), Some(tg)) => surrogate = surrogate + tg.surrogate(h),
+            (TeacherHead::Logits(z), _) if teacher_tracked => {
+                surrogate = surrogate + fused::dot(z.clone(), Tensor::cat(teacher_g, 0))
+            }
+            _ => {}
         }
         // value: the loss; gradient: the accumulated one
         let total = surrogate.clone() - constant(surrogate) + value;

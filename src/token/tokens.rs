@@ -6,7 +6,7 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use crate::check::{check_positive, check_temperature};
 use crate::math::Temperature;
-use crate::{DistillError, DistillInput, LossOutput};
+use crate::{DistillError, DistillInput, LossOutput, fused};
 
 /// How per-token divergences become the total. Rows that do not count (the mask) contribute
 /// exactly 0 under every reduction.
@@ -82,6 +82,19 @@ impl Softening {
             temperature: check_temperature(temperature)?,
             t_squared,
             reduction,
+        })
+    }
+
+    /// The fused kernel of `divergence` at these settings, for the lm-head path: only
+    /// when the per-token values are not reduced (`TokenReduction::None`).
+    pub fn kernel(&self, divergence: fused::Divergence) -> Option<fused::TokenKernel> {
+        (self.reduction == TokenReduction::None).then(|| fused::TokenKernel {
+            divergence,
+            inv_t: 1.0 / self.temperature,
+            factor: match self.t_squared {
+                true => self.temperature * self.temperature,
+                false => 1.0,
+            },
         })
     }
 
