@@ -75,9 +75,10 @@ pub use cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_samp
 pub use error::DistillError;
 pub use example::{ExampleInput, example_input, example_input_shifted};
 pub use input::{Checked, DistillInput, Distillable, Extension, Feature, Outputs, Progress, Views};
+pub(crate) use loss::Divergence;
 pub use loss::{
     Entry, Example, Finite, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered,
-    Weighted,
+    TokenKernel, Weighted,
 };
 pub use schedule::Schedule;
 

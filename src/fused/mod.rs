@@ -47,6 +47,7 @@ pub use cpu::{exp_in_place, set_threads};
 use ops::FusedOps;
 
 pub(crate) use crate::math::JointTarget as Joint;
+pub(crate) use crate::{Divergence, TokenKernel};
 
 /// Whether the fused kernels serve tensors on `device` (otherwise the objectives run their
 /// composed tensor-op version).
@@ -153,31 +154,6 @@ pub(crate) fn dot(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
 /// Whether a pair of logits can take the fused path.
 fn usable(student: &Tensor<2>, teacher: &Tensor<2>) -> bool {
     student.dims()[0] > 0 && usable_all(&[student, teacher])
-}
-
-/// The per-sample divergence a fused row op computes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Divergence {
-    /// KD's `KL(p_t ‖ p_s)`.
-    Kl,
-    /// The reverse `KL(p_s ‖ p_t)` (KD's kernel with the roles swapped).
-    ReverseKl,
-    /// The generalized JSD `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`, `m = (1 − β)·p_s + β·p_t`,
-    /// `0 < β < 1`.
-    Jsd(f64),
-}
-
-/// A per-token divergence that a fused kernel computes, as an objective declares it
-/// ([`Loss::token_kernel`](crate::Loss::token_kernel)): the lm-head path
-/// ([`FusedLinear`](crate::token::FusedLinear)) then runs the kernel on each chunk of logits
-/// directly — no autodiff graph per chunk, the gradient written over the chunk's logits.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenKernel {
-    pub(crate) divergence: Divergence,
-    /// `1/T`.
-    pub(crate) inv_t: f64,
-    /// What the per-token values are multiplied by (`T²` or 1).
-    pub(crate) factor: f64,
 }
 
 /// What one [`token_step`] computes: the kernel, and the weights of its divergence and of the

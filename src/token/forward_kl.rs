@@ -101,8 +101,8 @@ impl Loss for ForwardKl {
         })
     }
 
-    fn token_kernel(&self) -> Option<fused::TokenKernel> {
+    fn token_kernel(&self) -> Option<crate::TokenKernel> {
         let fused = self.fused && !self.cross_entropy;
-        fused.then(|| self.soft.kernel(fused::Divergence::Kl)).flatten()
+        fused.then(|| self.soft.kernel(crate::Divergence::Kl)).flatten()
     }
 }

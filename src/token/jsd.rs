@@ -102,11 +102,11 @@ impl Loss for Jsd {
         })
     }
 
-    fn token_kernel(&self) -> Option<fused::TokenKernel> {
+    fn token_kernel(&self) -> Option<crate::TokenKernel> {
         let divergence = match self.beta {
-            0.0 => fused::Divergence::Kl,
-            1.0 => fused::Divergence::ReverseKl,
-            b => fused::Divergence::Jsd(b),
+            0.0 => crate::Divergence::Kl,
+            1.0 => crate::Divergence::ReverseKl,
+            b => crate::Divergence::Jsd(b),
         };
         self.fused.then(|| self.soft.kernel(divergence)).flatten()
     }

@@ -6,7 +6,7 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use crate::check::{check_positive, check_temperature};
 use crate::math::Temperature;
-use crate::{DistillError, DistillInput, LossOutput, fused};
+use crate::{DistillError, DistillInput, LossOutput};
 
 /// How per-token divergences become the total. Rows that do not count (the mask) contribute
 /// exactly 0 under every reduction.
@@ -87,8 +87,8 @@ impl Softening {
 
     /// The fused kernel of `divergence` at these settings, for the lm-head path: only
     /// when the per-token values are not reduced (`TokenReduction::None`).
-    pub fn kernel(&self, divergence: fused::Divergence) -> Option<fused::TokenKernel> {
-        (self.reduction == TokenReduction::None).then(|| fused::TokenKernel {
+    pub fn kernel(&self, divergence: crate::Divergence) -> Option<crate::TokenKernel> {
+        (self.reduction == TokenReduction::None).then(|| crate::TokenKernel {
             divergence,
             inv_t: 1.0 / self.temperature,
             factor: match self.t_squared {
