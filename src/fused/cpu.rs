@@ -391,7 +391,7 @@ fn plane_row<'a, F>(plane: &'a mut [F], r: &std::ops::Range<usize>) -> Option<&'
 }
 
 /// Per-row work space: a few rows of `c` floats, reused across rows.
-struct Scratch<F>([Vec<F>; 5]);
+struct Scratch<F>([Vec<F>; 4]);
 
 impl<F: Real> Scratch<F> {
     fn new(c: usize) -> Self {
@@ -483,7 +483,7 @@ fn jsd_row<F: Real, const FMA: bool>(
 ) -> F {
     let (ws, wt) = (F::of(1.0 - beta), F::of(beta));
     // probabilities, then the log-ratios log p − log m
-    let [ps, pt, ds, dt, _] = &mut scratch.0;
+    let [ps, pt, ds, dt] = &mut scratch.0;
     let Some([ms, mt, ss, st]) = softmax_pieces::<F, FMA>(s, t, k, ps, pt) else {
         return nan_row([gs, gt]);
     };
@@ -525,12 +525,9 @@ fn nan_row<F: Real>(planes: [Option<&mut [F]>; 2]) -> F {
     F::nan()
 }
 
-/// One chunk of the lm-head path ([`token_step`]): the student's logits `[n, c]`, replaced
-/// by the gradient, and what each row is weighed by.
+/// What one chunk of the lm-head path ([`token_step`]) reads, shared by its row blocks.
 pub struct Step<'a, F> {
-    /// Student logits, row-major; on return, the gradient of the rows' total w.r.t. them.
-    pub s: &'a mut [F],
-    /// Teacher logits, row-major.
+    /// Teacher logits `[n, c]`, row-major.
     pub t: &'a [F],
     /// Classes per row.
     pub c: usize,
@@ -547,86 +544,50 @@ pub struct Step<'a, F> {
     pub hard: F,
     /// Per-row targets (in range) when `hard ≠ 0`, else empty.
     pub targets: &'a [usize],
-    /// Per-row totals `w·(soft·D + hard·CE)`, `[n]`.
-    pub rows: &'a mut [F],
 }
 
-/// The rows of `step`: per-row totals `w·(soft·D(s, t) + hard·CE(s, y))` into `step.rows` and,
-/// written over the student's logits, their gradient w.r.t. them (each row is copied to the
-/// work space first, so the kernel reads it there and writes the gradient in its place).
+/// The rows of `step`: per-row totals `w·(soft·D(s, t) + hard·CE(s, y))` into `rows` (`[n]`)
+/// and, written over the student's logits `s` (`[n, c]`), their gradient w.r.t. them (each row
+/// is copied aside first, so the kernel reads it there and writes the gradient in its place).
 /// Rows are split over threads as in the other kernels: the results do not depend on the
 /// thread count.
-pub fn token_step<F: Real + Send + Sync>(step: Step<F>) {
-    let Step {
-        s,
-        t,
-        c,
-        rows,
-        weights,
-        targets,
-        ..
-    } = step;
-    let shared = Step {
-        s: &mut [],
-        t: &[],
-        rows: &mut [],
-        weights: &[],
-        targets: &[],
-        ..step
-    };
+pub fn token_step<F: Real + Send + Sync>(step: &Step<F>, s: &mut [F], rows: &mut [F]) {
     let n = rows.len();
     let (mut s, mut rows, mut start) = (s, rows, 0);
-    let mut parts = Vec::new();
-    for len in block_lens(n, threads_for(n, c)) {
-        let (a, rest) = std::mem::take(&mut s).split_at_mut(len * c);
+    let mut blocks = Vec::new();
+    for len in block_lens(n, threads_for(n, step.c)) {
+        let (a, rest) = std::mem::take(&mut s).split_at_mut(len * step.c);
         let (r, rest_rows) = std::mem::take(&mut rows).split_at_mut(len);
         (s, rows) = (rest, rest_rows);
-        let part = Step {
-            s: a,
-            t: &t[start * c..(start + len) * c],
-            weights: &weights[start..start + len],
-            targets: targets.get(start..start + len).unwrap_or(&[]),
-            rows: r,
-            ..shared
-        };
-        parts.push((start, part));
+        blocks.push((start, (a, r)));
         start += len;
     }
-    on_pool(parts, |_, part| step_block(part));
+    on_pool(blocks, |start, (s, rows)| step_block(step, start, s, rows));
 }
 
-fn step_block<F: Real>(step: Step<F>) {
-    simd_dispatch!(F; step_rows, step_avx2, (step: Step<F>));
+fn step_block<F: Real>(step: &Step<F>, start: usize, s: &mut [F], rows: &mut [F]) {
+    simd_dispatch!(F; step_rows, step_avx2, (step: &Step<F>, start: usize, s: &mut [F], rows: &mut [F]));
 }
 
+/// [`token_step`] on the block of rows starting at row `start`.
 #[inline(always)]
-fn step_rows<F: Real, const FMA: bool>(step: Step<F>) {
-    let Step {
-        s,
-        t,
-        c,
-        inv_t,
-        divergence,
-        weights,
-        soft,
-        hard,
-        targets,
-        rows,
-    } = step;
-    let k = F::of(inv_t);
+fn step_rows<F: Real, const FMA: bool>(step: &Step<F>, start: usize, s: &mut [F], rows: &mut [F]) {
+    let (c, soft, hard) = (step.c, step.soft, step.hard);
+    let k = F::of(step.inv_t);
     let mut scratch = Scratch::new(c);
     let mut own = vec![F::zero(); c];
     for (n, (g, value)) in s.chunks_exact_mut(c).zip(rows.iter_mut()).enumerate() {
-        let w = weights[n];
+        let row = start + n;
+        let w = step.weights[row];
         if w == F::zero() {
             g.fill(F::zero());
             *value = F::zero();
             continue;
         }
         own.copy_from_slice(g);
-        let (s, t) = (&own[..], &t[n * c..(n + 1) * c]);
+        let (s, t) = (&own[..], &step.t[row * c..(row + 1) * c]);
         let ws = w * soft;
-        let mut v = match divergence {
+        let mut v = match step.divergence {
             _ if soft == F::zero() => {
                 g.fill(F::zero());
                 F::zero()
@@ -639,7 +600,7 @@ fn step_rows<F: Real, const FMA: bool>(step: Step<F>) {
         } * ws;
         if hard != F::zero() {
             // CE(s, y) = log Σ exp(s) − s_y; its gradient softmax(s) − onehot(y)
-            let (y, wh, e) = (targets[n], w * hard, &mut scratch.0[0]);
+            let (y, wh, e) = (step.targets[row], w * hard, &mut scratch.0[0]);
             let m = max(s);
             let sum = exp_shifted::<F, FMA>(s, m, F::one(), e);
             let inv = F::one() / sum;

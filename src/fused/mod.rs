@@ -107,23 +107,29 @@ pub(crate) fn add_product(acc: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<
     ))
 }
 
-/// `h·w + b` (`[M, N]`; `h` `[M, K]`, `w` `[K, N]`, `b` `[N]`; constants): on the fused
-/// backends written into `out` (`[M, N]`, overwritten; nothing new is allocated when it is
-/// uniquely owned), elsewhere the composed product (`out` unused).
+/// `h·w + b` (`[M, N]`; `h` `[M, K]`, `w` `[K, N]`, `b` `[N]`; constants). On the fused
+/// backends gemm writes it into `out` when that is an `[M, N]` buffer (overwritten; nothing new
+/// is allocated when it is uniquely owned), else into a new one built from a zeroed vector
+/// (see [`zeros`]); elsewhere it is the composed product (`out` unused).
 pub(crate) fn logits_into(
-    out: Tensor<2>,
+    out: Option<Tensor<2>>,
     h: Tensor<2>,
     w: Tensor<2>,
     b: Option<Tensor<1>>,
 ) -> Tensor<2> {
-    if !usable_all(&[&out, &h, &w]) {
+    if !usable_all(&[&h, &w]) {
         let z = h.matmul(w);
         return match b {
             Some(b) => z + b.unsqueeze_dim(0),
             None => z,
         };
     }
-    let b = b.unwrap_or_else(|| Tensor::zeros([0], (&out.device(), out.dtype())));
+    let shape = [h.dims()[0], w.dims()[1]];
+    let (device, dtype) = (h.device(), h.dtype());
+    let out = out
+        .filter(|o| o.dims() == shape && o.dtype() == dtype)
+        .unwrap_or_else(|| zeros(shape, &device, dtype));
+    let b = b.unwrap_or_else(|| Tensor::zeros([0], (&device, dtype)));
     Tensor::from_dispatch(Dispatch::fused_logits(
         out.into_dispatch(),
         h.into_dispatch(),

@@ -175,21 +175,18 @@ impl<B: Backend> Out<B> {
     }
 }
 
-/// Runs one fused call in the logits' float type (f64, else f32).
-fn fused<B: Backend>(
-    io: &impl Io<B>,
-    s: FloatTensor<B>,
-    t: FloatTensor<B>,
-    inv_t: f64,
-    kind: Kind,
-    keep: [bool; 2],
-) -> Out<B> {
-    match s.dtype() {
-        DType::F64 => fused_in::<B, f64>(io, s, t, inv_t, kind, keep),
-        _ => fused_in::<B, f32>(io, s, t, inv_t, kind, keep),
-    }
+/// `$op::<B, F>(args)` with `F` the float type of the tensor `$of` (f64, else f32): each CPU op
+/// is written once, generic over its float.
+macro_rules! in_float {
+    ($of:expr, $op:ident::<$b:ty>($($arg:expr),* $(,)?)) => {
+        match $of.dtype() {
+            DType::F64 => $op::<$b, f64>($($arg),*),
+            _ => $op::<$b, f32>($($arg),*),
+        }
+    };
 }
 
+/// One fused call, in the logits' float type.
 fn fused_in<B: Backend, F: Real + Element>(
     io: &impl Io<B>,
     s: FloatTensor<B>,
@@ -262,90 +259,57 @@ fn fused_in<B: Backend, F: Real + Element>(
     }
 }
 
-fn combine<B: Backend>(
+fn combine<B: Backend, F: Real + Element>(
     io: &impl Io<B>,
-    plane: FloatTensor<B>,
-    grad: FloatTensor<B>,
+    p: FloatTensor<B>,
+    g: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    fn scale<B: Backend, F: Real + Element>(
-        io: &impl Io<B>,
-        p: FloatTensor<B>,
-        g: FloatTensor<B>,
-    ) -> FloatTensor<B> {
-        let c = p.shape()[1];
-        let g = io.floats::<F>(&g);
-        io.edit::<F>(p, |p| cpu::combine(p, &g, c))
-    }
-    match plane.dtype() {
-        DType::F64 => scale::<B, f64>(io, plane, grad),
-        _ => scale::<B, f32>(io, plane, grad),
-    }
+    let c = p.shape()[1];
+    let g = io.floats::<F>(&g);
+    io.edit::<F>(p, |p| cpu::combine(p, &g, c))
 }
 
-fn add_product<B: Backend>(
+fn add_product<B: Backend, F: Real + Element>(
     io: &impl Io<B>,
     acc: FloatTensor<B>,
     a: FloatTensor<B>,
     b: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    fn run<B: Backend, F: Real + Element>(
-        io: &impl Io<B>,
-        acc: FloatTensor<B>,
-        a: FloatTensor<B>,
-        b: FloatTensor<B>,
-    ) -> FloatTensor<B> {
-        let [k, m, n] = [a.shape()[0], a.shape()[1], b.shape()[1]];
-        let (a, b) = (io.floats::<F>(&a), io.floats::<F>(&b));
-        io.edit::<F>(acc, |acc| {
-            cpu::gemm_into(acc, &a, &b, [m, k, n], true, true)
-        })
-    }
-    match acc.dtype() {
-        DType::F64 => run::<B, f64>(io, acc, a, b),
-        _ => run::<B, f32>(io, acc, a, b),
-    }
+    let [k, m, n] = [a.shape()[0], a.shape()[1], b.shape()[1]];
+    let (a, b) = (io.floats::<F>(&a), io.floats::<F>(&b));
+    io.edit::<F>(acc, |acc| {
+        cpu::gemm_into(acc, &a, &b, [m, k, n], true, true)
+    })
 }
 
-fn logits<B: Backend>(
+fn logits<B: Backend, F: Real + Element>(
     io: &impl Io<B>,
     out: FloatTensor<B>,
     h: FloatTensor<B>,
     w: FloatTensor<B>,
     b: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    fn run<B: Backend, F: Real + Element>(
-        io: &impl Io<B>,
-        out: FloatTensor<B>,
-        h: FloatTensor<B>,
-        w: FloatTensor<B>,
-        b: FloatTensor<B>,
-    ) -> FloatTensor<B> {
-        let [m, k, n] = [h.shape()[0], h.shape()[1], w.shape()[1]];
-        let Some(wv) = io.slice::<F>(&w) else {
-            // a transposed weight (a PyTorch-layout head): the backend's matmul reads it
-            let z = B::float_matmul(h, w);
-            return match b.shape()[0] {
-                0 => z,
-                _ => B::float_add(z, B::float_reshape(b, [1, n].into())),
-            };
+    let [m, k, n] = [h.shape()[0], h.shape()[1], w.shape()[1]];
+    let Some(wv) = io.slice::<F>(&w) else {
+        // a transposed weight (a PyTorch-layout head): the backend's matmul reads it
+        let z = B::float_matmul(h, w);
+        return match b.shape()[0] {
+            0 => z,
+            _ => B::float_add(z, B::float_reshape(b, [1, n].into())),
         };
-        let (hv, bv) = (io.floats::<F>(&h), io.floats::<F>(&b));
-        io.edit::<F>(out, |out| {
-            if !bv.is_empty() {
-                for row in out.chunks_exact_mut(n) {
-                    row.copy_from_slice(&bv);
-                }
+    };
+    let (hv, bv) = (io.floats::<F>(&h), io.floats::<F>(&b));
+    io.edit::<F>(out, |out| {
+        if !bv.is_empty() {
+            for row in out.chunks_exact_mut(n) {
+                row.copy_from_slice(&bv);
             }
-            cpu::gemm_into(out, &hv, wv, [m, k, n], false, !bv.is_empty())
-        })
-    }
-    match out.dtype() {
-        DType::F64 => run::<B, f64>(io, out, h, w, b),
-        _ => run::<B, f32>(io, out, h, w, b),
-    }
+        }
+        cpu::gemm_into(out, &hv, wv, [m, k, n], false, !bv.is_empty())
+    })
 }
 
-fn token_step<B: Backend>(
+fn token_step<B: Backend, F: Real + Element>(
     io: &impl Io<B>,
     s: FloatTensor<B>,
     t: FloatTensor<B>,
@@ -353,41 +317,25 @@ fn token_step<B: Backend>(
     targets: IntTensor<B>,
     step: TokenStep,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    fn run<B: Backend, F: Real + Element>(
-        io: &impl Io<B>,
-        s: FloatTensor<B>,
-        t: FloatTensor<B>,
-        w: FloatTensor<B>,
-        targets: IntTensor<B>,
-        step: TokenStep,
-    ) -> (FloatTensor<B>, FloatTensor<B>) {
-        let [n, c] = [s.shape()[0], s.shape()[1]];
-        let (tv, wv) = (io.floats::<F>(&t), io.floats::<F>(&w));
-        let y = match step.hard != 0.0 {
-            true => io.indices(targets),
-            false => Vec::new(),
-        };
-        let mut rows = vec![F::zero(); n];
-        let grad = io.edit::<F>(s, |sv| {
-            cpu::token_step(cpu::Step {
-                s: sv,
-                t: &tv,
-                c,
-                inv_t: step.kernel.inv_t,
-                divergence: step.kernel.divergence,
-                weights: &wv,
-                soft: F::of(step.soft * step.kernel.factor),
-                hard: F::of(step.hard),
-                targets: &y,
-                rows: &mut rows,
-            })
-        });
-        (io.tensor(rows, &[n]), grad)
-    }
-    match s.dtype() {
-        DType::F64 => run::<B, f64>(io, s, t, w, targets, step),
-        _ => run::<B, f32>(io, s, t, w, targets, step),
-    }
+    let [n, c] = [s.shape()[0], s.shape()[1]];
+    let (tv, wv) = (io.floats::<F>(&t), io.floats::<F>(&w));
+    let y = match step.hard != 0.0 {
+        true => io.indices(targets),
+        false => Vec::new(),
+    };
+    let shared = cpu::Step {
+        t: &tv,
+        c,
+        inv_t: step.kernel.inv_t,
+        divergence: step.kernel.divergence,
+        weights: &wv,
+        soft: F::of(step.soft * step.kernel.factor),
+        hard: F::of(step.hard),
+        targets: &y,
+    };
+    let mut rows = vec![F::zero(); n];
+    let grad = io.edit::<F>(s, |sv| cpu::token_step(&shared, sv, &mut rows));
+    (io.tensor(rows, &[n]), grad)
 }
 
 /// `Σ x ⊙ g` through one `[1, n]·[n, 1]` product (no temporary the size of `x`).
@@ -412,7 +360,10 @@ macro_rules! cpu_backend {
             ) -> ($tensor, Option<$tensor>, Option<$tensor>) {
                 let keep = [keep_student, keep_teacher];
                 let kind = Kind::Kd(divergence);
-                let out = fused::<Self>(&$io, student, teacher, inv_t, kind, keep);
+                let out = in_float!(
+                    student,
+                    fused_in::<Self>(&$io, student, teacher, inv_t, kind, keep)
+                );
                 (out.rows, out.student, out.teacher)
             }
 
@@ -430,19 +381,23 @@ macro_rules! cpu_backend {
                 let y = Io::<Self>::indices(&$io, targets);
                 let kind = Kind::Dkd(&y, joint, [alpha, beta]);
                 let keep = [keep_student, keep_teacher];
-                fused::<Self>(&$io, student, teacher, inv_t, kind, keep).dkd()
+                in_float!(
+                    student,
+                    fused_in::<Self>(&$io, student, teacher, inv_t, kind, keep)
+                )
+                .dkd()
             }
 
             fn fused_combine(plane: $tensor, grad: $tensor) -> $tensor {
-                combine::<Self>(&$io, plane, grad)
+                in_float!(plane, combine::<Self>(&$io, plane, grad))
             }
 
             fn fused_add_product(acc: $tensor, a: $tensor, b: $tensor) -> $tensor {
-                add_product::<Self>(&$io, acc, a, b)
+                in_float!(acc, add_product::<Self>(&$io, acc, a, b))
             }
 
             fn fused_logits(out: $tensor, h: $tensor, w: $tensor, b: $tensor) -> $tensor {
-                logits::<Self>(&$io, out, h, w, b)
+                in_float!(out, logits::<Self>(&$io, out, h, w, b))
             }
 
             fn fused_token_step(
@@ -452,7 +407,10 @@ macro_rules! cpu_backend {
                 targets: $tensor,
                 step: TokenStep,
             ) -> ($tensor, $tensor) {
-                token_step::<Self>(&$io, student, teacher, weights, targets, step)
+                in_float!(
+                    student,
+                    token_step::<Self>(&$io, student, teacher, weights, targets, step)
+                )
             }
 
             fn fused_handover(x: $tensor, g: $tensor) -> $tensor {

@@ -38,25 +38,16 @@ impl LmHead {
         Self::new(hidden, weight.transpose(), bias)
     }
 
-    /// The logits of rows `lo..lo + len`, `[len, V]`, outside the autodiff graph.
-    fn logits(&self, lo: usize, len: usize) -> Tensor<2> {
-        let z = self.rows(lo, len).matmul(constant(self.weight.clone()));
-        constant(match &self.bias {
-            Some(b) => z + constant(b.clone()).unsqueeze_dim(0),
-            None => z,
-        })
-    }
-
-    /// The logits of rows `lo..lo + len`, `[len, V]`, written into `out` when it has that
-    /// shape (see [`fused::logits_into`]), else into a new buffer; outside the autodiff graph.
-    fn logits_into(&self, out: Option<Tensor<2>>, lo: usize, len: usize) -> Tensor<2> {
-        let v = self.weight.dims()[1];
-        let (device, dtype) = (self.weight.device(), self.weight.dtype());
-        let out = out
-            .filter(|o| o.dims() == [len, v])
-            .unwrap_or_else(|| fused::zeros([len, v], &device, dtype));
+    /// The logits of rows `lo..lo + len`, `[len, V]`, outside the autodiff graph, written into
+    /// `out` where it is a buffer of that shape (see [`fused::logits_into`]).
+    fn logits(&self, out: Option<Tensor<2>>, lo: usize, len: usize) -> Tensor<2> {
         let bias = self.bias.clone().map(constant);
-        fused::logits_into(out, self.rows(lo, len), constant(self.weight.clone()), bias)
+        constant(fused::logits_into(
+            out,
+            self.rows(lo, len),
+            constant(self.weight.clone()),
+            bias,
+        ))
     }
 
     /// Hidden states `lo..lo + len` as constants.
@@ -339,14 +330,14 @@ impl<L: Loss> Loss for FusedLinear<L> {
         let chunk = c.chunk_size.unwrap_or((1usize << 22).div_ceil(v.max(1))).clamp(1, n);
         // a frozen teacher and an objective with a fused kernel: each chunk runs the kernel
         // directly (no graph), its gradient written over the chunk's logits
-        let kernel = match teacher {
+        let tensors = match teacher {
             TeacherHead::Logits(z) => [&student.hidden, &student.weight, z],
             TeacherHead::Head(h) => [&student.hidden, &student.weight, &h.hidden],
         };
         let kernel = self
             .inner
             .token_kernel()
-            .filter(|_| !teacher_tracked && fused::usable_all(&kernel));
+            .filter(|_| !teacher_tracked && fused::usable_all(&tensors));
 
         let (device, dtype) = (student.hidden.device(), student.hidden.dtype());
         // the reduction's factor, known before any chunk (a tensor: no read-back), so every
@@ -360,19 +351,15 @@ impl<L: Loss> Loss for FusedLinear<L> {
         };
         let mut teacher_g: Vec<Tensor<2>> = Vec::new();
         let mut value = Tensor::<1>::zeros([1], (&device, dtype));
-        // the kernel path's two chunk buffers, reused from chunk to chunk: the student's
-        // logits become their gradient, which becomes the next chunk's logits
+        // two chunk buffers, reused from chunk to chunk: the student's logits become their
+        // gradient, which holds the next chunk's logits; the teacher's are rewritten in place
         let (mut spare_s, mut spare_t) = (None, None);
         for lo in (0..n).step_by(chunk) {
             let len = chunk.min(n - lo);
-            let zs = match kernel {
-                Some(_) => student.logits_into(spare_s.take(), lo, len),
-                None => student.logits(lo, len),
-            };
+            let zs = student.logits(spare_s.take(), lo, len);
             let zt = match teacher {
                 TeacherHead::Logits(z) => constant(z.clone().narrow(0, lo, len)),
-                TeacherHead::Head(h) if kernel.is_some() => h.logits_into(spare_t.take(), lo, len),
-                TeacherHead::Head(h) => h.logits(lo, len),
+                TeacherHead::Head(h) => h.logits(spare_t.take(), lo, len),
             };
             let mask = mask.clone().map(|m| m.narrow(0, lo, len));
             let targets = targets.clone().map(|y| y.narrow(0, lo, len));
@@ -389,15 +376,15 @@ impl<L: Loss> Loss for FusedLinear<L> {
                         hard: c.hard_weight,
                     };
                     let (rows, g) = fused::token_step(zs, &zt, weights, targets, step);
-                    spare_t = Some(zt);
                     (rows.sum(), g, None)
                 }
-                None => self.by_graph(zs, zt, mask, targets, &scale, teacher_tracked)?,
+                None => self.by_graph(zs, zt.clone(), mask, targets, &scale, teacher_tracked)?,
             };
             value = value + part;
             grads = grads.add(student, lo, len, g.clone());
-            if kernel.is_some() {
-                spare_s = Some(g);
+            spare_s = Some(g);
+            if let TeacherHead::Head(_) = teacher {
+                spare_t = Some(zt);
             }
             match (gt, teacher) {
                 (Some(g), TeacherHead::Head(h)) => {
