@@ -612,3 +612,172 @@ fn learnable_objectives_fit_their_parameters_dtype() {
         assert!(half.is_finite(), "{}: {half}", small.name());
     }
 }
+
+/// The fused objectives (KD, DKD, DCKD under each joint rule, the token forward KL, JSD at
+/// β = 0.3, 0 and 1) against their composed twins, on every backend with a kernel for them —
+/// the CPU kernels, and with `--features wgpu` or `cuda` the CubeCL ones — in that backend's
+/// dtype: values, student and teacher gradients, with the teacher tracked and frozen, at
+/// widths below and above a cube's 256 units, a single row, targets on and off the student's
+/// arg-max, and logits of ±1e4. The fused path is also deterministic: a second run gives the
+/// same bits.
+#[test]
+fn fused_kernels_equal_the_composed_ops_on_every_backend() {
+    use burn_distill::logit::JointTarget;
+    use burn_distill::token::{ForwardKlConfig, JsdConfig};
+    configure_f64();
+    // (name, largest weight on a divergence times T², fused, composed)
+    let twins = |fused: bool| -> Vec<(String, f64, Box<dyn Loss>)> {
+        let mut v: Vec<(String, f64, Box<dyn Loss>)> = vec![
+            (
+                "KD".into(),
+                16.0,
+                KdConfig::new()
+                    .with_temperature(4.0)
+                    .with_fused(fused)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ),
+            (
+                "DKD".into(),
+                8.0 * 16.0,
+                DkdConfig::new()
+                    .with_warmup_epochs(0)
+                    .with_beta(8.0)
+                    .with_temperature(4.0)
+                    .with_fused(fused)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ),
+        ];
+        for joint in [
+            JointTarget::Teacher,
+            JointTarget::Max,
+            JointTarget::Mix(0.4),
+        ] {
+            v.push((
+                format!("DCKD {joint:?}"),
+                8.0 * 4.0,
+                DckdConfig::new()
+                    .with_warmup_epochs(0)
+                    .with_temperature(2.0)
+                    .with_joint(joint)
+                    .with_fused(fused)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ));
+        }
+        v.push((
+            "forward KL".into(),
+            4.0,
+            ForwardKlConfig::new()
+                .with_temperature(2.0)
+                .with_fused(fused)
+                .init()
+                .unwrap()
+                .boxed(),
+        ));
+        for beta in [0.3, 0.0, 1.0] {
+            v.push((
+                format!("JSD({beta})"),
+                1.0,
+                JsdConfig::new()
+                    .with_beta(beta)
+                    .with_temperature(1.5)
+                    .with_fused(fused)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ));
+        }
+        v
+    };
+    // (rows, classes, logit scale)
+    let shapes = [
+        (1, 3, 3.0),
+        (7, 37, 5.0),
+        (5, 1000, 4.0),
+        (70, 300, 2.0),
+        (4, 300, 1e4),
+    ];
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for backend in backends() {
+        if !burn_distill::fused::supported(&backend.device) {
+            println!("{}: no fused kernels, skipped", backend.name);
+            continue;
+        }
+        let (device, dtype) = (&backend.device, backend.dtype);
+        for (seed, &(n, c, scale)) in shapes.iter().enumerate() {
+            let seed = 100 + 3 * seed as u64;
+            let mut s = noise(seed, n * c, scale);
+            let t = noise(seed + 1, n * c, scale);
+            // targets: every other row on the student's arg-max (DCKD's "correct" branch)
+            let y: Vec<i64> = (0..n).map(|i| ((7 * i + 1) % c) as i64).collect();
+            for (i, &yi) in y.iter().enumerate().step_by(2) {
+                let row = &mut s[i * c..(i + 1) * c];
+                let top = row.iter().cloned().fold(f64::MIN, f64::max);
+                row[yi as usize] = top + scale.min(10.0) * 0.1;
+            }
+            for tracked in [true, false] {
+                let run = |loss: &dyn Loss| {
+                    let tensor = |v: &[f64]| {
+                        Tensor::<2>::from_data(TensorData::new(v.to_vec(), [n, c]), (device, dtype))
+                            .require_grad()
+                    };
+                    let (st, tt) = (tensor(&s), tensor(&t));
+                    let input =
+                        DistillInput::new(st.clone(), tt.clone()).targets(ints(y.clone(), device));
+                    let input = match tracked {
+                        true => input.attach_teacher(),
+                        false => input,
+                    };
+                    let out = loss.forward(&input).unwrap();
+                    let value = values(out.total.clone());
+                    let grads = out.total.backward();
+                    let gs = values(st.grad(&grads).unwrap());
+                    let gt = tt.grad(&grads).map(values).unwrap_or_default();
+                    (value, gs, gt)
+                };
+                for ((name, weight, fused), (_, _, composed)) in
+                    twins(true).iter().zip(twins(false))
+                {
+                    let what = format!(
+                        "{} {name} [{n}, {c}] ×{scale} tracked={tracked}",
+                        backend.name
+                    );
+                    let (got, want) = (run(fused.as_ref()), run(composed.as_ref()));
+                    let again = run(fused.as_ref());
+                    if got != again {
+                        failures.push(format!("{what}: a second run differs"));
+                    }
+                    // both sides round in `dtype`; errors grow with the softened logits
+                    let (rel, abs) = match dtype {
+                        DType::F64 => (1e-10, 1e-12),
+                        _ => (2e-4, 2e-6),
+                    };
+                    let abs = abs * scale.max(1.0) * weight;
+                    let checks = [
+                        ("loss", &got.0, &want.0),
+                        ("student gradient", &got.1, &want.1),
+                        ("teacher gradient", &got.2, &want.2),
+                    ];
+                    for (part, g, w) in checks {
+                        if scale > 1e3 && g.iter().any(|v| !v.is_finite()) {
+                            failures.push(format!("{what}: {part} not finite"));
+                        }
+                        if let Err(e) = close(&format!("{what}: {part}"), g, w, rel, abs) {
+                            failures.push(e);
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        println!("{}: fused == composed checked", backend.name);
+    }
+    assert!(checked > 0);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

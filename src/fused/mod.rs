@@ -10,12 +10,20 @@
 //! |---|---|
 //! | flex (feature `flex`, on by default) | CPU kernels on flex's own buffers, no copies |
 //! | ndarray (feature `ndarray`) | the same kernels, reading its arrays in place |
+//! | Cube: wgpu, cuda (features `wgpu`, `cuda`, through `cube`) | CubeCL kernels, one cube a row, lazy under burn's fusion |
 //! | any of them under `.autodiff()` | the same, with the custom backward below |
 //!
-//! Everything else (wgpu, cuda, libtorch, a learned CTKD temperature, half-precision logits
-//! that were not upcast) runs the composed tensor-op version, which stays the reference the
-//! fused one is tested against. [`supported`] tells which path a device gets.
+//! Everything else (libtorch, a learned CTKD temperature, half-precision logits that were not
+//! upcast) runs the composed tensor-op version, which stays the reference the fused one is
+//! tested against. [`supported`] tells which path a device gets. The lm-head path's chunk ops
+//! (`FusedLinear`) are CPU kernels only: on a Cube device it runs the composed chunk graph.
 //!
+//! Under fusion (on in burn's default features, and turned on by `cube`), a row op is one
+//! opaque custom operation: the fusion stream records it with its output layout (the
+//! `#[fusion(meta = …)]` of each method of `RowOps`), flushes the fused element-wise work
+//! queued before it, and runs the CubeCL kernel when the graph executes; the backward pass's
+//! row scaling is the trait's default body, plain fusion ops, so it fuses with what follows.
+
 //! ## What a fused op computes
 //! Per row, with `zₛ = s/T`, `zₜ = t/T`, in three passes over an L1-resident row (maxima;
 //! exponentials and sums; outputs), with a vectorised `exp` (a degree-6 polynomial, AVX2 + FMA
@@ -38,42 +46,53 @@
 //! which becomes its gradient (1× the logits with a frozen teacher).
 
 mod cpu;
+#[cfg(feature = "cube")]
+mod cube;
 mod ops;
 
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use cpu::{exp_in_place, set_threads};
-use ops::FusedOps;
+use ops::{FusedOps, RowOps};
 
 pub(crate) use crate::math::JointTarget as Joint;
 pub(crate) use crate::{Divergence, TokenKernel};
 
 /// Whether the fused kernels serve tensors on `device` (otherwise the objectives run their
-/// composed tensor-op version).
+/// composed tensor-op version): the CPU backends, and with feature `cube` (implied by `wgpu`
+/// and `cuda`) burn's Cube backend.
 pub fn supported(device: &Device) -> bool {
+    on(device, true)
+}
+
+/// Whether `device` is one of the CPU backends (`cube` false) or one with a kernel for the row
+/// ops (`cube` true).
+fn on(device: &Device, cube: bool) -> bool {
     use burn::backend::DispatchDevice as D;
-    fn on(device: &D) -> bool {
+    fn walk(device: &D, cube: bool) -> bool {
         match device {
             #[cfg(feature = "flex")]
             D::Flex(_) => true,
             #[cfg(feature = "ndarray")]
             D::NdArray(_) => true,
-            D::Autodiff(inner) => on(inner),
+            #[cfg(feature = "cube")]
+            D::Cube(_) => cube,
+            D::Autodiff(inner) => walk(inner, cube),
             #[allow(unreachable_patterns)]
             _ => false,
         }
     }
-    on(device.as_dispatch())
+    walk(device.as_dispatch(), cube)
 }
 
-/// Whether tensors of these float types on `device` can take a fused op (same type, f32 or
-/// f64, a fused backend).
+/// Whether tensors of these float types on `device` can take a CPU op (same type, f32 or
+/// f64, a CPU backend): the lm-head path's ops.
 pub(crate) fn usable_all(tensors: &[&Tensor<2>]) -> bool {
     let dtype = tensors[0].dtype();
     matches!(dtype, DType::F32 | DType::F64)
         && tensors.iter().all(|t| t.dtype() == dtype)
-        && supported(&tensors[0].device())
+        && on(&tensors[0].device(), false)
 }
 
 /// Zeros of `shape` in `dtype` on `device`. On the fused backends they are built from one
@@ -87,7 +106,7 @@ pub(crate) fn zeros<const D: usize>(shape: [usize; D], device: &Device, dtype: D
         DType::F64 => TensorData::new(vec![0f64; n], shape),
         _ => return Tensor::zeros(shape, (device, dtype)),
     };
-    match supported(device) {
+    match on(device, false) {
         true => Tensor::from_data(data, (device, dtype)),
         false => Tensor::zeros(shape, (device, dtype)),
     }
@@ -157,9 +176,14 @@ pub(crate) fn dot(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
     x.reshape([1, n]).matmul(g.reshape([n, 1])).reshape([1])
 }
 
-/// Whether a pair of logits can take the fused path.
+/// Whether a pair of logits can take a row op: rows to compute, one float type (f32 or f64;
+/// the objectives upcast half-precision logits to f32 first) and a backend with a kernel.
 fn usable(student: &Tensor<2>, teacher: &Tensor<2>) -> bool {
-    student.dims()[0] > 0 && usable_all(&[student, teacher])
+    let dtype = student.dtype();
+    student.dims()[0] > 0
+        && matches!(dtype, DType::F32 | DType::F64)
+        && teacher.dtype() == dtype
+        && supported(&student.device())
 }
 
 /// What one [`token_step`] computes: the kernel, and the weights of its divergence and of the

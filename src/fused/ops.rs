@@ -19,21 +19,55 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::Checkpoi
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata, backend_extension};
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, ExtensionType, TensorMetadata, backend_extension,
+};
 use burn::tensor::{DType, Element, TensorData};
 
 use super::cpu::{self, Parts, Real};
 use super::{Divergence, Joint, TokenStep};
 
-/// The fused KD and DKD ops. `keep_student` / `keep_teacher` ask for the gradient plane of that
-/// input (the autodiff implementation sets them from which inputs are tracked); a plane is
-/// `[N, C]`, the gradient of the op's loss rows weighted by 1, and the backward pass
-/// ([`fused_combine`](FusedOps::fused_combine)) scales its rows by the incoming gradient.
-#[backend_extension(Autodiff, Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"))]
-pub trait FusedOps: Backend {
+/// A gradient plane an op returns: kept for a tracked input, dropped for the others (an
+/// `Option` that crosses burn's dispatch and fusion boundaries).
+#[derive(ExtensionType, Debug)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub enum Plane<B: Backend> {
+    /// The plane `[N, C]`.
+    Kept(FloatTensor<B>),
+    /// Not asked for.
+    Dropped,
+}
+
+impl<B: Backend> Plane<B> {
+    fn of(plane: Option<FloatTensor<B>>) -> Self {
+        plane.map_or(Plane::Dropped, Plane::Kept)
+    }
+
+    fn kept(self) -> Option<FloatTensor<B>> {
+        match self {
+            Plane::Kept(plane) => Some(plane),
+            Plane::Dropped => None,
+        }
+    }
+}
+
+/// The row ops: KD's and DKD's per-sample losses and gradient planes, on every backend with a
+/// kernel (the CPU backends, and the Cube backend with feature `cube`). `keep_student` /
+/// `keep_teacher` ask for the gradient plane of that input (the autodiff implementation sets
+/// them from which inputs are tracked); a plane is `[N, C]`, the gradient of the op's loss
+/// rows weighted by 1, and the backward pass ([`fused_combine`](RowOps::fused_combine)) scales
+/// its rows by the incoming gradient.
+#[backend_extension(
+    Autodiff,
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube")
+)]
+pub trait RowOps: Backend {
     /// A per-sample divergence's rows `[N]` (KD's `KL(p_t ‖ p_s)` or the generalized JSD)
     /// and planes.
-    #[allow(clippy::type_complexity)]
+    #[fusion(meta = kd_meta)]
     fn fused_kd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
@@ -41,15 +75,12 @@ pub trait FusedOps: Backend {
         divergence: Divergence,
         keep_student: bool,
         keep_teacher: bool,
-    ) -> (
-        FloatTensor<Self>,
-        Option<FloatTensor<Self>>,
-        Option<FloatTensor<Self>>,
-    );
+    ) -> (FloatTensor<Self>, Plane<Self>, Plane<Self>);
 
     /// DKD's per-sample `α·TCKD + β·NCKD` `[N]`, its parts `[N, 2]` (values, for logging), and
     /// the planes of the weighted sum.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = dkd_meta)]
     fn fused_dkd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
@@ -63,13 +94,70 @@ pub trait FusedOps: Backend {
     ) -> (
         FloatTensor<Self>,
         FloatTensor<Self>,
-        Option<FloatTensor<Self>>,
-        Option<FloatTensor<Self>>,
+        Plane<Self>,
+        Plane<Self>,
     );
 
-    /// The backward pass: the rows of `plane` `[N, C]` times `grad` `[N]`.
-    fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The backward pass: the rows of `plane` `[N, C]` times `grad` `[N]` (the CPU backends
+    /// scale in place; the others broadcast a product).
+    #[fusion(default)]
+    fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let n = grad.shape()[0];
+        Self::float_mul(plane, Self::float_reshape(grad, [n, 1].into()))
+    }
+}
 
+/// The output layout of [`RowOps::fused_kd`], for fusion.
+#[cfg(feature = "cube")]
+fn kd_meta(
+    s: &burn::backend::fusion::custom::TensorSpec,
+    _: &burn::backend::fusion::custom::TensorSpec,
+    _: &f64,
+    _: &Divergence,
+    keep_s: &bool,
+    keep_t: &bool,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    PlaneMetadata,
+    PlaneMetadata,
+) {
+    use burn::backend::fusion::custom::TensorSpec;
+    let rows = TensorSpec::new([s.shape[0]].into(), s.dtype);
+    let plane = |keep: bool| match keep {
+        true => PlaneMetadata::Kept(s.clone()),
+        false => PlaneMetadata::Dropped,
+    };
+    (rows, plane(*keep_s), plane(*keep_t))
+}
+
+/// The output layout of [`RowOps::fused_dkd`], for fusion.
+#[cfg(feature = "cube")]
+#[allow(clippy::too_many_arguments)]
+fn dkd_meta(
+    s: &burn::backend::fusion::custom::TensorSpec,
+    t: &burn::backend::fusion::custom::TensorSpec,
+    _: &burn::backend::fusion::custom::TensorSpec,
+    inv_t: &f64,
+    _: &Joint,
+    _: &f64,
+    _: &f64,
+    keep_s: &bool,
+    keep_t: &bool,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+    PlaneMetadata,
+    PlaneMetadata,
+) {
+    use burn::backend::fusion::custom::TensorSpec;
+    let (rows, a, b) = kd_meta(s, t, inv_t, &Divergence::Kl, keep_s, keep_t);
+    let parts = TensorSpec::new([s.shape[0], 2].into(), s.dtype);
+    (rows, parts, a, b)
+}
+
+/// The lm-head path's ops, on the CPU backends only (elsewhere the path runs composed ops).
+#[backend_extension(Autodiff, Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"))]
+pub trait FusedOps: Backend {
     /// `acc + aᵀ·b` (`acc` `[M, N]`, `a` `[K, M]`, `b` `[K, N]`), written into `acc` where it
     /// is uniquely owned: an accumulation that allocates nothing the size of `acc`. Not
     /// differentiable.
@@ -157,20 +245,12 @@ struct Out<B: Backend> {
 
 impl<B: Backend> Out<B> {
     /// DKD's outputs as the extension op returns them.
-    #[allow(clippy::type_complexity)]
-    fn dkd(
-        self,
-    ) -> (
-        FloatTensor<B>,
-        FloatTensor<B>,
-        Option<FloatTensor<B>>,
-        Option<FloatTensor<B>>,
-    ) {
+    fn dkd(self) -> (FloatTensor<B>, FloatTensor<B>, Plane<B>, Plane<B>) {
         (
             self.rows,
             self.parts.expect("a DKD call has parts"),
-            self.student,
-            self.teacher,
+            Plane::of(self.student),
+            Plane::of(self.teacher),
         )
     }
 }
@@ -346,10 +426,10 @@ fn dot<B: Backend>(x: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
     B::float_reshape(B::float_matmul(x, g), [1].into())
 }
 
-/// `impl FusedOps` for a CPU backend, through its [`Io`].
+/// `impl RowOps` and `impl FusedOps` for a CPU backend, through its [`Io`].
 macro_rules! cpu_backend {
     ($backend:ty, $tensor:ty, $io:expr) => {
-        impl FusedOps for $backend {
+        impl RowOps for $backend {
             fn fused_kd(
                 student: $tensor,
                 teacher: $tensor,
@@ -357,14 +437,14 @@ macro_rules! cpu_backend {
                 divergence: Divergence,
                 keep_student: bool,
                 keep_teacher: bool,
-            ) -> ($tensor, Option<$tensor>, Option<$tensor>) {
+            ) -> ($tensor, Plane<Self>, Plane<Self>) {
                 let keep = [keep_student, keep_teacher];
                 let kind = Kind::Kd(divergence);
                 let out = in_float!(
                     student,
                     fused_in::<Self>(&$io, student, teacher, inv_t, kind, keep)
                 );
-                (out.rows, out.student, out.teacher)
+                (out.rows, Plane::of(out.student), Plane::of(out.teacher))
             }
 
             fn fused_dkd(
@@ -377,7 +457,7 @@ macro_rules! cpu_backend {
                 beta: f64,
                 keep_student: bool,
                 keep_teacher: bool,
-            ) -> ($tensor, $tensor, Option<$tensor>, Option<$tensor>) {
+            ) -> ($tensor, $tensor, Plane<Self>, Plane<Self>) {
                 let y = Io::<Self>::indices(&$io, targets);
                 let kind = Kind::Dkd(&y, joint, [alpha, beta]);
                 let keep = [keep_student, keep_teacher];
@@ -391,7 +471,9 @@ macro_rules! cpu_backend {
             fn fused_combine(plane: $tensor, grad: $tensor) -> $tensor {
                 in_float!(plane, combine::<Self>(&$io, plane, grad))
             }
+        }
 
+        impl FusedOps for $backend {
             fn fused_add_product(acc: $tensor, a: $tensor, b: $tensor) -> $tensor {
                 in_float!(acc, add_product::<Self>(&$io, acc, a, b))
             }
@@ -527,7 +609,7 @@ mod flex {
 #[derive(Debug)]
 struct Weigh;
 
-impl<B: FusedOps> Backward<B, 2> for Weigh {
+impl<B: RowOps> Backward<B, 2> for Weigh {
     type State = [Option<FloatTensor<B>>; 2];
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -540,7 +622,7 @@ impl<B: FusedOps> Backward<B, 2> for Weigh {
     }
 }
 
-impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+impl<B: RowOps, C: CheckpointStrategy> RowOps for Autodiff<B, C> {
     fn fused_kd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
@@ -548,11 +630,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         divergence: Divergence,
         _: bool,
         _: bool,
-    ) -> (
-        FloatTensor<Self>,
-        Option<FloatTensor<Self>>,
-        Option<FloatTensor<Self>>,
-    ) {
+    ) -> (FloatTensor<Self>, Plane<Self>, Plane<Self>) {
         let keep = [student.is_tracked(), teacher.is_tracked()];
         let rows = match Weigh
             .prepare::<C>([student.node(), teacher.node()])
@@ -568,7 +646,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     keep[0],
                     keep[1],
                 );
-                prep.finish([ps, pt], rows)
+                prep.finish([ps.kept(), pt.kept()], rows)
             }
             OpsKind::UnTracked(prep) => {
                 let (rows, _, _) = B::fused_kd(
@@ -582,7 +660,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(rows)
             }
         };
-        (rows, None, None)
+        (rows, Plane::Dropped, Plane::Dropped)
     }
 
     fn fused_dkd(
@@ -598,8 +676,8 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     ) -> (
         FloatTensor<Self>,
         FloatTensor<Self>,
-        Option<FloatTensor<Self>>,
-        Option<FloatTensor<Self>>,
+        Plane<Self>,
+        Plane<Self>,
     ) {
         let keep = [student.is_tracked(), teacher.is_tracked()];
         let op = Weigh
@@ -611,7 +689,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::Tracked(prep) => {
                 let (total, parts, ps, pt) =
                     B::fused_dkd(s, t, targets, inv_t, joint, alpha, beta, keep[0], keep[1]);
-                (prep.finish([ps, pt], total), parts)
+                (prep.finish([ps.kept(), pt.kept()], total), parts)
             }
             OpsKind::UnTracked(prep) => {
                 let (total, parts, _, _) =
@@ -621,14 +699,21 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         };
         // the parts are values for logging, outside the graph: a tracked output that no
         // backward pass reaches would keep its graph alive
-        (total, Self::from_inner(parts), None, None)
+        (
+            total,
+            Self::from_inner(parts),
+            Plane::Dropped,
+            Plane::Dropped,
+        )
     }
 
     fn fused_combine(plane: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         // not differentiable itself (no gradient of a gradient in burn 0.22)
         Self::from_inner(B::fused_combine(Self::inner(plane), Self::inner(grad)))
     }
+}
 
+impl<B: FusedOps + RowOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_add_product(
         acc: FloatTensor<Self>,
         a: FloatTensor<Self>,
@@ -677,7 +762,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 #[derive(Debug)]
 struct Handover;
 
-impl<B: FusedOps> Backward<B, 1> for Handover {
+impl<B: FusedOps + RowOps> Backward<B, 1> for Handover {
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {

@@ -1,0 +1,498 @@
+//! The row ops' CubeCL kernels, for burn's Cube backend (wgpu, cuda and the other CubeCL
+//! runtimes; feature `cube`, implied by `wgpu` and `cuda`).
+//!
+//! One cube (workgroup) a row: its units stride over the classes, and the row's maxima and sums
+//! are tree reductions in shared memory, in a fixed order (the results do not depend on how
+//! the runtime schedules the units). Each kernel reads the logits in their own float type and
+//! computes in `f32` (in `f64` for `f64` logits): half-precision logits keep a single-precision
+//! softmax. The math is the CPU kernels' (`cpu.rs`), term for term, written per entry instead
+//! of per row.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::ops::{Plane, RowOps};
+use super::{Divergence, Joint};
+
+/// Units a cube; a power of two (the reductions halve it).
+const BLOCK: u32 = 256;
+
+/// The cube's reduction (maximum or sum) of each unit's `v`; every unit gets it. All units
+/// must call it (it synchronises the cube).
+#[cube]
+fn reduce<A: Float>(buf: &mut Shared<[A]>, v: A, #[comptime] take_max: bool) -> A {
+    let unit = UNIT_POS_X as usize;
+    buf[unit] = v;
+    sync_cube();
+    let mut half = (CUBE_DIM_X / 2) as usize;
+    while half > 0 {
+        if unit < half {
+            let other = buf[unit + half];
+            if take_max {
+                buf[unit] = A::max(buf[unit], other);
+            } else {
+                buf[unit] += other;
+            }
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let out = buf[0];
+    sync_cube();
+    out
+}
+
+/// `ln(exp a + exp b)` for finite `a`, `b`.
+#[cube]
+fn logaddexp<A: Float>(a: A, b: A) -> A {
+    let hi = A::max(a, b);
+    hi + (A::new(1.0) + A::exp(A::new(0.0) - A::abs(a - b))).ln()
+}
+
+/// The row this cube serves (rows are laid over a 2-D grid: a grid dimension holds at most
+/// 65,535 cubes on some GPUs).
+#[cube]
+fn row_index() -> usize {
+    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
+}
+
+/// KD's `KL(p_t ‖ p_s)` a row (`jsd` false; the reverse KL is this kernel with the inputs
+/// swapped) or the generalized JSD(β) (`jsd` true), and the gradient planes of the kept inputs
+/// (see `cpu::kd_row` and `cpu::jsd_row`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn kd_kernel<F: Float, A: Float>(
+    s: &Tensor<F>,
+    t: &Tensor<F>,
+    rows: &mut Tensor<F>,
+    gs: &mut Tensor<F>,
+    gt: &mut Tensor<F>,
+    inv_t: InputScalar,
+    beta: InputScalar,
+    #[comptime] jsd: bool,
+    #[comptime] keep_s: bool,
+    #[comptime] keep_t: bool,
+    #[define(F, A)] _dtypes: [ElemType; 2],
+) {
+    let row = row_index();
+    if row >= rows.len() {
+        terminate!();
+    }
+    let unit = UNIT_POS_X as usize;
+    let step = CUBE_DIM_X as usize;
+    let c = s.shape(1);
+    let base = row * c;
+    let k = inv_t.get::<A>();
+    let mut buf = Shared::<[A]>::new_slice(BLOCK as usize);
+
+    // the maxima
+    let mut ms = A::cast_from(s[base]);
+    let mut mt = A::cast_from(t[base]);
+    let mut j = unit;
+    while j < c {
+        ms = A::max(ms, A::cast_from(s[base + j]));
+        mt = A::max(mt, A::cast_from(t[base + j]));
+        j += step;
+    }
+    let ms = reduce::<A>(&mut buf, ms, true);
+    let mt = reduce::<A>(&mut buf, mt, true);
+
+    // the sums of the shifted exponentials, and KL's teacher-weighted logit gap
+    let mut ss = A::new(0.0);
+    let mut st = A::new(0.0);
+    let mut gap = A::new(0.0);
+    let mut j = unit;
+    while j < c {
+        let ds = A::cast_from(s[base + j]) - ms;
+        let dt = A::cast_from(t[base + j]) - mt;
+        let et = A::exp(k * dt);
+        ss += A::exp(k * ds);
+        st += et;
+        gap += et * (dt - ds);
+        j += step;
+    }
+    let ss = reduce::<A>(&mut buf, ss, false);
+    let st = reduce::<A>(&mut buf, st, false);
+    let (a, b) = (A::new(1.0) / ss, A::new(1.0) / st);
+
+    if jsd {
+        let wt = beta.get::<A>();
+        let ws = A::new(1.0) - wt;
+        let (ls, lt) = (ss.ln(), st.ln());
+        let mut kl_s = A::new(0.0);
+        let mut kl_t = A::new(0.0);
+        let mut j = unit;
+        while j < c {
+            let zs = k * (A::cast_from(s[base + j]) - ms);
+            let zt = k * (A::cast_from(t[base + j]) - mt);
+            let (p, q) = (A::exp(zs) * a, A::exp(zt) * b);
+            let m = ws * p + wt * q;
+            if m > A::new(0.0) {
+                let lm = m.ln();
+                kl_s += p * (zs - ls - lm);
+                kl_t += q * (zt - lt - lm);
+            }
+            j += step;
+        }
+        let kl_s = reduce::<A>(&mut buf, kl_s, false);
+        let kl_t = reduce::<A>(&mut buf, kl_t, false);
+        if unit == 0 {
+            rows[row] = F::cast_from(wt * kl_t + ws * kl_s);
+        }
+        if keep_s || keep_t {
+            let mut j = unit;
+            while j < c {
+                let zs = k * (A::cast_from(s[base + j]) - ms);
+                let zt = k * (A::cast_from(t[base + j]) - mt);
+                let (p, q) = (A::exp(zs) * a, A::exp(zt) * b);
+                let m = ws * p + wt * q;
+                let mut lm = A::new(0.0);
+                let mut inside = A::new(0.0);
+                if m > A::new(0.0) {
+                    lm = m.ln();
+                    inside = A::new(1.0);
+                }
+                if keep_s {
+                    gs[base + j] = F::cast_from(ws * k * p * (inside * (zs - ls - lm) - kl_s));
+                }
+                if keep_t {
+                    gt[base + j] = F::cast_from(wt * k * q * (inside * (zt - lt - lm) - kl_t));
+                }
+                j += step;
+            }
+        }
+    } else {
+        let gap = reduce::<A>(&mut buf, gap, false);
+        let log_ratio = (ss / st).ln();
+        let kl = k * gap * b + log_ratio;
+        if unit == 0 {
+            rows[row] = F::cast_from(kl);
+        }
+        if keep_s || keep_t {
+            let mut j = unit;
+            while j < c {
+                let ds = A::cast_from(s[base + j]) - ms;
+                let dt = A::cast_from(t[base + j]) - mt;
+                let (es, et) = (A::exp(k * ds), A::exp(k * dt));
+                if keep_s {
+                    gs[base + j] = F::cast_from(k * (es * a - et * b));
+                }
+                if keep_t {
+                    gt[base + j] = F::cast_from(k * et * b * (k * (dt - ds) + log_ratio - kl));
+                }
+                j += step;
+            }
+        }
+    }
+}
+
+/// DKD's `(TCKD, NCKD)` a row into `parts` and `α·TCKD + β·NCKD` into `rows`, and the planes of
+/// that sum (see `cpu::dkd_rows`). `joint`: 0 the teacher's `b_t` (DKD), 1 `Max`, 2
+/// `Mix(mix)`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn dkd_kernel<F: Float, A: Float, I: Int>(
+    s: &Tensor<F>,
+    t: &Tensor<F>,
+    targets: &Tensor<I>,
+    rows: &mut Tensor<F>,
+    parts: &mut Tensor<F>,
+    gs: &mut Tensor<F>,
+    gt: &mut Tensor<F>,
+    inv_t: InputScalar,
+    alpha: InputScalar,
+    beta: InputScalar,
+    mix: InputScalar,
+    #[comptime] joint: u32,
+    #[comptime] keep_s: bool,
+    #[comptime] keep_t: bool,
+    #[define(F, A, I)] _dtypes: [ElemType; 3],
+) {
+    let row = row_index();
+    if row >= rows.len() {
+        terminate!();
+    }
+    let unit = UNIT_POS_X as usize;
+    let step = CUBE_DIM_X as usize;
+    let c = s.shape(1);
+    let base = row * c;
+    let y = u32::cast_from(targets[row]) as usize;
+    let k = inv_t.get::<A>();
+    let (wt, wn) = (alpha.get::<A>(), beta.get::<A>());
+    let mut buf = Shared::<[A]>::new_slice(BLOCK as usize);
+    let (sy, ty) = (A::cast_from(s[base + y]), A::cast_from(t[base + y]));
+
+    // the non-target maxima, and whether y is the student's (first) arg-max
+    let first = select(y == 0, 1, 0);
+    let mut ms = A::cast_from(s[base + first]);
+    let mut mt = A::cast_from(t[base + first]);
+    let mut beaten = A::new(0.0);
+    let mut j = unit;
+    while j < c {
+        if j != y {
+            let x = A::cast_from(s[base + j]);
+            ms = A::max(ms, x);
+            mt = A::max(mt, A::cast_from(t[base + j]));
+            if (j < y && x >= sy) || (j > y && x > sy) {
+                beaten += A::new(1.0);
+            }
+        }
+        j += step;
+    }
+    let ms = reduce::<A>(&mut buf, ms, true);
+    let mt = reduce::<A>(&mut buf, mt, true);
+    let beaten = reduce::<A>(&mut buf, beaten, false);
+
+    // the non-target sums and NCKD's teacher-weighted logit gap
+    let mut ss = A::new(0.0);
+    let mut st = A::new(0.0);
+    let mut gap = A::new(0.0);
+    let mut j = unit;
+    while j < c {
+        if j != y {
+            let ds = A::cast_from(s[base + j]) - ms;
+            let dt = A::cast_from(t[base + j]) - mt;
+            let et = A::exp(k * dt);
+            ss += A::exp(k * ds);
+            st += et;
+            gap += et * (dt - ds);
+        }
+        j += step;
+    }
+    let ss = reduce::<A>(&mut buf, ss, false);
+    let st = reduce::<A>(&mut buf, st, false);
+    let gap = reduce::<A>(&mut buf, gap, false);
+
+    // the binary splits log b = [log p_y, log Σ_{j≠y} p_j]
+    let (a_s, b_s) = (sy * k, ms * k + ss.ln());
+    let lse_s = logaddexp::<A>(a_s, b_s);
+    let (lbs0, lbs1) = (a_s - lse_s, b_s - lse_s);
+    let (a_t, b_t) = (ty * k, mt * k + st.ln());
+    let lse_t = logaddexp::<A>(a_t, b_t);
+    let (lbt0, lbt1) = (a_t - lse_t, b_t - lse_t);
+
+    let log_ratio = (ss / st).ln();
+    let nckd = k * gap / st + log_ratio;
+    // the teacher's share w of the joint target b* = w·b_t + (1 − w)·sg(b_s)
+    let correct = beaten == A::new(0.0);
+    let mut w = A::new(1.0);
+    if joint == 1 {
+        if correct && lbs0 > lbt0 {
+            w = A::new(0.0);
+        }
+    } else if joint == 2 {
+        if correct {
+            w = mix.get::<A>();
+        }
+    }
+    let mut lj0 = lbt0;
+    let mut lj1 = lbt1;
+    if w <= A::new(0.0) {
+        lj0 = lbs0;
+        lj1 = lbs1;
+    } else if w < A::new(1.0) {
+        let (lw, lv) = (w.ln(), (A::new(1.0) - w).ln());
+        lj0 = logaddexp::<A>(lw + lbt0, lv + lbs0);
+        lj1 = logaddexp::<A>(lw + lbt1, lv + lbs1);
+    }
+    let (bs0, bs1) = (A::exp(lbs0), A::exp(lbs1));
+    let (bt0, bt1) = (A::exp(lbt0), A::exp(lbt1));
+    let (bj0, bj1) = (A::exp(lj0), A::exp(lj1));
+    let (gap0, gap1) = (lj0 - lbs0, lj1 - lbs1);
+    let tckd = bj0 * gap0 + bj1 * gap1;
+    if unit == 0 {
+        parts[2 * row] = F::cast_from(tckd);
+        parts[2 * row + 1] = F::cast_from(nckd);
+        rows[row] = F::cast_from(wt * tckd + wn * nckd);
+    }
+
+    let (a, b) = (A::new(1.0) / ss, A::new(1.0) / st);
+    if keep_s {
+        // TCKD: p̂ₛⱼ (bₛ₁ − b*₁)/T off the target; NCKD: (p̂ₛⱼ − p̂ₜⱼ)/T
+        let fs = wt * k * (bs1 - bj1) * a + wn * k * a;
+        let ft = wn * k * b;
+        let mut j = unit;
+        while j < c {
+            let mut g = wt * k * (bs0 - bj0);
+            if j != y {
+                let es = A::exp(k * (A::cast_from(s[base + j]) - ms));
+                let et = A::exp(k * (A::cast_from(t[base + j]) - mt));
+                g = es * fs - et * ft;
+            }
+            gs[base + j] = F::cast_from(g);
+            j += step;
+        }
+    }
+    if keep_t {
+        // TCKD through b_t: u_i = w·b_t,i·(log b*_i − log b_s,i + 1); NCKD:
+        // p̂ₜⱼ (log p̂ₜⱼ − log p̂ₛⱼ − NCKD)/T
+        let (u0, u1) = (
+            w * bt0 * (gap0 + A::new(1.0)),
+            w * bt1 * (gap1 + A::new(1.0)),
+        );
+        let total = u0 + u1;
+        let shift = wt * k * (u1 - bt1 * total) * b + wn * k * b * (log_ratio - nckd);
+        let slope = wn * k * b * k;
+        let mut j = unit;
+        while j < c {
+            let mut g = wt * k * (u0 - bt0 * total);
+            if j != y {
+                let ds = A::cast_from(s[base + j]) - ms;
+                let dt = A::cast_from(t[base + j]) - mt;
+                g = A::exp(k * dt) * (shift + slope * (dt - ds));
+            }
+            gt[base + j] = F::cast_from(g);
+            j += step;
+        }
+    }
+}
+
+/// How a launch covers `n` rows: one cube a row, over a 2-D grid.
+fn grid(n: usize) -> (CubeCount, CubeDim) {
+    let x = n.clamp(1, 65_535) as u32;
+    let y = n.div_ceil(x as usize).max(1) as u32;
+    (CubeCount::Static(x, y, 1), CubeDim::new_1d(BLOCK))
+}
+
+/// A new contiguous tensor of `shape` on `like`'s device.
+fn empty(like: &CubeTensor, shape: &[usize], dtype: DType) -> CubeTensor {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape.to_vec()),
+        dtype,
+    )
+}
+
+/// The kernels' compute type for logits of `dtype`.
+fn accumulator(dtype: DType) -> DType {
+    match dtype {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    }
+}
+
+/// The planes of a launch: `[n, c]` for a kept input, a one-element placeholder (never
+/// written) for the other.
+fn planes(like: &CubeTensor, keep: [bool; 2]) -> [CubeTensor; 2] {
+    let [n, c] = [like.meta.shape()[0], like.meta.shape()[1]];
+    keep.map(|k| match k {
+        true => empty(like, &[n, c], like.dtype),
+        false => empty(like, &[1], like.dtype),
+    })
+}
+
+fn plane(tensor: CubeTensor, keep: bool) -> Plane<CubeBackend> {
+    match keep {
+        true => Plane::Kept(tensor),
+        false => Plane::Dropped,
+    }
+}
+
+impl RowOps for CubeBackend {
+    fn fused_kd(
+        student: CubeTensor,
+        teacher: CubeTensor,
+        inv_t: f64,
+        divergence: Divergence,
+        keep_student: bool,
+        keep_teacher: bool,
+    ) -> (CubeTensor, Plane<Self>, Plane<Self>) {
+        // the reverse KL is KD's kernel with the roles (and planes) swapped
+        let (s, t, keep, beta) = match divergence {
+            Divergence::Kl => (student, teacher, [keep_student, keep_teacher], None),
+            Divergence::ReverseKl => (teacher, student, [keep_teacher, keep_student], None),
+            Divergence::Jsd(beta) => (student, teacher, [keep_student, keep_teacher], Some(beta)),
+        };
+        let (s, t) = (into_contiguous(s), into_contiguous(t));
+        let (dtype, acc) = (s.dtype, accumulator(s.dtype));
+        let n = s.meta.shape()[0];
+        let rows = empty(&s, &[n], dtype);
+        let [gs, gt] = planes(&s, keep);
+        let (count, dim) = grid(n);
+        let scalar = |v: f64| InputScalar::new(v, dtype_to_storage_type(acc));
+        kd_kernel::launch(
+            &s.client.clone(),
+            count,
+            dim,
+            s.into_tensor_arg(),
+            t.into_tensor_arg(),
+            rows.clone().into_tensor_arg(),
+            gs.clone().into_tensor_arg(),
+            gt.clone().into_tensor_arg(),
+            scalar(inv_t),
+            scalar(beta.unwrap_or(0.0)),
+            beta.is_some(),
+            keep[0],
+            keep[1],
+            [dtype_to_storage_type(dtype), dtype_to_storage_type(acc)],
+        );
+        let (gs, gt) = (plane(gs, keep[0]), plane(gt, keep[1]));
+        match divergence {
+            Divergence::ReverseKl => (rows, gt, gs),
+            _ => (rows, gs, gt),
+        }
+    }
+
+    fn fused_dkd(
+        student: CubeTensor,
+        teacher: CubeTensor,
+        targets: CubeTensor,
+        inv_t: f64,
+        joint: Joint,
+        alpha: f64,
+        beta: f64,
+        keep_student: bool,
+        keep_teacher: bool,
+    ) -> (CubeTensor, CubeTensor, Plane<Self>, Plane<Self>) {
+        let (s, t, y) = (
+            into_contiguous(student),
+            into_contiguous(teacher),
+            into_contiguous(targets),
+        );
+        let (dtype, acc) = (s.dtype, accumulator(s.dtype));
+        let n = s.meta.shape()[0];
+        let rows = empty(&s, &[n], dtype);
+        let parts = empty(&s, &[n, 2], dtype);
+        let keep = [keep_student, keep_teacher];
+        let [gs, gt] = planes(&s, keep);
+        let (code, mix) = match joint {
+            Joint::Teacher => (0, 1.0),
+            Joint::Max => (1, 1.0),
+            Joint::Mix(w) => (2, w),
+        };
+        let (count, dim) = grid(n);
+        let scalar = |v: f64| InputScalar::new(v, dtype_to_storage_type(acc));
+        let int = y.dtype;
+        dkd_kernel::launch(
+            &s.client.clone(),
+            count,
+            dim,
+            s.into_tensor_arg(),
+            t.into_tensor_arg(),
+            y.into_tensor_arg(),
+            rows.clone().into_tensor_arg(),
+            parts.clone().into_tensor_arg(),
+            gs.clone().into_tensor_arg(),
+            gt.clone().into_tensor_arg(),
+            scalar(inv_t),
+            scalar(alpha),
+            scalar(beta),
+            scalar(mix),
+            code,
+            keep[0],
+            keep[1],
+            [
+                dtype_to_storage_type(dtype),
+                dtype_to_storage_type(acc),
+                dtype_to_storage_type(int),
+            ],
+        );
+        (rows, parts, plane(gs, keep[0]), plane(gt, keep[1]))
+    }
+}
