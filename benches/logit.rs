@@ -1,7 +1,8 @@
 //! Forward + backward (w.r.t. the student's logits, teacher frozen) of the logit objectives on
 //! flex, f32, at [64,100], [256,100], [256,1000], [1024,1000]:
 //! KD, DKD and DCKD fused (on every core, and on one thread) and composed, KD as a naive
-//! scalar single-pass loop, DIST composed.
+//! scalar single-pass loop, DIST composed. With `--features ndarray` / `wgpu`: KD and DKD
+//! fused and composed on those backends too.
 //!
 //! `cargo bench --bench logit`; medians go in docs/performance.md.
 
@@ -145,9 +146,41 @@ fn ndarray(c: &mut Criterion) {
 #[cfg(not(feature = "ndarray"))]
 fn ndarray(_: &mut Criterion) {}
 
+/// With `--features wgpu`: KD and DKD fused (the CubeCL kernels) and composed (burn's fused
+/// element-wise and reduction kernels) on wgpu, at the two large shapes, each step waiting for
+/// the device. The adapter is Mesa's software Vulkan unless `BURN_DISTILL_WGPU=gpu`.
+#[cfg(feature = "wgpu")]
+fn cube(c: &mut Criterion) {
+    use burn::tensor::DeviceKind;
+    let kind = match std::env::var("BURN_DISTILL_WGPU").as_deref() {
+        Ok("gpu") => DeviceKind::DiscreteGpu(0),
+        _ => DeviceKind::Cpu,
+    };
+    let dev = Device::wgpu(kind).autodiff();
+    for (n, classes) in SHAPES[2..].iter().copied() {
+        let mut group = c.benchmark_group(format!("wgpu forward+backward {n}x{classes}"));
+        let (s, t, y) = batch(n, classes, &dev);
+        for (name, loss) in kd_and_dkd() {
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    let s = s.clone().require_grad();
+                    let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
+                    let grads = loss.forward(&input).unwrap().total.backward();
+                    black_box(s.grad(&grads).unwrap());
+                    dev.sync().unwrap();
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn cube(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = bench, ndarray
+    targets = bench, ndarray, cube
 }
 criterion_main!(benches);

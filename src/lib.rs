@@ -45,9 +45,11 @@
 //! on. The cargo features `flex` (on by default), `ndarray`, `wgpu`, `tch` and `cuda` pass
 //! through to burn's; `default-features = false` enables no backend at all.
 //!
-//! [`Kd`](logit::Kd), [`Dkd`](logit::Dkd) and [`Dckd`](logit::Dckd) run [fused](fused) CPU
-//! kernels on flex and ndarray (a forward and an analytic backward in a few passes over the
-//! logits) and their composed tensor-op versions everywhere else.
+//! [`Kd`](logit::Kd), [`Dkd`](logit::Dkd), [`Dckd`](logit::Dckd) and the token
+//! [`ForwardKl`](token::ForwardKl) and [`Jsd`](token::Jsd) run [fused](fused) kernels (a
+//! forward and an analytic backward in a few passes over the logits): CPU kernels on flex and
+//! ndarray, CubeCL kernels on wgpu and cuda (feature `cube`, which `wgpu` and `cuda` turn on),
+//! and their composed tensor-op versions everywhere else.
 
 mod check;
 mod cross_entropy;

@@ -694,8 +694,10 @@ fn fused_kernels_equal_the_composed_ops_on_every_backend() {
         }
         v
     };
-    // (rows, classes, logit scale)
+    // (rows, classes, logit scale); the first has more rows than a grid dimension of 65,535
+    // cubes holds on some GPUs (checked for KD alone: the others launch the same way)
     let shapes = [
+        (66_000, 3, 2.0),
         (1, 3, 3.0),
         (7, 37, 5.0),
         (5, 1000, 4.0),
@@ -741,8 +743,9 @@ fn fused_kernels_equal_the_composed_ops_on_every_backend() {
                     let gt = tt.grad(&grads).map(values).unwrap_or_default();
                     (value, gs, gt)
                 };
+                let some = if n < 1000 { usize::MAX } else { 1 };
                 for ((name, weight, fused), (_, _, composed)) in
-                    twins(true).iter().zip(twins(false))
+                    twins(true).iter().zip(twins(false)).take(some)
                 {
                     let what = format!(
                         "{} {name} [{n}, {c}] ×{scale} tracked={tracked}",

@@ -70,20 +70,21 @@ pub fn supported(device: &Device) -> bool {
 /// ops (`cube` true).
 fn on(device: &Device, cube: bool) -> bool {
     use burn::backend::DispatchDevice as D;
-    fn walk(device: &D, cube: bool) -> bool {
+    fn walk(device: &D) -> Option<bool> {
         match device {
             #[cfg(feature = "flex")]
-            D::Flex(_) => true,
+            D::Flex(_) => Some(false),
             #[cfg(feature = "ndarray")]
-            D::NdArray(_) => true,
+            D::NdArray(_) => Some(false),
             #[cfg(feature = "cube")]
-            D::Cube(_) => cube,
-            D::Autodiff(inner) => walk(inner, cube),
+            D::Cube(_) => Some(true),
+            D::Autodiff(inner) => walk(inner),
             #[allow(unreachable_patterns)]
-            _ => false,
+            _ => None,
         }
     }
-    walk(device.as_dispatch(), cube)
+    // Some(whether it is the Cube backend) for a backend with kernels
+    walk(device.as_dispatch()).is_some_and(|is_cube| cube || !is_cube)
 }
 
 /// Whether tensors of these float types on `device` can take a CPU op (same type, f32 or
