@@ -597,6 +597,8 @@ fn sskd_gradients_stages_and_errors() {
     let checked = check_param_grads(&sskd, &|| input(&zs, &fs), &[0, 11, 23, 35]).unwrap();
     assert!(checked >= 4 * 4, "{checked}");
     // the student is the teacher (logits, features, head): only the task loss is left
+    // a seeded head: its weights must not depend on what the other tests drew
+    dev.seed(5);
     let mut same = SskdConfig::new(d, d).init(&dev).unwrap();
     same.student_head = same.teacher_head.clone();
     let twin = DistillInput::new(f64t(zt.clone(), [n, c]), f64t(zt.clone(), [n, c]))
@@ -611,7 +613,8 @@ fn sskd_gradients_stages_and_errors() {
         let v = values(out.term(term).unwrap().clone())[0];
         assert!(v.abs() < 1e-10, "{term} = {v}");
     }
-    // stage 1: the teacher head's contrastive loss falls under gradient descent
+    // stage 1: the teacher head's contrastive loss falls under gradient descent (steps small
+    // enough to descend from any initial head: 0.5 overshot one draw in a full run)
     use burn::optim::{GradientsParams, SgdConfig};
     let teacher_features = f64t(ft.clone(), [n, d]);
     let mut head = same.teacher_head.clone();
@@ -620,7 +623,7 @@ fn sskd_gradients_stages_and_errors() {
     for _ in 0..50 {
         let loss = view_contrast_loss(head.forward(teacher_features.clone()));
         head = opt.step(
-            0.5,
+            0.05,
             head.clone(),
             GradientsParams::from_grads(loss.backward(), &head),
         );
