@@ -13,7 +13,7 @@
 3. Prints the markdown tables of docs/performance.md: medians, and the ratios PyTorch / fused
    at equal thread counts.
 
-Usage: python3 benches/pytorch/compare.py [--skip-cargo] [--no-compile]
+Usage: python3 benches/pytorch/compare.py [--skip-cargo] [--no-compile] [--features wgpu]
 Needs torch (pip install torch) and a C++ compiler for inductor; not part of CI.
 """
 
@@ -114,10 +114,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-cargo", action="store_true", help="reuse target/criterion")
     ap.add_argument("--no-compile", action="store_true", help="eager PyTorch only")
+    ap.add_argument("--features", default="", help="cargo features for the benches (wgpu adds its rows)")
     args = ap.parse_args()
     if not args.skip_cargo:
+        features = ["--features", args.features] if args.features else []
         for bench in ["floor", "logit"]:
-            subprocess.run(["cargo", "bench", "--bench", bench], cwd=ROOT, check=True)
+            subprocess.run(["cargo", "bench", *features, "--bench", bench], cwd=ROOT, check=True)
     threads = [1, 2]
     modes = ["eager"] + ([] if args.no_compile else ["compiled"])
     pt = {(m, th): torch_medians(th, m == "compiled") for m in modes for th in threads}
@@ -152,6 +154,20 @@ def main():
                 print(f"| {loss.upper()}: PyTorch {m} / fused, {th} thread(s) | " + " | ".join(ratio) + " |")
         scale = [f"{a / b:.2f}×" if a and b else "–" for a, b in zip(fused[1], fused[2])]
         print(f"| {loss.upper()} fused: 1 thread / 2 threads | " + " | ".join(scale) + " |")
+    # with --features wgpu: the CubeCL kernels against the composed ops on the same adapter
+    wgpu = [(n, c) for n, c in SHAPES if criterion_median(f"wgpu forward+backward {n}x{c}", "kd_fused")]
+    if wgpu:
+        print("\n| wgpu | " + " | ".join(f"[{n},{c}]" for n, c in wgpu) + " |")
+        print("|---" * (len(wgpu) + 1) + "|")
+        for loss in ["kd", "dkd"]:
+            med = {
+                kind: [criterion_median(f"wgpu forward+backward {n}x{c}", f"{loss}_{kind}") for n, c in wgpu]
+                for kind in ["fused", "composed"]
+            }
+            for kind in ["fused", "composed"]:
+                print(f"| {loss.upper()} {kind} | " + " | ".join(fmt(v) for v in med[kind]) + " |")
+            ratio = [f"**{c / f:.1f}×**" for f, c in zip(med["fused"], med["composed"])]
+            print(f"| {loss.upper()}: composed / fused | " + " | ".join(ratio) + " |")
 
 
 if __name__ == "__main__":

@@ -22,29 +22,33 @@ use super::{Divergence, Joint};
 /// Units a cube; a power of two (the reductions halve it).
 const BLOCK: u32 = 256;
 
-/// The cube's reduction (maximum or sum) of each unit's `v`; every unit gets it. All units
-/// must call it (it synchronises the cube).
+/// The cube's reductions (maxima or sums) of `width` values a unit, held at
+/// `buf[v·B + unit]` (B units a cube): afterwards `buf[v·B]` holds the `v`-th result (read it, then
+/// `sync_cube` before the next writes). Reducing a row's values together costs one tree of
+/// barriers, not one a value. All units must call it.
 #[cube]
-fn reduce<A: Float>(buf: &mut Shared<[A]>, v: A, #[comptime] take_max: bool) -> A {
+fn reduce<A: Float>(buf: &mut Shared<[A]>, #[comptime] width: usize, #[comptime] take_max: bool) {
     let unit = UNIT_POS_X as usize;
-    buf[unit] = v;
+    let block = CUBE_DIM_X as usize;
     sync_cube();
-    let mut half = (CUBE_DIM_X / 2) as usize;
+    let mut half = block / 2;
     while half > 0 {
         if unit < half {
-            let other = buf[unit + half];
-            if take_max {
-                buf[unit] = A::max(buf[unit], other);
-            } else {
-                buf[unit] += other;
+            let mut i = unit;
+            while i < width * block {
+                let (mine, other) = (buf[i], buf[i + half]);
+                let merged = if take_max {
+                    A::max(mine, other)
+                } else {
+                    mine + other
+                };
+                buf[i] = merged;
+                i += block;
             }
         }
         sync_cube();
         half /= 2;
     }
-    let out = buf[0];
-    sync_cube();
-    out
 }
 
 /// `ln(exp a + exp b)` for finite `a`, `b`.
@@ -88,7 +92,8 @@ fn kd_kernel<F: Float, A: Float>(
     let c = s.shape(1);
     let base = row * c;
     let k = inv_t.get::<A>();
-    let mut buf = Shared::<[A]>::new_slice(BLOCK as usize);
+    let block = CUBE_DIM_X as usize;
+    let mut buf = Shared::<[A]>::new_slice(3 * BLOCK as usize);
 
     // the maxima
     let mut ms = A::cast_from(s[base]);
@@ -99,8 +104,12 @@ fn kd_kernel<F: Float, A: Float>(
         mt = A::max(mt, A::cast_from(t[base + j]));
         j += step;
     }
-    let ms = reduce::<A>(&mut buf, ms, true);
-    let mt = reduce::<A>(&mut buf, mt, true);
+    buf[unit] = ms;
+    buf[block + unit] = mt;
+    reduce::<A>(&mut buf, 2usize, true);
+    let ms = buf[0];
+    let mt = buf[block];
+    sync_cube();
 
     // the sums of the shifted exponentials, and KL's teacher-weighted logit gap
     let mut ss = A::new(0.0);
@@ -116,8 +125,14 @@ fn kd_kernel<F: Float, A: Float>(
         gap += et * (dt - ds);
         j += step;
     }
-    let ss = reduce::<A>(&mut buf, ss, false);
-    let st = reduce::<A>(&mut buf, st, false);
+    buf[unit] = ss;
+    buf[block + unit] = st;
+    buf[2 * block + unit] = gap;
+    reduce::<A>(&mut buf, 3usize, false);
+    let ss = buf[0];
+    let st = buf[block];
+    let gap = buf[2 * block];
+    sync_cube();
     let (a, b) = (A::new(1.0) / ss, A::new(1.0) / st);
 
     if jsd {
@@ -139,8 +154,11 @@ fn kd_kernel<F: Float, A: Float>(
             }
             j += step;
         }
-        let kl_s = reduce::<A>(&mut buf, kl_s, false);
-        let kl_t = reduce::<A>(&mut buf, kl_t, false);
+        buf[unit] = kl_s;
+        buf[block + unit] = kl_t;
+        reduce::<A>(&mut buf, 2usize, false);
+        let kl_s = buf[0];
+        let kl_t = buf[block];
         if unit == 0 {
             rows[row] = F::cast_from(wt * kl_t + ws * kl_s);
         }
@@ -167,7 +185,6 @@ fn kd_kernel<F: Float, A: Float>(
             }
         }
     } else {
-        let gap = reduce::<A>(&mut buf, gap, false);
         let log_ratio = (ss / st).ln();
         let kl = k * gap * b + log_ratio;
         if unit == 0 {
@@ -225,7 +242,8 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
     let y = u32::cast_from(targets[row]) as usize;
     let k = inv_t.get::<A>();
     let (wt, wn) = (alpha.get::<A>(), beta.get::<A>());
-    let mut buf = Shared::<[A]>::new_slice(BLOCK as usize);
+    let block = CUBE_DIM_X as usize;
+    let mut buf = Shared::<[A]>::new_slice(3 * BLOCK as usize);
     let (sy, ty) = (A::cast_from(s[base + y]), A::cast_from(t[base + y]));
 
     // the non-target maxima, and whether y is the student's (first) arg-max
@@ -240,14 +258,19 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
             ms = A::max(ms, x);
             mt = A::max(mt, A::cast_from(t[base + j]));
             if (j < y && x >= sy) || (j > y && x > sy) {
-                beaten += A::new(1.0);
+                beaten = A::new(1.0);
             }
         }
         j += step;
     }
-    let ms = reduce::<A>(&mut buf, ms, true);
-    let mt = reduce::<A>(&mut buf, mt, true);
-    let beaten = reduce::<A>(&mut buf, beaten, false);
+    buf[unit] = ms;
+    buf[block + unit] = mt;
+    buf[2 * block + unit] = beaten;
+    reduce::<A>(&mut buf, 3usize, true);
+    let ms = buf[0];
+    let mt = buf[block];
+    let beaten = buf[2 * block];
+    sync_cube();
 
     // the non-target sums and NCKD's teacher-weighted logit gap
     let mut ss = A::new(0.0);
@@ -265,9 +288,13 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
         }
         j += step;
     }
-    let ss = reduce::<A>(&mut buf, ss, false);
-    let st = reduce::<A>(&mut buf, st, false);
-    let gap = reduce::<A>(&mut buf, gap, false);
+    buf[unit] = ss;
+    buf[block + unit] = st;
+    buf[2 * block + unit] = gap;
+    reduce::<A>(&mut buf, 3usize, false);
+    let ss = buf[0];
+    let st = buf[block];
+    let gap = buf[2 * block];
 
     // the binary splits log b = [log p_y, log Σ_{j≠y} p_j]
     let (a_s, b_s) = (sy * k, ms * k + ss.ln());

@@ -7,10 +7,10 @@
 
 // burn 0.22 deprecates its ndarray backend, which this crate still serves
 #![cfg_attr(feature = "ndarray", allow(deprecated))]
-// with no backend compiled in, burn's dispatch routes nowhere and the bodies go unused
+// with no CPU backend compiled in, the CPU bodies and their helpers go unused
 #![cfg_attr(
     not(any(feature = "flex", feature = "ndarray")),
-    allow(unused_variables, unused_macros, dead_code)
+    allow(unused_variables, unused_macros, unused_imports, dead_code)
 )]
 
 use std::borrow::Cow;
