@@ -784,3 +784,48 @@ fn fused_kernels_equal_the_composed_ops_on_every_backend() {
     assert!(checked > 0);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// On every backend with fused kernels, a non-finite logit makes its row's loss and gradient
+/// NaN, as the composed ops do (the CPU kernels test it explicitly; the CubeCL ones let it flow
+/// through their sums).
+#[test]
+fn fused_kernels_propagate_non_finite_logits() {
+    use burn_distill::Reduction;
+    for backend in backends() {
+        if !burn_distill::fused::supported(&backend.device) {
+            continue;
+        }
+        let (device, dtype) = (&backend.device, backend.dtype);
+        for bad in [f64::NAN, f64::INFINITY] {
+            let tensor = |v: Vec<f64>| {
+                Tensor::<2>::from_data(TensorData::new(v, [2, 3]), (device, dtype)).require_grad()
+            };
+            let s = tensor(vec![1.0, bad, 0.5, 0.0, -1.0, 3.0]);
+            let t = tensor(vec![0.5, 2.5, 0.0, 1.0, -2.0, 2.0]);
+            let losses: Vec<Box<dyn Loss>> = vec![
+                KdConfig::new()
+                    .with_reduction(Reduction::None)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+                DkdConfig::new()
+                    .with_warmup_epochs(0)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ];
+            for loss in losses {
+                let input =
+                    DistillInput::new(s.clone(), t.clone()).targets(ints(vec![0, 1], device));
+                let out = loss.forward(&input).unwrap();
+                let what = format!("{} {} at {bad}", backend.name, loss.name());
+                assert!(
+                    values(out.total.clone()).iter().any(|v| v.is_nan()),
+                    "{what}: the loss"
+                );
+                let g = values(s.grad(&out.total.sum().backward()).unwrap());
+                assert!(g[..3].iter().all(|v| v.is_nan()), "{what}: {g:?}");
+            }
+        }
+    }
+}
