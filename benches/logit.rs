@@ -48,11 +48,13 @@ fn batch(n: usize, classes: usize, dev: &Device) -> (Tensor<2>, Tensor<2>, Tenso
     (logits(), logits(), Tensor::from_data(y, dev))
 }
 
-/// Forward + backward (w.r.t. the student) of each objective on one batch.
+/// Forward + backward (w.r.t. the student) of each objective on one batch; with `wait`, each
+/// step also waits for that (lazy, asynchronous) device to finish.
 fn bench_objectives(
     group: &mut BenchmarkGroup<WallTime>,
     objectives: &[(&str, Box<dyn Loss>)],
     (s, t, y): &(Tensor<2>, Tensor<2>, Tensor<1, Int>),
+    wait: Option<&Device>,
 ) {
     for (name, loss) in objectives {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
@@ -61,6 +63,9 @@ fn bench_objectives(
                 let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
                 let grads = loss.forward(&input).unwrap().total.backward();
                 black_box(s.grad(&grads).unwrap());
+                if let Some(device) = wait {
+                    device.sync().unwrap();
+                }
             })
         });
     }
@@ -101,7 +106,7 @@ fn bench(c: &mut Criterion) {
     for (n, classes) in SHAPES {
         let mut group = c.benchmark_group(format!("forward+backward {n}x{classes}"));
         let data = batch(n, classes, &dev);
-        bench_objectives(&mut group, &objectives, &data);
+        bench_objectives(&mut group, &objectives, &data, None);
         // the fused kernels on one thread (the rows above use every core)
         burn_distill::fused::set_threads(1);
         let one: Vec<(&str, Box<dyn Loss>)> = vec![
@@ -115,7 +120,7 @@ fn bench(c: &mut Criterion) {
             ),
             ("dckd/fused-1thread", Box::new(dckd.init().unwrap())),
         ];
-        bench_objectives(&mut group, &one, &data);
+        bench_objectives(&mut group, &one, &data, None);
         burn_distill::fused::set_threads(0);
         let (sv, tv) = (
             data.0.into_data().try_to_vec::<f32>().unwrap(),
@@ -138,7 +143,7 @@ fn ndarray(c: &mut Criterion) {
     let objectives = kd_and_dkd();
     for (n, classes) in SHAPES[2..].iter().copied() {
         let mut group = c.benchmark_group(format!("ndarray forward+backward {n}x{classes}"));
-        bench_objectives(&mut group, &objectives, &batch(n, classes, &dev));
+        bench_objectives(&mut group, &objectives, &batch(n, classes, &dev), None);
         group.finish();
     }
 }
@@ -159,18 +164,12 @@ fn cube(c: &mut Criterion) {
     let dev = Device::wgpu(kind).autodiff();
     for (n, classes) in SHAPES[2..].iter().copied() {
         let mut group = c.benchmark_group(format!("wgpu forward+backward {n}x{classes}"));
-        let (s, t, y) = batch(n, classes, &dev);
-        for (name, loss) in kd_and_dkd() {
-            group.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter(|| {
-                    let s = s.clone().require_grad();
-                    let input = DistillInput::new(s.clone(), t.clone()).targets(y.clone());
-                    let grads = loss.forward(&input).unwrap().total.backward();
-                    black_box(s.grad(&grads).unwrap());
-                    dev.sync().unwrap();
-                })
-            });
-        }
+        bench_objectives(
+            &mut group,
+            &kd_and_dkd(),
+            &batch(n, classes, &dev),
+            Some(&dev),
+        );
         group.finish();
     }
 }

@@ -51,6 +51,92 @@ fn reduce<A: Float>(buf: &mut Shared<[A]>, #[comptime] width: usize, #[comptime]
     }
 }
 
+/// A row's maxima of `s` and `t` over every class but `skip` (`skip ≥ c`: every class), into
+/// lanes 0 and 1 of `buf`, reduced; with `target` (`skip` the target class, `sy` the
+/// student's logit there), whether any other class beats the target as the first arg-max
+/// counts it, into lane 2 (1 or 0).
+#[cube]
+// the comptime `target` test stays apart from the runtime one: cubecl expands it away
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
+fn maxima<F: Float, A: Float>(
+    buf: &mut Shared<[A]>,
+    s: &Tensor<F>,
+    t: &Tensor<F>,
+    base: usize,
+    c: usize,
+    skip: usize,
+    sy: A,
+    #[comptime] target: bool,
+) {
+    let unit = UNIT_POS_X as usize;
+    let block = CUBE_DIM_X as usize;
+    let first = select(skip == 0, 1, 0);
+    let mut ms = A::cast_from(s[base + first]);
+    let mut mt = A::cast_from(t[base + first]);
+    let mut beaten = A::new(0.0);
+    let mut j = unit;
+    while j < c {
+        if j != skip {
+            let x = A::cast_from(s[base + j]);
+            ms = A::max(ms, x);
+            mt = A::max(mt, A::cast_from(t[base + j]));
+            if target {
+                if (j < skip && x >= sy) || (j > skip && x > sy) {
+                    beaten = A::new(1.0);
+                }
+            }
+        }
+        j += block;
+    }
+    buf[unit] = ms;
+    buf[block + unit] = mt;
+    if target {
+        buf[2 * block + unit] = beaten;
+        reduce::<A>(buf, 3usize, true);
+    } else {
+        reduce::<A>(buf, 2usize, true);
+    }
+}
+
+/// A row's sums of `exp(k·(x − m))` for `s` and `t` over every class but `skip`, and KL's
+/// teacher-weighted logit gap `Σ e_t·((t − m_t) − (s − m_s))`, into lanes 0, 1 and 2 of
+/// `buf`, reduced.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn sums<F: Float, A: Float>(
+    buf: &mut Shared<[A]>,
+    s: &Tensor<F>,
+    t: &Tensor<F>,
+    base: usize,
+    c: usize,
+    skip: usize,
+    ms: A,
+    mt: A,
+    k: A,
+) {
+    let unit = UNIT_POS_X as usize;
+    let block = CUBE_DIM_X as usize;
+    let mut ss = A::new(0.0);
+    let mut st = A::new(0.0);
+    let mut gap = A::new(0.0);
+    let mut j = unit;
+    while j < c {
+        if j != skip {
+            let ds = A::cast_from(s[base + j]) - ms;
+            let dt = A::cast_from(t[base + j]) - mt;
+            let et = A::exp(k * dt);
+            ss += A::exp(k * ds);
+            st += et;
+            gap += et * (dt - ds);
+        }
+        j += block;
+    }
+    buf[unit] = ss;
+    buf[block + unit] = st;
+    buf[2 * block + unit] = gap;
+    reduce::<A>(buf, 3usize, false);
+}
+
 /// `ln(exp a + exp b)` for finite `a`, `b`.
 #[cube]
 fn logaddexp<A: Float>(a: A, b: A) -> A {
@@ -88,47 +174,17 @@ fn kd_kernel<F: Float, A: Float>(
         terminate!();
     }
     let unit = UNIT_POS_X as usize;
-    let step = CUBE_DIM_X as usize;
+    let block = CUBE_DIM_X as usize;
     let c = s.shape(1);
     let base = row * c;
     let k = inv_t.get::<A>();
-    let block = CUBE_DIM_X as usize;
     let mut buf = Shared::<[A]>::new_slice(3 * BLOCK as usize);
 
-    // the maxima
-    let mut ms = A::cast_from(s[base]);
-    let mut mt = A::cast_from(t[base]);
-    let mut j = unit;
-    while j < c {
-        ms = A::max(ms, A::cast_from(s[base + j]));
-        mt = A::max(mt, A::cast_from(t[base + j]));
-        j += step;
-    }
-    buf[unit] = ms;
-    buf[block + unit] = mt;
-    reduce::<A>(&mut buf, 2usize, true);
+    maxima::<F, A>(&mut buf, s, t, base, c, c, A::new(0.0), false);
     let ms = buf[0];
     let mt = buf[block];
     sync_cube();
-
-    // the sums of the shifted exponentials, and KL's teacher-weighted logit gap
-    let mut ss = A::new(0.0);
-    let mut st = A::new(0.0);
-    let mut gap = A::new(0.0);
-    let mut j = unit;
-    while j < c {
-        let ds = A::cast_from(s[base + j]) - ms;
-        let dt = A::cast_from(t[base + j]) - mt;
-        let et = A::exp(k * dt);
-        ss += A::exp(k * ds);
-        st += et;
-        gap += et * (dt - ds);
-        j += step;
-    }
-    buf[unit] = ss;
-    buf[block + unit] = st;
-    buf[2 * block + unit] = gap;
-    reduce::<A>(&mut buf, 3usize, false);
+    sums::<F, A>(&mut buf, s, t, base, c, c, ms, mt, k);
     let ss = buf[0];
     let st = buf[block];
     let gap = buf[2 * block];
@@ -152,7 +208,7 @@ fn kd_kernel<F: Float, A: Float>(
                 kl_s += p * (zs - ls - lm);
                 kl_t += q * (zt - lt - lm);
             }
-            j += step;
+            j += block;
         }
         buf[unit] = kl_s;
         buf[block + unit] = kl_t;
@@ -181,7 +237,7 @@ fn kd_kernel<F: Float, A: Float>(
                 if keep_t {
                     gt[base + j] = F::cast_from(wt * k * q * (inside * (zt - lt - lm) - kl_t));
                 }
-                j += step;
+                j += block;
             }
         }
     } else {
@@ -202,7 +258,7 @@ fn kd_kernel<F: Float, A: Float>(
                 if keep_t {
                     gt[base + j] = F::cast_from(k * et * b * (k * (dt - ds) + log_ratio - kl));
                 }
-                j += step;
+                j += block;
             }
         }
     }
@@ -236,62 +292,23 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
         terminate!();
     }
     let unit = UNIT_POS_X as usize;
-    let step = CUBE_DIM_X as usize;
+    let block = CUBE_DIM_X as usize;
     let c = s.shape(1);
     let base = row * c;
     let y = u32::cast_from(targets[row]) as usize;
     let k = inv_t.get::<A>();
     let (wt, wn) = (alpha.get::<A>(), beta.get::<A>());
-    let block = CUBE_DIM_X as usize;
     let mut buf = Shared::<[A]>::new_slice(3 * BLOCK as usize);
     let (sy, ty) = (A::cast_from(s[base + y]), A::cast_from(t[base + y]));
 
     // the non-target maxima, and whether y is the student's (first) arg-max
-    let first = select(y == 0, 1, 0);
-    let mut ms = A::cast_from(s[base + first]);
-    let mut mt = A::cast_from(t[base + first]);
-    let mut beaten = A::new(0.0);
-    let mut j = unit;
-    while j < c {
-        if j != y {
-            let x = A::cast_from(s[base + j]);
-            ms = A::max(ms, x);
-            mt = A::max(mt, A::cast_from(t[base + j]));
-            if (j < y && x >= sy) || (j > y && x > sy) {
-                beaten = A::new(1.0);
-            }
-        }
-        j += step;
-    }
-    buf[unit] = ms;
-    buf[block + unit] = mt;
-    buf[2 * block + unit] = beaten;
-    reduce::<A>(&mut buf, 3usize, true);
+    maxima::<F, A>(&mut buf, s, t, base, c, y, sy, true);
     let ms = buf[0];
     let mt = buf[block];
     let beaten = buf[2 * block];
     sync_cube();
-
     // the non-target sums and NCKD's teacher-weighted logit gap
-    let mut ss = A::new(0.0);
-    let mut st = A::new(0.0);
-    let mut gap = A::new(0.0);
-    let mut j = unit;
-    while j < c {
-        if j != y {
-            let ds = A::cast_from(s[base + j]) - ms;
-            let dt = A::cast_from(t[base + j]) - mt;
-            let et = A::exp(k * dt);
-            ss += A::exp(k * ds);
-            st += et;
-            gap += et * (dt - ds);
-        }
-        j += step;
-    }
-    buf[unit] = ss;
-    buf[block + unit] = st;
-    buf[2 * block + unit] = gap;
-    reduce::<A>(&mut buf, 3usize, false);
+    sums::<F, A>(&mut buf, s, t, base, c, y, ms, mt, k);
     let ss = buf[0];
     let st = buf[block];
     let gap = buf[2 * block];
@@ -353,7 +370,7 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
                 g = es * fs - et * ft;
             }
             gs[base + j] = F::cast_from(g);
-            j += step;
+            j += block;
         }
     }
     if keep_t {
@@ -375,7 +392,7 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
                 g = A::exp(k * dt) * (shift + slope * (dt - ds));
             }
             gt[base + j] = F::cast_from(g);
-            j += step;
+            j += block;
         }
     }
 }
@@ -413,13 +430,6 @@ fn planes(like: &CubeTensor, keep: [bool; 2]) -> [CubeTensor; 2] {
         true => empty(like, &[n, c], like.dtype),
         false => empty(like, &[1], like.dtype),
     })
-}
-
-fn plane(tensor: CubeTensor, keep: bool) -> Plane<CubeBackend> {
-    match keep {
-        true => Plane::Kept(tensor),
-        false => Plane::Dropped,
-    }
 }
 
 impl RowOps for CubeBackend {
@@ -460,7 +470,10 @@ impl RowOps for CubeBackend {
             keep[1],
             [dtype_to_storage_type(dtype), dtype_to_storage_type(acc)],
         );
-        let (gs, gt) = (plane(gs, keep[0]), plane(gt, keep[1]));
+        let (gs, gt) = (
+            Plane::of(keep[0].then_some(gs)),
+            Plane::of(keep[1].then_some(gt)),
+        );
         match divergence {
             Divergence::ReverseKl => (rows, gt, gs),
             _ => (rows, gs, gt),
@@ -521,6 +534,10 @@ impl RowOps for CubeBackend {
                 dtype_to_storage_type(int),
             ],
         );
-        (rows, parts, plane(gs, keep[0]), plane(gt, keep[1]))
+        let (gs, gt) = (
+            Plane::of(keep[0].then_some(gs)),
+            Plane::of(keep[1].then_some(gt)),
+        );
+        (rows, parts, gs, gt)
     }
 }

@@ -23,7 +23,7 @@
 //! `#[fusion(meta = …)]` of each method of `RowOps`), flushes the fused element-wise work
 //! queued before it, and runs the CubeCL kernel when the graph executes; the backward pass's
 //! row scaling is the trait's default body, plain fusion ops, so it fuses with what follows.
-
+//!
 //! ## What a fused op computes
 //! Per row, with `zₛ = s/T`, `zₜ = t/T`, in three passes over an L1-resident row (maxima;
 //! exponentials and sums; outputs), with a vectorised `exp` (a degree-6 polynomial, AVX2 + FMA
@@ -63,37 +63,52 @@ pub(crate) use crate::{Divergence, TokenKernel};
 /// composed tensor-op version): the CPU backends, and with feature `cube` (implied by `wgpu`
 /// and `cuda`) burn's Cube backend.
 pub fn supported(device: &Device) -> bool {
-    on(device, true)
+    kernels(device).is_some()
 }
 
-/// Whether `device` is one of the CPU backends (`cube` false) or one with a kernel for the row
-/// ops (`cube` true).
-fn on(device: &Device, cube: bool) -> bool {
+/// Which kernels a device's backend has.
+#[derive(PartialEq)]
+enum Kernels {
+    /// flex, ndarray: every fused op.
+    Cpu,
+    /// burn's Cube backend: the row ops.
+    #[cfg(feature = "cube")]
+    Cube,
+}
+
+fn kernels(device: &Device) -> Option<Kernels> {
     use burn::backend::DispatchDevice as D;
-    fn walk(device: &D) -> Option<bool> {
+    fn walk(device: &D) -> Option<Kernels> {
         match device {
             #[cfg(feature = "flex")]
-            D::Flex(_) => Some(false),
+            D::Flex(_) => Some(Kernels::Cpu),
             #[cfg(feature = "ndarray")]
-            D::NdArray(_) => Some(false),
+            D::NdArray(_) => Some(Kernels::Cpu),
             #[cfg(feature = "cube")]
-            D::Cube(_) => Some(true),
+            D::Cube(_) => Some(Kernels::Cube),
             D::Autodiff(inner) => walk(inner),
             #[allow(unreachable_patterns)]
             _ => None,
         }
     }
-    // Some(whether it is the Cube backend) for a backend with kernels
-    walk(device.as_dispatch()).is_some_and(|is_cube| cube || !is_cube)
+    walk(device.as_dispatch())
+}
+
+/// Whether `device` is a CPU backend (every fused op, the lm-head path's included).
+fn cpu(device: &Device) -> bool {
+    kernels(device) == Some(Kernels::Cpu)
+}
+
+/// Whether tensors share one float type the kernels compute in (f32 or f64).
+fn kernel_floats(tensors: &[&Tensor<2>]) -> bool {
+    let dtype = tensors[0].dtype();
+    matches!(dtype, DType::F32 | DType::F64) && tensors.iter().all(|t| t.dtype() == dtype)
 }
 
 /// Whether tensors of these float types on `device` can take a CPU op (same type, f32 or
 /// f64, a CPU backend): the lm-head path's ops.
 pub(crate) fn usable_all(tensors: &[&Tensor<2>]) -> bool {
-    let dtype = tensors[0].dtype();
-    matches!(dtype, DType::F32 | DType::F64)
-        && tensors.iter().all(|t| t.dtype() == dtype)
-        && on(&tensors[0].device(), false)
+    kernel_floats(tensors) && cpu(&tensors[0].device())
 }
 
 /// Zeros of `shape` in `dtype` on `device`. On the fused backends they are built from one
@@ -107,7 +122,7 @@ pub(crate) fn zeros<const D: usize>(shape: [usize; D], device: &Device, dtype: D
         DType::F64 => TensorData::new(vec![0f64; n], shape),
         _ => return Tensor::zeros(shape, (device, dtype)),
     };
-    match on(device, false) {
+    match cpu(device) {
         true => Tensor::from_data(data, (device, dtype)),
         false => Tensor::zeros(shape, (device, dtype)),
     }
@@ -180,11 +195,7 @@ pub(crate) fn dot(x: Tensor<2>, g: Tensor<2>) -> Tensor<1> {
 /// Whether a pair of logits can take a row op: rows to compute, one float type (f32 or f64;
 /// the objectives upcast half-precision logits to f32 first) and a backend with a kernel.
 fn usable(student: &Tensor<2>, teacher: &Tensor<2>) -> bool {
-    let dtype = student.dtype();
-    student.dims()[0] > 0
-        && matches!(dtype, DType::F32 | DType::F64)
-        && teacher.dtype() == dtype
-        && supported(&student.device())
+    student.dims()[0] > 0 && kernel_floats(&[student, teacher]) && supported(&student.device())
 }
 
 /// What one [`token_step`] computes: the kernel, and the weights of its divergence and of the

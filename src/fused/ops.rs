@@ -39,7 +39,7 @@ pub enum Plane<B: Backend> {
 }
 
 impl<B: Backend> Plane<B> {
-    fn of(plane: Option<FloatTensor<B>>) -> Self {
+    pub(super) fn of(plane: Option<FloatTensor<B>>) -> Self {
         plane.map_or(Plane::Dropped, Plane::Kept)
     }
 
@@ -107,52 +107,51 @@ pub trait RowOps: Backend {
     }
 }
 
+#[cfg(feature = "cube")]
+use burn::backend::fusion::custom::TensorSpec;
+
+/// A row op's rows `[N]` and planes (the logits' layout, where kept), for fusion.
+#[cfg(feature = "cube")]
+fn rows_and_planes(s: &TensorSpec, keep: [bool; 2]) -> (TensorSpec, [PlaneMetadata; 2]) {
+    let rows = TensorSpec::new([s.shape[0]].into(), s.dtype);
+    let planes = keep.map(|k| match k {
+        true => PlaneMetadata::Kept(s.clone()),
+        false => PlaneMetadata::Dropped,
+    });
+    (rows, planes)
+}
+
 /// The output layout of [`RowOps::fused_kd`], for fusion.
 #[cfg(feature = "cube")]
 fn kd_meta(
-    s: &burn::backend::fusion::custom::TensorSpec,
-    _: &burn::backend::fusion::custom::TensorSpec,
+    s: &TensorSpec,
+    _: &TensorSpec,
     _: &f64,
     _: &Divergence,
     keep_s: &bool,
     keep_t: &bool,
-) -> (
-    burn::backend::fusion::custom::TensorSpec,
-    PlaneMetadata,
-    PlaneMetadata,
-) {
-    use burn::backend::fusion::custom::TensorSpec;
-    let rows = TensorSpec::new([s.shape[0]].into(), s.dtype);
-    let plane = |keep: bool| match keep {
-        true => PlaneMetadata::Kept(s.clone()),
-        false => PlaneMetadata::Dropped,
-    };
-    (rows, plane(*keep_s), plane(*keep_t))
+) -> (TensorSpec, PlaneMetadata, PlaneMetadata) {
+    let (rows, [ps, pt]) = rows_and_planes(s, [*keep_s, *keep_t]);
+    (rows, ps, pt)
 }
 
 /// The output layout of [`RowOps::fused_dkd`], for fusion.
 #[cfg(feature = "cube")]
 #[allow(clippy::too_many_arguments)]
 fn dkd_meta(
-    s: &burn::backend::fusion::custom::TensorSpec,
-    t: &burn::backend::fusion::custom::TensorSpec,
-    _: &burn::backend::fusion::custom::TensorSpec,
-    inv_t: &f64,
+    s: &TensorSpec,
+    _: &TensorSpec,
+    _: &TensorSpec,
+    _: &f64,
     _: &Joint,
     _: &f64,
     _: &f64,
     keep_s: &bool,
     keep_t: &bool,
-) -> (
-    burn::backend::fusion::custom::TensorSpec,
-    burn::backend::fusion::custom::TensorSpec,
-    PlaneMetadata,
-    PlaneMetadata,
-) {
-    use burn::backend::fusion::custom::TensorSpec;
-    let (rows, a, b) = kd_meta(s, t, inv_t, &Divergence::Kl, keep_s, keep_t);
+) -> (TensorSpec, TensorSpec, PlaneMetadata, PlaneMetadata) {
+    let (rows, [ps, pt]) = rows_and_planes(s, [*keep_s, *keep_t]);
     let parts = TensorSpec::new([s.shape[0], 2].into(), s.dtype);
-    (rows, parts, a, b)
+    (rows, parts, ps, pt)
 }
 
 /// The lm-head path's ops, on the CPU backends only (elsewhere the path runs composed ops).
