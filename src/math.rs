@@ -143,16 +143,15 @@ pub struct Decoupled {
 
 impl Decoupled {
     /// Splits `z` around the targets marked by `mask` (see [`target_mask`]), in log space:
-    /// both parts come from log-sum-exps, never from `log(1 − p_t)`, so they stay finite for
-    /// logits of any magnitude.
+    /// both parts come from the gap between the target's logit and the others' log-sum-exp,
+    /// never from `log(1 − p_t)`, so they stay finite and exact for logits of any magnitude.
     pub fn new(z: Tensor<2>, mask: Tensor<2, Bool>) -> Self {
-        let lse_all = logsumexp(z.clone());
         let lse_other = masked_logsumexp(z.clone(), mask.clone());
         let z_target = z.clone().mask_fill(mask.clone().bool_not(), 0.0).sum_dim(1);
-        let log_binary = Tensor::cat(
-            vec![z_target - lse_all.clone(), lse_other.clone() - lse_all],
-            1,
-        );
+        // each side from the gap alone, `log b = −softplus(∓gap)`: exact when one side is tiny
+        // (a difference of two log-sum-exps of large logits would lose it)
+        let gap = z_target - lse_other.clone();
+        let log_binary = Tensor::cat(vec![-softplus(-gap.clone()), -softplus(gap)], 1);
         let log_non_target = (z - lse_other).mask_fill(mask, 0.0);
         Self {
             log_binary,
@@ -222,6 +221,43 @@ pub fn p_norms(x: Tensor<2>, p: f64, eps: f64) -> Tensor<2> {
     }
 }
 
+/// Each row's Euclidean norm `[N, 1]` of rows `[N, D]`, exactly 0 with a zero gradient for an
+/// all-zero row (where `√` has no derivative, 0 is a subgradient of the norm): no floor, so
+/// `x / (‖x‖ + ε)` keeps its exact value and gradient on every row.
+pub fn exact_row_norms(x: Tensor<2>) -> Tensor<2> {
+    let squares = x.square().sum_dim(1);
+    let zero = squares.clone().equal_elem(0.0);
+    squares
+        .mask_fill(zero.clone(), 1.0)
+        .sqrt()
+        .mask_fill(zero, 0.0)
+}
+
+/// `log(1 + eˣ)` element by element, exact for any `x`: `log1p(eˣ)` at or below 0 and
+/// `x + log1p(e⁻ˣ)` above it (no overflow, no `log(1 + tiny)`), each branch on its side's
+/// clamped input.
+pub fn softplus<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let above = x.clone().greater_elem(0.0);
+    let low = x.clone().clamp_max(0.0).exp().log1p();
+    let high = x.clamp_min(0.0);
+    let high = high.clone() + high.neg().exp().log1p();
+    low.mask_where(above, high)
+}
+
+/// `log(1 − eˣ)` for `x ≤ 0` (the log of a missing mass from the log of the mass present),
+/// accurate on both sides of `−ln 2` (Mächler 2012, *Accurately Computing log(1 − exp(−|a|))*):
+/// `log(−expm1 x)` above it, with `expm1 x = 2 tanh(x/2) / (1 − tanh(x/2))` (exact where `eˣ`
+/// rounds to 1: `x = −1e-8` gives `ln 1e-8` in f32 too), and `log1p(−eˣ)` below it. Each branch
+/// reads its input clamped to its side, so the other never sends a NaN gradient through.
+pub fn log1mexp<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let cut = -std::f64::consts::LN_2;
+    let near = x.clone().greater_elem(cut);
+    let half = (x.clone().clamp_min(cut) * 0.5).tanh();
+    let above = (half.clone() * -2.0 / (half.neg() + 1.0)).log();
+    let below = x.clamp_max(cut).exp().neg().log1p();
+    below.mask_where(near, above)
+}
+
 /// The logistic function `1 / (1 + e^{−x})`, with the exponent capped at 80 (below `x = −80`
 /// the value is under 2e-35 and the gradient is taken as 0: `e^{80}` is still finite in f32).
 /// Used instead of burn's `sigmoid`, which is accurate to only ~1e-9 in f64 on the ndarray
@@ -234,6 +270,63 @@ pub fn logistic<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 mod tests {
     use super::*;
     use burn::tensor::{Device, Tolerance};
+
+    #[test]
+    fn log1mexp_is_accurate_on_both_sides_and_in_f32() {
+        let dev = Device::flex().autodiff();
+        let xs: [f64; 8] = [-1e-12, -1e-8, -1e-3, -0.5, -0.7, -1.0, -30.0, -700.0];
+        let x = Tensor::<1>::from_data(xs, (&dev, burn::tensor::DType::F64)).require_grad();
+        let y = log1mexp(x.clone());
+        let got = y.clone().into_data().try_to_vec::<f64>().unwrap();
+        let grad = x.grad(&y.sum().backward()).unwrap();
+        let grad = grad.into_data().try_to_vec::<f64>().unwrap();
+        for (i, &v) in xs.iter().enumerate() {
+            // std's expm1 and ln_1p in f64, each where it is exact
+            let want = match v > -std::f64::consts::LN_2 {
+                true => (-v.exp_m1()).ln(),
+                false => (-v.exp()).ln_1p(),
+            };
+            assert!(
+                (got[i] - want).abs() <= 1e-14 * want.abs(),
+                "{v}: {} vs {want}",
+                got[i]
+            );
+            // d/dx log(1 − eˣ) = −eˣ / (1 − eˣ) = 1 / (1 − e^{−x})... = −1 / expm1(−x)
+            let slope = -1.0 / (-v).exp_m1();
+            assert!(
+                (grad[i] - slope).abs() <= 1e-12 * slope.abs(),
+                "{v}: {} vs {slope}",
+                grad[i]
+            );
+        }
+        // in f32, e^(−1e-8) rounds to 1: a naive log1p(−eˣ) is −inf
+        let x = Tensor::<1>::from_data([-1e-8f32], (&dev, burn::tensor::DType::F32));
+        let got = log1mexp(x).into_data().try_to_vec::<f32>().unwrap()[0];
+        assert!((got - 1e-8f32.ln()).abs() < 1e-5, "{got}");
+    }
+
+    #[test]
+    fn exact_row_norms_are_zero_with_zero_gradient_on_zero_rows() {
+        let dev = Device::flex().autodiff();
+        let x = Tensor::<2>::from_data([[3.0, 4.0], [0.0, 0.0]], (&dev, burn::tensor::DType::F64))
+            .require_grad();
+        let n = exact_row_norms(x.clone());
+        assert_eq!(
+            n.clone().into_data().try_to_vec::<f64>().unwrap(),
+            [5.0, 0.0]
+        );
+        let g = x
+            .grad(&n.sum().backward())
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f64>()
+            .unwrap();
+        let want = [0.6, 0.8, 0.0, 0.0];
+        assert!(
+            g.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-15),
+            "{g:?}"
+        );
+    }
 
     #[test]
     fn logistic_by_hand_and_finite_far_out() {

@@ -21,10 +21,12 @@ use std::path::PathBuf;
 use burn::module::Param;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{DType, Gradients, Int, Tensor};
+use burn_distill::Tempered;
 use burn_distill::curriculum::CtkdConfig;
 use burn_distill::feature::{
-    AffinityConfig, AtConfig, Connector, HintConfig, IckdConfig, KtaConfig, MgdConfig, MgdMask,
-    NstConfig, SrdConfig, factor_loss, pad_l2_per_sample,
+    AbConfig, AffinityConfig, AtConfig, Connector, FspConfig, HintConfig, IckdConfig, KtaConfig,
+    MgdConfig, MgdMask, NstConfig, SrdConfig, VidConfig, factor_loss, hcl_stage, pad_l2_per_sample,
+    partial_l2,
 };
 use burn_distill::logit::{
     DistConfig, DistPlusConfig, LogitMseConfig, MlkdConfig, ProbMseConfig, Standardized,
@@ -35,8 +37,8 @@ use burn_distill::prelude::*;
 use burn_distill::relation::{CcConfig, CcKernel, DlkdConfig, PktConfig, RkdConfig, SpConfig};
 use burn_distill::token::{
     ForwardKlConfig, FusedLinearConfig, HiddenLoss, HiddenStateConfig, JsdConfig, LmHead, LmHeads,
-    MissingMass, ReverseKlConfig, SkewDirection, SkewKlConfig, SymmetricKlConfig, TeacherHead,
-    TokenReduction, TopKConfig, TopKDivergence, TvdConfig, jsd_elements, tvd_elements,
+    MissingMass, ReverseKlConfig, SkewDirection, SkewKlConfig, SparseValues, SymmetricKlConfig,
+    TeacherHead, TokenReduction, TopKConfig, TopKDivergence, TvdConfig, jsd_elements, tvd_elements,
 };
 use burn_distill::{Feature, Views};
 use common::exact::Divergence;
@@ -55,7 +57,8 @@ const RUNNERS: &[(&str, Runner)] = &[
     ("logit_std_kd", logit_std_kd),
     ("prob_mse_T2", prob_mse),
     ("ctkd_lambda_schedule", ctkd_lambda_schedule),
-    ("ctkd_kd", ctkd_kd),
+    ("ctkd_kd", ctkd),
+    ("ctkd_dkd", ctkd),
     ("metadistil_meta_grad", meta_round),
     ("metadistil_meta_grad_dkd", meta_round),
     ("rkd", relational),
@@ -86,6 +89,14 @@ const RUNNERS: &[(&str, Runner)] = &[
     ("liger_jsd_testref", liger_testref),
     ("liger_tvd_testref", liger_testref),
     ("logit_mse_temperature", logit_mse),
+    // MetaDistil's NLP `--logits_mse` soft loss: the same formula at T = 1
+    ("logit_mse", logit_mse),
+    ("ab", ab),
+    ("cc", cc),
+    ("fsp", fsp),
+    ("ofd", ofd),
+    ("reviewkd_hcl", reviewkd_hcl),
+    ("vid", vid),
     ("nst", nst),
     ("ft", ft),
     ("cckd", cckd),
@@ -574,7 +585,25 @@ fn ctkd_lambda_schedule(case: &Case) -> Result<(), String> {
     )
 }
 
-fn ctkd_kd(case: &Case) -> Result<(), String> {
+/// CTKD's global temperature over KD (`ctkd_kd`) or DKD (`ctkd_dkd`, α and β as given): the
+/// temperature, the loss and the gradients of both logits and of θ. Where the reference's θ
+/// gradient is NaN (DKD's inexact target mask), the case records the exact one.
+fn ctkd(case: &Case) -> Result<(), String> {
+    match case.method.as_str() {
+        "ctkd_dkd" => ctkd_over(
+            case,
+            DkdConfig::new()
+                .with_alpha(case.param("dkd_alpha")?)
+                .with_beta(case.param("dkd_beta")?)
+                .with_warmup_epochs(0)
+                .init()
+                .map_err(e)?,
+        ),
+        _ => ctkd_over(case, KdConfig::new().init().map_err(e)?),
+    }
+}
+
+fn ctkd_over<L: Tempered + Clone + 'static>(case: &Case, inner: L) -> Result<(), String> {
     let (s, t) = logits(case)?;
     let theta = case.leaf::<1>("theta")?;
     let lambda = case.param("lambda")?;
@@ -583,19 +612,28 @@ fn ctkd_kd(case: &Case) -> Result<(), String> {
         .with_t_range(case.param("t_end")?)
         .with_lambda_start(lambda)
         .with_lambda_end(lambda)
-        .init(KdConfig::new().init().map_err(e)?, &device())
+        .init(inner, &device())
         .map_err(e)?
         .with_theta(theta.clone())
         .map_err(e)?;
     let (rel, abs) = case.tolerance();
     let want_t = case.outputs.get("temperature").ok_or("no temperature")?;
     close("temperature", &[ctkd.temperature()], want_t, rel, abs)?;
-    let input = DistillInput::new(s.clone(), t.clone())
+    let mut input = DistillInput::new(s.clone(), t.clone())
         .attach_teacher()
         .progress(Progress::epoch(0, 1));
+    if case.has("target") {
+        input = input.targets(case.targets("target")?);
+    }
     let grads = case.check(ctkd.forward(&input).map_err(e)?, &as_taps(&s, &t))?;
     // the reference records θ's gradient through the reversal layer (λ applied)
-    case.expect_grad("theta", ctkd.theta().grad(&grads).map(values), None)
+    let exact = || {
+        case.outputs
+            .get("dloss_dtheta_exact_mask_after_reversal")
+            .cloned()
+            .unwrap_or_default()
+    };
+    case.expect_grad("theta", theta.grad(&grads).map(values), Some(&exact))
 }
 
 /// A tanh MLP from the case's torch-layout layers `{p}_W`/`{p}_b` (one layer) or
@@ -713,8 +751,19 @@ fn relational(case: &Case) -> Result<(), String> {
         .feature("embedding", s.clone(), t.clone())
         .attach_teacher();
     let out = loss.forward(&input).map_err(e)?;
-    case.check(out, &[("feat_student", s), ("feat_teacher", t)])
-        .map(drop)
+    if case.method != "pkt" {
+        return case
+            .check(out, &[("feat_student", s), ("feat_teacher", t)])
+            .map(drop);
+    }
+    // the reference's student gradient is NaN on an all-zero row: the closed form instead
+    case.expect_loss(out.value(), None)?;
+    let grads = out.total.backward();
+    let ((sd, sv), (td, tv)) = (case.input("feat_student")?, case.input("feat_teacher")?);
+    let eps = case.param("eps")?;
+    let exact = || exact::pkt_student_grad(sv, sd[1], tv, td[1], eps);
+    case.expect_grad("feat_student", grad(&s, &grads), Some(&exact))?;
+    case.expect_grad("feat_teacher", grad(&t, &grads), None)
 }
 
 /// DLKD's three parts, each with the case's head weights (torch layout) and the other weights
@@ -1213,9 +1262,10 @@ fn distillkit(case: &Case) -> Result<(), String> {
 /// DistillKit's sparse (top-k) signal: the teacher's top-k ids and log-probabilities, zero or
 /// symmetric-uniform missing mass, `T²`, the sum over the masked tokens divided by their number.
 fn distillkit_sparse(case: &Case) -> Result<(), String> {
-    if case.params["log_values"].as_bool() == Some(false) {
-        return Err(format!("{NOT_YET}a sparse teacher given as logits"));
-    }
+    let teacher_values = match case.params["log_values"].as_bool() {
+        Some(false) => SparseValues::Logits,
+        _ => SparseValues::LogProbs,
+    };
     let temperature = case.param("temperature")?;
     let divergence = match case.method.as_str() {
         "distillkit_kl" => TopKDivergence::ForwardKl,
@@ -1229,12 +1279,14 @@ fn distillkit_sparse(case: &Case) -> Result<(), String> {
     let loss = TopKConfig::new()
         .with_divergence(divergence)
         .with_missing(missing)
+        .with_values(teacher_values)
         .with_temperature(temperature)
         .with_generation_temperature(case.opt("generation_temperature").unwrap_or(1.0))
         .with_t_squared(true)
+        .with_eps(case.opt("eps").unwrap_or(1e-6))
         .init()
         .map_err(e)?;
-    let (s, sv, _) = token_leaf(case, "student_logits")?;
+    let (s, sv, v) = token_leaf(case, "student_logits")?;
     let (ids_shape, ids) = case.input("target_ids")?;
     let k = *ids_shape.last().ok_or("no k")?;
     let n = ids.len() / k;
@@ -1250,9 +1302,27 @@ fn distillkit_sparse(case: &Case) -> Result<(), String> {
         input = input.mask(bools(m));
     }
     let out = loss.forward(&input).map_err(e)?;
-    // an empty mask: the exact value is 0 with zero gradients (the reference divides 0 by 0)
+    // the reference divides 0 by 0 on an empty mask (the exact value is 0, with zero
+    // gradients), and its symmetric-uniform KL is NaN where a float32 top-k sum reaches 1
     let empty = mask.as_ref().is_some_and(|m| m.iter().all(|&x| !x));
-    case.expect_loss(out.value(), empty.then_some(0.0))?;
+    let exact = match divergence {
+        TopKDivergence::ForwardKl => Some(exact::sparse_kl(
+            &sv,
+            v,
+            &case.input("target_ids")?.1,
+            &case.input("target_values")?.1,
+            k,
+            mask.as_deref(),
+            [
+                temperature,
+                case.opt("generation_temperature").unwrap_or(1.0) / temperature,
+            ],
+            missing == MissingMass::SymmetricUniform,
+            case.opt("eps").unwrap_or(1e-6),
+        )),
+        _ => empty.then_some(0.0),
+    };
+    case.expect_loss(out.value(), exact)?;
     let grads = out.total.backward();
     let zeros = || vec![0.0; sv.len()];
     let exact: Option<&dyn Fn() -> Vec<f64>> = if empty { Some(&zeros) } else { None };
@@ -1843,4 +1913,144 @@ fn mlkd_full(case: &Case) -> Result<(), String> {
         ],
     )
     .map(drop)
+}
+
+/// Named tracked taps, as [`Case::taps`] returns them.
+type Taps = Vec<(String, Feature)>;
+
+/// The taps `{prefix}_0`, `{prefix}_1`, … of the case (stage order).
+fn stages(case: &Case, prefix: &str) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}_{i}"))
+        .take_while(|n| case.has(n))
+        .collect()
+}
+
+/// The input of a multi-stage feature case (`feat_student_i` / `feat_teacher_i` as taps
+/// `stage{i}`, teacher attached) and its leaves.
+fn staged_input(case: &Case) -> Result<(DistillInput, Taps, usize), String> {
+    let k = stages(case, "feat_student").len();
+    let mut input = DistillInput::features_only().attach_teacher();
+    let mut leaves = Vec::new();
+    for i in 0..k {
+        let pair = case.taps(&[&format!("feat_student_{i}"), &format!("feat_teacher_{i}")])?;
+        input = input.feature(format!("stage{i}"), pair[0].1.clone(), pair[1].1.clone());
+        leaves.extend(pair);
+    }
+    Ok((input, leaves, k))
+}
+
+fn stage_names(k: usize) -> Vec<String> {
+    (0..k).map(|i| format!("stage{i}")).collect()
+}
+
+/// `[C, H, W]` of the case's map `name`.
+fn chw(case: &Case, name: &str) -> Result<[usize; 3], String> {
+    case.input(name)?.0[1..]
+        .try_into()
+        .map_err(|_| format!("`{name}` is not a map"))
+}
+
+/// RepDistiller's `ABLoss` (the returned per-layer list summed): equal shapes, no connector.
+fn ab(case: &Case) -> Result<(), String> {
+    let (input, leaves, k) = staged_input(case)?;
+    if case.opt("feat_num") != Some(k as f64) {
+        return Err(format!("feat_num is not the {k} stages given"));
+    }
+    let shapes = |side: &str| -> Result<Vec<[usize; 3]>, String> {
+        (0..k)
+            .map(|i| chw(case, &format!("feat_{side}_{i}")))
+            .collect()
+    };
+    let ab = AbConfig::new(stage_names(k), shapes("student")?, shapes("teacher")?)
+        .with_margin(case.param("margin")?)
+        .init(&device())
+        .map_err(e)?;
+    case.check(ab.forward(&input).map_err(e)?, &borrowed(&leaves))
+        .map(drop)
+}
+
+/// RepDistiller's `Correlation` (CC between consecutive samples).
+fn cc(case: &Case) -> Result<(), String> {
+    let loss = CcConfig::new()
+        .with_kernel(CcKernel::Consecutive)
+        .with_feature("tap".into())
+        .init()
+        .map_err(e)?;
+    on_tap(case, &loss, "feat_student", "feat_teacher")
+}
+
+/// RepDistiller's `FSP` (the returned per-pair list summed: weight 1).
+fn fsp(case: &Case) -> Result<(), String> {
+    let (input, leaves, k) = staged_input(case)?;
+    let fsp = FspConfig::new(stage_names(k))
+        .with_weight(1.0)
+        .init()
+        .map_err(e)?;
+    case.check(fsp.forward(&input).map_err(e)?, &borrowed(&leaves))
+        .map(drop)
+}
+
+/// mdistiller's OFD `feat_loss`: the partial L2 summed over channels and positions, averaged
+/// over the batch ([`partial_l2`]).
+fn ofd(case: &Case) -> Result<(), String> {
+    let leaves = case.taps(&["feat_student", "feat_teacher"])?;
+    let (_, margin) = case.input("margin")?;
+    let margin = tensor(margin.clone(), [margin.len()], case.dtype);
+    let loss = partial_l2(map(&leaves[0].1)?, map(&leaves[1].1)?, margin);
+    case.check(LossOutput::single("ofd", loss), &borrowed(&leaves))
+        .map(drop)
+}
+
+/// mdistiller's ReviewKD `hcl_loss` over every stage (pools of 4, 2 and 1).
+fn reviewkd_hcl(case: &Case) -> Result<(), String> {
+    let levels: Vec<f64> = case.params["pool_levels"]
+        .as_array()
+        .ok_or("no pool_levels")?
+        .iter()
+        .map(number)
+        .collect::<Result<_, _>>()?;
+    if levels != [4.0, 2.0, 1.0] {
+        return Err(format!("{NOT_YET}pool levels {levels:?}"));
+    }
+    let (_, leaves, k) = staged_input(case)?;
+    let total = (0..k)
+        .map(|i| {
+            Ok(hcl_stage(
+                map(&leaves[2 * i].1)?,
+                map(&leaves[2 * i + 1].1)?,
+            ))
+        })
+        .reduce(|a: Result<Tensor<1>, String>, b| Ok(a? + b?))
+        .ok_or("no stages")??;
+    case.check(LossOutput::single("review_kd", total), &borrowed(&leaves))
+        .map(drop)
+}
+
+/// mdistiller's `vid_loss` with the case's regressor (three bias-free 1×1 convolutions, ReLU
+/// between) and log-scales: the loss and the gradients of both maps and every parameter.
+fn vid(case: &Case) -> Result<(), String> {
+    let leaves = case.taps(&["feat_student", "feat_teacher"])?;
+    let (cs, ct) = (chw(case, "feat_student")?[0], chw(case, "feat_teacher")?[0]);
+    let mid = case.input("w1")?.0[0];
+    let mut vid = VidConfig::new(vec!["tap".into()], vec![[cs, ct]])
+        .with_mid_channels(Some(mid))
+        .with_eps(case.param("eps")?)
+        .init(&device())
+        .map_err(e)?;
+    let regressor = &mut vid.regressors[0];
+    for (conv, w) in regressor.convs.iter_mut().zip(["w1", "w2", "w3"]) {
+        conv.weight = Param::from_tensor(case.constant::<4>(w)?);
+    }
+    regressor.log_scale = Param::from_tensor(case.constant::<1>("log_scale")?);
+    let input = DistillInput::features_only()
+        .feature("tap", leaves[0].1.clone(), leaves[1].1.clone())
+        .attach_teacher();
+    let grads = case.check(vid.forward(&input).map_err(e)?, &borrowed(&leaves))?;
+    let gp = GradientsParams::from_grads(grads, &vid);
+    let regressor = &vid.regressors[0];
+    for (conv, w) in regressor.convs.iter().zip(["w1", "w2", "w3"]) {
+        case.expect_grad(w, gp.get::<4>(conv.weight.id).map(values), None)?;
+    }
+    case.expect_param(&regressor.log_scale, &gp, "log_scale")
 }

@@ -253,6 +253,78 @@ proptest! {
     }
 }
 
+/// DKD's student gradient (α = 1, β = 8, T = 1) on f64 logits of order 1e3 whose target is
+/// not the arg-max but 15–35 below it, the other classes ≥ 60 apart (the same top class on both
+/// sides): within 1e-10 of the closed
+/// form computed here, where the target masses are tiny and `bₛ₀ − bₜ₀` is taken from them
+/// directly (the other side, `bₛ₁ − bₜ₁`, is a difference of two numbers within 1e-6 of 1: the
+/// kernel took it from there and lost 1e-3 of it).
+#[test]
+fn dkd_gradient_is_exact_at_large_logits_in_f64() {
+    let (n, c) = (16, 10);
+    let jitter = noise(1, 2 * n * c, 20.0);
+    let gaps = noise(2, 2 * n, 10.0);
+    // class j of row i at 100·((j + 3i) mod c) ± 20 on both sides (side 0: student, 1:
+    // teacher): they share their top class, where the gradient is the TCKD part alone
+    let logits = |side: usize| -> Vec<f64> {
+        (0..n * c)
+            .map(|k| 100.0 * ((k % c + 3 * (k / c)) % c) as f64 + jitter[side * n * c + k])
+            .collect()
+    };
+    let (mut s, mut t) = (logits(0), logits(1));
+    let argmax = |r: &[f64]| (0..c).fold(0, |m, j| if r[j] > r[m] { j } else { m });
+    let mut y = Vec::new();
+    for i in 0..n {
+        let row = i * c..(i + 1) * c;
+        let (top, top_t) = (argmax(&s[row.clone()]), argmax(&t[row]));
+        let target = (0..c).find(|&j| j != top && j != top_t).unwrap();
+        s[i * c + target] = s[i * c + top] - 25.0 - gaps[2 * i];
+        t[i * c + target] = t[i * c + top_t] - 25.0 - gaps[2 * i + 1];
+        y.push(target);
+    }
+    // the closed form: target d = bₛ₀ − bₜ₀; others −p̂ₛⱼ d + β (p̂ₛⱼ − p̂ₜⱼ); all over N
+    let lse = |r: &[f64], skip: usize| {
+        let kept = || (0..c).filter(move |&j| j != skip);
+        let m = kept().map(|j| r[j]).fold(f64::NEG_INFINITY, f64::max);
+        m + kept().map(|j| (r[j] - m).exp()).sum::<f64>().ln()
+    };
+    let mut want = Vec::new();
+    for (i, &k) in y.iter().enumerate() {
+        let (rs, rt) = (&s[i * c..(i + 1) * c], &t[i * c..(i + 1) * c]);
+        let b0 = |r: &[f64]| (r[k] - lse(r, c)).exp();
+        let d = b0(rs) - b0(rt);
+        let (os, ot) = (lse(rs, k), lse(rt, k));
+        for j in 0..c {
+            let g = match j == k {
+                true => d,
+                false => {
+                    let (ps, pt) = ((rs[j] - os).exp(), (rt[j] - ot).exp());
+                    -ps * d + 8.0 * (ps - pt)
+                }
+            };
+            want.push(g / n as f64);
+        }
+    }
+    // the fused kernel to 1e-10 relative, each entry; the composed ops sum the two parts'
+    // gradients in autodiff's order (β(p̂ₛ − p̂ₜ)/N ≈ ½ − ½ before or after the tiny TCKD part),
+    // which holds them to a few ulps of ½ (1e-15) absolute
+    for (fused, abs) in [(true, 1e-300), (false, 1e-15)] {
+        let st = f64t(s.clone(), [n, c]).require_grad();
+        let dkd = DkdConfig::new()
+            .with_beta(8.0)
+            .with_temperature(1.0)
+            .with_warmup_epochs(0)
+            .with_fused(fused)
+            .init()
+            .unwrap();
+        let input = DistillInput::new(st.clone(), f64t(t.clone(), [n, c]))
+            .targets(ints(y.iter().map(|&k| k as i64).collect()));
+        let out = dkd.forward(&input).unwrap();
+        let got = values(st.grad(&out.total.backward()).unwrap());
+        close(&format!("d/ds (fused: {fused})"), &got, &want, 1e-10, abs).unwrap();
+    }
+}
+
 /// Logits of magnitude 1e4 give finite losses and gradients (student and teacher) in f64 and
 /// f32, for every logit objective.
 #[test]

@@ -50,9 +50,12 @@ impl VidRegressor {
 pub struct VidConfig {
     /// The taps (their losses are summed).
     pub features: Vec<String>,
-    /// `[student channels, teacher channels]` at each tap; the regressor's middle width is the
-    /// teacher's (mdistiller, RepDistiller).
+    /// `[student channels, teacher channels]` at each tap.
     pub channels: Vec<[usize; 2]>,
+    /// The regressor's middle width (RepDistiller's `mid_channel`); `None`: the teacher's
+    /// channels at each tap (mdistiller, and RepDistiller's training script).
+    #[config(default = "None")]
+    pub mid_channels: Option<usize>,
     /// The initial variance σ² (RepDistiller: 5).
     #[config(default = 5.0)]
     pub init_variance: f64,
@@ -78,7 +81,8 @@ impl VidConfig {
                 "must be finite and larger than eps",
             ));
         }
-        if self.channels.len() != self.features.len() || self.channels.iter().any(|c| c.contains(&0))
+        if self.channels.len() != self.features.len()
+            || self.channels.iter().any(|c| c.contains(&0))
         {
             return Err(DistillError::config(
                 Vid::NAME,
@@ -87,13 +91,23 @@ impl VidConfig {
                 "one [student, teacher] pair of non-zero channel counts per tap",
             ));
         }
+        if self.mid_channels == Some(0) {
+            return Err(DistillError::config(
+                Vid::NAME,
+                "mid_channels",
+                0,
+                "must be positive",
+            ));
+        }
         // softplus(α) = init − ε
         let alpha = (self.init_variance - self.eps).exp_m1().ln();
         let regressors = self
             .channels
             .iter()
-            .map(|&[cs, ct]| VidRegressor {
-                convs: [(cs, ct), (ct, ct), (ct, ct)]
+            .map(|&[cs, ct]| {
+                let cm = self.mid_channels.unwrap_or(ct);
+                VidRegressor {
+                convs: [(cs, cm), (cm, cm), (cm, ct)]
                     .iter()
                     .map(|&(a, b)| {
                         Conv2dConfig::new([a, b], [1, 1])
@@ -103,7 +117,7 @@ impl VidConfig {
                     .collect(),
                 relu: Relu::new(),
                 log_scale: Param::from_tensor(Tensor::full([ct], alpha, device)),
-            })
+            }})
             .collect();
         Ok(Vid {
             regressors,

@@ -642,15 +642,24 @@ impl<F: Real> Split<F> {
         let sum = exp_shifted::<F, FMA>(&x[..y], m, k, &mut e[..y])
             + exp_shifted::<F, FMA>(&x[y + 1..], m, k, &mut e[y + 1..]);
         e[y] = F::zero();
-        // a = z_y, b = log Σ_{j≠y} exp z_j
-        let (a, b) = (x[y] * k, m * k + sum.ln());
-        let lse = logaddexp(a, b);
+        // a = z_y, b = log Σ_{j≠y} exp z_j; each side of log b from the gap alone (exact when
+        // one side is tiny: a − logaddexp(a, b) would lose it at large logits)
+        let gap = x[y] * k - (m * k + sum.ln());
         Split {
             m,
             sum,
-            log_b: [a - lse, b - lse],
+            log_b: [-softplus(-gap), -softplus(gap)],
             top: x[y] > lo && x[y] >= hi,
         }
+    }
+}
+
+/// `ln(1 + eˣ)`, exact for any `x` (`x = ±∞` included).
+#[inline(always)]
+fn softplus<F: Real>(x: F) -> F {
+    match x > F::zero() {
+        true => x + (-x).exp().ln_1p(),
+        false => x.exp().ln_1p(),
     }
 }
 
@@ -745,12 +754,18 @@ fn dkd_rows<F: Real, const FMA: bool>(job: Job<F>, parts: &Parts<F>) {
         let [wt, wn] = parts.weights;
         let g = n * c..(n + 1) * c;
         if !student.is_empty() {
-            // TCKD: p̂ₛⱼ (bₛ₁ − b*₁)/T off the target; NCKD: (p̂ₛⱼ − p̂ₜⱼ)/T
-            let (fs, ft) = (wt * k * (bs[1] - bj[1]) * a + wn * k * a, wn * k * b);
+            // bₛ₀ − b*₀ = b*₁ − bₛ₁, from the side where both are small (exact there)
+            let d = match bs[0] + bj[0] <= F::one() {
+                true => bs[0] - bj[0],
+                false => bj[1] - bs[1],
+            };
+            // NCKD: (p̂ₛⱼ − p̂ₜⱼ)/T, taken first (where p̂ₛⱼ ≈ p̂ₜⱼ ≈ 1 it is exactly 0 and the
+            // TCKD part below survives whole); TCKD: −p̂ₛⱼ d/T off the target, d/T at it
+            let (ns, nt, ts) = (wn * k * a, wn * k * b, wt * k * d * a);
             for ((g, &e), &f) in student[g.clone()].iter_mut().zip(&es).zip(&et) {
-                *g = e * fs - f * ft;
+                *g = (e * ns - f * nt) - e * ts;
             }
-            student[n * c + y] = wt * k * (bs[0] - bj[0]);
+            student[n * c + y] = wt * k * d;
         }
         if !teacher.is_empty() {
             // TCKD through b_t: u_i = w·b_t,i·(log b*_i − log b_s,i + 1)

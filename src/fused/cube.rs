@@ -144,6 +144,12 @@ fn logaddexp<A: Float>(a: A, b: A) -> A {
     hi + (A::new(1.0) + A::exp(A::new(0.0) - A::abs(a - b))).ln()
 }
 
+/// `ln(1 + eˣ)` for any `x`.
+#[cube]
+fn softplus<A: Float>(x: A) -> A {
+    A::max(x, A::new(0.0)) + (A::new(1.0) + A::exp(A::new(0.0) - A::abs(x))).ln()
+}
+
 /// The row this cube serves (rows are laid over a 2-D grid: a grid dimension holds at most
 /// 65,535 cubes on some GPUs).
 #[cube]
@@ -313,13 +319,18 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
     let st = buf[block];
     let gap = buf[2 * block];
 
-    // the binary splits log b = [log p_y, log Σ_{j≠y} p_j]
-    let (a_s, b_s) = (sy * k, ms * k + ss.ln());
-    let lse_s = logaddexp::<A>(a_s, b_s);
-    let (lbs0, lbs1) = (a_s - lse_s, b_s - lse_s);
-    let (a_t, b_t) = (ty * k, mt * k + st.ln());
-    let lse_t = logaddexp::<A>(a_t, b_t);
-    let (lbt0, lbt1) = (a_t - lse_t, b_t - lse_t);
+    // the binary splits log b = [log p_y, log Σ_{j≠y} p_j], each side from the gap between
+    // the target's logit and the others' log-sum-exp (exact when one side is tiny)
+    let gap_s = sy * k - (ms * k + ss.ln());
+    let (lbs0, lbs1) = (
+        A::new(0.0) - softplus::<A>(A::new(0.0) - gap_s),
+        A::new(0.0) - softplus::<A>(gap_s),
+    );
+    let gap_t = ty * k - (mt * k + st.ln());
+    let (lbt0, lbt1) = (
+        A::new(0.0) - softplus::<A>(A::new(0.0) - gap_t),
+        A::new(0.0) - softplus::<A>(gap_t),
+    );
 
     let log_ratio = (ss / st).ln();
     let nckd = k * gap / st + log_ratio;
@@ -358,16 +369,21 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
 
     let (a, b) = (A::new(1.0) / ss, A::new(1.0) / st);
     if keep_s {
-        // TCKD: p̂ₛⱼ (bₛ₁ − b*₁)/T off the target; NCKD: (p̂ₛⱼ − p̂ₜⱼ)/T
-        let fs = wt * k * (bs1 - bj1) * a + wn * k * a;
-        let ft = wn * k * b;
+        // bₛ₀ − b*₀ = b*₁ − bₛ₁, from the side where both are small
+        let mut d = bs0 - bj0;
+        if bs0 + bj0 > A::new(1.0) {
+            d = bj1 - bs1;
+        }
+        // NCKD: (p̂ₛⱼ − p̂ₜⱼ)/T first (0 where both are 1), then TCKD: −p̂ₛⱼ d/T off the
+        // target, d/T at it
+        let (ns, nt, ts) = (wn * k * a, wn * k * b, wt * k * d * a);
         let mut j = unit;
         while j < c {
-            let mut g = wt * k * (bs0 - bj0);
+            let mut g = wt * k * d;
             if j != y {
                 let es = A::exp(k * (A::cast_from(s[base + j]) - ms));
                 let et = A::exp(k * (A::cast_from(t[base + j]) - mt));
-                g = es * fs - et * ft;
+                g = (es * ns - et * nt) - es * ts;
             }
             gs[base + j] = F::cast_from(g);
             j += block;

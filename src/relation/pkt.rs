@@ -3,6 +3,7 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
+use crate::math::exact_row_norms;
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// PKT's loss between student and teacher rows `[N, D]` (any widths): the mean over the `N²`
@@ -14,9 +15,8 @@ pub fn pkt_loss(student: Tensor<2>, teacher: Tensor<2>, eps: f64) -> Tensor<1> {
 
 /// Each row's cosine similarities to the batch, mapped to [0, 1] and normalised.
 fn distribution(x: Tensor<2>, eps: f64) -> Tensor<2> {
-    // ‖x‖ as sqrt(max(‖x‖², tiny)): the reference's value, a finite gradient at 0
-    let norm = x.clone().square().sum_dim(1).clamp_min(1e-30).sqrt();
-    let x = x / (norm + eps);
+    // the reference's ‖x‖, with the subgradient 0 where a row is all zero (its `sqrt` gives NaN)
+    let x = x.clone() / (exact_row_norms(x) + eps);
     let k = (x.clone().matmul(x.transpose()) + 1.0) * 0.5;
     k.clone() / k.sum_dim(1)
 }
@@ -53,7 +53,8 @@ impl PktConfig {
 /// ```
 ///
 /// as mdistiller's `pkt_loss` (mean over the `N²` entries, `N ≥ 2`). An all-zero row gives a
-/// finite loss and gradient here (the reference's `sqrt` at 0 gives NaN gradients).
+/// finite loss and gradient here: the norm's subgradient 0 there, so the row's gradient is
+/// exactly `∂L/∂x̂ / ε` (the reference's `sqrt` at 0 gives NaN gradients).
 #[derive(Debug, Clone)]
 pub struct Pkt {
     feature: String,

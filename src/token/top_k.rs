@@ -7,7 +7,7 @@ use burn::tensor::{Bool, Tensor};
 use super::forward_kl::forward_kl_elements;
 use super::tokens::TokenReduction;
 use crate::check::{check_positive, check_temperature};
-use crate::math::{Temperature, log_add_exp, logsumexp};
+use crate::math::{Temperature, log_add_exp, log1mexp, logsumexp};
 use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// The divergence [`TopK`] takes between the sparse teacher and the student.
@@ -36,6 +36,16 @@ pub enum MissingMass {
     SymmetricUniform,
 }
 
+/// What a sparse teacher's values are (DistillKit's `log_values`).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum SparseValues {
+    /// Log-probabilities over the whole vocabulary: the top k's mass may fall short of 1.
+    LogProbs,
+    /// Raw logits of the top-k tokens: the teacher is their softmax over the k, and nothing is
+    /// known of the rest (only [`MissingMass::Zero`] applies).
+    Logits,
+}
+
 /// Configuration of [`TopK`].
 #[derive(Config, Debug)]
 pub struct TopKConfig {
@@ -45,6 +55,9 @@ pub struct TopKConfig {
     /// What the teacher's missing mass becomes.
     #[config(default = "MissingMass::Zero")]
     pub missing: MissingMass,
+    /// What the sparse teacher's values are.
+    #[config(default = "SparseValues::LogProbs")]
+    pub values: SparseValues,
     /// The distillation temperature `T` (> 0): the student's logits are divided by it, the
     /// teacher's stored log-probabilities re-tempered from `generation_temperature` to it.
     #[config(default = 1.0)]
@@ -60,7 +73,9 @@ pub struct TopKConfig {
     pub reduction: TokenReduction,
     /// The smallest missing mass: a top-k sum is clamped to `1 − eps` before the missing
     /// bucket's log (DistillKit's 1e-6), so a teacher whose top k hold all the mass in its
-    /// precision gets a finite bucket.
+    /// precision gets a finite bucket. Any `eps` in `[f32::MIN_POSITIVE, 0.5)` survives the
+    /// computation's float type (f32 or f64: the bucket is `log(−expm1(·))` of the clamped log
+    /// mass, exact where `1 − eps` rounds to 1).
     #[config(default = 1e-6)]
     pub eps: f64,
 }
@@ -79,8 +94,21 @@ impl TopKConfig {
         if let TokenReduction::Global(n) = self.reduction {
             check_positive(TopK::NAME, "reduction (Global count)", n)?;
         }
-        if !(self.eps > 0.0 && self.eps < 0.5) {
-            return Err(DistillError::config(TopK::NAME, "eps", self.eps, "must be in (0, 0.5)"));
+        if self.values == SparseValues::Logits && self.missing != MissingMass::Zero {
+            return Err(DistillError::config(
+                TopK::NAME,
+                "missing",
+                format!("{:?}", self.missing),
+                "a teacher given as top-k logits has no known missing mass: use Zero",
+            ));
+        }
+        if !(self.eps >= f32::MIN_POSITIVE as f64 && self.eps < 0.5) {
+            return Err(DistillError::config(
+                TopK::NAME,
+                "eps",
+                self.eps,
+                "must be in [1.2e-38, 0.5) (a smaller mass underflows in float32)",
+            ));
         }
         Ok(TopK {
             config: TopKConfig {
@@ -92,14 +120,14 @@ impl TopKConfig {
     }
 }
 
-/// `log(1 − exp x)` for `x ≤ log(1 − eps)` (the log of a missing mass from the log of the mass
-/// present), clamped so the mass is at least `eps`.
+/// The log of the missing mass `1 − eˣ` from the log `x` of the mass present, at least `eps`.
 fn log_one_minus_exp(x: Tensor<2>, eps: f64) -> Tensor<2> {
-    (-(x.clamp_max((1.0 - eps).ln()).exp())).log1p()
+    log1mexp(x.clamp_max((-eps).ln_1p()))
 }
 
-/// The teacher's stored top-k log-probabilities `[N, k]` re-tempered by `α = gT / T` and
-/// normalised over the top k (`Zero`) or with the leftover mass (`SymmetricUniform`).
+/// The teacher's stored top-k log-probabilities (or logits) `[N, k]` re-tempered by
+/// `α = gT / T` and normalised over the top k (`Zero`: logits and log-probabilities alike) or
+/// with the leftover mass (`SymmetricUniform`).
 pub fn retemper(log_probs: Tensor<2>, alpha: f64, missing: MissingMass, eps: f64) -> Tensor<2> {
     match (missing, alpha == 1.0) {
         (MissingMass::SymmetricUniform, true) => log_probs,
@@ -165,8 +193,8 @@ pub fn top_k_rows(
 
 /// Distillation from a sparse teacher (DistillKit's offline top-k signal, ~300 bytes a token
 /// at k = 64 instead of the whole vocabulary): the teacher is given as the ids of its top-k
-/// tokens and their log-probabilities ([`DistillInput::sparse_teacher`]), the student as its
-/// full logits `[N, V]`. With `q = softmax(z_s / T)` gathered at the ids and the teacher's
+/// tokens and their log-probabilities, or their logits ([`SparseValues`];
+/// [`DistillInput::sparse_teacher`]), the student as its full logits `[N, V]`. With `q = softmax(z_s / T)` gathered at the ids and the teacher's
 /// log-probabilities re-tempered from the generation temperature to `T`:
 ///
 /// - [`MissingMass::Zero`]: the teacher renormalised over its top k and 0 elsewhere; the
@@ -221,5 +249,54 @@ impl Loss for TopK {
                 false => total,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, Device, Int};
+
+    #[test]
+    fn logits_need_zero_missing_mass_and_eps_must_survive_f32() {
+        let logits = TopKConfig::new()
+            .with_values(SparseValues::Logits)
+            .with_missing(MissingMass::SymmetricUniform);
+        assert!(matches!(
+            logits.init().unwrap_err(),
+            DistillError::InvalidConfig { ref field, .. } if field == "missing"
+        ));
+        let tiny = TopKConfig::new().with_eps(1e-40);
+        assert!(matches!(
+            tiny.init().unwrap_err(),
+            DistillError::InvalidConfig { ref field, .. } if field == "eps"
+        ));
+    }
+
+    /// A float32 teacher whose top k hold all its mass: with `eps = 1e-8` (which `1 − eps`
+    /// rounds away in f32) the missing bucket is `ln 1e-8`, and the loss finite.
+    #[test]
+    fn a_full_top_k_in_f32_with_eps_1e8_is_finite() {
+        let dev = Device::flex();
+        let f32 = |x: Vec<f64>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(x, shape), (&dev, DType::F32))
+        };
+        let s = f32(vec![3.0, 1.0, 0.0, -1.0], [1, 4]);
+        let ids = Tensor::<2, Int>::from_ints([[0, 1]], &dev);
+        let lp = f32(vec![0.0, -200.0], [1, 2]);
+        let loss = TopKConfig::new()
+            .with_missing(MissingMass::SymmetricUniform)
+            .with_eps(1e-8)
+            .init()
+            .unwrap()
+            .forward(&DistillInput::student(s).sparse_teacher(ids, lp))
+            .unwrap()
+            .value();
+        // q = softmax(s) at the ids, the student's rest as its own bucket; the teacher is
+        // [1, e⁻²⁰⁰, 1e-8]: KL = −log q₀ + 1e-8·(ln 1e-8 − ln q_rest), to f32's precision
+        let z: f64 = [3.0f64, 1.0, 0.0, -1.0].iter().map(|v| v.exp()).sum();
+        let (q0, rest) = (3f64.exp() / z, (1f64.exp() + 1.0 + (-1f64).exp()) / z - 1f64.exp() / z);
+        let want = -q0.ln() + 1e-8 * (1e-8f64.ln() - rest.ln());
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
     }
 }

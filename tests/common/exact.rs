@@ -227,3 +227,122 @@ pub fn token(
     let scale = if t_squared { temp * temp } else { 1.0 };
     scale * total / divide(valid)
 }
+
+/// PKT's distribution of rows `x` (`d` per row): `x̂ = x / (‖x‖ + ε)` (‖x‖ exactly 0 on an
+/// all-zero row), `K = (x̂x̂ᵀ + 1)/2`, `P = K / rowsum K`; returns `(x̂, P, rowsum K)`.
+fn pkt_distribution(x: &[f64], d: usize, eps: f64) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) {
+    let hat: Vec<Vec<f64>> = x
+        .chunks(d)
+        .map(|r| {
+            let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+            r.iter().map(|v| v / (norm + eps)).collect()
+        })
+        .collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let k: Vec<Vec<f64>> = hat
+        .iter()
+        .map(|a| hat.iter().map(|b| (dot(a, b) + 1.0) / 2.0).collect())
+        .collect();
+    let sums: Vec<f64> = k.iter().map(|r| r.iter().sum()).collect();
+    let p = k
+        .iter()
+        .zip(&sums)
+        .map(|(r, s)| r.iter().map(|v| v / s).collect())
+        .collect();
+    (hat, p, sums)
+}
+
+/// The gradient of mdistiller's `pkt_loss` with respect to the student rows `s` (`ds` per row;
+/// the teacher rows `t`, `dt` per row), in closed form: `∂L/∂Pˢ = −Pᵗ / (N² (Pˢ + ε))`, through
+/// the row normalisation, the cosine kernel and `x̂ = x / (‖x‖ + ε)`, whose Jacobian on an
+/// all-zero row is `I / ε` (the norm's subgradient 0 there).
+pub fn pkt_student_grad(s: &[f64], ds: usize, t: &[f64], dt: usize, eps: f64) -> Vec<f64> {
+    let (hat, ps, sums) = pkt_distribution(s, ds, eps);
+    let (_, pt, _) = pkt_distribution(t, dt, eps);
+    let n = hat.len();
+    let scale = 1.0 / (n * n) as f64;
+    // ∂L/∂K, row by row through P = K / rowsum K
+    let h: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            let g: Vec<f64> = (0..n)
+                .map(|j| -scale * pt[i][j] / (ps[i][j] + eps))
+                .collect();
+            let mean = (0..n).map(|j| g[j] * ps[i][j]).sum::<f64>();
+            g.iter().map(|gj| (gj - mean) / sums[i]).collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(s.len());
+    for (i, row) in s.chunks(ds).enumerate() {
+        // ∂L/∂x̂ᵢ = ½ Σⱼ (Hᵢⱼ + Hⱼᵢ) x̂ⱼ
+        let gh: Vec<f64> = (0..ds)
+            .map(|k| (0..n).map(|j| 0.5 * (h[i][j] + h[j][i]) * hat[j][k]).sum())
+            .collect();
+        let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let along = row.iter().zip(&gh).map(|(x, g)| x * g).sum::<f64>();
+        for (x, g) in row.iter().zip(&gh) {
+            let radial = match norm > 0.0 {
+                true => x * along / (norm * (norm + eps) * (norm + eps)),
+                false => 0.0,
+            };
+            out.push(g / (norm + eps) - radial);
+        }
+    }
+    out
+}
+
+/// DistillKit's sparse forward KL: student logits `s` (`v` per row) at temperature `temp`
+/// against the teacher's top-k ids and log-probabilities (`k` per row), re-tempered by
+/// `alpha = gT / T`; with `symmetric`, both sides get a bucket of their missing mass (at least
+/// `eps`), else the teacher is renormalised over its k. `T² ·` the sum over the rows `mask`
+/// admits, over their number (0 when none is).
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_kl(
+    s: &[f64],
+    v: usize,
+    ids: &[f64],
+    lp: &[f64],
+    k: usize,
+    mask: Option<&[bool]>,
+    [temp, alpha]: [f64; 2],
+    symmetric: bool,
+    eps: f64,
+) -> f64 {
+    let bucket = |log_mass: &[f64]| {
+        (1.0 - log_mass.iter().map(|x| x.exp()).sum::<f64>())
+            .max(eps)
+            .ln()
+    };
+    let (mut total, mut valid) = (0.0, 0usize);
+    for (row, (z, (id, lp))) in rows(s, v, temp)
+        .iter()
+        .zip(ids.chunks(k).zip(lp.chunks(k)))
+        .enumerate()
+    {
+        if mask.is_some_and(|m| !m[row]) {
+            continue;
+        }
+        valid += 1;
+        let ls = log_softmax(z);
+        let q: Vec<f64> = id.iter().map(|&i| ls[i as usize]).collect();
+        let scaled: Vec<f64> = lp.iter().map(|x| x * alpha).collect();
+        let a: Vec<f64> = match (symmetric, alpha == 1.0) {
+            (true, true) => lp.to_vec(),
+            (true, false) => {
+                let mut all = scaled.clone();
+                all.push(bucket(lp) * alpha);
+                let z = lse(&all, |_| true);
+                scaled.iter().map(|x| x - z).collect()
+            }
+            (false, _) => log_softmax(&scaled),
+        };
+        total += kl(&a, &q);
+        if symmetric {
+            let (tb, sb) = (bucket(&a), bucket(&q));
+            total += tb.exp() * (tb - sb);
+        }
+    }
+    match valid {
+        0 => 0.0,
+        n => total * temp * temp / n as f64,
+    }
+}
