@@ -50,8 +50,9 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::error::DistillError;
 use crate::file::{TRUNCATED, commit, open_error, partial_path, read_header};
-use crate::{DistillError, Feature, Outputs};
+use crate::input::{Feature, Outputs};
 
 const MAGIC: &[u8; 8] = b"BDTCACH1";
 const FOOTER: &[u8; 8] = b"BDTCEND1";

@@ -1,7 +1,7 @@
 //! Validation of configuration values, in one place: every objective's `init` checks its fields
 //! with these, so a rule and its message are written once.
 
-use crate::DistillError;
+use crate::error::DistillError;
 
 /// The temperatures the arithmetic carries: `z/T` and `T²` stay far inside f32 for logits up
 /// to 1e4 (the tested range) over `[1e-3, 1e3]`, which holds every temperature in use.

@@ -5,7 +5,9 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
 use crate::check::check_fraction;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// Per-sample cross-entropy `[N]` of logits `[N, C]` against class indices `[N]`, with label
 /// smoothing `smoothing` (no input checks: see [`CrossEntropy`] for the checked form).
@@ -54,7 +56,7 @@ pub struct CrossEntropy {
     smoothing: f64,
 }
 
-crate::objective!(CrossEntropy, "ce");
+crate::loss::objective!(CrossEntropy, "ce");
 
 impl CrossEntropy {
     /// Cross-entropy without smoothing (the default config's objective), for the crate's own

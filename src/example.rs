@@ -3,8 +3,8 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use crate::input::{DistillInput, Feature, Progress};
 use crate::token::{LmHead, LmHeads, TeacherHead};
-use crate::{DistillInput, Feature, Progress};
 
 /// [`example_input`]'s input and its tracked leaves (name and tensor), whose gradients a
 /// suite compares.
@@ -35,7 +35,7 @@ fn data<const D: usize>(shape: [usize; D], seed: u64, scale: f64) -> TensorData 
 }
 
 /// A batch of 6 rows (5 classes) on `device` in `dtype` that every objective with an
-/// [`Entry::example`](crate::Entry::example) reads: student and teacher logits, targets, a
+/// [`Descriptor::example`](crate::Descriptor::example) reads: student and teacher logits, targets, a
 /// guide, feature taps `feature` (maps), `embedding` and `paired` (equal maps), dataset indices, a sparse top-2
 /// teacher, the student's lm-head ([`LmHeads`], over the `embedding` tap) and progress; the
 /// teacher is attached, so every gradient is there to compare. The same numbers on every

@@ -58,6 +58,7 @@ mod example;
 mod file;
 mod input;
 mod loss;
+mod registry;
 mod schedule;
 
 pub mod cache;
@@ -77,16 +78,17 @@ pub use cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_samp
 pub use error::DistillError;
 pub use example::{ExampleInput, example_input, example_input_shifted};
 pub use input::{Checked, DistillInput, Distillable, Extension, Feature, Outputs, Progress, Views};
-pub(crate) use loss::Divergence;
 pub use loss::{
-    Entry, Example, Finite, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered,
-    TokenKernel, Weighted,
+    Finite, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered, TokenKernel,
+    Weighted,
 };
+pub use registry::{Descriptor, Example};
 pub use schedule::Schedule;
 
-/// Every objective of the crate, family by family: the catalog the method tables in the README,
-/// these docs and `docs/index.md` are generated from (`tests/catalog.rs` keeps them in step).
-pub fn objectives() -> Vec<Entry> {
+/// Every objective of the crate, family by family and file by file: the registry the method
+/// tables in the README, these docs and `docs/index.md` are generated from (`tests/catalog.rs`
+/// keeps them in step), and that the test suites run.
+pub fn objectives() -> Vec<Descriptor> {
     [
         logit::OBJECTIVES,
         curriculum::OBJECTIVES,
@@ -97,6 +99,7 @@ pub fn objectives() -> Vec<Entry> {
         token::OBJECTIVES,
         pipeline::OBJECTIVES,
     ]
+    .concat()
     .concat()
 }
 

@@ -6,9 +6,10 @@ use std::ops::Add;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use crate::Schedule;
+use crate::error::DistillError;
+use crate::input::DistillInput;
 use crate::math::Temperature;
-use crate::{DistillError, DistillInput};
+use crate::schedule::Schedule;
 
 /// How per-element losses become the total.
 ///
@@ -405,9 +406,7 @@ impl<R: Loss + 'static> Add<R> for LossSum {
 
 /// Gives an objective type its one name, `NAME` (which its [`Loss::name`] returns and its
 /// terms and errors carry), and `+` with any other objective. Every objective file invokes it
-/// once: `objective!(Kd, "kd");`, or `objective!(Paced<L>, "paced");` for a wrapper.
-#[macro_export]
-#[doc(hidden)]
+/// once: `crate::loss::objective!(Kd, "kd");`, or `…!(Paced<L>, "paced");` for a wrapper.
 macro_rules! objective {
     ($ty:ident $(<$g:ident>)?, $name:literal) => {
         impl$(<$g>)? $ty$(<$g>)? {
@@ -415,17 +414,19 @@ macro_rules! objective {
             pub const NAME: &'static str = $name;
         }
 
-        impl<$($g,)? R: $crate::Loss + 'static> ::std::ops::Add<R> for $ty$(<$g>)?
+        impl<$($g,)? R: $crate::loss::Loss + 'static> ::std::ops::Add<R> for $ty$(<$g>)?
         where
-            $ty$(<$g>)?: $crate::Loss + 'static,
+            $ty$(<$g>)?: $crate::loss::Loss + 'static,
         {
-            type Output = $crate::LossSum;
-            fn add(self, rhs: R) -> $crate::LossSum {
-                $crate::LossSum::new() + self + rhs
+            type Output = $crate::loss::LossSum;
+            fn add(self, rhs: R) -> $crate::loss::LossSum {
+                $crate::loss::LossSum::new() + self + rhs
             }
         }
     };
 }
+
+pub(crate) use objective;
 
 macro_rules! combinator_add {
     ($($ty:ty $(, $g:ident)?);*) => {$(
@@ -439,56 +440,6 @@ macro_rules! combinator_add {
 }
 
 combinator_add!(Weighted<L>, L; Named<L>, L; Finite<L>, L; Box<dyn Loss>);
-
-/// One row of the crate's catalog of objectives ([`objectives`](crate::objectives)): the items
-/// (objective types, or a constructor), the paper or reference, and the method's page under
-/// `docs/`.
-#[derive(Debug, Clone, Copy)]
-pub struct Entry {
-    /// The module the items live in, e.g. `burn_distill::logit`.
-    pub module: &'static str,
-    /// The items, e.g. `["Kd"]` or `["Paced", "TopKMask"]`.
-    pub items: &'static [&'static str],
-    /// The paper (or reference implementation) it follows.
-    pub paper: &'static str,
-    /// Its page in `docs/` (with an anchor where the page covers several methods).
-    pub doc: &'static str,
-    /// An instance that reads [`example_input`](crate::example_input) (for objectives whose
-    /// construction involves no random draw): the backend and property suites run every one.
-    pub example: Option<Example>,
-}
-
-/// Builds a catalog entry's example objective on a device.
-pub type Example = fn(&burn::tensor::Device) -> Result<Box<dyn Loss>, DistillError>;
-
-/// Declares a family module's files and registers its objectives in the catalog: the one line
-/// an objective adds to its family (see CONTRIBUTING.md).
-///
-/// ```ignore
-/// crate::family! {
-///     files: dkd, kd;
-///     "Kd" => "Hinton, Vinyals, Dean 2015", "kd.md", example: |_| Ok(KdConfig::new().init()?.boxed());
-/// }
-/// ```
-#[macro_export]
-#[doc(hidden)]
-macro_rules! family {
-    (@example) => { None };
-    (@example $example:expr) => { Some($example) };
-    (files: $($file:ident),* ;
-     $($($item:literal),+ => $paper:literal, $doc:literal $(, example: $example:expr)?;)*) => {
-        $(mod $file; pub use $file::*;)*
-
-        /// This family's rows of the catalog.
-        pub(crate) const OBJECTIVES: &[$crate::Entry] = &[$($crate::Entry {
-            module: module_path!(),
-            items: &[$($item),+],
-            paper: $paper,
-            doc: $doc,
-            example: $crate::family!(@example $($example)?),
-        }),*];
-    };
-}
 
 /// A per-token divergence that a fused kernel computes, as an objective declares it
 /// ([`Loss::token_kernel`](crate::Loss::token_kernel)): the lm-head path

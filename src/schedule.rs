@@ -1,6 +1,7 @@
 use std::f64::consts::PI;
 
-use crate::{DistillError, Progress};
+use crate::error::DistillError;
+use crate::input::Progress;
 
 /// A value as a pure function of training progress.
 ///

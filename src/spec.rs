@@ -58,12 +58,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::curriculum::{CtkdConfig, Paced, PacedConfig, TopKMask, TopKMaskConfig};
+use crate::error::DistillError;
 use crate::feature::*;
 use crate::logit::*;
+use crate::loss::{Loss, LossExt, LossSum};
 use crate::pipeline::{Dgkd, DgkdConfig};
 use crate::relation::*;
+use crate::schedule::Schedule;
 use crate::token::*;
-use crate::{DistillError, Loss, LossExt, LossSum, Schedule};
 
 /// A loss: the sum of its terms, optionally preceded by an initialisation stage (see
 /// [`LossExt::then_after`]). The file form has a `[[loss]]` table per term and an optional

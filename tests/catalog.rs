@@ -102,8 +102,11 @@ fn every_objective_is_in_the_catalog() {
     let mut missing = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
-        for line in text.lines().filter(|l| l.starts_with("crate::objective!(")) {
-            let ty: String = line["crate::objective!(".len()..]
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("crate::loss::objective!("))
+        {
+            let ty: String = line["crate::loss::objective!(".len()..]
                 .chars()
                 .take_while(|c| c.is_alphanumeric())
                 .collect();

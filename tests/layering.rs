@@ -1,6 +1,9 @@
-//! The crate's layers, read from the `crate::` paths of its source: the core imports no family
+//! The crate's layers, read from every `crate::` path of its source: the core imports no family
 //! and no kernel, the kernels only the core, and no family imports another. Integration
-//! modules (pipelines, the prelude) may use anything. See docs/architecture.md.
+//! modules (pipelines, the loss specs, the cache) may use anything. Inside the crate every path
+//! names the defining module (`crate::loss::Loss`): a crate-root item (`crate::Loss`,
+//! `crate::{…}`) or the prelude hides which layer it comes from, so only `lib.rs`, which
+//! re-exports them, may use one. See docs/architecture.md.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,6 +16,7 @@ const CORE: &[&str] = &[
     "input",
     "loss",
     "math",
+    "registry",
     "schedule",
 ];
 const KERNELS: &[&str] = &["fused"];
@@ -39,10 +43,11 @@ fn module_of(path: &Path, src: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
-/// The top-level modules named by `crate::<module>` paths in the code (comments skipped); a
-/// grouped `crate::{…}` names root re-exports, which are the core's.
-fn imports(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// What a source file's `crate::` paths name: the top-level modules, and the crate-root items
+/// (anything else after `crate::`: a re-exported type, a `{…}` group, the prelude). Comments
+/// are skipped; `$crate::` in a macro's body counts like `crate::`.
+fn imports(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut modules, mut roots) = (BTreeSet::new(), BTreeSet::new());
     for line in text.lines() {
         let code = line.trim_start();
         if code.starts_with("//") {
@@ -55,14 +60,17 @@ fn imports(text: &str) -> BTreeSet<String> {
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
-            // a module path; `crate::{..}`, `crate::Type`, `crate::function` and
-            // `crate::macro!` are root items, the core's re-exports
-            if is_module(&name) {
-                out.insert(name);
-            }
+            match is_module(&name) && name != "prelude" {
+                true => modules.insert(name),
+                false => roots.insert(if name.is_empty() {
+                    rest.chars().take(1).collect()
+                } else {
+                    name
+                }),
+            };
         }
     }
-    out
+    (modules, roots)
 }
 
 fn is_module(name: &str) -> bool {
@@ -109,9 +117,18 @@ fn layers_import_only_downwards() {
             known.iter().copied().collect()
         };
         let text = std::fs::read_to_string(path).unwrap();
-        for used in imports(&text) {
+        let (modules, roots) = imports(&text);
+        for used in modules {
             if !allowed.contains(&used.as_str()) {
                 broken.push(format!("{} ({module}) uses crate::{used}", path.display()));
+            }
+        }
+        if module != "lib" {
+            for root in roots {
+                broken.push(format!(
+                    "{} ({module}) uses the crate-root item crate::{root}: name its defining module",
+                    path.display()
+                ));
             }
         }
     }
@@ -120,8 +137,13 @@ fn layers_import_only_downwards() {
 
 #[test]
 fn the_reader_sees_imports() {
-    // the checker itself: a family path is found, comments and root re-exports are not
-    let text = "use crate::logit::Kd;\n/// [`x`](crate::meta::X)\nuse crate::{Loss, DistillInput};\nlet x = crate::math::eye(3);\ncrate::objective!(X, \"x\");";
-    let got: Vec<String> = imports(text).into_iter().collect();
-    assert_eq!(got, ["logit", "math"]);
+    // the checker itself: modules and root items are told apart, comments are skipped
+    let text = "use crate::logit::Kd;\n/// [`x`](crate::meta::X)\nuse crate::{Loss, DistillInput};\n\
+                let x = crate::math::eye(3);\ncrate::loss::objective!(X, \"x\");\n\
+                use crate::prelude::*;\nimpl $crate::DistillError {}";
+    let (modules, roots) = imports(text);
+    let modules: Vec<String> = modules.into_iter().collect();
+    let roots: Vec<String> = roots.into_iter().collect();
+    assert_eq!(modules, ["logit", "loss", "math"]);
+    assert_eq!(roots, ["DistillError", "prelude", "{"]);
 }

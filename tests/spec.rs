@@ -121,7 +121,10 @@ fn every_objective_is_a_method() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                for line in text.lines().filter(|l| l.starts_with("crate::objective!(")) {
+                for line in text
+                    .lines()
+                    .filter(|l| l.starts_with("crate::loss::objective!("))
+                {
                     names.push(line.split('"').nth(1).unwrap().to_string());
                 }
             }

@@ -1,11 +1,14 @@
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
-use crate::Schedule;
 use crate::check::check_non_negative;
+use crate::error::DistillError;
+use crate::input::{DistillInput, Progress};
+use crate::loss::{Loss, LossOutput, Tempered};
 use crate::math::{Temperature, logistic};
-use crate::{DistillError, DistillInput, Loss, LossOutput, Progress, Tempered};
+use crate::schedule::Schedule;
 
 /// Configuration to create a [`Ctkd`] learnable temperature around a tempered objective.
 #[derive(Config, Debug)]
@@ -142,7 +145,7 @@ impl<L: Tempered + Clone + 'static> Ctkd<L> {
     }
 }
 
-crate::objective!(Ctkd<L>, "ctkd");
+crate::loss::objective!(Ctkd<L>, "ctkd");
 
 impl<L: Tempered + Clone + 'static> Loss for Ctkd<L> {
     fn name(&self) -> &str {
@@ -153,3 +156,12 @@ impl<L: Tempered + Clone + 'static> Loss for Ctkd<L> {
         self.inner.forward_at(input, &self.learned(input)?)
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Ctkd"],
+    paper: "Li et al., AAAI 2023, *Curriculum Temperature for KD*",
+    doc: "ctkd.md",
+    example: None,
+}];

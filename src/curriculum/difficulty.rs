@@ -2,14 +2,18 @@
 //! goes on. Both wrap any objective and feed it a smaller input: easy samples first
 //! ([`Paced`]), a few informative non-target classes first ([`TopKMask`]).
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-use crate::Schedule;
-use crate::cross_entropy_per_sample;
+use crate::cross_entropy::cross_entropy_per_sample;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::target_mask;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::schedule::Schedule;
 
 /// A linear ramp of a fraction in (0, 1], from `start` to `end` over `epochs` (0: the run).
 fn fraction_ramp(
@@ -119,7 +123,7 @@ impl<L: Loss> Paced<L> {
     }
 }
 
-crate::objective!(Paced<L>, "paced");
+crate::loss::objective!(Paced<L>, "paced");
 
 impl<L: Loss> Loss for Paced<L> {
     fn name(&self) -> &str {
@@ -194,7 +198,7 @@ impl<L: Loss> TopKMask<L> {
     }
 }
 
-crate::objective!(TopKMask<L>, "top_k_mask");
+crate::loss::objective!(TopKMask<L>, "top_k_mask");
 
 impl<L: Loss> Loss for TopKMask<L> {
     fn name(&self) -> &str {
@@ -221,3 +225,28 @@ impl<L: Loss> Loss for TopKMask<L> {
         self.inner.forward(&cut)
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[
+    Descriptor {
+        module: super::MODULE,
+        items: &["Paced"],
+        paper: "a difficulty curriculum over samples (easy first)",
+        doc: "curriculum.md#difficulty-curricula",
+        example: Some(|_| {
+            Ok(PacedConfig::new()
+                .init(crate::cross_entropy::CrossEntropyConfig::new().init()?)?
+                .boxed())
+        }),
+    },
+    Descriptor {
+        module: super::MODULE,
+        items: &["TopKMask"],
+        paper: "a curriculum over classes (DeepKD's dynamic top-k mask)",
+        doc: "curriculum.md#difficulty-curricula",
+        example: Some(|_| {
+            let ce = crate::cross_entropy::CrossEntropyConfig::new().init()?;
+            Ok(TopKMaskConfig::new().with_start(0.5).init(ce)?.boxed())
+        }),
+    },
+];

@@ -1,23 +1,31 @@
 //! Curriculum distillation: values that follow training progress, and a learned temperature.
 //!
 //! A [`Schedule`] turns a [`Progress`](crate::Progress) into a number. Objectives use them for
-//! warm-ups (DKD), and [`LossExt::weighted_by`] weights any
+//! warm-ups (DKD), and [`LossExt::weighted_by`](crate::LossExt::weighted_by) weights any
 //! objective by one. [`Ctkd`] learns a global temperature adversarially. [`Paced`] admits
 //! harder samples and [`TopKMask`] more non-target classes as training goes on.
 
-pub use crate::Schedule;
+pub use crate::schedule::Schedule;
 
-use crate::LossExt;
+use crate::registry::Descriptor;
 
-crate::family! {
-    files: ctkd, difficulty;
-    "Ctkd" => "Li et al., AAAI 2023, *Curriculum Temperature for KD*", "ctkd.md";
-    "Schedule" => "warm-ups and ramps for any weight", "curriculum.md";
-    "Paced" => "a difficulty curriculum over samples (easy first)", "curriculum.md#difficulty-curricula",
-        example: |_| Ok(PacedConfig::new().init(crate::CrossEntropyConfig::new().init()?)?.boxed());
-    "TopKMask" => "a curriculum over classes (DeepKD's dynamic top-k mask)", "curriculum.md#difficulty-curricula",
-        example: |_| {
-            let ce = crate::CrossEntropyConfig::new().init()?;
-            Ok(TopKMaskConfig::new().with_start(0.5).init(ce)?.boxed())
-        };
-}
+mod ctkd;
+mod difficulty;
+
+pub use ctkd::{Ctkd, CtkdConfig};
+pub use difficulty::{Difficulty, Paced, PacedConfig, TopKMask, TopKMaskConfig};
+
+/// The catalog rows of the core items this family re-exports.
+const OWN: &[Descriptor] = &[Descriptor {
+    module: MODULE,
+    items: &["Schedule"],
+    paper: "warm-ups and ramps for any weight",
+    doc: "curriculum.md",
+    example: None,
+}];
+
+/// This family's module path, as its objectives' descriptors name it.
+pub(crate) const MODULE: &str = module_path!();
+
+/// This family's descriptors, file by file, in the order of the method tables.
+pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[ctkd::DESCRIPTORS, OWN, difficulty::DESCRIPTORS];

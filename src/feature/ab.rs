@@ -1,5 +1,6 @@
 //! AB: distillation of the activation boundaries formed by hidden neurons.
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -7,7 +8,9 @@ use burn::tensor::{Device, Tensor};
 use super::hint::ConvReg;
 use super::maps::{configured_maps, halving_weight, sum_stages};
 use crate::check::{check_non_negative, check_positive};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// AB's alternative L2 (RepDistiller's `criterion_alternative_l2`) between a student
 /// pre-activation `s` (already through its connector) and the teacher's `t`, summed over every
@@ -24,7 +27,9 @@ pub fn activation_boundary(s: Tensor<4>, t: Tensor<4>, margin: f64) -> Tensor<1>
     let below = s.clone().greater_elem(-margin).bool_and(off);
     let above = s.clone().lower_equal_elem(margin).bool_and(on);
     let zero = s.zeros_like();
-    let pull_down = (s.clone() + margin).square().mask_where(below.bool_not(), zero.clone());
+    let pull_down = (s.clone() + margin)
+        .square()
+        .mask_where(below.bool_not(), zero.clone());
     let pull_up = (s - margin).square().mask_where(above.bool_not(), zero);
     (pull_down + pull_up).sum()
 }
@@ -53,8 +58,7 @@ impl AbConfig {
         check_positive(Ab::NAME, "margin", self.margin)?;
         check_non_negative(Ab::NAME, "weight", self.weight)?;
         crate::check::check_taps(Ab::NAME, &self.features, &[])?;
-        if self.student.len() != self.features.len() || self.teacher.len() != self.features.len()
-        {
+        if self.student.len() != self.features.len() || self.teacher.len() != self.features.len() {
             return Err(DistillError::config(
                 Ab::NAME,
                 "student/teacher",
@@ -102,7 +106,7 @@ pub struct Ab {
     config: AbConfig,
 }
 
-crate::objective!(Ab, "ab");
+crate::loss::objective!(Ab, "ab");
 
 impl Loss for Ab {
     fn name(&self) -> &str {
@@ -126,3 +130,12 @@ impl Loss for Ab {
         Ok(LossOutput::single(Self::NAME, total * c.weight))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Ab"],
+    paper: "Heo et al., AAAI 2019, *Distillation of Activation Boundaries Formed by Hidden Neurons*",
+    doc: "ab.md",
+    example: None,
+}];

@@ -1,10 +1,14 @@
 //! KTA's affinity term: per-channel spatial affinity matrices.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use super::maps::unit_channels;
-use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput, Reduction};
 
 /// Per sample `Σ_c ‖Aˢ_c − Aᵗ_c‖_F` with `A_c = a_c a_cᵀ / (H·W)` `[H·W, H·W]` and `a_c` channel
 /// `c` as a unit vector over the positions, `[N]` (torchdistill's `AffinityLoss` before its
@@ -67,7 +71,7 @@ pub struct Affinity {
     config: AffinityConfig,
 }
 
-crate::objective!(Affinity, "affinity");
+crate::loss::objective!(Affinity, "affinity");
 
 impl Loss for Affinity {
     fn name(&self) -> &str {
@@ -93,3 +97,17 @@ impl Loss for Affinity {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Affinity"],
+    paper: "He et al., CVPR 2019, *Knowledge Adaptation for Efficient Semantic Segmentation* (its affinity term)",
+    doc: "kta.md",
+    example: Some(|_| {
+        Ok(AffinityConfig::new()
+            .with_feature("paired".into())
+            .init()?
+            .boxed())
+    }),
+}];

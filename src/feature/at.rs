@@ -1,12 +1,16 @@
 //! AT: attention transfer.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use super::maps::{pool_to_smaller, sum_stages};
 use crate::check::{check_non_negative, check_power, check_taps};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::l2_normalize;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Configuration of [`At`]; the defaults are the paper's (p = 2, β/2 = 1000).
 #[derive(Config, Debug)]
@@ -58,7 +62,7 @@ pub fn attention_map(f: Tensor<4>, p: f64) -> Tensor<2> {
     l2_normalize(powered.mean_dim(1).flatten(1, 3), 1e-12)
 }
 
-crate::objective!(At, "at");
+crate::loss::objective!(At, "at");
 
 impl Loss for At {
     fn name(&self) -> &str {
@@ -75,3 +79,12 @@ impl Loss for At {
         Ok(LossOutput::single(At::NAME, total * self.config.weight))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["At"],
+    paper: "Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention*",
+    doc: "at.md",
+    example: Some(|_| Ok(AtConfig::new().init()?.boxed())),
+}];

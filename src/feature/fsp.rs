@@ -1,11 +1,15 @@
 //! FSP: the flow of solution procedure between consecutive stages.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use super::maps::pool_to_smaller;
 use crate::check::{check_non_negative, check_taps};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// The FSP matrix of two maps of one network, `bottom` `[N, Cb, H, W]` and `top`
 /// `[N, Ct, H', W']` (the larger pooled to the smaller): `G = top · bottomᵀ / (H·W)`,
@@ -69,7 +73,7 @@ pub struct Fsp {
     config: FspConfig,
 }
 
-crate::objective!(Fsp, "fsp");
+crate::loss::objective!(Fsp, "fsp");
 
 impl Loss for Fsp {
     fn name(&self) -> &str {
@@ -102,3 +106,16 @@ impl Loss for Fsp {
         Ok(LossOutput::single(Self::NAME, total * self.config.weight))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Fsp"],
+    paper: "Yim et al., CVPR 2017, *A Gift from Knowledge Distillation*",
+    doc: "fsp.md",
+    example: Some(|_| {
+        Ok(FspConfig::new(vec!["paired".into(), "paired".into()])
+            .init()?
+            .boxed())
+    }),
+}];

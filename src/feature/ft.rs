@@ -1,5 +1,6 @@
 //! FT: factor transfer through a paraphraser (teacher) and a translator (student).
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
@@ -9,7 +10,9 @@ use burn::tensor::{Device, Tensor};
 use super::at::attention_map;
 use super::maps::pool_to_smaller;
 use crate::check::{check_non_negative, check_positive, check_power};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// FT's factor loss between two factor maps `[N, C, H, W]` (RepDistiller's
 /// `FactorTransfer.factor_loss`): each factor is `normalize(mean_c |F|^p₁)` flattened, the
@@ -141,8 +144,8 @@ impl FtConfig {
         check_power(Ft::NAME, "p1", self.p1)?;
         check_power(Ft::NAME, "p2", self.p2)?;
         check_non_negative(Ft::NAME, "weight", self.weight)?;
-        let factor = (self.teacher_channels as f64 * check_positive(Ft::NAME, "rate", self.rate)?)
-            as usize;
+        let factor =
+            (self.teacher_channels as f64 * check_positive(Ft::NAME, "rate", self.rate)?) as usize;
         if self.student_channels == 0 || factor == 0 {
             return Err(DistillError::config(
                 Ft::NAME,
@@ -192,7 +195,7 @@ pub struct Ft {
     config: FtConfig,
 }
 
-crate::objective!(Ft, "ft");
+crate::loss::objective!(Ft, "ft");
 
 impl Ft {
     /// The objective with its paraphraser frozen (burn's [`Module::freeze`]: no gradients, no
@@ -232,3 +235,12 @@ impl Loss for Ft {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Ft", "Paraphraser"],
+    paper: "Kim et al., NeurIPS 2018, *Paraphrasing Complex Network: Factor Transfer*",
+    doc: "ft.md",
+    example: None,
+}];

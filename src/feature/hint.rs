@@ -1,5 +1,6 @@
 //! FitNet hints with a learnable connector.
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
@@ -8,7 +9,9 @@ use burn::tensor::{Device, Tensor};
 
 use super::maps::configured_maps;
 use crate::check::check_non_negative;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// Configuration of [`Hint`]: the student's and teacher's map shapes `[C, H, W]` at the tap.
 #[derive(Config, Debug)]
@@ -57,8 +60,8 @@ impl HintConfig {
                 config: self.clone(),
             });
         }
-        let connector = ConvReg::new(self.student, self.teacher, self.relu, device)
-            .map_err(|reason| {
+        let connector =
+            ConvReg::new(self.student, self.teacher, self.relu, device).map_err(|reason| {
                 DistillError::config(Hint::NAME, "student", format!("{:?}", self.student), reason)
             })?;
         Ok(Hint {
@@ -119,7 +122,9 @@ impl ConvReg {
         } else if hs >= ht && ws >= wt {
             Connector::Conv(Conv2dConfig::new([cs, ct], [1 + hs - ht, 1 + ws - wt]).init(device))
         } else {
-            return Err("a map smaller than the teacher's (and not half its size) has no connector");
+            return Err(
+                "a map smaller than the teacher's (and not half its size) has no connector",
+            );
         };
         Ok(Self {
             conv,
@@ -159,7 +164,7 @@ pub struct Hint {
     config: HintConfig,
 }
 
-crate::objective!(Hint, "hint");
+crate::loss::objective!(Hint, "hint");
 
 impl Loss for Hint {
     fn name(&self) -> &str {
@@ -168,7 +173,12 @@ impl Loss for Hint {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = configured_maps(&input.of(Hint::NAME).for_module(self), &c.feature, c.student, c.teacher)?;
+        let (s, t) = configured_maps(
+            &input.of(Hint::NAME).for_module(self),
+            &c.feature,
+            c.student,
+            c.teacher,
+        )?;
         let s = match &self.connector {
             Some(r) => r.forward(s),
             None => s,
@@ -179,3 +189,12 @@ impl Loss for Hint {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Hint"],
+    paper: "Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets*",
+    doc: "hint.md",
+    example: None,
+}];

@@ -1,5 +1,7 @@
 //! ICKD: inter-channel correlation.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
@@ -9,8 +11,10 @@ use burn::tensor::{Device, Tensor};
 use super::hint::{Connector, ConvReg};
 use super::maps::sum_stages;
 use crate::check::check_taps;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::l2_normalize;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// One tap of ICKD (torchdistill's `ChSimLoss.batch_loss`): each sample's channel Gram matrix
 /// `G = F Fᵀ` over the spatial positions `[N, C, C]`, every row scaled to unit length, and
@@ -104,7 +108,7 @@ pub struct Ickd {
     config: IckdConfig,
 }
 
-crate::objective!(Ickd, "ickd");
+crate::loss::objective!(Ickd, "ickd");
 
 impl Loss for Ickd {
     fn name(&self) -> &str {
@@ -132,3 +136,17 @@ impl Loss for Ickd {
         Ok(LossOutput::single(Self::NAME, total))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Ickd"],
+    paper: "Liu et al., ICCV 2021, *Inter-Channel Correlation for KD*",
+    doc: "ickd.md",
+    example: Some(|dev| {
+        Ok(IckdConfig::new()
+            .with_features(vec!["paired".into()])
+            .init(dev)?
+            .boxed())
+    }),
+}];

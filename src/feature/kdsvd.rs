@@ -1,11 +1,15 @@
 //! KDSVD: knowledge distillation with singular value decomposition.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use super::maps::sum_stages;
 use crate::check::{check_count, check_non_negative};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// The top `k` right singular vectors `[N, W, k]` and singular values `[N, k]` of each matrix
 /// of `x` `[N, R, W]`, by power iteration with deflation on `XᵀX` (`iterations` steps each).
@@ -22,10 +26,15 @@ pub fn top_singular(x: Tensor<3>, k: usize, iterations: usize) -> (Tensor<3>, Te
     let (mut vectors, mut values) = (Vec::new(), Vec::new());
     for j in 0..k {
         // a fixed start that no eigenvector is orthogonal to in general
-        let start: Vec<f64> = (0..w).map(|i| 1.0 + 0.1 * ((i * 7 + j * 3) % 11) as f64).collect();
-        let mut v = Tensor::<1>::from_data(burn::tensor::TensorData::new(start, [w]), (&device, gram.dtype()))
-            .reshape([1, w, 1])
-            .expand([n, w, 1]);
+        let start: Vec<f64> = (0..w)
+            .map(|i| 1.0 + 0.1 * ((i * 7 + j * 3) % 11) as f64)
+            .collect();
+        let mut v = Tensor::<1>::from_data(
+            burn::tensor::TensorData::new(start, [w]),
+            (&device, gram.dtype()),
+        )
+        .reshape([1, w, 1])
+        .expand([n, w, 1]);
         for _ in 0..iterations {
             let gv = gram.clone().matmul(v);
             v = gv.clone() / gv.square().sum_dim(1).sqrt().clamp_min(1e-30);
@@ -35,7 +44,10 @@ pub fn top_singular(x: Tensor<3>, k: usize, iterations: usize) -> (Tensor<3>, Te
         let sign = v.clone().gather(1, at).sign().detach();
         let sign = sign.clone().mask_fill(sign.equal_elem(0.0), 1.0);
         v = v * sign;
-        let lambda = v.clone().swap_dims(1, 2).matmul(gram.clone().matmul(v.clone()));
+        let lambda = v
+            .clone()
+            .swap_dims(1, 2)
+            .matmul(gram.clone().matmul(v.clone()));
         gram = gram - v.clone().matmul(v.clone().swap_dims(1, 2)) * lambda.clone();
         values.push(lambda.reshape([n, 1]).clamp_min(0.0).sqrt());
         vectors.push(v);
@@ -121,7 +133,7 @@ pub struct Kdsvd {
     config: KdsvdConfig,
 }
 
-crate::objective!(Kdsvd, "kdsvd");
+crate::loss::objective!(Kdsvd, "kdsvd");
 
 impl Loss for Kdsvd {
     fn name(&self) -> &str {
@@ -158,3 +170,16 @@ impl Loss for Kdsvd {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Kdsvd"],
+    paper: "Lee et al., ECCV 2018, *Self-supervised KD Using Singular Value Decomposition*",
+    doc: "kdsvd.md",
+    example: Some(|_| {
+        Ok(KdsvdConfig::new(vec!["feature".into(), "paired".into()])
+            .init()?
+            .boxed())
+    }),
+}];

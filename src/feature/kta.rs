@@ -1,11 +1,15 @@
 //! KTA: knowledge translation and adaptation (the feature term).
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use crate::check::check_power;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput, Reduction};
 use crate::math::p_norms;
-use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction};
 
 /// KTA's per-sample distance between flattened features `[N, D]`, each scaled to unit
 /// `q`-norm: `Σ_d |a − b|` for `p = 1` (reduce it with [`Reduction::Mean`] for
@@ -71,7 +75,7 @@ pub struct Kta {
     config: KtaConfig,
 }
 
-crate::objective!(Kta, "kta");
+crate::loss::objective!(Kta, "kta");
 
 impl Loss for Kta {
     fn name(&self) -> &str {
@@ -89,3 +93,17 @@ impl Loss for Kta {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Kta"],
+    paper: "He et al., CVPR 2019, *Knowledge Adaptation for Efficient Semantic Segmentation*",
+    doc: "kta.md",
+    example: Some(|_| {
+        Ok(KtaConfig::new()
+            .with_feature("paired".into())
+            .init()?
+            .boxed())
+    }),
+}];

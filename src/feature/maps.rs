@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::module::adaptive_avg_pool2d;
 
-use crate::DistillError;
+use crate::error::DistillError;
 use crate::math::l2_normalize;
 
 /// `(a, b)` with the map of more spatial positions average-pooled (adaptively) to the other's
@@ -53,7 +53,7 @@ pub fn sum_stages(
 /// The maps of tap `name`, after checking that the student's and teacher's `[C, H, W]` are
 /// the configured `student` and `teacher`.
 pub fn configured_maps(
-    checked: &crate::Checked,
+    checked: &crate::input::Checked,
     name: &str,
     student: [usize; 3],
     teacher: [usize; 3],
@@ -77,7 +77,7 @@ pub fn configured_maps(
 /// The maps of tap `name`, after checking that the student has `cs` channels and the teacher
 /// `ct`.
 pub fn channel_maps(
-    checked: &crate::Checked,
+    checked: &crate::input::Checked,
     name: &str,
     [cs, ct]: [usize; 2],
 ) -> Result<(Tensor<4>, Tensor<4>), DistillError> {

@@ -1,5 +1,6 @@
 //! MGD: masked generative distillation.
 
+use crate::registry::Descriptor;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::config::Config;
@@ -9,8 +10,10 @@ use burn::nn::{PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::check::check_non_negative;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::SplitMix;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Which part of the student's map MGD hides.
 #[derive(Config, Debug, PartialEq, Copy)]
@@ -200,7 +203,7 @@ impl Mgd {
     }
 }
 
-crate::objective!(Mgd, "mgd");
+crate::loss::objective!(Mgd, "mgd");
 
 impl Loss for Mgd {
     fn name(&self) -> &str {
@@ -233,3 +236,12 @@ impl Loss for Mgd {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Mgd"],
+    paper: "Yang et al., ECCV 2022, *Masked Generative Distillation*",
+    doc: "mgd.md",
+    example: None,
+}];

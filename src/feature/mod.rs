@@ -6,35 +6,66 @@
 //! Every objective here reads named feature taps (`DistillInput::feature`) holding maps
 //! `[N, C, H, W]`; a missing tap is `DistillError::MissingFeature` naming it.
 
+use crate::registry::Descriptor;
+
 mod maps;
 
-use crate::LossExt;
+mod ab;
+mod affinity;
+mod at;
+mod fsp;
+mod ft;
+mod hint;
+mod ickd;
+mod kdsvd;
+mod kta;
+mod mgd;
+mod nst;
+mod ofd;
+mod pad_l2;
+mod review_kd;
+mod sokd;
+mod srd;
+mod vid;
 
-crate::family! {
-    files: ab, affinity, at, fsp, ft, hint, ickd, kdsvd, kta, mgd, nst, ofd, pad_l2, review_kd, sokd, srd, vid;
-    "Hint" => "Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets*", "hint.md";
-    "At" => "Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention*", "at.md",
-        example: |_| Ok(AtConfig::new().init()?.boxed());
-    "Mgd" => "Yang et al., ECCV 2022, *Masked Generative Distillation*", "mgd.md";
-    "Dafa", "Augmented", "Dam" => "Shen et al. 2024, SoKD (reconstruction from the abstract)", "sokd.md",
-        example: |_| Ok(DamConfig::new().init(AtConfig::new().init()?)?.boxed());
-    "Nst" => "Huang & Wang 2017, *Like What You Like: Neuron Selectivity Transfer*", "nst.md",
-        example: |_| Ok(NstConfig::new().init()?.boxed());
-    "Ft", "Paraphraser" => "Kim et al., NeurIPS 2018, *Paraphrasing Complex Network: Factor Transfer*", "ft.md";
-    "Fsp" => "Yim et al., CVPR 2017, *A Gift from Knowledge Distillation*", "fsp.md",
-        example: |_| Ok(FspConfig::new(vec!["paired".into(), "paired".into()]).init()?.boxed());
-    "Ickd" => "Liu et al., ICCV 2021, *Inter-Channel Correlation for KD*", "ickd.md",
-        example: |dev| Ok(IckdConfig::new().with_features(vec!["paired".into()]).init(dev)?.boxed());
-    "Kta", "Affinity" => "He et al., CVPR 2019, *Knowledge Adaptation for Efficient Semantic Segmentation*", "kta.md",
-        example: |_| Ok((KtaConfig::new().with_feature("paired".into()).init()?
-            + AffinityConfig::new().with_feature("paired".into()).init()?).boxed());
-    "PadL2" => "Zhang et al., ECCV 2020, *Prime-Aware Adaptive Distillation*", "pad_l2.md";
-    "Srd" => "Miles & Mikolajczyk, AAAI 2024, *Understanding the Role of the Projector in KD*", "srd.md",
-        example: |dev| Ok(SrdConfig::new().with_feature("paired".into()).init(dev)?.boxed());
-    "Ab" => "Heo et al., AAAI 2019, *Distillation of Activation Boundaries Formed by Hidden Neurons*", "ab.md";
-    "Vid" => "Ahn et al., CVPR 2019, *Variational Information Distillation*", "vid.md";
-    "Ofd" => "Heo et al., ICCV 2019, *A Comprehensive Overhaul of Feature Distillation*", "ofd.md";
-    "ReviewKd", "Abf" => "Chen et al., CVPR 2021, *Distilling Knowledge via Knowledge Review*", "review_kd.md";
-    "Kdsvd" => "Lee et al., ECCV 2018, *Self-supervised KD Using Singular Value Decomposition*", "kdsvd.md",
-        example: |_| Ok(KdsvdConfig::new(vec!["feature".into(), "paired".into()]).init()?.boxed());
-}
+pub use ab::{Ab, AbConfig, activation_boundary};
+pub use affinity::{Affinity, AffinityConfig, affinity_per_sample};
+pub use at::{At, AtConfig, attention_map};
+pub use fsp::{Fsp, FspConfig, fsp_matrix};
+pub use ft::{ConvStack, Ft, FtConfig, Paraphraser, factor_loss};
+pub use hint::{Connector, ConvReg, Hint, HintConfig};
+pub use ickd::{Ickd, IckdConfig, channel_similarity};
+pub use kdsvd::{Kdsvd, KdsvdConfig, align_vectors, top_singular};
+pub use kta::{Kta, KtaConfig, kta_per_sample};
+pub use mgd::{Generator, Mgd, MgdConfig, MgdMask, MgdReduction};
+pub use nst::{Nst, NstConfig, nst_stage};
+pub use ofd::{ConvBn, Ofd, OfdConfig, ofd_margins, partial_l2};
+pub use pad_l2::{PadL2, PadL2Config, VarianceBranch, pad_l2_per_sample};
+pub use review_kd::{Abf, ConvNorm, ReviewKd, ReviewKdConfig, hcl_stage};
+pub use sokd::{Augmented, Dafa, DafaConfig, Dam, DamConfig, DamMode};
+pub use srd::{Srd, SrdConfig, SrdProjector, srd_feature};
+pub use vid::{Vid, VidConfig, VidRegressor, vid_nll};
+
+/// This family's module path, as its objectives' descriptors name it.
+pub(crate) const MODULE: &str = module_path!();
+
+/// This family's descriptors, file by file, in the order of the method tables.
+pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
+    hint::DESCRIPTORS,
+    at::DESCRIPTORS,
+    mgd::DESCRIPTORS,
+    sokd::DESCRIPTORS,
+    nst::DESCRIPTORS,
+    ft::DESCRIPTORS,
+    fsp::DESCRIPTORS,
+    ickd::DESCRIPTORS,
+    kta::DESCRIPTORS,
+    affinity::DESCRIPTORS,
+    pad_l2::DESCRIPTORS,
+    srd::DESCRIPTORS,
+    ab::DESCRIPTORS,
+    vid::DESCRIPTORS,
+    ofd::DESCRIPTORS,
+    review_kd::DESCRIPTORS,
+    kdsvd::DESCRIPTORS,
+];

@@ -1,11 +1,15 @@
 //! NST: neuron selectivity transfer.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use super::maps::{pool_to_smaller, sum_stages, unit_channels};
 use crate::check::{check_non_negative, check_taps};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// One stage of NST: the squared MMD with the polynomial kernel `k(a, b) = (aᵀb)²` between the
 /// student's and the teacher's channels, each channel a unit vector over the spatial
@@ -22,8 +26,7 @@ pub fn nst_stage(s: Tensor<4>, t: Tensor<4>) -> Tensor<1> {
     let (s, t) = pool_to_smaller(s, t);
     let (s, t) = (unit_channels(s), unit_channels(t));
     let kernel = |a: Tensor<3>, b: Tensor<3>| a.matmul(b.swap_dims(1, 2)).square().mean();
-    kernel(t.clone(), t.clone()) + kernel(s.clone(), s.clone())
-        - kernel(s, t) * 2.0
+    kernel(t.clone(), t.clone()) + kernel(s.clone(), s.clone()) - kernel(s, t) * 2.0
 }
 
 /// Configuration of [`Nst`]; the weight is mdistiller's (and RepDistiller's) 50.
@@ -68,7 +71,7 @@ pub struct Nst {
     config: NstConfig,
 }
 
-crate::objective!(Nst, "nst");
+crate::loss::objective!(Nst, "nst");
 
 impl Loss for Nst {
     fn name(&self) -> &str {
@@ -84,6 +87,15 @@ impl Loss for Nst {
     }
 }
 
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Nst"],
+    paper: "Huang & Wang 2017, *Like What You Like: Neuron Selectivity Transfer*",
+    doc: "nst.md",
+    example: Some(|_| Ok(NstConfig::new().init()?.boxed())),
+}];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,8 +104,14 @@ mod tests {
     #[test]
     fn zero_for_the_same_map_and_positive_otherwise() {
         let dev = Device::flex();
-        let f = Tensor::<4>::from_floats([[[[1.0, 2.0], [0.5, -1.0]], [[0.0, 1.0], [3.0, 1.0]]]], &dev);
-        let g = Tensor::<4>::from_floats([[[[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, -2.0]]]], &dev);
+        let f = Tensor::<4>::from_floats(
+            [[[[1.0, 2.0], [0.5, -1.0]], [[0.0, 1.0], [3.0, 1.0]]]],
+            &dev,
+        );
+        let g = Tensor::<4>::from_floats(
+            [[[[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, -2.0]]]],
+            &dev,
+        );
         let same = nst_stage(f.clone(), f.clone()).into_scalar::<f32>();
         let other = nst_stage(f, g).into_scalar::<f32>();
         assert!(same.abs() < 1e-6, "{same}");

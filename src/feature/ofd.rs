@@ -1,5 +1,6 @@
 //! OFD: a comprehensive overhaul of feature distillation.
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -9,7 +10,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::maps::{channel_maps, halving_weight, sum_stages};
 use crate::check::check_non_negative;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// OFD's margin of each channel from the teacher's batch norm before its ReLU, scale `γ` and
 /// shift `β` (mdistiller's `get_margin_from_BN`): the expectation of the pre-activation
@@ -58,7 +61,9 @@ pub fn partial_l2(s: Tensor<4>, t: Tensor<4>, margin: Tensor<1>) -> Tensor<1> {
         .bool_and(below.bool_not())
         .bool_and(t.clone().lower_equal_elem(0.0));
     let positive = t.clone().greater_elem(0.0);
-    let a = (s.clone() - m).square().mask_where(to_margin.bool_not(), zero.clone());
+    let a = (s.clone() - m)
+        .square()
+        .mask_where(to_margin.bool_not(), zero.clone());
     let d = (s - t).square();
     let b = d.clone().mask_where(between.bool_not(), zero.clone());
     let c = d.mask_where(positive.bool_not(), zero);
@@ -117,7 +122,11 @@ impl OfdConfig {
             );
         }
         if self.margins.len() != k
-            || self.margins.iter().zip(&self.channels).any(|(m, c)| m.len() != c[1])
+            || self
+                .margins
+                .iter()
+                .zip(&self.channels)
+                .any(|(m, c)| m.len() != c[1])
             || self.margins.iter().flatten().any(|m| !m.is_finite())
         {
             return bad(
@@ -179,7 +188,7 @@ pub struct Ofd {
     config: OfdConfig,
 }
 
-crate::objective!(Ofd, "ofd");
+crate::loss::objective!(Ofd, "ofd");
 
 impl Loss for Ofd {
     fn name(&self) -> &str {
@@ -205,3 +214,12 @@ impl Loss for Ofd {
         Ok(LossOutput::single(Self::NAME, total * c.weight))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Ofd"],
+    paper: "Heo et al., ICCV 2019, *A Comprehensive Overhaul of Feature Distillation*",
+    doc: "ofd.md",
+    example: None,
+}];

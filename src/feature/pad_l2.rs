@@ -1,12 +1,15 @@
 //! PAD-L2: prime-aware adaptive distillation with a learned variance per feature.
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::check::{check_count, check_positive};
-use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput, Reduction};
 
 /// PAD-L2 per sample (torchdistill's `PADL2Loss` before its reduction): the mean over the `D`
 /// features of `(t − s)² / (ε + exp v) + v`, with `v` the log-variances, all `[N, D]` → `[N]`.
@@ -95,7 +98,7 @@ pub struct PadL2 {
     config: PadL2Config,
 }
 
-crate::objective!(PadL2, "pad_l2");
+crate::loss::objective!(PadL2, "pad_l2");
 
 impl Loss for PadL2 {
     fn name(&self) -> &str {
@@ -121,3 +124,12 @@ impl Loss for PadL2 {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["PadL2"],
+    paper: "Zhang et al., ECCV 2020, *Prime-Aware Adaptive Distillation*",
+    doc: "pad_l2.md",
+    example: None,
+}];

@@ -1,5 +1,6 @@
 //! ReviewKD: attention-based fusion of the student's stages and the hierarchical context loss.
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -9,8 +10,11 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use crate::check::check_non_negative;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::logistic;
-use crate::{DistillError, DistillInput, Loss, LossOutput, Schedule};
+use crate::schedule::Schedule;
 
 /// ReviewKD's hierarchical context loss for one stage (mdistiller's `hcl_loss`): the mean
 /// squared error of the maps, plus that of their `4×4`, `2×2` and `1×1` average pools (each
@@ -153,14 +157,18 @@ impl ReviewKdConfig {
                 ));
             }
         }
-        let mid = self.max_mid_channels.min(self.student_channels[k - 1]).max(1);
+        let mid = self
+            .max_mid_channels
+            .min(self.student_channels[k - 1])
+            .max(1);
         // deepest first, as the reference reverses its list
         let abfs = (0..k)
             .rev()
             .map(|i| Abf {
                 reduce: ConvNorm::new(self.student_channels[i], mid, 1, device),
                 output: ConvNorm::new(mid, self.teacher_channels[i], 3, device),
-                attention: (i < k - 1).then(|| Conv2dConfig::new([2 * mid, 2], [1, 1]).init(device)),
+                attention: (i < k - 1)
+                    .then(|| Conv2dConfig::new([2 * mid, 2], [1, 1]).init(device)),
             })
             .collect();
         Ok(ReviewKd {
@@ -195,7 +203,7 @@ pub struct ReviewKd {
     config: ReviewKdConfig,
 }
 
-crate::objective!(ReviewKd, "review_kd");
+crate::loss::objective!(ReviewKd, "review_kd");
 
 impl Loss for ReviewKd {
     fn name(&self) -> &str {
@@ -232,3 +240,12 @@ impl Loss for ReviewKd {
         Ok(LossOutput::single(Self::NAME, total * weight))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["ReviewKd", "Abf"],
+    paper: "Chen et al., CVPR 2021, *Distilling Knowledge via Knowledge Review*",
+    doc: "review_kd.md",
+    example: None,
+}];

@@ -5,6 +5,8 @@
 //! [`MetaTeacher`](crate::meta::MetaTeacher) driving an [`Augmented`] teacher; [`Dam`]
 //! restricts the wrapped loss to the areas both networks attend to.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use std::collections::BTreeMap;
 
 use burn::config::Config;
@@ -15,12 +17,14 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::attention_map;
+use crate::error::DistillError;
+use crate::input::DistillInput;
 use crate::input::{Distillable, Feature, Outputs};
+use crate::loss::{Loss, LossOutput};
 use crate::math::SplitMix;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// The operations DAFA mixes, in the order of its mixture weights.
-pub const DAFA_OPS: [&str; 5] = [
+const DAFA_OPS: [&str; 5] = [
     "identity",
     "channel_scale",
     "noise",
@@ -97,7 +101,7 @@ impl DafaConfig {
 /// loss after a pilot step (the teacher's own weights frozen).
 #[derive(Module, Debug)]
 pub struct Dafa {
-    /// Mixture weight logits, one per operation of [`DAFA_OPS`].
+    /// Mixture weight logits, one per augmentation operation.
     pub weights: Param<Tensor<1>>,
     /// Magnitudes of the four non-identity operations.
     pub magnitudes: Param<Tensor<1>>,
@@ -305,7 +309,7 @@ impl<L> Dam<L> {
     }
 }
 
-crate::objective!(Dam<L>, "dam");
+crate::loss::objective!(Dam<L>, "dam");
 
 impl<L: Loss> Loss for Dam<L> {
     fn name(&self) -> &str {
@@ -333,3 +337,16 @@ impl<L: Loss> Loss for Dam<L> {
         self.inner.forward(&masked)
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Dafa", "Augmented", "Dam"],
+    paper: "Shen et al. 2024, SoKD (reconstruction from the abstract)",
+    doc: "sokd.md",
+    example: Some(|_| {
+        Ok(DamConfig::new()
+            .init(super::AtConfig::new().init()?)?
+            .boxed())
+    }),
+}];

@@ -1,5 +1,7 @@
 //! SRD: the simple recipe of distillation (a log feature distance plus KD).
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
@@ -7,8 +9,10 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::check::{check_count, check_positive, check_temperature};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::kl_rows;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// SRD's feature term: `2 · log Σ |fˢ − fᵗ|^e` over the whole batch (the sum floored at 1e-30:
 /// identical features give `2 log 1e-30`, not `−∞`).
@@ -92,7 +96,7 @@ pub struct Srd {
     config: SrdConfig,
 }
 
-crate::objective!(Srd, "srd");
+crate::loss::objective!(Srd, "srd");
 
 impl Loss for Srd {
     fn name(&self) -> &str {
@@ -133,3 +137,17 @@ impl Loss for Srd {
         ]))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Srd"],
+    paper: "Miles & Mikolajczyk, AAAI 2024, *Understanding the Role of the Projector in KD*",
+    doc: "srd.md",
+    example: Some(|dev| {
+        Ok(SrdConfig::new()
+            .with_feature("paired".into())
+            .init(dev)?
+            .boxed())
+    }),
+}];

@@ -1,15 +1,18 @@
 //! VID: variational information distillation.
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::Relu;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::softplus;
 use burn::tensor::{Device, Tensor};
 
 use super::maps::{channel_maps, pool_to_smaller, sum_stages};
 use crate::check::{check_non_negative, check_positive};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// VID's negative log-likelihood of the teacher's map `t` `[N, C, H, W]` under a Gaussian with
 /// mean `mean` (the regressor's output) and per-channel variance `variance` `[C]`:
@@ -107,17 +110,18 @@ impl VidConfig {
             .map(|&[cs, ct]| {
                 let cm = self.mid_channels.unwrap_or(ct);
                 VidRegressor {
-                convs: [(cs, cm), (cm, cm), (cm, ct)]
-                    .iter()
-                    .map(|&(a, b)| {
-                        Conv2dConfig::new([a, b], [1, 1])
-                            .with_bias(false)
-                            .init(device)
-                    })
-                    .collect(),
-                relu: Relu::new(),
-                log_scale: Param::from_tensor(Tensor::full([ct], alpha, device)),
-            }})
+                    convs: [(cs, cm), (cm, cm), (cm, ct)]
+                        .iter()
+                        .map(|&(a, b)| {
+                            Conv2dConfig::new([a, b], [1, 1])
+                                .with_bias(false)
+                                .init(device)
+                        })
+                        .collect(),
+                    relu: Relu::new(),
+                    log_scale: Param::from_tensor(Tensor::full([ct], alpha, device)),
+                }
+            })
             .collect();
         Ok(Vid {
             regressors,
@@ -152,7 +156,7 @@ pub struct Vid {
     config: VidConfig,
 }
 
-crate::objective!(Vid, "vid");
+crate::loss::objective!(Vid, "vid");
 
 impl Loss for Vid {
     fn name(&self) -> &str {
@@ -172,3 +176,12 @@ impl Loss for Vid {
         Ok(LossOutput::single(Self::NAME, total * c.weight))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Vid"],
+    paper: "Ahn et al., CVPR 2019, *Variational Information Distillation*",
+    doc: "vid.md",
+    example: None,
+}];

@@ -56,8 +56,8 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 pub use cpu::{exp_in_place, set_threads};
 use ops::{FusedOps, RowOps};
 
+pub(crate) use crate::loss::{Divergence, TokenKernel};
 pub(crate) use crate::math::JointTarget as Joint;
-pub(crate) use crate::{Divergence, TokenKernel};
 
 /// Whether the fused kernels serve tensors on `device` (otherwise the objectives run their
 /// composed tensor-op version): the CPU backends, and with feature `cube` (implied by `wgpu`

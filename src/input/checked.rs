@@ -4,7 +4,7 @@ use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
 use super::outputs::frozen;
 use super::{DistillInput, Feature, Progress, Views};
-use crate::DistillError;
+use crate::error::DistillError;
 
 /// A [`DistillInput`] read on behalf of one objective ([`DistillInput::of`]): each accessor
 /// checks what it returns (presence, shapes, ranges) and names the objective in its error. The
@@ -336,7 +336,11 @@ impl<'a> Checked<'a> {
 
     /// The value of `schedule` at this input's progress; a schedule that needs progress and
     /// finds none is [`DistillError::MissingInput`] saying `why` it is needed.
-    pub fn scheduled(&self, schedule: &crate::Schedule, why: &str) -> Result<f64, DistillError> {
+    pub fn scheduled(
+        &self,
+        schedule: &crate::schedule::Schedule,
+        why: &str,
+    ) -> Result<f64, DistillError> {
         let progress = match schedule.needs_progress() {
             true => Some(self.progress(why)?),
             false => None,

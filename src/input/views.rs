@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::DistillError;
+use crate::error::DistillError;
 
 /// Which rows of a batch are views of which image, and which view each is (view 0 is the
 /// un-augmented one). Multi-view objectives (DLKD's correlation) read it from the input.

@@ -1,9 +1,13 @@
 use burn::config::Config;
 
 use super::decoupled::Decoupling;
-pub use crate::math::JointTarget;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::LossExt;
+use crate::loss::{Loss, LossOutput, Tempered};
+use crate::math::JointTarget;
 use crate::math::Temperature;
-use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
+use crate::registry::Descriptor;
 
 /// Configuration to create a [`Dckd`] objective.
 #[derive(Config, Debug)]
@@ -67,7 +71,7 @@ impl DckdConfig {
 #[derive(Debug, Clone)]
 pub struct Dckd(Decoupling);
 
-crate::objective!(Dckd, "dckd");
+crate::loss::objective!(Dckd, "dckd");
 
 impl Loss for Dckd {
     fn name(&self) -> &str {
@@ -88,3 +92,12 @@ impl Tempered for Dckd {
         self.0.forward(Self::NAME, input, temperature)
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Dckd"],
+    paper: "Wang et al., PLoS One 2025 (reconstruction from the abstract)",
+    doc: "dckd.md",
+    example: Some(|_| Ok(DckdConfig::new().with_warmup_epochs(0).init()?.boxed())),
+}];

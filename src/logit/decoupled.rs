@@ -3,11 +3,13 @@
 
 use burn::tensor::{Int, Tensor};
 
-use crate::Schedule;
 use crate::check::{check_classes, check_fraction, check_non_negative, check_temperature};
+use crate::error::DistillError;
 use crate::fused;
+use crate::input::DistillInput;
+use crate::loss::LossOutput;
 use crate::math::{Decoupled, JointTarget, Temperature, kl_rows, logsumexp, target_mask};
-use crate::{DistillError, DistillInput, LossOutput};
+use crate::schedule::Schedule;
 
 /// What DKD and DCKD share: the weights α (target part) and β (non-target part), the
 /// temperature, the warm-up, the joint target-class rule, and the decoupled forward pass.

@@ -1,17 +1,24 @@
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
 use crate::check::{check_non_negative, check_temperature};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput, Tempered};
 use crate::math::{Temperature, pearson_rows};
-use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
 /// DIST's two relation losses from class distributions `[N, C]`:
 /// `[1 − meanₙ ρ(pˢₙ,:, pᵀₙ,:), 1 − mean_c ρ(pˢ:,c, pᵀ:,c)]` (inter-class, intra-class), without
 /// weights or `τ²`.
 pub fn dist_relations(ps: Tensor<2>, pt: Tensor<2>, eps: f64) -> [Tensor<1>; 2] {
     let inter = pearson_rows(ps.clone(), pt.clone(), eps).mean().neg() + 1.0;
-    let intra = pearson_rows(ps.transpose(), pt.transpose(), eps).mean().neg() + 1.0;
+    let intra = pearson_rows(ps.transpose(), pt.transpose(), eps)
+        .mean()
+        .neg()
+        + 1.0;
     [inter, intra]
 }
 
@@ -65,7 +72,7 @@ pub struct Dist {
     eps: f64,
 }
 
-crate::objective!(Dist, "dist");
+crate::loss::objective!(Dist, "dist");
 
 impl Loss for Dist {
     fn name(&self) -> &str {
@@ -100,3 +107,11 @@ impl Tempered for Dist {
     }
 }
 
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Dist"],
+    paper: "Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher*",
+    doc: "dist.md",
+    example: Some(|_| Ok(DistConfig::new().init()?.boxed())),
+}];

@@ -1,13 +1,17 @@
 //! DIST+: DIST's logit relations plus channel and spatial relations of a feature map.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
 use crate::check::{check_non_negative, check_positive, check_temperature};
+use crate::error::DistillError;
+use crate::input::DistillInput;
 use crate::logit::dist_relations;
+use crate::loss::{Loss, LossOutput};
 use crate::math::pearson_rows;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// DIST+'s channel relation of maps `[N, C, H, W]`: the mean over every `(n, h, w)` of the
 /// Pearson correlation across channels, `Σ_c ãˢ ãᵗ / (√(Σ_c ãˢ² · Σ_c ãᵗ²) + ε)` with
@@ -99,7 +103,7 @@ pub struct DistPlus {
     config: DistPlusConfig,
 }
 
-crate::objective!(DistPlus, "dist_plus");
+crate::loss::objective!(DistPlus, "dist_plus");
 
 impl Loss for DistPlus {
     fn name(&self) -> &str {
@@ -119,18 +123,31 @@ impl Loss for DistPlus {
             ));
         }
         let scale = 1.0 / c.temperature;
-        let [inter, intra] = dist_relations(
-            softmax(zs * scale, 1),
-            softmax(zt * scale, 1),
-            c.eps,
-        );
+        let [inter, intra] = dist_relations(softmax(zs * scale, 1), softmax(zt * scale, 1), c.eps);
         let tau2 = c.temperature * c.temperature;
         let name = |part: &str| format!("{}/{part}", Self::NAME);
         Ok(LossOutput::from_terms(vec![
             (name("inter"), inter * (c.beta * tau2)),
             (name("intra"), intra * (c.gamma * tau2)),
-            (name("channel"), channel_relation(fs.clone(), ft.clone(), c.eps) * c.iota),
+            (
+                name("channel"),
+                channel_relation(fs.clone(), ft.clone(), c.eps) * c.iota,
+            ),
             (name("spatial"), spatial_relation(fs, ft, c.eps) * c.kappa),
         ]))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["DistPlus"],
+    paper: "Huang et al., TPAMI 2025, *DIST+: KD From a Stronger Adaptive Teacher*",
+    doc: "dist_plus.md",
+    example: Some(|_| {
+        Ok(DistPlusConfig::new()
+            .with_feature("paired".into())
+            .init()?
+            .boxed())
+    }),
+}];

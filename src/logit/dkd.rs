@@ -1,9 +1,13 @@
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::{Int, Tensor};
 
 use super::decoupled::{Decoupling, split};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput, Tempered};
 use crate::math::{JointTarget, Temperature, kl_rows};
-use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
 /// Per-sample `(TCKD, NCKD)`, each `[N]`, without weights, `T²` or input checks: the composed
 /// tensor-op version, the reference of the fused kernel.
@@ -82,7 +86,7 @@ impl DkdConfig {
 #[derive(Debug, Clone)]
 pub struct Dkd(Decoupling);
 
-crate::objective!(Dkd, "dkd");
+crate::loss::objective!(Dkd, "dkd");
 
 impl Loss for Dkd {
     fn name(&self) -> &str {
@@ -127,3 +131,12 @@ pub fn dkd_loss(
         .attach_teacher();
     Ok(dkd.forward(&input)?.total)
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Dkd"],
+    paper: "Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation*",
+    doc: "dkd.md",
+    example: Some(|_| Ok(DkdConfig::new().with_warmup_epochs(0).init()?.boxed())),
+}];

@@ -1,3 +1,5 @@
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
@@ -5,8 +7,10 @@ use crate::check::check_temperature;
 use crate::fused;
 use burn::tensor::activation::log_softmax;
 
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput, Reduction, Tempered};
 use crate::math::{Temperature, kl_rows};
-use crate::{DistillError, DistillInput, Loss, LossOutput, Reduction, Tempered};
 
 /// Per-sample `KL(softmax(z_t/T) ‖ softmax(z_s/T))`, shape `[N]`, without `T²` and without
 /// input checks: the composed tensor-op version, the reference of the fused kernel.
@@ -82,7 +86,7 @@ impl Kd {
     }
 }
 
-crate::objective!(Kd, "kd");
+crate::loss::objective!(Kd, "kd");
 
 impl Loss for Kd {
     fn name(&self) -> &str {
@@ -140,3 +144,12 @@ pub fn kd_loss(
         .forward(&DistillInput::new(student, teacher).attach_teacher())?
         .total)
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Kd"],
+    paper: "Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network*",
+    doc: "kd.md",
+    example: Some(|_| Ok(KdConfig::new().with_temperature(2.0).init()?.boxed())),
+}];

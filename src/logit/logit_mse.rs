@@ -1,12 +1,16 @@
 //! The squared error between logits, divided by the temperature (MetaDistil's CV
 //! `MSEWithTemperature` and, at `T = 1`, its NLP `logits_mse`).
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use crate::check::check_temperature;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput, Tempered};
 use crate::math::Temperature;
-use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
 /// The mean over all `N·C` entries of `(z_s − z_t)²`, on logits already divided by the
 /// temperature.
@@ -62,7 +66,7 @@ impl Tempered for LogitMse {
     }
 }
 
-crate::objective!(LogitMse, "logit_mse");
+crate::loss::objective!(LogitMse, "logit_mse");
 
 impl Loss for LogitMse {
     fn name(&self) -> &str {
@@ -73,6 +77,15 @@ impl Loss for LogitMse {
         self.forward_at(input, &Temperature::Fixed(self.temperature))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["LogitMse"],
+    paper: "Ba & Caruana 2014; MetaDistil's `MSEWithTemperature`",
+    doc: "logit_mse.md",
+    example: Some(|_| Ok(LogitMseConfig::new().with_temperature(4.0).init()?.boxed())),
+}];
 
 #[cfg(test)]
 mod tests {

@@ -1,14 +1,18 @@
 //! MLKD: multi-level logit distillation (instance, batch and class correlations at several
 //! temperatures).
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, FloatDType, Tensor};
 
 use crate::check::{check_non_negative, check_temperature};
-use crate::cross_entropy_per_sample;
+use crate::cross_entropy::cross_entropy_per_sample;
+use crate::error::DistillError;
+use crate::input::DistillInput;
 use crate::logit::kd_per_sample;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::loss::{Loss, LossOutput};
 
 /// MLKD's instance-level term per sample: `T² · KL(softmax(zᵗ/T) ‖ softmax(zˢ/T))`, `[N]`
 /// (the reference's `kd_loss(…, reduce=False)`).
@@ -129,13 +133,16 @@ pub struct Mlkd {
     config: MlkdConfig,
 }
 
-crate::objective!(Mlkd, "mlkd");
+crate::loss::objective!(Mlkd, "mlkd");
 
 impl Mlkd {
     /// One level summed over the temperatures: each of `levels` reduced with `mask` (a scale
     /// by its fraction, or a selection of the columns).
     fn level(&self, levels: &[Tensor<2>], mask: &Tensor<1, Bool>) -> Tensor<1> {
-        let m = mask.clone().float().cast(FloatDType::from(levels[0].dtype()));
+        let m = mask
+            .clone()
+            .float()
+            .cast(FloatDType::from(levels[0].dtype()));
         let total = levels
             .iter()
             .map(|x| match self.config.reference {
@@ -182,7 +189,11 @@ impl Loss for Mlkd {
         let mut kd = self.level(&weak, &samples);
         if let Some((ss, ts)) = &strong {
             // the reference's strong term reuses the weak view from its fourth temperature on
-            let split = if self.config.reference { 3 } else { temps.len() };
+            let split = if self.config.reference {
+                3
+            } else {
+                temps.len()
+            };
             for (i, &temp) in temps.iter().enumerate() {
                 let term = match i < split {
                     true => instance(ss, ts, temp),
@@ -192,7 +203,10 @@ impl Loss for Mlkd {
             }
         }
         let per_temperature = |f: fn(Tensor<2>, Tensor<2>, f64) -> Tensor<2>| -> Vec<Tensor<2>> {
-            temps.iter().map(|&temp| f(s.clone(), t.clone(), temp)).collect()
+            temps
+                .iter()
+                .map(|&temp| f(s.clone(), t.clone(), temp))
+                .collect()
         };
         let cc = self.level(&per_temperature(class_correlation), &classes);
         let bc = self.level(&per_temperature(batch_correlation), &samples);
@@ -212,6 +226,15 @@ impl Loss for Mlkd {
         Ok(LossOutput::from_terms(terms))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Mlkd"],
+    paper: "Jin, Wang, Lin, CVPR 2023, *Multi-Level Logit Distillation*",
+    doc: "mlkd.md",
+    example: Some(|_| Ok(MlkdConfig::new().with_ce_weight(1.0).init()?.boxed())),
+}];
 
 #[cfg(test)]
 mod tests {

@@ -2,32 +2,59 @@
 //! [`Dkd`] and [`Dckd`], [`Dist`] and [`DistPlus`], multi-level [`Mlkd`], regressions on
 //! logits and probabilities ([`LogitMse`], [`ProbMse`]), and the [`Standardized`] pre-transform.
 
-pub use crate::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};
+pub use crate::cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};
+pub use crate::math::JointTarget;
+
+use crate::registry::Descriptor;
 
 mod decoupled;
 
-use crate::LossExt;
+use crate::loss::LossExt;
 
-crate::family! {
-    files: dckd, dist, dist_plus, dkd, kd, logit_mse, mlkd, prob_mse, standardized;
-    "CrossEntropy" => "the task loss (with label smoothing)", "kd.md#composing-with-the-task-loss",
-        example: |_| Ok(CrossEntropyConfig::new().init()?.boxed());
-    "Kd" => "Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network*", "kd.md",
-        example: |_| Ok(KdConfig::new().with_temperature(2.0).init()?.boxed());
-    "Dkd" => "Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation*", "dkd.md",
-        example: |_| Ok(DkdConfig::new().with_warmup_epochs(0).init()?.boxed());
-    "Dckd" => "Wang et al., PLoS One 2025 (reconstruction from the abstract)", "dckd.md",
-        example: |_| Ok(DckdConfig::new().with_warmup_epochs(0).init()?.boxed());
-    "Dist" => "Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher*", "dist.md",
-        example: |_| Ok(DistConfig::new().init()?.boxed());
-    "DistPlus" => "Huang et al., TPAMI 2025, *DIST+: KD From a Stronger Adaptive Teacher*", "dist_plus.md",
-        example: |_| Ok(DistPlusConfig::new().with_feature("paired".into()).init()?.boxed());
-    "Mlkd" => "Jin, Wang, Lin, CVPR 2023, *Multi-Level Logit Distillation*", "mlkd.md",
-        example: |_| Ok(MlkdConfig::new().with_ce_weight(1.0).init()?.boxed());
-    "Standardized" => "Sun et al., CVPR 2024, *Logit Standardization in KD*", "dist.md#logit-standardisation",
-        example: |_| Ok(Standardized::new(KdConfig::new().init()?).boxed());
-    "ProbMse" => "MetaDistil's NLP soft loss (squared error of softened probabilities)", "prob_mse.md",
-        example: |_| Ok(ProbMseConfig::new().with_temperature(2.0).init()?.boxed());
-    "LogitMse" => "Ba & Caruana 2014; MetaDistil's `MSEWithTemperature`", "logit_mse.md",
-        example: |_| Ok(LogitMseConfig::new().with_temperature(4.0).init()?.boxed());
-}
+mod dckd;
+mod dist;
+mod dist_plus;
+mod dkd;
+mod kd;
+mod logit_mse;
+mod mlkd;
+mod prob_mse;
+mod standardized;
+
+pub use dckd::{Dckd, DckdConfig};
+pub use dist::{Dist, DistConfig, dist_relations};
+pub use dist_plus::{DistPlus, DistPlusConfig, channel_relation, spatial_relation};
+pub use dkd::{Dkd, DkdConfig, dkd_loss, dkd_per_sample};
+pub use kd::{Kd, KdConfig, kd_loss, kd_per_sample};
+pub use logit_mse::{LogitMse, LogitMseConfig, logit_mse};
+pub use mlkd::{
+    Mlkd, MlkdConfig, at_most_median, batch_correlation, class_correlation, mlkd_instance,
+};
+pub use prob_mse::{ProbMse, ProbMseConfig, prob_mse};
+pub use standardized::{Standardized, standardize_rows};
+
+/// The catalog rows of the core items this family re-exports.
+const OWN: &[Descriptor] = &[Descriptor {
+    module: MODULE,
+    items: &["CrossEntropy"],
+    paper: "the task loss (with label smoothing)",
+    doc: "kd.md#composing-with-the-task-loss",
+    example: Some(|_| Ok(CrossEntropyConfig::new().init()?.boxed())),
+}];
+
+/// This family's module path, as its objectives' descriptors name it.
+pub(crate) const MODULE: &str = module_path!();
+
+/// This family's descriptors, file by file, in the order of the method tables.
+pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
+    OWN,
+    kd::DESCRIPTORS,
+    dkd::DESCRIPTORS,
+    dckd::DESCRIPTORS,
+    dist::DESCRIPTORS,
+    dist_plus::DESCRIPTORS,
+    mlkd::DESCRIPTORS,
+    standardized::DESCRIPTORS,
+    prob_mse::DESCRIPTORS,
+    logit_mse::DESCRIPTORS,
+];

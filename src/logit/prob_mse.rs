@@ -1,12 +1,16 @@
 //! The squared error between softened probabilities (MetaDistil's NLP soft loss).
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
 use crate::check::check_temperature;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput, Tempered};
 use crate::math::Temperature;
-use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
 
 /// The mean over all `N·C` entries of `(softmax(z_t) − softmax(z_s))²`, on logits already
 /// divided by the temperature.
@@ -55,7 +59,7 @@ impl Tempered for ProbMse {
     }
 }
 
-crate::objective!(ProbMse, "prob_mse");
+crate::loss::objective!(ProbMse, "prob_mse");
 
 impl Loss for ProbMse {
     fn name(&self) -> &str {
@@ -67,3 +71,11 @@ impl Loss for ProbMse {
     }
 }
 
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["ProbMse"],
+    paper: "MetaDistil's NLP soft loss (squared error of softened probabilities)",
+    doc: "prob_mse.md",
+    example: Some(|_| Ok(ProbMseConfig::new().with_temperature(2.0).init()?.boxed())),
+}];

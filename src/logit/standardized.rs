@@ -1,7 +1,11 @@
 use burn::tensor::Tensor;
 
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::LossExt;
+use crate::loss::{Loss, LossOutput, Tempered};
 use crate::math::Temperature;
-use crate::{DistillError, DistillInput, Loss, LossOutput, Tempered};
+use crate::registry::Descriptor;
 
 /// `(z − mean) / (std + eps)` over each row (unbiased std; the variance is floored at 1e-30
 /// so a constant row gets a finite gradient).
@@ -51,7 +55,7 @@ impl<L> Standardized<L> {
     }
 }
 
-crate::objective!(Standardized<L>, "standardized");
+crate::loss::objective!(Standardized<L>, "standardized");
 
 impl<L: Loss> Loss for Standardized<L> {
     fn name(&self) -> &str {
@@ -72,3 +76,12 @@ impl<L: Tempered> Tempered for Standardized<L> {
         self.inner.forward_at(&self.transform(input)?, temperature)
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Standardized"],
+    paper: "Sun et al., CVPR 2024, *Logit Standardization in KD*",
+    doc: "dist.md#logit-standardisation",
+    example: Some(|_| Ok(Standardized::new(super::KdConfig::new().init()?).boxed())),
+}];

@@ -21,8 +21,10 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Gradients, Int, Tensor};
 
+use crate::error::DistillError;
+use crate::input::{DistillInput, Progress};
 use crate::input::{Distillable, Feature, Outputs};
-use crate::{DistillError, DistillInput, Loss, Progress};
+use crate::loss::Loss;
 
 /// One labelled batch: the model input and its class-index targets.
 #[derive(Debug, Clone)]

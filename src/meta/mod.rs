@@ -6,20 +6,8 @@ mod teacher;
 pub use hypergrad::{Batch, MetaGradient};
 pub use teacher::{MetaRound, MetaTeacher, MetaTeacherConfig, MetaTeacherRecord, PilotRate};
 
-/// This family's rows of the catalog.
-pub(crate) const OBJECTIVES: &[crate::Entry] = &[
-    crate::Entry {
-        module: module_path!(),
-        items: &["MetaTeacher"],
-        paper: "Zhou, Xu, McAuley, ACL 2022, *BERT Learns to Teach* (MetaDistil)",
-        doc: "metadistil.md",
-        example: None,
-    },
-    crate::Entry {
-        module: module_path!(),
-        items: &["MetaTeacher::decoupled"],
-        paper: "Du et al. 2023, Decoupled MetaDistil (reconstruction)",
-        doc: "metadistil.md#decoupled-metadistil-reconstruction",
-        example: None,
-    },
-];
+/// This family's module path, as its descriptors name it.
+pub(crate) const MODULE: &str = module_path!();
+
+/// This family's descriptors, file by file.
+pub(crate) const OBJECTIVES: &[&[crate::registry::Descriptor]] = &[teacher::DESCRIPTORS];

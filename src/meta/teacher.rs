@@ -7,10 +7,12 @@ use burn::store::ModuleRecord;
 use burn::tensor::Tensor;
 
 use super::hypergrad::{Batch, Bilevel, MetaGradient};
-use crate::CrossEntropy;
 use crate::check::check_positive;
+use crate::cross_entropy::CrossEntropy;
+use crate::error::DistillError;
+use crate::input::{DistillInput, Progress};
 use crate::input::{Distillable, Outputs};
-use crate::{DistillError, DistillInput, Loss, LossOutput, Progress};
+use crate::loss::{Loss, LossOutput};
 
 /// The pilot step size `η`.
 #[derive(Config, Debug, PartialEq)]
@@ -480,3 +482,21 @@ fn pilot_batches<I>(next: &[Batch<I>]) -> Result<Vec<&Batch<I>>, DistillError> {
     }
     Ok(next.iter().collect())
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[crate::registry::Descriptor] = &[
+    crate::registry::Descriptor {
+        module: super::MODULE,
+        items: &["MetaTeacher"],
+        paper: "Zhou, Xu, McAuley, ACL 2022, *BERT Learns to Teach* (MetaDistil)",
+        doc: "metadistil.md",
+        example: None,
+    },
+    crate::registry::Descriptor {
+        module: super::MODULE,
+        items: &["MetaTeacher::decoupled"],
+        paper: "Du et al. 2023, Decoupled MetaDistil (reconstruction)",
+        doc: "metadistil.md#decoupled-metadistil-reconstruction",
+        example: None,
+    },
+];

@@ -1,5 +1,6 @@
 //! DOT: separate momenta for the task and the distillation gradients.
 
+use crate::registry::Descriptor;
 use std::collections::HashMap;
 
 use burn::config::Config;
@@ -8,7 +9,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 use crate::check::check_non_negative;
-use crate::{DistillError, LossOutput};
+use crate::error::DistillError;
+use crate::loss::LossOutput;
 
 /// Configuration of [`Dot`]; the defaults are the paper's (β = 0.9, δ = 0.075, task term `ce`).
 #[derive(Config, Debug)]
@@ -205,3 +207,12 @@ impl ModuleMapper for DotStep<'_> {
         })
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Dot"],
+    paper: "Zhao et al., ICCV 2023, *DOT: A Distillation-Oriented Trainer*",
+    doc: "dot.md",
+    example: None,
+}];

@@ -1,9 +1,13 @@
 //! Teaching assistants: TAKD chains and DGKD's randomly dropped guides.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::SplitMix;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// One stage of a [`Takd`] chain: a model to train and the loss that distils into it.
 pub struct Stage<M> {
@@ -139,7 +143,7 @@ impl<L> Dgkd<L> {
     }
 }
 
-crate::objective!(Dgkd<L>, "dgkd");
+crate::loss::objective!(Dgkd<L>, "dgkd");
 
 impl<L: Loss> Loss for Dgkd<L> {
     fn name(&self) -> &str {
@@ -168,3 +172,16 @@ impl<L: Loss> Loss for Dgkd<L> {
         Ok(total.expect("at least one guide is kept"))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Takd", "Dgkd"],
+    paper: "Mirzadeh et al., AAAI 2020; Son et al., ICCV 2021: teaching assistants",
+    doc: "assistants.md",
+    example: Some(|_| {
+        Ok(DgkdConfig::new()
+            .init(crate::logit::KdConfig::new().init()?)?
+            .boxed())
+    }),
+}];

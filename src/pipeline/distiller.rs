@@ -15,9 +15,11 @@ use burn::train::metric::{
 };
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 
+use crate::error::DistillError;
+use crate::input::{DistillInput, Progress};
 use crate::input::{Distillable, Outputs};
+use crate::loss::Loss;
 use crate::meta::{Batch, MetaTeacher};
-use crate::{DistillError, DistillInput, Loss, Progress};
 
 /// One training item for a [`Distiller`]: the batch, optionally the teacher's outputs on it
 /// (cached once per data set when the teacher is frozen and the inputs are not augmented),

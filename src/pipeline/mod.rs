@@ -2,18 +2,30 @@
 //! multi-guide distillation (DGKD) and, behind the `train` feature, burn-train integration
 //! ([`Distiller`](crate::pipeline) with loss-term metrics).
 
+mod assistant;
 #[cfg(feature = "train")]
 mod distiller;
 
+use crate::registry::Descriptor;
+
 #[cfg(feature = "train")]
 #[cfg_attr(docsrs, doc(cfg(feature = "train")))]
-pub use distiller::*;
+pub use distiller::{DistillBatch, DistillOutput, Distiller, TermInput, TermMetric};
 
-use crate::LossExt;
+pub use assistant::{Dgkd, DgkdConfig, Stage, Takd};
 
-crate::family! {
-    files: assistant;
-    "Takd", "Dgkd" => "Mirzadeh et al., AAAI 2020; Son et al., ICCV 2021: teaching assistants", "assistants.md",
-        example: |_| Ok(DgkdConfig::new().init(crate::logit::KdConfig::new().init()?)?.boxed());
-    "Distiller" => "burn-train model with loss-term metrics (feature `train`)", "train.md";
-}
+/// The catalog row of [`Distiller`](crate::pipeline) (its file is behind the `train` feature; the
+/// row is not).
+const OWN: &[Descriptor] = &[Descriptor {
+    module: MODULE,
+    items: &["Distiller"],
+    paper: "burn-train model with loss-term metrics (feature `train`)",
+    doc: "train.md",
+    example: None,
+}];
+
+/// This family's module path, as its objectives' descriptors name it.
+pub(crate) const MODULE: &str = module_path!();
+
+/// This family's descriptors, file by file, in the order of the method tables.
+pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[assistant::DESCRIPTORS, OWN];

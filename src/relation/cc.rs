@@ -1,11 +1,15 @@
 //! CC: correlation congruence between the samples of a batch.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use crate::check::check_positive;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::row_norms;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// How CC relates two samples' embeddings.
 #[derive(Config, Debug, Copy, PartialEq)]
@@ -119,7 +123,7 @@ pub struct Cc {
     config: CcConfig,
 }
 
-crate::objective!(Cc, "cc");
+crate::loss::objective!(Cc, "cc");
 
 impl Loss for Cc {
     fn name(&self) -> &str {
@@ -146,3 +150,12 @@ impl Loss for Cc {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Cc"],
+    paper: "Peng et al., ICCV 2019, *Correlation Congruence for Knowledge Distillation*",
+    doc: "cc.md",
+    example: Some(|_| Ok(CcConfig::new().init()?.boxed())),
+}];

@@ -1,13 +1,16 @@
 //! CRD: contrastive representation distillation with a memory bank.
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::{Module, RunningState};
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::head::Embed;
 use crate::check::check_temperature;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::{SplitMix, l2_normalize};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Configuration of [`Crd`]; the defaults are RepDistiller's.
 #[derive(Config, Debug)]
@@ -185,7 +188,7 @@ fn nce(p: Tensor<2>, data: usize) -> Tensor<1> {
     -(log_d1.sum() + log_d0.sum()) * (1.0 / b as f64)
 }
 
-crate::objective!(Crd, "crd");
+crate::loss::objective!(Crd, "crd");
 
 impl Loss for Crd {
     fn name(&self) -> &str {
@@ -268,3 +271,12 @@ impl Loss for Crd {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Crd"],
+    paper: "Tian et al., ICLR 2020, *Contrastive Representation Distillation*",
+    doc: "crd.md",
+    example: None,
+}];

@@ -1,5 +1,6 @@
 //! DLKD: dual-level knowledge distillation (alignment + correlation + supervised contrast).
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::log_softmax;
@@ -7,9 +8,11 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::head::{Embed, MlpHead};
 use crate::check::{check_non_negative, check_temperature};
-use crate::cross_entropy_per_sample;
+use crate::cross_entropy::cross_entropy_per_sample;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::{cosine_matrix, eye, kl_rows, l2_normalize};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// Configuration of [`Dlkd`]; the defaults are the paper's CIFAR settings.
 #[derive(Config, Debug)]
@@ -198,7 +201,7 @@ impl Dlkd {
     }
 }
 
-crate::objective!(Dlkd, "dlkd");
+crate::loss::objective!(Dlkd, "dlkd");
 
 impl Loss for Dlkd {
     fn name(&self) -> &str {
@@ -262,3 +265,12 @@ impl Loss for Dlkd {
         Ok(LossOutput::from_terms(terms))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Dlkd"],
+    paper: "Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation*",
+    doc: "dlkd.md",
+    example: None,
+}];

@@ -6,19 +6,36 @@
 //! data-parallel training each device relates only its own shard, so the loss is that of
 //! smaller batches, not of the global one (see `docs/relational.md`).
 
-use crate::LossExt;
+use crate::registry::Descriptor;
 
-crate::family! {
-    files: cc, crd, dlkd, head, pkt, rkd, sp, sskd;
-    "Rkd" => "Park et al., CVPR 2019, *Relational Knowledge Distillation*", "rkd.md",
-        example: |_| Ok(RkdConfig::new().init()?.boxed());
-    "Pkt" => "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*", "pkt.md",
-        example: |_| Ok(PktConfig::new().init()?.boxed());
-    "Sp" => "Tung & Mori, ICCV 2019, *Similarity-Preserving KD*", "sp.md",
-        example: |_| Ok(SpConfig::new().with_feature("feature".into()).init()?.boxed());
-    "Cc" => "Peng et al., ICCV 2019, *Correlation Congruence for Knowledge Distillation*", "cc.md",
-        example: |_| Ok(CcConfig::new().init()?.boxed());
-    "Dlkd" => "Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation*", "dlkd.md";
-    "Crd" => "Tian et al., ICLR 2020, *Contrastive Representation Distillation*", "crd.md";
-    "Sskd", "SsHead" => "Xu et al., ECCV 2020, *Knowledge Distillation Meets Self-Supervision*", "sskd.md";
-}
+mod cc;
+mod crd;
+mod dlkd;
+mod head;
+mod pkt;
+mod rkd;
+mod sp;
+mod sskd;
+
+pub use cc::{Cc, CcConfig, CcKernel, cc_loss, correlation_matrix};
+pub use crd::{Crd, CrdConfig};
+pub use dlkd::{Dlkd, DlkdConfig};
+pub use head::{Embed, MlpHead};
+pub use pkt::{Pkt, PktConfig, pkt_loss};
+pub use rkd::{Rkd, RkdConfig};
+pub use sp::{Sp, SpConfig, sp_loss};
+pub use sskd::{SsHead, Sskd, SskdConfig, ranked_rows, view_contrast_loss, view_similarities};
+
+/// This family's module path, as its objectives' descriptors name it.
+pub(crate) const MODULE: &str = module_path!();
+
+/// This family's descriptors, file by file, in the order of the method tables.
+pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
+    rkd::DESCRIPTORS,
+    pkt::DESCRIPTORS,
+    sp::DESCRIPTORS,
+    cc::DESCRIPTORS,
+    dlkd::DESCRIPTORS,
+    crd::DESCRIPTORS,
+    sskd::DESCRIPTORS,
+];

@@ -1,10 +1,14 @@
 //! PKT: probabilistic knowledge transfer.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::exact_row_norms;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// PKT's loss between student and teacher rows `[N, D]` (any widths): the mean over the `N²`
 /// entries of `Pᵗ log((Pᵗ + ε) / (Pˢ + ε))`.
@@ -61,7 +65,7 @@ pub struct Pkt {
     eps: f64,
 }
 
-crate::objective!(Pkt, "pkt");
+crate::loss::objective!(Pkt, "pkt");
 
 impl Loss for Pkt {
     fn name(&self) -> &str {
@@ -73,3 +77,12 @@ impl Loss for Pkt {
         Ok(LossOutput::single(Pkt::NAME, pkt_loss(s, t, self.eps)))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Pkt"],
+    paper: "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*",
+    doc: "pkt.md",
+    example: Some(|_| Ok(PktConfig::new().init()?.boxed())),
+}];

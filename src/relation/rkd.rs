@@ -1,12 +1,16 @@
 //! RKD: relational knowledge distillation (distances and angles).
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::nn::loss::HuberLossConfig;
 use burn::tensor::Tensor;
 
 use crate::check::check_non_negative;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::{l2_normalize, pairwise_distances};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// The distance and angle potentials of a batch of rows.
 fn potentials(x: Tensor<2>, squared: bool, eps: f64) -> (Tensor<2>, Tensor<3>) {
@@ -67,7 +71,7 @@ pub struct Rkd {
     config: RkdConfig,
 }
 
-crate::objective!(Rkd, "rkd");
+crate::loss::objective!(Rkd, "rkd");
 
 impl Loss for Rkd {
     fn name(&self) -> &str {
@@ -95,3 +99,12 @@ impl Loss for Rkd {
         ]))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Rkd"],
+    paper: "Park et al., CVPR 2019, *Relational Knowledge Distillation*",
+    doc: "rkd.md",
+    example: Some(|_| Ok(RkdConfig::new().init()?.boxed())),
+}];

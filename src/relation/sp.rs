@@ -1,10 +1,14 @@
 //! SP: similarity-preserving distillation.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::l2_normalize;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// SP's loss between student and teacher rows `[N, D]` (any widths):
 /// `‖normalize(xᵗxᵗᵀ) − normalize(xˢxˢᵀ)‖²_F / N²`.
@@ -40,7 +44,7 @@ pub struct Sp {
     feature: String,
 }
 
-crate::objective!(Sp, "sp");
+crate::loss::objective!(Sp, "sp");
 
 impl Loss for Sp {
     fn name(&self) -> &str {
@@ -53,3 +57,16 @@ impl Loss for Sp {
     }
 }
 
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Sp"],
+    paper: "Tung & Mori, ICCV 2019, *Similarity-Preserving KD*",
+    doc: "sp.md",
+    example: Some(|_| {
+        Ok(SpConfig::new()
+            .with_feature("feature".into())
+            .init()?
+            .boxed())
+    }),
+}];

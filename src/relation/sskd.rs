@@ -1,5 +1,6 @@
 //! SSKD: knowledge distillation meets self-supervision (rotated views, contrastive heads).
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, Relu};
@@ -7,9 +8,11 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::check::{check_count, check_fraction, check_non_negative, check_temperature};
-use crate::cross_entropy_per_sample;
+use crate::cross_entropy::cross_entropy_per_sample;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::{cosine_matrix, kl_rows};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// SSKD's self-supervision head: `Linear(D, D) → ReLU → Linear(D, D)` on a network's
 /// penultimate features (torchdistill's `SSWrapper4SSKD`).
@@ -137,7 +140,11 @@ impl SskdConfig {
     pub fn init(&self, device: &Device) -> Result<Sskd, DistillError> {
         check_count(Sskd::NAME, "student_dim", self.student_dim, 1)?;
         check_count(Sskd::NAME, "teacher_dim", self.teacher_dim, 1)?;
-        for t in [self.kl_temperature, self.ss_temperature, self.tf_temperature] {
+        for t in [
+            self.kl_temperature,
+            self.ss_temperature,
+            self.tf_temperature,
+        ] {
             check_temperature(t)?;
         }
         check_fraction(Sskd::NAME, "ss_ratio", self.ss_ratio, true)?;
@@ -193,7 +200,7 @@ pub struct Sskd {
     config: SskdConfig,
 }
 
-crate::objective!(Sskd, "sskd");
+crate::loss::objective!(Sskd, "sskd");
 
 impl Sskd {
     /// The first stage's loss: the teacher head's [`view_contrast_loss`] on the teacher's
@@ -215,7 +222,8 @@ impl Sskd {
         if rows.is_empty() {
             return s.sum() * 0.0;
         }
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [rows.len()]), &s.device());
+        let idx =
+            Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [rows.len()]), &s.device());
         let scale = 1.0 / temperature;
         let ls = log_softmax(s.select(0, idx.clone()) * scale, 1);
         let lt = log_softmax(t.select(0, idx) * scale, 1);
@@ -244,30 +252,50 @@ impl Loss for Sskd {
         let y = checked.targets(images, classes)?;
         let (fs, ft) = checked.rows(&c.feature, n)?;
         if fs.dims()[0] != n {
-            return Err(checked.shape(format!("rows of tap `{}`", c.feature), vec![n], vec![fs.dims()[0]]));
+            return Err(checked.shape(
+                format!("rows of tap `{}`", c.feature),
+                vec![n],
+                vec![fs.dims()[0]],
+            ));
         }
-        for (who, got, want) in [("student", fs.dims()[1], c.student_dim), ("teacher", ft.dims()[1], c.teacher_dim)] {
+        for (who, got, want) in [
+            ("student", fs.dims()[1], c.student_dim),
+            ("teacher", ft.dims()[1], c.teacher_dim),
+        ] {
             if got != want {
-                return Err(checked.shape(format!("{who} width of tap `{}`", c.feature), vec![want], vec![got]));
+                return Err(checked.shape(
+                    format!("{who} width of tap `{}`", c.feature),
+                    vec![want],
+                    vec![got],
+                ));
             }
         }
         let device = zs.device();
         let (plain, rotated) = views(n, &device);
         let all = |k: usize| (0..k as i64).collect::<Vec<_>>();
         // the plain views: the task loss and KD
-        let (ps, pt) = (zs.clone().select(0, plain.clone()), zt.clone().select(0, plain));
+        let (ps, pt) = (
+            zs.clone().select(0, plain.clone()),
+            zt.clone().select(0, plain),
+        );
         let ce = cross_entropy_per_sample(ps.clone(), y.clone(), 0.0).mean();
         let kl = Self::kl(ps, pt, c.kl_temperature, &all(images));
         // the rotated views: KD on the rows the teacher classifies well enough
         let (rs, rt) = (zs.select(0, rotated.clone()), zt.select(0, rotated));
-        let rotated_y = y.unsqueeze_dim::<2>(1).repeat_dim(1, 3).reshape([3 * images]);
+        let rotated_y = y
+            .unsqueeze_dim::<2>(1)
+            .repeat_dim(1, 3)
+            .reshape([3 * images]);
         let tf_rows = ranked_rows(&ranks(rt.clone().detach(), rotated_y), c.tf_ratio);
         let tf = Self::kl(rs, rt, c.tf_temperature, &tf_rows);
         // the self-supervision relations, on the rows whose image the teacher recognises
         let ss_s = view_similarities(self.student_head.forward(fs));
         let ss_t = view_similarities(self.teacher_head.forward(ft)).detach();
         let own = Tensor::<1, Int>::from_data(
-            TensorData::new((0..3 * images as i64).map(|j| j / 3).collect::<Vec<_>>(), [3 * images]),
+            TensorData::new(
+                (0..3 * images as i64).map(|j| j / 3).collect::<Vec<_>>(),
+                [3 * images],
+            ),
             &device,
         );
         let ss_rows = ranked_rows(&ranks(ss_t.clone(), own), c.ss_ratio);
@@ -282,6 +310,15 @@ impl Loss for Sskd {
         ]))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Sskd", "SsHead"],
+    paper: "Xu et al., ECCV 2020, *Knowledge Distillation Meets Self-Supervision*",
+    doc: "sskd.md",
+    example: None,
+}];
 
 #[cfg(test)]
 mod tests {

@@ -1,12 +1,16 @@
 //! Cosine distance between student and teacher logits, per token.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
 use super::tokens::{Softening, TokenReduction};
 use crate::check::check_positive;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::row_norms;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// `1 − cos(aᵢ, bᵢ)` for each row of `[N, V]`, each norm clamped below at `eps`.
 pub fn cosine_distance_rows(a: Tensor<2>, b: Tensor<2>, eps: f64) -> Tensor<1> {
@@ -51,7 +55,7 @@ pub struct LogitCosine {
     soft: Softening,
 }
 
-crate::objective!(LogitCosine, "logit_cosine");
+crate::loss::objective!(LogitCosine, "logit_cosine");
 
 impl Loss for LogitCosine {
     fn name(&self) -> &str {
@@ -59,7 +63,17 @@ impl Loss for LogitCosine {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.soft
-            .forward(Self::NAME, input, |s, t| cosine_distance_rows(s, t, self.eps))
+        self.soft.forward(Self::NAME, input, |s, t| {
+            cosine_distance_rows(s, t, self.eps)
+        })
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["LogitCosine"],
+    paper: "1 − cos(z_s, z_t) per token",
+    doc: "token.md",
+    example: Some(|_| Ok(LogitCosineConfig::new().init()?.boxed())),
+}];

@@ -1,11 +1,16 @@
 //! Forward KL per token, the classic distillation divergence.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
 use super::tokens::{Softening, TokenReduction};
-use crate::{DistillError, DistillInput, Loss, LossOutput, fused};
+use crate::error::DistillError;
+use crate::fused;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// Per-element forward-KL terms `p_t,v (log p_t,v − log p_s,v)` from log-probabilities
 /// `[N, V]`; their sum over `v` is `KL(p_t ‖ p_s)`. A teacher probability that underflows to
@@ -77,7 +82,7 @@ pub struct ForwardKl {
     fused: bool,
 }
 
-crate::objective!(ForwardKl, "forward_kl");
+crate::loss::objective!(ForwardKl, "forward_kl");
 
 impl Loss for ForwardKl {
     fn name(&self) -> &str {
@@ -101,8 +106,19 @@ impl Loss for ForwardKl {
         })
     }
 
-    fn token_kernel(&self) -> Option<crate::TokenKernel> {
+    fn token_kernel(&self) -> Option<crate::loss::TokenKernel> {
         let fused = self.fused && !self.cross_entropy;
-        fused.then(|| self.soft.kernel(crate::Divergence::Kl)).flatten()
+        fused
+            .then(|| self.soft.kernel(crate::loss::Divergence::Kl))
+            .flatten()
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["ForwardKl"],
+    paper: "KL(p_t ‖ p_s) per token (TRL, torchtune, DistillKit)",
+    doc: "token.md",
+    example: Some(|_| Ok(ForwardKlConfig::new().with_temperature(2.0).init()?.boxed())),
+}];

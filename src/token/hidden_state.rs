@@ -1,5 +1,6 @@
 //! Hidden-state distillation: student layers matched to teacher layers, token by token.
 
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -8,7 +9,9 @@ use burn::tensor::{Device, Tensor};
 use super::cosine::cosine_distance_rows;
 use super::tokens::TokenReduction;
 use crate::check::{check_count, check_positive};
-use crate::{DistillError, DistillInput, Feature, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::{DistillInput, Feature};
+use crate::loss::{Loss, LossOutput};
 
 /// Per-token mean squared error over the width, `[N, H]` → `[N]`.
 pub fn mse_rows(student: Tensor<2>, teacher: Tensor<2>) -> Tensor<1> {
@@ -105,7 +108,7 @@ pub struct HiddenState {
     config: HiddenStateConfig,
 }
 
-crate::objective!(HiddenState, "hidden_state");
+crate::loss::objective!(HiddenState, "hidden_state");
 
 impl Loss for HiddenState {
     fn name(&self) -> &str {
@@ -150,7 +153,17 @@ impl Loss for HiddenState {
                 Some(acc) => acc + pair,
             });
         }
-        let total = total.expect("at least one pair (checked at init)") * (1.0 / c.layers.len() as f64);
+        let total =
+            total.expect("at least one pair (checked at init)") * (1.0 / c.layers.len() as f64);
         Ok(LossOutput::single(Self::NAME, total))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["HiddenState"],
+    paper: "hidden-state MSE / cosine with learnable projections (DistillKit)",
+    doc: "token.md",
+    example: None,
+}];

@@ -1,5 +1,7 @@
 //! The generalized Jensen–Shannon divergence of GKD, in TRL's and Liger's convention.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
@@ -7,8 +9,11 @@ use burn::tensor::activation::log_softmax;
 use super::forward_kl::forward_kl_elements;
 use super::tokens::{Softening, TokenReduction};
 use crate::check::check_fraction;
+use crate::error::DistillError;
+use crate::fused;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::log_add_exp;
-use crate::{DistillError, DistillInput, Loss, LossOutput, fused};
 
 /// Per-element generalized-JSD terms from log-probabilities `[N, V]`, with the mixture
 /// `m = (1 − β)·p_s + β·p_t` formed in log space:
@@ -83,7 +88,7 @@ pub struct Jsd {
     fused: bool,
 }
 
-crate::objective!(Jsd, "jsd");
+crate::loss::objective!(Jsd, "jsd");
 
 impl Loss for Jsd {
     fn name(&self) -> &str {
@@ -102,12 +107,21 @@ impl Loss for Jsd {
         })
     }
 
-    fn token_kernel(&self) -> Option<crate::TokenKernel> {
+    fn token_kernel(&self) -> Option<crate::loss::TokenKernel> {
         let divergence = match self.beta {
-            0.0 => crate::Divergence::Kl,
-            1.0 => crate::Divergence::ReverseKl,
-            b => crate::Divergence::Jsd(b),
+            0.0 => crate::loss::Divergence::Kl,
+            1.0 => crate::loss::Divergence::ReverseKl,
+            b => crate::loss::Divergence::Jsd(b),
         };
         self.fused.then(|| self.soft.kernel(divergence)).flatten()
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Jsd"],
+    paper: "generalized JSD(β) (Agarwal et al., ICLR 2024, GKD; TRL, Liger)",
+    doc: "token.md",
+    example: Some(|_| Ok(JsdConfig::new().with_beta(0.3).init()?.boxed())),
+}];

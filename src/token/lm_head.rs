@@ -1,5 +1,7 @@
 //! Token distillation through the lm-head, in chunks: the `[N, V]` logits never exist.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use std::sync::Arc;
 
 use burn::config::Config;
@@ -7,9 +9,11 @@ use burn::tensor::{Bool, Int, Tensor};
 
 use super::tokens::TokenReduction;
 use crate::check::{check_non_negative, check_positive};
-use crate::{
-    DistillError, DistillInput, Extension, Loss, LossOutput, cross_entropy_per_sample, fused,
-};
+use crate::cross_entropy::cross_entropy_per_sample;
+use crate::error::DistillError;
+use crate::fused;
+use crate::input::{DistillInput, Extension};
+use crate::loss::{Loss, LossOutput};
 
 /// One model's last hidden states and its lm-head: `logits = hidden · weight + bias`.
 #[derive(Debug, Clone)]
@@ -60,7 +64,6 @@ impl LmHead {
             || self.weight.is_require_grad()
             || self.bias.as_ref().is_some_and(|b| b.is_require_grad())
     }
-
 }
 
 /// A head's gradients, accumulated chunk by chunk: `dh = g·Wᵀ` per chunk, `dW += hᵀ·g`,
@@ -81,7 +84,10 @@ impl HeadGrads {
         Self {
             gh: Vec::new(),
             gw: fused::zeros(head.weight.dims(), &device, dtype),
-            gb: head.bias.as_ref().map(|_| fused::zeros([1, v], &device, dtype)),
+            gb: head
+                .bias
+                .as_ref()
+                .map(|_| fused::zeros([1, v], &device, dtype)),
             w_t: constant(head.weight.clone()).transpose(),
         }
     }
@@ -224,7 +230,7 @@ pub struct FusedLinear<L> {
     config: FusedLinearConfig,
 }
 
-crate::objective!(FusedLinear<L>, "fused_linear");
+crate::loss::objective!(FusedLinear<L>, "fused_linear");
 
 impl<L: Loss> FusedLinear<L> {
     /// One chunk through the wrapped objective and a small autodiff graph: the chunk's
@@ -295,7 +301,11 @@ impl<L: Loss> Loss for FusedLinear<L> {
                 objective: Self::NAME.into(),
                 what: "student lm-head weight [H, V] and bias [V]".into(),
                 expected: vec![hs, v, v],
-                actual: [student.weight.dims().to_vec(), student.bias.as_ref().map_or(vec![], |b| b.dims().to_vec())].concat(),
+                actual: [
+                    student.weight.dims().to_vec(),
+                    student.bias.as_ref().map_or(vec![], |b| b.dims().to_vec()),
+                ]
+                .concat(),
             });
         }
         let teacher_rows_vocab = match teacher {
@@ -327,7 +337,10 @@ impl<L: Loss> Loss for FusedLinear<L> {
                 TeacherHead::Logits(z) => z.is_require_grad(),
                 TeacherHead::Head(h) => h.tracked(),
             };
-        let chunk = c.chunk_size.unwrap_or((1usize << 22).div_ceil(v.max(1))).clamp(1, n);
+        let chunk = c
+            .chunk_size
+            .unwrap_or((1usize << 22).div_ceil(v.max(1)))
+            .clamp(1, n);
         // a frozen teacher and an objective with a fused kernel: each chunk runs the kernel
         // directly (no graph), its gradient written over the chunk's logits
         let tensors = match teacher {
@@ -407,3 +420,21 @@ impl<L: Loss> Loss for FusedLinear<L> {
         Ok(LossOutput::single(Self::NAME, total))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["FusedLinear"],
+    paper: "any token objective through the lm-head in chunks, logits never materialised (Liger-Kernel's fused linear losses)",
+    doc: "token.md",
+    example: Some(|_| {
+        Ok(FusedLinearConfig::new()
+            .with_chunk_size(Some(4))
+            .init(
+                super::ForwardKlConfig::new()
+                    .with_reduction(TokenReduction::None)
+                    .init()?,
+            )?
+            .boxed())
+    }),
+}];

@@ -12,31 +12,49 @@
 //! `docs/token.md` has the formulas and the table that reproduces TRL, Liger-Kernel, torchtune,
 //! DistillKit and DistiLLM.
 
-mod tokens;
+use crate::registry::Descriptor;
 
-use crate::LossExt;
+mod tokens;
 
 pub use tokens::{TokenReduction, flatten, shift_labels, shift_logits};
 
-crate::family! {
-    files: cosine, forward_kl, hidden_state, jsd, lm_head, reverse_kl, skew_kl, symmetric_kl, top_k, tvd;
-    "ForwardKl" => "KL(p_t ‖ p_s) per token (TRL, torchtune, DistillKit)", "token.md",
-        example: |_| Ok(ForwardKlConfig::new().with_temperature(2.0).init()?.boxed());
-    "ReverseKl" => "KL(p_s ‖ p_t) per token (MiniLLM; TRL, torchtune)", "token.md",
-        example: |_| Ok(ReverseKlConfig::new().init()?.boxed());
-    "Jsd" => "generalized JSD(β) (Agarwal et al., ICLR 2024, GKD; TRL, Liger)", "token.md",
-        example: |_| Ok(JsdConfig::new().with_beta(0.3).init()?.boxed());
-    "SymmetricKl" => "λ·FKL + (1 − λ)·RKL (torchtune)", "token.md",
-        example: |_| Ok(SymmetricKlConfig::new().with_ratio(0.7).init()?.boxed());
-    "SkewKl" => "skew forward / reverse KL (Ko et al., ICML 2024, DistiLLM)", "token.md",
-        example: |_| Ok(SkewKlConfig::new().with_alpha(0.2).init()?.boxed());
-    "Tvd" => "total variation distance per token (Liger, DistillKit)", "token.md",
-        example: |_| Ok(TvdConfig::new().with_temperature(1.5).init()?.boxed());
-    "TopK" => "a sparse top-k teacher with DistillKit's missing-mass handling", "token.md",
-        example: |_| Ok(TopKConfig::new().with_missing(MissingMass::SymmetricUniform).with_divergence(TopKDivergence::Jsd).init()?.boxed());
-    "FusedLinear" => "any token objective through the lm-head in chunks, logits never materialised (Liger-Kernel's fused linear losses)", "token.md",
-        example: |_| Ok(FusedLinearConfig::new().with_chunk_size(Some(4)).init(ForwardKlConfig::new().with_reduction(TokenReduction::None).init()?)?.boxed());
-    "HiddenState" => "hidden-state MSE / cosine with learnable projections (DistillKit)", "token.md";
-    "LogitCosine" => "1 − cos(z_s, z_t) per token", "token.md",
-        example: |_| Ok(LogitCosineConfig::new().init()?.boxed());
-}
+mod cosine;
+mod forward_kl;
+mod hidden_state;
+mod jsd;
+mod lm_head;
+mod reverse_kl;
+mod skew_kl;
+mod symmetric_kl;
+mod top_k;
+mod tvd;
+
+pub use cosine::{LogitCosine, LogitCosineConfig, cosine_distance_rows};
+pub use forward_kl::{
+    ForwardKl, ForwardKlConfig, forward_kl_elements, teacher_cross_entropy_elements,
+};
+pub use hidden_state::{HiddenLoss, HiddenState, HiddenStateConfig, mse_rows};
+pub use jsd::{Jsd, JsdConfig, jsd_elements};
+pub use lm_head::{FusedLinear, FusedLinearConfig, LmHead, LmHeads, TeacherHead};
+pub use reverse_kl::{ReverseKl, ReverseKlConfig, reverse_kl_elements};
+pub use skew_kl::{SkewDirection, SkewKl, SkewKlConfig, log_skew_mixture};
+pub use symmetric_kl::{SymmetricKl, SymmetricKlConfig};
+pub use top_k::{MissingMass, SparseValues, TopK, TopKConfig, TopKDivergence, top_k_rows};
+pub use tvd::{Tvd, TvdConfig, tvd_elements};
+
+/// This family's module path, as its objectives' descriptors name it.
+pub(crate) const MODULE: &str = module_path!();
+
+/// This family's descriptors, file by file, in the order of the method tables.
+pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
+    forward_kl::DESCRIPTORS,
+    reverse_kl::DESCRIPTORS,
+    jsd::DESCRIPTORS,
+    symmetric_kl::DESCRIPTORS,
+    skew_kl::DESCRIPTORS,
+    tvd::DESCRIPTORS,
+    top_k::DESCRIPTORS,
+    lm_head::DESCRIPTORS,
+    hidden_state::DESCRIPTORS,
+    cosine::DESCRIPTORS,
+];

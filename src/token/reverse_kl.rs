@@ -1,12 +1,16 @@
 //! Reverse KL per token (mode-seeking).
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
 use super::forward_kl::forward_kl_elements;
 use super::tokens::{Softening, TokenReduction};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// Per-element reverse-KL terms `p_s,v (log p_s,v − log p_t,v)`; their sum is `KL(p_s ‖ p_t)`.
 pub fn reverse_kl_elements(log_ps: Tensor<2>, log_pt: Tensor<2>) -> Tensor<2> {
@@ -51,7 +55,7 @@ impl ReverseKlConfig {
 #[derive(Debug, Clone)]
 pub struct ReverseKl(Softening);
 
-crate::objective!(ReverseKl, "reverse_kl");
+crate::loss::objective!(ReverseKl, "reverse_kl");
 
 impl Loss for ReverseKl {
     fn name(&self) -> &str {
@@ -66,3 +70,12 @@ impl Loss for ReverseKl {
         })
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["ReverseKl"],
+    paper: "KL(p_s ‖ p_t) per token (MiniLLM; TRL, torchtune)",
+    doc: "token.md",
+    example: Some(|_| Ok(ReverseKlConfig::new().init()?.boxed())),
+}];

@@ -1,5 +1,7 @@
 //! DistiLLM's skew KL divergences.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
@@ -7,8 +9,10 @@ use burn::tensor::activation::log_softmax;
 use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
 use super::tokens::{Softening, TokenReduction};
 use crate::check::check_fraction;
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::log_add_exp;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// `log(α·p + (1 − α)·q)` from log-probabilities, in log space (`α ∈ [0, 1)`).
 pub fn log_skew_mixture(log_p: Tensor<2>, log_q: Tensor<2>, alpha: f64) -> Tensor<2> {
@@ -96,7 +100,7 @@ pub struct SkewKl {
     soft: Softening,
 }
 
-crate::objective!(SkewKl, "skew_kl");
+crate::loss::objective!(SkewKl, "skew_kl");
 
 impl Loss for SkewKl {
     fn name(&self) -> &str {
@@ -123,3 +127,12 @@ impl Loss for SkewKl {
         })
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["SkewKl"],
+    paper: "skew forward / reverse KL (Ko et al., ICML 2024, DistiLLM)",
+    doc: "token.md",
+    example: Some(|_| Ok(SkewKlConfig::new().with_alpha(0.2).init()?.boxed())),
+}];

@@ -1,5 +1,7 @@
 //! torchtune's symmetric KL: a mix of forward and reverse KL.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::activation::log_softmax;
 
@@ -7,7 +9,9 @@ use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
 use super::reverse_kl::reverse_kl_elements;
 use super::tokens::{Softening, TokenReduction};
 use crate::check::check_fraction;
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// Configuration of [`SymmetricKl`].
 #[derive(Config, Debug)]
@@ -61,7 +65,7 @@ pub struct SymmetricKl {
     soft: Softening,
 }
 
-crate::objective!(SymmetricKl, "symmetric_kl");
+crate::loss::objective!(SymmetricKl, "symmetric_kl");
 
 impl Loss for SymmetricKl {
     fn name(&self) -> &str {
@@ -82,3 +86,12 @@ impl Loss for SymmetricKl {
         })
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["SymmetricKl"],
+    paper: "λ·FKL + (1 − λ)·RKL (torchtune)",
+    doc: "token.md",
+    example: Some(|_| Ok(SymmetricKlConfig::new().with_ratio(0.7).init()?.boxed())),
+}];

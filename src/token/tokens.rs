@@ -5,8 +5,10 @@ use burn::config::Config;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use crate::check::{check_positive, check_temperature};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::LossOutput;
 use crate::math::Temperature;
-use crate::{DistillError, DistillInput, LossOutput};
 
 /// How per-token divergences become the total. Rows that do not count (the mask) contribute
 /// exactly 0 under every reduction.
@@ -87,8 +89,8 @@ impl Softening {
 
     /// The fused kernel of `divergence` at these settings, for the lm-head path: only
     /// when the per-token values are not reduced (`TokenReduction::None`).
-    pub fn kernel(&self, divergence: crate::Divergence) -> Option<crate::TokenKernel> {
-        (self.reduction == TokenReduction::None).then(|| crate::TokenKernel {
+    pub fn kernel(&self, divergence: crate::loss::Divergence) -> Option<crate::loss::TokenKernel> {
+        (self.reduction == TokenReduction::None).then(|| crate::loss::TokenKernel {
             divergence,
             inv_t: 1.0 / self.temperature,
             factor: match self.t_squared {

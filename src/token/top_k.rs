@@ -1,5 +1,7 @@
 //! Distillation from a sparse teacher: its top-k tokens and their log-probabilities.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Tensor};
@@ -7,8 +9,10 @@ use burn::tensor::{Bool, Tensor};
 use super::forward_kl::forward_kl_elements;
 use super::tokens::TokenReduction;
 use crate::check::{check_positive, check_temperature};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 use crate::math::{Temperature, log_add_exp, log1mexp, logsumexp};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
 
 /// The divergence [`TopK`] takes between the sparse teacher and the student.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -128,7 +132,7 @@ fn log_one_minus_exp(x: Tensor<2>, eps: f64) -> Tensor<2> {
 /// The teacher's stored top-k log-probabilities (or logits) `[N, k]` re-tempered by
 /// `α = gT / T` and normalised over the top k (`Zero`: logits and log-probabilities alike) or
 /// with the leftover mass (`SymmetricUniform`).
-pub fn retemper(log_probs: Tensor<2>, alpha: f64, missing: MissingMass, eps: f64) -> Tensor<2> {
+fn retemper(log_probs: Tensor<2>, alpha: f64, missing: MissingMass, eps: f64) -> Tensor<2> {
     match (missing, alpha == 1.0) {
         (MissingMass::SymmetricUniform, true) => log_probs,
         (MissingMass::Zero, _) => {
@@ -167,8 +171,7 @@ pub fn top_k_rows(
                 TopKDivergence::ReverseKl => forward_kl_elements(a, b).sum_dim(1),
                 TopKDivergence::Jsd => {
                     let m = log_add_exp(a.clone(), b.clone()) - ln2;
-                    (forward_kl_elements(m.clone(), a) + forward_kl_elements(m, b)).sum_dim(1)
-                        * 0.5
+                    (forward_kl_elements(m.clone(), a) + forward_kl_elements(m, b)).sum_dim(1) * 0.5
                 }
                 TopKDivergence::Tvd => (a.exp() - b.exp()).abs().sum_dim(1) * 0.5,
             }
@@ -180,7 +183,8 @@ pub fn top_k_rows(
             // outside the top k: p_t = 0, m = q / 2, so each q there adds q·ln 2 to KL(q ‖ m)
             TopKDivergence::Jsd => {
                 let m = log_add_exp(teacher.clone(), student.clone()) - ln2;
-                let sparse = forward_kl_elements(m.clone(), teacher) + forward_kl_elements(m, student.clone());
+                let sparse = forward_kl_elements(m.clone(), teacher)
+                    + forward_kl_elements(m, student.clone());
                 (sparse.sum_dim(1) + rest(&student) * ln2) * 0.5
             }
             TopKDivergence::Tvd => {
@@ -212,7 +216,7 @@ pub struct TopK {
     config: TopKConfig,
 }
 
-crate::objective!(TopK, "top_k");
+crate::loss::objective!(TopK, "top_k");
 
 impl Loss for TopK {
     fn name(&self) -> &str {
@@ -233,13 +237,21 @@ impl Loss for TopK {
                 let out = |w: usize| -> Tensor<2, Bool> {
                     m.clone().bool_not().unsqueeze_dim::<2>(1).expand([n, w])
                 };
-                (s.mask_fill(out(v), 0.0), lp.mask_fill(out(k), (1.0 / k as f64).ln()))
+                (
+                    s.mask_fill(out(v), 0.0),
+                    lp.mask_fill(out(k), (1.0 / k as f64).ln()),
+                )
             }
             None => (s, lp),
         };
         let temperature = Temperature::Fixed(c.temperature);
         let student = log_softmax(temperature.scale(s), 1).gather(1, ids);
-        let teacher = retemper(lp, c.generation_temperature / c.temperature, c.missing, c.eps);
+        let teacher = retemper(
+            lp,
+            c.generation_temperature / c.temperature,
+            c.missing,
+            c.eps,
+        );
         let rows = top_k_rows(student, teacher, c.divergence, c.missing, c.eps);
         let total = c.reduction.apply(rows, mask, v);
         Ok(LossOutput::single(
@@ -251,6 +263,21 @@ impl Loss for TopK {
         ))
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["TopK"],
+    paper: "a sparse top-k teacher with DistillKit's missing-mass handling",
+    doc: "token.md",
+    example: Some(|_| {
+        Ok(TopKConfig::new()
+            .with_missing(MissingMass::SymmetricUniform)
+            .with_divergence(TopKDivergence::Jsd)
+            .init()?
+            .boxed())
+    }),
+}];
 
 #[cfg(test)]
 mod tests {
@@ -295,7 +322,10 @@ mod tests {
         // q = softmax(s) at the ids, the student's rest as its own bucket; the teacher is
         // [1, e⁻²⁰⁰, 1e-8]: KL = −log q₀ + 1e-8·(ln 1e-8 − ln q_rest), to f32's precision
         let z: f64 = [3.0f64, 1.0, 0.0, -1.0].iter().map(|v| v.exp()).sum();
-        let (q0, rest) = (3f64.exp() / z, (1f64.exp() + 1.0 + (-1f64).exp()) / z - 1f64.exp() / z);
+        let (q0, rest) = (
+            3f64.exp() / z,
+            (1f64.exp() + 1.0 + (-1f64).exp()) / z - 1f64.exp() / z,
+        );
         let want = -q0.ln() + 1e-8 * (1e-8f64.ln() - rest.ln());
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
     }

@@ -1,11 +1,15 @@
 //! Total variation distance per token.
 
+use crate::loss::LossExt;
+use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
 use super::tokens::{Softening, TokenReduction};
-use crate::{DistillError, DistillInput, Loss, LossOutput};
+use crate::error::DistillError;
+use crate::input::DistillInput;
+use crate::loss::{Loss, LossOutput};
 
 /// Per-element total-variation terms `|p_t,v − p_s,v| / 2` from probabilities `[N, V]`; their
 /// sum over `v` is the total variation distance, in `[0, 1]`. Where `p_s = p_t` the gradient is
@@ -51,7 +55,7 @@ impl TvdConfig {
 #[derive(Debug, Clone)]
 pub struct Tvd(Softening);
 
-crate::objective!(Tvd, "tvd");
+crate::loss::objective!(Tvd, "tvd");
 
 impl Loss for Tvd {
     fn name(&self) -> &str {
@@ -66,3 +70,12 @@ impl Loss for Tvd {
         })
     }
 }
+
+/// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
+pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
+    module: super::MODULE,
+    items: &["Tvd"],
+    paper: "total variation distance per token (Liger, DistillKit)",
+    doc: "token.md",
+    example: Some(|_| Ok(TvdConfig::new().with_temperature(1.5).init()?.boxed())),
+}];
