@@ -14,7 +14,8 @@
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_distill::prelude::*;
 use burn_distill::token::{
-    ForwardKlConfig, FusedLinearConfig, JsdConfig, LmHead, LmHeads, TeacherHead, TokenReduction,
+    ForwardKlConfig, FusedLinearConfig, JsdConfig, LmHead, LmHeads, TeacherHead, TokenDivergence,
+    TokenReduction,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -50,19 +51,11 @@ fn inputs(n: usize, dev: &Device) -> Inputs {
     }
 }
 
-fn divergence(name: &str) -> Box<dyn Loss> {
+fn divergence(name: &str) -> Box<dyn TokenDivergence> {
     let none = TokenReduction::None;
     match name {
-        "forward_kl" => ForwardKlConfig::new()
-            .with_reduction(none)
-            .init()
-            .unwrap()
-            .boxed(),
-        _ => JsdConfig::new()
-            .with_reduction(none)
-            .init()
-            .unwrap()
-            .boxed(),
+        "forward_kl" => Box::new(ForwardKlConfig::new().with_reduction(none).init().unwrap()),
+        _ => Box::new(JsdConfig::new().with_reduction(none).init().unwrap()),
     }
 }
 

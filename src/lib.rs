@@ -79,8 +79,7 @@ pub use error::DistillError;
 pub use example::{ExampleInput, example_input, example_input_shifted};
 pub use input::{Checked, DistillInput, Distillable, Extension, Feature, Outputs, Progress, Views};
 pub use loss::{
-    Finite, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered, TokenKernel,
-    Weighted,
+    Finite, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered, Weighted,
 };
 pub use registry::{Descriptor, Example};
 pub use schedule::Schedule;

@@ -162,14 +162,6 @@ pub trait Loss: Send + Sync + std::fmt::Debug {
 
     /// Evaluates the objective on one batch.
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError>;
-
-    /// The fused kernel behind this objective's per-token values, when it has one and
-    /// computes them as configured (a token divergence built with `TokenReduction::None`, its
-    /// `fused` switch on): [`FusedLinear`](crate::token::FusedLinear) then runs the kernel on
-    /// each chunk of logits directly. `None`, the default, for every other objective.
-    fn token_kernel(&self) -> Option<TokenKernel> {
-        None
-    }
 }
 
 /// An objective on softened logits whose temperature can come from outside: a learned one
@@ -189,9 +181,6 @@ impl Loss for Box<dyn Loss> {
     }
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         (**self).forward(input)
-    }
-    fn token_kernel(&self) -> Option<TokenKernel> {
-        (**self).token_kernel()
     }
 }
 
@@ -316,6 +305,13 @@ pub struct Named<L> {
     name: String,
 }
 
+impl<L> Named<L> {
+    /// The objective under the new name.
+    pub fn inner(&self) -> &L {
+        &self.inner
+    }
+}
+
 impl<L: Loss> Loss for Named<L> {
     fn name(&self) -> &str {
         &self.name
@@ -323,9 +319,6 @@ impl<L: Loss> Loss for Named<L> {
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let out = self.inner.forward(input)?;
         Ok(out.renamed(self.inner.name(), &self.name))
-    }
-    fn token_kernel(&self) -> Option<TokenKernel> {
-        self.inner.token_kernel()
     }
 }
 
@@ -440,28 +433,3 @@ macro_rules! combinator_add {
 }
 
 combinator_add!(Weighted<L>, L; Named<L>, L; Finite<L>, L; Box<dyn Loss>);
-
-/// A per-token divergence that a fused kernel computes, as an objective declares it
-/// ([`Loss::token_kernel`](crate::Loss::token_kernel)): the lm-head path
-/// ([`FusedLinear`](crate::token::FusedLinear)) then runs the kernel on each chunk of logits
-/// directly — no autodiff graph per chunk, the gradient written over the chunk's logits.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenKernel {
-    pub(crate) divergence: Divergence,
-    /// `1/T`.
-    pub(crate) inv_t: f64,
-    /// What the per-token values are multiplied by (`T²` or 1).
-    pub(crate) factor: f64,
-}
-
-/// The per-sample divergence a fused row op computes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Divergence {
-    /// KD's `KL(p_t ‖ p_s)`.
-    Kl,
-    /// The reverse `KL(p_s ‖ p_t)` (KD's kernel with the roles swapped).
-    ReverseKl,
-    /// The generalized JSD `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`, `m = (1 − β)·p_s + β·p_t`,
-    /// `0 < β < 1`.
-    Jsd(f64),
-}

@@ -261,6 +261,38 @@ impl TermSpec {
         typed(&method.merged(&self.options, &self.method)?, &self.method)
     }
 
+    /// This term as a token divergence, for a wrapper of one (`FusedLinear`): its method must
+    /// be a token divergence, and it takes no weight (weight the wrapper instead).
+    fn build_token(&self, at: &str) -> Result<Box<dyn TokenDivergence>, DistillError> {
+        let at = format!("{at} ({})", self.method);
+        let method = method(&self.method, &at)?;
+        let build = method.token.ok_or_else(|| {
+            let tokens: Vec<&str> = methods()
+                .iter()
+                .filter(|m| m.token.is_some())
+                .map(|m| m.name)
+                .collect();
+            spec_error(
+                &at,
+                format!("this wrapper takes a token divergence: one of {tokens:?}"),
+            )
+        })?;
+        if self.of.is_some() {
+            return Err(spec_error(&at, "a token divergence wraps nothing: no `of`"));
+        }
+        if !is_unit_weight(&self.weight) {
+            return Err(spec_error(
+                &at,
+                "a token divergence inside a wrapper takes no weight: weight the wrapper",
+            ));
+        }
+        let objective = build(&method.merged(&self.options, &at)?, &at)?;
+        Ok(match &self.name {
+            Some(name) => Box::new(objective.named(name.clone())),
+            None => objective,
+        })
+    }
+
     fn build(&self, at: &str) -> Result<Box<dyn Loss>, DistillError> {
         let at = format!("{at} ({})", self.method);
         let method = method(&self.method, &at)?;
@@ -270,7 +302,10 @@ impl TermSpec {
             (Build::Wrapper(build), Some(inner)) => {
                 build(&options, &at, inner.build(&format!("{at}.of"))?)?
             }
-            (Build::Wrapper(_), None) => {
+            (Build::TokenWrapper(build), Some(inner)) => {
+                build(&options, &at, inner.build_token(&format!("{at}.of"))?)?
+            }
+            (Build::Wrapper(_) | Build::TokenWrapper(_), None) => {
                 return Err(spec_error(
                     &at,
                     "a wrapper needs the objective it wraps: `of`",
@@ -314,8 +349,13 @@ type Example = fn() -> Value;
 enum Build {
     Loss(fn(&Value, &str) -> Built),
     Wrapper(fn(&Value, &str, Box<dyn Loss>) -> Built),
+    /// A wrapper of a token divergence (`FusedLinear`): its `of` must be one.
+    TokenWrapper(fn(&Value, &str, Box<dyn TokenDivergence>) -> Built),
     Learnable,
 }
+
+/// How a token divergence's method builds it as one (for a [`Build::TokenWrapper`]).
+type BuildToken = fn(&Value, &str) -> Result<Box<dyn TokenDivergence>, DistillError>;
 
 /// What kind of objective a [`Method`] builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +364,9 @@ pub enum MethodKind {
     Loss,
     /// An objective that wraps another (`of`).
     Wrapper,
+    /// An objective that wraps a token divergence (`of`, one of the methods
+    /// [`Method::is_token_divergence`] says yes for, without a weight): `FusedLinear`.
+    TokenWrapper,
     /// An objective with learnable parameters: read its config with [`TermSpec::config`].
     Learnable,
 }
@@ -337,6 +380,7 @@ pub struct Method {
     config_type: fn() -> TypeId,
     check: fn(&Value) -> Result<(), serde_json::Error>,
     build: Build,
+    token: Option<BuildToken>,
 }
 
 impl std::fmt::Debug for Method {
@@ -364,8 +408,14 @@ impl Method {
         match self.build {
             Build::Loss(_) => MethodKind::Loss,
             Build::Wrapper(_) => MethodKind::Wrapper,
+            Build::TokenWrapper(_) => MethodKind::TokenWrapper,
             Build::Learnable => MethodKind::Learnable,
         }
+    }
+
+    /// Whether it is a token divergence, which a [`MethodKind::TokenWrapper`] can wrap.
+    pub fn is_token_divergence(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The fields without a default (the arguments of `XConfig::new`), each with an example value.
@@ -446,7 +496,7 @@ fn to_value(config: impl Serialize) -> Value {
 fn wrappers() -> Vec<&'static str> {
     methods()
         .iter()
-        .filter(|m| m.kind() == MethodKind::Wrapper)
+        .filter(|m| matches!(m.kind(), MethodKind::Wrapper | MethodKind::TokenWrapper))
         .map(|m| m.name)
         .collect()
 }
@@ -470,8 +520,20 @@ macro_rules! method {
     (@build wrapper $cfg:ty) => {
         Build::Wrapper(|v, at, inner| Ok(typed::<$cfg>(v, at)?.init(inner)?.boxed()))
     };
+    (@build token_wrapper $cfg:ty) => {
+        Build::TokenWrapper(|v, at, inner| Ok(typed::<$cfg>(v, at)?.init(inner)?.boxed()))
+    };
+    (@build token $cfg:ty) => {
+        method!(@build loss $cfg)
+    };
     (@build learnable $cfg:ty) => {
         Build::Learnable
+    };
+    (@token token $cfg:ty) => {
+        Some(|v, at| Ok(Box::new(typed::<$cfg>(v, at)?.init()?)))
+    };
+    (@token $kind:ident $cfg:ty) => {
+        None
     };
     ($kind:ident $obj:ty = $module:ident::$cfg:ident($($req:ident = $example:tt),*)) => {
         Method {
@@ -482,6 +544,7 @@ macro_rules! method {
             config_type: TypeId::of::<$cfg>,
             check: |v| serde_json::from_value::<$cfg>(v.clone()).map(|_| ()),
             build: method!(@build $kind $cfg),
+            token: method!(@token $kind $cfg),
         }
     };
 }
@@ -511,6 +574,7 @@ pub fn methods() -> &'static [Method] {
                     let eps: f64 = typed(&v["eps"], at)?;
                     Ok(Standardized::new(inner).with_eps(eps)?.boxed())
                 }),
+                token: None,
             },
             method!(learnable crate::curriculum::Ctkd<()> = curriculum::CtkdConfig()),
             method!(wrapper Paced<()> = curriculum::PacedConfig()),
@@ -540,16 +604,16 @@ pub fn methods() -> &'static [Method] {
             method!(learnable Crd = relation::CrdConfig(student_dim = 16, teacher_dim = 32, dataset_size = 1000)),
             method!(learnable Sskd = relation::SskdConfig(student_dim = 16, teacher_dim = 32)),
             method!(wrapper Dgkd<()> = pipeline::DgkdConfig()),
-            method!(loss ForwardKl = token::ForwardKlConfig()),
-            method!(loss ReverseKl = token::ReverseKlConfig()),
-            method!(loss Jsd = token::JsdConfig()),
-            method!(loss SymmetricKl = token::SymmetricKlConfig()),
-            method!(loss SkewKl = token::SkewKlConfig()),
-            method!(loss Tvd = token::TvdConfig()),
+            method!(token ForwardKl = token::ForwardKlConfig()),
+            method!(token ReverseKl = token::ReverseKlConfig()),
+            method!(token Jsd = token::JsdConfig()),
+            method!(token SymmetricKl = token::SymmetricKlConfig()),
+            method!(token SkewKl = token::SkewKlConfig()),
+            method!(token Tvd = token::TvdConfig()),
             method!(loss TopK = token::TopKConfig()),
-            method!(wrapper FusedLinear<()> = token::FusedLinearConfig()),
+            method!(token_wrapper FusedLinear<()> = token::FusedLinearConfig()),
             method!(learnable HiddenState = token::HiddenStateConfig(student_width = 16, teacher_width = 32, layers = [["layer4", "layer8"]])),
-            method!(loss LogitCosine = token::LogitCosineConfig()),
+            method!(token LogitCosine = token::LogitCosineConfig()),
         ]
     })
 }

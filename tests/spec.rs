@@ -159,6 +159,17 @@ fn every_objective_is_a_method() {
                 let (_, reason) = spec_error(term.init());
                 assert!(reason.contains("`of`"), "{reason}");
             }
+            MethodKind::TokenWrapper => {
+                let jsd = TermSpec::new("jsd").with_option("reduction", "None");
+                term.clone().with_of(jsd).init().unwrap();
+                let (_, reason) = spec_error(term.clone().with_of(TermSpec::new("ce")).init());
+                assert!(reason.contains("token divergence"), "{reason}");
+                let weighted = TermSpec::new("jsd").with_weight(0.5);
+                let (_, reason) = spec_error(term.clone().with_of(weighted).init());
+                assert!(reason.contains("weight the wrapper"), "{reason}");
+                let (_, reason) = spec_error(term.init());
+                assert!(reason.contains("`of`"), "{reason}");
+            }
             MethodKind::Learnable => {
                 let (_, reason) = spec_error(term.init());
                 assert!(reason.contains(method.config()), "{reason}");
@@ -313,6 +324,9 @@ fn term() -> impl Strategy<Value = TermSpec> {
                 MethodKind::Wrapper => {
                     term.with_of(TermSpec::new("kd").with_option("temperature", t))
                 }
+                MethodKind::TokenWrapper => {
+                    term.with_of(TermSpec::new("jsd").with_option("temperature", t))
+                }
                 _ => term,
             }
         })
@@ -344,6 +358,7 @@ fn reference() -> String {
         let kind = match m.kind() {
             MethodKind::Loss => "objective",
             MethodKind::Wrapper => "wrapper (`of`)",
+            MethodKind::TokenWrapper => "wrapper of a token divergence (`of`)",
             MethodKind::Learnable => "learnable: `TermSpec::config`",
         };
         out.push_str(&format!(

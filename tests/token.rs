@@ -446,7 +446,7 @@ mod fused_and_sparse {
     use burn::tensor::Int;
     use burn_distill::token::{
         FusedLinearConfig, HiddenLoss, HiddenStateConfig, LmHead, LmHeads, MissingMass,
-        TeacherHead, TopKConfig, TopKDivergence,
+        TeacherHead, TokenDivergence, TopKConfig, TopKDivergence,
     };
 
     fn det(n: usize, seed: u64, scale: f64) -> Vec<f64> {
@@ -574,25 +574,27 @@ mod fused_and_sparse {
     #[test]
     fn fused_linear_kernel_path_equals_the_graph_path() {
         let (n, h, ht, v) = (7, 5, 4, 9);
-        let inner = |which: usize, fused: bool| -> Box<dyn Loss> {
+        let inner = |which: usize, fused: bool| -> Box<dyn TokenDivergence> {
             let none = TokenReduction::None;
             match which {
-                0 => ForwardKlConfig::new()
-                    .with_temperature(2.0)
-                    .with_t_squared(true)
-                    .with_reduction(none)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap()
-                    .boxed(),
-                k => JsdConfig::new()
-                    .with_beta([0.3, 0.0, 1.0][k - 1])
-                    .with_temperature(1.5)
-                    .with_reduction(none)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap()
-                    .boxed(),
+                0 => Box::new(
+                    ForwardKlConfig::new()
+                        .with_temperature(2.0)
+                        .with_t_squared(true)
+                        .with_reduction(none)
+                        .with_fused(fused)
+                        .init()
+                        .unwrap(),
+                ),
+                k => Box::new(
+                    JsdConfig::new()
+                        .with_beta([0.3, 0.0, 1.0][k - 1])
+                        .with_temperature(1.5)
+                        .with_reduction(none)
+                        .with_fused(fused)
+                        .init()
+                        .unwrap(),
+                ),
             }
         };
         let masks = [
@@ -610,7 +612,7 @@ mod fused_and_sparse {
             scale: f64,
         }
         // value and the student's three gradients
-        let run = |loss: Box<dyn Loss>, c: &Case| {
+        let run = |loss: Box<dyn TokenDivergence>, c: &Case| {
             let leaf = |len, seed, shape: [usize; 2]| {
                 f64t(det(len, seed, c.scale), shape)
                     .cast(c.dtype)
@@ -766,23 +768,25 @@ mod fused_and_sparse {
     fn fused_token_divergences_equal_composed_and_ignore_the_thread_count() {
         let (n, v) = (6, 11);
         let mask = [true, false, true, true, false, true];
-        let loss = |which: usize, fused: bool, reduction| -> Box<dyn Loss> {
+        let loss = |which: usize, fused: bool, reduction| -> Box<dyn TokenDivergence> {
             match which {
-                0 => ForwardKlConfig::new()
-                    .with_temperature(2.0)
-                    .with_reduction(reduction)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap()
-                    .boxed(),
-                k => JsdConfig::new()
-                    .with_beta([0.3, 0.0, 1.0, 0.8][k - 1])
-                    .with_temperature(2.0)
-                    .with_reduction(reduction)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap()
-                    .boxed(),
+                0 => Box::new(
+                    ForwardKlConfig::new()
+                        .with_temperature(2.0)
+                        .with_reduction(reduction)
+                        .with_fused(fused)
+                        .init()
+                        .unwrap(),
+                ),
+                k => Box::new(
+                    JsdConfig::new()
+                        .with_beta([0.3, 0.0, 1.0, 0.8][k - 1])
+                        .with_temperature(2.0)
+                        .with_reduction(reduction)
+                        .with_fused(fused)
+                        .init()
+                        .unwrap(),
+                ),
             }
         };
         let cases = [

@@ -56,8 +56,33 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 pub use cpu::{exp_in_place, set_threads};
 use ops::{FusedOps, RowOps};
 
-pub(crate) use crate::loss::{Divergence, TokenKernel};
 pub(crate) use crate::math::JointTarget as Joint;
+
+/// A per-token divergence that a fused kernel computes, as a token objective declares it
+/// ([`TokenDivergence::token_kernel`](crate::token::TokenDivergence::token_kernel)): the
+/// lm-head path ([`FusedLinear`](crate::token::FusedLinear)) then runs the kernel on each chunk
+/// of logits directly — no autodiff graph per chunk, the gradient written over the chunk's
+/// logits.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenKernel {
+    pub(crate) divergence: Divergence,
+    /// `1/T`.
+    pub(crate) inv_t: f64,
+    /// What the per-token values are multiplied by (`T²` or 1).
+    pub(crate) factor: f64,
+}
+
+/// The per-sample divergence a fused row op computes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Divergence {
+    /// KD's `KL(p_t ‖ p_s)`.
+    Kl,
+    /// The reverse `KL(p_s ‖ p_t)` (KD's kernel with the roles swapped).
+    ReverseKl,
+    /// The generalized JSD `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)`, `m = (1 − β)·p_s + β·p_t`,
+    /// `0 < β < 1`.
+    Jsd(f64),
+}
 
 /// Whether the fused kernels serve tensors on `device` (otherwise the objectives run their
 /// composed tensor-op version): the CPU backends, and with feature `cube` (implied by `wgpu`

@@ -5,7 +5,7 @@ use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use super::tokens::{Softening, TokenReduction};
+use super::tokens::{Softening, TokenDivergence, TokenReduction};
 use crate::check::check_positive;
 use crate::error::DistillError;
 use crate::input::DistillInput;
@@ -68,6 +68,8 @@ impl Loss for LogitCosine {
         })
     }
 }
+
+impl TokenDivergence for LogitCosine {}
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {

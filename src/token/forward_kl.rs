@@ -6,9 +6,9 @@ use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
-use super::tokens::{Softening, TokenReduction};
+use super::tokens::{Softening, TokenDivergence, TokenReduction};
 use crate::error::DistillError;
-use crate::fused;
+use crate::fused::{self, Divergence, TokenKernel};
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
 
@@ -105,12 +105,12 @@ impl Loss for ForwardKl {
             })
         })
     }
+}
 
-    fn token_kernel(&self) -> Option<crate::loss::TokenKernel> {
+impl TokenDivergence for ForwardKl {
+    fn token_kernel(&self) -> Option<TokenKernel> {
         let fused = self.fused && !self.cross_entropy;
-        fused
-            .then(|| self.soft.kernel(crate::loss::Divergence::Kl))
-            .flatten()
+        fused.then(|| self.soft.kernel(Divergence::Kl)).flatten()
     }
 }
 

@@ -7,10 +7,10 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
 use super::forward_kl::forward_kl_elements;
-use super::tokens::{Softening, TokenReduction};
+use super::tokens::{Softening, TokenDivergence, TokenReduction};
 use crate::check::check_fraction;
 use crate::error::DistillError;
-use crate::fused;
+use crate::fused::{self, Divergence, TokenKernel};
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
 use crate::math::log_add_exp;
@@ -106,12 +106,14 @@ impl Loss for Jsd {
             })
         })
     }
+}
 
-    fn token_kernel(&self) -> Option<crate::loss::TokenKernel> {
+impl TokenDivergence for Jsd {
+    fn token_kernel(&self) -> Option<TokenKernel> {
         let divergence = match self.beta {
-            0.0 => crate::loss::Divergence::Kl,
-            1.0 => crate::loss::Divergence::ReverseKl,
-            b => crate::loss::Divergence::Jsd(b),
+            0.0 => Divergence::Kl,
+            1.0 => Divergence::ReverseKl,
+            b => Divergence::Jsd(b),
         };
         self.fused.then(|| self.soft.kernel(divergence)).flatten()
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use burn::config::Config;
 use burn::tensor::{Bool, Int, Tensor};
 
-use super::tokens::TokenReduction;
+use super::tokens::{TokenDivergence, TokenReduction};
 use crate::check::{check_non_negative, check_positive};
 use crate::cross_entropy::cross_entropy_per_sample;
 use crate::error::DistillError;
@@ -182,7 +182,7 @@ pub struct FusedLinearConfig {
 impl FusedLinearConfig {
     /// Wraps `inner`, a token objective built with `TokenReduction::None` (its per-token
     /// values are reduced here, over all chunks).
-    pub fn init<L: Loss>(&self, inner: L) -> Result<FusedLinear<L>, DistillError> {
+    pub fn init<L: TokenDivergence>(&self, inner: L) -> Result<FusedLinear<L>, DistillError> {
         if self.reduction == TokenReduction::None {
             return Err(DistillError::config(
                 FusedLinear::<()>::NAME,
@@ -232,7 +232,7 @@ pub struct FusedLinear<L> {
 
 crate::loss::objective!(FusedLinear<L>, "fused_linear");
 
-impl<L: Loss> FusedLinear<L> {
+impl<L: TokenDivergence> FusedLinear<L> {
     /// One chunk through the wrapped objective and a small autodiff graph: the chunk's
     /// weighted, scaled value and the gradients of the student's (and, when tracked, the
     /// teacher's) logits.
@@ -284,7 +284,7 @@ impl<L: Loss> FusedLinear<L> {
     }
 }
 
-impl<L: Loss> Loss for FusedLinear<L> {
+impl<L: TokenDivergence> Loss for FusedLinear<L> {
     fn name(&self) -> &str {
         Self::NAME
     }

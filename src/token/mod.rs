@@ -16,7 +16,7 @@ use crate::registry::Descriptor;
 
 mod tokens;
 
-pub use tokens::{TokenReduction, flatten, shift_labels, shift_logits};
+pub use tokens::{TokenDivergence, TokenReduction, flatten, shift_labels, shift_logits};
 
 mod cosine;
 mod forward_kl;

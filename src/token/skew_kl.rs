@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
 use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
-use super::tokens::{Softening, TokenReduction};
+use super::tokens::{Softening, TokenDivergence, TokenReduction};
 use crate::check::check_fraction;
 use crate::error::DistillError;
 use crate::input::DistillInput;
@@ -127,6 +127,8 @@ impl Loss for SkewKl {
         })
     }
 }
+
+impl TokenDivergence for SkewKl {}
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {

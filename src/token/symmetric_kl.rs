@@ -7,7 +7,7 @@ use burn::tensor::activation::log_softmax;
 
 use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
 use super::reverse_kl::reverse_kl_elements;
-use super::tokens::{Softening, TokenReduction};
+use super::tokens::{Softening, TokenDivergence, TokenReduction};
 use crate::check::check_fraction;
 use crate::error::DistillError;
 use crate::input::DistillInput;
@@ -86,6 +86,8 @@ impl Loss for SymmetricKl {
         })
     }
 }
+
+impl TokenDivergence for SymmetricKl {}
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {

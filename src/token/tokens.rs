@@ -6,8 +6,10 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use crate::check::{check_positive, check_temperature};
 use crate::error::DistillError;
+use crate::fused::{Divergence, TokenKernel};
 use crate::input::DistillInput;
 use crate::loss::LossOutput;
+use crate::loss::{Loss, Named};
 use crate::math::Temperature;
 
 /// How per-token divergences become the total. Rows that do not count (the mask) contribute
@@ -61,6 +63,39 @@ pub fn shift_labels(labels: Tensor<2, Int>) -> Tensor<1, Int> {
     labels.narrow(1, 1, t).reshape([b * t])
 }
 
+/// A per-token divergence between the student's and the teacher's logits `[N, V]` (one row per
+/// token): what [`FusedLinear`](super::FusedLinear) wraps. Built with `TokenReduction::None`, it
+/// gives one value per token, which the lm-head path reduces over all chunks.
+pub trait TokenDivergence: Loss {
+    /// The fused kernel behind the per-token values, when the objective has one and computes
+    /// them as configured (built with `TokenReduction::None`, its `fused` switch on): the
+    /// lm-head path then runs the kernel on each chunk of logits directly. `None` by default.
+    fn token_kernel(&self) -> Option<TokenKernel> {
+        None
+    }
+}
+
+impl Loss for Box<dyn TokenDivergence> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+        (**self).forward(input)
+    }
+}
+
+impl TokenDivergence for Box<dyn TokenDivergence> {
+    fn token_kernel(&self) -> Option<TokenKernel> {
+        (**self).token_kernel()
+    }
+}
+
+impl<L: TokenDivergence> TokenDivergence for Named<L> {
+    fn token_kernel(&self) -> Option<TokenKernel> {
+        self.inner().token_kernel()
+    }
+}
+
 /// The temperature, the `T²` switch and the reduction every token divergence has.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Softening {
@@ -89,8 +124,8 @@ impl Softening {
 
     /// The fused kernel of `divergence` at these settings, for the lm-head path: only
     /// when the per-token values are not reduced (`TokenReduction::None`).
-    pub fn kernel(&self, divergence: crate::loss::Divergence) -> Option<crate::loss::TokenKernel> {
-        (self.reduction == TokenReduction::None).then(|| crate::loss::TokenKernel {
+    pub fn kernel(&self, divergence: Divergence) -> Option<TokenKernel> {
+        (self.reduction == TokenReduction::None).then(|| TokenKernel {
             divergence,
             inv_t: 1.0 / self.temperature,
             factor: match self.t_squared {

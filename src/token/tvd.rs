@@ -6,7 +6,7 @@ use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
-use super::tokens::{Softening, TokenReduction};
+use super::tokens::{Softening, TokenDivergence, TokenReduction};
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
@@ -70,6 +70,8 @@ impl Loss for Tvd {
         })
     }
 }
+
+impl TokenDivergence for Tvd {}
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
