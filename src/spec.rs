@@ -55,17 +55,14 @@ use std::path::Path;
 
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::curriculum::{CtkdConfig, Paced, PacedConfig, TopKMask, TopKMaskConfig};
 use crate::error::DistillError;
-use crate::feature::*;
-use crate::logit::*;
 use crate::loss::{Loss, LossExt, LossSum};
-use crate::pipeline::{Dgkd, DgkdConfig};
-use crate::relation::*;
+use crate::registry::{Build, Token, spec_error, typed};
 use crate::schedule::Schedule;
-use crate::token::*;
+
+pub use crate::registry::{Method, MethodKind};
 
 /// A loss: the sum of its terms, optionally preceded by an initialisation stage (see
 /// [`LossExt::then_after`]). The file form has a `[[loss]]` table per term and an optional
@@ -124,13 +121,6 @@ fn unit_weight() -> Schedule {
 
 fn is_unit_weight(w: &Schedule) -> bool {
     *w == Schedule::Constant(1.0)
-}
-
-fn spec_error(at: &str, reason: impl Into<String>) -> DistillError {
-    DistillError::InvalidSpec {
-        at: at.into(),
-        reason: reason.into(),
-    }
 }
 
 impl LossSpec {
@@ -263,7 +253,7 @@ impl TermSpec {
 
     /// This term as a token divergence, for a wrapper of one (`FusedLinear`): its method must
     /// be a token divergence, and it takes no weight (weight the wrapper instead).
-    fn build_token(&self, at: &str) -> Result<Box<dyn TokenDivergence>, DistillError> {
+    fn build_token(&self, at: &str) -> Result<Token, DistillError> {
         let at = format!("{at} ({})", self.method);
         let method = method(&self.method, &at)?;
         let build = method.token.ok_or_else(|| {
@@ -288,7 +278,10 @@ impl TermSpec {
         }
         let objective = build(&method.merged(&self.options, &at)?, &at)?;
         Ok(match &self.name {
-            Some(name) => Box::new(objective.named(name.clone())),
+            Some(name) => {
+                let inner = crate::token::unbox_divergence(objective, &at)?;
+                crate::token::box_divergence(inner.named(name.clone()))
+            }
             None => objective,
         })
     }
@@ -340,158 +333,6 @@ impl TermSpec {
     }
 }
 
-type Built = Result<Box<dyn Loss>, DistillError>;
-
-/// An example value of a required field.
-type Example = fn() -> Value;
-
-/// How a method's objective is built from its (merged) options.
-enum Build {
-    Loss(fn(&Value, &str) -> Built),
-    Wrapper(fn(&Value, &str, Box<dyn Loss>) -> Built),
-    /// A wrapper of a token divergence (`FusedLinear`): its `of` must be one.
-    TokenWrapper(fn(&Value, &str, Box<dyn TokenDivergence>) -> Built),
-    Learnable,
-}
-
-/// How a token divergence's method builds it as one (for a [`Build::TokenWrapper`]).
-type BuildToken = fn(&Value, &str) -> Result<Box<dyn TokenDivergence>, DistillError>;
-
-/// What kind of objective a [`Method`] builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MethodKind {
-    /// A stateless objective: [`LossSpec::init`] builds it.
-    Loss,
-    /// An objective that wraps another (`of`).
-    Wrapper,
-    /// An objective that wraps a token divergence (`of`, one of the methods
-    /// [`Method::is_token_divergence`] says yes for, without a weight): `FusedLinear`.
-    TokenWrapper,
-    /// An objective with learnable parameters: read its config with [`TermSpec::config`].
-    Learnable,
-}
-
-/// One method a spec can name: its config type, its required fields and its defaults.
-pub struct Method {
-    name: &'static str,
-    config: &'static str,
-    required: &'static [(&'static str, Example)],
-    defaults: fn(&Map<String, Value>, &str) -> Result<Value, DistillError>,
-    config_type: fn() -> TypeId,
-    check: fn(&Value) -> Result<(), serde_json::Error>,
-    build: Build,
-    token: Option<BuildToken>,
-}
-
-impl std::fmt::Debug for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Method")
-            .field("name", &self.name)
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
-impl Method {
-    /// The method's name, as `method = "…"` gives it: the objective's `NAME`.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// Its config type, e.g. `logit::KdConfig`.
-    pub fn config(&self) -> &'static str {
-        self.config
-    }
-
-    /// What it builds.
-    pub fn kind(&self) -> MethodKind {
-        match self.build {
-            Build::Loss(_) => MethodKind::Loss,
-            Build::Wrapper(_) => MethodKind::Wrapper,
-            Build::TokenWrapper(_) => MethodKind::TokenWrapper,
-            Build::Learnable => MethodKind::Learnable,
-        }
-    }
-
-    /// Whether it is a token divergence, which a [`MethodKind::TokenWrapper`] can wrap.
-    pub fn is_token_divergence(&self) -> bool {
-        self.token.is_some()
-    }
-
-    /// The fields without a default (the arguments of `XConfig::new`), each with an example value.
-    pub fn required(&self) -> Vec<(&'static str, Value)> {
-        self.required.iter().map(|(n, v)| (*n, v())).collect()
-    }
-
-    /// Every field with its default (the required ones at their example values), as JSON.
-    pub fn defaults(&self) -> Value {
-        let examples = self
-            .required()
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v))
-            .collect();
-        (self.defaults)(&examples, self.name).expect("the example values build the config")
-    }
-
-    /// The options over the config's defaults, every key checked against its fields.
-    fn merged(&self, options: &Map<String, Value>, at: &str) -> Result<Value, DistillError> {
-        let defaults = (self.defaults)(options, at)?;
-        let over = |fields: &mut Value, key: &String, value: &Value| {
-            let fields = fields
-                .as_object_mut()
-                .expect("a config serialises to a table");
-            match fields.get_mut(key) {
-                Some(field) => {
-                    *field = value.clone();
-                    Ok(())
-                }
-                None => {
-                    let known: Vec<&String> = fields.keys().collect();
-                    let reason = format!("unknown field `{key}`; {} has {known:?}", self.config);
-                    Err(spec_error(at, reason))
-                }
-            }
-        };
-        let mut merged = defaults.clone();
-        for (key, value) in options {
-            over(&mut merged, key, value)?;
-        }
-        if let Err(e) = (self.check)(&merged) {
-            // serde's message does not name the field: try each option alone over the defaults
-            for (key, value) in options {
-                let mut alone = defaults.clone();
-                over(&mut alone, key, value)?;
-                if let Err(e) = (self.check)(&alone) {
-                    return Err(spec_error(at, format!("`{key}`: {e}")));
-                }
-            }
-            return Err(spec_error(at, e.to_string()));
-        }
-        Ok(merged)
-    }
-}
-
-/// The config `C` from merged options (checked by [`Method::merged`]).
-fn typed<C: serde::de::DeserializeOwned>(options: &Value, at: &str) -> Result<C, DistillError> {
-    serde_json::from_value(options.clone()).map_err(|e| spec_error(at, e.to_string()))
-}
-
-/// A required field of `options`, or an error naming it.
-fn required<T: serde::de::DeserializeOwned>(
-    options: &Map<String, Value>,
-    field: &str,
-    at: &str,
-) -> Result<T, DistillError> {
-    let value = options
-        .get(field)
-        .ok_or_else(|| spec_error(at, format!("missing the required field `{field}`")))?;
-    serde_json::from_value(value.clone()).map_err(|e| spec_error(at, format!("`{field}`: {e}")))
-}
-
-fn to_value(config: impl Serialize) -> Value {
-    serde_json::to_value(config).expect("a config serialises to JSON")
-}
-
 /// The names of the wrapper methods.
 fn wrappers() -> Vec<&'static str> {
     methods()
@@ -512,108 +353,13 @@ fn method(name: &str, at: &str) -> Result<&'static Method, DistillError> {
     })
 }
 
-/// One [`Method`]: `kind Objective = Config(required fields = example values)`.
-macro_rules! method {
-    (@build loss $cfg:ty) => {
-        Build::Loss(|v, at| Ok(typed::<$cfg>(v, at)?.init()?.boxed()))
-    };
-    (@build wrapper $cfg:ty) => {
-        Build::Wrapper(|v, at, inner| Ok(typed::<$cfg>(v, at)?.init(inner)?.boxed()))
-    };
-    (@build token_wrapper $cfg:ty) => {
-        Build::TokenWrapper(|v, at, inner| Ok(typed::<$cfg>(v, at)?.init(inner)?.boxed()))
-    };
-    (@build token $cfg:ty) => {
-        method!(@build loss $cfg)
-    };
-    (@build learnable $cfg:ty) => {
-        Build::Learnable
-    };
-    (@token token $cfg:ty) => {
-        Some(|v, at| Ok(Box::new(typed::<$cfg>(v, at)?.init()?)))
-    };
-    (@token $kind:ident $cfg:ty) => {
-        None
-    };
-    ($kind:ident $obj:ty = $module:ident::$cfg:ident($($req:ident = $example:tt),*)) => {
-        Method {
-            name: <$obj>::NAME,
-            config: concat!(stringify!($module), "::", stringify!($cfg)),
-            required: &[$((stringify!($req), || json!($example))),*],
-            defaults: |_options, _at| Ok(to_value($cfg::new($(required(_options, stringify!($req), _at)?),*))),
-            config_type: TypeId::of::<$cfg>,
-            check: |v| serde_json::from_value::<$cfg>(v.clone()).map(|_| ()),
-            build: method!(@build $kind $cfg),
-            token: method!(@token $kind $cfg),
-        }
-    };
-}
-
-/// Every method a spec can name, in catalog order.
+/// Every method a spec can name, in catalog order: the objectives' descriptors' methods.
 pub fn methods() -> &'static [Method] {
     static METHODS: std::sync::OnceLock<Vec<Method>> = std::sync::OnceLock::new();
     METHODS.get_or_init(|| {
-        vec![
-            method!(loss CrossEntropy = logit::CrossEntropyConfig()),
-            method!(loss Kd = logit::KdConfig()),
-            method!(loss Dkd = logit::DkdConfig()),
-            method!(loss Dckd = logit::DckdConfig()),
-            method!(loss Dist = logit::DistConfig()),
-            method!(loss DistPlus = logit::DistPlusConfig()),
-            method!(loss Mlkd = logit::MlkdConfig()),
-            method!(loss ProbMse = logit::ProbMseConfig()),
-            method!(loss LogitMse = logit::LogitMseConfig()),
-            Method {
-                name: Standardized::<()>::NAME,
-                config: "logit::Standardized (eps)",
-                required: &[],
-                defaults: |_, _| Ok(json!({ "eps": 1e-7 })),
-                config_type: TypeId::of::<Standardized<()>>,
-                check: |v| serde_json::from_value::<f64>(v["eps"].clone()).map(|_| ()),
-                build: Build::Wrapper(|v, at, inner| {
-                    let eps: f64 = typed(&v["eps"], at)?;
-                    Ok(Standardized::new(inner).with_eps(eps)?.boxed())
-                }),
-                token: None,
-            },
-            method!(learnable crate::curriculum::Ctkd<()> = curriculum::CtkdConfig()),
-            method!(wrapper Paced<()> = curriculum::PacedConfig()),
-            method!(wrapper TopKMask<()> = curriculum::TopKMaskConfig()),
-            method!(learnable Hint = feature::HintConfig(student = [8, 4, 4], teacher = [16, 4, 4])),
-            method!(loss At = feature::AtConfig()),
-            method!(learnable Mgd = feature::MgdConfig(student_channels = 8, teacher_channels = 16)),
-            method!(wrapper Dam<()> = feature::DamConfig()),
-            method!(loss Nst = feature::NstConfig()),
-            method!(learnable Ft = feature::FtConfig(student_channels = 8, teacher_channels = 16)),
-            method!(loss Fsp = feature::FspConfig(features = ["block1", "block2"])),
-            method!(loss Kdsvd = feature::KdsvdConfig(features = ["block1", "block2"])),
-            method!(learnable Ab = feature::AbConfig(features = ["block1"], student = [[8, 4, 4]], teacher = [[16, 4, 4]])),
-            method!(learnable Vid = feature::VidConfig(features = ["block1"], channels = [[8, 16]])),
-            method!(learnable Ofd = feature::OfdConfig(features = ["block1"], channels = [[4, 2]], margins = [[-1.0, -0.5]])),
-            method!(learnable ReviewKd = feature::ReviewKdConfig(features = ["block1", "block2"], student_channels = [8, 16], teacher_channels = [16, 32])),
-            method!(learnable Ickd = feature::IckdConfig()),
-            method!(loss Kta = feature::KtaConfig()),
-            method!(loss Affinity = feature::AffinityConfig()),
-            method!(learnable PadL2 = feature::PadL2Config(width = 16)),
-            method!(learnable Srd = feature::SrdConfig()),
-            method!(loss Rkd = relation::RkdConfig()),
-            method!(loss Pkt = relation::PktConfig()),
-            method!(loss Sp = relation::SpConfig()),
-            method!(loss Cc = relation::CcConfig()),
-            method!(learnable Dlkd = relation::DlkdConfig(student_dim = 16, teacher_dim = 32)),
-            method!(learnable Crd = relation::CrdConfig(student_dim = 16, teacher_dim = 32, dataset_size = 1000)),
-            method!(learnable Sskd = relation::SskdConfig(student_dim = 16, teacher_dim = 32)),
-            method!(wrapper Dgkd<()> = pipeline::DgkdConfig()),
-            method!(token ForwardKl = token::ForwardKlConfig()),
-            method!(token ReverseKl = token::ReverseKlConfig()),
-            method!(token Jsd = token::JsdConfig()),
-            method!(token SymmetricKl = token::SymmetricKlConfig()),
-            method!(token SkewKl = token::SkewKlConfig()),
-            method!(token Tvd = token::TvdConfig()),
-            method!(loss TopK = token::TopKConfig()),
-            method!(token_wrapper FusedLinear<()> = token::FusedLinearConfig()),
-            method!(learnable HiddenState = token::HiddenStateConfig(student_width = 16, teacher_width = 32, layers = [["layer4", "layer8"]])),
-            method!(token LogitCosine = token::LogitCosineConfig()),
-        ]
+        crate::objectives()
+            .into_iter()
+            .filter_map(|d| d.method)
+            .collect()
     })
 }

@@ -15,17 +15,11 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::SgdConfig;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_distill::curriculum::CtkdConfig;
-use burn_distill::feature::{
-    AbConfig, FtConfig, HintConfig, IckdConfig, MgdConfig, OfdConfig, PadL2Config, ReviewKdConfig,
-    SrdConfig, VidConfig, ofd_margins,
-};
 use burn_distill::logit::{
     DckdConfig, DistConfig, LogitMseConfig, MlkdConfig, ProbMseConfig, Standardized,
 };
 use burn_distill::meta::{Batch, MetaTeacherConfig, PilotRate};
 use burn_distill::prelude::*;
-use burn_distill::relation::{CrdConfig, DlkdConfig};
-use burn_distill::token::HiddenStateConfig;
 use burn_distill::{ExampleInput, Feature, LossSum, example_input};
 use common::{Net, close, configure_f64, noise, values};
 
@@ -258,93 +252,31 @@ fn logit_objectives() -> Vec<Box<dyn Loss>> {
     ]
 }
 
-/// Objectives with parameters, built on `device` in `dtype` from one reference record, so
-/// every backend gets the same weights.
+/// Objectives with parameters, built on `device` in `dtype` from one set of weights drawn on
+/// the reference device, so every backend gets the same weights: every descriptor's learnable
+/// example, and CTKD over KD (its inner objective is another family's).
 fn with_parameters(device: &Device, dtype: DType) -> Vec<Box<dyn Loss>> {
     // the draws come from the reference device's seeded generator: one caller at a time, or
     // two tests running side by side interleave them and get different weights
     static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _draws = DRAWS.lock().unwrap_or_else(|p| p.into_inner());
     let r = reference();
-    let mv = |m: &mut dyn FnMut(&mut Move)| {
-        let mut mover = Move { device, dtype };
-        m(&mut mover);
-    };
     let mut out: Vec<Box<dyn Loss>> = Vec::new();
-    r.seed(11);
-    let hint = HintConfig::new([3, 4, 4], [6, 4, 4]).init(&r).unwrap();
-    let mgd = MgdConfig::new(3, 6)
-        .with_alpha(Some(1e-2))
-        .init(&r)
-        .unwrap();
-    let dlkd = DlkdConfig::new(4, 5).with_embed_dim(3).init(&r).unwrap();
-    mv(&mut |m| out.push(hint.clone().map(m).boxed()));
-    mv(&mut |m| out.push(mgd.clone().map(m).boxed()));
-    mv(&mut |m| out.push(dlkd.clone().map(m).boxed()));
+    for (i, learnable) in burn_distill::objectives()
+        .iter()
+        .filter_map(|d| d.learnable)
+        .enumerate()
+    {
+        r.seed(11 + i as u64);
+        out.push(learnable(&r, device, dtype).unwrap());
+    }
+    r.seed(10);
     let ctkd = CtkdConfig::new()
         .with_lambda_start(-0.5)
         .init(KdConfig::new().init().unwrap(), &r)
         .unwrap();
-    mv(&mut |m| out.push(ctkd.clone().map(m).boxed()));
-    let hidden = HiddenStateConfig::new(4, 5, vec![("embedding".into(), "embedding".into())])
-        .init(&r)
-        .unwrap();
-    mv(&mut |m| out.push(hidden.clone().map(m).boxed()));
-    let ft = FtConfig::new(3, 6).init(&r).unwrap();
-    mv(&mut |m| out.push(ft.clone().map(m).boxed()));
-    let pad = PadL2Config::new(48)
-        .with_feature("paired".into())
-        .init(&r)
-        .unwrap();
-    mv(&mut |m| out.push(pad.clone().map(m).boxed()));
-    let srd = SrdConfig::new()
-        .with_projector(Some([4, 5]))
-        .init(&r)
-        .unwrap();
-    mv(&mut |m| out.push(srd.clone().map(m).boxed()));
-    let ickd = IckdConfig::new()
-        .with_embeds(vec![[3, 6]])
-        .init(&r)
-        .unwrap();
-    mv(&mut |m| out.push(ickd.clone().map(m).boxed()));
-    let feature = || vec!["feature".to_string()];
-    let ab = AbConfig::new(feature(), vec![[3, 4, 4]], vec![[6, 4, 4]])
-        .init(&r)
-        .unwrap();
-    mv(&mut |m| out.push(ab.clone().map(m).boxed()));
-    let vid = VidConfig::new(feature(), vec![[3, 6]]).init(&r).unwrap();
-    mv(&mut |m| out.push(vid.clone().map(m).boxed()));
-    let margins = ofd_margins(
-        &[1.0, 0.5, 2.0, 1.0, 0.1, 1.5],
-        &[0.0, 0.3, -1.0, 2.0, 0.0, -0.2],
-    );
-    let ofd = OfdConfig::new(feature(), vec![[3, 6]], vec![margins])
-        .init(&r)
-        .unwrap();
-    mv(&mut |m| out.push(ofd.clone().map(m).boxed()));
-    let review = ReviewKdConfig::new(
-        vec!["paired".into(), "feature".into()],
-        vec![3, 3],
-        vec![3, 6],
-    )
-    .with_warmup_epochs(0)
-    .init(&r)
-    .unwrap();
-    mv(&mut |m| out.push(review.clone().map(m).boxed()));
-    // CRD's memory is state the forward updates: a fresh copy from a record each time
-    let crd = CrdConfig::new(4, 5, 10)
-        .with_embed_dim(3)
-        .with_negatives(4)
-        .init(&r)
-        .unwrap();
-    let record = crd.clone().into_record().into_bytes().unwrap();
-    let fresh = CrdConfig::new(4, 5, 10)
-        .with_embed_dim(3)
-        .with_negatives(4)
-        .init(&r)
-        .unwrap()
-        .load_record(burn::store::ModuleRecord::from_bytes(record).unwrap());
-    mv(&mut |m| out.push(fresh.clone().map(m).boxed()));
+    let mut mover = Move { device, dtype };
+    out.push(ctkd.map(&mut mover).boxed());
     out
 }
 

@@ -164,4 +164,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Li et al., AAAI 2023, *Curriculum Temperature for KD*",
     doc: "ctkd.md",
     example: None,
+    learnable: None,
+    method: Some(crate::registry::method!(learnable Ctkd<()> = curriculum::CtkdConfig())),
 }];

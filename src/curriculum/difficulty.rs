@@ -238,6 +238,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[
                 .init(crate::cross_entropy::CrossEntropyConfig::new().init()?)?
                 .boxed())
         }),
+        learnable: None,
+        method: Some(crate::registry::method!(wrapper Paced<()> = curriculum::PacedConfig())),
     },
     Descriptor {
         module: super::MODULE,
@@ -248,5 +250,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[
             let ce = crate::cross_entropy::CrossEntropyConfig::new().init()?;
             Ok(TopKMaskConfig::new().with_start(0.5).init(ce)?.boxed())
         }),
+        learnable: None,
+        method: Some(crate::registry::method!(wrapper TopKMask<()> = curriculum::TopKMaskConfig())),
     },
 ];

@@ -22,6 +22,8 @@ const OWN: &[Descriptor] = &[Descriptor {
     paper: "warm-ups and ramps for any weight",
     doc: "curriculum.md",
     example: None,
+    learnable: None,
+    method: None,
 }];
 
 /// This family's module path, as its objectives' descriptors name it.

@@ -1,6 +1,6 @@
 //! AB: distillation of the activation boundaries formed by hidden neurons.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -138,4 +138,14 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Heo et al., AAAI 2019, *Distillation of Activation Boundaries Formed by Hidden Neurons*",
     doc: "ab.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            AbConfig::new(vec!["feature".into()], vec![[3, 4, 4]], vec![[6, 4, 4]]).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable Ab = feature::AbConfig(features = ["block1"], student = [[8, 4, 4]], teacher = [[16, 4, 4]])),
+    ),
 }];

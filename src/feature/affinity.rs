@@ -110,4 +110,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init()?
             .boxed())
     }),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Affinity = feature::AffinityConfig())),
 }];

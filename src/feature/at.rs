@@ -87,4 +87,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention*",
     doc: "at.md",
     example: Some(|_| Ok(AtConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss At = feature::AtConfig())),
 }];

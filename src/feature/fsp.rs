@@ -118,4 +118,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init()?
             .boxed())
     }),
+    learnable: None,
+    method: Some(
+        crate::registry::method!(loss Fsp = feature::FspConfig(features = ["block1", "block2"])),
+    ),
 }];

@@ -1,6 +1,6 @@
 //! FT: factor transfer through a paraphraser (teacher) and a translator (student).
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
@@ -243,4 +243,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Kim et al., NeurIPS 2018, *Paraphrasing Complex Network: Factor Transfer*",
     doc: "ft.md",
     example: None,
+    learnable: Some(|r, dev, dtype| Ok(moved(FtConfig::new(3, 6).init(r)?, dev, dtype))),
+    method: Some(
+        crate::registry::method!(learnable Ft = feature::FtConfig(student_channels = 8, teacher_channels = 16)),
+    ),
 }];

@@ -1,6 +1,6 @@
 //! FitNet hints with a learnable connector.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
@@ -197,4 +197,14 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets*",
     doc: "hint.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            HintConfig::new([3, 4, 4], [6, 4, 4]).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable Hint = feature::HintConfig(student = [8, 4, 4], teacher = [16, 4, 4])),
+    ),
 }];

@@ -1,7 +1,7 @@
 //! ICKD: inter-channel correlation.
 
 use crate::loss::LossExt;
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
@@ -149,4 +149,12 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init(dev)?
             .boxed())
     }),
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            IckdConfig::new().with_embeds(vec![[3, 6]]).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(crate::registry::method!(learnable Ickd = feature::IckdConfig())),
 }];

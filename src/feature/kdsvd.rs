@@ -182,4 +182,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init()?
             .boxed())
     }),
+    learnable: None,
+    method: Some(
+        crate::registry::method!(loss Kdsvd = feature::KdsvdConfig(features = ["block1", "block2"])),
+    ),
 }];

@@ -106,4 +106,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init()?
             .boxed())
     }),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Kta = feature::KtaConfig())),
 }];

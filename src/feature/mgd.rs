@@ -1,6 +1,6 @@
 //! MGD: masked generative distillation.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::config::Config;
@@ -244,4 +244,14 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Yang et al., ECCV 2022, *Masked Generative Distillation*",
     doc: "mgd.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            MgdConfig::new(3, 6).with_alpha(Some(1e-2)).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable Mgd = feature::MgdConfig(student_channels = 8, teacher_channels = 16)),
+    ),
 }];

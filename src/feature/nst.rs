@@ -94,6 +94,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Huang & Wang 2017, *Like What You Like: Neuron Selectivity Transfer*",
     doc: "nst.md",
     example: Some(|_| Ok(NstConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Nst = feature::NstConfig())),
 }];
 
 #[cfg(test)]

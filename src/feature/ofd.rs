@@ -1,6 +1,6 @@
 //! OFD: a comprehensive overhaul of feature distillation.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -222,4 +222,22 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Heo et al., ICCV 2019, *A Comprehensive Overhaul of Feature Distillation*",
     doc: "ofd.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            OfdConfig::new(
+                vec!["feature".into()],
+                vec![[3, 6]],
+                vec![ofd_margins(
+                    &[1.0, 0.5, 2.0, 1.0, 0.1, 1.5],
+                    &[0.0, 0.3, -1.0, 2.0, 0.0, -0.2],
+                )],
+            )
+            .init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable Ofd = feature::OfdConfig(features = ["block1"], channels = [[4, 2]], margins = [[-1.0, -0.5]])),
+    ),
 }];

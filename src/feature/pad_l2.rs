@@ -1,6 +1,6 @@
 //! PAD-L2: prime-aware adaptive distillation with a learned variance per feature.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
@@ -132,4 +132,12 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Zhang et al., ECCV 2020, *Prime-Aware Adaptive Distillation*",
     doc: "pad_l2.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            PadL2Config::new(48).with_feature("paired".into()).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(crate::registry::method!(learnable PadL2 = feature::PadL2Config(width = 16))),
 }];

@@ -1,6 +1,6 @@
 //! ReviewKD: attention-based fusion of the student's stages and the hierarchical context loss.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -248,4 +248,20 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Chen et al., CVPR 2021, *Distilling Knowledge via Knowledge Review*",
     doc: "review_kd.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            ReviewKdConfig::new(
+                vec!["paired".into(), "feature".into()],
+                vec![3, 3],
+                vec![3, 6],
+            )
+            .with_warmup_epochs(0)
+            .init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable ReviewKd = feature::ReviewKdConfig(features = ["block1", "block2"], student_channels = [8, 16], teacher_channels = [16, 32])),
+    ),
 }];

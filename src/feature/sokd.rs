@@ -349,4 +349,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init(super::AtConfig::new().init()?)?
             .boxed())
     }),
+    learnable: None,
+    method: Some(crate::registry::method!(wrapper Dam<()> = feature::DamConfig())),
 }];

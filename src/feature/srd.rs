@@ -1,7 +1,7 @@
 //! SRD: the simple recipe of distillation (a log feature distance plus KD).
 
 use crate::loss::LossExt;
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
@@ -150,4 +150,12 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init(dev)?
             .boxed())
     }),
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            SrdConfig::new().with_projector(Some([4, 5])).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(crate::registry::method!(learnable Srd = feature::SrdConfig())),
 }];

@@ -1,6 +1,6 @@
 //! VID: variational information distillation.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Relu;
@@ -184,4 +184,14 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Ahn et al., CVPR 2019, *Variational Information Distillation*",
     doc: "vid.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            VidConfig::new(vec!["feature".into()], vec![[3, 6]]).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable Vid = feature::VidConfig(features = ["block1"], channels = [[8, 16]])),
+    ),
 }];

@@ -100,4 +100,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Wang et al., PLoS One 2025 (reconstruction from the abstract)",
     doc: "dckd.md",
     example: Some(|_| Ok(DckdConfig::new().with_warmup_epochs(0).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Dckd = logit::DckdConfig())),
 }];

@@ -114,4 +114,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher*",
     doc: "dist.md",
     example: Some(|_| Ok(DistConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Dist = logit::DistConfig())),
 }];

@@ -150,4 +150,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init()?
             .boxed())
     }),
+    learnable: None,
+    method: Some(crate::registry::method!(loss DistPlus = logit::DistPlusConfig())),
 }];

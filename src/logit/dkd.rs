@@ -139,4 +139,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation*",
     doc: "dkd.md",
     example: Some(|_| Ok(DkdConfig::new().with_warmup_epochs(0).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Dkd = logit::DkdConfig())),
 }];

@@ -152,4 +152,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network*",
     doc: "kd.md",
     example: Some(|_| Ok(KdConfig::new().with_temperature(2.0).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Kd = logit::KdConfig())),
 }];

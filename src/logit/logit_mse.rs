@@ -85,6 +85,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Ba & Caruana 2014; MetaDistil's `MSEWithTemperature`",
     doc: "logit_mse.md",
     example: Some(|_| Ok(LogitMseConfig::new().with_temperature(4.0).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss LogitMse = logit::LogitMseConfig())),
 }];
 
 #[cfg(test)]

@@ -234,6 +234,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Jin, Wang, Lin, CVPR 2023, *Multi-Level Logit Distillation*",
     doc: "mlkd.md",
     example: Some(|_| Ok(MlkdConfig::new().with_ce_weight(1.0).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Mlkd = logit::MlkdConfig())),
 }];
 
 #[cfg(test)]

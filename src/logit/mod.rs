@@ -40,6 +40,8 @@ const OWN: &[Descriptor] = &[Descriptor {
     paper: "the task loss (with label smoothing)",
     doc: "kd.md#composing-with-the-task-loss",
     example: Some(|_| Ok(CrossEntropyConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss CrossEntropy = logit::CrossEntropyConfig())),
 }];
 
 /// This family's module path, as its objectives' descriptors name it.

@@ -78,4 +78,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "MetaDistil's NLP soft loss (squared error of softened probabilities)",
     doc: "prob_mse.md",
     example: Some(|_| Ok(ProbMseConfig::new().with_temperature(2.0).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss ProbMse = logit::ProbMseConfig())),
 }];

@@ -84,4 +84,18 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Sun et al., CVPR 2024, *Logit Standardization in KD*",
     doc: "dist.md#logit-standardisation",
     example: Some(|_| Ok(Standardized::new(super::KdConfig::new().init()?).boxed())),
+    learnable: None,
+    method: Some(crate::registry::Method {
+        name: Standardized::<()>::NAME,
+        config: "logit::Standardized (eps)",
+        required: &[],
+        defaults: |_, _| Ok(serde_json::json!({ "eps": 1e-7 })),
+        config_type: std::any::TypeId::of::<Standardized<()>>,
+        check: |v| serde_json::from_value::<f64>(v["eps"].clone()).map(|_| ()),
+        build: crate::registry::Build::Wrapper(|v, at, inner| {
+            let eps: f64 = crate::registry::typed(&v["eps"], at)?;
+            Ok(Standardized::new(inner).with_eps(eps)?.boxed())
+        }),
+        token: None,
+    }),
 }];

@@ -491,6 +491,8 @@ pub(crate) const DESCRIPTORS: &[crate::registry::Descriptor] = &[
         paper: "Zhou, Xu, McAuley, ACL 2022, *BERT Learns to Teach* (MetaDistil)",
         doc: "metadistil.md",
         example: None,
+        learnable: None,
+        method: None,
     },
     crate::registry::Descriptor {
         module: super::MODULE,
@@ -498,5 +500,7 @@ pub(crate) const DESCRIPTORS: &[crate::registry::Descriptor] = &[
         paper: "Du et al. 2023, Decoupled MetaDistil (reconstruction)",
         doc: "metadistil.md#decoupled-metadistil-reconstruction",
         example: None,
+        learnable: None,
+        method: None,
     },
 ];

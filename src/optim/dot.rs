@@ -215,4 +215,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Zhao et al., ICCV 2023, *DOT: A Distillation-Oriented Trainer*",
     doc: "dot.md",
     example: None,
+    learnable: None,
+    method: None,
 }];

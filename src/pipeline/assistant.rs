@@ -184,4 +184,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init(crate::logit::KdConfig::new().init()?)?
             .boxed())
     }),
+    learnable: None,
+    method: Some(crate::registry::method!(wrapper Dgkd<()> = pipeline::DgkdConfig())),
 }];

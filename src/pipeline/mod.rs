@@ -22,6 +22,8 @@ const OWN: &[Descriptor] = &[Descriptor {
     paper: "burn-train model with loss-term metrics (feature `train`)",
     doc: "train.md",
     example: None,
+    learnable: None,
+    method: None,
 }];
 
 /// This family's module path, as its objectives' descriptors name it.

@@ -158,4 +158,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Peng et al., ICCV 2019, *Correlation Congruence for Knowledge Distillation*",
     doc: "cc.md",
     example: Some(|_| Ok(CcConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Cc = relation::CcConfig())),
 }];

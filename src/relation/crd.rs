@@ -1,6 +1,6 @@
 //! CRD: contrastive representation distillation with a memory bank.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::{Module, RunningState};
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
@@ -279,4 +279,17 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Tian et al., ICLR 2020, *Contrastive Representation Distillation*",
     doc: "crd.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            CrdConfig::new(4, 5, 10)
+                .with_embed_dim(3)
+                .with_negatives(4)
+                .init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable Crd = relation::CrdConfig(student_dim = 16, teacher_dim = 32, dataset_size = 1000)),
+    ),
 }];

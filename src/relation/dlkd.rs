@@ -1,6 +1,6 @@
 //! DLKD: dual-level knowledge distillation (alignment + correlation + supervised contrast).
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::activation::log_softmax;
@@ -273,4 +273,14 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation*",
     doc: "dlkd.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            DlkdConfig::new(4, 5).with_embed_dim(3).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable Dlkd = relation::DlkdConfig(student_dim = 16, teacher_dim = 32)),
+    ),
 }];

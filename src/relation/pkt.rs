@@ -85,4 +85,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*",
     doc: "pkt.md",
     example: Some(|_| Ok(PktConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Pkt = relation::PktConfig())),
 }];

@@ -107,4 +107,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Park et al., CVPR 2019, *Relational Knowledge Distillation*",
     doc: "rkd.md",
     example: Some(|_| Ok(RkdConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Rkd = relation::RkdConfig())),
 }];

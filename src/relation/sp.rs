@@ -69,4 +69,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init()?
             .boxed())
     }),
+    learnable: None,
+    method: Some(crate::registry::method!(loss Sp = relation::SpConfig())),
 }];

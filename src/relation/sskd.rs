@@ -318,6 +318,10 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "Xu et al., ECCV 2020, *Knowledge Distillation Meets Self-Supervision*",
     doc: "sskd.md",
     example: None,
+    learnable: None,
+    method: Some(
+        crate::registry::method!(learnable Sskd = relation::SskdConfig(student_dim = 16, teacher_dim = 32)),
+    ),
 }];
 
 #[cfg(test)]

@@ -78,4 +78,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "1 − cos(z_s, z_t) per token",
     doc: "token.md",
     example: Some(|_| Ok(LogitCosineConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(token LogitCosine = token::LogitCosineConfig())),
 }];

@@ -121,4 +121,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "KL(p_t ‖ p_s) per token (TRL, torchtune, DistillKit)",
     doc: "token.md",
     example: Some(|_| Ok(ForwardKlConfig::new().with_temperature(2.0).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(token ForwardKl = token::ForwardKlConfig())),
 }];

@@ -1,6 +1,6 @@
 //! Hidden-state distillation: student layers matched to teacher layers, token by token.
 
-use crate::registry::Descriptor;
+use crate::registry::{Descriptor, moved};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -166,4 +166,14 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "hidden-state MSE / cosine with learnable projections (DistillKit)",
     doc: "token.md",
     example: None,
+    learnable: Some(|r, dev, dtype| {
+        Ok(moved(
+            HiddenStateConfig::new(4, 5, vec![("embedding".into(), "embedding".into())]).init(r)?,
+            dev,
+            dtype,
+        ))
+    }),
+    method: Some(
+        crate::registry::method!(learnable HiddenState = token::HiddenStateConfig(student_width = 16, teacher_width = 32, layers = [["layer4", "layer8"]])),
+    ),
 }];

@@ -126,4 +126,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "generalized JSD(β) (Agarwal et al., ICLR 2024, GKD; TRL, Liger)",
     doc: "token.md",
     example: Some(|_| Ok(JsdConfig::new().with_beta(0.3).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(token Jsd = token::JsdConfig())),
 }];

@@ -437,4 +437,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             )?
             .boxed())
     }),
+    learnable: None,
+    method: Some(
+        crate::registry::method!(token_wrapper FusedLinear<()> = token::FusedLinearConfig()),
+    ),
 }];

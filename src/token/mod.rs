@@ -17,6 +17,7 @@ use crate::registry::Descriptor;
 mod tokens;
 
 pub use tokens::{TokenDivergence, TokenReduction, flatten, shift_labels, shift_logits};
+pub(crate) use tokens::{box_divergence, unbox_divergence};
 
 mod cosine;
 mod forward_kl;

@@ -80,4 +80,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "KL(p_s ‖ p_t) per token (MiniLLM; TRL, torchtune)",
     doc: "token.md",
     example: Some(|_| Ok(ReverseKlConfig::new().init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(token ReverseKl = token::ReverseKlConfig())),
 }];

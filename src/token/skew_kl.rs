@@ -137,4 +137,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "skew forward / reverse KL (Ko et al., ICML 2024, DistiLLM)",
     doc: "token.md",
     example: Some(|_| Ok(SkewKlConfig::new().with_alpha(0.2).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(token SkewKl = token::SkewKlConfig())),
 }];

@@ -96,4 +96,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "λ·FKL + (1 − λ)·RKL (torchtune)",
     doc: "token.md",
     example: Some(|_| Ok(SymmetricKlConfig::new().with_ratio(0.7).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(token SymmetricKl = token::SymmetricKlConfig())),
 }];

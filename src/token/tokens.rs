@@ -11,6 +11,7 @@ use crate::input::DistillInput;
 use crate::loss::LossOutput;
 use crate::loss::{Loss, Named};
 use crate::math::Temperature;
+use crate::registry::{Token, spec_error};
 
 /// How per-token divergences become the total. Rows that do not count (the mask) contribute
 /// exactly 0 under every reduction.
@@ -73,6 +74,22 @@ pub trait TokenDivergence: Loss {
     fn token_kernel(&self) -> Option<TokenKernel> {
         None
     }
+}
+
+/// `divergence` as a spec's wrapper of token divergences receives it ([`Token`]).
+pub(crate) fn box_divergence<L: TokenDivergence + 'static>(divergence: L) -> Token {
+    Box::new(Box::new(divergence) as Box<dyn TokenDivergence>)
+}
+
+/// The token divergence inside `token`, as [`box_divergence`] boxed it.
+pub(crate) fn unbox_divergence(
+    token: Token,
+    at: &str,
+) -> Result<Box<dyn TokenDivergence>, DistillError> {
+    token
+        .downcast::<Box<dyn TokenDivergence>>()
+        .map(|b| *b)
+        .map_err(|_| spec_error(at, "not a token divergence"))
 }
 
 impl Loss for Box<dyn TokenDivergence> {

@@ -277,6 +277,8 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .init()?
             .boxed())
     }),
+    learnable: None,
+    method: Some(crate::registry::method!(loss TopK = token::TopKConfig())),
 }];
 
 #[cfg(test)]

@@ -80,4 +80,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     paper: "total variation distance per token (Liger, DistillKit)",
     doc: "token.md",
     example: Some(|_| Ok(TvdConfig::new().with_temperature(1.5).init()?.boxed())),
+    learnable: None,
+    method: Some(crate::registry::method!(token Tvd = token::TvdConfig())),
 }];
