@@ -51,6 +51,10 @@
 //! ndarray, CubeCL kernels on wgpu and cuda (feature `cube`, which `wgpu` and `cuda` turn on),
 //! and their composed tensor-op versions everywhere else.
 
+#[cfg(feature = "golden")]
+#[doc(hidden)]
+pub mod golden;
+
 mod check;
 mod cross_entropy;
 mod error;
@@ -81,7 +85,7 @@ pub use input::{Checked, DistillInput, Distillable, Extension, Feature, Outputs,
 pub use loss::{
     Finite, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered, Weighted,
 };
-pub use registry::{Descriptor, Example};
+pub use registry::{Descriptor, Example, Golden, Learnable};
 pub use schedule::Schedule;
 
 /// Every objective of the crate, family by family and file by file: the registry the method

@@ -35,6 +35,19 @@ pub struct Descriptor {
     pub learnable: Option<Learnable>,
     /// How a loss spec names and builds it (`None`: a spec cannot name it).
     pub method: Option<Method>,
+    /// The methods of the reference cases (`tests/golden`) it answers, with their runners.
+    pub golden: &'static [Golden],
+}
+
+/// A method of the reference cases an objective answers: its id (a case's `method`) and, with
+/// feature `golden` (the crate's own tests), the runner that checks a case of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Golden {
+    /// The method's id.
+    pub id: &'static str,
+    /// Checks one case of it.
+    #[cfg(feature = "golden")]
+    pub run: crate::golden::Runner,
 }
 
 /// Builds a descriptor's example objective on a device.
@@ -99,14 +112,14 @@ type BuildToken = fn(&Value, &str) -> Result<Token, DistillError>;
 /// What kind of objective a [`Method`] builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MethodKind {
-    /// A stateless objective: [`LossSpec::init`] builds it.
+    /// A stateless objective: [`LossSpec::init`](crate::spec::LossSpec::init) builds it.
     Loss,
     /// An objective that wraps another (`of`).
     Wrapper,
     /// An objective that wraps a token divergence (`of`, one of the methods
     /// [`Method::is_token_divergence`] says yes for, without a weight): `FusedLinear`.
     TokenWrapper,
-    /// An objective with learnable parameters: read its config with [`TermSpec::config`].
+    /// An objective with learnable parameters: read its config with [`TermSpec::config`](crate::spec::TermSpec::config).
     Learnable,
 }
 
@@ -300,3 +313,17 @@ macro_rules! method {
 }
 
 pub(crate) use method;
+
+/// A descriptor's reference methods: `golden!["kd" => golden::kd, …]`, each id with the runner
+/// (in the objective file's `golden` module) that checks it; `golden![]` for none.
+macro_rules! golden {
+    [$($id:literal => $run:expr),* $(,)?] => {
+        &[$($crate::registry::Golden {
+            id: $id,
+            #[cfg(feature = "golden")]
+            run: $run,
+        }),*]
+    };
+}
+
+pub(crate) use golden;

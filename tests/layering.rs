@@ -13,6 +13,7 @@ const CORE: &[&str] = &[
     "cross_entropy",
     "error",
     "file",
+    "golden",
     "input",
     "loss",
     "math",
@@ -43,11 +44,18 @@ fn module_of(path: &Path, src: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
+/// Where a file's reference-case runners start: its `golden` module, the last in the file,
+/// which is test harness code (feature `golden`) and may use any layer, as integration code
+/// does (CTKD's runner builds a KD; MetaDistil's, a KD and a DKD).
+const RUNNERS: &str = "#[cfg(feature = \"golden\")]\npub(crate) mod golden {";
+
 /// What a source file's `crate::` paths name: the top-level modules, and the crate-root items
 /// (anything else after `crate::`: a re-exported type, a `{…}` group, the prelude). Comments
-/// are skipped; `$crate::` in a macro's body counts like `crate::`.
+/// are skipped; `$crate::` in a macro's body counts like `crate::`; the file's reference-case
+/// runners (its last module, [`RUNNERS`]) are not read.
 fn imports(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut modules, mut roots) = (BTreeSet::new(), BTreeSet::new());
+    let text = text.split(RUNNERS).next().unwrap_or_default();
     for line in text.lines() {
         let code = line.trim_start();
         if code.starts_with("//") {

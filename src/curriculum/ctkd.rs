@@ -166,4 +166,98 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: None,
     learnable: None,
     method: Some(crate::registry::method!(learnable Ctkd<()> = curriculum::CtkdConfig())),
+    golden: crate::registry::golden!["ctkd_lambda_schedule" => golden::ctkd_lambda_schedule, "ctkd_kd" => golden::ctkd, "ctkd_dkd" => golden::ctkd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+    use crate::logit::{DkdConfig, KdConfig};
+
+    /// CTKD's λ schedule: `CosineDecay(max, min, loops)` at CTKD's (1-based) epochs.
+    pub(crate) fn ctkd_lambda_schedule(case: &Case) -> Result<(), String> {
+        let ctkd = CtkdConfig::new()
+            .with_lambda_start(case.param("decay_max")?)
+            .with_lambda_end(case.param("decay_min")?)
+            .with_lambda_epochs(case.param("decay_loops")? as usize)
+            .init(KdConfig::new().init().map_err(e)?, &device())
+            .map_err(e)?;
+        let (rel, abs) = case.tolerance();
+        let epochs = &case.input("epoch")?.1;
+        // the input epoch is CTKD's; ours counts from 0
+        let got: Vec<f64> = epochs
+            .iter()
+            .map(|&ep| ctkd.lambda(Progress::epoch((ep as usize).saturating_sub(1), 240)))
+            .collect::<Result<_, _>>()
+            .map_err(e)?;
+        let want = case
+            .outputs
+            .get("cosine_decay")
+            .ok_or("no cosine_decay output")?;
+        // epoch 0 does not exist in CTKD (λ = cosine(0) = 0 there, also ours at epoch 0)
+        close("lambda", &got[1..], &want[1..], rel, abs)?;
+        close(
+            "lambda at start",
+            &[ctkd.lambda(Progress::epoch(0, 240)).map_err(e)?],
+            &[want[1]],
+            rel,
+            abs,
+        )
+    }
+
+    /// CTKD's global temperature over KD (`ctkd_kd`) or DKD (`ctkd_dkd`, α and β as given): the
+    /// temperature, the loss and the gradients of both logits and of θ. Where the reference's θ
+    /// gradient is NaN (DKD's inexact target mask), the case records the exact one.
+    pub(crate) fn ctkd(case: &Case) -> Result<(), String> {
+        match case.method.as_str() {
+            "ctkd_dkd" => ctkd_over(
+                case,
+                DkdConfig::new()
+                    .with_alpha(case.param("dkd_alpha")?)
+                    .with_beta(case.param("dkd_beta")?)
+                    .with_warmup_epochs(0)
+                    .init()
+                    .map_err(e)?,
+            ),
+            _ => ctkd_over(case, KdConfig::new().init().map_err(e)?),
+        }
+    }
+
+    pub(crate) fn ctkd_over<L: Tempered + Clone + 'static>(
+        case: &Case,
+        inner: L,
+    ) -> Result<(), String> {
+        let (s, t) = logits(case)?;
+        let theta = case.leaf::<1>("theta")?;
+        let lambda = case.param("lambda")?;
+        let ctkd = CtkdConfig::new()
+            .with_t_start(case.param("t_start")?)
+            .with_t_range(case.param("t_end")?)
+            .with_lambda_start(lambda)
+            .with_lambda_end(lambda)
+            .init(inner, &device())
+            .map_err(e)?
+            .with_theta(theta.clone())
+            .map_err(e)?;
+        let (rel, abs) = case.tolerance();
+        let want_t = case.outputs.get("temperature").ok_or("no temperature")?;
+        close("temperature", &[ctkd.temperature()], want_t, rel, abs)?;
+        let mut input = DistillInput::new(s.clone(), t.clone())
+            .attach_teacher()
+            .progress(Progress::epoch(0, 1));
+        if case.has("target") {
+            input = input.targets(case.targets("target")?);
+        }
+        let grads = case.check(ctkd.forward(&input).map_err(e)?, &as_taps(&s, &t))?;
+        // the reference records θ's gradient through the reversal layer (λ applied)
+        let exact = || {
+            case.outputs
+                .get("dloss_dtheta_exact_mask_after_reversal")
+                .cloned()
+                .unwrap_or_default()
+        };
+        case.expect_grad("theta", theta.grad(&grads).map(values), Some(&exact))
+    }
+}

@@ -240,6 +240,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[
         }),
         learnable: None,
         method: Some(crate::registry::method!(wrapper Paced<()> = curriculum::PacedConfig())),
+        golden: crate::registry::golden![],
     },
     Descriptor {
         module: super::MODULE,
@@ -252,5 +253,6 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[
         }),
         learnable: None,
         method: Some(crate::registry::method!(wrapper TopKMask<()> = curriculum::TopKMaskConfig())),
+        golden: crate::registry::golden![],
     },
 ];

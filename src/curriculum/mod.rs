@@ -24,6 +24,7 @@ const OWN: &[Descriptor] = &[Descriptor {
     example: None,
     learnable: None,
     method: None,
+    golden: crate::registry::golden![],
 }];
 
 /// This family's module path, as its objectives' descriptors name it.

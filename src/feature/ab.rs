@@ -148,4 +148,31 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Ab = feature::AbConfig(features = ["block1"], student = [[8, 4, 4]], teacher = [[16, 4, 4]])),
     ),
+    golden: crate::registry::golden!["ab" => golden::ab],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// RepDistiller's `ABLoss` (the returned per-layer list summed): equal shapes, no connector.
+    pub(crate) fn ab(case: &Case) -> Result<(), String> {
+        let (input, leaves, k) = staged_input(case)?;
+        if case.opt("feat_num") != Some(k as f64) {
+            return Err(format!("feat_num is not the {k} stages given"));
+        }
+        let shapes = |side: &str| -> Result<Vec<[usize; 3]>, String> {
+            (0..k)
+                .map(|i| chw(case, &format!("feat_{side}_{i}")))
+                .collect()
+        };
+        let ab = AbConfig::new(stage_names(k), shapes("student")?, shapes("teacher")?)
+            .with_margin(case.param("margin")?)
+            .init(&device())
+            .map_err(e)?;
+        case.check(ab.forward(&input).map_err(e)?, &borrowed(&leaves))
+            .map(drop)
+    }
+}

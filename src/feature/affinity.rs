@@ -112,4 +112,22 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     }),
     learnable: None,
     method: Some(crate::registry::method!(loss Affinity = feature::AffinityConfig())),
+    golden: crate::registry::golden!["kta_affinity" => golden::affinity],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// torchdistill's `AffinityLoss`.
+    pub(crate) fn affinity(case: &Case) -> Result<(), String> {
+        let loss = AffinityConfig::new()
+            .with_reduction(reduction(case, Reduction::BatchMean)?)
+            .with_feature("tap".into())
+            .init()
+            .map_err(e)?;
+        on_tap(case, &loss, "student_output", "teacher_output")
+    }
+}

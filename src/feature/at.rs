@@ -89,4 +89,42 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(AtConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss At = feature::AtConfig())),
+    golden: crate::registry::golden!["at" => golden::at],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// Attention transfer over one stage (`feat_student`) or several (`feat_student_0`, …).
+    pub(crate) fn at(case: &Case) -> Result<(), String> {
+        let stages: Vec<String> = if case.has("feat_student") {
+            vec![String::new()]
+        } else {
+            (0..)
+                .map(|i| format!("_{i}"))
+                .take_while(|k| case.has(&format!("feat_student{k}")))
+                .collect()
+        };
+        let mut input = DistillInput::features_only().attach_teacher();
+        let mut taps = Vec::new();
+        for k in &stages {
+            let (fs, ft) = (format!("feat_student{k}"), format!("feat_teacher{k}"));
+            let (s, t) = (tap(case, &fs)?, tap(case, &ft)?);
+            input = input.feature(format!("stage{k}"), s.clone(), t.clone());
+            taps.push((fs, s));
+            taps.push((ft, t));
+        }
+        let at = AtConfig::new()
+            .with_features(stages.iter().map(|k| format!("stage{k}")).collect())
+            .with_p(case.param("p")?)
+            .with_weight(1.0)
+            .init()
+            .map_err(e)?;
+        let taps: Vec<(&str, Feature)> =
+            taps.iter().map(|(n, f)| (n.as_str(), f.clone())).collect();
+        case.check(at.forward(&input).map_err(e)?, &taps).map(drop)
+    }
+}

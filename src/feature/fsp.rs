@@ -122,4 +122,23 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(loss Fsp = feature::FspConfig(features = ["block1", "block2"])),
     ),
+    golden: crate::registry::golden!["fsp" => golden::fsp],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// RepDistiller's `FSP` (the returned per-pair list summed: weight 1).
+    pub(crate) fn fsp(case: &Case) -> Result<(), String> {
+        let (input, leaves, k) = staged_input(case)?;
+        let fsp = FspConfig::new(stage_names(k))
+            .with_weight(1.0)
+            .init()
+            .map_err(e)?;
+        case.check(fsp.forward(&input).map_err(e)?, &borrowed(&leaves))
+            .map(drop)
+    }
+}

@@ -247,4 +247,26 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Ft = feature::FtConfig(student_channels = 8, teacher_channels = 16)),
     ),
+    golden: crate::registry::golden!["ft" => golden::ft],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// RepDistiller's `FactorTransfer` loss on two factors (the paraphraser and translator are the
+    /// reference's callers, not part of the case).
+    pub(crate) fn ft(case: &Case) -> Result<(), String> {
+        let leaves = case.taps(&["feat_student", "feat_teacher"])?;
+        let loss = factor_loss(
+            map(&leaves[0].1)?,
+            map(&leaves[1].1)?,
+            case.param("p1")?,
+            case.param("p2")?,
+        );
+        case.check(LossOutput::single("ft", loss), &borrowed(&leaves))
+            .map(drop)
+    }
+}

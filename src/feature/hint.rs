@@ -207,4 +207,51 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Hint = feature::HintConfig(student = [8, 4, 4], teacher = [16, 4, 4])),
     ),
+    golden: crate::registry::golden!["fitnet_mse" => golden::fitnet, "fitnet_convreg_mse" => golden::fitnet],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// FitNet: the plain hint (no connector) and mdistiller's ConvReg connector with the case's
+    /// weights, batch norm in training mode.
+    pub(crate) fn fitnet(case: &Case) -> Result<(), String> {
+        let (s, t) = (tap(case, "feat_student")?, tap(case, "feat_teacher")?);
+        let shape = |name: &str| -> Result<[usize; 3], String> {
+            case.input(name)?.0[1..]
+                .try_into()
+                .map_err(|_| format!("`{name}` is not a map"))
+        };
+        let connector = case.method == "fitnet_convreg_mse";
+        let mut hint = HintConfig::new(shape("feat_student")?, shape("feat_teacher")?)
+            .with_connector(connector)
+            .init(&device())
+            .map_err(e)?;
+        if let Some(reg) = hint.connector.as_mut() {
+            let Connector::Conv(c) = &mut reg.conv else {
+                return Err("a 1x1 connector expected".into());
+            };
+            set_conv(case, "conv_weight", "conv_bias", c)?;
+            reg.bn.gamma = Param::from_tensor(case.constant::<1>("bn_weight")?);
+            reg.bn.beta = Param::from_tensor(case.constant::<1>("bn_bias")?);
+        }
+        let input = DistillInput::features_only()
+            .feature("feature", s.clone(), t.clone())
+            .attach_teacher();
+        let out = hint.forward(&input).map_err(e)?;
+        let grads = case.check(out, &[("feat_student", s), ("feat_teacher", t)])?;
+        if let Some(reg) = &hint.connector {
+            let gp = GradientsParams::from_grads(grads, &hint);
+            let Connector::Conv(c) = &reg.conv else {
+                return Err("a 1x1 connector expected".into());
+            };
+            case.expect_conv(c, &gp, "conv_weight", "conv_bias")?;
+            case.expect_param(&reg.bn.gamma, &gp, "bn_weight")?;
+            case.expect_param(&reg.bn.beta, &gp, "bn_bias")?;
+        }
+        Ok(())
+    }
+}

@@ -157,4 +157,38 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
         ))
     }),
     method: Some(crate::registry::method!(learnable Ickd = feature::IckdConfig())),
+    golden: crate::registry::golden!["ickd_chsim" => golden::ickd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// torchdistill's `ChSimLoss` over its feature pairs (`student_feat_i`, `teacher_feat_i`) with
+    /// their weights.
+    pub(crate) fn ickd(case: &Case) -> Result<(), String> {
+        let pairs = case.params["feature_pairs"]
+            .as_object()
+            .ok_or("no feature_pairs")?;
+        let weights = pairs
+            .values()
+            .map(|p| number(&p["weight"]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut input = DistillInput::features_only().attach_teacher();
+        let mut leaves = Vec::new();
+        for i in 0..weights.len() {
+            let pair = case.taps(&[&format!("student_feat_{i}"), &format!("teacher_feat_{i}")])?;
+            input = input.feature(format!("pair{i}"), pair[0].1.clone(), pair[1].1.clone());
+            leaves.extend(pair);
+        }
+        let loss = IckdConfig::new()
+            .with_features((0..weights.len()).map(|i| format!("pair{i}")).collect())
+            .with_weights(weights)
+            .init(&device())
+            .map_err(e)?;
+        case.check(loss.forward(&input).map_err(e)?, &borrowed(&leaves))
+            .map(drop)
+    }
+}

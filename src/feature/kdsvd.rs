@@ -186,4 +186,5 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(loss Kdsvd = feature::KdsvdConfig(features = ["block1", "block2"])),
     ),
+    golden: crate::registry::golden![],
 }];

@@ -108,4 +108,30 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     }),
     learnable: None,
     method: Some(crate::registry::method!(loss Kta = feature::KtaConfig())),
+    golden: crate::registry::golden!["kta" => golden::kta],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// torchdistill's `KTALoss`: its `'mean'` averages every element for `p = 1`, samples otherwise.
+    pub(crate) fn kta(case: &Case) -> Result<(), String> {
+        let p = case.param("p")?;
+        let mean = if p == 1.0 {
+            Reduction::Mean
+        } else {
+            Reduction::BatchMean
+        };
+        let loss = KtaConfig::new()
+            .with_p(p)
+            .with_q(case.param("q")?)
+            .with_reduction(reduction(case, mean)?)
+            .with_feature("tap".into())
+            .init()
+            .map_err(e)?;
+        on_tap(case, &loss, "feature_adapter_output", "paraphraser_output")
+    }
+}

@@ -254,4 +254,55 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Mgd = feature::MgdConfig(student_channels = 8, teacher_channels = 16)),
     ),
+    golden: crate::registry::golden!["mgd" => golden::mgd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// MGD with the case's recorded mask and conv weights: loss and the gradients of both maps and
+    /// every conv parameter. Without `align_weight` (equal channel counts) there is no align conv.
+    pub(crate) fn mgd(case: &Case) -> Result<(), String> {
+        let spatial = case.params["mask"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("spatial"));
+        let mask = if spatial {
+            MgdMask::Spatial
+        } else {
+            MgdMask::Channel
+        };
+        let mut mgd = MgdConfig::new(
+            case.param("student_channels")? as usize,
+            case.param("teacher_channels")? as usize,
+        )
+        .with_mask(mask)
+        .with_lambda(Some(case.param("lambda_mgd")?))
+        .with_alpha(Some(case.param("alpha_mgd")?))
+        .init(&device())
+        .map_err(e)?;
+        match (mgd.align.as_mut(), case.has("align_weight")) {
+            (Some(align), true) => set_conv(case, "align_weight", "align_bias", align)?,
+            (None, false) => {}
+            (Some(_), false) => return Err("an align conv the reference does not have".into()),
+            (None, true) => return Err("no align conv, but the reference has one".into()),
+        }
+        set_conv(case, "gen0_weight", "gen0_bias", &mut mgd.generator.conv1)?;
+        set_conv(case, "gen2_weight", "gen2_bias", &mut mgd.generator.conv2)?;
+        let (s, t) = (case.leaf::<4>("preds_S")?, case.leaf::<4>("preds_T")?);
+        let loss = mgd.forward_with_mask(s.clone(), t.clone(), case.constant::<4>("mask")?);
+        let out = LossOutput::single("mgd", loss);
+        let grads = case.check(
+            out,
+            &[("preds_S", Feature::Map(s)), ("preds_T", Feature::Map(t))],
+        )?;
+        let gp = GradientsParams::from_grads(grads, &mgd);
+        if let Some(align) = &mgd.align {
+            case.expect_conv(align, &gp, "align_weight", "align_bias")?;
+        }
+        case.expect_conv(&mgd.generator.conv1, &gp, "gen0_weight", "gen0_bias")?;
+        case.expect_conv(&mgd.generator.conv2, &gp, "gen2_weight", "gen2_bias")
+    }
+}

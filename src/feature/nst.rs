@@ -96,6 +96,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(NstConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Nst = feature::NstConfig())),
+    golden: crate::registry::golden!["nst" => golden::nst],
 }];
 
 #[cfg(test)]
@@ -118,5 +119,55 @@ mod tests {
         let other = nst_stage(f, g).into_scalar::<f32>();
         assert!(same.abs() < 1e-6, "{same}");
         assert!(other > 1e-3, "{other}");
+    }
+}
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// mdistiller's `single_stage_nst_loss` (weight 1). The reference detaches its
+    /// teacher-teacher term and the crate does not: the teacher's gradient is the reference's plus
+    /// that term's, recomputed here (the two maps have one spatial size, so nothing is pooled).
+    pub(crate) fn nst(case: &Case) -> Result<(), String> {
+        let loss = NstConfig::new()
+            .with_features(vec!["tap".into()])
+            .with_weight(1.0)
+            .init()
+            .map_err(e)?;
+        let leaves = case.taps(&["feat_student", "feat_teacher"])?;
+        let input = DistillInput::features_only()
+            .feature("tap", leaves[0].1.clone(), leaves[1].1.clone())
+            .attach_teacher();
+        let out = loss.forward(&input).map_err(e)?;
+        case.expect_loss(out.value(), None)?;
+        let grads = out.total.backward();
+        case.expect_grad("feat_student", grad(&leaves[0].1, &grads), None)?;
+        let t = case.leaf::<4>("feat_teacher")?;
+        let [n, c, h, w] = t.dims();
+        let f = t.clone().reshape([n, c, h * w]);
+        let f = f.clone() / f.square().sum_dim(2).sqrt();
+        let self_term = f.clone().matmul(f.swap_dims(1, 2)).square().mean();
+        let extra = values(
+            t.grad(&self_term.backward())
+                .ok_or("no self-term gradient")?,
+        );
+        let reference = case
+            .grads
+            .get("feat_teacher")
+            .ok_or("no teacher gradient")?;
+        let want: Vec<f64> = reference.iter().zip(&extra).map(|(r, x)| r + x).collect();
+        let (rel, abs) = case.tolerance();
+        close(
+            "d/dfeat_teacher (+ the self term)",
+            &grad(&leaves[1].1, &grads).ok_or("no teacher gradient")?,
+            &want,
+            rel,
+            abs,
+        )?;
+        case.checked.borrow_mut().insert("feat_teacher".into());
+        Ok(())
     }
 }

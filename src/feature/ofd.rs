@@ -240,4 +240,23 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Ofd = feature::OfdConfig(features = ["block1"], channels = [[4, 2]], margins = [[-1.0, -0.5]])),
     ),
+    golden: crate::registry::golden!["ofd" => golden::ofd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// mdistiller's OFD `feat_loss`: the partial L2 summed over channels and positions, averaged
+    /// over the batch ([`partial_l2`]).
+    pub(crate) fn ofd(case: &Case) -> Result<(), String> {
+        let leaves = case.taps(&["feat_student", "feat_teacher"])?;
+        let (_, margin) = case.input("margin")?;
+        let margin = tensor(margin.clone(), [margin.len()], case.dtype);
+        let loss = partial_l2(map(&leaves[0].1)?, map(&leaves[1].1)?, margin);
+        case.check(LossOutput::single("ofd", loss), &borrowed(&leaves))
+            .map(drop)
+    }
+}

@@ -140,4 +140,28 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
         ))
     }),
     method: Some(crate::registry::method!(learnable PadL2 = feature::PadL2Config(width = 16))),
+    golden: crate::registry::golden!["pad_l2" => golden::pad_l2],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// torchdistill's `PADL2Loss` on given log-variances (the objective computes them with its
+    /// variance branch; the math is the case's).
+    pub(crate) fn pad_l2(case: &Case) -> Result<(), String> {
+        let leaves = case.taps(&["log_variances", "student_embed", "teacher_embed"])?;
+        let rows = |f: &Feature| f.clone().flatten();
+        let per_sample = pad_l2_per_sample(
+            rows(&leaves[1].1),
+            rows(&leaves[2].1),
+            rows(&leaves[0].1),
+            case.param("eps")?,
+        );
+        let loss = reduction(case, Reduction::BatchMean)?.apply(per_sample, 1);
+        case.check(LossOutput::single("pad_l2", loss), &borrowed(&leaves))
+            .map(drop)
+    }
+}

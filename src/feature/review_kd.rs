@@ -264,4 +264,37 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable ReviewKd = feature::ReviewKdConfig(features = ["block1", "block2"], student_channels = [8, 16], teacher_channels = [16, 32])),
     ),
+    golden: crate::registry::golden!["reviewkd_hcl" => golden::reviewkd_hcl],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// mdistiller's ReviewKD `hcl_loss` over every stage (pools of 4, 2 and 1).
+    pub(crate) fn reviewkd_hcl(case: &Case) -> Result<(), String> {
+        let levels: Vec<f64> = case.params["pool_levels"]
+            .as_array()
+            .ok_or("no pool_levels")?
+            .iter()
+            .map(number)
+            .collect::<Result<_, _>>()?;
+        if levels != [4.0, 2.0, 1.0] {
+            return Err(format!("{NOT_YET}pool levels {levels:?}"));
+        }
+        let (_, leaves, k) = staged_input(case)?;
+        let total = (0..k)
+            .map(|i| {
+                Ok(hcl_stage(
+                    map(&leaves[2 * i].1)?,
+                    map(&leaves[2 * i + 1].1)?,
+                ))
+            })
+            .reduce(|a: Result<Tensor<1>, String>, b| Ok(a? + b?))
+            .ok_or("no stages")??;
+        case.check(LossOutput::single("review_kd", total), &borrowed(&leaves))
+            .map(drop)
+    }
+}

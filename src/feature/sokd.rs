@@ -351,4 +351,5 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     }),
     learnable: None,
     method: Some(crate::registry::method!(wrapper Dam<()> = feature::DamConfig())),
+    golden: crate::registry::golden![],
 }];

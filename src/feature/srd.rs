@@ -158,4 +158,29 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
         ))
     }),
     method: Some(crate::registry::method!(learnable Srd = feature::SrdConfig())),
+    golden: crate::registry::golden!["srd" => golden::srd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// torchdistill's `SRDLoss` (features already projected).
+    pub(crate) fn srd(case: &Case) -> Result<(), String> {
+        if case.params["reduction"].as_str() != Some("batchmean") {
+            return Err(format!(
+                "{NOT_YET}SRD's KL reduction {:?}",
+                case.params["reduction"]
+            ));
+        }
+        let loss = SrdConfig::new()
+            .with_feature("tap".into())
+            .with_exponent(case.param("exponent")?)
+            .with_temperature(case.param("temperature")?)
+            .init(&device())
+            .map_err(e)?;
+        on_logits_and_tap(case, &loss)
+    }
+}

@@ -194,4 +194,40 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Vid = feature::VidConfig(features = ["block1"], channels = [[8, 16]])),
     ),
+    golden: crate::registry::golden!["vid" => golden::vid],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// mdistiller's `vid_loss` with the case's regressor (three bias-free 1×1 convolutions, ReLU
+    /// between) and log-scales: the loss and the gradients of both maps and every parameter.
+    pub(crate) fn vid(case: &Case) -> Result<(), String> {
+        let leaves = case.taps(&["feat_student", "feat_teacher"])?;
+        let (cs, ct) = (chw(case, "feat_student")?[0], chw(case, "feat_teacher")?[0]);
+        let mid = case.input("w1")?.0[0];
+        let mut vid = VidConfig::new(vec!["tap".into()], vec![[cs, ct]])
+            .with_mid_channels(Some(mid))
+            .with_eps(case.param("eps")?)
+            .init(&device())
+            .map_err(e)?;
+        let regressor = &mut vid.regressors[0];
+        for (conv, w) in regressor.convs.iter_mut().zip(["w1", "w2", "w3"]) {
+            conv.weight = Param::from_tensor(case.constant::<4>(w)?);
+        }
+        regressor.log_scale = Param::from_tensor(case.constant::<1>("log_scale")?);
+        let input = DistillInput::features_only()
+            .feature("tap", leaves[0].1.clone(), leaves[1].1.clone())
+            .attach_teacher();
+        let grads = case.check(vid.forward(&input).map_err(e)?, &borrowed(&leaves))?;
+        let gp = GradientsParams::from_grads(grads, &vid);
+        let regressor = &vid.regressors[0];
+        for (conv, w) in regressor.convs.iter().zip(["w1", "w2", "w3"]) {
+            case.expect_grad(w, gp.get::<4>(conv.weight.id).map(values), None)?;
+        }
+        case.expect_param(&regressor.log_scale, &gp, "log_scale")
+    }
+}

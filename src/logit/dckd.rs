@@ -102,4 +102,5 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(DckdConfig::new().with_warmup_epochs(0).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Dckd = logit::DckdConfig())),
+    golden: crate::registry::golden![],
 }];

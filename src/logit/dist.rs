@@ -116,4 +116,26 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(DistConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Dist = logit::DistConfig())),
+    golden: crate::registry::golden!["dist" => golden::dist],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    pub(crate) fn dist(case: &Case) -> Result<(), String> {
+        let (s, t) = logits(case)?;
+        let dist = DistConfig::new()
+            .with_beta(case.param("beta")?)
+            .with_gamma(case.param("gamma")?)
+            .with_temperature(case.param("tau")?)
+            .with_eps(case.param("eps")?)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        case.check(dist.forward(&input).map_err(e)?, &as_taps(&s, &t))
+            .map(drop)
+    }
+}

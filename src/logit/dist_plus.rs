@@ -152,4 +152,27 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     }),
     learnable: None,
     method: Some(crate::registry::method!(loss DistPlus = logit::DistPlusConfig())),
+    golden: crate::registry::golden!["dist_plus" => golden::dist_plus],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// torchdistill's `DISTPlusLoss`.
+    pub(crate) fn dist_plus(case: &Case) -> Result<(), String> {
+        let loss = DistPlusConfig::new()
+            .with_beta(case.param("beta")?)
+            .with_gamma(case.param("gamma")?)
+            .with_iota(case.param("iota")?)
+            .with_kappa(case.param("kappa")?)
+            .with_temperature(case.param("tau")?)
+            .with_eps(case.param("eps")?)
+            .with_feature("tap".into())
+            .init()
+            .map_err(e)?;
+        on_logits_and_tap(case, &loss)
+    }
+}

@@ -141,4 +141,54 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(DkdConfig::new().with_warmup_epochs(0).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Dkd = logit::DkdConfig())),
+    golden: crate::registry::golden!["dkd" => golden::dkd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    pub(crate) fn dkd(case: &Case) -> Result<(), String> {
+        let (s, t) = logits(case)?;
+        let (alpha, beta, temperature) = (
+            case.param("alpha")?,
+            case.param("beta")?,
+            case.param("temperature")?,
+        );
+        let dkd = DkdConfig::new()
+            .with_alpha(alpha)
+            .with_beta(beta)
+            .with_temperature(temperature)
+            .with_warmup_epochs(0)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::new(s.clone(), t.clone())
+            .targets(case.targets("target")?)
+            .attach_teacher();
+        let out = dkd.forward(&input).map_err(e)?;
+        let (sv, tv) = (
+            &case.input("logits_student")?.1,
+            &case.input("logits_teacher")?.1,
+        );
+        let y: Vec<usize> = case
+            .input("target")?
+            .1
+            .iter()
+            .map(|&v| v as usize)
+            .collect();
+        let c = case.input("logits_student")?.0[1];
+        let exact = |s: &[f64], t: &[f64]| exact::dkd(s, t, &y, c, [alpha, beta], temperature);
+        case.expect_loss(out.value(), Some(exact(sv, tv)))?;
+        let grads = out.total.backward();
+        let fd_s = || numeric_grad(&|v| exact(&v, tv), sv, 1e-5);
+        case.expect_grad("logits_student", s.grad(&grads).map(values), Some(&fd_s))?;
+        // the reference's teacher gradient is NaN (not recorded): ours must be finite
+        let gt = values(t.grad(&grads).ok_or("no teacher gradient")?);
+        if gt.iter().any(|v| !v.is_finite()) {
+            return Err("teacher gradient is not finite".into());
+        }
+        Ok(())
+    }
+}

@@ -154,4 +154,41 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(KdConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Kd = logit::KdConfig())),
+    golden: crate::registry::golden!["kd" => golden::kd, "kd_custom_kl" => golden::kd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    pub(crate) fn kd(case: &Case) -> Result<(), String> {
+        let (s, t) = logits(case)?;
+        let temperature = case.param("temperature")?;
+        let kd = KdConfig::new()
+            .with_temperature(temperature)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        let out = kd.forward(&input).map_err(e)?;
+        let (sv, tv) = (
+            &case.input("logits_student")?.1,
+            &case.input("logits_teacher")?.1,
+        );
+        let c = case.input("logits_student")?.0[1];
+        let exact = exact::kd(sv, tv, c, temperature);
+        case.expect_loss(out.value(), Some(exact.loss))?;
+        let grads = out.total.backward();
+        case.expect_grad(
+            "logits_student",
+            s.grad(&grads).map(values),
+            Some(&|| exact.ds.clone()),
+        )?;
+        case.expect_grad(
+            "logits_teacher",
+            t.grad(&grads).map(values),
+            Some(&|| exact.dt.clone()),
+        )
+    }
+}

@@ -87,6 +87,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(LogitMseConfig::new().with_temperature(4.0).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss LogitMse = logit::LogitMseConfig())),
+    golden: crate::registry::golden!["logit_mse_temperature" => golden::logit_mse, "logit_mse" => golden::logit_mse],
 }];
 
 #[cfg(test)]
@@ -107,5 +108,24 @@ mod tests {
             .unwrap();
         // ((−2)² + 0 + 0 + 4²) / 4 entries / T² = 20 / 4 / 4
         assert!((loss.value() - 1.25).abs() < 1e-6);
+    }
+}
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// MetaDistil's `MSEWithTemperature`.
+    pub(crate) fn logit_mse(case: &Case) -> Result<(), String> {
+        let (s, t) = logits(case)?;
+        let loss = LogitMseConfig::new()
+            .with_temperature(case.param("temperature")?)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        case.check(loss.forward(&input).map_err(e)?, &as_taps(&s, &t))
+            .map(drop)
     }
 }

@@ -236,6 +236,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(MlkdConfig::new().with_ce_weight(1.0).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Mlkd = logit::MlkdConfig())),
+    golden: crate::registry::golden!["mlkd_kd" => golden::mlkd_level, "mlkd_cc" => golden::mlkd_level, "mlkd_bc" => golden::mlkd_level, "mlkd_full" => golden::mlkd_full],
 }];
 
 #[cfg(test)]
@@ -274,5 +275,93 @@ mod tests {
         let kd = mlkd_instance(s, t, 2.0).mean().into_scalar::<f32>() * 0.5;
         let got = out.term("mlkd/kd").unwrap().clone().into_scalar::<f32>();
         assert!((got - kd).abs() < 1e-6, "{got} vs {kd}");
+    }
+}
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// One of MLKD's level functions (`kd_loss`, `cc_loss`, `bc_loss`), reduced or not.
+    pub(crate) fn mlkd_level(case: &Case) -> Result<(), String> {
+        let (s, t) = logits(case)?;
+        let temperature = case.param("temperature")?;
+        let reduce = case.params["reduce"].as_bool().ok_or("no `reduce`")?;
+        let leaves = as_taps(&s, &t);
+        match case.method.as_str() {
+            "mlkd_kd" => {
+                let per_sample = mlkd_instance(s, t, temperature);
+                match reduce {
+                    true => case.check_elements(per_sample.mean(), &leaves),
+                    false => case.check_elements(per_sample, &leaves),
+                }
+            }
+            method => {
+                let level = match method {
+                    "mlkd_cc" => class_correlation(s, t, temperature),
+                    _ => batch_correlation(s, t, temperature),
+                };
+                match reduce {
+                    true => case.check_elements(level.sum(), &leaves),
+                    false => case.check_elements(level, &leaves),
+                }
+            }
+        }
+    }
+
+    /// MLKD's `KD_ours.forward_train` total (the trainer sums the components' means), with its
+    /// components in `outputs`.
+    pub(crate) fn mlkd_full(case: &Case) -> Result<(), String> {
+        let cfg = &case.params["cfg"];
+        let temperatures = case.params["temperatures_used"]
+            .as_array()
+            .ok_or("no temperatures_used")?
+            .iter()
+            .map(number)
+            .collect::<Result<Vec<_>, _>>()?;
+        if temperatures.first().copied() != Some(number(&cfg["KD.TEMPERATURE"])?) {
+            return Err("temperatures_used does not start at KD.TEMPERATURE".into());
+        }
+        let loss = MlkdConfig::new()
+            .with_temperatures(temperatures)
+            .with_kd_weight(number(&cfg["KD.LOSS.KD_WEIGHT"])?)
+            .with_ce_weight(number(&cfg["KD.LOSS.CE_WEIGHT"])?)
+            .with_strong(Some("strong".into()))
+            .init()
+            .map_err(e)?;
+        let sw = case.leaf::<2>("student_logits_weak")?;
+        let ss = case.leaf::<2>("student_logits_strong")?;
+        let tw = case.constant::<2>("teacher_logits_weak")?;
+        let ts = case.constant::<2>("teacher_logits_strong")?;
+        let input = DistillInput::new(sw.clone(), tw)
+            .feature("strong", ss.clone(), ts)
+            .targets(case.targets("target")?);
+        let out = loss.forward(&input).map_err(e)?;
+        let (rel, abs) = case.tolerance();
+        for (part, name) in [
+            ("kd", "loss_kd"),
+            ("cc", "loss_cc"),
+            ("bc", "loss_bc"),
+            ("ce", "loss_ce"),
+        ] {
+            let got = out
+                .term(&format!("mlkd/{part}"))
+                .ok_or_else(|| format!("no term mlkd/{part}"))?;
+            let want = case
+                .outputs
+                .get(name)
+                .ok_or_else(|| format!("no output {name}"))?;
+            close(name, &values(got.clone()), want, rel, abs)?;
+        }
+        case.check(
+            out,
+            &[
+                ("student_logits_weak", Feature::Embedding(sw)),
+                ("student_logits_strong", Feature::Embedding(ss)),
+            ],
+        )
+        .map(drop)
     }
 }

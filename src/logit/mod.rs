@@ -42,6 +42,7 @@ const OWN: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(CrossEntropyConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss CrossEntropy = logit::CrossEntropyConfig())),
+    golden: crate::registry::golden![],
 }];
 
 /// This family's module path, as its objectives' descriptors name it.

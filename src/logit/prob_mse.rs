@@ -80,4 +80,23 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(ProbMseConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss ProbMse = logit::ProbMseConfig())),
+    golden: crate::registry::golden!["prob_mse_T2" => golden::prob_mse],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    pub(crate) fn prob_mse(case: &Case) -> Result<(), String> {
+        let (s, t) = logits(case)?;
+        let loss = ProbMseConfig::new()
+            .with_temperature(case.param("temperature")?)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        case.check(loss.forward(&input).map_err(e)?, &as_taps(&s, &t))
+            .map(drop)
+    }
+}

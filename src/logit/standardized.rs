@@ -98,4 +98,40 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
         }),
         token: None,
     }),
+    golden: crate::registry::golden!["logit_std_kd" => golden::logit_std_kd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::cross_entropy::CrossEntropyConfig;
+    use crate::golden::*;
+    use crate::logit::KdConfig;
+
+    /// torchdistill's `LogitStdKDLoss`: `alpha · CE + beta · T² · KD` on standardised logits; with
+    /// `alpha: null`, the soft loss alone, without `T²`.
+    pub(crate) fn logit_std_kd(case: &Case) -> Result<(), String> {
+        let (s, t) = logits(case)?;
+        let alpha = case.opt("alpha");
+        let kd = KdConfig::new()
+            .with_temperature(case.param("temperature")?)
+            .with_t_squared(alpha.is_some())
+            .init()
+            .map_err(e)?;
+        let kd = Standardized::new(kd)
+            .with_eps(case.opt("eps").unwrap_or(1e-7))
+            .map_err(e)?;
+        let mut input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        let out = match alpha {
+            Some(alpha) => {
+                input = input.targets(case.targets("target")?);
+                let beta = case.opt("beta").unwrap_or(1.0 - alpha);
+                let ce = CrossEntropyConfig::new().init().map_err(e)?;
+                (ce.weighted(alpha) + kd.weighted(beta)).forward(&input)
+            }
+            None => kd.forward(&input),
+        };
+        case.check(out.map_err(e)?, &as_taps(&s, &t)).map(drop)
+    }
+}

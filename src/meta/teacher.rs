@@ -493,6 +493,7 @@ pub(crate) const DESCRIPTORS: &[crate::registry::Descriptor] = &[
         example: None,
         learnable: None,
         method: None,
+        golden: crate::registry::golden!["metadistil_meta_grad" => golden::meta_round, "metadistil_meta_grad_dkd" => golden::meta_round],
     },
     crate::registry::Descriptor {
         module: super::MODULE,
@@ -502,5 +503,82 @@ pub(crate) const DESCRIPTORS: &[crate::registry::Descriptor] = &[
         example: None,
         learnable: None,
         method: None,
+        golden: crate::registry::golden![],
     },
 ];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::cross_entropy::CrossEntropyConfig;
+    use crate::golden::*;
+    use crate::logit::{DkdConfig, KdConfig};
+    use burn::optim::SgdConfig;
+
+    /// One MetaDistil round on the case's tiny student and teacher: the pilot's quiz loss and
+    /// d quiz / d teacher and student parameters, to 1e-6 relative (the finite-difference
+    /// meta-gradient against the authors' second-order autograd). With `pilot_steps` k > 1 and
+    /// batches `x_1`/`y_1` … `x_k`/`y_k`, the pilot takes one step on each.
+    pub(crate) fn meta_round(case: &Case) -> Result<(), String> {
+        let (student, s_names) = mlp(case, "s")?;
+        let (teacher, t_names) = mlp(case, "t")?;
+        let temperature = case.param("temperature")?;
+        let loss = if case.method == "metadistil_meta_grad_dkd" {
+            let dkd = DkdConfig::new()
+                .with_alpha(case.param("dkd_alpha")?)
+                .with_beta(case.param("dkd_beta")?)
+                .with_temperature(temperature)
+                .with_warmup_epochs(0)
+                .init()
+                .map_err(e)?;
+            let ce = CrossEntropyConfig::new().init().map_err(e)?;
+            ce.weighted(case.param("ce_weight")?) + dkd
+        } else {
+            let alpha = case.param("alpha")?;
+            let kd = KdConfig::new()
+                .with_temperature(temperature)
+                .init()
+                .map_err(e)?;
+            let ce = CrossEntropyConfig::new().init().map_err(e)?;
+            ce.weighted(1.0 - alpha) + kd.weighted(alpha)
+        };
+        let steps = case.opt("pilot_steps").unwrap_or(1.0) as usize;
+        let meta = MetaTeacherConfig::new()
+            .with_pilot_rate(PilotRate::Fixed(case.param("eta")?))
+            .with_pilot_steps(steps)
+            .init(teacher, SgdConfig::new().init(), loss)
+            .map_err(e)?;
+        let batch = |x: &str, y: &str| -> Result<Batch<Tensor<2>>, String> {
+            Ok(Batch::new(case.constant::<2>(x)?, case.targets(y)?))
+        };
+        let quiz = batch("xq", "yq")?;
+        let progress = Progress::epoch(0, 1);
+        let g = if case.has("x_1") {
+            let next = (1..=steps)
+                .map(|i| batch(&format!("x_{i}"), &format!("y_{i}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            meta.meta_gradient_ahead(&student, &next, &quiz, progress, 0.0)
+        } else {
+            meta.meta_gradient(&student, &batch("x", "y")?, &quiz, progress, 0.0)
+        }
+        .map_err(e)?;
+        let (rel, abs) = (1e-6, 1e-10);
+        let want = case.loss.as_deref().ok_or("no loss")?;
+        close("quiz loss", &[g.quiz_loss], want, rel, abs)?;
+        let layers = meta
+            .teacher()
+            .layers
+            .iter()
+            .zip(&t_names)
+            .map(|l| (l, &g.teacher));
+        let layers = layers.chain(student.layers.iter().zip(&s_names).map(|l| (l, &g.student)));
+        for ((layer, (w, b)), grads) in layers {
+            let (gw, gb) = torch_grads(layer, grads);
+            close(&format!("d quiz/d{w}"), &gw, &case.grads[w], rel, abs)?;
+            close(&format!("d quiz/d{b}"), &gb, &case.grads[b], rel, abs)?;
+            case.checked.borrow_mut().extend([w.clone(), b.clone()]);
+        }
+        Ok(())
+    }
+}

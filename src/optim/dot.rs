@@ -217,4 +217,5 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: None,
     learnable: None,
     method: None,
+    golden: crate::registry::golden![],
 }];

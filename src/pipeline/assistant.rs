@@ -186,4 +186,5 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     }),
     learnable: None,
     method: Some(crate::registry::method!(wrapper Dgkd<()> = pipeline::DgkdConfig())),
+    golden: crate::registry::golden![],
 }];

@@ -160,4 +160,47 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(CcConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Cc = relation::CcConfig())),
+    golden: crate::registry::golden!["cckd" => golden::cckd, "cc" => golden::cc],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// torchdistill's `CCKDLoss` on the outputs of its linear heads.
+    pub(crate) fn cckd(case: &Case) -> Result<(), String> {
+        let kernel = &case.params["kernel_config"];
+        let kernel = match kernel["type"].as_str() {
+            Some("bilinear") => CcKernel::Bilinear,
+            Some("gaussian") => CcKernel::Gaussian {
+                gamma: number(&kernel["gamma"])?,
+                order: number(&kernel["max_p"])? as usize,
+            },
+            other => return Err(format!("{NOT_YET}CCKD kernel {other:?}")),
+        };
+        let loss = CcConfig::new()
+            .with_kernel(kernel)
+            .with_batch_mean(case.params["reduction"].as_str() == Some("batchmean"))
+            .with_feature("tap".into())
+            .init()
+            .map_err(e)?;
+        on_tap(
+            case,
+            &loss,
+            "student_linear_output",
+            "teacher_linear_output",
+        )
+    }
+
+    /// RepDistiller's `Correlation` (CC between consecutive samples).
+    pub(crate) fn cc(case: &Case) -> Result<(), String> {
+        let loss = CcConfig::new()
+            .with_kernel(CcKernel::Consecutive)
+            .with_feature("tap".into())
+            .init()
+            .map_err(e)?;
+        on_tap(case, &loss, "feat_student", "feat_teacher")
+    }
+}

@@ -292,4 +292,5 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Crd = relation::CrdConfig(student_dim = 16, teacher_dim = 32, dataset_size = 1000)),
     ),
+    golden: crate::registry::golden![],
 }];

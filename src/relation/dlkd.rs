@@ -283,4 +283,105 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Dlkd = relation::DlkdConfig(student_dim = 16, teacher_dim = 32)),
     ),
+    golden: crate::registry::golden!["dlkd_align" => golden::dlkd, "dlkd_corr" => golden::dlkd, "dlkd_supcon" => golden::dlkd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// DLKD's three parts, each with the case's head weights (torch layout) and the other weights
+    /// zero; the gradients of the taps and of every head parameter. SupCon without `labels` is
+    /// SimCLR's form.
+    pub(crate) fn dlkd(case: &Case) -> Result<(), String> {
+        let method = case.method.as_str();
+        let (s, t) = (tap(case, "feat_student")?, tap(case, "feat_teacher")?);
+        let (ds, dt) = (
+            case.input("feat_student")?.0[1],
+            case.input("feat_teacher")?.0[1],
+        );
+        let rows = case.input("feat_student")?.0[0];
+        let only = |w: &str| if method.ends_with(w) { 1.0 } else { 0.0 };
+        let labels = case.has("labels");
+        let mut config = DlkdConfig::new(ds, dt)
+            .with_ce_weight(0.0)
+            .with_align_weight(only("align"))
+            .with_corr_weight(only("corr"))
+            .with_supcon_weight(only("supcon"))
+            .with_supcon_labels(labels);
+        if let Some(tau) = case.opt("temperature") {
+            config = if method == "dlkd_corr" {
+                config.with_corr_temperature(tau)
+            } else {
+                config
+                    .with_supcon_temperature(tau)
+                    .with_supcon_base_temperature(case.opt("base_temperature").unwrap_or(tau))
+            };
+        }
+        if let Some(dim) = case.opt("feat_dim") {
+            config = config.with_embed_dim(dim as usize);
+        }
+        let mut dlkd = config.init(&device()).map_err(e)?;
+        let linear = |w: &str, b: &str| -> Result<burn::nn::Linear, String> {
+            Ok(torch_linear(
+                &case.input(w)?.1,
+                &case.input(b)?.1,
+                case.dtype,
+            ))
+        };
+        let vector = |name: &str| -> Result<Param<Tensor<1>>, String> {
+            Ok(Param::from_tensor(case.constant::<1>(name)?))
+        };
+        let supcon = method == "dlkd_supcon";
+        if supcon {
+            dlkd.embed_student.linear = linear("embed_s_weight", "embed_s_bias")?;
+            dlkd.embed_teacher.linear = linear("embed_t_weight", "embed_t_bias")?;
+        } else {
+            let head = if method == "dlkd_align" {
+                &mut dlkd.align_head
+            } else {
+                &mut dlkd.corr_head
+            };
+            head.fc1 = linear("mlp_fc1_weight", "mlp_fc1_bias")?;
+            head.fc2 = linear("mlp_fc2_weight", "mlp_fc2_bias")?;
+            head.bn.gamma = vector("mlp_bn_weight")?;
+            head.bn.beta = vector("mlp_bn_bias")?;
+        }
+        let mut input = DistillInput::features_only()
+            .feature("embedding", s.clone(), t.clone())
+            .views(Views::image_major(rows / 4, 4))
+            .attach_teacher();
+        if supcon && labels {
+            input = input.targets(case.targets("labels")?);
+        }
+        let out = dlkd.forward(&input).map_err(e)?;
+        let grads = case.check(out, &[("feat_student", s), ("feat_teacher", t)])?;
+        let gp = GradientsParams::from_grads(grads, &dlkd);
+        if supcon {
+            case.expect_linear(
+                &dlkd.embed_student.linear,
+                &gp,
+                "embed_s_weight",
+                "embed_s_bias",
+            )?;
+            case.expect_linear(
+                &dlkd.embed_teacher.linear,
+                &gp,
+                "embed_t_weight",
+                "embed_t_bias",
+            )
+        } else {
+            let head = if method == "dlkd_align" {
+                &dlkd.align_head
+            } else {
+                &dlkd.corr_head
+            };
+            case.expect_linear(&head.fc1, &gp, "mlp_fc1_weight", "mlp_fc1_bias")?;
+            case.expect_linear(&head.fc2, &gp, "mlp_fc2_weight", "mlp_fc2_bias")?;
+            case.expect_param(&head.bn.gamma, &gp, "mlp_bn_weight")?;
+            case.expect_param(&head.bn.beta, &gp, "mlp_bn_bias")
+        }
+    }
+}

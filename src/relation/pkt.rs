@@ -87,4 +87,33 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(PktConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Pkt = relation::PktConfig())),
+    golden: crate::registry::golden!["pkt" => golden::pkt],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// mdistiller's `pkt_loss` on the embedding taps; where the reference's student gradient is NaN
+    /// (an all-zero row), the closed form of `exact::pkt_student_grad` instead.
+    pub(crate) fn pkt(case: &Case) -> Result<(), String> {
+        let loss = PktConfig::new()
+            .with_eps(case.param("eps")?)
+            .init()
+            .map_err(e)?;
+        let (s, t) = (tap(case, "feat_student")?, tap(case, "feat_teacher")?);
+        let input = DistillInput::features_only()
+            .feature("embedding", s.clone(), t.clone())
+            .attach_teacher();
+        let out = loss.forward(&input).map_err(e)?;
+        case.expect_loss(out.value(), None)?;
+        let grads = out.total.backward();
+        let ((sd, sv), (td, tv)) = (case.input("feat_student")?, case.input("feat_teacher")?);
+        let eps = case.param("eps")?;
+        let exact = || exact::pkt_student_grad(sv, sd[1], tv, td[1], eps);
+        case.expect_grad("feat_student", grad(&s, &grads), Some(&exact))?;
+        case.expect_grad("feat_teacher", grad(&t, &grads), None)
+    }
+}

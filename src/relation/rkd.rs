@@ -109,4 +109,23 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(RkdConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(loss Rkd = relation::RkdConfig())),
+    golden: crate::registry::golden!["rkd" => golden::rkd],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// mdistiller's `RKDLoss` on the embedding taps.
+    pub(crate) fn rkd(case: &Case) -> Result<(), String> {
+        let loss = RkdConfig::new()
+            .with_distance_weight(case.param("distance_weight")?)
+            .with_angle_weight(case.param("angle_weight")?)
+            .with_eps(case.param("eps")?)
+            .init()
+            .map_err(e)?;
+        on_embedding(case, &loss)
+    }
+}

@@ -71,4 +71,17 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     }),
     learnable: None,
     method: Some(crate::registry::method!(loss Sp = relation::SpConfig())),
+    golden: crate::registry::golden!["sp" => golden::sp],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// mdistiller's `sp_loss` on the embedding taps.
+    pub(crate) fn sp(case: &Case) -> Result<(), String> {
+        on_embedding(case, &SpConfig::new().init().map_err(e)?)
+    }
+}

@@ -322,6 +322,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Sskd = relation::SskdConfig(student_dim = 16, teacher_dim = 32)),
     ),
+    golden: crate::registry::golden![],
 }];
 
 #[cfg(test)]

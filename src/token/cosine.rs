@@ -80,4 +80,5 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(LogitCosineConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(token LogitCosine = token::LogitCosineConfig())),
+    golden: crate::registry::golden![],
 }];

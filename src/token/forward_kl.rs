@@ -123,4 +123,54 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(ForwardKlConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(token ForwardKl = token::ForwardKlConfig())),
+    golden: crate::registry::golden!["torchtune_forward_kl" => golden::torchtune, "torchtune_forward_kl_chunked" => golden::torchtune, "distillkit_kl" => golden::distillkit],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::super::tokens::golden::*;
+    use super::*;
+    use crate::golden::exact::PerToken;
+    use crate::golden::*;
+
+    /// torchtune's loss, plain and chunked (the chunks change nothing but the order of the sums).
+    pub(crate) fn torchtune(case: &Case) -> Result<(), String> {
+        let (reduction, divide) = torchtune_reduction(case);
+        token_case(
+            case,
+            TokenCheck {
+                loss: ForwardKlConfig::new()
+                    .with_cross_entropy(true)
+                    .with_reduction(reduction)
+                    .init()
+                    .map_err(e)?
+                    .boxed(),
+                divergence: PerToken::Forward {
+                    cross_entropy: true,
+                },
+                temperature: 1.0,
+                t_squared: false,
+                divide: &divide,
+            },
+        )
+    }
+
+    /// DistillKit's dense loss (`T²`, the sum over the masked tokens over their number); a sparse
+    /// signal goes to `TopK`'s runner.
+    pub(crate) fn distillkit(case: &Case) -> Result<(), String> {
+        distillkit_dense(
+            case,
+            |temperature| {
+                Ok(ForwardKlConfig::new()
+                    .with_temperature(temperature)
+                    .with_t_squared(true)
+                    .init()?
+                    .boxed())
+            },
+            PerToken::Forward {
+                cross_entropy: false,
+            },
+        )
+    }
+}

@@ -176,4 +176,80 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable HiddenState = token::HiddenStateConfig(student_width = 16, teacher_width = 32, layers = [["layer4", "layer8"]])),
     ),
+    golden: crate::registry::golden!["distillkit_hs_mse" => golden::distillkit_hidden, "distillkit_hs_cosine" => golden::distillkit_hidden],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// DistillKit's hidden-state MSE and cosine over a layer mapping, with the case's projections
+    /// (torch layout `[Ht, Hs]`, no bias) and token mask.
+    pub(crate) fn distillkit_hidden(case: &Case) -> Result<(), String> {
+        let pairs: Vec<(usize, usize)> = case.params["layer_mapping"]
+            .as_array()
+            .ok_or("no layer_mapping")?
+            .iter()
+            .map(|p| Some((p[0].as_u64()? as usize, p[1].as_u64()? as usize)))
+            .collect::<Option<_>>()
+            .ok_or("a bad layer_mapping")?;
+        let width = |name: &str| -> Result<usize, String> {
+            Ok(*case.input(name)?.0.last().ok_or("a scalar hidden state")?)
+        };
+        let (hs, ht) = (width("student_hidden_0")?, width("teacher_hidden_0")?);
+        let config = HiddenStateConfig::new(
+            hs,
+            ht,
+            pairs
+                .iter()
+                .map(|(i, j)| (format!("student_hidden_{i}"), format!("teacher_hidden_{j}")))
+                .collect(),
+        )
+        .with_loss(match case.method.as_str() {
+            "distillkit_hs_cosine" => HiddenLoss::Cosine,
+            _ => HiddenLoss::Mse,
+        })
+        .with_projection(case.has("projection_0_weight"));
+        let mut hidden = config.init(&device()).map_err(e)?;
+        for (i, p) in hidden.projections.iter_mut().enumerate() {
+            let (_, w) = case.input(&format!("projection_{i}_weight"))?;
+            // torch [Ht, Hs] → burn [Hs, Ht]
+            let wt: Vec<f64> = (0..hs * ht).map(|k| w[(k % ht) * hs + k / ht]).collect();
+            p.weight = Param::from_tensor(tensor(wt, [hs, ht], case.dtype));
+        }
+        let mut input = DistillInput::features_only().attach_teacher();
+        let mut leaves = Vec::new();
+        for name in case.inputs.keys() {
+            let side = if name.starts_with("student_hidden_") {
+                true
+            } else if name.starts_with("teacher_hidden_") {
+                false
+            } else {
+                continue;
+            };
+            let (leaf, _, _) = token_leaf(case, name)?;
+            input = match side {
+                true => input.student_feature(name.clone(), leaf.clone()),
+                false => input.teacher_feature(name.clone(), leaf.clone()),
+            };
+            leaves.push((name.clone(), leaf));
+        }
+        if let Some(m) = token_mask(case)? {
+            input = input.mask(bools(&m));
+        }
+        let out = hidden.forward(&input).map_err(e)?;
+        case.expect_loss(out.value(), None)?;
+        let grads = out.total.backward();
+        for (name, leaf) in &leaves {
+            case.expect_grad(name, leaf.grad(&grads).map(values), None)?;
+        }
+        let gp = GradientsParams::from_grads(grads, &hidden);
+        for (i, p) in hidden.projections.iter().enumerate() {
+            let g = gp.get::<2>(p.weight.id).map(|g| values(g.transpose()));
+            case.expect_grad(&format!("projection_{i}_weight"), g, None)?;
+        }
+        Ok(())
+    }
+}

@@ -128,4 +128,75 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(JsdConfig::new().with_beta(0.3).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(token Jsd = token::JsdConfig())),
+    golden: crate::registry::golden!["gkd_generalized_jsd" => golden::trl, "distillkit_jsd" => golden::distillkit, "liger_jsd_testref" => golden::liger_testref],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::super::tokens::golden::*;
+    use super::*;
+    use crate::golden::exact::PerToken;
+    use crate::golden::*;
+
+    /// TRL's `generalized_jsd_loss`: the mixture JSD(β), its reductions and `num_items_in_batch`.
+    pub(crate) fn trl(case: &Case) -> Result<(), String> {
+        let (beta, temperature) = (case.param("beta")?, case.opt("temperature").unwrap_or(1.0));
+        let vocab = *case.input("student_logits")?.0.last().unwrap_or(&1) as f64;
+        let items = case.opt("num_items_in_batch");
+        let reduction = match (case.params["reduction"].as_str(), items) {
+            (_, Some(n)) => TokenReduction::Global(n),
+            (Some("batchmean"), _) => TokenReduction::Mean,
+            (Some("mean"), _) => TokenReduction::ElementMean,
+            (Some("sum"), _) => TokenReduction::Sum,
+            (Some("none"), _) => TokenReduction::None,
+            (r, _) => return Err(format!("reduction {r:?}")),
+        };
+        let divide = move |valid: usize| match reduction {
+            TokenReduction::Global(n) => n,
+            TokenReduction::ElementMean => per_valid(valid) * vocab,
+            TokenReduction::Sum | TokenReduction::None => 1.0,
+            _ => per_valid(valid),
+        };
+        let loss = JsdConfig::new()
+            .with_beta(beta)
+            .with_temperature(temperature)
+            .with_reduction(reduction)
+            .init()
+            .map_err(e)?;
+        token_case(
+            case,
+            TokenCheck {
+                loss: loss.boxed(),
+                divergence: PerToken::Jsd(beta),
+                temperature,
+                t_squared: false,
+                divide: &divide,
+            },
+        )
+    }
+
+    /// DistillKit's dense loss (`T²`, the sum over the masked tokens over their number); a sparse
+    /// signal goes to `TopK`'s runner.
+    pub(crate) fn distillkit(case: &Case) -> Result<(), String> {
+        distillkit_dense(
+            case,
+            |temperature| {
+                Ok(JsdConfig::new()
+                    .with_beta(0.5)
+                    .with_temperature(temperature)
+                    .with_t_squared(true)
+                    .init()?
+                    .boxed())
+            },
+            PerToken::Jsd(0.5),
+        )
+    }
+
+    /// Liger's pure-torch test reference, on the elements given directly.
+    pub(crate) fn liger_testref(case: &Case) -> Result<(), String> {
+        liger_elements(case, ("log_q", "log_p"), |s, t| {
+            Ok(jsd_elements(s, t, case.param("beta")?))
+        })
+    }
+}

@@ -82,4 +82,33 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(ReverseKlConfig::new().init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(token ReverseKl = token::ReverseKlConfig())),
+    golden: crate::registry::golden!["torchtune_reverse_kl" => golden::torchtune, "torchtune_reverse_kl_chunked" => golden::torchtune],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::super::tokens::golden::*;
+    use super::*;
+    use crate::golden::exact::PerToken;
+    use crate::golden::*;
+
+    /// torchtune's loss, plain and chunked (the chunks change nothing but the order of the sums).
+    pub(crate) fn torchtune(case: &Case) -> Result<(), String> {
+        let (reduction, divide) = torchtune_reduction(case);
+        token_case(
+            case,
+            TokenCheck {
+                loss: ReverseKlConfig::new()
+                    .with_reduction(reduction)
+                    .init()
+                    .map_err(e)?
+                    .boxed(),
+                divergence: PerToken::Reverse,
+                temperature: 1.0,
+                t_squared: false,
+                divide: &divide,
+            },
+        )
+    }
+}

@@ -139,4 +139,45 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(SkewKlConfig::new().with_alpha(0.2).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(token SkewKl = token::SkewKlConfig())),
+    golden: crate::registry::golden!["distillm_skew_forward_kl" => golden::distillm, "distillm_skew_reverse_kl" => golden::distillm],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::exact::PerToken;
+    use crate::golden::*;
+
+    /// DistiLLM's skew forward KL (a cross-entropy against the mixture) and skew reverse KL.
+    pub(crate) fn distillm(case: &Case) -> Result<(), String> {
+        let alpha = case.param("lam")?;
+        let forward = case.method == "distillm_skew_forward_kl";
+        let loss = SkewKlConfig::new()
+            .with_direction(match forward {
+                true => SkewDirection::Forward,
+                false => SkewDirection::Reverse,
+            })
+            .with_alpha(alpha)
+            .with_cross_entropy(forward)
+            .init()
+            .map_err(e)?;
+        let divergence = match forward {
+            true => PerToken::SkewForward {
+                alpha,
+                cross_entropy: true,
+            },
+            false => PerToken::SkewReverse(alpha),
+        };
+        token_case(
+            case,
+            TokenCheck {
+                loss: loss.boxed(),
+                divergence,
+                temperature: 1.0,
+                t_squared: false,
+                divide: &per_valid,
+            },
+        )
+    }
+}

@@ -98,4 +98,38 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(SymmetricKlConfig::new().with_ratio(0.7).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(token SymmetricKl = token::SymmetricKlConfig())),
+    golden: crate::registry::golden!["torchtune_symmetric_kl" => golden::torchtune, "torchtune_symmetric_kl_chunked" => golden::torchtune],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::super::tokens::golden::*;
+    use super::*;
+    use crate::golden::exact::PerToken;
+    use crate::golden::*;
+
+    /// torchtune's loss, plain and chunked (the chunks change nothing but the order of the sums).
+    pub(crate) fn torchtune(case: &Case) -> Result<(), String> {
+        let (reduction, divide) = torchtune_reduction(case);
+        token_case(
+            case,
+            TokenCheck {
+                loss: SymmetricKlConfig::new()
+                    .with_ratio(case.param("sym_kd_ratio")?)
+                    .with_cross_entropy(true)
+                    .with_reduction(reduction)
+                    .init()
+                    .map_err(e)?
+                    .boxed(),
+                divergence: PerToken::Symmetric {
+                    ratio: case.param("sym_kd_ratio")?,
+                    cross_entropy: true,
+                },
+                temperature: 1.0,
+                t_squared: false,
+                divide: &divide,
+            },
+        )
+    }
+}

@@ -239,3 +239,76 @@ impl TokenReduction {
         }
     }
 }
+
+/// The token runners' shared parts (feature `golden`).
+#[cfg(feature = "golden")]
+pub(super) mod golden {
+    use super::TokenReduction;
+    use crate::golden::exact::PerToken;
+    use crate::golden::*;
+
+    /// torchtune's reduction: the mean over the valid tokens (`normalize`, the default) or
+    /// their sum, with the divisor of the valid count the exact recomputation takes.
+    pub fn torchtune_reduction(case: &Case) -> (TokenReduction, fn(usize) -> f64) {
+        match case.params["normalize"].as_bool().unwrap_or(true) {
+            true => (TokenReduction::Mean, per_valid),
+            false => (TokenReduction::Sum, |_| 1.0),
+        }
+    }
+
+    /// DistillKit's dense losses (`T²`, the sum over the masked tokens over their number, the
+    /// objective `build` makes at the case's temperature); a sparse signal goes to `TopK`'s
+    /// runner.
+    pub fn distillkit_dense(
+        case: &Case,
+        build: impl Fn(f64) -> Result<Box<dyn Loss>, DistillError>,
+        divergence: PerToken,
+    ) -> Result<(), String> {
+        if case.params["signal"].as_str() == Some("sparse") {
+            return super::super::top_k::golden::distillkit_sparse(case);
+        }
+        let temperature = case.param("temperature")?;
+        token_case(
+            case,
+            TokenCheck {
+                loss: build(temperature).map_err(e)?,
+                divergence,
+                temperature,
+                t_squared: true,
+                divide: &per_valid,
+            },
+        )
+    }
+
+    /// Liger's pure-torch test references: per-element values of the inputs `names` given
+    /// directly (log-probabilities or probabilities; gradients in those coordinates), reduced
+    /// with [`TokenReduction::apply`].
+    pub fn liger_elements(
+        case: &Case,
+        (s_name, t_name): (&str, &str),
+        elements: impl Fn(Tensor<2>, Tensor<2>) -> Result<Tensor<2>, String>,
+    ) -> Result<(), String> {
+        let (s, _, v) = token_leaf(case, s_name)?;
+        let (t, _, _) = token_leaf(case, t_name)?;
+        let elements = elements(s.clone(), t.clone())?;
+        let reduction = match case.params["reduction"].as_str() {
+            None | Some("batchmean") => TokenReduction::Mean,
+            Some("mean") => TokenReduction::ElementMean,
+            Some("sum") => TokenReduction::Sum,
+            Some(_) => TokenReduction::None,
+        };
+        let mask = token_mask(case)?.map(|m| bools(&m));
+        let total = reduction.apply(elements.sum_dim(1).squeeze_dim(1), mask, v);
+        if total.dims()[0] == 1 {
+            case.expect_loss(values(total.clone())[0], None)?;
+        } else {
+            let want = case.loss.as_deref().ok_or("no loss")?;
+            let per_token: Vec<f64> = want.chunks(v).map(|r| r.iter().sum()).collect();
+            let (rel, abs) = case.tolerance();
+            close("per-row loss", &values(total.clone()), &per_token, rel, abs)?;
+        }
+        let grads = total.sum().backward();
+        case.expect_grad(s_name, s.grad(&grads).map(values), None)?;
+        case.expect_grad(t_name, t.grad(&grads).map(values), None)
+    }
+}

@@ -279,6 +279,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     }),
     learnable: None,
     method: Some(crate::registry::method!(loss TopK = token::TopKConfig())),
+    golden: crate::registry::golden![],
 }];
 
 #[cfg(test)]
@@ -330,5 +331,85 @@ mod tests {
         );
         let want = -q0.ln() + 1e-8 * (1e-8f64.ln() - rest.ln());
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    }
+}
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::*;
+    use crate::golden::*;
+
+    /// DistillKit's sparse (top-k) signal: the teacher's top-k ids and log-probabilities, zero or
+    /// symmetric-uniform missing mass, `T²`, the sum over the masked tokens divided by their number.
+    pub(crate) fn distillkit_sparse(case: &Case) -> Result<(), String> {
+        let teacher_values = match case.params["log_values"].as_bool() {
+            Some(false) => SparseValues::Logits,
+            _ => SparseValues::LogProbs,
+        };
+        let temperature = case.param("temperature")?;
+        let divergence = match case.method.as_str() {
+            "distillkit_kl" => TopKDivergence::ForwardKl,
+            "distillkit_jsd" => TopKDivergence::Jsd,
+            _ => TopKDivergence::Tvd,
+        };
+        let missing = match case.params["missing_probability_handling"].as_str() {
+            Some("SYMMETRIC_UNIFORM") => MissingMass::SymmetricUniform,
+            _ => MissingMass::Zero,
+        };
+        let loss = TopKConfig::new()
+            .with_divergence(divergence)
+            .with_missing(missing)
+            .with_values(teacher_values)
+            .with_temperature(temperature)
+            .with_generation_temperature(case.opt("generation_temperature").unwrap_or(1.0))
+            .with_t_squared(true)
+            .with_eps(case.opt("eps").unwrap_or(1e-6))
+            .init()
+            .map_err(e)?;
+        let (s, sv, v) = token_leaf(case, "student_logits")?;
+        let (ids_shape, ids) = case.input("target_ids")?;
+        let k = *ids_shape.last().ok_or("no k")?;
+        let n = ids.len() / k;
+        let ids = Tensor::<2, Int>::from_data(
+            burn::tensor::TensorData::new(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [n, k],
+            ),
+            &device(),
+        );
+        let (_, lp) = case.input("target_values")?;
+        let lp = tensor(lp.clone(), [n, k], case.dtype);
+        let mask = token_mask(case)?;
+        let mut input = DistillInput::student(s.clone()).sparse_teacher(ids, lp);
+        if let Some(m) = &mask {
+            input = input.mask(bools(m));
+        }
+        let out = loss.forward(&input).map_err(e)?;
+        // the reference divides 0 by 0 on an empty mask (the exact value is 0, with zero
+        // gradients), and its symmetric-uniform KL is NaN where a float32 top-k sum reaches 1
+        let empty = mask.as_ref().is_some_and(|m| m.iter().all(|&x| !x));
+        let exact = match divergence {
+            TopKDivergence::ForwardKl => Some(exact::sparse_kl(
+                &sv,
+                v,
+                &case.input("target_ids")?.1,
+                &case.input("target_values")?.1,
+                k,
+                mask.as_deref(),
+                [
+                    temperature,
+                    case.opt("generation_temperature").unwrap_or(1.0) / temperature,
+                ],
+                missing == MissingMass::SymmetricUniform,
+                case.opt("eps").unwrap_or(1e-6),
+            )),
+            _ => empty.then_some(0.0),
+        };
+        case.expect_loss(out.value(), exact)?;
+        let grads = out.total.backward();
+        let zeros = || vec![0.0; sv.len()];
+        let exact: Option<&dyn Fn() -> Vec<f64>> = if empty { Some(&zeros) } else { None };
+        case.expect_grad("student_logits", s.grad(&grads).map(values), exact)
     }
 }

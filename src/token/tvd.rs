@@ -82,4 +82,35 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     example: Some(|_| Ok(TvdConfig::new().with_temperature(1.5).init()?.boxed())),
     learnable: None,
     method: Some(crate::registry::method!(token Tvd = token::TvdConfig())),
+    golden: crate::registry::golden!["distillkit_tvd" => golden::distillkit, "liger_tvd_testref" => golden::liger_testref],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::super::tokens::golden::*;
+    use super::*;
+    use crate::golden::exact::PerToken;
+    use crate::golden::*;
+
+    /// DistillKit's dense loss (`T²`, the sum over the masked tokens over their number); a sparse
+    /// signal goes to `TopK`'s runner.
+    pub(crate) fn distillkit(case: &Case) -> Result<(), String> {
+        distillkit_dense(
+            case,
+            |temperature| {
+                Ok(TvdConfig::new()
+                    .with_temperature(temperature)
+                    .with_t_squared(true)
+                    .init()?
+                    .boxed())
+            },
+            PerToken::Tvd,
+        )
+    }
+
+    /// Liger's pure-torch test reference, on the elements given directly.
+    pub(crate) fn liger_testref(case: &Case) -> Result<(), String> {
+        liger_elements(case, ("q", "p"), |s, t| Ok(tvd_elements(s, t)))
+    }
+}

@@ -1,10 +1,13 @@
 //! Helpers shared by the integration tests: devices, tensors from plain data, comparisons and
-//! a central finite-difference gradient check.
-#![allow(dead_code)] // each test binary uses a different subset
-
-pub mod exact;
+//! a central finite-difference gradient check (the ones the reference-case harness shares are
+//! its own: `burn_distill::golden`).
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+pub use burn_distill::golden::{
+    Net, close, device, f64t, ints, numeric_grad, tensor, torch_grads, torch_linear, values,
+};
 
 /// Configures the default device's float dtype as f64, once per test binary and before any
 /// tensor exists: modules a config builds (batch norms, convolutions, memories) and optimizer
@@ -16,27 +19,6 @@ pub fn configure_f64() {
             .configure(burn::tensor::FloatDType::F64)
             .expect("the first tensor of this test binary comes after this");
     });
-}
-
-/// An autodiff flex device; tensors get their dtype explicitly (see [`tensor`]).
-pub fn device() -> Device {
-    Device::flex().autodiff()
-}
-
-/// A float tensor of `dtype` from row-major `data`.
-pub fn tensor<const D: usize>(data: Vec<f64>, shape: [usize; D], dtype: DType) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(data, shape), (&device(), dtype))
-}
-
-/// An f64 tensor from row-major `data`.
-pub fn f64t<const D: usize>(data: Vec<f64>, shape: [usize; D]) -> Tensor<D> {
-    tensor(data, shape, DType::F64)
-}
-
-/// Int targets.
-pub fn ints(data: Vec<i64>) -> Tensor<1, Int> {
-    let n = data.len();
-    Tensor::from_data(TensorData::new(data, [n]), &device())
 }
 
 /// `n` deterministic values in `[-scale, scale)` from `seed` (xorshift): the same test data on
@@ -51,98 +33,6 @@ pub fn noise(seed: u64, n: usize, scale: f64) -> Vec<f64> {
             ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
         })
         .collect()
-}
-
-/// A tensor's values as `f64`.
-pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
-}
-
-/// `Err` naming the worst element when `got` and `want` differ by more than
-/// `abs + rel · |want|` anywhere; a non-finite `got` always fails.
-pub fn close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) -> Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let mut worst: Option<(usize, f64)> = None;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let excess = (g - w).abs() - (abs + rel * w.abs());
-        if !g.is_finite() || excess > 0.0 {
-            let e = if g.is_finite() { excess } else { f64::INFINITY };
-            if worst.is_none_or(|(_, x)| e > x) {
-                worst = Some((i, e));
-            }
-        }
-    }
-    match worst {
-        None => Ok(()),
-        Some((i, _)) => Err(format!(
-            "{what}[{i}]: got {:e}, expected {:e} (rel {rel:e}, abs {abs:e})",
-            got[i], want[i]
-        )),
-    }
-}
-
-/// Central finite differences of the scalar `f` at `x` (f64 values), step `eps`.
-pub fn numeric_grad(f: &dyn Fn(Vec<f64>) -> f64, x: &[f64], eps: f64) -> Vec<f64> {
-    (0..x.len())
-        .map(|i| {
-            let (mut p, mut m) = (x.to_vec(), x.to_vec());
-            p[i] += eps;
-            m[i] -= eps;
-            (f(p) - f(m)) / (2.0 * eps)
-        })
-        .collect()
-}
-
-/// A tanh MLP (no activation after the last layer), for meta-teacher tests.
-#[derive(burn::module::Module, Debug)]
-pub struct Net {
-    pub layers: Vec<burn::nn::Linear>,
-}
-
-impl burn_distill::Distillable for Net {
-    type Input = Tensor<2>;
-    fn run(&self, x: &Tensor<2>) -> burn_distill::Outputs {
-        let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            if i > 0 {
-                h = burn::tensor::activation::tanh(h);
-            }
-            h = layer.forward(h);
-        }
-        burn_distill::Outputs::logits(h)
-    }
-}
-
-/// A linear layer from torch's layout (`w` is `[out, in]` row-major), in `dtype`.
-pub fn torch_linear(w: &[f64], b: &[f64], dtype: DType) -> burn::nn::Linear {
-    use burn::module::Param;
-    let out = b.len();
-    let inp = w.len() / out;
-    let wt: Vec<f64> = (0..inp * out)
-        .map(|k| w[(k % out) * inp + k / out])
-        .collect();
-    burn::nn::Linear {
-        weight: Param::from_tensor(tensor(wt, [inp, out], dtype)),
-        bias: Some(Param::from_tensor(tensor(b.to_vec(), [out], dtype))),
-    }
-}
-
-/// A linear layer's gradients in torch's layout: `[out, in]` weight, then bias.
-pub fn torch_grads(
-    layer: &burn::nn::Linear,
-    g: &burn::optim::GradientsParams,
-) -> (Vec<f64>, Vec<f64>) {
-    let w = g.get::<2>(layer.weight.id).expect("weight gradient");
-    let b = g
-        .get::<1>(layer.bias.as_ref().expect("bias").id)
-        .expect("bias gradient");
-    (values(w.transpose()), values(b))
 }
 
 /// Analytic gradients of `loss` for the feature tap `name` (teacher attached) against central

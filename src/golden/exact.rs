@@ -105,7 +105,7 @@ pub fn dkd(s: &[f64], t: &[f64], y: &[usize], c: usize, [alpha, beta]: [f64; 2],
 
 /// A per-token divergence of the token family, in scalar f64 log space.
 #[derive(Debug, Clone, Copy)]
-pub enum Divergence {
+pub enum PerToken {
     /// `KL(p_t ‖ p_s)`, or with `cross_entropy` `−Σ p_t log p_s`.
     Forward { cross_entropy: bool },
     /// `KL(p_s ‖ p_t)`.
@@ -143,30 +143,29 @@ fn cross(log_p: &[f64], log_q: &[f64]) -> f64 {
         .sum::<f64>()
 }
 
-impl Divergence {
+impl PerToken {
     fn row(self, ls: &[f64], lt: &[f64]) -> f64 {
         match self {
-            Divergence::Forward {
+            PerToken::Forward {
                 cross_entropy: false,
             } => kl(lt, ls),
-            Divergence::Forward {
+            PerToken::Forward {
                 cross_entropy: true,
             } => cross(lt, ls),
-            Divergence::Reverse => kl(ls, lt),
-            Divergence::Jsd(0.0) => kl(lt, ls),
-            Divergence::Jsd(1.0) => kl(ls, lt),
-            Divergence::Jsd(b) => {
+            PerToken::Reverse => kl(ls, lt),
+            PerToken::Jsd(0.0) => kl(lt, ls),
+            PerToken::Jsd(1.0) => kl(ls, lt),
+            PerToken::Jsd(b) => {
                 let m = mix(lt, ls, b);
                 b * kl(lt, &m) + (1.0 - b) * kl(ls, &m)
             }
-            Divergence::Symmetric {
+            PerToken::Symmetric {
                 ratio,
                 cross_entropy,
             } => {
-                ratio * Divergence::Forward { cross_entropy }.row(ls, lt)
-                    + (1.0 - ratio) * kl(ls, lt)
+                ratio * PerToken::Forward { cross_entropy }.row(ls, lt) + (1.0 - ratio) * kl(ls, lt)
             }
-            Divergence::SkewForward {
+            PerToken::SkewForward {
                 alpha,
                 cross_entropy,
             } => {
@@ -181,7 +180,7 @@ impl Divergence {
                     kl(lt, &m)
                 }
             }
-            Divergence::SkewReverse(alpha) => {
+            PerToken::SkewReverse(alpha) => {
                 let m = if alpha == 0.0 {
                     lt.to_vec()
                 } else {
@@ -189,7 +188,7 @@ impl Divergence {
                 };
                 kl(ls, &m)
             }
-            Divergence::Tvd => {
+            PerToken::Tvd => {
                 0.5 * ls
                     .iter()
                     .zip(lt)
@@ -209,7 +208,7 @@ pub fn token(
     t: &[f64],
     v: usize,
     mask: Option<&[bool]>,
-    divergence: Divergence,
+    divergence: PerToken,
     temp: f64,
     t_squared: bool,
     divide: &dyn Fn(usize) -> f64,
