@@ -29,8 +29,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_distill::feature::{
     Ab, AbConfig, AtConfig, Augmented, DafaConfig, DamConfig, Ft, FtConfig, Hint, HintConfig, Ickd,
-    IckdConfig, KdsvdConfig, Mgd, MgdConfig, MgdReduction, NstConfig, Ofd, OfdConfig, Paraphraser,
-    ReviewKd, ReviewKdConfig, Srd, SrdConfig, Vid, VidConfig, ofd_margins,
+    IckdConfig, KdsvdConfig, Mgd, MgdConfig, NstConfig, Ofd, OfdConfig, Paraphraser, ReviewKd,
+    ReviewKdConfig, Srd, SrdConfig, Vid, VidConfig, ofd_margins,
 };
 use burn_distill::feature::{AffinityConfig, FspConfig, KtaConfig, PadL2, PadL2Config};
 use burn_distill::logit::DistPlusConfig;
@@ -345,7 +345,7 @@ fn methods() -> Vec<Method> {
             kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Mgd(
                     MgdConfig::new(STUDENT[1], TEACHER[1])
-                        .with_reduction(MgdReduction::Mean)
+                        .with_reduction(Reduction::ElementMean)
                         .init(dev)?,
                 ))
             }),
@@ -495,7 +495,7 @@ fn train_student(
         Kind::Learned(build) => Some(build(data, w, dev)?),
         Kind::Sokd => Some(Parts::Mgd(
             MgdConfig::new(STUDENT[1], TEACHER[1])
-                .with_reduction(MgdReduction::Mean)
+                .with_reduction(Reduction::ElementMean)
                 .init(dev)?,
         )),
         Kind::Fixed(_) => None,

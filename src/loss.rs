@@ -11,18 +11,19 @@ use crate::input::DistillInput;
 use crate::math::Temperature;
 use crate::schedule::Schedule;
 
-/// How per-element losses become the total.
+/// How per-element losses become the total, each variant named by what the sum is divided by.
 ///
-/// For losses over class distributions, `BatchMean` (sum over classes, mean over the batch) is
-/// the convention of mdistiller, RepDistiller and torchdistill, and the one that matches the
-/// math of a KL divergence; PyTorch's `KLDivLoss()` default ("mean") divides by `N·C` as well,
-/// the most reported scale bug in KD code — that is [`Reduction::Mean`] here.
+/// For losses over class distributions, `SampleMean` (sum over classes, mean over the samples;
+/// PyTorch's `batchmean`) is the convention of mdistiller, RepDistiller and torchdistill, and
+/// the one that matches the math of a KL divergence; PyTorch's `KLDivLoss()` default ("mean")
+/// divides by `N·C` as well, the most reported scale bug in KD code — that is
+/// [`Reduction::ElementMean`] here.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum Reduction {
-    /// Sum over classes, mean over the batch.
-    BatchMean,
-    /// Mean over every element (batch and classes).
-    Mean,
+    /// Sum over classes, mean over the samples: `÷ N`.
+    SampleMean,
+    /// Mean over every element (samples and classes): `÷ N·C`.
+    ElementMean,
     /// Sum over everything.
     Sum,
     /// One value per sample: the total has shape `[N]`.
@@ -33,8 +34,8 @@ impl Reduction {
     /// Reduces per-sample values `[N]`, each already summed over `classes` elements.
     pub fn apply(self, per_sample: Tensor<1>, classes: usize) -> Tensor<1> {
         match self {
-            Reduction::BatchMean => per_sample.mean(),
-            Reduction::Mean => per_sample.mean() * (1.0 / classes as f64),
+            Reduction::SampleMean => per_sample.mean(),
+            Reduction::ElementMean => per_sample.mean() * (1.0 / classes as f64),
             Reduction::Sum => per_sample.sum(),
             Reduction::None => per_sample,
         }

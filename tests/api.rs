@@ -287,18 +287,24 @@ fn reductions_and_t_squared_relate_as_documented() {
             .init()
             .unwrap()
     };
-    let bm = kd(Reduction::BatchMean, true)
+    let bm = kd(Reduction::SampleMean, true)
         .forward(&input)
         .unwrap()
         .value();
     assert!(
-        (kd(Reduction::Mean, true).forward(&input).unwrap().value() - bm / c as f64).abs() < 1e-12
+        (kd(Reduction::ElementMean, true)
+            .forward(&input)
+            .unwrap()
+            .value()
+            - bm / c as f64)
+            .abs()
+            < 1e-12
     );
     assert!(
         (kd(Reduction::Sum, true).forward(&input).unwrap().value() - bm * n as f64).abs() < 1e-12
     );
     assert!(
-        (kd(Reduction::BatchMean, false)
+        (kd(Reduction::SampleMean, false)
             .forward(&input)
             .unwrap()
             .value()

@@ -11,8 +11,7 @@ use burn_distill::feature::{
 };
 use burn_distill::feature::{
     AffinityConfig, AtConfig, DafaConfig, DamConfig, DamMode, FspConfig, FtConfig, HintConfig,
-    IckdConfig, KtaConfig, MgdConfig, MgdMask, MgdReduction, NstConfig, PadL2Config, SrdConfig,
-    fsp_matrix,
+    IckdConfig, KtaConfig, MgdConfig, MgdMask, NstConfig, PadL2Config, SrdConfig, fsp_matrix,
 };
 use burn_distill::feature::{KdsvdConfig, top_singular};
 use burn_distill::logit::ProbMseConfig;
@@ -90,7 +89,7 @@ proptest! {
                 let at = AtConfig::new().with_weight(10.0).init().unwrap();
                 check_grads(&DamConfig::new().with_mode(mode).init(at).unwrap(), &b)?;
             }
-            for reduction in [MgdReduction::Sum, MgdReduction::Mean] {
+            for reduction in [Reduction::SampleMean, Reduction::ElementMean] {
                 for mask in [MgdMask::Channel, MgdMask::Spatial] {
                     let mgd = MgdConfig::new(cs, ct).with_mask(mask).with_reduction(reduction).with_alpha(Some(0.5)).init(&device()).unwrap();
                     check_grads(&mgd, &b)?;

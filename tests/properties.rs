@@ -72,7 +72,7 @@ proptest! {
 
     #[test]
     fn kd_gradients_match_finite_differences(b in batch()) {
-        for reduction in [Reduction::BatchMean, Reduction::Mean, Reduction::Sum] {
+        for reduction in [Reduction::SampleMean, Reduction::ElementMean, Reduction::Sum] {
             let kd = KdConfig::new().with_temperature(b.temp).with_reduction(reduction).init().unwrap();
             check_grads(&kd, &b)?;
         }

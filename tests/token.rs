@@ -135,7 +135,7 @@ proptest! {
     fn gradients_match_finite_differences(b in tokens()) {
         // the TVD's |·| has a kink at p_s = p_t: keep the two apart
         let apart = b.s.iter().zip(&b.t).all(|(s, t)| (s - t).abs() > 1e-2);
-        for loss in objectives(b.temp, TokenReduction::Mean) {
+        for loss in objectives(b.temp, TokenReduction::TokenMean) {
             if loss.name() == "tvd" && !apart {
                 continue;
             }
@@ -209,7 +209,7 @@ proptest! {
         prop_assert!(at(1e-6).abs() < 1e-4 * (1.0 + fkl) && at(1.0 - 1e-6).abs() < 1e-4 * (1.0 + rkl));
     }
 
-    /// `k` micro-batches (or ranks) with `Global(total valid tokens)` sum to exactly the whole
+    /// `k` micro-batches (or ranks) with `DivideBy(total valid tokens)` sum to exactly the whole
     /// batch's `Mean` loss and gradient; `Mean` per micro-batch does not in general.
     #[test]
     fn accumulation_gives_the_whole_batch(b in tokens(), cut in 0usize..6) {
@@ -222,7 +222,7 @@ proptest! {
         let want = values(s.grad(&grads).unwrap());
         let global = JsdConfig::new()
             .with_temperature(b.temp)
-            .with_reduction(TokenReduction::Global(valid.max(1) as f64))
+            .with_reduction(TokenReduction::DivideBy(valid.max(1) as f64))
             .init()
             .unwrap();
         let mut got = Vec::new();
@@ -250,10 +250,10 @@ proptest! {
 #[test]
 fn empty_mask_is_zero() {
     for reduction in [
-        TokenReduction::Mean,
+        TokenReduction::TokenMean,
         TokenReduction::ElementMean,
         TokenReduction::Sum,
-        TokenReduction::Global(4.0),
+        TokenReduction::DivideBy(4.0),
     ] {
         for loss in objectives(2.0, reduction) {
             let s = f64t(vec![1.0, -2.0, 0.5, 3.0, 0.0, 1.0], [2, 3]).require_grad();
@@ -281,7 +281,7 @@ fn masked_rows_never_reach_the_loss() {
     s_with.extend([f64::NAN, f64::INFINITY, 1.0]);
     let mut t_with = good_t.clone();
     t_with.extend([f64::NEG_INFINITY, 0.0, f64::NAN]);
-    for loss in objectives(1.5, TokenReduction::Mean) {
+    for loss in objectives(1.5, TokenReduction::TokenMean) {
         let plain = loss
             .forward(&DistillInput::new(
                 f64t(good_s.clone(), [2, 3]),
@@ -326,7 +326,7 @@ fn finite_at_large_logits_in_f32() {
             }
         })
         .collect();
-    for loss in objectives(1.0, TokenReduction::Mean) {
+    for loss in objectives(1.0, TokenReduction::TokenMean) {
         let (sl, tl) = (
             tensor(s.clone(), [3, 4], DType::F32).require_grad(),
             tensor(t.clone(), [3, 4], DType::F32).require_grad(),
@@ -430,7 +430,7 @@ fn bad_input_is_a_typed_error() {
     );
     assert!(matches!(
         JsdConfig::new()
-            .with_reduction(TokenReduction::Global(0.0))
+            .with_reduction(TokenReduction::DivideBy(0.0))
             .init(),
         Err(DistillError::InvalidConfig { .. })
     ));
@@ -467,9 +467,9 @@ mod fused_and_sparse {
         let (xt, wt) = (det(n * ht, 4, 1.0), det(ht * v, 5, 1.0));
         let leaf2 = |d: &[f64], s: [usize; 2]| f64t(d.to_vec(), s).require_grad();
         for (reduction, hard) in [
-            (TokenReduction::Mean, 0.0),
+            (TokenReduction::TokenMean, 0.0),
             (TokenReduction::Sum, 0.4),
-            (TokenReduction::Global(3.0), 0.2),
+            (TokenReduction::DivideBy(3.0), 0.2),
         ] {
             // dense: materialise both logits, the objective plus the hard term
             let (x, w, b) = (
@@ -501,8 +501,8 @@ mod fused_and_sparse {
                 .sum();
                 let valid = mask.iter().filter(|&&m| m).count() as f64;
                 match reduction {
-                    TokenReduction::Mean => ce * (1.0 / valid),
-                    TokenReduction::Global(g) => ce * (1.0 / g),
+                    TokenReduction::TokenMean => ce * (1.0 / valid),
+                    TokenReduction::DivideBy(g) => ce * (1.0 / g),
                     _ => ce,
                 }
             };
@@ -665,10 +665,10 @@ mod fused_and_sparse {
             assert!(inner(which, true).token_kernel().is_some());
             assert!(inner(which, false).token_kernel().is_none());
             for (reduction, hard) in [
-                (TokenReduction::Mean, 0.0),
+                (TokenReduction::TokenMean, 0.0),
                 (TokenReduction::Sum, 0.4),
                 (TokenReduction::ElementMean, 0.2),
-                (TokenReduction::Global(3.0), 0.3),
+                (TokenReduction::DivideBy(3.0), 0.3),
             ] {
                 for mask in &masks {
                     for chunk in [1, 3, 7, 50] {
@@ -696,7 +696,7 @@ mod fused_and_sparse {
             }
             // logits of magnitude 1e4 in f32: finite value and gradients
             let case = Case {
-                reduction: TokenReduction::Mean,
+                reduction: TokenReduction::TokenMean,
                 hard: 0.5,
                 mask: &masks[0],
                 chunk: 3,
@@ -806,7 +806,7 @@ mod fused_and_sparse {
                     let input = DistillInput::new(s.clone(), t.clone())
                         .mask(mask_tensor(&mask))
                         .attach_teacher();
-                    let total = loss(which, fused, TokenReduction::Mean)
+                    let total = loss(which, fused, TokenReduction::TokenMean)
                         .forward(&input)
                         .unwrap()
                         .total;

@@ -35,8 +35,8 @@ pub fn affinity_per_sample(s: Tensor<4>, t: Tensor<4>) -> Tensor<1> {
 #[derive(Config, Debug)]
 pub struct AffinityConfig {
     /// Per-sample sums reduced by their mean over the batch (torchdistill's `'mean'`,
-    /// [`Reduction::BatchMean`]) or their sum ([`Reduction::Sum`]).
-    #[config(default = "Reduction::BatchMean")]
+    /// [`Reduction::SampleMean`]) or their sum ([`Reduction::Sum`]).
+    #[config(default = "Reduction::SampleMean")]
     pub reduction: Reduction,
     /// The feature tap: maps of one shape `[N, C, H, W]` (the student's through its affinity
     /// adapter, the teacher's through its translator).
@@ -62,7 +62,7 @@ impl AffinityConfig {
 /// ```
 ///
 /// (the reference normalises without a floor, NaN on a zero channel; the crate floors the norm
-/// at 1e-12, and `Mean` is the same as `BatchMean` here). One term `"affinity"`.
+/// at 1e-12, and `ElementMean` is the same as `SampleMean` here). One term `"affinity"`.
 ///
 /// # Shapes
 /// - the tap: student and teacher maps of one shape `[N, C, H, W]`
@@ -90,7 +90,7 @@ impl Loss for Affinity {
             ));
         }
         let per_sample = affinity_per_sample(s, t);
-        // each sample's value is one number: `Mean` and `BatchMean` coincide
+        // each sample's value is one number: `ElementMean` and `SampleMean` coincide
         Ok(LossOutput::single(
             Self::NAME,
             self.config.reduction.apply(per_sample, 1),
@@ -124,7 +124,7 @@ pub(crate) mod golden {
     /// torchdistill's `AffinityLoss`.
     pub(crate) fn affinity(case: &Case) -> Result<(), String> {
         let loss = AffinityConfig::new()
-            .with_reduction(reduction(case, Reduction::BatchMean)?)
+            .with_reduction(reduction(case, Reduction::SampleMean)?)
             .with_feature("tap".into())
             .init()
             .map_err(e)?;

@@ -12,7 +12,7 @@ use crate::loss::{Loss, LossOutput, Reduction};
 use crate::math::p_norms;
 
 /// KTA's per-sample distance between flattened features `[N, D]`, each scaled to unit
-/// `q`-norm: `Σ_d |a − b|` for `p = 1` (reduce it with [`Reduction::Mean`] for
+/// `q`-norm: `Σ_d |a − b|` for `p = 1` (reduce it with [`Reduction::ElementMean`] for
 /// `F.l1_loss`'s mean over all elements), else `‖a − b‖_p`, `[N]`.
 pub fn kta_per_sample(s: Tensor<2>, t: Tensor<2>, p: f64, q: f64) -> Tensor<1> {
     let unit = |x: Tensor<2>| x.clone() / p_norms(x, q, 1e-12);
@@ -34,9 +34,9 @@ pub struct KtaConfig {
     #[config(default = 2.0)]
     pub q: f64,
     /// How the per-sample distances are reduced: torchdistill's `'mean'` is
-    /// [`Reduction::Mean`] for `p = 1` (its `l1_loss` averages every element) and
-    /// [`Reduction::BatchMean`] otherwise; `'sum'` is [`Reduction::Sum`].
-    #[config(default = "Reduction::Mean")]
+    /// [`Reduction::ElementMean`] for `p = 1` (its `l1_loss` averages every element) and
+    /// [`Reduction::SampleMean`] otherwise; `'sum'` is [`Reduction::Sum`].
+    #[config(default = "Reduction::ElementMean")]
     pub reduction: Reduction,
     /// The feature tap: the student's adapted feature and the teacher's translated one (the
     /// factor of FT's [`Paraphraser`](crate::feature::Paraphraser)), of one shape.
@@ -121,9 +121,9 @@ pub(crate) mod golden {
     pub(crate) fn kta(case: &Case) -> Result<(), String> {
         let p = case.param("p")?;
         let mean = if p == 1.0 {
-            Reduction::Mean
+            Reduction::ElementMean
         } else {
-            Reduction::BatchMean
+            Reduction::SampleMean
         };
         let loss = KtaConfig::new()
             .with_p(p)

@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::check::check_non_negative;
 use crate::error::DistillError;
 use crate::input::DistillInput;
-use crate::loss::{Loss, LossOutput};
+use crate::loss::{Loss, LossOutput, Reduction};
 use crate::math::SplitMix;
 
 /// Which part of the student's map MGD hides.
@@ -22,15 +22,6 @@ pub enum MgdMask {
     Channel,
     /// Whole positions, `[N, 1, H, W]` (detection): a position is hidden when `u > 1 − λ`.
     Spatial,
-}
-
-/// How MGD reduces the squared error.
-#[derive(Config, Debug, PartialEq, Copy)]
-pub enum MgdReduction {
-    /// The reference: sum over every element, divided by `N` (hence its tiny α).
-    Sum,
-    /// Mean over every element.
-    Mean,
 }
 
 /// Configuration of [`Mgd`]. `lambda` and `alpha` default by mask and reduction: channel
@@ -55,9 +46,10 @@ pub struct MgdConfig {
     /// The loss weight α.
     #[config(default = "None")]
     pub alpha: Option<f64>,
-    /// The reduction.
-    #[config(default = "MgdReduction::Sum")]
-    pub reduction: MgdReduction,
+    /// The reduction of the squared error: `SampleMean` (the reference: the sum over every
+    /// element divided by `N`, hence its tiny α) or `ElementMean` (the mean over every element).
+    #[config(default = "Reduction::SampleMean")]
+    pub reduction: Reduction,
     /// Seed of the masks.
     #[config(default = 0)]
     pub seed: u64,
@@ -85,9 +77,20 @@ impl MgdConfig {
             MgdMask::Channel => 7e-5,
             MgdMask::Spatial => 2e-5,
         };
+        if !matches!(
+            self.reduction,
+            Reduction::SampleMean | Reduction::ElementMean
+        ) {
+            return Err(DistillError::config(
+                Mgd::NAME,
+                "reduction",
+                format!("{:?}", self.reduction),
+                "MGD reduces by SampleMean (the reference) or ElementMean",
+            ));
+        }
         let alpha = self.alpha.unwrap_or(match self.reduction {
-            MgdReduction::Sum => sum_alpha,
-            MgdReduction::Mean => sum_alpha * (512.0 * 7.0 * 7.0),
+            Reduction::ElementMean => sum_alpha * (512.0 * 7.0 * 7.0),
+            _ => sum_alpha,
         });
         check_non_negative(Mgd::NAME, "alpha", alpha)?;
         let gen_conv = || {
@@ -196,8 +199,8 @@ impl Mgd {
         let mask = mask.cast(s.dtype());
         let err = (self.generator.forward(s * mask) - teacher).square();
         let reduced = match self.config.reduction {
-            MgdReduction::Sum => err.sum() * (1.0 / n),
-            MgdReduction::Mean => err.mean(),
+            Reduction::ElementMean => err.mean(),
+            _ => err.sum() * (1.0 / n),
         };
         reduced * self.alpha
     }

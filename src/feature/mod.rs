@@ -37,7 +37,7 @@ pub use hint::{Connector, ConvReg, Hint, HintConfig};
 pub use ickd::{Ickd, IckdConfig, channel_similarity};
 pub use kdsvd::{Kdsvd, KdsvdConfig, align_vectors, top_singular};
 pub use kta::{Kta, KtaConfig, kta_per_sample};
-pub use mgd::{Generator, Mgd, MgdConfig, MgdMask, MgdReduction};
+pub use mgd::{Generator, Mgd, MgdConfig, MgdMask};
 pub use nst::{Nst, NstConfig, nst_stage};
 pub use ofd::{ConvBn, Ofd, OfdConfig, ofd_margins, partial_l2};
 pub use pad_l2::{PadL2, PadL2Config, VarianceBranch, pad_l2_per_sample};

@@ -53,9 +53,9 @@ pub struct PadL2Config {
     /// ε added to the variance.
     #[config(default = 1e-6)]
     pub eps: f64,
-    /// [`Reduction::BatchMean`] (torchdistill's `'mean'`; `Mean` is the same here: each
+    /// [`Reduction::SampleMean`] (torchdistill's `'mean'`; `Mean` is the same here: each
     /// sample's value is already a mean over `D`), `Sum` or `None`.
-    #[config(default = "Reduction::BatchMean")]
+    #[config(default = "Reduction::SampleMean")]
     pub reduction: Reduction,
 }
 
@@ -117,7 +117,7 @@ impl Loss for PadL2 {
         }
         let log_variance = self.branch.forward(s.clone());
         let per_sample = pad_l2_per_sample(s, t, log_variance, self.config.eps);
-        // each sample's value is one number: `Mean` and `BatchMean` coincide
+        // each sample's value is one number: `ElementMean` and `SampleMean` coincide
         Ok(LossOutput::single(
             Self::NAME,
             self.config.reduction.apply(per_sample, 1),
@@ -160,7 +160,7 @@ pub(crate) mod golden {
             rows(&leaves[0].1),
             case.param("eps")?,
         );
-        let loss = reduction(case, Reduction::BatchMean)?.apply(per_sample, 1);
+        let loss = reduction(case, Reduction::SampleMean)?.apply(per_sample, 1);
         case.check(LossOutput::single("pad_l2", loss), &borrowed(&leaves))
             .map(drop)
     }

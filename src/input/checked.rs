@@ -299,7 +299,7 @@ impl<'a> Checked<'a> {
         vocab: usize,
     ) -> Result<(Tensor<2, Int>, Tensor<2>), DistillError> {
         let super::SparseTeacher { ids, log_probs: lp } =
-            self.extension::<super::SparseTeacher>("a sparse teacher (sparse_teacher)")?;
+            self.extra::<super::SparseTeacher>("a sparse teacher (sparse_teacher)")?;
         let [n, k] = ids.dims();
         if n != batch || k == 0 {
             return Err(self.shape(
@@ -326,11 +326,11 @@ impl<'a> Checked<'a> {
         Ok((ids.clone(), like(upcast(self.teacher(lp, frozen)), dtype)))
     }
 
-    /// The extension of type `E` ([`DistillInput::with`]), or [`DistillError::MissingInput`]
+    /// The extra of type `E` ([`DistillInput::with`]), or [`DistillError::MissingInput`]
     /// naming `what` it is.
-    pub fn extension<E: super::Extension>(&self, what: &str) -> Result<&'a E, DistillError> {
+    pub fn extra<E: super::Extra>(&self, what: &str) -> Result<&'a E, DistillError> {
         self.input
-            .extension::<E>()
+            .extra::<E>()
             .ok_or_else(|| self.missing(&format!("{what} (DistillInput::with)")))
     }
 
@@ -357,7 +357,7 @@ impl<'a> Checked<'a> {
 
     /// The view layout, if set; a layout that does not cover the batch is an error.
     pub fn views(&self) -> Result<Option<&'a Views>, DistillError> {
-        match (self.input.extension::<Views>(), self.input.batch_size()) {
+        match (self.input.extra::<Views>(), self.input.batch_size()) {
             (Some(v), Some(n)) if v.rows() != n => Err(DistillError::InvalidViews {
                 reason: format!(
                     "{}: the layout has {} rows, the batch {n}",
@@ -372,7 +372,7 @@ impl<'a> Checked<'a> {
     /// The dataset indices after checking there are `batch` of them, each in `0..size`.
     pub fn indices(&self, batch: usize, size: usize) -> Result<Tensor<1, Int>, DistillError> {
         let super::DatasetIndices(idx) =
-            self.extension::<super::DatasetIndices>("dataset indices (indices)")?;
+            self.extra::<super::DatasetIndices>("dataset indices (indices)")?;
         if idx.dims()[0] != batch {
             return Err(self.shape("dataset indices".into(), vec![batch], idx.dims().to_vec()));
         }

@@ -4,7 +4,7 @@
 //! one objective, validating shapes and ranges and naming the objective in every error.
 
 mod checked;
-mod extension;
+mod extra;
 mod outputs;
 mod progress;
 mod views;
@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use burn::tensor::{Bool, Int, Tensor};
 
 pub use checked::Checked;
-pub use extension::{DatasetIndices, Extension, SparseTeacher};
+pub use extra::{DatasetIndices, Extra, SparseTeacher};
 pub use outputs::{Distillable, Feature, Outputs};
 pub use progress::Progress;
 pub use views::Views;
@@ -44,7 +44,7 @@ pub struct DistillInput {
     teacher_logits: Option<Tensor<2>>,
     targets: Option<Tensor<1, Int>>,
     mask: Option<Tensor<1, Bool>>,
-    extensions: BTreeMap<TypeId, Arc<dyn Extension>>,
+    extras: BTreeMap<TypeId, Arc<dyn Extra>>,
     /// The student's feature taps, by name.
     student_features: BTreeMap<String, Feature>,
     /// The teacher's feature taps, by name.
@@ -124,18 +124,17 @@ impl DistillInput {
         self.with(SparseTeacher { ids, log_probs })
     }
 
-    /// Adds `extension`, which objectives that know its type read (one of each type; a second
-    /// replaces the first). A new kind of input an objective needs is an extension, not a new
-    /// field: see [`Extension`].
-    pub fn with<E: Extension>(mut self, extension: E) -> Self {
-        self.extensions
-            .insert(TypeId::of::<E>(), Arc::new(extension));
+    /// Adds `extra`, which objectives that know its type read (one of each type; a second
+    /// replaces the first). A new kind of input an objective needs is an extra, not a new
+    /// field: see [`Extra`].
+    pub fn with<E: Extra>(mut self, extra: E) -> Self {
+        self.extras.insert(TypeId::of::<E>(), Arc::new(extra));
         self
     }
 
-    /// The extension of type `E`, if the input carries one.
-    pub fn extension<E: Extension>(&self) -> Option<&E> {
-        let ext: &dyn std::any::Any = self.extensions.get(&TypeId::of::<E>())?.as_ref();
+    /// The extra of type `E`, if the input carries one.
+    pub fn extra<E: Extra>(&self) -> Option<&E> {
+        let ext: &dyn std::any::Any = self.extras.get(&TypeId::of::<E>())?.as_ref();
         ext.downcast_ref::<E>()
     }
 
@@ -219,7 +218,7 @@ impl DistillInput {
     }
 
     /// The same input restricted to the batch rows `rows` (logits, targets, the mask, guides,
-    /// every feature tap, and each extension that follows a selection: dataset indices, the
+    /// every feature tap, and each extra that follows a selection: dataset indices, the
     /// sparse teacher, the lm-heads), e.g. the samples a curriculum admits. A view layout does
     /// not survive a selection: the result has none.
     pub fn select_rows(&self, rows: Tensor<1, Int>) -> Self {
@@ -249,8 +248,8 @@ impl DistillInput {
                 .iter()
                 .map(|(k, f)| (k.clone(), pick(f)))
                 .collect(),
-            extensions: self
-                .extensions
+            extras: self
+                .extras
                 .iter()
                 .filter_map(|(k, e)| e.select_rows(&rows).map(|e| (*k, e)))
                 .collect(),

@@ -35,8 +35,8 @@ pub struct KdConfig {
     /// Multiply by `T²`, which keeps the gradient's scale independent of `T` (Hinton et al.).
     #[config(default = true)]
     pub t_squared: bool,
-    /// How per-sample divergences are reduced; `BatchMean` is the KL divergence's own scale.
-    #[config(default = "Reduction::BatchMean")]
+    /// How per-sample divergences are reduced; `SampleMean` is the KL divergence's own scale.
+    #[config(default = "Reduction::SampleMean")]
     pub reduction: Reduction,
     /// Run the [fused kernel](crate::fused) where the device supports it (same values and
     /// gradients as the composed tensor ops, a few times faster); `false` forces the composed
@@ -63,7 +63,7 @@ impl KdConfig {
 ///
 /// `KD = T² · (1/N) Σₙ KL(softmax(z_t/T) ‖ softmax(z_s/T))`
 ///
-/// with the defaults (`BatchMean`, `T²` on), which is mdistiller's `kd_loss`. The KL divergence
+/// with the defaults (`SampleMean`, `T²` on), which is mdistiller's `kd_loss`. The KL divergence
 /// is computed from two log-softmaxes, so it stays finite for logits of any magnitude.
 /// Gradients: `∂KD/∂z_s = (T/N)(p_s − p_t)`; with the teacher
 /// [attached](DistillInput::attach_teacher), `∂KD/∂z_t = (T/N) p_t ⊙ (a − ⟨p_t, a⟩)`,

@@ -4,7 +4,7 @@ mod hypergrad;
 mod teacher;
 
 pub use hypergrad::{Batch, MetaGradient};
-pub use teacher::{MetaRound, MetaTeacher, MetaTeacherConfig, MetaTeacherRecord, PilotRate};
+pub use teacher::{MetaRound, MetaTeacher, MetaTeacherConfig, MetaTeacherRecord, Pilot, PilotRate};
 
 /// This family's module path, as its descriptors name it.
 pub(crate) const MODULE: &str = module_path!();

@@ -32,7 +32,7 @@ pub struct MetaTeacherConfig {
     #[config(default = "PilotRate::Fixed(0.05)")]
     pub pilot_rate: PilotRate,
     /// Pilot SGD steps `k` on the round's batch before the quiz ([`MetaTeacher::round`]);
-    /// [`MetaTeacher::round_ahead`] takes one step on each of the next `k` batches instead.
+    /// A round given the next `k` batches ([`Pilot::Ahead`]) takes one step on each instead.
     #[config(default = 1)]
     pub pilot_steps: usize,
     /// The teacher optimizer's learning rate.
@@ -119,7 +119,7 @@ pub struct MetaRound {
 /// Each [`round`](Self::round), before the student's own step:
 /// 1. *pilot*: a copy of the student takes `k` SGD steps of size `η` on the distillation loss
 ///    `L(θ_s, θ_t)`, the teacher attached: `θ_s' = θ_s − η ∇θs L` (all on the round's batch,
-///    or one on each of the next `k` batches with [`round_ahead`](Self::round_ahead));
+///    or one on each of the next `k` batches, given as `&next[..]`);
 /// 2. *quiz*: the pilot student is scored on a held-out quiz batch, `Q(θ_s')`;
 /// 3. *teacher step*: `∇θt Q(θ_s'(θ_t))`, through the pilot steps, goes to the teacher's
 ///    optimizer.
@@ -306,14 +306,15 @@ impl<T: Module> MetaTeacher<T> {
         })
     }
 
-    /// One MetaDistil round on `batch`, scored on `quiz`: the pilot takes `pilot_steps` steps
-    /// on `batch`, and the teacher learns unless frozen (before `freeze_epochs`) or off its
-    /// period. `student_lr` is the student's current learning rate (the pilot step size under
-    /// [`PilotRate::StudentLr`]).
-    pub fn round<S>(
+    /// One MetaDistil round, scored on `quiz`: the pilot steps on `pilot` (a batch, given as
+    /// `&batch`: `pilot_steps` steps on it; or the next batches of the stream, as `&next[..]`:
+    /// one step on each, in order, a look-ahead of `k = next.len()`), and the teacher learns
+    /// unless frozen (before `freeze_epochs`) or off its period. `student_lr` is the student's
+    /// current learning rate (the pilot step size under [`PilotRate::StudentLr`]).
+    pub fn round<'a, S>(
         &mut self,
         student: &S,
-        batch: &Batch<T::Input>,
+        pilot: impl Into<Pilot<'a, T::Input>>,
         quiz: &Batch<T::Input>,
         progress: Progress,
         student_lr: f64,
@@ -321,27 +322,10 @@ impl<T: Module> MetaTeacher<T> {
     where
         T: Distillable,
         S: Distillable<Input = T::Input>,
+        T::Input: 'a,
     {
-        let steps = vec![batch; self.config.pilot_steps];
+        let steps = self.pilot_batches(pilot.into())?;
         self.round_on(student, steps, quiz, progress, student_lr)
-    }
-
-    /// One MetaDistil round that looks ahead: the pilot takes one step on each batch of
-    /// `next` in order (`k = next.len()`, the next `k` batches of the stream; `pilot_steps` is
-    /// not used), then the quiz, as in [`round`](Self::round).
-    pub fn round_ahead<S>(
-        &mut self,
-        student: &S,
-        next: &[Batch<T::Input>],
-        quiz: &Batch<T::Input>,
-        progress: Progress,
-        student_lr: f64,
-    ) -> Result<MetaRound, DistillError>
-    where
-        T: Distillable,
-        S: Distillable<Input = T::Input>,
-    {
-        self.round_on(student, pilot_batches(next)?, quiz, progress, student_lr)
     }
 
     fn round_on<S>(
@@ -385,10 +369,10 @@ impl<T: Module> MetaTeacher<T> {
     /// The meta-gradient of one [`round`](Self::round) without applying it: d quiz / d teacher
     /// parameters through the pilot steps (and d quiz / d student parameters), e.g. to inspect
     /// or clip.
-    pub fn meta_gradient<S>(
+    pub fn meta_gradient<'a, S>(
         &self,
         student: &S,
-        batch: &Batch<T::Input>,
+        pilot: impl Into<Pilot<'a, T::Input>>,
         quiz: &Batch<T::Input>,
         progress: Progress,
         student_lr: f64,
@@ -396,25 +380,28 @@ impl<T: Module> MetaTeacher<T> {
     where
         T: Distillable,
         S: Distillable<Input = T::Input>,
+        T::Input: 'a,
     {
-        let steps = vec![batch; self.config.pilot_steps];
+        let steps = self.pilot_batches(pilot.into())?;
         self.gradient_on(student, steps, quiz, progress, student_lr)
     }
 
-    /// The meta-gradient of one [`round_ahead`](Self::round_ahead) without applying it.
-    pub fn meta_gradient_ahead<S>(
+    /// The batches the pilot steps on, in order.
+    fn pilot_batches<'a>(
         &self,
-        student: &S,
-        next: &[Batch<T::Input>],
-        quiz: &Batch<T::Input>,
-        progress: Progress,
-        student_lr: f64,
-    ) -> Result<MetaGradient, DistillError>
+        pilot: Pilot<'a, T::Input>,
+    ) -> Result<Vec<&'a Batch<T::Input>>, DistillError>
     where
         T: Distillable,
-        S: Distillable<Input = T::Input>,
     {
-        self.gradient_on(student, pilot_batches(next)?, quiz, progress, student_lr)
+        match pilot {
+            Pilot::Repeat(batch) => Ok(vec![batch; self.config.pilot_steps]),
+            Pilot::Ahead([]) => Err(DistillError::MissingInput {
+                objective: "meta_teacher".into(),
+                what: "at least one pilot batch (an empty look-ahead)".into(),
+            }),
+            Pilot::Ahead(next) => Ok(next.iter().collect()),
+        }
     }
 
     fn gradient_on<S>(
@@ -473,14 +460,26 @@ impl<T: Module> MetaTeacher<T> {
 }
 
 /// The pilot's batches for a look-ahead round: at least one.
-fn pilot_batches<I>(next: &[Batch<I>]) -> Result<Vec<&Batch<I>>, DistillError> {
-    if next.is_empty() {
-        return Err(DistillError::MissingInput {
-            objective: "meta_teacher".into(),
-            what: "at least one pilot batch (round_ahead)".into(),
-        });
+/// The batches a MetaDistil round's pilot steps on: `&batch` for `pilot_steps` steps on one
+/// batch, `&next[..]` for one step on each of the next batches (a look-ahead).
+#[derive(Debug)]
+pub enum Pilot<'a, I> {
+    /// `pilot_steps` steps on one batch (MetaDistil's loop with k = 1).
+    Repeat(&'a Batch<I>),
+    /// One step on each batch, in order.
+    Ahead(&'a [Batch<I>]),
+}
+
+impl<'a, I> From<&'a Batch<I>> for Pilot<'a, I> {
+    fn from(batch: &'a Batch<I>) -> Self {
+        Pilot::Repeat(batch)
     }
-    Ok(next.iter().collect())
+}
+
+impl<'a, I> From<&'a [Batch<I>]> for Pilot<'a, I> {
+    fn from(next: &'a [Batch<I>]) -> Self {
+        Pilot::Ahead(next)
+    }
 }
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
@@ -558,7 +557,7 @@ pub(crate) mod golden {
             let next = (1..=steps)
                 .map(|i| batch(&format!("x_{i}"), &format!("y_{i}")))
                 .collect::<Result<Vec<_>, _>>()?;
-            meta.meta_gradient_ahead(&student, &next, &quiz, progress, 0.0)
+            meta.meta_gradient(&student, next.as_slice(), &quiz, progress, 0.0)
         } else {
             meta.meta_gradient(&student, &batch("x", "y")?, &quiz, progress, 0.0)
         }

@@ -23,7 +23,7 @@ pub fn cosine_distance_rows(a: Tensor<2>, b: Tensor<2>, eps: f64) -> Tensor<1> {
 #[derive(Config, Debug)]
 pub struct LogitCosineConfig {
     /// How per-token values become the total.
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
     /// Floor of each norm.
     #[config(default = 1e-8)]

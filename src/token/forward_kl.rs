@@ -35,7 +35,7 @@ pub struct ForwardKlConfig {
     #[config(default = false)]
     pub t_squared: bool,
     /// How per-token values become the total.
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
     /// The cross-entropy `−Σ p_t log p_s` instead of the KL (torchtune's `ForwardKLLoss`):
     /// the same student gradient, a value larger by the teacher's entropy, and a teacher

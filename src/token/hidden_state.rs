@@ -45,7 +45,7 @@ pub struct HiddenStateConfig {
     #[config(default = true)]
     pub projection: bool,
     /// How per-token values become each pair's loss (the pairs are then averaged).
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
     /// Floor of the norms in the cosine.
     #[config(default = 1e-8)]
@@ -67,7 +67,7 @@ impl HiddenStateConfig {
                 "the widths differ: a projection is needed",
             ));
         }
-        if let TokenReduction::Global(n) = self.reduction {
+        if let TokenReduction::DivideBy(n) = self.reduction {
             check_positive(HiddenState::NAME, "reduction (Global count)", n)?;
         }
         let projections = match self.projection {

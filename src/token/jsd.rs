@@ -49,7 +49,7 @@ pub struct JsdConfig {
     #[config(default = false)]
     pub t_squared: bool,
     /// How per-token values become the total.
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
     /// Compute it with a [fused kernel](crate::fused) where the device supports it (KD's for
     /// β = 0 and 1, a JSD kernel between): the same values and gradients as the composed
@@ -145,15 +145,15 @@ pub(crate) mod golden {
         let vocab = *case.input("student_logits")?.0.last().unwrap_or(&1) as f64;
         let items = case.opt("num_items_in_batch");
         let reduction = match (case.params["reduction"].as_str(), items) {
-            (_, Some(n)) => TokenReduction::Global(n),
-            (Some("batchmean"), _) => TokenReduction::Mean,
+            (_, Some(n)) => TokenReduction::DivideBy(n),
+            (Some("batchmean"), _) => TokenReduction::TokenMean,
             (Some("mean"), _) => TokenReduction::ElementMean,
             (Some("sum"), _) => TokenReduction::Sum,
             (Some("none"), _) => TokenReduction::None,
             (r, _) => return Err(format!("reduction {r:?}")),
         };
         let divide = move |valid: usize| match reduction {
-            TokenReduction::Global(n) => n,
+            TokenReduction::DivideBy(n) => n,
             TokenReduction::ElementMean => per_valid(valid) * vocab,
             TokenReduction::Sum | TokenReduction::None => 1.0,
             _ => per_valid(valid),

@@ -12,7 +12,7 @@ use crate::check::{check_non_negative, check_positive};
 use crate::cross_entropy::cross_entropy_per_sample;
 use crate::error::DistillError;
 use crate::fused;
-use crate::input::{DistillInput, Extension};
+use crate::input::{DistillInput, Extra};
 use crate::loss::{Loss, LossOutput};
 
 /// One model's last hidden states and its lm-head: `logits = hidden · weight + bias`.
@@ -133,7 +133,7 @@ pub enum TeacherHead {
 }
 
 /// What a [`FusedLinear`] objective reads: the student's and the teacher's hidden states and
-/// lm-heads, carried by the input as an [`Extension`] (`DistillInput::with(LmHeads { … })`).
+/// lm-heads, carried by the input as an [`Extra`] (`DistillInput::with(LmHeads { … })`).
 #[derive(Debug, Clone)]
 pub struct LmHeads {
     /// The student's hidden states and lm-head.
@@ -142,8 +142,8 @@ pub struct LmHeads {
     pub teacher: TeacherHead,
 }
 
-impl Extension for LmHeads {
-    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extension>> {
+impl Extra for LmHeads {
+    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extra>> {
         let pick = |h: &LmHead| LmHead {
             hidden: h.hidden.clone().select(0, rows.clone()),
             ..h.clone()
@@ -167,7 +167,7 @@ pub struct FusedLinearConfig {
     pub chunk_size: Option<usize>,
     /// How the per-token values become the total (`None` is not available: the fused path
     /// returns one value).
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
     /// Weight of the distillation (soft) part.
     #[config(default = 1.0)]
@@ -191,7 +191,7 @@ impl FusedLinearConfig {
                 "the fused path returns one value: use Mean, ElementMean, Sum or Global",
             ));
         }
-        if let TokenReduction::Global(n) = self.reduction {
+        if let TokenReduction::DivideBy(n) = self.reduction {
             check_positive(FusedLinear::<()>::NAME, "reduction (Global count)", n)?;
         }
         if let Some(c) = self.chunk_size {
@@ -292,7 +292,7 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
         let checked = input.of(Self::NAME);
-        let heads = checked.extension::<LmHeads>("the hidden states and lm-heads (LmHeads)")?;
+        let heads = checked.extra::<LmHeads>("the hidden states and lm-heads (LmHeads)")?;
         let (student, teacher) = (&heads.student, &heads.teacher);
         let [n, hs] = student.hidden.dims();
         let [hw, v] = student.weight.dims();

@@ -48,7 +48,7 @@ pub struct SkewKlConfig {
     #[config(default = false)]
     pub t_squared: bool,
     /// How per-token values become the total.
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
     /// The forward form as DistiLLM computes it, the cross-entropy `−Σ p_t log m` (the skew KL
     /// plus the teacher's entropy: the same student gradient). Only with `Forward`.

@@ -26,7 +26,7 @@ pub struct SymmetricKlConfig {
     #[config(default = false)]
     pub t_squared: bool,
     /// How per-token values become the total.
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
     /// The forward part as the cross-entropy `−Σ p_t log p_s` (torchtune's convention; see
     /// [`ForwardKlConfig::cross_entropy`](super::ForwardKlConfig::cross_entropy)).

@@ -13,24 +13,25 @@ use crate::loss::{Loss, Named};
 use crate::math::Temperature;
 use crate::registry::{Token, spec_error};
 
-/// How per-token divergences become the total. Rows that do not count (the mask) contribute
-/// exactly 0 under every reduction.
+/// How per-token divergences become the total, each variant named by what the sum is divided
+/// by. Rows that do not count (the mask) contribute exactly 0 under every reduction.
 ///
 /// | reduction | total | as in |
 /// |---|---|---|
-/// | `Mean` | `Σ_tokens / max(valid tokens, 1)` (no valid token: 0, zero gradients) | TRL `batchmean`, torchtune `normalize`, DistillKit, Liger |
+/// | `TokenMean` | `Σ_tokens / max(valid tokens, 1)` (no valid token: 0, zero gradients) | TRL `batchmean`, torchtune `normalize`, DistillKit, Liger |
 /// | `ElementMean` | `Σ / (max(valid tokens, 1) · V)` | TRL `mean` (PyTorch's mean over elements) |
 /// | `Sum` | `Σ_tokens` | TRL `sum`, torchtune `normalize=False` |
 /// | `None` | one value per token `[N]` (0 where masked) | |
-/// | `Global(n)` | `Σ_tokens / n` | TRL `num_items_in_batch`, DistillKit |
+/// | `DivideBy(n)` | `Σ_tokens / n` | TRL `num_items_in_batch`, DistillKit |
 ///
-/// `Global(n)` with `n` the number of valid tokens of the *whole* batch makes `k` accumulated
+/// `DivideBy(n)` with `n` the number of valid tokens of the *whole* batch makes `k` accumulated
 /// micro-batches (or `r` data-parallel ranks whose gradients are summed) give exactly the
-/// gradient of the whole batch; `Mean` per micro-batch does not when their valid counts differ.
+/// gradient of the whole batch; `TokenMean` per micro-batch does not when their valid counts
+/// differ.
 #[derive(Config, Debug, Copy, PartialEq)]
 pub enum TokenReduction {
     /// Mean over the valid tokens.
-    Mean,
+    TokenMean,
     /// Mean over the valid tokens' vocabulary entries.
     ElementMean,
     /// Sum over the valid tokens.
@@ -39,7 +40,7 @@ pub enum TokenReduction {
     None,
     /// Sum over the valid tokens divided by a caller-given count (the global number of valid
     /// tokens across micro-batches and ranks).
-    Global(f64),
+    DivideBy(f64),
 }
 
 /// Logits `[B, T, V]` as one row per token, `[B·T, V]` (row-major: token `t` of sequence `b`
@@ -129,7 +130,7 @@ impl Softening {
         t_squared: bool,
         reduction: TokenReduction,
     ) -> Result<Self, DistillError> {
-        if let TokenReduction::Global(n) = reduction {
+        if let TokenReduction::DivideBy(n) = reduction {
             check_positive(name, "reduction (Global count)", n)?;
         }
         Ok(Self {
@@ -217,7 +218,7 @@ fn reduce(
 impl TokenReduction {
     /// The factor `[1]` that turns the sum of `rows` per-token values (each over `vocab`
     /// entries) into the total: `1/max(k, 1)` for `Mean`, `1/(max(k, 1)·vocab)` for
-    /// `ElementMean`, `1/n` for `Global(n)`, 1 for `Sum` and `None`, where `k` counts the
+    /// `ElementMean`, `1/n` for `DivideBy(n)`, 1 for `Sum` and `None`, where `k` counts the
     /// tokens `mask` admits (all when `None`) — a tensor, so nothing is read back.
     pub(super) fn factor(
         self,
@@ -232,9 +233,9 @@ impl TokenReduction {
             None => Tensor::<1>::zeros([1], (device, dtype)) + rows as f64,
         };
         match self {
-            TokenReduction::Mean => count.clamp_min(1.0).recip(),
+            TokenReduction::TokenMean => count.clamp_min(1.0).recip(),
             TokenReduction::ElementMean => (count.clamp_min(1.0) * vocab as f64).recip(),
-            TokenReduction::Global(total) => count.zeros_like() + 1.0 / total,
+            TokenReduction::DivideBy(total) => count.zeros_like() + 1.0 / total,
             TokenReduction::Sum | TokenReduction::None => count.zeros_like() + 1.0,
         }
     }
@@ -251,7 +252,7 @@ pub(super) mod golden {
     /// their sum, with the divisor of the valid count the exact recomputation takes.
     pub fn torchtune_reduction(case: &Case) -> (TokenReduction, fn(usize) -> f64) {
         match case.params["normalize"].as_bool().unwrap_or(true) {
-            true => (TokenReduction::Mean, per_valid),
+            true => (TokenReduction::TokenMean, per_valid),
             false => (TokenReduction::Sum, |_| 1.0),
         }
     }
@@ -292,7 +293,7 @@ pub(super) mod golden {
         let (t, _, _) = token_leaf(case, t_name)?;
         let elements = elements(s.clone(), t.clone())?;
         let reduction = match case.params["reduction"].as_str() {
-            None | Some("batchmean") => TokenReduction::Mean,
+            None | Some("batchmean") => TokenReduction::TokenMean,
             Some("mean") => TokenReduction::ElementMean,
             Some("sum") => TokenReduction::Sum,
             Some(_) => TokenReduction::None,

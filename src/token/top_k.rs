@@ -73,7 +73,7 @@ pub struct TopKConfig {
     #[config(default = false)]
     pub t_squared: bool,
     /// How per-token values become the total.
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
     /// The smallest missing mass: a top-k sum is clamped to `1 − eps` before the missing
     /// bucket's log (DistillKit's 1e-6), so a teacher whose top k hold all the mass in its
@@ -95,7 +95,7 @@ impl TopKConfig {
                 "the reverse KL from a teacher that is 0 outside its top k is infinite: use SymmetricUniform",
             ));
         }
-        if let TokenReduction::Global(n) = self.reduction {
+        if let TokenReduction::DivideBy(n) = self.reduction {
             check_positive(TopK::NAME, "reduction (Global count)", n)?;
         }
         if self.values == SparseValues::Logits && self.missing != MissingMass::Zero {

@@ -28,7 +28,7 @@ pub struct TvdConfig {
     #[config(default = false)]
     pub t_squared: bool,
     /// How per-token values become the total.
-    #[config(default = "TokenReduction::Mean")]
+    #[config(default = "TokenReduction::TokenMean")]
     pub reduction: TokenReduction,
 }
 

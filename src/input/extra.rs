@@ -1,18 +1,18 @@
-//! Typed extensions: inputs that only some objectives read.
+//! Typed extras: inputs that only some objectives read.
 
 use std::sync::Arc;
 
 use burn::tensor::{Int, Tensor};
 
 /// An input only some objectives read, carried by [`DistillInput::with`](super::DistillInput::with)
-/// and read back by its type ([`DistillInput::extension`](super::DistillInput::extension),
-/// [`Checked::extension`](super::Checked::extension)). The fused lm-head objectives read their
+/// and read back by its type ([`DistillInput::extra`](super::DistillInput::extra),
+/// [`Checked::extra`](super::Checked::extra)). The fused lm-head objectives read their
 /// hidden states and weights this way ([`token::LmHeads`](crate::token::LmHeads)).
-pub trait Extension: std::any::Any + std::fmt::Debug + Send + Sync {
-    /// The same extension for the batch rows `rows` (what
+pub trait Extra: std::any::Any + std::fmt::Debug + Send + Sync {
+    /// The same extra for the batch rows `rows` (what
     /// [`DistillInput::select_rows`](super::DistillInput::select_rows) keeps), or `None` to drop
     /// it from the selection (the default).
-    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extension>> {
+    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extra>> {
         let _ = rows;
         None
     }
@@ -23,8 +23,8 @@ pub trait Extension: std::any::Any + std::fmt::Debug + Send + Sync {
 #[derive(Debug, Clone)]
 pub struct DatasetIndices(pub Tensor<1, Int>);
 
-impl Extension for DatasetIndices {
-    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extension>> {
+impl Extra for DatasetIndices {
+    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extra>> {
         Some(Arc::new(Self(self.0.clone().select(0, rows.clone()))))
     }
 }
@@ -39,8 +39,8 @@ pub struct SparseTeacher {
     pub log_probs: Tensor<2>,
 }
 
-impl Extension for SparseTeacher {
-    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extension>> {
+impl Extra for SparseTeacher {
+    fn select_rows(&self, rows: &Tensor<1, Int>) -> Option<Arc<dyn Extra>> {
         Some(Arc::new(Self {
             ids: self.ids.clone().select(0, rows.clone()),
             log_probs: self.log_probs.clone().select(0, rows.clone()),
@@ -49,4 +49,4 @@ impl Extension for SparseTeacher {
 }
 
 /// A view layout does not survive a selection of rows: it is dropped.
-impl Extension for super::Views {}
+impl Extra for super::Views {}
