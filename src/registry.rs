@@ -59,7 +59,7 @@ pub type Learnable = fn(&Device, &Device, DType) -> Result<Box<dyn Loss>, Distil
 
 /// `module` with every float parameter moved to `device` in `dtype` (a fresh leaf, tracked
 /// where it was), boxed: what a [`Learnable`] returns.
-pub(crate) fn moved<M: Module + Loss + 'static>(
+pub fn moved<M: Module + Loss + 'static>(
     module: M,
     device: &Device,
     dtype: DType,

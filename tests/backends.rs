@@ -11,10 +11,11 @@
 
 mod common;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Param;
 use burn::optim::SgdConfig;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_distill::curriculum::CtkdConfig;
+use burn_distill::golden::moved;
 use burn_distill::logit::{
     DckdConfig, DistConfig, LogitMseConfig, MlkdConfig, ProbMseConfig, Standardized,
 };
@@ -113,24 +114,6 @@ fn backends() -> Vec<Backend> {
         );
     }
     v
-}
-
-/// Moves every float parameter (and running state) of a module to `device` in `dtype`, as a
-/// fresh trainable leaf.
-struct Move<'a> {
-    device: &'a Device,
-    dtype: DType,
-}
-
-impl ModuleMapper for Move<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (device, dtype) = (self.device, self.dtype);
-        param.map(|t| {
-            let tracked = t.is_require_grad();
-            let data = t.into_data().convert::<f64>();
-            Tensor::<D>::from_data(data, (device, dtype)).set_require_grad(tracked)
-        })
-    }
 }
 
 /// The same deterministic data on any device and dtype.
@@ -275,8 +258,7 @@ fn with_parameters(device: &Device, dtype: DType) -> Vec<Box<dyn Loss>> {
         .with_lambda_start(-0.5)
         .init(KdConfig::new().init().unwrap(), &r)
         .unwrap();
-    let mut mover = Move { device, dtype };
-    out.push(ctkd.map(&mut mover).boxed());
+    out.push(moved(ctkd, device, dtype));
     out
 }
 

@@ -28,6 +28,7 @@ pub use serde_json::Value;
 pub use crate::error::DistillError;
 pub use crate::input::{DistillInput, Feature, Progress, Views};
 pub use crate::loss::{Loss, LossExt, LossOutput, Reduction};
+pub use crate::registry::moved;
 
 /// How a case of one method is checked.
 pub type Runner = fn(&Case) -> Result<(), String>;
