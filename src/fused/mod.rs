@@ -72,9 +72,10 @@ pub struct TokenKernel {
     pub(crate) factor: f64,
 }
 
-/// The per-sample divergence a fused row op computes.
+/// The per-sample divergence a fused row op computes (what a [`PerToken`](crate::token::PerToken)
+/// divergence names as its kernel).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Divergence {
+pub enum Divergence {
     /// KD's `KL(p_t ‖ p_s)`.
     Kl,
     /// The reverse `KL(p_s ‖ p_t)` (KD's kernel with the roles swapped).

@@ -2,15 +2,12 @@
 
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
-use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
 
-use super::tokens::{Softening, TokenDivergence, TokenReduction};
-use crate::error::DistillError;
-use crate::fused::{self, Divergence, TokenKernel};
-use crate::input::DistillInput;
-use crate::loss::{Loss, LossOutput};
+use super::softened::{PerToken, Softened, SoftenedConfig};
+use crate::fused::{self, Divergence};
 
 /// Per-element forward-KL terms `p_t,v (log p_t,v − log p_s,v)` from log-probabilities
 /// `[N, V]`; their sum over `v` is `KL(p_t ‖ p_s)`. A teacher probability that underflows to
@@ -25,44 +22,44 @@ pub fn teacher_cross_entropy_elements(log_ps: Tensor<2>, log_pt: Tensor<2>) -> T
     -(log_pt.exp() * log_ps)
 }
 
-/// Configuration of [`ForwardKl`].
-#[derive(Config, Debug)]
-pub struct ForwardKlConfig {
-    /// The softmax temperature `T` (> 0).
-    #[config(default = 1.0)]
-    pub temperature: f64,
-    /// Multiply by `T²` (DistillKit does; TRL, Liger and torchtune do not).
-    #[config(default = false)]
-    pub t_squared: bool,
-    /// How per-token values become the total.
-    #[config(default = "TokenReduction::TokenMean")]
-    pub reduction: TokenReduction,
+/// [`ForwardKl`]'s own options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardKlOptions {
     /// The cross-entropy `−Σ p_t log p_s` instead of the KL (torchtune's `ForwardKLLoss`):
     /// the same student gradient, a value larger by the teacher's entropy, and a teacher
     /// gradient of its own.
-    #[config(default = false)]
     pub cross_entropy: bool,
     /// Compute the KL with the [fused kernel](crate::fused) (KD's, at the token level) where
     /// the device supports it: the same values and gradients as the composed tensor ops, on
     /// every core, several times faster; `false` forces the composed version. The
     /// cross-entropy form is always composed.
-    #[config(default = true)]
     pub fused: bool,
 }
 
+impl Default for ForwardKlOptions {
+    fn default() -> Self {
+        Self {
+            cross_entropy: false,
+            fused: true,
+        }
+    }
+}
+
+/// Configuration of [`ForwardKl`]: its [options](ForwardKlOptions) beside the shared
+/// temperature, `T²` switch and reduction.
+pub type ForwardKlConfig = SoftenedConfig<ForwardKlOptions>;
+
 impl ForwardKlConfig {
-    /// Validates the configuration and builds the objective.
-    pub fn init(&self) -> Result<ForwardKl, DistillError> {
-        Ok(ForwardKl {
-            soft: Softening::new(
-                ForwardKl::NAME,
-                self.temperature,
-                self.t_squared,
-                self.reduction,
-            )?,
-            cross_entropy: self.cross_entropy,
-            fused: self.fused,
-        })
+    /// With (or without) the cross-entropy form ([`ForwardKlOptions::cross_entropy`]).
+    pub fn with_cross_entropy(mut self, cross_entropy: bool) -> Self {
+        self.options.cross_entropy = cross_entropy;
+        self
+    }
+
+    /// With (or without) the fused kernel ([`ForwardKlOptions::fused`]).
+    pub fn with_fused(mut self, fused: bool) -> Self {
+        self.options.fused = fused;
+        self
     }
 }
 
@@ -75,42 +72,29 @@ impl ForwardKlConfig {
 ///
 /// # Shapes
 /// - student and teacher logits `[N, V]`; mask `[N]` (optional)
-#[derive(Debug, Clone)]
-pub struct ForwardKl {
-    soft: Softening,
-    cross_entropy: bool,
-    fused: bool,
-}
+pub type ForwardKl = Softened<ForwardKlOptions>;
 
 crate::loss::objective!(ForwardKl, "forward_kl");
 
-impl Loss for ForwardKl {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
+impl PerToken for ForwardKlOptions {
+    const NAME: &'static str = ForwardKl::NAME;
 
-    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let elements = match self.cross_entropy {
-            true => teacher_cross_entropy_elements,
-            false => forward_kl_elements,
-        };
-        let fused = self.fused && !self.cross_entropy;
-        self.soft.forward(Self::NAME, input, |s, t| {
-            // the logits arrive divided by T: KD's kernel at T = 1 is the token's KL
-            let rows = fused.then(|| fused::kd_rows(&s, &t, 1.0)).flatten();
-            rows.unwrap_or_else(|| {
-                elements(log_softmax(s, 1), log_softmax(t, 1))
-                    .sum_dim(1)
-                    .squeeze_dim(1)
-            })
+    fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
+        // the logits arrive divided by T: KD's kernel at T = 1 is the token's KL
+        let rows = self.kernel().and_then(|_| fused::kd_rows(&s, &t, 1.0));
+        rows.unwrap_or_else(|| {
+            let elements = match self.cross_entropy {
+                true => teacher_cross_entropy_elements,
+                false => forward_kl_elements,
+            };
+            elements(log_softmax(s, 1), log_softmax(t, 1))
+                .sum_dim(1)
+                .squeeze_dim(1)
         })
     }
-}
 
-impl TokenDivergence for ForwardKl {
-    fn token_kernel(&self) -> Option<TokenKernel> {
-        let fused = self.fused && !self.cross_entropy;
-        fused.then(|| self.soft.kernel(Divergence::Kl)).flatten()
+    fn kernel(&self) -> Option<Divergence> {
+        (self.fused && !self.cross_entropy).then_some(Divergence::Kl)
     }
 }
 

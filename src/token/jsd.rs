@@ -2,17 +2,15 @@
 
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
-use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
 
 use super::forward_kl::forward_kl_elements;
-use super::tokens::{Softening, TokenDivergence, TokenReduction};
+use super::softened::{PerToken, Softened, SoftenedConfig};
 use crate::check::check_fraction;
 use crate::error::DistillError;
-use crate::fused::{self, Divergence, TokenKernel};
-use crate::input::DistillInput;
-use crate::loss::{Loss, LossOutput};
+use crate::fused::{self, Divergence};
 use crate::math::log_add_exp;
 
 /// Per-element generalized-JSD terms from log-probabilities `[N, V]`, with the mixture
@@ -35,37 +33,42 @@ pub fn jsd_elements(log_ps: Tensor<2>, log_pt: Tensor<2>, beta: f64) -> Tensor<2
         + forward_kl_elements(log_m, log_ps) * (1.0 - beta)
 }
 
-/// Configuration of [`Jsd`].
-#[derive(Config, Debug)]
-pub struct JsdConfig {
+/// [`Jsd`]'s own options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JsdOptions {
     /// β ∈ [0, 1]: the teacher's share of the mixture and the weight of `KL(p_t ‖ m)`
     /// (0: forward KL, 1: reverse KL, 0.5: the symmetric JSD).
-    #[config(default = 0.5)]
     pub beta: f64,
-    /// The softmax temperature `T` (> 0).
-    #[config(default = 1.0)]
-    pub temperature: f64,
-    /// Multiply by `T²` (DistillKit does; TRL and Liger do not).
-    #[config(default = false)]
-    pub t_squared: bool,
-    /// How per-token values become the total.
-    #[config(default = "TokenReduction::TokenMean")]
-    pub reduction: TokenReduction,
     /// Compute it with a [fused kernel](crate::fused) where the device supports it (KD's for
     /// β = 0 and 1, a JSD kernel between): the same values and gradients as the composed
     /// tensor ops, on every core, several times faster; `false` forces the composed version.
-    #[config(default = true)]
     pub fused: bool,
 }
 
+impl Default for JsdOptions {
+    fn default() -> Self {
+        Self {
+            beta: 0.5,
+            fused: true,
+        }
+    }
+}
+
+/// Configuration of [`Jsd`]: its [options](JsdOptions) beside the shared temperature, `T²`
+/// switch and reduction.
+pub type JsdConfig = SoftenedConfig<JsdOptions>;
+
 impl JsdConfig {
-    /// Validates the configuration and builds the objective.
-    pub fn init(&self) -> Result<Jsd, DistillError> {
-        Ok(Jsd {
-            beta: check_fraction(Jsd::NAME, "beta", self.beta, true)?,
-            soft: Softening::new(Jsd::NAME, self.temperature, self.t_squared, self.reduction)?,
-            fused: self.fused,
-        })
+    /// With β ([`JsdOptions::beta`]).
+    pub fn with_beta(mut self, beta: f64) -> Self {
+        self.options.beta = beta;
+        self
+    }
+
+    /// With (or without) the fused kernel ([`JsdOptions::fused`]).
+    pub fn with_fused(mut self, fused: bool) -> Self {
+        self.options.fused = fused;
+        self
     }
 }
 
@@ -81,41 +84,33 @@ impl JsdConfig {
 ///
 /// # Shapes
 /// - student and teacher logits `[N, V]`; mask `[N]` (optional)
-#[derive(Debug, Clone)]
-pub struct Jsd {
-    beta: f64,
-    soft: Softening,
-    fused: bool,
-}
+pub type Jsd = Softened<JsdOptions>;
 
 crate::loss::objective!(Jsd, "jsd");
 
-impl Loss for Jsd {
-    fn name(&self) -> &str {
-        Self::NAME
+impl PerToken for JsdOptions {
+    const NAME: &'static str = Jsd::NAME;
+
+    fn check(&self) -> Result<(), DistillError> {
+        check_fraction(Jsd::NAME, "beta", self.beta, true).map(drop)
     }
 
-    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.soft.forward(Self::NAME, input, |s, t| {
-            // the logits arrive divided by T
-            let rows = self.fused.then(|| fused::jsd_rows(&s, &t, 1.0, self.beta));
-            rows.flatten().unwrap_or_else(|| {
-                jsd_elements(log_softmax(s, 1), log_softmax(t, 1), self.beta)
-                    .sum_dim(1)
-                    .squeeze_dim(1)
-            })
+    fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
+        // the logits arrive divided by T
+        let rows = self.fused.then(|| fused::jsd_rows(&s, &t, 1.0, self.beta));
+        rows.flatten().unwrap_or_else(|| {
+            jsd_elements(log_softmax(s, 1), log_softmax(t, 1), self.beta)
+                .sum_dim(1)
+                .squeeze_dim(1)
         })
     }
-}
 
-impl TokenDivergence for Jsd {
-    fn token_kernel(&self) -> Option<TokenKernel> {
-        let divergence = match self.beta {
+    fn kernel(&self) -> Option<Divergence> {
+        self.fused.then_some(match self.beta {
             0.0 => Divergence::Kl,
             1.0 => Divergence::ReverseKl,
             b => Divergence::Jsd(b),
-        };
-        self.fused.then(|| self.soft.kernel(divergence)).flatten()
+        })
     }
 }
 
@@ -134,6 +129,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
 #[cfg(feature = "golden")]
 pub(crate) mod golden {
+    use super::super::tokens::TokenReduction;
     use super::super::tokens::golden::*;
     use super::*;
     use crate::golden::exact::PerToken;

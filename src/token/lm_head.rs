@@ -447,6 +447,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
 #[cfg(feature = "golden")]
 pub(crate) mod golden {
+    use super::super::tokens::TokenReduction;
     use super::*;
     use crate::golden::*;
     use crate::token::JsdConfig;

@@ -14,8 +14,10 @@
 
 use crate::registry::Descriptor;
 
+mod softened;
 mod tokens;
 
+pub use softened::{PerToken, Softened, SoftenedConfig};
 pub use tokens::{TokenDivergence, TokenReduction, flatten, shift_labels, shift_logits};
 pub(crate) use tokens::{box_divergence, unbox_divergence};
 
@@ -32,16 +34,17 @@ mod tvd;
 
 pub use cosine::{LogitCosine, LogitCosineConfig, cosine_distance_rows};
 pub use forward_kl::{
-    ForwardKl, ForwardKlConfig, forward_kl_elements, teacher_cross_entropy_elements,
+    ForwardKl, ForwardKlConfig, ForwardKlOptions, forward_kl_elements,
+    teacher_cross_entropy_elements,
 };
 pub use hidden_state::{HiddenLoss, HiddenState, HiddenStateConfig, mse_rows};
-pub use jsd::{Jsd, JsdConfig, jsd_elements};
+pub use jsd::{Jsd, JsdConfig, JsdOptions, jsd_elements};
 pub use lm_head::{FusedLinear, FusedLinearConfig, LmHead, LmHeads, TeacherHead};
-pub use reverse_kl::{ReverseKl, ReverseKlConfig, reverse_kl_elements};
-pub use skew_kl::{SkewDirection, SkewKl, SkewKlConfig, log_skew_mixture};
-pub use symmetric_kl::{SymmetricKl, SymmetricKlConfig};
+pub use reverse_kl::{ReverseKl, ReverseKlConfig, ReverseKlOptions, reverse_kl_elements};
+pub use skew_kl::{SkewDirection, SkewKl, SkewKlConfig, SkewKlOptions, log_skew_mixture};
+pub use symmetric_kl::{SymmetricKl, SymmetricKlConfig, SymmetricKlOptions};
 pub use top_k::{MissingMass, SparseValues, TopK, TopKConfig, TopKDivergence, top_k_rows};
-pub use tvd::{Tvd, TvdConfig, tvd_elements};
+pub use tvd::{Tvd, TvdConfig, TvdOptions, tvd_elements};
 
 /// This family's module path, as its objectives' descriptors name it.
 pub(crate) const MODULE: &str = module_path!();

@@ -2,46 +2,24 @@
 
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
-use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
 
 use super::forward_kl::forward_kl_elements;
-use super::tokens::{Softening, TokenDivergence, TokenReduction};
-use crate::error::DistillError;
-use crate::input::DistillInput;
-use crate::loss::{Loss, LossOutput};
+use super::softened::{PerToken, Softened, SoftenedConfig};
 
 /// Per-element reverse-KL terms `p_s,v (log p_s,v − log p_t,v)`; their sum is `KL(p_s ‖ p_t)`.
 pub fn reverse_kl_elements(log_ps: Tensor<2>, log_pt: Tensor<2>) -> Tensor<2> {
     forward_kl_elements(log_pt, log_ps)
 }
 
-/// Configuration of [`ReverseKl`].
-#[derive(Config, Debug)]
-pub struct ReverseKlConfig {
-    /// The softmax temperature `T` (> 0).
-    #[config(default = 1.0)]
-    pub temperature: f64,
-    /// Multiply by `T²`.
-    #[config(default = false)]
-    pub t_squared: bool,
-    /// How per-token values become the total.
-    #[config(default = "TokenReduction::TokenMean")]
-    pub reduction: TokenReduction,
-}
+/// [`ReverseKl`]'s own options: none.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReverseKlOptions {}
 
-impl ReverseKlConfig {
-    /// Validates the configuration and builds the objective.
-    pub fn init(&self) -> Result<ReverseKl, DistillError> {
-        Ok(ReverseKl(Softening::new(
-            ReverseKl::NAME,
-            self.temperature,
-            self.t_squared,
-            self.reduction,
-        )?))
-    }
-}
+/// Configuration of [`ReverseKl`]: the shared temperature, `T²` switch and reduction.
+pub type ReverseKlConfig = SoftenedConfig<ReverseKlOptions>;
 
 /// Reverse KL per token (as in MiniLLM, Gu et al., ICLR 2024):
 ///
@@ -52,26 +30,19 @@ impl ReverseKlConfig {
 ///
 /// # Shapes
 /// - student and teacher logits `[N, V]`; mask `[N]` (optional)
-#[derive(Debug, Clone)]
-pub struct ReverseKl(Softening);
+pub type ReverseKl = Softened<ReverseKlOptions>;
 
 crate::loss::objective!(ReverseKl, "reverse_kl");
 
-impl Loss for ReverseKl {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
+impl PerToken for ReverseKlOptions {
+    const NAME: &'static str = ReverseKl::NAME;
 
-    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.0.forward(Self::NAME, input, |s, t| {
-            reverse_kl_elements(log_softmax(s, 1), log_softmax(t, 1))
-                .sum_dim(1)
-                .squeeze_dim(1)
-        })
+    fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
+        reverse_kl_elements(log_softmax(s, 1), log_softmax(t, 1))
+            .sum_dim(1)
+            .squeeze_dim(1)
     }
 }
-
-impl TokenDivergence for ReverseKl {}
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {

@@ -5,13 +5,12 @@ use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
 
 use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
-use super::tokens::{Softening, TokenDivergence, TokenReduction};
+use super::softened::{PerToken, Softened, SoftenedConfig};
 use crate::check::check_fraction;
 use crate::error::DistillError;
-use crate::input::DistillInput;
-use crate::loss::{Loss, LossOutput};
 use crate::math::log_add_exp;
 
 /// `log(α·p + (1 − α)·q)` from log-probabilities, in log space (`α ∈ [0, 1)`).
@@ -31,53 +30,50 @@ pub enum SkewDirection {
     Reverse,
 }
 
-/// Configuration of [`SkewKl`].
-#[derive(Config, Debug)]
-pub struct SkewKlConfig {
+/// [`SkewKl`]'s own options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkewKlOptions {
     /// Forward or reverse.
-    #[config(default = "SkewDirection::Forward")]
     pub direction: SkewDirection,
     /// α ∈ [0, 1): the skew, the matched distribution's own share of the mixture (DistiLLM's
     /// `lam`, 0.1 in the paper; 0 gives the plain KL).
-    #[config(default = 0.1)]
     pub alpha: f64,
-    /// The softmax temperature `T` (> 0).
-    #[config(default = 1.0)]
-    pub temperature: f64,
-    /// Multiply by `T²`.
-    #[config(default = false)]
-    pub t_squared: bool,
-    /// How per-token values become the total.
-    #[config(default = "TokenReduction::TokenMean")]
-    pub reduction: TokenReduction,
     /// The forward form as DistiLLM computes it, the cross-entropy `−Σ p_t log m` (the skew KL
     /// plus the teacher's entropy: the same student gradient). Only with `Forward`.
-    #[config(default = false)]
     pub cross_entropy: bool,
 }
 
-impl SkewKlConfig {
-    /// Validates the configuration and builds the objective.
-    pub fn init(&self) -> Result<SkewKl, DistillError> {
-        if self.cross_entropy && self.direction == SkewDirection::Reverse {
-            return Err(DistillError::config(
-                SkewKl::NAME,
-                "cross_entropy",
-                true,
-                "only the forward skew KL has a cross-entropy form",
-            ));
+impl Default for SkewKlOptions {
+    fn default() -> Self {
+        Self {
+            direction: SkewDirection::Forward,
+            alpha: 0.1,
+            cross_entropy: false,
         }
-        Ok(SkewKl {
-            direction: self.direction,
-            alpha: check_fraction(SkewKl::NAME, "alpha", self.alpha, false)?,
-            cross_entropy: self.cross_entropy,
-            soft: Softening::new(
-                SkewKl::NAME,
-                self.temperature,
-                self.t_squared,
-                self.reduction,
-            )?,
-        })
+    }
+}
+
+/// Configuration of [`SkewKl`]: its [options](SkewKlOptions) beside the shared temperature,
+/// `T²` switch and reduction.
+pub type SkewKlConfig = SoftenedConfig<SkewKlOptions>;
+
+impl SkewKlConfig {
+    /// With the direction ([`SkewKlOptions::direction`]).
+    pub fn with_direction(mut self, direction: SkewDirection) -> Self {
+        self.options.direction = direction;
+        self
+    }
+
+    /// With α ([`SkewKlOptions::alpha`]).
+    pub fn with_alpha(mut self, alpha: f64) -> Self {
+        self.options.alpha = alpha;
+        self
+    }
+
+    /// With (or without) the cross-entropy form ([`SkewKlOptions::cross_entropy`]).
+    pub fn with_cross_entropy(mut self, cross_entropy: bool) -> Self {
+        self.options.cross_entropy = cross_entropy;
+        self
     }
 }
 
@@ -92,43 +88,43 @@ impl SkewKlConfig {
 ///
 /// # Shapes
 /// - student and teacher logits `[N, V]`; mask `[N]` (optional)
-#[derive(Debug, Clone)]
-pub struct SkewKl {
-    direction: SkewDirection,
-    alpha: f64,
-    cross_entropy: bool,
-    soft: Softening,
-}
+pub type SkewKl = Softened<SkewKlOptions>;
 
 crate::loss::objective!(SkewKl, "skew_kl");
 
-impl Loss for SkewKl {
-    fn name(&self) -> &str {
-        Self::NAME
+impl PerToken for SkewKlOptions {
+    const NAME: &'static str = SkewKl::NAME;
+
+    fn check(&self) -> Result<(), DistillError> {
+        if self.cross_entropy && self.direction == SkewDirection::Reverse {
+            return Err(DistillError::config(
+                SkewKl::NAME,
+                "cross_entropy",
+                true,
+                "only the forward skew KL has a cross-entropy form",
+            ));
+        }
+        check_fraction(SkewKl::NAME, "alpha", self.alpha, false).map(drop)
     }
 
-    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.soft.forward(Self::NAME, input, |s, t| {
-            let (ls, lt) = (log_softmax(s, 1), log_softmax(t, 1));
-            let elements = match self.direction {
-                SkewDirection::Forward => {
-                    let log_m = log_skew_mixture(lt.clone(), ls, self.alpha);
-                    match self.cross_entropy {
-                        true => teacher_cross_entropy_elements(log_m, lt),
-                        false => forward_kl_elements(log_m, lt),
-                    }
+    fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
+        let (ls, lt) = (log_softmax(s, 1), log_softmax(t, 1));
+        let elements = match self.direction {
+            SkewDirection::Forward => {
+                let log_m = log_skew_mixture(lt.clone(), ls, self.alpha);
+                match self.cross_entropy {
+                    true => teacher_cross_entropy_elements(log_m, lt),
+                    false => forward_kl_elements(log_m, lt),
                 }
-                SkewDirection::Reverse => {
-                    let log_m = log_skew_mixture(ls.clone(), lt, self.alpha);
-                    forward_kl_elements(log_m, ls)
-                }
-            };
-            elements.sum_dim(1).squeeze_dim(1)
-        })
+            }
+            SkewDirection::Reverse => {
+                let log_m = log_skew_mixture(ls.clone(), lt, self.alpha);
+                forward_kl_elements(log_m, ls)
+            }
+        };
+        elements.sum_dim(1).squeeze_dim(1)
     }
 }
-
-impl TokenDivergence for SkewKl {}
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {

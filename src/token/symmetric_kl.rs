@@ -2,51 +2,50 @@
 
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
-use burn::config::Config;
+use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
 
 use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
 use super::reverse_kl::reverse_kl_elements;
-use super::tokens::{Softening, TokenDivergence, TokenReduction};
+use super::softened::{PerToken, Softened, SoftenedConfig};
 use crate::check::check_fraction;
 use crate::error::DistillError;
-use crate::input::DistillInput;
-use crate::loss::{Loss, LossOutput};
 
-/// Configuration of [`SymmetricKl`].
-#[derive(Config, Debug)]
-pub struct SymmetricKlConfig {
-    /// λ ∈ [0, 1], the forward KL's share (torchtune's `sym_kd_ratio`).
-    #[config(default = 0.5)]
+/// [`SymmetricKl`]'s own options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SymmetricKlOptions {
+    /// λ ∈ [0, 1], the forward part's weight (torchtune's `sym_kd_ratio`).
     pub ratio: f64,
-    /// The softmax temperature `T` (> 0).
-    #[config(default = 1.0)]
-    pub temperature: f64,
-    /// Multiply by `T²`.
-    #[config(default = false)]
-    pub t_squared: bool,
-    /// How per-token values become the total.
-    #[config(default = "TokenReduction::TokenMean")]
-    pub reduction: TokenReduction,
-    /// The forward part as the cross-entropy `−Σ p_t log p_s` (torchtune's convention; see
-    /// [`ForwardKlConfig::cross_entropy`](super::ForwardKlConfig::cross_entropy)).
-    #[config(default = false)]
+    /// The forward part as torchtune's cross-entropy `−Σ p_t log p_s` (its `ForwardKLLoss`).
     pub cross_entropy: bool,
 }
 
+impl Default for SymmetricKlOptions {
+    fn default() -> Self {
+        Self {
+            ratio: 0.5,
+            cross_entropy: false,
+        }
+    }
+}
+
+/// Configuration of [`SymmetricKl`]: its [options](SymmetricKlOptions) beside the shared
+/// temperature, `T²` switch and reduction.
+pub type SymmetricKlConfig = SoftenedConfig<SymmetricKlOptions>;
+
 impl SymmetricKlConfig {
-    /// Validates the configuration and builds the objective.
-    pub fn init(&self) -> Result<SymmetricKl, DistillError> {
-        Ok(SymmetricKl {
-            ratio: check_fraction(SymmetricKl::NAME, "ratio", self.ratio, true)?,
-            cross_entropy: self.cross_entropy,
-            soft: Softening::new(
-                SymmetricKl::NAME,
-                self.temperature,
-                self.t_squared,
-                self.reduction,
-            )?,
-        })
+    /// With λ ([`SymmetricKlOptions::ratio`]).
+    pub fn with_ratio(mut self, ratio: f64) -> Self {
+        self.options.ratio = ratio;
+        self
+    }
+
+    /// With (or without) the cross-entropy forward part
+    /// ([`SymmetricKlOptions::cross_entropy`]).
+    pub fn with_cross_entropy(mut self, cross_entropy: bool) -> Self {
+        self.options.cross_entropy = cross_entropy;
+        self
     }
 }
 
@@ -58,36 +57,29 @@ impl SymmetricKlConfig {
 ///
 /// # Shapes
 /// - student and teacher logits `[N, V]`; mask `[N]` (optional)
-#[derive(Debug, Clone)]
-pub struct SymmetricKl {
-    ratio: f64,
-    cross_entropy: bool,
-    soft: Softening,
-}
+pub type SymmetricKl = Softened<SymmetricKlOptions>;
 
 crate::loss::objective!(SymmetricKl, "symmetric_kl");
 
-impl Loss for SymmetricKl {
-    fn name(&self) -> &str {
-        Self::NAME
+impl PerToken for SymmetricKlOptions {
+    const NAME: &'static str = SymmetricKl::NAME;
+
+    fn check(&self) -> Result<(), DistillError> {
+        check_fraction(SymmetricKl::NAME, "ratio", self.ratio, true).map(drop)
     }
 
-    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
+    fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
         let forward = match self.cross_entropy {
             true => teacher_cross_entropy_elements,
             false => forward_kl_elements,
         };
-        self.soft.forward(Self::NAME, input, |s, t| {
-            let (ls, lt) = (log_softmax(s, 1), log_softmax(t, 1));
-            (forward(ls.clone(), lt.clone()) * self.ratio
-                + reverse_kl_elements(ls, lt) * (1.0 - self.ratio))
-                .sum_dim(1)
-                .squeeze_dim(1)
-        })
+        let (ls, lt) = (log_softmax(s, 1), log_softmax(t, 1));
+        (forward(ls.clone(), lt.clone()) * self.ratio
+            + reverse_kl_elements(ls, lt) * (1.0 - self.ratio))
+            .sum_dim(1)
+            .squeeze_dim(1)
     }
 }
-
-impl TokenDivergence for SymmetricKl {}
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {

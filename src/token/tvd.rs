@@ -2,14 +2,11 @@
 
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
-use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
 
-use super::tokens::{Softening, TokenDivergence, TokenReduction};
-use crate::error::DistillError;
-use crate::input::DistillInput;
-use crate::loss::{Loss, LossOutput};
+use super::softened::{PerToken, Softened, SoftenedConfig};
 
 /// Per-element total-variation terms `|p_t,v − p_s,v| / 2` from probabilities `[N, V]`; their
 /// sum over `v` is the total variation distance, in `[0, 1]`. Where `p_s = p_t` the gradient is
@@ -18,31 +15,13 @@ pub fn tvd_elements(ps: Tensor<2>, pt: Tensor<2>) -> Tensor<2> {
     (pt - ps).abs() * 0.5
 }
 
-/// Configuration of [`Tvd`].
-#[derive(Config, Debug)]
-pub struct TvdConfig {
-    /// The softmax temperature `T` (> 0).
-    #[config(default = 1.0)]
-    pub temperature: f64,
-    /// Multiply by `T²` (DistillKit does, even for the TVD).
-    #[config(default = false)]
-    pub t_squared: bool,
-    /// How per-token values become the total.
-    #[config(default = "TokenReduction::TokenMean")]
-    pub reduction: TokenReduction,
-}
+/// [`Tvd`]'s own options: none.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TvdOptions {}
 
-impl TvdConfig {
-    /// Validates the configuration and builds the objective.
-    pub fn init(&self) -> Result<Tvd, DistillError> {
-        Ok(Tvd(Softening::new(
-            Tvd::NAME,
-            self.temperature,
-            self.t_squared,
-            self.reduction,
-        )?))
-    }
-}
+/// Configuration of [`Tvd`]: the shared temperature, `T²` switch (DistillKit takes it, even for
+/// the TVD) and reduction.
+pub type TvdConfig = SoftenedConfig<TvdOptions>;
 
 /// The total variation distance per token (Liger's `LigerTVDLoss`, DistillKit's `TVDLoss`):
 ///
@@ -52,26 +31,19 @@ impl TvdConfig {
 ///
 /// # Shapes
 /// - student and teacher logits `[N, V]`; mask `[N]` (optional)
-#[derive(Debug, Clone)]
-pub struct Tvd(Softening);
+pub type Tvd = Softened<TvdOptions>;
 
 crate::loss::objective!(Tvd, "tvd");
 
-impl Loss for Tvd {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
+impl PerToken for TvdOptions {
+    const NAME: &'static str = Tvd::NAME;
 
-    fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.0.forward(Self::NAME, input, |s, t| {
-            tvd_elements(softmax(s, 1), softmax(t, 1))
-                .sum_dim(1)
-                .squeeze_dim(1)
-        })
+    fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
+        tvd_elements(softmax(s, 1), softmax(t, 1))
+            .sum_dim(1)
+            .squeeze_dim(1)
     }
 }
-
-impl TokenDivergence for Tvd {}
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
