@@ -33,6 +33,10 @@ pub struct Descriptor {
     /// weights (then `example` is `None`): the backend suite builds it once per backend from one
     /// set of weights.
     pub learnable: Option<Learnable>,
+    /// Instances that run a fused kernel (`None`: it has none), built with it or with their
+    /// composed tensor ops: the backend suite checks that the two agree on every backend that
+    /// has kernels.
+    pub twins: Option<Twins>,
     /// How a loss spec names and builds it (`None`: a spec cannot name it).
     pub method: Option<Method>,
     /// The methods of the reference cases (`tests/golden`) it answers, with their runners.
@@ -56,6 +60,11 @@ pub type Example = fn(&Device) -> Result<Box<dyn Loss>, DistillError>;
 /// Builds a descriptor's learnable example: its weights drawn on `reference` (seed it first for
 /// the same draws every time), then moved to `device` in `dtype`.
 pub type Learnable = fn(&Device, &Device, DType) -> Result<Box<dyn Loss>, DistillError>;
+
+/// Builds a descriptor's fused-kernel instances, with the kernel (`true`) or with their
+/// composed ops (`false`): each with a name and the scale of its values (the largest weight
+/// times `T²` on a divergence).
+pub type Twins = fn(bool) -> Result<Vec<(String, f64, Box<dyn Loss>)>, DistillError>;
 
 /// `module` with every float parameter moved to `device` in `dtype` (a fresh leaf, tracked
 /// where it was), boxed: what a [`Learnable`] returns.

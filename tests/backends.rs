@@ -536,77 +536,15 @@ fn learnable_objectives_fit_their_parameters_dtype() {
 /// same bits.
 #[test]
 fn fused_kernels_equal_the_composed_ops_on_every_backend() {
-    use burn_distill::logit::JointTarget;
-    use burn_distill::token::{ForwardKlConfig, JsdConfig};
     configure_f64();
-    // (name, largest weight on a divergence times T², fused, composed)
+    // every descriptor's fused-kernel instances: (name, largest weight on a divergence times
+    // T², objective), with the kernel or with the composed ops
     let twins = |fused: bool| -> Vec<(String, f64, Box<dyn Loss>)> {
-        let mut v: Vec<(String, f64, Box<dyn Loss>)> = vec![
-            (
-                "KD".into(),
-                16.0,
-                KdConfig::new()
-                    .with_temperature(4.0)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap()
-                    .boxed(),
-            ),
-            (
-                "DKD".into(),
-                8.0 * 16.0,
-                DkdConfig::new()
-                    .with_warmup_epochs(0)
-                    .with_beta(8.0)
-                    .with_temperature(4.0)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap()
-                    .boxed(),
-            ),
-        ];
-        for joint in [
-            JointTarget::Teacher,
-            JointTarget::Max,
-            JointTarget::Mix(0.4),
-        ] {
-            v.push((
-                format!("DCKD {joint:?}"),
-                8.0 * 4.0,
-                DckdConfig::new()
-                    .with_warmup_epochs(0)
-                    .with_temperature(2.0)
-                    .with_joint(joint)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap()
-                    .boxed(),
-            ));
-        }
-        v.push((
-            "forward KL".into(),
-            4.0,
-            ForwardKlConfig::new()
-                .with_temperature(2.0)
-                .with_fused(fused)
-                .init()
-                .unwrap()
-                .boxed(),
-        ));
-        for beta in [0.3, 0.0, 1.0] {
-            v.push((
-                format!("JSD({beta})"),
-                1.0,
-                JsdConfig::new()
-                    .with_beta(beta)
-                    .with_temperature(1.5)
-                    .with_fused(fused)
-                    .init()
-                    .unwrap()
-                    .boxed(),
-            ));
-        }
-        v
+        burn_distill::objectives()
+            .iter()
+            .filter_map(|d| d.twins)
+            .flat_map(|twins| twins(fused).unwrap())
+            .collect()
     };
     // (rows, classes, logit scale); the first has more rows than a grid dimension of 65,535
     // cubes holds on some GPUs (checked for KD alone: the others launch the same way)

@@ -165,6 +165,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "ctkd.md",
     example: None,
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(learnable Ctkd<()> = curriculum::CtkdConfig())),
     golden: crate::registry::golden!["ctkd_lambda_schedule" => golden::ctkd_lambda_schedule, "ctkd_kd" => golden::ctkd, "ctkd_dkd" => golden::ctkd],
 }];

@@ -239,6 +239,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[
                 .boxed())
         }),
         learnable: None,
+        twins: None,
         method: Some(crate::registry::method!(wrapper Paced<()> = curriculum::PacedConfig())),
         golden: crate::registry::golden![],
     },
@@ -252,6 +253,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[
             Ok(TopKMaskConfig::new().with_start(0.5).init(ce)?.boxed())
         }),
         learnable: None,
+        twins: None,
         method: Some(crate::registry::method!(wrapper TopKMask<()> = curriculum::TopKMaskConfig())),
         golden: crate::registry::golden![],
     },

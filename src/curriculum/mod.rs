@@ -23,6 +23,7 @@ const OWN: &[Descriptor] = &[Descriptor {
     doc: "curriculum.md",
     example: None,
     learnable: None,
+    twins: None,
     method: None,
     golden: crate::registry::golden![],
 }];

@@ -145,6 +145,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Ab = feature::AbConfig(features = ["block1"], student = [[8, 4, 4]], teacher = [[16, 4, 4]])),
     ),

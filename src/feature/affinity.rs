@@ -111,6 +111,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Affinity = feature::AffinityConfig())),
     golden: crate::registry::golden!["kta_affinity" => golden::affinity],
 }];

@@ -88,6 +88,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "at.md",
     example: Some(|_| Ok(AtConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss At = feature::AtConfig())),
     golden: crate::registry::golden!["at" => golden::at],
 }];

@@ -119,6 +119,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(
         crate::registry::method!(loss Fsp = feature::FspConfig(features = ["block1", "block2"])),
     ),

@@ -244,6 +244,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "ft.md",
     example: None,
     learnable: Some(|r, dev, dtype| Ok(moved(FtConfig::new(3, 6).init(r)?, dev, dtype))),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Ft = feature::FtConfig(student_channels = 8, teacher_channels = 16)),
     ),

@@ -204,6 +204,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Hint = feature::HintConfig(student = [8, 4, 4], teacher = [16, 4, 4])),
     ),

@@ -156,6 +156,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(crate::registry::method!(learnable Ickd = feature::IckdConfig())),
     golden: crate::registry::golden!["ickd_chsim" => golden::ickd],
 }];

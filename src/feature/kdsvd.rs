@@ -183,6 +183,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(
         crate::registry::method!(loss Kdsvd = feature::KdsvdConfig(features = ["block1", "block2"])),
     ),

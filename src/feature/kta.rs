@@ -107,6 +107,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Kta = feature::KtaConfig())),
     golden: crate::registry::golden!["kta" => golden::kta],
 }];

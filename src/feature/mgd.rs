@@ -254,6 +254,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Mgd = feature::MgdConfig(student_channels = 8, teacher_channels = 16)),
     ),

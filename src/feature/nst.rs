@@ -95,6 +95,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "nst.md",
     example: Some(|_| Ok(NstConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Nst = feature::NstConfig())),
     golden: crate::registry::golden!["nst" => golden::nst],
 }];

@@ -237,6 +237,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Ofd = feature::OfdConfig(features = ["block1"], channels = [[4, 2]], margins = [[-1.0, -0.5]])),
     ),

@@ -139,6 +139,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(crate::registry::method!(learnable PadL2 = feature::PadL2Config(width = 16))),
     golden: crate::registry::golden!["pad_l2" => golden::pad_l2],
 }];

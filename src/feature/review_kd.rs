@@ -261,6 +261,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable ReviewKd = feature::ReviewKdConfig(features = ["block1", "block2"], student_channels = [8, 16], teacher_channels = [16, 32])),
     ),

@@ -350,6 +350,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(wrapper Dam<()> = feature::DamConfig())),
     golden: crate::registry::golden![],
 }];

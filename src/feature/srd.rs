@@ -157,6 +157,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(crate::registry::method!(learnable Srd = feature::SrdConfig())),
     golden: crate::registry::golden!["srd" => golden::srd],
 }];

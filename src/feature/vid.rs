@@ -191,6 +191,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Vid = feature::VidConfig(features = ["block1"], channels = [[8, 16]])),
     ),

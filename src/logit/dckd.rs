@@ -101,6 +101,24 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "dckd.md",
     example: Some(|_| Ok(DckdConfig::new().with_warmup_epochs(0).init()?.boxed())),
     learnable: None,
+    twins: Some(|fused| {
+        [
+            JointTarget::Teacher,
+            JointTarget::Max,
+            JointTarget::Mix(0.4),
+        ]
+        .into_iter()
+        .map(|joint| {
+            let dckd = DckdConfig::new()
+                .with_warmup_epochs(0)
+                .with_temperature(2.0)
+                .with_joint(joint)
+                .with_fused(fused)
+                .init()?;
+            Ok((format!("DCKD {joint:?}"), 8.0 * 4.0, dckd.boxed()))
+        })
+        .collect()
+    }),
     method: Some(crate::registry::method!(loss Dckd = logit::DckdConfig())),
     golden: crate::registry::golden![],
 }];

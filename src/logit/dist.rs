@@ -115,6 +115,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "dist.md",
     example: Some(|_| Ok(DistConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Dist = logit::DistConfig())),
     golden: crate::registry::golden!["dist" => golden::dist],
 }];

@@ -151,6 +151,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss DistPlus = logit::DistPlusConfig())),
     golden: crate::registry::golden!["dist_plus" => golden::dist_plus],
 }];

@@ -140,6 +140,15 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "dkd.md",
     example: Some(|_| Ok(DkdConfig::new().with_warmup_epochs(0).init()?.boxed())),
     learnable: None,
+    twins: Some(|fused| {
+        let dkd = DkdConfig::new()
+            .with_warmup_epochs(0)
+            .with_beta(8.0)
+            .with_temperature(4.0)
+            .with_fused(fused)
+            .init()?;
+        Ok(vec![("DKD".into(), 8.0 * 16.0, dkd.boxed())])
+    }),
     method: Some(crate::registry::method!(loss Dkd = logit::DkdConfig())),
     golden: crate::registry::golden!["dkd" => golden::dkd],
 }];

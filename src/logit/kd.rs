@@ -153,6 +153,13 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "kd.md",
     example: Some(|_| Ok(KdConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
+    twins: Some(|fused| {
+        let kd = KdConfig::new()
+            .with_temperature(4.0)
+            .with_fused(fused)
+            .init()?;
+        Ok(vec![("KD".into(), 16.0, kd.boxed())])
+    }),
     method: Some(crate::registry::method!(loss Kd = logit::KdConfig())),
     golden: crate::registry::golden!["kd" => golden::kd, "kd_custom_kl" => golden::kd],
 }];

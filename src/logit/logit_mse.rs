@@ -86,6 +86,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "logit_mse.md",
     example: Some(|_| Ok(LogitMseConfig::new().with_temperature(4.0).init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss LogitMse = logit::LogitMseConfig())),
     golden: crate::registry::golden!["logit_mse_temperature" => golden::logit_mse, "logit_mse" => golden::logit_mse],
 }];

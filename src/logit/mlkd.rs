@@ -235,6 +235,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "mlkd.md",
     example: Some(|_| Ok(MlkdConfig::new().with_ce_weight(1.0).init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Mlkd = logit::MlkdConfig())),
     golden: crate::registry::golden!["mlkd_kd" => golden::mlkd_level, "mlkd_cc" => golden::mlkd_level, "mlkd_bc" => golden::mlkd_level, "mlkd_full" => golden::mlkd_full],
 }];

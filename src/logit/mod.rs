@@ -41,6 +41,7 @@ const OWN: &[Descriptor] = &[Descriptor {
     doc: "kd.md#composing-with-the-task-loss",
     example: Some(|_| Ok(CrossEntropyConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss CrossEntropy = logit::CrossEntropyConfig())),
     golden: crate::registry::golden![],
 }];

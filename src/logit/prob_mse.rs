@@ -79,6 +79,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "prob_mse.md",
     example: Some(|_| Ok(ProbMseConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss ProbMse = logit::ProbMseConfig())),
     golden: crate::registry::golden!["prob_mse_T2" => golden::prob_mse],
 }];

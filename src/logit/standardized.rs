@@ -85,6 +85,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "dist.md#logit-standardisation",
     example: Some(|_| Ok(Standardized::new(super::KdConfig::new().init()?).boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::Method {
         name: Standardized::<()>::NAME,
         config: "logit::Standardized (eps)",

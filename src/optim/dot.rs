@@ -216,6 +216,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "dot.md",
     example: None,
     learnable: None,
+    twins: None,
     method: None,
     golden: crate::registry::golden![],
 }];

@@ -185,6 +185,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(wrapper Dgkd<()> = pipeline::DgkdConfig())),
     golden: crate::registry::golden![],
 }];

@@ -159,6 +159,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "cc.md",
     example: Some(|_| Ok(CcConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Cc = relation::CcConfig())),
     golden: crate::registry::golden!["cckd" => golden::cckd, "cc" => golden::cc],
 }];

@@ -289,6 +289,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Crd = relation::CrdConfig(student_dim = 16, teacher_dim = 32, dataset_size = 1000)),
     ),

@@ -280,6 +280,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Dlkd = relation::DlkdConfig(student_dim = 16, teacher_dim = 32)),
     ),

@@ -86,6 +86,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "pkt.md",
     example: Some(|_| Ok(PktConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Pkt = relation::PktConfig())),
     golden: crate::registry::golden!["pkt" => golden::pkt],
 }];

@@ -108,6 +108,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "rkd.md",
     example: Some(|_| Ok(RkdConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Rkd = relation::RkdConfig())),
     golden: crate::registry::golden!["rkd" => golden::rkd],
 }];

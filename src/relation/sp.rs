@@ -70,6 +70,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss Sp = relation::SpConfig())),
     golden: crate::registry::golden!["sp" => golden::sp],
 }];

@@ -319,6 +319,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "sskd.md",
     example: None,
     learnable: None,
+    twins: None,
     method: Some(
         crate::registry::method!(learnable Sskd = relation::SskdConfig(student_dim = 16, teacher_dim = 32)),
     ),

@@ -79,6 +79,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "token.md",
     example: Some(|_| Ok(LogitCosineConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(token LogitCosine = token::LogitCosineConfig())),
     golden: crate::registry::golden![],
 }];

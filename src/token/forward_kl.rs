@@ -106,6 +106,13 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "token.md",
     example: Some(|_| Ok(ForwardKlConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
+    twins: Some(|fused| {
+        let kl = ForwardKlConfig::new()
+            .with_temperature(2.0)
+            .with_fused(fused)
+            .init()?;
+        Ok(vec![("forward KL".into(), 4.0, kl.boxed())])
+    }),
     method: Some(crate::registry::method!(token ForwardKl = token::ForwardKlConfig())),
     golden: crate::registry::golden!["torchtune_forward_kl" => golden::torchtune, "torchtune_forward_kl_chunked" => golden::torchtune, "distillkit_kl" => golden::distillkit],
 }];

@@ -173,6 +173,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             dtype,
         ))
     }),
+    twins: None,
     method: Some(
         crate::registry::method!(learnable HiddenState = token::HiddenStateConfig(student_width = 16, teacher_width = 32, layers = [["layer4", "layer8"]])),
     ),

@@ -122,6 +122,19 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "token.md",
     example: Some(|_| Ok(JsdConfig::new().with_beta(0.3).init()?.boxed())),
     learnable: None,
+    twins: Some(|fused| {
+        [0.3, 0.0, 1.0]
+            .into_iter()
+            .map(|beta| {
+                let jsd = JsdConfig::new()
+                    .with_beta(beta)
+                    .with_temperature(1.5)
+                    .with_fused(fused)
+                    .init()?;
+                Ok((format!("JSD({beta})"), 1.0, jsd.boxed()))
+            })
+            .collect()
+    }),
     method: Some(crate::registry::method!(token Jsd = token::JsdConfig())),
     golden: crate::registry::golden!["gkd_generalized_jsd" => golden::trl, "distillkit_jsd" => golden::distillkit, "liger_jsd_testref" => golden::liger_testref],
 }];

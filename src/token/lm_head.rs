@@ -438,6 +438,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(
         crate::registry::method!(token_wrapper FusedLinear<()> = token::FusedLinearConfig()),
     ),

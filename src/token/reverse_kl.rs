@@ -52,6 +52,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "token.md",
     example: Some(|_| Ok(ReverseKlConfig::new().init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(token ReverseKl = token::ReverseKlConfig())),
     golden: crate::registry::golden!["torchtune_reverse_kl" => golden::torchtune, "torchtune_reverse_kl_chunked" => golden::torchtune],
 }];

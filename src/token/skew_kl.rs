@@ -134,6 +134,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "token.md",
     example: Some(|_| Ok(SkewKlConfig::new().with_alpha(0.2).init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(token SkewKl = token::SkewKlConfig())),
     golden: crate::registry::golden!["distillm_skew_forward_kl" => golden::distillm, "distillm_skew_reverse_kl" => golden::distillm],
 }];

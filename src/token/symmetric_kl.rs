@@ -89,6 +89,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "token.md",
     example: Some(|_| Ok(SymmetricKlConfig::new().with_ratio(0.7).init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(token SymmetricKl = token::SymmetricKlConfig())),
     golden: crate::registry::golden!["torchtune_symmetric_kl" => golden::torchtune, "torchtune_symmetric_kl_chunked" => golden::torchtune],
 }];

@@ -278,6 +278,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .boxed())
     }),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(loss TopK = token::TopKConfig())),
     golden: crate::registry::golden![],
 }];

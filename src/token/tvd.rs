@@ -53,6 +53,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     doc: "token.md",
     example: Some(|_| Ok(TvdConfig::new().with_temperature(1.5).init()?.boxed())),
     learnable: None,
+    twins: None,
     method: Some(crate::registry::method!(token Tvd = token::TvdConfig())),
     golden: crate::registry::golden!["distillkit_tvd" => golden::distillkit, "liger_tvd_testref" => golden::liger_testref],
 }];
