@@ -187,6 +187,8 @@ enum Kind {
 
 struct Method {
     name: &'static str,
+    /// The registry's items it trains with (`burn_distill::objectives()`).
+    objectives: &'static [&'static str],
     kind: Kind,
     /// The weights tried (for AB: the epochs of its initialisation stage).
     grid: &'static [f64],
@@ -218,16 +220,19 @@ fn methods() -> Vec<Method> {
     vec![
         Method {
             name: "alone (CE)",
+            objectives: &["CrossEntropy"],
             kind: Kind::Fixed(|_| Ok(ce().boxed())),
             grid: &[1.0],
         },
         Method {
             name: "KD (T = 2)",
+            objectives: &["Kd"],
             kind: Kind::Fixed(|w| Ok(ce_plus(w, KdConfig::new().with_temperature(2.0).init()?))),
             grid: &[0.3, 1.0, 3.0],
         },
         Method {
             name: "FitNet hint",
+            objectives: &["Hint"],
             kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Hint(
                     HintConfig::new([STUDENT[1], 4, 4], [TEACHER[1], 4, 4]).init(dev)?,
@@ -237,16 +242,19 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "AT",
+            objectives: &["At"],
             kind: Kind::Fixed(|w| Ok(ce_plus(w, AtConfig::new().init()?))),
             grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "NST",
+            objectives: &["Nst"],
             kind: Kind::Fixed(|w| Ok(ce_plus(w, NstConfig::new().init()?))),
             grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "FT",
+            objectives: &["Ft"],
             kind: Kind::Learned(|data, _, dev| {
                 let mut ft = FtConfig::new(STUDENT[1], TEACHER[1]).init(dev)?;
                 ft.paraphraser = data.paraphraser.clone();
@@ -256,6 +264,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "KDSVD",
+            objectives: &["Kdsvd"],
             kind: Kind::Fixed(|w| {
                 Ok(ce_plus(
                     w,
@@ -266,6 +275,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "AB (init epochs)",
+            objectives: &["Ab"],
             kind: Kind::Learned(|_, _, dev| {
                 let shape = |c| [c, 8, 8];
                 Ok(Parts::Ab(
@@ -281,6 +291,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "VID",
+            objectives: &["Vid"],
             kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Vid(
                     VidConfig::new(vec!["feature".into()], vec![[STUDENT[1], TEACHER[1]]])
@@ -291,6 +302,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "OFD",
+            objectives: &["Ofd"],
             kind: Kind::Learned(|data, _, dev| {
                 Ok(Parts::Ofd(
                     OfdConfig::new(
@@ -305,6 +317,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "ReviewKD",
+            objectives: &["ReviewKd"],
             kind: Kind::Learned(|data, _, dev| {
                 Ok(Parts::Review(
                     ReviewKdConfig::new(
@@ -320,6 +333,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "ICKD (embedded)",
+            objectives: &["Ickd"],
             kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Ickd(
                     IckdConfig::new()
@@ -331,6 +345,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "SRD (projector)",
+            objectives: &["Srd"],
             kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Srd(
                     SrdConfig::new()
@@ -342,6 +357,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "MGD",
+            objectives: &["Mgd"],
             kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Mgd(
                     MgdConfig::new(STUDENT[1], TEACHER[1])
@@ -353,31 +369,37 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "MGD + SoKD (DAFA, DAM)",
+            objectives: &["Mgd", "Dafa", "Dam"],
             kind: Kind::Sokd,
             grid: &[1.0],
         },
         Method {
             name: "RKD",
+            objectives: &["Rkd"],
             kind: Kind::Fixed(|w| Ok(ce_plus(w, RkdConfig::new().init()?))),
             grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "PKT",
+            objectives: &["Pkt"],
             kind: Kind::Fixed(|w| Ok(ce_plus(w, PktConfig::new().init()?))),
             grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "SP",
+            objectives: &["Sp"],
             kind: Kind::Fixed(|w| Ok(ce_plus(w, SpConfig::new().init()?))),
             grid: &[0.001, 0.01, 0.1, 1.0],
         },
         Method {
             name: "CC (Gaussian)",
+            objectives: &["Cc"],
             kind: Kind::Fixed(|w| Ok(ce_plus(w, CcConfig::new().init()?))),
             grid: &[1e-5, 1e-4, 1e-3, 1e-2],
         },
         Method {
             name: "CRD",
+            objectives: &["Crd"],
             kind: Kind::Learned(|data, _, dev| {
                 Ok(Parts::Crd(
                     CrdConfig::new(STUDENT[2], TEACHER[2], data.train.len())
@@ -389,6 +411,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "SSKD (rotations)",
+            objectives: &["Sskd"],
             kind: Kind::Learned(|data, w, dev| {
                 let mut sskd = SskdConfig::new(STUDENT[2], TEACHER[2])
                     .with_weights([1.0, w, w, w])
@@ -400,6 +423,7 @@ fn methods() -> Vec<Method> {
         },
         Method {
             name: "DLKD",
+            objectives: &["Dlkd"],
             kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::Dlkd(
                     DlkdConfig::new(STUDENT[2], TEACHER[2])
@@ -420,6 +444,7 @@ fn matched_methods() -> Vec<Method> {
     list.extend([
         Method {
             name: "FSP",
+            objectives: &["Fsp"],
             kind: Kind::Fixed(|w| {
                 Ok(ce_plus(
                     w,
@@ -430,6 +455,7 @@ fn matched_methods() -> Vec<Method> {
         },
         Method {
             name: "PAD-L2 (variance branch)",
+            objectives: &["PadL2"],
             kind: Kind::Learned(|_, _, dev| {
                 Ok(Parts::PadL2(PadL2Config::new(TEACHER[2]).init(dev)?))
             }),
@@ -437,11 +463,13 @@ fn matched_methods() -> Vec<Method> {
         },
         Method {
             name: "DIST+",
+            objectives: &["DistPlus"],
             kind: Kind::Fixed(|w| Ok(ce_plus(w, DistPlusConfig::new().init()?))),
             grid: &[0.1, 1.0, 3.0, 10.0],
         },
         Method {
             name: "KTA + affinity",
+            objectives: &["Kta", "Affinity"],
             kind: Kind::Fixed(|w| {
                 Ok(ce_plus(
                     w,
@@ -705,6 +733,28 @@ fn main() -> Result<(), DistillError> {
         test,
         epochs,
     };
+
+    // the methods' objectives, from the registry: each must be one of its items, and the
+    // feature and relational objectives the recipes leave out are named
+    let recipes: Vec<Method> = methods().into_iter().chain(matched_methods()).collect();
+    let registry = burn_distill::objectives();
+    let named: Vec<&str> = recipes
+        .iter()
+        .flat_map(|m| m.objectives.iter().copied())
+        .collect();
+    for item in &named {
+        assert!(
+            registry.iter().any(|d| d.items.contains(item)),
+            "`{item}` is not in the registry"
+        );
+    }
+    let left_out: Vec<&[&str]> = registry
+        .iter()
+        .filter(|d| d.module.ends_with("feature") || d.module.ends_with("relation"))
+        .filter(|d| !d.items.iter().any(|item| named.contains(item)))
+        .map(|d| d.items)
+        .collect();
+    println!("feature and relational objectives without a recipe here: {left_out:?}");
 
     // choose each method's weight on the validation split; keep the chosen students
     let mut table = Vec::new();
