@@ -150,13 +150,20 @@ impl From<f64> for Schedule {
 }
 
 impl Schedule {
-    /// Checks the schedule's parameters: finite values, and a step period of at least 1.
+    /// Checks the schedule's parameters: finite values of magnitude at most 1e15
+    /// ([`MAGNITUDE`](crate::check::MAGNITUDE): beyond it an ordinary loss overflows f32), and
+    /// a step period of at least 1.
     pub fn validate(&self) -> Result<(), DistillError> {
         let finite = |field: &str, v: f64| {
-            if v.is_finite() {
+            if v.is_finite() && v.abs() <= crate::check::MAGNITUDE {
                 Ok(())
             } else {
-                Err(DistillError::config("schedule", field, v, "must be finite"))
+                Err(DistillError::config(
+                    "schedule",
+                    field,
+                    v,
+                    "must be finite and at most 1e15 in magnitude",
+                ))
             }
         };
         match *self {

@@ -575,3 +575,72 @@ fn mismatched_records_are_errors_not_panics() {
     assert!(crd(20).try_load_record(crd(30).into_record()).is_err());
     assert!(crd(20).try_load_record(crd(20).into_record()).is_ok());
 }
+
+/// Issue 30's first root causes: a sequence of one position shifts to no token (it panicked in
+/// burn's `narrow`), and the objectives read that as an empty batch.
+#[test]
+fn one_position_sequences_shift_to_an_empty_batch() {
+    use burn_distill::token::{ForwardKlConfig, shift_labels, shift_logits};
+    let logits = || f64t(vec![0.5; 2 * 5], [2, 1, 5]);
+    let (s, t) = (shift_logits(logits()), shift_logits(logits()));
+    assert_eq!(s.dims(), [0, 5]);
+    let labels = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 2], [2, 1]), &device());
+    assert_eq!(shift_labels(labels).dims(), [0]);
+    let err = ForwardKlConfig::new()
+        .init()
+        .unwrap()
+        .forward(&DistillInput::new(s, t))
+        .unwrap_err();
+    assert!(empty(err.clone(), "forward_kl"), "{err}");
+}
+
+/// `HiddenState` on taps with no rows is an empty batch (it returned 0).
+#[test]
+fn hidden_state_refuses_an_empty_batch() {
+    use burn_distill::token::HiddenStateConfig;
+    configure_f64();
+    let hidden = HiddenStateConfig::new(4, 5, vec![("h".into(), "h".into())])
+        .init(&device())
+        .unwrap();
+    let input = DistillInput::features_only()
+        .student_feature("h", f64t(vec![], [0, 4]))
+        .teacher_feature("h", f64t(vec![], [0, 5]));
+    let err = hidden.forward(&input).unwrap_err();
+    assert!(empty(err.clone(), "hidden_state"), "{err}");
+}
+
+/// Weights beyond 1e15 and CTKD temperatures outside [1e-3, 1e3] are refused, as documented
+/// (a weight of 1e39 gave inf; a CTKD start of 1e30 gave NaN).
+#[test]
+fn huge_weights_and_ctkd_temperatures_are_refused() {
+    let input = DistillInput::new(
+        f64t(vec![1.0, 2.0, 0.5], [1, 3]),
+        f64t(vec![2.0, 1.0, 0.0], [1, 3]),
+    );
+    for w in [1e39, f64::MAX, -1e16] {
+        let kd = KdConfig::new().init().unwrap().weighted(w);
+        let err = kd.forward(&input).unwrap_err();
+        assert!(invalid_config(err.clone(), "value"), "{w}: {err}");
+    }
+    assert!(
+        KdConfig::new()
+            .init()
+            .unwrap()
+            .weighted(1e15)
+            .forward(&input)
+            .is_ok()
+    );
+    let kd = || KdConfig::new().init().unwrap();
+    for (start, range) in [(1e30, 20.0), (1.0, 5e3), (1e-4, 1.0)] {
+        let err = CtkdConfig::new()
+            .with_t_start(start)
+            .with_t_range(range)
+            .init(kd(), &device())
+            .unwrap_err();
+        assert!(
+            matches!(err, DistillError::InvalidTemperature(_)),
+            "t_start {start}, t_range {range}: {err}"
+        );
+    }
+    assert!(CtkdConfig::new().init(kd(), &device()).is_ok());
+}

@@ -3,7 +3,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
-use crate::check::check_non_negative;
+use crate::check::{check_non_negative, check_temperature};
 use crate::error::DistillError;
 use crate::input::{DistillInput, Progress};
 use crate::loss::{Loss, LossOutput, Tempered};
@@ -40,10 +40,11 @@ impl CtkdConfig {
         inner: L,
         device: &Device,
     ) -> Result<Ctkd<L>, DistillError> {
-        if !(self.t_start.is_finite() && self.t_start > 0.0) {
-            return Err(DistillError::InvalidTemperature(self.t_start));
-        }
+        // both ends of the learned temperature's range, t_start and t_start + t_range, are
+        // temperatures: in [1e-3, 1e3]
+        check_temperature(self.t_start)?;
         check_non_negative(Ctkd::<()>::NAME, "t_range", self.t_range)?;
+        check_temperature(self.t_start + self.t_range)?;
         let lambda = Schedule::Cosine {
             start: self.lambda_start,
             end: self.lambda_end,

@@ -123,6 +123,12 @@ impl Loss for HiddenState {
             let (s, t) = input.mapped(ts, tt)?;
             let (s, t) = (Feature::flatten(s), Feature::flatten(t));
             let ([ns, ws], [nt, wt]) = (s.dims(), t.dims());
+            if ns == 0 || nt == 0 {
+                return Err(DistillError::EmptyBatch {
+                    objective: Self::NAME.into(),
+                    what: format!("taps `{ts}` (student) and `{tt}` (teacher)"),
+                });
+            }
             if ws != c.student_width || wt != c.teacher_width || ns != nt {
                 return Err(DistillError::ShapeMismatch {
                     objective: Self::NAME.into(),

@@ -50,19 +50,24 @@ pub fn flatten(logits: Tensor<3>) -> Tensor<2> {
 }
 
 /// A causal model's logits `[B, T, V]` at the positions that predict a next token: `[:, :-1]`,
-/// flattened to `[B·(T−1), V]`.
+/// flattened to `[B·(T−1), V]`. Sequences of one position predict nothing: `[0, V]` (which the
+/// objectives refuse as an empty batch).
 pub fn shift_logits(logits: Tensor<3>) -> Tensor<2> {
     let [b, t, v] = logits.dims();
-    logits
-        .narrow(1, 0, t.saturating_sub(1))
-        .reshape([b * t.saturating_sub(1), v])
+    match t {
+        0 | 1 => logits.reshape([b * t, v]).slice(0..0),
+        _ => logits.narrow(1, 0, t - 1).reshape([b * (t - 1), v]),
+    }
 }
 
-/// The labels those positions predict: `[:, 1:]`, flattened to `[B·(T−1)]`.
+/// The labels those positions predict: `[:, 1:]`, flattened to `[B·(T−1)]` (`[0]` for
+/// sequences of one position).
 pub fn shift_labels(labels: Tensor<2, Int>) -> Tensor<1, Int> {
     let [b, t] = labels.dims();
-    let t = t.saturating_sub(1);
-    labels.narrow(1, 1, t).reshape([b * t])
+    match t {
+        0 | 1 => labels.reshape([b * t]).slice(0..0),
+        _ => labels.narrow(1, 1, t - 1).reshape([b * (t - 1)]),
+    }
 }
 
 /// A per-token divergence between the student's and the teacher's logits `[N, V]` (one row per
