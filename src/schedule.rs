@@ -150,9 +150,9 @@ impl From<f64> for Schedule {
 }
 
 impl Schedule {
-    /// Checks the schedule's parameters: finite values of magnitude at most 1e15
-    /// ([`MAGNITUDE`](crate::check::MAGNITUDE): beyond it an ordinary loss overflows f32), and
-    /// a step period of at least 1.
+    /// Checks the schedule's parameters: finite values of magnitude at most 1e15 (beyond it an
+    /// ordinary loss overflows f32, or every other term vanishes under it), and a step period
+    /// of at least 1.
     pub fn validate(&self) -> Result<(), DistillError> {
         let finite = |field: &str, v: f64| {
             if v.is_finite() && v.abs() <= crate::check::MAGNITUDE {
