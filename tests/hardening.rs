@@ -644,3 +644,43 @@ fn huge_weights_and_ctkd_temperatures_are_refused() {
     }
     assert!(CtkdConfig::new().init(kd(), &device()).is_ok());
 }
+
+/// Absurd configurations issue 30 found accepted: FT at rate 1e6 (it allocated 12 GB), VID at
+/// initial variance 1e300 (inf), CC of Gaussian order 1000 (NaN). Each is refused at `init`
+/// naming its field; the largest accepted values give finite losses.
+#[test]
+fn absurd_ft_vid_and_cc_configs_are_refused() {
+    use burn_distill::feature::{FtConfig, VidConfig};
+    use burn_distill::relation::{CcConfig, CcKernel};
+    configure_f64();
+    let dev = device();
+    for rate in [1e6, 1.5, 0.0, f64::NAN] {
+        let err = FtConfig::new(3, 6).with_rate(rate).init(&dev).unwrap_err();
+        assert!(invalid_config(err.clone(), "rate"), "{rate}: {err}");
+    }
+    for v in [1e300, 1e16, f64::INFINITY] {
+        let err = VidConfig::new(vec!["f".into()], vec![[3, 6]])
+            .with_init_variance(v)
+            .init(&dev)
+            .unwrap_err();
+        assert!(invalid_config(err.clone(), "init_variance"), "{v}: {err}");
+    }
+    let gaussian = |order| CcKernel::Gaussian { gamma: 0.4, order };
+    let err = CcConfig::new()
+        .with_kernel(gaussian(1000))
+        .init()
+        .unwrap_err();
+    assert!(invalid_config(err.clone(), "kernel.order"), "{err}");
+    // the bounds themselves: a finite loss
+    let maps = |c: usize, seed| f64t(noise(seed, 4 * c * 4 * 4, 1.0), [4, c, 4, 4]);
+    let vid = VidConfig::new(vec!["f".into()], vec![[3, 6]])
+        .with_init_variance(1e15)
+        .init(&dev)
+        .unwrap();
+    let input = DistillInput::features_only().feature("f", maps(3, 1), maps(6, 2));
+    assert!(vid.forward(&input).unwrap().value().is_finite());
+    let rows = |seed| f64t(noise(seed, 4 * 8, 1.0), [4, 8]);
+    let cc = CcConfig::new().with_kernel(gaussian(16)).init().unwrap();
+    let input = DistillInput::features_only().feature("embedding", rows(3), rows(4));
+    assert!(cc.forward(&input).unwrap().value().is_finite());
+}

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::at::attention_map;
 use super::maps::pool_to_smaller;
-use crate::check::{check_non_negative, check_positive, check_power};
+use crate::check::{check_non_negative, check_power};
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
@@ -123,7 +123,7 @@ pub struct FtConfig {
     /// The feature tap.
     #[config(default = "\"feature\".to_string()")]
     pub feature: String,
-    /// The factor's share of the teacher's channels, `k` (RepDistiller: 0.5).
+    /// The factor's share of the teacher's channels, `k` ∈ (0, 1] (RepDistiller: 0.5).
     #[config(default = 0.5)]
     pub rate: f64,
     /// The factor map's power `p₁`.
@@ -144,8 +144,15 @@ impl FtConfig {
         check_power(Ft::NAME, "p1", self.p1)?;
         check_power(Ft::NAME, "p2", self.p2)?;
         check_non_negative(Ft::NAME, "weight", self.weight)?;
-        let factor =
-            (self.teacher_channels as f64 * check_positive(Ft::NAME, "rate", self.rate)?) as usize;
+        if !(self.rate > 0.0 && self.rate <= 1.0) {
+            return Err(DistillError::config(
+                Ft::NAME,
+                "rate",
+                self.rate,
+                "must be in (0, 1]: the factor's share of the teacher's channels",
+            ));
+        }
+        let factor = (self.teacher_channels as f64 * self.rate) as usize;
         if self.student_channels == 0 || factor == 0 {
             return Err(DistillError::config(
                 Ft::NAME,

@@ -76,12 +76,12 @@ impl VidConfig {
         crate::check::check_taps(Vid::NAME, &self.features, &[])?;
         check_positive(Vid::NAME, "eps", self.eps)?;
         check_non_negative(Vid::NAME, "weight", self.weight)?;
-        if !(self.init_variance > self.eps && self.init_variance.is_finite()) {
+        if !(self.init_variance > self.eps && self.init_variance <= crate::check::MAGNITUDE) {
             return Err(DistillError::config(
                 Vid::NAME,
                 "init_variance",
                 self.init_variance,
-                "must be finite and larger than eps",
+                "must be larger than eps and at most 1e15",
             ));
         }
         if self.channels.len() != self.features.len()
@@ -102,8 +102,9 @@ impl VidConfig {
                 "must be positive",
             ));
         }
-        // softplus(α) = init − ε
-        let alpha = (self.init_variance - self.eps).exp_m1().ln();
+        // softplus(α) = init − ε: α = v + ln(1 − e^(−v)), no overflow for any v
+        let v = self.init_variance - self.eps;
+        let alpha = v + (-(-v).exp_m1()).ln();
         let regressors = self
             .channels
             .iter()

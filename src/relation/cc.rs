@@ -16,8 +16,8 @@ use crate::math::row_norms;
 pub enum CcKernel {
     /// `k(a, b) = aᵀb` (torchdistill's `bilinear`).
     Bilinear,
-    /// The order-`order` Taylor expansion of the Gaussian RBF `exp(−γ‖a − b‖²)` for unit
-    /// vectors: `e^{−2γ} Σ_{p=0..order} (2γ)^p / p! · (aᵀb)^p` (torchdistill's `gaussian`;
+    /// The order-`order` (at most 16) Taylor expansion of the Gaussian RBF `exp(−γ‖a − b‖²)`
+    /// for unit vectors: `e^{−2γ} Σ_{p=0..order} (2γ)^p / p! · (aᵀb)^p` (torchdistill's `gaussian`;
     /// the paper's choice, with γ = 0.4, order 2).
     Gaussian {
         /// γ.
@@ -93,8 +93,17 @@ pub struct CcConfig {
 impl CcConfig {
     /// Validates the kernel.
     pub fn init(&self) -> Result<Cc, DistillError> {
-        if let CcKernel::Gaussian { gamma, .. } = self.kernel {
+        if let CcKernel::Gaussian { gamma, order } = self.kernel {
             check_positive(Cc::NAME, "kernel.gamma", gamma)?;
+            // (aᵀb)^P of embeddings of magnitude 100 is 1e32 at P = 16, the edge of f32
+            if order > 16 {
+                return Err(DistillError::config(
+                    Cc::NAME,
+                    "kernel.order",
+                    order,
+                    "must be at most 16 (the paper's is 2)",
+                ));
+            }
         }
         Ok(Cc {
             config: self.clone(),
