@@ -684,3 +684,53 @@ fn absurd_ft_vid_and_cc_configs_are_refused() {
     let input = DistillInput::features_only().feature("embedding", rows(3), rows(4));
     assert!(cc.forward(&input).unwrap().value().is_finite());
 }
+
+/// `FusedLinear` checks its heads before any kernel or matmul runs (each of these panicked
+/// inside the kernel, a reshape or the matmul): no vocabulary or hidden width is an empty
+/// batch, a teacher head whose weight does not fit its hidden states is a shape mismatch, a
+/// weight of another float type than its hidden states a dtype mismatch, and labels outside
+/// the vocabulary are refused even when no hard-label term reads them.
+#[test]
+fn fused_linear_checks_its_heads() {
+    use burn::tensor::DType;
+    use burn_distill::token::{FusedLinearConfig, JsdConfig, LmHead, LmHeads, TeacherHead};
+    let fused = FusedLinearConfig::new()
+        .init(
+            JsdConfig::new()
+                .with_reduction(burn_distill::token::TokenReduction::None)
+                .init()
+                .unwrap(),
+        )
+        .unwrap();
+    let t = |data: usize, shape: [usize; 2]| f64t(noise(7, data, 1.0), shape);
+    let run = |student: LmHead, teacher: TeacherHead| {
+        fused.forward(&DistillInput::features_only().with(LmHeads { student, teacher }))
+    };
+    let head = |n, h, v| LmHead::new(t(n * h, [n, h]), t(h * v, [h, v]), None);
+    // no vocabulary, no hidden width
+    let err = run(head(3, 4, 0), TeacherHead::Logits(t(0, [3, 0]))).unwrap_err();
+    assert!(empty(err.clone(), "fused_linear"), "{err}");
+    let err = run(head(3, 0, 5), TeacherHead::Logits(t(15, [3, 5]))).unwrap_err();
+    assert!(empty(err.clone(), "fused_linear"), "{err}");
+    // a teacher head [N, 6] against a weight [4, 5]
+    let teacher = LmHead::new(t(18, [3, 6]), t(20, [4, 5]), None);
+    let err = run(head(3, 4, 5), TeacherHead::Head(teacher)).unwrap_err();
+    assert!(matches!(err, DistillError::ShapeMismatch { .. }), "{err}");
+    // an f64 weight beside f32 hidden states
+    let student = LmHead::new(t(12, [3, 4]).cast(DType::F32), t(20, [4, 5]), None);
+    let err = run(student, TeacherHead::Logits(t(15, [3, 5]))).unwrap_err();
+    assert!(matches!(err, DistillError::DtypeMismatch { .. }), "{err}");
+    // a label outside the vocabulary, without a hard-label term
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 9, -100], [3]), &device());
+    let input = DistillInput::features_only()
+        .with(LmHeads {
+            student: head(3, 4, 5),
+            teacher: TeacherHead::Logits(t(15, [3, 5])),
+        })
+        .labels(labels, -100);
+    let err = fused.forward(&input).unwrap_err();
+    assert!(
+        matches!(err, DistillError::TargetOutOfRange { .. }),
+        "{err}"
+    );
+}

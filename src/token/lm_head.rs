@@ -308,6 +308,45 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
                 .concat(),
             });
         }
+        if let TeacherHead::Head(h) = teacher {
+            let ([_, ht], [hw, vt]) = (h.hidden.dims(), h.weight.dims());
+            if hw != ht || h.bias.as_ref().is_some_and(|b| b.dims() != [vt]) {
+                return Err(DistillError::ShapeMismatch {
+                    objective: Self::NAME.into(),
+                    what: "teacher lm-head weight [H, V] and bias [V]".into(),
+                    expected: vec![ht, vt, vt],
+                    actual: [
+                        h.weight.dims().to_vec(),
+                        h.bias.as_ref().map_or(vec![], |b| b.dims().to_vec()),
+                    ]
+                    .concat(),
+                });
+            }
+        }
+        // one float type per head: the chunk's matmuls take their operands as they are
+        let heads = [
+            Some(student),
+            match teacher {
+                TeacherHead::Head(h) => Some(h),
+                TeacherHead::Logits(_) => None,
+            },
+        ];
+        for (side, head) in ["student", "teacher"].into_iter().zip(heads) {
+            let Some(head) = head else { continue };
+            let dtype = head.hidden.dtype();
+            let other = [
+                Some(head.weight.dtype()),
+                head.bias.as_ref().map(|b| b.dtype()),
+            ];
+            if let Some(found) = other.into_iter().flatten().find(|d| *d != dtype) {
+                return Err(DistillError::DtypeMismatch {
+                    objective: Self::NAME.into(),
+                    what: format!("the {side} lm-head's weight and bias"),
+                    expected: format!("{dtype:?} (its hidden states')"),
+                    actual: format!("{found:?}"),
+                });
+            }
+        }
         let teacher_rows_vocab = match teacher {
             TeacherHead::Logits(z) => z.dims(),
             TeacherHead::Head(h) => [h.hidden.dims()[0], h.weight.dims()[1]],
@@ -320,13 +359,22 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
                 actual: teacher_rows_vocab.to_vec(),
             });
         }
-        if n == 0 {
-            return Err(DistillError::EmptyBatch {
-                objective: Self::NAME.into(),
-                what: "student hidden states".into(),
-            });
+        for (size, what) in [
+            (n, "student hidden states"),
+            (hs, "hidden width"),
+            (v, "vocabulary"),
+        ] {
+            if size == 0 {
+                return Err(DistillError::EmptyBatch {
+                    objective: Self::NAME.into(),
+                    what: what.into(),
+                });
+            }
         }
         let mask = checked.mask(n)?;
+        // labels, when given, are tokens of the vocabulary or the ignore index, whether or not
+        // the hard-label term reads them (as for the dense token objectives)
+        checked.targets_if_any(n, v)?;
         let targets = match c.hard_weight > 0.0 {
             true => Some(checked.targets(n, v)?),
             false => None,
