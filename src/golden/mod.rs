@@ -813,3 +813,12 @@ pub fn on_embedding(case: &Case, loss: &dyn Loss) -> Result<(), String> {
     case.check(out, &[("feat_student", s), ("feat_teacher", t)])
         .map(drop)
 }
+
+/// `loss` on the tracked logits `logits_student` / `logits_teacher` (teacher attached), checked
+/// with both gradients.
+pub fn on_logits(case: &Case, loss: &dyn Loss) -> Result<(), String> {
+    let (s, t) = logits(case)?;
+    let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+    case.check(loss.forward(&input).map_err(e)?, &as_taps(&s, &t))
+        .map(drop)
+}

@@ -127,7 +127,6 @@ pub(crate) mod golden {
     use crate::golden::*;
 
     pub(crate) fn dist(case: &Case) -> Result<(), String> {
-        let (s, t) = logits(case)?;
         let dist = DistConfig::new()
             .with_beta(case.param("beta")?)
             .with_gamma(case.param("gamma")?)
@@ -135,8 +134,6 @@ pub(crate) mod golden {
             .with_eps(case.param("eps")?)
             .init()
             .map_err(e)?;
-        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
-        case.check(dist.forward(&input).map_err(e)?, &as_taps(&s, &t))
-            .map(drop)
+        on_logits(case, &dist)
     }
 }

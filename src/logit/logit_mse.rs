@@ -120,13 +120,10 @@ pub(crate) mod golden {
 
     /// MetaDistil's `MSEWithTemperature`.
     pub(crate) fn logit_mse(case: &Case) -> Result<(), String> {
-        let (s, t) = logits(case)?;
         let loss = LogitMseConfig::new()
             .with_temperature(case.param("temperature")?)
             .init()
             .map_err(e)?;
-        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
-        case.check(loss.forward(&input).map_err(e)?, &as_taps(&s, &t))
-            .map(drop)
+        on_logits(case, &loss)
     }
 }

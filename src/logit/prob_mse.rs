@@ -91,13 +91,10 @@ pub(crate) mod golden {
     use crate::golden::*;
 
     pub(crate) fn prob_mse(case: &Case) -> Result<(), String> {
-        let (s, t) = logits(case)?;
         let loss = ProbMseConfig::new()
             .with_temperature(case.param("temperature")?)
             .init()
             .map_err(e)?;
-        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
-        case.check(loss.forward(&input).map_err(e)?, &as_taps(&s, &t))
-            .map(drop)
+        on_logits(case, &loss)
     }
 }

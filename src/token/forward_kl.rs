@@ -45,6 +45,15 @@ impl Default for ForwardKlOptions {
     }
 }
 
+/// The forward terms' elements: the KL's, or (`cross_entropy`) torchtune's and DistiLLM's
+/// cross-entropy form, the KL plus the teacher's entropy.
+pub(super) fn forward_elements(cross_entropy: bool) -> fn(Tensor<2>, Tensor<2>) -> Tensor<2> {
+    match cross_entropy {
+        true => teacher_cross_entropy_elements,
+        false => forward_kl_elements,
+    }
+}
+
 /// Configuration of [`ForwardKl`]: its [options](ForwardKlOptions) beside the shared
 /// temperature, `T²` switch and reduction.
 pub type ForwardKlConfig = SoftenedConfig<ForwardKlOptions>;
@@ -83,11 +92,7 @@ impl PerToken for ForwardKlOptions {
         // the logits arrive divided by T: KD's kernel at T = 1 is the token's KL
         let rows = self.kernel().and_then(|_| fused::kd_rows(&s, &t, 1.0));
         rows.unwrap_or_else(|| {
-            let elements = match self.cross_entropy {
-                true => teacher_cross_entropy_elements,
-                false => forward_kl_elements,
-            };
-            elements(log_softmax(s, 1), log_softmax(t, 1))
+            forward_elements(self.cross_entropy)(log_softmax(s, 1), log_softmax(t, 1))
                 .sum_dim(1)
                 .squeeze_dim(1)
         })
@@ -125,24 +130,20 @@ pub(crate) mod golden {
     use crate::golden::exact::PerToken;
     use crate::golden::*;
 
-    /// torchtune's loss, plain and chunked (the chunks change nothing but the order of the sums).
+    /// torchtune's loss, plain and chunked.
     pub(crate) fn torchtune(case: &Case) -> Result<(), String> {
-        let (reduction, divide) = torchtune_reduction(case);
-        token_case(
+        let build = |r| {
+            Ok(ForwardKlConfig::new()
+                .with_cross_entropy(true)
+                .with_reduction(r)
+                .init()?
+                .boxed())
+        };
+        torchtune_loss(
             case,
-            TokenCheck {
-                loss: ForwardKlConfig::new()
-                    .with_cross_entropy(true)
-                    .with_reduction(reduction)
-                    .init()
-                    .map_err(e)?
-                    .boxed(),
-                divergence: PerToken::Forward {
-                    cross_entropy: true,
-                },
-                temperature: 1.0,
-                t_squared: false,
-                divide: &divide,
+            build,
+            PerToken::Forward {
+                cross_entropy: true,
             },
         )
     }

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
+use super::forward_kl::{forward_elements, forward_kl_elements};
 use super::softened::{PerToken, Softened, SoftenedConfig};
 use crate::check::check_fraction;
 use crate::error::DistillError;
@@ -112,10 +112,7 @@ impl PerToken for SkewKlOptions {
         let elements = match self.direction {
             SkewDirection::Forward => {
                 let log_m = log_skew_mixture(lt.clone(), ls, self.alpha);
-                match self.cross_entropy {
-                    true => teacher_cross_entropy_elements(log_m, lt),
-                    false => forward_kl_elements(log_m, lt),
-                }
+                forward_elements(self.cross_entropy)(log_m, lt)
             }
             SkewDirection::Reverse => {
                 let log_m = log_skew_mixture(ls.clone(), lt, self.alpha);

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
+use super::forward_kl::forward_elements;
 use super::reverse_kl::reverse_kl_elements;
 use super::softened::{PerToken, Softened, SoftenedConfig};
 use crate::check::check_fraction;
@@ -69,10 +69,7 @@ impl PerToken for SymmetricKlOptions {
     }
 
     fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
-        let forward = match self.cross_entropy {
-            true => teacher_cross_entropy_elements,
-            false => forward_kl_elements,
-        };
+        let forward = forward_elements(self.cross_entropy);
         let (ls, lt) = (log_softmax(s, 1), log_softmax(t, 1));
         (forward(ls.clone(), lt.clone()) * self.ratio
             + reverse_kl_elements(ls, lt) * (1.0 - self.ratio))
@@ -102,26 +99,23 @@ pub(crate) mod golden {
     use crate::golden::exact::PerToken;
     use crate::golden::*;
 
-    /// torchtune's loss, plain and chunked (the chunks change nothing but the order of the sums).
+    /// torchtune's loss, plain and chunked.
     pub(crate) fn torchtune(case: &Case) -> Result<(), String> {
-        let (reduction, divide) = torchtune_reduction(case);
-        token_case(
+        let ratio = case.param("sym_kd_ratio")?;
+        let build = |r| {
+            Ok(SymmetricKlConfig::new()
+                .with_ratio(ratio)
+                .with_cross_entropy(true)
+                .with_reduction(r)
+                .init()?
+                .boxed())
+        };
+        torchtune_loss(
             case,
-            TokenCheck {
-                loss: SymmetricKlConfig::new()
-                    .with_ratio(case.param("sym_kd_ratio")?)
-                    .with_cross_entropy(true)
-                    .with_reduction(reduction)
-                    .init()
-                    .map_err(e)?
-                    .boxed(),
-                divergence: PerToken::Symmetric {
-                    ratio: case.param("sym_kd_ratio")?,
-                    cross_entropy: true,
-                },
-                temperature: 1.0,
-                t_squared: false,
-                divide: &divide,
+            build,
+            PerToken::Symmetric {
+                ratio,
+                cross_entropy: true,
             },
         )
     }

@@ -253,13 +253,29 @@ pub(super) mod golden {
     use crate::golden::exact::PerToken;
     use crate::golden::*;
 
-    /// torchtune's reduction: the mean over the valid tokens (`normalize`, the default) or
-    /// their sum, with the divisor of the valid count the exact recomputation takes.
-    pub fn torchtune_reduction(case: &Case) -> (TokenReduction, fn(usize) -> f64) {
-        match case.params["normalize"].as_bool().unwrap_or(true) {
-            true => (TokenReduction::TokenMean, per_valid),
-            false => (TokenReduction::Sum, |_| 1.0),
-        }
+    /// torchtune's losses, plain and chunked (the chunks change nothing but the order of the
+    /// sums): the objective `build` makes at torchtune's reduction (the mean over the valid
+    /// tokens, `normalize`, the default; or their sum), no temperature.
+    pub fn torchtune_loss(
+        case: &Case,
+        build: impl Fn(TokenReduction) -> Result<Box<dyn Loss>, DistillError>,
+        divergence: PerToken,
+    ) -> Result<(), String> {
+        let (reduction, divide): (_, fn(usize) -> f64) =
+            match case.params["normalize"].as_bool().unwrap_or(true) {
+                true => (TokenReduction::TokenMean, per_valid),
+                false => (TokenReduction::Sum, |_| 1.0),
+            };
+        token_case(
+            case,
+            TokenCheck {
+                loss: build(reduction).map_err(e)?,
+                divergence,
+                temperature: 1.0,
+                t_squared: false,
+                divide: &divide,
+            },
+        )
     }
 
     /// DistillKit's dense losses (`T²`, the sum over the masked tokens over their number, the
