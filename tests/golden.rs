@@ -45,9 +45,12 @@ fn family(module: &str) -> Report {
     assert!(burn_distill::fused::supported(&device()));
     let files = cases(&dir());
     assert!(!files.is_empty(), "no cases in {}", dir().display());
-    let report = run(&files, &lookup, Some(module));
+    let report = run(&files, &lookup, module);
     for f in &report.failed {
         println!("golden ({module}): FAILED {f}");
+    }
+    for (method, count) in &report.missing {
+        println!("golden ({module}): `{method}`: {count} cases of a variant not implemented");
     }
     println!(
         "golden ({module}): {} passed, {} failed ({})",

@@ -587,9 +587,9 @@ pub enum Outcome {
     NotImplemented,
 }
 
-/// One case: its label (or method) and what it came to; `None` when its method belongs to
-/// another family than `family`.
-pub fn run_case(path: &Path, runners: Lookup, family: Option<&str>) -> (String, Option<Outcome>) {
+/// One case: its label (or method) and what it came to; `None` when no objective of the
+/// module `family` answers its method.
+pub fn run_case(path: &Path, runners: Lookup, family: &str) -> (String, Option<Outcome>) {
     let name = path.file_stem().unwrap().to_string_lossy().into_owned();
     let value = std::fs::read_to_string(path)
         .map_err(|err| err.to_string())
@@ -605,14 +605,9 @@ pub fn run_case(path: &Path, runners: Lookup, family: Option<&str>) -> (String, 
     };
     let method = value["method"].as_str().unwrap_or_default().to_string();
     let label = format!("{name} ({method})");
-    let owner = runners(&method);
-    if let (Some(family), Some((module, _))) = (family, owner)
-        && module != family
-    {
-        return (method, None);
-    }
-    let Some((_, runner)) = owner else {
-        return (method, family.is_none().then_some(Outcome::NotImplemented));
+    let runner = match runners(&method) {
+        Some((module, runner)) if module == family => runner,
+        _ => return (method, None),
     };
     let case = match Case::parse(&value) {
         Ok(case) => case,
@@ -764,8 +759,7 @@ pub struct Report {
     pub passed: usize,
     /// `case (method): what differed`, one per failed case.
     pub failed: Vec<String>,
-    /// Cases whose method no runner answers (or whose variant a runner does not have), by
-    /// method.
+    /// Cases whose variant their runner does not have (it answered [`NOT_YET`]), by method.
     pub missing: BTreeMap<String, usize>,
 }
 
@@ -785,9 +779,8 @@ pub fn cases(dir: &Path) -> Vec<PathBuf> {
 /// the runner (`burn_distill::objectives()` read by the caller).
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<(&'static str, Runner)>;
 
-/// Runs the cases of `files` whose method an objective of the module `family` answers (every
-/// case, with `None`: a method nobody answers is then counted as not implemented).
-pub fn run(files: &[PathBuf], runners: Lookup, family: Option<&str>) -> Report {
+/// Runs the cases of `files` whose method an objective of the module `family` answers.
+pub fn run(files: &[PathBuf], runners: Lookup, family: &str) -> Report {
     let mut report = Report::default();
     for path in files {
         match run_case(path, runners, family) {
