@@ -69,6 +69,9 @@ pub mod cache;
 pub mod curriculum;
 pub mod feature;
 pub mod fused;
+#[cfg(feature = "llama")]
+#[cfg_attr(docsrs, doc(cfg(feature = "llama")))]
+pub mod llama;
 pub mod logit;
 pub mod math;
 pub mod meta;
