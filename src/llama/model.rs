@@ -267,14 +267,22 @@ fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
 }
 
 impl Block {
-    fn forward(&self, x: Tensor<3>, s: &Shape, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<3> {
-        let [b, t, _] = x.dims();
+    /// One block on the residual stream `[B·T, H]` of `b` sequences (2-D products: one gemm
+    /// per weight, not one per sequence).
+    fn forward(
+        &self,
+        x: Tensor<2>,
+        b: usize,
+        s: &Shape,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+    ) -> Tensor<2> {
+        let t = x.dims()[0] / b;
         let d = s.head_dim;
-        let qkv =
-            rms_norm(x.clone(), &self.attn_norm, s.norm_eps).matmul(self.qkv.val().unsqueeze());
+        let qkv = rms_norm(x.clone(), &self.attn_norm, s.norm_eps).matmul(self.qkv.val());
         let heads = |start: usize, n: usize| {
             qkv.clone()
-                .narrow(2, start * d, n * d)
+                .narrow(1, start * d, n * d)
                 .reshape([b, t, n, d])
                 .swap_dims(1, 2)
         };
@@ -297,12 +305,11 @@ impl Block {
         };
         let context = attention(q, share(k), share(v), None, None, options)
             .swap_dims(1, 2)
-            .reshape([b, t, s.heads * d]);
-        let x = x + context.matmul(self.out.val().unsqueeze());
-        let gate_up =
-            rms_norm(x.clone(), &self.ffn_norm, s.norm_eps).matmul(self.gate_up.val().unsqueeze());
-        let inner = silu(gate_up.clone().narrow(2, 0, s.ffn)) * gate_up.narrow(2, s.ffn, s.ffn);
-        x + inner.matmul(self.down.val().unsqueeze())
+            .reshape([b * t, s.heads * d]);
+        let x = x + context.matmul(self.out.val());
+        let gate_up = rms_norm(x.clone(), &self.ffn_norm, s.norm_eps).matmul(self.gate_up.val());
+        let inner = silu(gate_up.clone().narrow(1, 0, s.ffn)) * gate_up.narrow(1, s.ffn, s.ffn);
+        x + inner.matmul(self.down.val())
     }
 }
 
@@ -315,12 +322,12 @@ impl Llama {
         let s = &self.shape;
         let embed = self.embed.val();
         let h = embed.dims()[1];
-        let mut x = embed.select(0, ids.reshape([b * t])).reshape([b, t, h]);
+        let mut x = embed.select(0, ids.reshape([b * t]));
         let (cos, sin) = rotary(t, s.head_dim, s.rope_theta, &x.device());
         for block in &self.blocks {
-            x = block.forward(x, s, &cos, &sin);
+            x = block.forward(x, b, s, &cos, &sin);
         }
-        rms_norm(x, &self.norm, s.norm_eps)
+        rms_norm(x, &self.norm, s.norm_eps).reshape([b, t, h])
     }
 
     /// The head in burn's layout `[H, V]`: the transposed embeddings when tied.
@@ -333,7 +340,11 @@ impl Llama {
 
     /// Next-token logits `[B, T, V]` of token ids `[B, T]`.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.hidden(ids).matmul(self.head_weight().unsqueeze())
+        let [b, t] = ids.dims();
+        let hidden = self.hidden(ids);
+        let h = hidden.dims()[2];
+        let logits = hidden.reshape([b * t, h]).matmul(self.head_weight());
+        logits.reshape([b, t, self.vocab_size()])
     }
 
     /// Tokens in the vocabulary.
