@@ -225,9 +225,15 @@ impl Gguf {
                     problem: format!("{dims} dimensions (ggml has at most 4)"),
                 });
             }
-            let mut shape = (0..dims)
-                .map(|_| c.len(&name))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut shape = Vec::with_capacity(dims);
+            for _ in 0..dims {
+                let at = c.at;
+                let n = usize::try_from(c.u64(&name)?).map_err(|_| LlamaError::Format {
+                    what: name.clone(),
+                    problem: format!("the dimension at byte {at} does not fit in memory"),
+                })?;
+                shape.push(n);
+            }
             shape.reverse();
             let id = c.u32(&name)?;
             let offset = c.u64(&name)?;
