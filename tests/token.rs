@@ -564,6 +564,145 @@ mod fused_and_sparse {
         }
     }
 
+    /// A sparse teacher (top-k ids and log-probabilities, as a cache holds them) through the
+    /// lm-head path equals `TopK` on materialised logits — value and the gradients of the
+    /// student's hidden states, weight and bias — for forward KL, reverse KL and JSD with the
+    /// tail bucket, a hard-label term, masked tokens and chunk sizes that do not divide N, in f64.
+    #[test]
+    fn fused_linear_with_a_sparse_teacher_equals_top_k_on_materialised_logits() {
+        let (n, h, v, k) = (7, 5, 9, 3);
+        let mask = vec![true, false, true, true, true, false, true];
+        let labels: Vec<i64> = (0..n as i64)
+            .map(|i| {
+                if mask[i as usize] {
+                    (i * 2) % v as i64
+                } else {
+                    -100
+                }
+            })
+            .collect();
+        let (xs, ws, bs) = (det(n * h, 11, 1.0), det(h * v, 12, 1.0), det(v, 13, 0.5));
+        // the teacher's top 3 of a random distribution, as log-probabilities of the full softmax
+        let zt = det(n * v, 14, 2.0);
+        let (mut ids, mut lps) = (vec![], vec![]);
+        for row in zt.chunks(v) {
+            let lse = row.iter().map(|z| z.exp()).sum::<f64>().ln();
+            let mut order: Vec<usize> = (0..v).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            for &i in &order[..k] {
+                ids.push(i as i64);
+                lps.push(row[i] - lse);
+            }
+        }
+        let sparse_ids = || {
+            Tensor::<2, Int>::from_data(
+                burn::tensor::TensorData::new(ids.clone(), [n, k]),
+                &device(),
+            )
+        };
+        let leaf2 = |d: &[f64], s: [usize; 2]| f64t(d.to_vec(), s).require_grad();
+        for divergence in [
+            TopKDivergence::ForwardKl,
+            TopKDivergence::ReverseKl,
+            TopKDivergence::Jsd,
+        ] {
+            let top_k = |r| {
+                TopKConfig::new()
+                    .with_divergence(divergence)
+                    .with_missing(MissingMass::SymmetricUniform)
+                    .with_reduction(r)
+                    .init()
+                    .unwrap()
+            };
+            let (x, w, b) = (
+                leaf2(&xs, [n, h]),
+                leaf2(&ws, [h, v]),
+                f64t(bs.clone(), [v]).require_grad(),
+            );
+            let zs = x.clone().matmul(w.clone()) + b.clone().unsqueeze_dim(0);
+            let input = DistillInput::student(zs.clone())
+                .labels(ints(labels.clone()), -100)
+                .sparse_teacher(sparse_ids(), f64t(lps.clone(), [n, k]));
+            let ce = burn_distill::cross_entropy_per_sample(
+                zs,
+                ints(labels.iter().map(|&y| y.max(0)).collect()),
+                0.0,
+            )
+            .mask_fill(mask_tensor(&mask).bool_not(), 0.0)
+            .sum()
+                * (1.0 / mask.iter().filter(|&&m| m).count() as f64);
+            let dense = top_k(TokenReduction::TokenMean)
+                .forward(&input)
+                .unwrap()
+                .total
+                + ce * 0.3;
+            let want_value = values(dense.clone())[0];
+            let grads = dense.backward();
+            let want = [
+                values(x.grad(&grads).unwrap()),
+                values(w.grad(&grads).unwrap()),
+                values(b.grad(&grads).unwrap()),
+            ];
+            for chunk in [1, 3, 7] {
+                let fused = FusedLinearConfig::new()
+                    .with_chunk_size(Some(chunk))
+                    .with_hard_weight(0.3)
+                    .init(top_k(TokenReduction::None))
+                    .unwrap();
+                let (x, w, b) = (
+                    leaf2(&xs, [n, h]),
+                    leaf2(&ws, [h, v]),
+                    f64t(bs.clone(), [v]).require_grad(),
+                );
+                let input = DistillInput::features_only()
+                    .labels(ints(labels.clone()), -100)
+                    .with(LmHeads {
+                        student: LmHead::new(x.clone(), w.clone(), Some(b.clone())),
+                        teacher: TeacherHead::TopK {
+                            ids: sparse_ids(),
+                            log_probs: f64t(lps.clone(), [n, k]),
+                        },
+                    });
+                let out = fused.forward(&input).unwrap();
+                let what = format!("{divergence:?}, chunk {chunk}");
+                assert!(
+                    (out.value() - want_value).abs() < 1e-12 * (1.0 + want_value.abs()),
+                    "{what}: {} vs {want_value}",
+                    out.value()
+                );
+                let grads = out.total.backward();
+                let got = [
+                    values(x.grad(&grads).unwrap()),
+                    values(w.grad(&grads).unwrap()),
+                    values(b.grad(&grads).unwrap()),
+                ];
+                for (i, (g, want)) in got.iter().zip(&want).enumerate() {
+                    close(&format!("{what}: gradient {i}"), g, want, 1e-11, 1e-14).unwrap();
+                }
+            }
+        }
+        // ids and log-probabilities of different shapes are a typed error
+        let fused = FusedLinearConfig::new().init(top_k_none()).unwrap();
+        let input = DistillInput::features_only().with(LmHeads {
+            student: LmHead::new(f64t(xs.clone(), [n, h]), f64t(ws.clone(), [h, v]), None),
+            teacher: TeacherHead::TopK {
+                ids: sparse_ids(),
+                log_probs: f64t(vec![0.0; n * 2], [n, 2]),
+            },
+        });
+        assert!(matches!(
+            fused.forward(&input),
+            Err(DistillError::ShapeMismatch { .. })
+        ));
+    }
+
+    fn top_k_none() -> burn_distill::token::TopK {
+        TopKConfig::new()
+            .with_reduction(TokenReduction::None)
+            .init()
+            .unwrap()
+    }
+
     /// With a frozen teacher, the lm-head path runs the divergence's fused kernel on each
     /// chunk (no graph; the gradient written over the chunk's logits; two buffers reused from
     /// chunk to chunk). It equals the same path through the composed objective (a graph per

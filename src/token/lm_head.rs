@@ -130,6 +130,23 @@ pub enum TeacherHead {
     Logits(Tensor<2>),
     /// The teacher's last hidden states and lm-head: its logits are formed chunk by chunk too.
     Head(LmHead),
+    /// A sparse teacher: its top-k token ids and log-probabilities `[N, k]` (a top-k cache),
+    /// which the wrapped objective reads as [`DistillInput::sparse_teacher`]
+    /// (e.g. [`TopK`](super::TopK) with its tail bucket); never tracked.
+    TopK {
+        /// Token ids `[N, k]`.
+        ids: Tensor<2, Int>,
+        /// Their log-probabilities `[N, k]`.
+        log_probs: Tensor<2>,
+    },
+}
+
+/// One chunk's teacher, as the wrapped objective reads it.
+#[allow(clippy::large_enum_variant)] // one a chunk, moved, never stored in bulk
+#[derive(Clone)]
+enum ChunkTeacher {
+    Logits(Tensor<2>),
+    TopK(Tensor<2, Int>, Tensor<2>),
 }
 
 /// What a [`FusedLinear`] objective reads: the student's and the teacher's hidden states and
@@ -153,6 +170,10 @@ impl Extra for LmHeads {
             teacher: match &self.teacher {
                 TeacherHead::Logits(z) => TeacherHead::Logits(z.clone().select(0, rows.clone())),
                 TeacherHead::Head(h) => TeacherHead::Head(pick(h)),
+                TeacherHead::TopK { ids, log_probs } => TeacherHead::TopK {
+                    ids: ids.clone().select(0, rows.clone()),
+                    log_probs: log_probs.clone().select(0, rows.clone()),
+                },
             },
         }))
     }
@@ -239,7 +260,7 @@ impl<L: TokenDivergence> FusedLinear<L> {
     fn by_graph(
         &self,
         zs: Tensor<2>,
-        zt: Tensor<2>,
+        teacher: ChunkTeacher,
         mask: Option<Tensor<1, Bool>>,
         targets: Option<Tensor<1, Int>>,
         scale: &Tensor<1>,
@@ -249,11 +270,20 @@ impl<L: TokenDivergence> FusedLinear<L> {
         let len = zs.dims()[0];
         // the logits of a chunk are fresh leaves of a small graph that each chunk drops
         let zs = zs.require_grad();
-        let zt = match teacher_tracked {
-            true => zt.require_grad(),
-            false => zt,
+        let (mut input, zt) = match teacher {
+            ChunkTeacher::Logits(zt) => {
+                let zt = match teacher_tracked {
+                    true => zt.require_grad(),
+                    false => zt,
+                };
+                let input = DistillInput::new(zs.clone(), zt.clone()).attach_teacher();
+                (input, Some(zt))
+            }
+            ChunkTeacher::TopK(ids, log_probs) => {
+                let input = DistillInput::student(zs.clone()).sparse_teacher(ids, log_probs);
+                (input, None)
+            }
         };
-        let mut input = DistillInput::new(zs.clone(), zt.clone()).attach_teacher();
         if let Some(m) = mask.clone() {
             input = input.mask(m);
         }
@@ -279,7 +309,7 @@ impl<L: TokenDivergence> FusedLinear<L> {
         let part = part * scale.clone();
         let grads = part.backward();
         let grad_of = |z: Tensor<2>| constant(z.grad(&grads).unwrap_or_else(|| z.zeros_like()));
-        let gt = teacher_tracked.then(|| grad_of(zt));
+        let gt = zt.filter(|_| teacher_tracked).map(grad_of);
         Ok((constant(part), grad_of(zs), gt))
     }
 }
@@ -328,7 +358,7 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
             Some(student),
             match teacher {
                 TeacherHead::Head(h) => Some(h),
-                TeacherHead::Logits(_) => None,
+                TeacherHead::Logits(_) | TeacherHead::TopK { .. } => None,
             },
         ];
         for (side, head) in ["student", "teacher"].into_iter().zip(heads) {
@@ -350,6 +380,18 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
         let teacher_rows_vocab = match teacher {
             TeacherHead::Logits(z) => z.dims(),
             TeacherHead::Head(h) => [h.hidden.dims()[0], h.weight.dims()[1]],
+            // the ids' range is checked chunk by chunk by the wrapped objective
+            TeacherHead::TopK { ids, log_probs } => {
+                if ids.dims() != log_probs.dims() {
+                    return Err(DistillError::ShapeMismatch {
+                        objective: Self::NAME.into(),
+                        what: "sparse teacher log-probabilities (its ids' shape)".into(),
+                        expected: ids.dims().to_vec(),
+                        actual: log_probs.dims().to_vec(),
+                    });
+                }
+                [ids.dims()[0], v]
+            }
         };
         if teacher_rows_vocab != [n, v] {
             return Err(DistillError::ShapeMismatch {
@@ -384,6 +426,7 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
             && match teacher {
                 TeacherHead::Logits(z) => z.is_require_grad(),
                 TeacherHead::Head(h) => h.tracked(),
+                TeacherHead::TopK { .. } => false,
             };
         let chunk = c
             .chunk_size
@@ -394,6 +437,7 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
         let tensors = match teacher {
             TeacherHead::Logits(z) => [&student.hidden, &student.weight, z],
             TeacherHead::Head(h) => [&student.hidden, &student.weight, &h.hidden],
+            TeacherHead::TopK { log_probs, .. } => [&student.hidden, &student.weight, log_probs],
         };
         let kernel = self
             .inner
@@ -419,13 +463,19 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
             let len = chunk.min(n - lo);
             let zs = student.logits(spare_s.take(), lo, len);
             let zt = match teacher {
-                TeacherHead::Logits(z) => constant(z.clone().narrow(0, lo, len)),
-                TeacherHead::Head(h) => h.logits(spare_t.take(), lo, len),
+                TeacherHead::Logits(z) => {
+                    ChunkTeacher::Logits(constant(z.clone().narrow(0, lo, len)))
+                }
+                TeacherHead::Head(h) => ChunkTeacher::Logits(h.logits(spare_t.take(), lo, len)),
+                TeacherHead::TopK { ids, log_probs } => ChunkTeacher::TopK(
+                    ids.clone().narrow(0, lo, len),
+                    constant(log_probs.clone().narrow(0, lo, len)),
+                ),
             };
             let mask = mask.clone().map(|m| m.narrow(0, lo, len));
             let targets = targets.clone().map(|y| y.narrow(0, lo, len));
-            let (part, g, gt) = match kernel {
-                Some(kernel) => {
+            let (part, g, gt) = match (kernel, &zt) {
+                (Some(kernel), ChunkTeacher::Logits(zt)) => {
                     let weights = match mask {
                         Some(m) => m.float().cast(dtype) * scale.clone(),
                         None => scale.clone().expand([len]),
@@ -436,15 +486,15 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
                         soft: c.soft_weight,
                         hard: c.hard_weight,
                     };
-                    let (rows, g) = fused::token_step(zs, &zt, weights, targets, step);
+                    let (rows, g) = fused::token_step(zs, zt, weights, targets, step);
                     (rows.sum(), g, None)
                 }
-                None => self.by_graph(zs, zt.clone(), mask, targets, &scale, teacher_tracked)?,
+                _ => self.by_graph(zs, zt.clone(), mask, targets, &scale, teacher_tracked)?,
             };
             value = value + part;
             grads = grads.add(student, lo, len, g.clone());
             spare_s = Some(g);
-            if let TeacherHead::Head(_) = teacher {
+            if let (TeacherHead::Head(_), ChunkTeacher::Logits(zt)) = (teacher, zt) {
                 spare_t = Some(zt);
             }
             match (gt, teacher) {
@@ -452,7 +502,7 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
                     teacher_grads = teacher_grads.map(|tg| tg.add(h, lo, len, g));
                 }
                 (Some(g), TeacherHead::Logits(_)) => teacher_g.push(g),
-                (None, _) => {}
+                _ => {}
             }
         }
         let mut surrogate = grads.surrogate(student);

@@ -218,6 +218,10 @@ pub struct TopK {
 
 crate::loss::objective!(TopK, "top_k");
 
+/// Through [`FusedLinear`](super::FusedLinear) with a [`TeacherHead::TopK`](super::TeacherHead)
+/// (built with `TokenReduction::None`): a top-k cache distilled with the logits never built.
+impl super::TokenDivergence for TopK {}
+
 impl Loss for TopK {
     fn name(&self) -> &str {
         Self::NAME
