@@ -1,6 +1,6 @@
 //! The crate's layers, read from every `crate::` path of its source: the core imports no family
 //! and no kernel, the kernels only the core, and no family imports another. Integration
-//! modules (pipelines, the loss specs, the cache) may use anything. Inside the crate every path
+//! modules (pipelines, the loss specs, the cache, the GGUF teacher) may use anything. Inside the crate every path
 //! names the defining module (`crate::loss::Loss`): a crate-root item (`crate::Loss`,
 //! `crate::{…}`) or the prelude hides which layer it comes from, so only `lib.rs`, which
 //! re-exports them, may use one. See docs/architecture.md.
@@ -30,7 +30,7 @@ const FAMILIES: &[&str] = &[
     "relation",
     "token",
 ];
-const INTEGRATION: &[&str] = &["cache", "example", "lib", "pipeline", "spec"];
+const INTEGRATION: &[&str] = &["cache", "example", "lib", "llama", "pipeline", "spec"];
 
 /// The top-level module a source file belongs to (`src/logit/kd.rs` → `logit`).
 fn module_of(path: &Path, src: &Path) -> String {
