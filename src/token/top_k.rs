@@ -7,8 +7,9 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Tensor};
 
 use super::forward_kl::forward_kl_elements;
+use super::skew_kl::log_skew_mixture;
 use super::tokens::TokenReduction;
-use crate::check::{check_positive, check_temperature};
+use crate::check::{check_fraction, check_positive, check_temperature};
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
@@ -26,6 +27,12 @@ pub enum TopKDivergence {
     Jsd,
     /// The total variation `½ Σ |p_t − p_s|`.
     Tvd,
+    /// DistiLLM's skew forward KL `KL(p_t ‖ α·p_t + (1 − α)·p_s)`, α = [`TopKConfig::skew`].
+    SkewForwardKl,
+    /// DistiLLM's skew reverse KL `KL(p_s ‖ α·p_s + (1 − α)·p_t)`, α = [`TopKConfig::skew`]
+    /// (with [`MissingMass::Zero`] each student probability outside the top k adds
+    /// `−q·ln α`, so α must be positive there).
+    SkewReverseKl,
 }
 
 /// What the teacher's probability mass outside its top k becomes (DistillKit's
@@ -82,11 +89,27 @@ pub struct TopKConfig {
     /// mass, exact where `1 − eps` rounds to 1).
     #[config(default = 1e-6)]
     pub eps: f64,
+    /// α ∈ [0, 1) of the skew divergences: the matched distribution's own share of the mixture
+    /// (DistiLLM's 0.1).
+    #[config(default = 0.1)]
+    pub skew: f64,
 }
 
 impl TopKConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<TopK, DistillError> {
+        check_fraction(TopK::NAME, "skew", self.skew, false)?;
+        if self.divergence == TopKDivergence::SkewReverseKl
+            && self.missing == MissingMass::Zero
+            && self.skew == 0.0
+        {
+            return Err(DistillError::config(
+                TopK::NAME,
+                "skew",
+                self.skew,
+                "the skew reverse KL at α = 0 from a teacher that is 0 outside its top k is infinite: use SymmetricUniform or α > 0",
+            ));
+        }
         if self.divergence == TopKDivergence::ReverseKl && self.missing == MissingMass::Zero {
             return Err(DistillError::config(
                 TopK::NAME,
@@ -150,13 +173,14 @@ fn retemper(log_probs: Tensor<2>, alpha: f64, missing: MissingMass, eps: f64) ->
 
 /// Per-token divergence `[N]` between a sparse teacher (its re-tempered log-probabilities
 /// `teacher` `[N, k]`) and the student, whose full-vocabulary log-probabilities at the same ids
-/// are `student` `[N, k]`.
+/// are `student` `[N, k]`; `skew` is α of the skew divergences.
 pub fn top_k_rows(
     student: Tensor<2>,
     teacher: Tensor<2>,
     divergence: TopKDivergence,
     missing: MissingMass,
     eps: f64,
+    skew: f64,
 ) -> Tensor<1> {
     let ln2 = std::f64::consts::LN_2;
     // the student's mass outside the teacher's top k, `1 − Σ_k q`
@@ -174,6 +198,12 @@ pub fn top_k_rows(
                     (forward_kl_elements(m.clone(), a) + forward_kl_elements(m, b)).sum_dim(1) * 0.5
                 }
                 TopKDivergence::Tvd => (a.exp() - b.exp()).abs().sum_dim(1) * 0.5,
+                TopKDivergence::SkewForwardKl => {
+                    forward_kl_elements(log_skew_mixture(a.clone(), b, skew), a).sum_dim(1)
+                }
+                TopKDivergence::SkewReverseKl => {
+                    forward_kl_elements(log_skew_mixture(b.clone(), a, skew), b).sum_dim(1)
+                }
             }
         }
         MissingMass::Zero => match divergence {
@@ -189,6 +219,16 @@ pub fn top_k_rows(
             }
             TopKDivergence::Tvd => {
                 ((teacher.exp() - student.clone().exp()).abs().sum_dim(1) + rest(&student)) * 0.5
+            }
+            // p_t = 0 outside the top k: there the mixture is p_t's share alone
+            TopKDivergence::SkewForwardKl => {
+                let m = log_skew_mixture(teacher.clone(), student, skew);
+                forward_kl_elements(m, teacher).sum_dim(1)
+            }
+            // and there it is α·q, so each q adds q·ln(q / αq) = −q·ln α
+            TopKDivergence::SkewReverseKl => {
+                let m = log_skew_mixture(student.clone(), teacher, skew);
+                forward_kl_elements(m, student.clone()).sum_dim(1) - rest(&student) * skew.ln()
             }
         },
     };
@@ -256,7 +296,7 @@ impl Loss for TopK {
             c.missing,
             c.eps,
         );
-        let rows = top_k_rows(student, teacher, c.divergence, c.missing, c.eps);
+        let rows = top_k_rows(student, teacher, c.divergence, c.missing, c.eps, c.skew);
         let total = c.reduction.apply(rows, mask, v);
         Ok(LossOutput::single(
             Self::NAME,
