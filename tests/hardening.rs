@@ -734,3 +734,80 @@ fn fused_linear_checks_its_heads() {
         "{err}"
     );
 }
+
+/// A NaN or an infinity in an ignored token's hidden state (student or teacher head) or
+/// teacher logits changes nothing in `FusedLinear`: the total and every gradient equal those of
+/// the same input with that row zeroed, and the row's own gradient is 0 (the total was NaN:
+/// the row met its zero gradient in `hᵀ·g`). Both the fused kernel and the graph path.
+#[test]
+fn fused_linear_ignores_non_finite_rows_it_does_not_count() {
+    use burn_distill::token::{
+        FusedLinearConfig, JsdConfig, LmHead, LmHeads, LogitCosineConfig, TeacherHead,
+        TokenDivergence, TokenReduction,
+    };
+    let (n, h, v) = (4, 3, 5);
+    let labels = vec![1i64, -100, 2, 0];
+    let inners: [Box<dyn TokenDivergence>; 2] = [
+        Box::new(
+            JsdConfig::new()
+                .with_reduction(TokenReduction::None)
+                .init()
+                .unwrap(),
+        ),
+        Box::new(
+            LogitCosineConfig::new()
+                .with_reduction(TokenReduction::None)
+                .init()
+                .unwrap(),
+        ),
+    ];
+    for inner in inners {
+        let fused = FusedLinearConfig::new()
+            .with_hard_weight(0.5)
+            .init(inner)
+            .unwrap();
+        for (bad, teacher_logits) in [(f64::NAN, false), (f64::INFINITY, false), (f64::NAN, true)] {
+            let run = |poison: f64| {
+                let mut hs = noise(1, n * h, 1.0);
+                let mut zt = noise(3, n * v, 1.0);
+                let mut ht = noise(4, n * h, 1.0);
+                hs[h..2 * h].iter_mut().for_each(|x| *x = poison);
+                ht[h..2 * h].iter_mut().for_each(|x| *x = poison);
+                zt[v..2 * v].iter_mut().for_each(|x| *x = poison);
+                let x = f64t(hs, [n, h]).require_grad();
+                let w = f64t(noise(2, h * v, 1.0), [h, v]).require_grad();
+                let teacher = match teacher_logits {
+                    true => TeacherHead::Logits(f64t(zt, [n, v])),
+                    false => TeacherHead::Head(LmHead::new(
+                        f64t(ht, [n, h]),
+                        f64t(noise(5, h * v, 1.0), [h, v]),
+                        None,
+                    )),
+                };
+                let input = DistillInput::features_only()
+                    .labels(ints(labels.clone()), -100)
+                    .with(LmHeads {
+                        student: LmHead::new(x.clone(), w.clone(), None),
+                        teacher,
+                    });
+                let out = fused.forward(&input).unwrap();
+                let value = out.value();
+                let grads = out.total.backward();
+                (
+                    value,
+                    values(x.grad(&grads).unwrap()),
+                    values(w.grad(&grads).unwrap()),
+                )
+            };
+            let (want, want_x, want_w) = run(0.0);
+            let (got, got_x, got_w) = run(bad);
+            assert!(
+                got.is_finite() && (got - want).abs() < 1e-12,
+                "{bad} {teacher_logits}: {got} vs {want}"
+            );
+            close("hidden gradient", &got_x, &want_x, 1e-12, 1e-14).unwrap();
+            close("weight gradient", &got_w, &want_w, 1e-12, 1e-14).unwrap();
+            assert!(got_x[h..2 * h].iter().all(|g| *g == 0.0));
+        }
+    }
+}

@@ -414,6 +414,27 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
             }
         }
         let mask = checked.mask(n)?;
+        // rows that do not count are zeroed before any product: a NaN or an infinity in an
+        // ignored token's hidden state (or teacher logits) would otherwise reach the weight's
+        // gradient and the surrogate as 0 · NaN
+        let (student, teacher) = match &mask {
+            Some(m) => {
+                let out = m.clone().bool_not().unsqueeze_dim::<2>(1);
+                let zeroed = |x: &Tensor<2>| x.clone().mask_fill(out.clone().expand(x.dims()), 0.0);
+                let head = |h: &LmHead| LmHead {
+                    hidden: zeroed(&h.hidden),
+                    ..h.clone()
+                };
+                let teacher = match teacher {
+                    TeacherHead::Head(h) => TeacherHead::Head(head(h)),
+                    TeacherHead::Logits(z) => TeacherHead::Logits(zeroed(z)),
+                    top_k => top_k.clone(),
+                };
+                (head(student), teacher)
+            }
+            None => (student.clone(), teacher.clone()),
+        };
+        let (student, teacher) = (&student, &teacher);
         // labels, when given, are tokens of the vocabulary or the ignore index, whether or not
         // the hard-label term reads them (as for the dense token objectives)
         checked.targets_if_any(n, v)?;
