@@ -811,3 +811,56 @@ fn fused_linear_ignores_non_finite_rows_it_does_not_count() {
         }
     }
 }
+
+/// KDSVD: stages whose student and teacher widths differ are a shape mismatch (the alignment's
+/// product panicked); all-zero and 1e-30 maps give finite values and gradients (√ at 0 gave
+/// NaN gradients); f16 maps and a teacher in another float type give a finite value (f16's
+/// Gram matrices overflowed; mixed types panicked in the product).
+#[test]
+fn kdsvd_refuses_mismatched_widths_and_stays_finite() {
+    use burn::tensor::DType;
+    use burn_distill::feature::KdsvdConfig;
+    let kdsvd = KdsvdConfig::new(vec!["a".into(), "b".into()])
+        .init()
+        .unwrap();
+    let map = |scale: f64, shape: [usize; 4], seed: u64| {
+        f64t(noise(seed, shape.iter().product(), 1.0), shape) * scale
+    };
+    let input = |s: [Tensor<4>; 2], t: [Tensor<4>; 2]| {
+        let [sa, sb] = s;
+        let [ta, tb] = t;
+        DistillInput::features_only()
+            .feature("a", sa, ta)
+            .feature("b", sb, tb)
+    };
+    let err = kdsvd
+        .forward(&input(
+            [map(1.0, [2, 3, 4, 5], 1), map(1.0, [2, 3, 4, 5], 2)],
+            [map(1.0, [2, 3, 4, 6], 3), map(1.0, [2, 3, 4, 5], 4)],
+        ))
+        .unwrap_err();
+    assert!(matches!(err, DistillError::ShapeMismatch { .. }), "{err}");
+    for scale in [0.0, 1e-30] {
+        let s = map(scale, [2, 3, 4, 5], 1).require_grad();
+        let out = kdsvd
+            .forward(&input(
+                [s.clone(), map(scale, [2, 3, 4, 5], 2)],
+                [map(scale, [2, 2, 4, 5], 3), map(scale, [2, 2, 4, 5], 4)],
+            ))
+            .unwrap();
+        assert!(out.value().is_finite(), "scale {scale}");
+        let g = values(s.grad(&out.total.backward()).unwrap());
+        assert!(g.iter().all(|x| x.is_finite()), "scale {scale}: {g:?}");
+    }
+    let half = |t: Tensor<4>| t.cast(DType::F16);
+    let out = kdsvd
+        .forward(&input(
+            [
+                half(map(30.0, [2, 8, 8, 5], 1)),
+                half(map(30.0, [2, 8, 8, 5], 2)),
+            ],
+            [half(map(30.0, [2, 8, 8, 5], 3)), map(30.0, [2, 8, 8, 5], 4)],
+        ))
+        .unwrap();
+    assert!(out.value().is_finite());
+}

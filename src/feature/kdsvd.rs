@@ -3,7 +3,7 @@
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
 use burn::config::Config;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 use super::maps::sum_stages;
 use crate::check::{check_count, check_non_negative};
@@ -37,7 +37,9 @@ pub fn top_singular(x: Tensor<3>, k: usize, iterations: usize) -> (Tensor<3>, Te
         .expand([n, w, 1]);
         for _ in 0..iterations {
             let gv = gram.clone().matmul(v);
-            v = gv.clone() / gv.square().sum_dim(1).sqrt().clamp_min(1e-30);
+            // the floor before the root: √ at 0 has an infinite slope (NaN gradients on an
+            // all-zero map); 1e-36 is an f32 normal, so the floor holds in f32 too
+            v = gv.clone() / gv.square().sum_dim(1).clamp_min(1e-36).sqrt();
         }
         // the sign that makes the largest-magnitude entry positive (a constant)
         let at = v.clone().abs().argmax(1);
@@ -49,7 +51,7 @@ pub fn top_singular(x: Tensor<3>, k: usize, iterations: usize) -> (Tensor<3>, Te
             .swap_dims(1, 2)
             .matmul(gram.clone().matmul(v.clone()));
         gram = gram - v.clone().matmul(v.clone().swap_dims(1, 2)) * lambda.clone();
-        values.push(lambda.reshape([n, 1]).clamp_min(0.0).sqrt());
+        values.push(lambda.reshape([n, 1]).clamp_min(1e-36).sqrt());
         vectors.push(v);
     }
     (Tensor::cat(vectors, 2), Tensor::cat(values, 1))
@@ -145,12 +147,31 @@ impl Loss for Kdsvd {
         let checked = input.of(Self::NAME);
         let summary = |name: &str| -> Result<(Tensor<3>, Tensor<3>), DistillError> {
             let (s, t) = checked.maps(name)?;
+            if s.dims()[3] != t.dims()[3] {
+                return Err(DistillError::ShapeMismatch {
+                    objective: Self::NAME.into(),
+                    what: format!("teacher tap `{name}` width W (the singular vectors' length)"),
+                    expected: vec![s.dims()[3]],
+                    actual: vec![t.dims()[3]],
+                });
+            }
+            // half-precision maps in f32: their Gram matrices overflow f16's 65504
             let as_matrix = |f: Tensor<4>| {
                 let [n, ch, h, w] = f.dims();
+                let f = match f.dtype() {
+                    DType::F16 | DType::BF16 => f.cast(FloatDType::F32),
+                    _ => f,
+                };
                 f.reshape([n, ch * h, w])
             };
-            let (vt, st) = top_singular(as_matrix(t), c.k, c.iterations);
-            let (vs, _) = top_singular(as_matrix(s), c.k + 3, c.iterations);
+            // a teacher in another float type is read in the student's (as mixed precision does)
+            let (s, t) = (as_matrix(s), as_matrix(t));
+            let t = match t.dtype() == s.dtype() {
+                true => t,
+                false => t.cast(FloatDType::from(s.dtype())),
+            };
+            let (vt, st) = top_singular(t, c.k, c.iterations);
+            let (vs, _) = top_singular(s, c.k + 3, c.iterations);
             let vs = align_vectors(vs, vt.clone());
             let scale = crate::math::l2_normalize(st, 1e-12).unsqueeze_dim::<3>(1);
             Ok((vs * scale.clone(), vt * scale))
