@@ -4,7 +4,7 @@
 use std::ops::Add;
 
 use burn::config::Config;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 use crate::error::DistillError;
 use crate::input::DistillInput;
@@ -71,10 +71,27 @@ impl LossOutput {
     }
 
     /// An output that is the sum of the named `terms` (at least one).
+    ///
+    /// Terms of different float types (logits read in f32 beside half-precision or f64 feature
+    /// maps) are summed in the widest of them: f64, else f32 (f16 beside bf16 too).
     pub fn from_terms(terms: Vec<(String, Tensor<1>)>) -> Self {
+        let rank = |d: DType| match d {
+            DType::F64 => 3,
+            DType::F32 => 2,
+            _ => 1,
+        };
+        let dtypes: Vec<DType> = terms.iter().map(|(_, t)| t.dtype()).collect();
+        let widest = match dtypes.iter().map(|&d| rank(d)).max() {
+            Some(3) => DType::F64,
+            Some(1) if dtypes.windows(2).all(|w| w[0] == w[1]) => dtypes[0],
+            _ => DType::F32,
+        };
         let total = terms
             .iter()
-            .map(|(_, t)| t.clone())
+            .map(|(_, t)| match t.dtype() == widest {
+                true => t.clone(),
+                false => t.clone().cast(FloatDType::from(widest)),
+            })
             .reduce(|a, b| a + b)
             .expect("LossOutput::from_terms needs at least one term");
         Self { total, terms }

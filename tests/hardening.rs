@@ -864,3 +864,44 @@ fn kdsvd_refuses_mismatched_widths_and_stays_finite() {
         .unwrap();
     assert!(out.value().is_finite());
 }
+
+/// Objectives with terms of different float types (logits read in f32 beside half or f64
+/// maps) sum them in the widest type: DIST+ on f16 logits and maps, DIST+ and SRD with f32
+/// logits beside f64 taps (each panicked adding an f32 term to another).
+#[test]
+fn terms_of_different_float_types_are_summed_in_the_widest() {
+    use burn::tensor::DType;
+    use burn_distill::feature::SrdConfig;
+    use burn_distill::logit::DistPlusConfig;
+    let logits = |seed| f64t(noise(seed, 4 * 5, 2.0), [4, 5]);
+    let map = |seed| f64t(noise(seed, 4 * 3 * 2 * 2, 1.0), [4, 3, 2, 2]);
+    let dist = DistPlusConfig::new()
+        .with_feature("m".into())
+        .init()
+        .unwrap();
+    for (logit_type, map_type) in [
+        (DType::F16, DType::F16),
+        (DType::F32, DType::F64),
+        (DType::BF16, DType::F32),
+    ] {
+        let input = DistillInput::new(logits(1).cast(logit_type), logits(2).cast(logit_type))
+            .feature("m", map(3).cast(map_type), map(4).cast(map_type));
+        let out = dist.forward(&input).unwrap();
+        assert!(
+            out.value().is_finite(),
+            "{logit_type:?} logits, {map_type:?} maps"
+        );
+    }
+    let srd = SrdConfig::new()
+        .with_feature("e".into())
+        .init(&device())
+        .unwrap();
+    let input = DistillInput::new(logits(1).cast(DType::F32), logits(2).cast(DType::F32)).feature(
+        "e",
+        f64t(noise(5, 4 * 6, 1.0), [4, 6]),
+        f64t(noise(6, 4 * 6, 1.0), [4, 6]),
+    );
+    let out = srd.forward(&input).unwrap();
+    assert!(out.value().is_finite());
+    assert_eq!(out.total.dtype(), DType::F64);
+}
