@@ -270,11 +270,10 @@ impl CacheWriter {
             .try_to_vec::<i64>()
             .expect("converted to i64");
         if let Some(&id) = ids.iter().find(|&&id| u32::try_from(id).is_err()) {
-            return Err(DistillError::TargetOutOfRange {
-                objective: "cache".into(),
-                target: id,
-                classes: u32::MAX as usize,
-            });
+            return Err(cache_error(
+                &self.path,
+                format!("top-k token id {id} is not a token id (0 to 4294967295)"),
+            ));
         }
         let ids: Vec<f32> = ids
             .into_iter()
@@ -315,7 +314,7 @@ impl CacheWriter {
         if let Some(&index) = indices.iter().find(|&&i| i >= self.samples) {
             return Err(DistillError::IndexOutOfRange {
                 objective: "cache".into(),
-                index: index as i64,
+                index: index as i128,
                 size: self.samples,
             });
         }
@@ -480,7 +479,7 @@ impl TeacherCache {
             if index >= self.header.samples {
                 return Err(DistillError::IndexOutOfRange {
                     objective: "cache".into(),
-                    index: index as i64,
+                    index: index as i128,
                     size: self.header.samples,
                 });
             }

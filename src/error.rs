@@ -46,8 +46,9 @@ pub enum DistillError {
     IndexOutOfRange {
         /// The objective that read them.
         objective: String,
-        /// The offending index (the smallest or largest in the batch).
-        index: i64,
+        /// The offending index as given (the smallest or largest in the batch): an `i64` of a
+        /// tensor or a `usize` of a slice, both of which `i128` holds.
+        index: i128,
         /// The data set's size.
         size: usize,
     },

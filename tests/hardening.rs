@@ -905,3 +905,32 @@ fn terms_of_different_float_types_are_summed_in_the_widest() {
     assert!(out.value().is_finite());
     assert_eq!(out.total.dtype(), DType::F64);
 }
+
+/// Errors show what the user wrote: a dataset index of `usize::MAX` is that number (it was
+/// shown as −1), and a negative token id in a top-k cache is named as a bad token id (it said
+/// "out of range for 4294967295 classes").
+#[test]
+fn cache_errors_show_the_index_and_token_id_as_given() {
+    use burn_distill::cache::CacheWriter;
+    let dir = std::env::temp_dir().join(format!("burn-distill-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids =
+        |v: i64| Tensor::<3, Int>::from_data(TensorData::new(vec![v, 1], [1, 1, 2]), &device());
+    let lps = || f64t(vec![-0.5, -1.5], [1, 2]).reshape([1, 1, 2]);
+    let mut writer = CacheWriter::create(dir.join("a.cache"), "k", 2).unwrap();
+    let err = writer
+        .write_top_k(&[usize::MAX], ids(0), lps())
+        .unwrap_err();
+    assert!(
+        matches!(err, DistillError::IndexOutOfRange { index, .. } if index == usize::MAX as i128)
+    );
+    assert!(err.to_string().contains("18446744073709551615"), "{err}");
+    let err = writer.write_top_k(&[0], ids(-1), lps()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("token id -1") && !text.contains("4294967295 classes"),
+        "{text}"
+    );
+    drop(writer);
+    std::fs::remove_dir_all(&dir).ok();
+}

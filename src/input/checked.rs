@@ -379,7 +379,7 @@ impl<'a> Checked<'a> {
         match outside(min_max(idx), size) {
             Some(index) => Err(DistillError::IndexOutOfRange {
                 objective: self.objective.into(),
-                index,
+                index: index.into(),
                 size,
             }),
             None => Ok(idx.clone()),
