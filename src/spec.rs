@@ -131,6 +131,13 @@ impl LossSpec {
 
     /// Reads a spec from TOML.
     pub fn from_toml(text: &str) -> Result<Self, DistillError> {
+        // TOML has nan and inf, which the options' JSON values cannot hold (they would arrive
+        // as `null`): such a number is refused here, by its path
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| spec_error("TOML", e.to_string()))?;
+        if let Some((at, v)) = non_finite(&toml::Value::Table(table), String::new()) {
+            return Err(spec_error(&at, format!("{v} is not a finite number")));
+        }
         toml::from_str(text).map_err(|e| spec_error("TOML", e.to_string()))
     }
 
@@ -362,4 +369,23 @@ pub fn methods() -> &'static [Method] {
             .filter_map(|d| d.method)
             .collect()
     })
+}
+
+/// The first non-finite float in a TOML value and its path (`loss[1].temperature`).
+fn non_finite(value: &toml::Value, at: String) -> Option<(String, f64)> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Some((at, *f)),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| {
+            let at = match at.is_empty() {
+                true => k.clone(),
+                false => format!("{at}.{k}"),
+            };
+            non_finite(v, at)
+        }),
+        toml::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| non_finite(v, format!("{at}[{i}]"))),
+        _ => None,
+    }
 }

@@ -934,3 +934,21 @@ fn cache_errors_show_the_index_and_token_id_as_given() {
     drop(writer);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A TOML spec with `nan` or `inf` names the field and the number (it said "invalid type:
+/// null": the options are JSON values, which have no NaN).
+#[test]
+fn a_non_finite_number_in_a_toml_spec_is_named() {
+    use burn_distill::spec::LossSpec;
+    for (value, shown) in [("nan", "NaN"), ("-inf", "-inf"), ("+inf", "inf")] {
+        let text = format!(
+            "[[loss]]\nmethod = \"ce\"\n\n[[loss]]\nmethod = \"kd\"\ntemperature = {value}\n"
+        );
+        let err = LossSpec::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("loss[1].temperature") && err.contains(shown),
+            "{err}"
+        );
+        assert!(!err.contains("null"), "{err}");
+    }
+}
