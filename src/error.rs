@@ -141,6 +141,16 @@ pub enum DistillError {
         /// Why it failed.
         reason: String,
     },
+    /// A file could not be written (a missing directory, no permission, a full disk).
+    #[error("cannot save the {what} to {path}: {reason}")]
+    Save {
+        /// What was being saved.
+        what: String,
+        /// The path as given.
+        path: String,
+        /// What the system said.
+        reason: String,
+    },
     /// A loss term asked for (a metric, a task term) that the loss does not have.
     #[error("the loss has no term `{term}`; its terms are {terms:?}")]
     UnknownTerm {

@@ -428,6 +428,15 @@ fn a_saved_meta_teacher_loads_from_one_file() {
     let dir = std::env::temp_dir().join(format!("burn-distill-meta-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("meta.state");
+    // into a directory that does not exist: a save error that names the path (it said
+    // "cannot load the … record")
+    let missing = dir.join("no-such-dir").join("meta.state");
+    let err = meta.save(&missing).unwrap_err();
+    assert!(
+        matches!(&err, DistillError::Save { path, .. } if path.contains("no-such-dir")),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("load"), "{err}");
     meta.save(&path).unwrap();
     assert!(!dir.join("meta.state.partial").exists());
     let fresh = || adam_meta(fresh_teacher(), 0);

@@ -252,8 +252,9 @@ impl<T: Module> MetaTeacher<T> {
     /// atomically (complete or not at all) with a checksum per part.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<(), DistillError> {
         let path = path.as_ref();
-        let failed = |reason: String| DistillError::InvalidRecord {
-            what: format!("meta-teacher state {}", path.display()),
+        let failed = |reason: String| DistillError::Save {
+            what: "meta-teacher state".into(),
+            path: path.display().to_string(),
             reason,
         };
         let record = self.to_record();
