@@ -437,7 +437,18 @@ impl TeacherCache {
                 format!("holds {} samples, not {samples}", header.samples),
             ));
         }
-        if len != header.info(data_start).file_bytes {
+        let expected = header.info(data_start).file_bytes;
+        if len > expected {
+            return Err(cache_error(
+                &path,
+                format!(
+                    "{} bytes longer than its header says ({len} bytes, not {expected}): \
+                     something was appended or the file was overwritten in place",
+                    len - expected
+                ),
+            ));
+        }
+        if len < expected {
             return Err(unfinished());
         }
         let mut footer = [0u8; 8];

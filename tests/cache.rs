@@ -227,7 +227,8 @@ fn damaged_and_mismatched_files_are_typed_errors() -> Result<(), DistillError> {
     }
     let mut longer = good.clone();
     longer.push(0);
-    assert!(cache_error(open(&longer)).contains("truncated or unfinished"));
+    // a longer file is not called truncated: it says what is wrong
+    assert!(cache_error(open(&longer)).contains("1 bytes longer than its header says"));
 
     // one flipped bit in sample 3's record: the file opens, sample 3 is refused, others read
     let record = (7 + 18 + 5) * 4 + 4;

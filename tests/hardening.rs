@@ -952,3 +952,32 @@ fn a_non_finite_number_in_a_toml_spec_is_named() {
         assert!(!err.contains("null"), "{err}");
     }
 }
+
+/// A cache with bytes appended says so (it said "truncated").
+#[test]
+fn a_cache_with_bytes_appended_says_so() {
+    use burn_distill::cache::{CacheWriter, TeacherCache};
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("burn-distill-append-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("a.cache");
+    let mut writer = CacheWriter::create(&path, "k", 1).unwrap();
+    let ids = Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 1, 2]), &device());
+    writer
+        .write_top_k(&[0], ids, f64t(vec![-0.5, -1.5], [1, 2]).reshape([1, 1, 2]))
+        .unwrap();
+    writer.finish().unwrap();
+    TeacherCache::open(&path, "k", 1).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"xyz")
+        .unwrap();
+    let err = TeacherCache::open(&path, "k", 1).unwrap_err().to_string();
+    assert!(
+        err.contains("3 bytes longer") && !err.contains("truncated"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
