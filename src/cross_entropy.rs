@@ -59,10 +59,16 @@ pub struct CrossEntropy {
 crate::loss::objective!(CrossEntropy, "ce");
 
 impl CrossEntropy {
-    /// Cross-entropy without smoothing (the default config's objective), for the crate's own
-    /// defaults.
-    pub(crate) fn plain() -> Self {
+    /// Cross-entropy without smoothing: the default configuration's objective, which cannot
+    /// fail (`CrossEntropyConfig::new().with_smoothing(ε).init()?` for label smoothing).
+    pub fn new() -> Self {
         Self { smoothing: 0.0 }
+    }
+}
+
+impl Default for CrossEntropy {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -356,7 +356,7 @@ impl LossSum {
     }
 
     /// Adds `loss` as the last part (what `+` does).
-    pub(crate) fn with<L: Loss + 'static>(mut self, loss: L) -> Self {
+    pub fn with<L: Loss + 'static>(mut self, loss: L) -> Self {
         self.parts.push(Box::new(loss));
         self
     }

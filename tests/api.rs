@@ -361,3 +361,32 @@ fn works_in_f32_by_default() {
     assert_eq!(out.total.dtype(), DType::F32);
     assert!(out.value() > 0.0);
 }
+
+/// The defaults that cannot fail do not return a `Result`: `CrossEntropy::new()` (and
+/// `Default`) is the unsmoothed task loss, equal to `CrossEntropyConfig::new().init()`; a
+/// `LossSum` is built part by part with `with`, as `+` does.
+#[test]
+fn infallible_defaults_and_an_explicit_sum() {
+    use burn::tensor::{Int, Tensor, TensorData};
+    use burn_distill::LossSum;
+    let dev = burn::tensor::Device::flex();
+    let z = Tensor::<2>::from_data(
+        TensorData::new(vec![0.1f32, 2.0, -1.0, 0.5, 0.3, 0.2], [2, 3]),
+        &dev,
+    );
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &dev);
+    let input = DistillInput::student(z).targets(y);
+    let a = CrossEntropy::new().forward(&input).unwrap().value();
+    let b = CrossEntropyConfig::new()
+        .init()
+        .unwrap()
+        .forward(&input)
+        .unwrap()
+        .value();
+    assert_eq!(a, b);
+    assert_eq!(CrossEntropy::default().forward(&input).unwrap().value(), a);
+    let sum = LossSum::new()
+        .with(CrossEntropy::new())
+        .with(CrossEntropy::new().weighted(2.0));
+    assert!((sum.forward(&input).unwrap().value() - 3.0 * a).abs() < 1e-6);
+}

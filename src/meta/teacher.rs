@@ -86,7 +86,7 @@ impl MetaTeacherConfig {
             teacher,
             optimizer: optimizer.into(),
             loss: Box::new(loss),
-            quiz: Box::new(CrossEntropy::plain()),
+            quiz: Box::new(CrossEntropy::new()),
             config: self.clone(),
             rounds: 0,
         })
@@ -185,7 +185,7 @@ impl<T: Module> MetaTeacher<T> {
         optimizer: impl Into<ModuleOptimizer>,
         dkd: impl Loss + 'static,
     ) -> Result<Self, DistillError> {
-        config.init(teacher, optimizer, CrossEntropy::plain() + dkd)
+        config.init(teacher, optimizer, CrossEntropy::new() + dkd)
     }
 
     /// The same meta-teacher scoring pilots with `quiz` instead of cross-entropy (it reads the
