@@ -226,6 +226,12 @@ fn term_metrics_of_every_name_run_under_the_file_logger() {
         .map(String::from)
         .collect();
     assert_eq!(names.last().unwrap(), "dkd_tckd");
+    // the name a log reader looks for, from the term's own name
+    assert_eq!(
+        burn::train::metric::Metric::name(&metrics[1]).to_string(),
+        TermMetric::metric_name("dkd/tckd")
+    );
+    assert_eq!(TermMetric::metric_name("kd#2"), "Loss term kd_2");
     assert_eq!(metrics.len(), 7); // ce, dkd/tckd, dkd/nckd, dckd/tckd, dckd/nckd, kd, kd#2
     let Err(err) = TermMetric::checked("dkd/tkcd", &loss, &example) else {
         panic!("a term the loss lacks was accepted");

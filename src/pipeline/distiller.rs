@@ -113,6 +113,16 @@ impl TermMetric {
     /// [`all`](Self::all), which read the loss's terms from one forward pass first.
     pub fn new(term: impl Into<String>) -> Self {
         let term = term.into();
+        Self {
+            name: Arc::new(Self::metric_name(&term)),
+            term,
+            state: NumericMetricState::default(),
+        }
+    }
+
+    /// The name burn-train logs the term `term` under (`dkd/tckd` → `Loss term dkd_tckd`), for
+    /// code that reads the logs by term.
+    pub fn metric_name(term: &str) -> String {
         let safe: String = term
             .chars()
             .map(|c| match c.is_alphanumeric() || c == '-' || c == '_' {
@@ -120,11 +130,7 @@ impl TermMetric {
                 false => '_',
             })
             .collect();
-        Self {
-            name: Arc::new(format!("Loss term {safe}")),
-            term,
-            state: NumericMetricState::default(),
-        }
+        format!("Loss term {safe}")
     }
 
     /// The metric of `term` after checking, on one forward pass of `loss` over `example` (a
