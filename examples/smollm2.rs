@@ -402,7 +402,7 @@ fn perplexity(
 /// The objective of a run: cross-entropy alone, or with a divergence from the cached top k
 /// (the teacher's missing mass as one more category, the tail bucket), through the lm-head in
 /// chunks (`FusedLinear`): the `[tokens, 49,152]` logits never exist.
-fn objective(name: &str, alpha: f64) -> Result<FusedLinear<TopK>, Error> {
+fn objective(name: &str, alpha: f64, chunk: usize) -> Result<FusedLinear<TopK>, Error> {
     let divergence = match name {
         "ce" => TopKDivergence::ForwardKl,
         "fkl" => TopKDivergence::ForwardKl,
@@ -424,7 +424,7 @@ fn objective(name: &str, alpha: f64) -> Result<FusedLinear<TopK>, Error> {
     Ok(FusedLinearConfig::new()
         .with_soft_weight(soft)
         .with_hard_weight(1.0 - soft)
-        .with_chunk_size(Some(256))
+        .with_chunk_size(Some(chunk))
         .init(inner)?)
 }
 
@@ -453,7 +453,7 @@ fn train(args: &[String]) -> Result<(), Error> {
         number("--seed", 7)? as u64,
     );
     let name = arg(args, "--objective").unwrap_or_else(|| "ce".into());
-    let loss = objective(&name, alpha)?;
+    let loss = objective(&name, alpha, number("--chunk", 256)?)?;
     let device = Device::flex().autodiff();
     device.seed(seed);
     let mut student = student_config().init(&device)?;
