@@ -981,3 +981,22 @@ fn a_cache_with_bytes_appended_says_so() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// ICKD with its embedding: a student map with other channels than the embedding was built
+/// for is a shape mismatch (it panicked in the convolution).
+#[test]
+fn ickd_checks_the_embedding_channels() {
+    use burn_distill::feature::IckdConfig;
+    let ickd = IckdConfig::new()
+        .with_embeds(vec![[3, 4]])
+        .init(&device())
+        .unwrap();
+    let map = |c: usize, seed| {
+        f64t(noise(seed, 2 * c * 3 * 3, 1.0), [2, c, 3, 3]).cast(burn::tensor::DType::F32)
+    };
+    let input = DistillInput::features_only().feature("feature", map(5, 1), map(4, 2));
+    let err = ickd.forward(&input).unwrap_err();
+    assert!(matches!(err, DistillError::ShapeMismatch { .. }), "{err}");
+    let input = DistillInput::features_only().feature("feature", map(3, 1), map(4, 2));
+    assert!(ickd.forward(&input).unwrap().value().is_finite());
+}

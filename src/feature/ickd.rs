@@ -119,6 +119,16 @@ impl Loss for Ickd {
         let checked = input.of(Self::NAME).for_module(self);
         let total = sum_stages(&self.config.features, |i, name| {
             let (s, t) = checked.maps(name)?;
+            // the embedding's convolution reads the channels it was built for
+            if let Some(&[cs, _]) = self.config.embeds.get(i)
+                && s.dims()[1] != cs
+            {
+                return Err(checked.shape(
+                    format!("student tap `{name}` channels (the embedding's input)"),
+                    vec![cs],
+                    vec![s.dims()[1]],
+                ));
+            }
             let s = match self.embeds.get(i) {
                 Some(e) => e.forward(s),
                 None => s,
