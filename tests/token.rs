@@ -835,6 +835,55 @@ mod fused_and_sparse {
         assert!(matches!(infinite, Err(DistillError::InvalidConfig { .. })));
     }
 
+    /// DistillKit's hinge with the teacher's own gap as the margin: the gradients of the
+    /// student's logits and of the (attached) teacher's log-probabilities equal central finite
+    /// differences in f64, with a masked token.
+    #[test]
+    fn sparse_ranking_hinge_gradients_equal_finite_differences() {
+        use burn_distill::token::SparseRankingConfig;
+        let (n, v, k) = (3, 7, 4);
+        let zs = det(n * v, 21, 1.5);
+        // distinct teacher values, well apart (pairs stay counted under the perturbation)
+        let lps: Vec<f64> = (0..n * k)
+            .map(|i| -0.3 - 0.4 * (i % k) as f64 - 0.01 * i as f64)
+            .collect();
+        let ids: Vec<i64> = (0..n * k).map(|i| ((i * 3) % v) as i64).collect();
+        let mask = vec![true, false, true];
+        let loss = SparseRankingConfig::new().init().unwrap();
+        let run = |z: &[f64], lp: &[f64]| {
+            let (z, lp) = (
+                f64t(z.to_vec(), [n, v]).require_grad(),
+                f64t(lp.to_vec(), [n, k]).require_grad(),
+            );
+            let ids = Tensor::<2, Int>::from_data(
+                burn::tensor::TensorData::new(ids.clone(), [n, k]),
+                &device(),
+            );
+            let input = DistillInput::student(z.clone())
+                .sparse_teacher(ids, lp.clone())
+                .attach_teacher()
+                .mask(mask_tensor(&mask));
+            let total = loss.forward(&input).unwrap().total;
+            let value = values(total.clone())[0];
+            let grads = total.backward();
+            (
+                value,
+                values(z.grad(&grads).unwrap()),
+                values(lp.grad(&grads).unwrap()),
+            )
+        };
+        let (value, gz, gt) = run(&zs, &lps);
+        assert!(value > 0.0);
+        let nz = numeric_grad(&|z| run(&z, &lps).0, &zs, 1e-6);
+        let nt = numeric_grad(&|t| run(&zs, &t).0, &lps, 1e-6);
+        close("student logits", &gz, &nz, 1e-6, 1e-9).unwrap();
+        close("teacher log-probabilities", &gt, &nt, 1e-6, 1e-9).unwrap();
+        assert!(
+            gt.iter().any(|g| g.abs() > 1e-6),
+            "the margin carries a teacher gradient"
+        );
+    }
+
     fn top_k_none() -> burn_distill::token::TopK {
         TopKConfig::new()
             .with_reduction(TokenReduction::None)

@@ -26,6 +26,7 @@ mod forward_kl;
 mod hidden_state;
 mod jsd;
 mod lm_head;
+mod ranking;
 mod reverse_kl;
 mod skew_kl;
 mod symmetric_kl;
@@ -40,6 +41,7 @@ pub use forward_kl::{
 pub use hidden_state::{HiddenLoss, HiddenState, HiddenStateConfig, mse_rows};
 pub use jsd::{Jsd, JsdConfig, JsdOptions, jsd_elements};
 pub use lm_head::{FusedLinear, FusedLinearConfig, LmHead, LmHeads, TeacherHead};
+pub use ranking::{Ranking, SparseRanking, SparseRankingConfig, ranking_pairs};
 pub use reverse_kl::{ReverseKl, ReverseKlConfig, ReverseKlOptions, reverse_kl_elements};
 pub use skew_kl::{SkewDirection, SkewKl, SkewKlConfig, SkewKlOptions, log_skew_mixture};
 pub use symmetric_kl::{SymmetricKl, SymmetricKlConfig, SymmetricKlOptions};
@@ -58,6 +60,7 @@ pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
     skew_kl::DESCRIPTORS,
     tvd::DESCRIPTORS,
     top_k::DESCRIPTORS,
+    ranking::DESCRIPTORS,
     lm_head::DESCRIPTORS,
     hidden_state::DESCRIPTORS,
     cosine::DESCRIPTORS,
