@@ -161,7 +161,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
         Ok(vec![("KD".into(), 16.0, kd.boxed())])
     }),
     method: Some(crate::registry::method!(loss Kd = logit::KdConfig())),
-    golden: crate::registry::golden!["kd" => golden::kd, "kd_custom_kl" => golden::kd],
+    golden: crate::registry::golden!["kd" => golden::kd, "kd_custom_kl" => golden::kd, "tdist_skd_instance" => golden::skd_instance],
 }];
 
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
@@ -197,5 +197,25 @@ pub(crate) mod golden {
             t.grad(&grads).map(values),
             Some(&|| exact.dt.clone()),
         )
+    }
+
+    /// torchdistill's SKD instance term: `KL(p_t ‖ p_s)` at `T` over the batch (`batchmean`),
+    /// no `T²`, the teacher not detached.
+    pub(crate) fn skd_instance(case: &Case) -> Result<(), String> {
+        let (s, t) = (
+            case.leaf::<2>("student_logits")?,
+            case.leaf::<2>("teacher_logits")?,
+        );
+        let kd = KdConfig::new()
+            .with_temperature(case.param("temperature")?)
+            .with_t_squared(false)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        let out = kd.forward(&input).map_err(e)?;
+        case.expect_loss(out.value(), None)?;
+        let grads = out.total.backward();
+        case.expect_grad("student_logits", s.grad(&grads).map(values), None)?;
+        case.expect_grad("teacher_logits", t.grad(&grads).map(values), None)
     }
 }

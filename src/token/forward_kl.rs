@@ -119,12 +119,13 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
         Ok(vec![("forward KL".into(), 4.0, kl.boxed())])
     }),
     method: Some(crate::registry::method!(token ForwardKl = token::ForwardKlConfig())),
-    golden: crate::registry::golden!["torchtune_forward_kl" => golden::torchtune, "torchtune_forward_kl_chunked" => golden::torchtune, "distillkit_kl" => golden::distillkit],
+    golden: crate::registry::golden!["torchtune_forward_kl" => golden::torchtune, "torchtune_forward_kl_chunked" => golden::torchtune, "distillkit_kl" => golden::distillkit, "modelopt_logits_kl" => golden::modelopt],
 }];
 
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
 #[cfg(feature = "golden")]
 pub(crate) mod golden {
+    use super::super::tokens::TokenReduction;
     use super::super::tokens::golden::*;
     use super::*;
     use crate::golden::exact::PerToken;
@@ -164,5 +165,30 @@ pub(crate) mod golden {
                 cross_entropy: false,
             },
         )
+    }
+
+    /// Model-Optimizer's `LogitsDistillationLoss`: `KL(p_t ‖ p_s)` at `T` times `T²`, the
+    /// teacher detached, reduced as `F.kl_div` does: `batchmean` divides by the first
+    /// dimension only (B even for `[B, S, V]`), `mean` by every element, vocabulary included.
+    pub(crate) fn modelopt(case: &Case) -> Result<(), String> {
+        let (s, _, _) = token_leaf(case, "logits_s")?;
+        let (t, _, _) = token_leaf(case, "logits_t")?;
+        let batch = case.input("logits_s")?.0[0];
+        let reduction = match case.params["reduction"].as_str() {
+            Some("batchmean") => TokenReduction::DivideBy(batch as f64),
+            Some("mean") => TokenReduction::ElementMean,
+            Some("sum") => TokenReduction::Sum,
+            _ => TokenReduction::None,
+        };
+        let loss = ForwardKlConfig::new()
+            .with_temperature(case.param("temperature")?)
+            .with_t_squared(true)
+            .with_reduction(reduction)
+            .init()
+            .map_err(e)?;
+        let out = loss.forward(&DistillInput::new(s.clone(), t)).map_err(e)?;
+        case.expect_loss(out.value(), None)?;
+        let grads = out.total.backward();
+        case.expect_grad("logits_s", s.grad(&grads).map(values), None)
     }
 }
