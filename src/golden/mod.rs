@@ -61,8 +61,11 @@ pub struct Case {
     pub tolerance: std::cell::Cell<Option<(f64, f64)>>,
 }
 
+/// A recorded number: a number, a string of one (`"inf"`, `"nan"`), or a flag (`false` = 0,
+/// `true` = 1; Model-Optimizer's plugin outputs record flags beside the loss).
 pub fn number(v: &Value) -> Result<f64, String> {
     match v {
+        Value::Bool(b) => Ok(f64::from(u8::from(*b))),
         Value::String(s) => s.parse().map_err(|_| format!("not a number: {s}")),
         v => v.as_f64().ok_or_else(|| format!("not a number: {v}")),
     }

@@ -119,7 +119,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
         Ok(vec![("forward KL".into(), 4.0, kl.boxed())])
     }),
     method: Some(crate::registry::method!(token ForwardKl = token::ForwardKlConfig())),
-    golden: crate::registry::golden!["torchtune_forward_kl" => golden::torchtune, "torchtune_forward_kl_chunked" => golden::torchtune, "distillkit_kl" => golden::distillkit, "modelopt_logits_kl" => golden::modelopt],
+    golden: crate::registry::golden!["torchtune_forward_kl" => golden::torchtune, "torchtune_forward_kl_chunked" => golden::torchtune, "distillkit_kl" => golden::distillkit, "modelopt_logits_kl" => golden::modelopt, "modelopt_mcore_logits_kl" => golden::modelopt_megatron],
 }];
 
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
@@ -190,5 +190,36 @@ pub(crate) mod golden {
         case.expect_loss(out.value(), None)?;
         let grads = out.total.backward();
         case.expect_grad("logits_s", s.grad(&grads).map(values), None)
+    }
+
+    /// The Megatron plugin's `LogitsKLLoss`: `Σ_v KL(p_t ‖ p_s)` at `T` per position `[b, s]`
+    /// (`reverse`: `KL(p_s ‖ p_t)`), no `T²`, the teacher detached.
+    pub(crate) fn modelopt_megatron(case: &Case) -> Result<(), String> {
+        use super::super::hidden_state::golden::megatron_rows;
+        let (p, ps) = megatron_rows(case, "predictions")?;
+        let (_, ts) = megatron_rows(case, "targets")?;
+        let temperature = case.param("temperature")?;
+        let loss: Box<dyn Loss> = match case.params["reverse"].as_bool() {
+            Some(true) => Box::new(
+                super::super::ReverseKlConfig::new()
+                    .with_temperature(temperature)
+                    .with_reduction(TokenReduction::None)
+                    .init()
+                    .map_err(e)?,
+            ),
+            _ => Box::new(
+                ForwardKlConfig::new()
+                    .with_temperature(temperature)
+                    .with_reduction(TokenReduction::None)
+                    .init()
+                    .map_err(e)?,
+            ),
+        };
+        let rows = loss.forward(&DistillInput::new(ps, ts)).map_err(e)?.total;
+        let want = case.loss.as_deref().ok_or("no loss")?;
+        let (rel, abs) = case.tolerance();
+        close("per-position loss", &values(rows.clone()), want, rel, abs)?;
+        let grads = rows.sum().backward();
+        case.expect_grad("predictions", p.grad(&grads).map(values), None)
     }
 }

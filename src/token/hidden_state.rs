@@ -183,7 +183,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable HiddenState = token::HiddenStateConfig(student_width = 16, teacher_width = 32, layers = [["layer4", "layer8"]])),
     ),
-    golden: crate::registry::golden!["distillkit_hs_mse" => golden::distillkit_hidden, "distillkit_hs_cosine" => golden::distillkit_hidden],
+    golden: crate::registry::golden!["distillkit_hs_mse" => golden::distillkit_hidden, "distillkit_hs_cosine" => golden::distillkit_hidden, "modelopt_mcore_mse" => golden::modelopt_megatron, "modelopt_mcore_cosine" => golden::modelopt_megatron],
 }];
 
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
@@ -258,5 +258,47 @@ pub(crate) mod golden {
             case.expect_grad(&format!("projection_{i}_weight"), g, None)?;
         }
         Ok(())
+    }
+
+    /// A Megatron-layout `[s, b, h]` input as rows `[b·s, h]` (the order of the plugin's
+    /// `[b, s]` outputs), from a tracked leaf in the case's layout.
+    pub(crate) fn megatron_rows(case: &Case, name: &str) -> Result<(Tensor<3>, Tensor<2>), String> {
+        let (shape, data) = case.input(name)?;
+        let shape: [usize; 3] = shape.as_slice().try_into().map_err(|_| "not [s, b, h]")?;
+        let leaf = tensor(data.clone(), shape, case.dtype);
+        // the student's side is a leaf to differentiate; the teacher's a constant
+        let leaf = match name {
+            "predictions" => leaf.require_grad(),
+            _ => leaf,
+        };
+        let [s, b, h] = leaf.dims();
+        let rows = leaf.clone().swap_dims(0, 1).reshape([b * s, h]);
+        Ok((leaf, rows))
+    }
+
+    /// Model-Optimizer's Megatron plugin `MSELoss` (mean over `h` of the squared difference)
+    /// and `HiddenStateCosineLoss` (`1 − cos`), per position `[b, s]`, the teacher detached.
+    pub(crate) fn modelopt_megatron(case: &Case) -> Result<(), String> {
+        let (p, ps) = megatron_rows(case, "predictions")?;
+        let (_, ts) = megatron_rows(case, "targets")?;
+        let h = ps.dims()[1];
+        let loss = HiddenStateConfig::new(h, h, vec![("s".into(), "t".into())])
+            .with_loss(match case.method.as_str() {
+                "modelopt_mcore_cosine" => HiddenLoss::Cosine,
+                _ => HiddenLoss::Mse,
+            })
+            .with_projection(false)
+            .with_reduction(TokenReduction::None)
+            .init(&device())
+            .map_err(e)?;
+        let input = DistillInput::features_only()
+            .student_feature("s", ps)
+            .teacher_feature("t", ts);
+        let rows = loss.forward(&input).map_err(e)?.total;
+        let want = case.loss.as_deref().ok_or("no loss")?;
+        let (rel, abs) = case.tolerance();
+        close("per-position loss", &values(rows.clone()), want, rel, abs)?;
+        let grads = rows.sum().backward();
+        case.expect_grad("predictions", p.grad(&grads).map(values), None)
     }
 }
