@@ -697,8 +697,9 @@ mod fused_and_sparse {
     }
 
     /// The skew divergences from a sparse teacher equal their definitions written out in f64
-    /// over the whole vocabulary (`Zero`: the teacher renormalised over its top k, 0 elsewhere)
-    /// or over the `k + 1` categories of the tail bucket (`SymmetricUniform`), and their
+    /// over the whole vocabulary (`Zero`: the teacher renormalised over its top k, 0 elsewhere),
+    /// over the `k + 1` categories of the tail bucket (`SymmetricUniform`) or over the k with
+    /// both renormalised (`Renormalize`; α = 0 is the plain forward KL), and their
     /// gradients equal central finite differences, for α = 0.1 and 0.6, with proptest inputs.
     #[test]
     fn top_k_skew_divergences_equal_their_definitions_and_finite_differences() {
@@ -734,6 +735,9 @@ mod fused_and_sparse {
                         TopKDivergence::SkewReverseKl,
                         0.1,
                     ),
+                    // α = 0: the plain forward KL between the two renormalised top-k
+                    (MissingMass::Renormalize, TopKDivergence::SkewForwardKl, 0.0),
+                    (MissingMass::Renormalize, TopKDivergence::SkewReverseKl, 0.4),
                 ] {
                     let loss = TopKConfig::new()
                         .with_divergence(divergence)
@@ -775,6 +779,15 @@ mod fused_and_sparse {
                                             (t, q[i])
                                         })
                                         .unzip()
+                                }
+                                MissingMass::Renormalize => {
+                                    let s: Vec<f64> = top.iter().map(|&i| q[i]).collect();
+                                    let mp: f64 = pt.iter().sum();
+                                    let ms: f64 = s.iter().sum();
+                                    (
+                                        pt.iter().map(|x| x / mp).collect(),
+                                        s.iter().map(|x| x / ms).collect(),
+                                    )
                                 }
                                 MissingMass::SymmetricUniform => {
                                     let mut p = pt.clone();

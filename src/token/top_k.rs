@@ -45,6 +45,10 @@ pub enum MissingMass {
     /// One extra bucket for the rest, for both distributions: the teacher's `1 − Σ_k p` and the
     /// student's `1 − Σ_k q` form a `(k+1)`-th category.
     SymmetricUniform,
+    /// Both distributions restricted to the teacher's top k and renormalised over them
+    /// (Model-Optimizer's `TopKLogitsKLLoss`): the divergence between the two conditionals on
+    /// the top k, blind to how much mass the student puts elsewhere.
+    Renormalize,
 }
 
 /// What a sparse teacher's values are (DistillKit's `log_values`).
@@ -53,7 +57,7 @@ pub enum SparseValues {
     /// Log-probabilities over the whole vocabulary: the top k's mass may fall short of 1.
     LogProbs,
     /// Raw logits of the top-k tokens: the teacher is their softmax over the k, and nothing is
-    /// known of the rest (only [`MissingMass::Zero`] applies).
+    /// known of the rest ([`MissingMass::Zero`] or [`MissingMass::Renormalize`] applies).
     Logits,
 }
 
@@ -121,12 +125,12 @@ impl TopKConfig {
         if let TokenReduction::DivideBy(n) = self.reduction {
             check_positive(TopK::NAME, "reduction (Global count)", n)?;
         }
-        if self.values == SparseValues::Logits && self.missing != MissingMass::Zero {
+        if self.values == SparseValues::Logits && self.missing == MissingMass::SymmetricUniform {
             return Err(DistillError::config(
                 TopK::NAME,
                 "missing",
                 format!("{:?}", self.missing),
-                "a teacher given as top-k logits has no known missing mass: use Zero",
+                "a teacher given as top-k logits has no known missing mass: use Zero or Renormalize",
             ));
         }
         if !(self.eps >= f32::MIN_POSITIVE as f64 && self.eps < 0.5) {
@@ -158,7 +162,7 @@ fn log_one_minus_exp(x: Tensor<2>, eps: f64) -> Tensor<2> {
 fn retemper(log_probs: Tensor<2>, alpha: f64, missing: MissingMass, eps: f64) -> Tensor<2> {
     match (missing, alpha == 1.0) {
         (MissingMass::SymmetricUniform, true) => log_probs,
-        (MissingMass::Zero, _) => {
+        (MissingMass::Zero | MissingMass::Renormalize, _) => {
             let scaled = log_probs * alpha;
             scaled.clone() - logsumexp(scaled)
         }
@@ -186,10 +190,18 @@ pub fn top_k_rows(
     // the student's mass outside the teacher's top k, `1 − Σ_k q`
     let rest = |b: &Tensor<2>| -(b.clone().exp().sum_dim(1)) + 1.0;
     let rows = match missing {
-        MissingMass::SymmetricUniform => {
-            let bucket = |x: &Tensor<2>| log_one_minus_exp(logsumexp(x.clone()), eps);
-            let a = Tensor::cat(vec![teacher.clone(), bucket(&teacher)], 1);
-            let b = Tensor::cat(vec![student.clone(), bucket(&student)], 1);
+        MissingMass::SymmetricUniform | MissingMass::Renormalize => {
+            let (a, b) = match missing {
+                MissingMass::SymmetricUniform => {
+                    let bucket = |x: &Tensor<2>| log_one_minus_exp(logsumexp(x.clone()), eps);
+                    (
+                        Tensor::cat(vec![teacher.clone(), bucket(&teacher)], 1),
+                        Tensor::cat(vec![student.clone(), bucket(&student)], 1),
+                    )
+                }
+                // the teacher comes renormalised; the student is here
+                _ => (teacher, student.clone() - logsumexp(student)),
+            };
             match divergence {
                 TopKDivergence::ForwardKl => forward_kl_elements(b, a).sum_dim(1),
                 TopKDivergence::ReverseKl => forward_kl_elements(a, b).sum_dim(1),
@@ -243,6 +255,8 @@ pub fn top_k_rows(
 ///
 /// - [`MissingMass::Zero`]: the teacher renormalised over its top k and 0 elsewhere; the
 ///   forward KL, JSD and TVD are exact between it and the student's whole distribution;
+/// - [`MissingMass::Renormalize`]: both distributions restricted to the top k and
+///   renormalised there; the divergence is between those `k`-category conditionals;
 /// - [`MissingMass::SymmetricUniform`]: both distributions get a `(k+1)`-th bucket with
 ///   their missing mass, and the divergence is taken over `k + 1` categories (computed in log
 ///   space: DistillKit's is NaN when a float32 top-k sum reaches 1).
@@ -324,7 +338,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     learnable: None,
     twins: None,
     method: Some(crate::registry::method!(loss TopK = token::TopKConfig())),
-    golden: crate::registry::golden![],
+    golden: crate::registry::golden!["modelopt_mcore_topk_kl" => golden::modelopt_megatron],
 }];
 
 #[cfg(test)]
@@ -456,5 +470,35 @@ pub(crate) mod golden {
         let zeros = || vec![0.0; sv.len()];
         let exact: Option<&dyn Fn() -> Vec<f64>> = if empty { Some(&zeros) } else { None };
         case.expect_grad("student_logits", s.grad(&grads).map(values), exact)
+    }
+
+    /// The Megatron plugin's `TopKLogitsKLLoss`: the teacher's top k of `t/T`, both sides
+    /// renormalised over those k, `KL(p_t ‖ p_s)` (`reverse`: `KL(p_s ‖ p_t)`) per position
+    /// `[b, s]`, no `T²`, the teacher detached.
+    pub(crate) fn modelopt_megatron(case: &Case) -> Result<(), String> {
+        use super::super::hidden_state::golden::megatron_rows;
+        let (p, ps) = megatron_rows(case, "predictions")?;
+        let (_, ts) = megatron_rows(case, "targets")?;
+        let temperature = case.param("temperature")?;
+        let k = case.param("top_k")? as usize;
+        let (log_probs, ids) = log_softmax(ts / temperature, 1).topk_with_indices(k, 1);
+        let loss = TopKConfig::new()
+            .with_divergence(match case.params["reverse"].as_bool() {
+                Some(true) => TopKDivergence::ReverseKl,
+                _ => TopKDivergence::ForwardKl,
+            })
+            .with_missing(MissingMass::Renormalize)
+            .with_temperature(temperature)
+            .with_generation_temperature(temperature)
+            .with_reduction(TokenReduction::None)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::student(ps).sparse_teacher(ids, log_probs);
+        let rows = loss.forward(&input).map_err(e)?.total;
+        let want = case.loss.as_deref().ok_or("no loss")?;
+        let (rel, abs) = case.tolerance();
+        close("per-position loss", &values(rows.clone()), want, rel, abs)?;
+        let grads = rows.sum().backward();
+        case.expect_grad("predictions", p.grad(&grads).map(values), None)
     }
 }
