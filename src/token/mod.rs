@@ -28,6 +28,7 @@ mod jsd;
 mod lm_head;
 mod ranking;
 mod reverse_kl;
+mod sampled_token;
 mod skew_kl;
 mod symmetric_kl;
 mod top_k;
@@ -43,6 +44,10 @@ pub use jsd::{Jsd, JsdConfig, JsdOptions, jsd_elements};
 pub use lm_head::{FusedLinear, FusedLinearConfig, LmHead, LmHeads, TeacherHead};
 pub use ranking::{Ranking, SparseRanking, SparseRankingConfig, ranking_pairs};
 pub use reverse_kl::{ReverseKl, ReverseKlConfig, ReverseKlOptions, reverse_kl_elements};
+pub use sampled_token::{
+    OldLogProbs, SampledToken, SampledTokenConfig, importance_weights, sampled_token_rows,
+    tail_bucket,
+};
 pub use skew_kl::{SkewDirection, SkewKl, SkewKlConfig, SkewKlOptions, log_skew_mixture};
 pub use symmetric_kl::{SymmetricKl, SymmetricKlConfig, SymmetricKlOptions};
 pub use top_k::{MissingMass, SparseValues, TopK, TopKConfig, TopKDivergence, top_k_rows};
@@ -61,6 +66,7 @@ pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
     tvd::DESCRIPTORS,
     top_k::DESCRIPTORS,
     ranking::DESCRIPTORS,
+    sampled_token::DESCRIPTORS,
     lm_head::DESCRIPTORS,
     hidden_state::DESCRIPTORS,
     cosine::DESCRIPTORS,
