@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::loss::LossExt;
 use crate::registry::Descriptor;
 use burn::config::Config;
 use burn::tensor::activation::log_softmax;
