@@ -21,6 +21,7 @@ fn empty(err: DistillError, objective: &str) -> bool {
 /// burn's `max_dim`).
 #[test]
 fn zero_classes_are_an_empty_batch() {
+    configure_f64();
     let z = || f64t(vec![], [3, 0]);
     let losses: Vec<Box<dyn Loss>> = vec![
         KdConfig::new().init().unwrap().boxed(),
@@ -49,6 +50,7 @@ fn zero_classes_are_an_empty_batch() {
 /// panic in a reshape.
 #[test]
 fn zero_channels_and_widths_are_an_empty_batch() {
+    configure_f64();
     let at = AtConfig::new().init().unwrap();
     let input = DistillInput::features_only().feature(
         "feature",
@@ -68,6 +70,7 @@ fn zero_channels_and_widths_are_an_empty_batch() {
 /// Logit standardisation of a single class (0/0) is `TooFewClasses`.
 #[test]
 fn standardized_needs_two_classes() {
+    configure_f64();
     let loss = Standardized::new(KdConfig::new().init().unwrap());
     let input = DistillInput::new(f64t(vec![1.0, 2.0], [2, 1]), f64t(vec![0.0, 1.0], [2, 1]));
     let err = loss.forward(&input).unwrap_err();
@@ -80,6 +83,7 @@ fn standardized_needs_two_classes() {
 /// CTKD refuses a θ of another shape than `[1]`.
 #[test]
 fn ctkd_theta_is_one_value() {
+    configure_f64();
     let ctkd = CtkdConfig::new()
         .init(KdConfig::new().init().unwrap(), &device())
         .unwrap();
@@ -211,6 +215,7 @@ fn crd_is_not_poisoned_by_a_nan_batch() {
 /// (to f32 precision) instead of a `dtype mismatch` panic inside burn.
 #[test]
 fn mixed_dtypes_are_read_in_the_students() {
+    configure_f64();
     use burn::tensor::DType;
     use burn_distill::token::JsdConfig;
     let losses: Vec<Box<dyn Loss>> = vec![
@@ -417,6 +422,7 @@ fn relations_are_finite_in_half_precision() {
 /// it (it used to select out of range).
 #[test]
 fn paced_checks_the_batch_it_selects_from() {
+    configure_f64();
     use burn_distill::curriculum::PacedConfig;
     let paced = PacedConfig::new()
         .init(CrossEntropyConfig::new().init().unwrap())
@@ -452,6 +458,7 @@ fn paced_checks_the_batch_it_selects_from() {
 /// (it used to panic in `gather`), for every objective that reads the logits.
 #[test]
 fn guides_must_have_the_teachers_shape() {
+    configure_f64();
     use burn_distill::curriculum::TopKMaskConfig;
     let z = || f64t(noise(2, 20, 1.0), [4, 5]);
     let input = DistillInput::new(z(), z())
@@ -483,6 +490,7 @@ struct Row {
 /// loss, before either touches them — the next good step is what a fresh DOT would take.
 #[test]
 fn dot_refuses_a_nan_rate_and_a_non_finite_loss() {
+    configure_f64();
     use burn_distill::optim::DotConfig;
     let row = || Row {
         w: burn::module::Param::from_tensor(f64t(vec![0.1, -0.2, 0.3], [1, 3])),
@@ -517,6 +525,7 @@ fn dot_refuses_a_nan_rate_and_a_non_finite_loss() {
 /// teacher forward pass that autodiff tracked (`tracked`), or on constants.
 #[test]
 fn tracked_teacher_child() {
+    configure_f64();
     let Some(mode) = std::env::var_os("BURN_DISTILL_TRACKED_CHILD") else {
         return; // only meaningful as the child
     };
@@ -536,6 +545,7 @@ fn tracked_teacher_child() {
 
 #[test]
 fn a_tracked_teacher_is_warned_about_once() {
+    configure_f64();
     let run = |mode: &str| {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
@@ -562,6 +572,7 @@ fn a_tracked_teacher_is_warned_about_once() {
 /// (its `load_record` panics): the path docs/train.md gives for restoring objectives.
 #[test]
 fn mismatched_records_are_errors_not_panics() {
+    configure_f64();
     use burn_distill::feature::HintConfig;
     let dev = device();
     let hint = |teacher: usize| {
@@ -580,6 +591,7 @@ fn mismatched_records_are_errors_not_panics() {
 /// burn's `narrow`), and the objectives read that as an empty batch.
 #[test]
 fn one_position_sequences_shift_to_an_empty_batch() {
+    configure_f64();
     use burn_distill::token::{ForwardKlConfig, shift_labels, shift_logits};
     let logits = || f64t(vec![0.5; 2 * 5], [2, 1, 5]);
     let (s, t) = (shift_logits(logits()), shift_logits(logits()));
@@ -597,6 +609,7 @@ fn one_position_sequences_shift_to_an_empty_batch() {
 /// `HiddenState` on taps with no rows is an empty batch (it returned 0).
 #[test]
 fn hidden_state_refuses_an_empty_batch() {
+    configure_f64();
     use burn_distill::token::HiddenStateConfig;
     configure_f64();
     let hidden = HiddenStateConfig::new(4, 5, vec![("h".into(), "h".into())])
@@ -613,6 +626,7 @@ fn hidden_state_refuses_an_empty_batch() {
 /// (a weight of 1e39 gave inf; a CTKD start of 1e30 gave NaN).
 #[test]
 fn huge_weights_and_ctkd_temperatures_are_refused() {
+    configure_f64();
     let input = DistillInput::new(
         f64t(vec![1.0, 2.0, 0.5], [1, 3]),
         f64t(vec![2.0, 1.0, 0.0], [1, 3]),
@@ -650,6 +664,7 @@ fn huge_weights_and_ctkd_temperatures_are_refused() {
 /// naming its field; the largest accepted values give finite losses.
 #[test]
 fn absurd_ft_vid_and_cc_configs_are_refused() {
+    configure_f64();
     use burn_distill::feature::{FtConfig, VidConfig};
     use burn_distill::relation::{CcConfig, CcKernel};
     configure_f64();
@@ -692,6 +707,7 @@ fn absurd_ft_vid_and_cc_configs_are_refused() {
 /// the vocabulary are refused even when no hard-label term reads them.
 #[test]
 fn fused_linear_checks_its_heads() {
+    configure_f64();
     use burn::tensor::DType;
     use burn_distill::token::{FusedLinearConfig, JsdConfig, LmHead, LmHeads, TeacherHead};
     let fused = FusedLinearConfig::new()
@@ -741,6 +757,7 @@ fn fused_linear_checks_its_heads() {
 /// the row met its zero gradient in `hᵀ·g`). Both the fused kernel and the graph path.
 #[test]
 fn fused_linear_ignores_non_finite_rows_it_does_not_count() {
+    configure_f64();
     use burn_distill::token::{
         FusedLinearConfig, JsdConfig, LmHead, LmHeads, LogitCosineConfig, TeacherHead,
         TokenDivergence, TokenReduction,
@@ -818,6 +835,7 @@ fn fused_linear_ignores_non_finite_rows_it_does_not_count() {
 /// Gram matrices overflowed; mixed types panicked in the product).
 #[test]
 fn kdsvd_refuses_mismatched_widths_and_stays_finite() {
+    configure_f64();
     use burn::tensor::DType;
     use burn_distill::feature::KdsvdConfig;
     let kdsvd = KdsvdConfig::new(vec!["a".into(), "b".into()])
@@ -870,6 +888,7 @@ fn kdsvd_refuses_mismatched_widths_and_stays_finite() {
 /// logits beside f64 taps (each panicked adding an f32 term to another).
 #[test]
 fn terms_of_different_float_types_are_summed_in_the_widest() {
+    configure_f64();
     use burn::tensor::DType;
     use burn_distill::feature::SrdConfig;
     use burn_distill::logit::DistPlusConfig;
@@ -911,6 +930,7 @@ fn terms_of_different_float_types_are_summed_in_the_widest() {
 /// "out of range for 4294967295 classes").
 #[test]
 fn cache_errors_show_the_index_and_token_id_as_given() {
+    configure_f64();
     use burn_distill::cache::CacheWriter;
     let dir = std::env::temp_dir().join(format!("burn-distill-errors-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -939,6 +959,7 @@ fn cache_errors_show_the_index_and_token_id_as_given() {
 /// null": the options are JSON values, which have no NaN).
 #[test]
 fn a_non_finite_number_in_a_toml_spec_is_named() {
+    configure_f64();
     use burn_distill::spec::LossSpec;
     for (value, shown) in [("nan", "NaN"), ("-inf", "-inf"), ("+inf", "inf")] {
         let text = format!(
@@ -956,6 +977,7 @@ fn a_non_finite_number_in_a_toml_spec_is_named() {
 /// A cache with bytes appended says so (it said "truncated").
 #[test]
 fn a_cache_with_bytes_appended_says_so() {
+    configure_f64();
     use burn_distill::cache::{CacheWriter, TeacherCache};
     use std::io::Write;
     let dir = std::env::temp_dir().join(format!("burn-distill-append-{}", std::process::id()));
@@ -986,6 +1008,7 @@ fn a_cache_with_bytes_appended_says_so() {
 /// for is a shape mismatch (it panicked in the convolution).
 #[test]
 fn ickd_checks_the_embedding_channels() {
+    configure_f64();
     use burn_distill::feature::IckdConfig;
     let ickd = IckdConfig::new()
         .with_embeds(vec![[3, 4]])
