@@ -546,7 +546,7 @@ fn results(args: &[String]) -> Result<(), Error> {
             .collect()
     };
     let (objectives, lrs) = (
-        list("--objectives", "ce,fkl,rkl,jsd"),
+        list("--objectives", "ce,fkl,rkl,jsd,skl"),
         list("--lrs", "1e-3,3e-3"),
     );
     let epochs = arg(args, "--epochs").unwrap_or_else(|| "1".into());
@@ -653,7 +653,8 @@ fn results(args: &[String]) -> Result<(), Error> {
         );
         let text = std::fs::read_to_string(&page)?;
         let block = format!(
-            "{begin}\n<!-- written by `cargo run --release --example smollm2 -- results --data {data} --epochs {epochs} --lrs {} --docs {}` -->\n\n{table}\n![validation log-perplexity at four checkpoints](smollm2_results.svg)\n{end}",
+            "{begin}\n<!-- written by `cargo run --release --example smollm2 -- results --data {data} --epochs {epochs} --objectives {} --lrs {} --docs {}` -->\n\n{table}\n![validation log-perplexity at four checkpoints](smollm2_results.svg)\n{end}",
+            objectives.join(","),
             lrs.join(","),
             page.display()
         );
