@@ -7,7 +7,7 @@ use std::sync::Arc;
 use burn::config::Config;
 use burn::tensor::{Bool, Int, Tensor};
 
-use super::tokens::{TokenDivergence, TokenReduction};
+use super::tokens::{TokenDivergence, TokenReduction, uncounted};
 use crate::check::{check_non_negative, check_positive};
 use crate::cross_entropy::cross_entropy_per_sample;
 use crate::error::DistillError;
@@ -417,23 +417,17 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
         // rows that do not count are zeroed before any product: a NaN or an infinity in an
         // ignored token's hidden state (or teacher logits) would otherwise reach the weight's
         // gradient and the surrogate as 0 · NaN
-        let (student, teacher) = match &mask {
-            Some(m) => {
-                let out = m.clone().bool_not().unsqueeze_dim::<2>(1);
-                let zeroed = |x: &Tensor<2>| x.clone().mask_fill(out.clone().expand(x.dims()), 0.0);
-                let head = |h: &LmHead| LmHead {
-                    hidden: zeroed(&h.hidden),
-                    ..h.clone()
-                };
-                let teacher = match teacher {
-                    TeacherHead::Head(h) => TeacherHead::Head(head(h)),
-                    TeacherHead::Logits(z) => TeacherHead::Logits(zeroed(z)),
-                    top_k => top_k.clone(),
-                };
-                (head(student), teacher)
-            }
-            None => (student.clone(), teacher.clone()),
+        let zeroed = |x: &Tensor<2>| uncounted(x.clone(), mask.as_ref(), 0.0);
+        let head = |h: &LmHead| LmHead {
+            hidden: zeroed(&h.hidden),
+            ..h.clone()
         };
+        let teacher = match teacher {
+            TeacherHead::Head(h) => TeacherHead::Head(head(h)),
+            TeacherHead::Logits(z) => TeacherHead::Logits(zeroed(z)),
+            top_k => top_k.clone(),
+        };
+        let student = head(student);
         let (student, teacher) = (&student, &teacher);
         // labels, when given, are tokens of the vocabulary or the ignore index, whether or not
         // the hard-label term reads them (as for the dense token objectives)

@@ -7,6 +7,7 @@ use burn::config::Config;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, FloatDType, Tensor};
 
+use super::tokens::uncounted;
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
@@ -138,14 +139,9 @@ impl Loss for SparseRanking {
         input.targets_if_any(n, v)?;
         let (ids, values) = input.sparse_teacher(n, v)?;
         let k = ids.dims()[1];
-        // rows that do not count are constants before anything is computed
-        let (z, values) = match &mask {
-            Some(m) => {
-                let out = |w: usize| m.clone().bool_not().unsqueeze_dim::<2>(1).expand([n, w]);
-                (z.mask_fill(out(v), 0.0), values.mask_fill(out(k), 0.0))
-            }
-            None => (z, values),
-        };
+        // rows that do not count are constants (a uniform teacher: no pair) before anything
+        let z = uncounted(z, mask.as_ref(), 0.0);
+        let values = uncounted(values, mask.as_ref(), (1.0 / k as f64).ln());
         let p = match c.log_values {
             true => values.exp(),
             false => values,

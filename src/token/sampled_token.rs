@@ -8,7 +8,7 @@ use burn::config::Config;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-use super::tokens::TokenReduction;
+use super::tokens::{TokenReduction, uncounted};
 use crate::check::check_positive;
 use crate::error::DistillError;
 use crate::input::{DistillInput, Extra};
@@ -116,15 +116,9 @@ impl Loss for SampledToken {
         let [n, v] = zs.dims();
         let mask = input.mask(n)?;
         let y = input.targets(n, v)?.reshape([n, 1]);
+        // rows that do not count are constants before anything is computed
         let picked = |z: Tensor<2>| -> Tensor<1> {
-            // rows that do not count are constants before anything is computed
-            let z = match &mask {
-                Some(m) => z.mask_fill(
-                    m.clone().bool_not().unsqueeze_dim::<2>(1).expand([n, v]),
-                    0.0,
-                ),
-                None => z,
-            };
+            let z = uncounted(z, mask.as_ref(), 0.0);
             log_softmax(z, 1).gather(1, y.clone()).reshape([n])
         };
         let (lp_s, lp_t) = (picked(zs), picked(zt));

@@ -82,6 +82,22 @@ pub trait TokenDivergence: Loss {
     }
 }
 
+/// `x` `[N, W]` with the rows the mask does not count replaced by the constant `fill`, so
+/// nothing in them (a NaN, an infinity) reaches a loss or its gradients; `x` itself without a
+/// mask.
+pub(crate) fn uncounted(x: Tensor<2>, mask: Option<&Tensor<1, Bool>>, fill: f64) -> Tensor<2> {
+    match mask {
+        Some(m) => {
+            let dims = x.dims();
+            x.mask_fill(
+                m.clone().bool_not().unsqueeze_dim::<2>(1).expand(dims),
+                fill,
+            )
+        }
+        None => x,
+    }
+}
+
 /// `divergence` as a spec's wrapper of token divergences receives it ([`Token`]).
 pub(crate) fn box_divergence<L: TokenDivergence + 'static>(divergence: L) -> Token {
     Box::new(Box::new(divergence) as Box<dyn TokenDivergence>)
@@ -173,13 +189,10 @@ impl Softening {
         let mask = input.mask(n)?;
         // labels (when given) must be tokens of the vocabulary or the ignore index
         input.targets_if_any(n, v)?;
-        let (s, t) = match &mask {
-            Some(m) => {
-                let out = m.clone().bool_not().unsqueeze_dim::<2>(1).expand([n, v]);
-                (s.mask_fill(out.clone(), 0.0), t.mask_fill(out, 0.0))
-            }
-            None => (s, t),
-        };
+        let (s, t) = (
+            uncounted(s, mask.as_ref(), 0.0),
+            uncounted(t, mask.as_ref(), 0.0),
+        );
         let temperature = Temperature::Fixed(self.temperature);
         let rows = per_token(temperature.scale(s), temperature.scale(t));
         let total = self.reduction.apply(rows, mask, v);

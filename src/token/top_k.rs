@@ -3,12 +3,12 @@
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
 use burn::config::Config;
+use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Bool, Tensor};
 
 use super::forward_kl::forward_kl_elements;
 use super::skew_kl::log_skew_mixture;
-use super::tokens::TokenReduction;
+use super::tokens::{TokenReduction, uncounted};
 use crate::check::{check_fraction, check_positive, check_temperature};
 use crate::error::DistillError;
 use crate::input::DistillInput;
@@ -290,18 +290,8 @@ impl Loss for TopK {
         input.targets_if_any(n, v)?;
         let (ids, lp) = input.sparse_teacher(n, v)?;
         let k = ids.dims()[1];
-        let (s, lp) = match &mask {
-            Some(m) => {
-                let out = |w: usize| -> Tensor<2, Bool> {
-                    m.clone().bool_not().unsqueeze_dim::<2>(1).expand([n, w])
-                };
-                (
-                    s.mask_fill(out(v), 0.0),
-                    lp.mask_fill(out(k), (1.0 / k as f64).ln()),
-                )
-            }
-            None => (s, lp),
-        };
+        let s = uncounted(s, mask.as_ref(), 0.0);
+        let lp = uncounted(lp, mask.as_ref(), (1.0 / k as f64).ln());
         let temperature = Temperature::Fixed(c.temperature);
         let student = log_softmax(temperature.scale(s), 1).gather(1, ids);
         let teacher = retemper(
