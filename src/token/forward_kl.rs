@@ -195,7 +195,7 @@ pub(crate) mod golden {
     /// The Megatron plugin's `LogitsKLLoss`: `Σ_v KL(p_t ‖ p_s)` at `T` per position `[b, s]`
     /// (`reverse`: `KL(p_s ‖ p_t)`), no `T²`, the teacher detached.
     pub(crate) fn modelopt_megatron(case: &Case) -> Result<(), String> {
-        use super::super::hidden_state::golden::megatron_rows;
+        use super::super::hidden_state::golden::{megatron_check, megatron_rows};
         let (p, ps) = megatron_rows(case, "predictions")?;
         let (_, ts) = megatron_rows(case, "targets")?;
         let temperature = case.param("temperature")?;
@@ -216,10 +216,6 @@ pub(crate) mod golden {
             ),
         };
         let rows = loss.forward(&DistillInput::new(ps, ts)).map_err(e)?.total;
-        let want = case.loss.as_deref().ok_or("no loss")?;
-        let (rel, abs) = case.tolerance();
-        close("per-position loss", &values(rows.clone()), want, rel, abs)?;
-        let grads = rows.sum().backward();
-        case.expect_grad("predictions", p.grad(&grads).map(values), None)
+        megatron_check(case, &p, rows)
     }
 }

@@ -276,6 +276,20 @@ pub(crate) mod golden {
         Ok((leaf, rows))
     }
 
+    /// The plugin's per-position `[b, s]` values against the reference, and the gradient of
+    /// their sum with respect to the predictions (the `leaf` of [`megatron_rows`]).
+    pub(crate) fn megatron_check(
+        case: &Case,
+        leaf: &Tensor<3>,
+        rows: Tensor<1>,
+    ) -> Result<(), String> {
+        let want = case.loss.as_deref().ok_or("no loss")?;
+        let (rel, abs) = case.tolerance();
+        close("per-position loss", &values(rows.clone()), want, rel, abs)?;
+        let grads = rows.sum().backward();
+        case.expect_grad("predictions", leaf.grad(&grads).map(values), None)
+    }
+
     /// Model-Optimizer's Megatron plugin `MSELoss` (mean over `h` of the squared difference)
     /// and `HiddenStateCosineLoss` (`1 − cos`), per position `[b, s]`, the teacher detached.
     pub(crate) fn modelopt_megatron(case: &Case) -> Result<(), String> {
@@ -295,10 +309,6 @@ pub(crate) mod golden {
             .student_feature("s", ps)
             .teacher_feature("t", ts);
         let rows = loss.forward(&input).map_err(e)?.total;
-        let want = case.loss.as_deref().ok_or("no loss")?;
-        let (rel, abs) = case.tolerance();
-        close("per-position loss", &values(rows.clone()), want, rel, abs)?;
-        let grads = rows.sum().backward();
-        case.expect_grad("predictions", p.grad(&grads).map(values), None)
+        megatron_check(case, &p, rows)
     }
 }

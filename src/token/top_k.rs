@@ -466,7 +466,7 @@ pub(crate) mod golden {
     /// renormalised over those k, `KL(p_t ‖ p_s)` (`reverse`: `KL(p_s ‖ p_t)`) per position
     /// `[b, s]`, no `T²`, the teacher detached.
     pub(crate) fn modelopt_megatron(case: &Case) -> Result<(), String> {
-        use super::super::hidden_state::golden::megatron_rows;
+        use super::super::hidden_state::golden::{megatron_check, megatron_rows};
         let (p, ps) = megatron_rows(case, "predictions")?;
         let (_, ts) = megatron_rows(case, "targets")?;
         let temperature = case.param("temperature")?;
@@ -485,10 +485,6 @@ pub(crate) mod golden {
             .map_err(e)?;
         let input = DistillInput::student(ps).sparse_teacher(ids, log_probs);
         let rows = loss.forward(&input).map_err(e)?.total;
-        let want = case.loss.as_deref().ok_or("no loss")?;
-        let (rel, abs) = case.tolerance();
-        close("per-position loss", &values(rows.clone()), want, rel, abs)?;
-        let grads = rows.sum().backward();
-        case.expect_grad("predictions", p.grad(&grads).map(values), None)
+        megatron_check(case, &p, rows)
     }
 }
