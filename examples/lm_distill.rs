@@ -48,28 +48,7 @@ fn token(b: u8) -> i64 {
 
 /// The fortunes as train, validation and test token streams.
 fn corpus() -> std::io::Result<[Vec<i64>; 3]> {
-    let mut files: Vec<_> = std::fs::read_dir(DIR)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_none() && p.is_file())
-        .filter(|p| {
-            !matches!(
-                p.file_name().and_then(|n| n.to_str()),
-                Some("art" | "ascii-art")
-            )
-        })
-        .collect();
-    files.sort();
-    let mut fortunes = Vec::new();
-    for f in files {
-        let text = std::fs::read(&f)?;
-        let text = String::from_utf8_lossy(&text);
-        fortunes.extend(
-            text.split("\n%\n")
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-        );
-    }
+    let fortunes = common::fortunes()?;
     // a seeded shuffle, then 80/10/10
     let order = common::permutation(fortunes.len(), 7);
     let stream = |range: std::ops::Range<usize>| -> Vec<i64> {

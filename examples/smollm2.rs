@@ -144,33 +144,12 @@ fn speed(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-const FORTUNES: &str = "/usr/share/games/fortunes";
 const SPLITS: [&str; 3] = ["train", "validation", "test"];
 
 /// The fortunes, one a document, shuffled (seeded) and split 80/10/10.
 fn fortunes() -> Result<[Vec<String>; 3], Error> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(FORTUNES)
-        .map_err(|e| format!("{FORTUNES}: {e} (the Debian package `fortunes`)"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_none() && p.is_file())
-        .filter(|p| {
-            !matches!(
-                p.file_name().and_then(|n| n.to_str()),
-                Some("art" | "ascii-art")
-            )
-        })
-        .collect();
-    files.sort();
-    let mut docs = Vec::new();
-    for f in files {
-        let text = String::from_utf8_lossy(&std::fs::read(&f)?).into_owned();
-        docs.extend(
-            text.split("\n%\n")
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-        );
-    }
+    let docs = common::fortunes()
+        .map_err(|e| format!("/usr/share/games/fortunes: {e} (the Debian package `fortunes`)"))?;
     let order = common::permutation(docs.len(), 7);
     let (a, b) = (docs.len() * 8 / 10, docs.len() * 9 / 10);
     let pick =

@@ -408,3 +408,33 @@ pub fn line_svg(
     }
     svg
 }
+
+/// The fortune cookies of Debian's `fortunes` package (BSD licence), one a document, in file
+/// order (the files of /usr/share/games/fortunes sorted by name, `art` and `ascii-art` left
+/// out), each trimmed.
+pub fn fortunes() -> std::io::Result<Vec<String>> {
+    const DIR: &str = "/usr/share/games/fortunes";
+    let mut files: Vec<_> = std::fs::read_dir(DIR)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_none() && p.is_file())
+        .filter(|p| {
+            !matches!(
+                p.file_name().and_then(|n| n.to_str()),
+                Some("art" | "ascii-art")
+            )
+        })
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for f in files {
+        let text = std::fs::read(&f)?;
+        let text = String::from_utf8_lossy(&text);
+        docs.extend(
+            text.split("\n%\n")
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
+    }
+    Ok(docs)
+}
