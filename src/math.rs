@@ -61,9 +61,17 @@ pub fn kl_rows(log_p: Tensor<2>, log_q: Tensor<2>) -> Tensor<1> {
 }
 
 /// `log Σⱼ exp xⱼ` over dim 1, shifted by the (detached) row maximum: `[N, C]` → `[N, 1]`.
+/// A row all at −∞ (an empty support) gives `ln(f32::MIN_POSITIVE) ≈ −87.3`, finite and with
+/// zero gradients, instead of NaN.
 pub fn logsumexp(x: Tensor<2>) -> Tensor<2> {
     let m = x.clone().detach().max_dim(1);
-    m.clone() + (x - m).exp().sum_dim(1).log()
+    let m = m.clone().mask_fill(m.equal_elem(f64::NEG_INFINITY), 0.0);
+    m.clone()
+        + (x - m)
+            .exp()
+            .sum_dim(1)
+            .clamp_min(f32::MIN_POSITIVE as f64)
+            .log()
 }
 
 /// `log(exp a + exp b)` element by element, shifted by the (detached) larger of the two: exact

@@ -446,7 +446,7 @@ mod fused_and_sparse {
     use burn::tensor::Int;
     use burn_distill::token::{
         FusedLinearConfig, HiddenLoss, HiddenStateConfig, LmHead, LmHeads, MissingMass,
-        TeacherHead, TokenDivergence, TopKConfig, TopKDivergence,
+        TeacherHead, TokenDivergence, TopKConfig, TopKDivergence, TopKSupport,
     };
 
     fn det(n: usize, seed: u64, scale: f64) -> Vec<f64> {
@@ -1274,6 +1274,130 @@ mod fused_and_sparse {
         DistillInput::student(s).sparse_teacher(ids, f64t(lp, [n, k]))
     }
 
+    /// JSD(β) from a teacher that is 0 outside its top k (`Zero`): each student probability
+    /// outside adds `−(1 − β)·q·ln(1 − β)`; the value against the definition over all V.
+    #[test]
+    fn top_k_jsd_beta_with_zero_missing_mass_is_the_jsd_over_the_vocabulary() {
+        let (v, k, beta) = (6, 3, 0.3);
+        let s = det(v, 21, 2.0);
+        let lp = [-0.4, -1.5, -2.5];
+        let ids = [2usize, 0, 5];
+        let top = TopKConfig::new()
+            .with_divergence(TopKDivergence::Jsd)
+            .with_beta(beta)
+            .init()
+            .unwrap();
+        let got = top
+            .forward(&top_k_input(
+                f64t(s.clone(), [1, v]),
+                ids.iter().map(|&i| i as i64).collect(),
+                lp.to_vec(),
+                1,
+                k,
+            ))
+            .unwrap()
+            .value();
+        let z: f64 = s.iter().map(|x| x.exp()).sum();
+        let q: Vec<f64> = s.iter().map(|x| x.exp() / z).collect();
+        let mass: f64 = lp.iter().map(|x| x.exp()).sum();
+        let mut p = vec![0.0; v];
+        for (j, l) in ids.iter().zip(lp) {
+            p[*j] = l.exp() / mass;
+        }
+        let kl = |a: &[f64], b: &[f64]| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| if *x == 0.0 { 0.0 } else { x * (x / y).ln() })
+                .sum()
+        };
+        let m: Vec<f64> = q
+            .iter()
+            .zip(&p)
+            .map(|(q, p)| (1.0 - beta) * q + beta * p)
+            .collect();
+        let want = beta * kl(&p, &m) + (1.0 - beta) * kl(&q, &m);
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        assert!(
+            TopKConfig::new()
+                .with_divergence(TopKDivergence::Jsd)
+                .with_beta(1.0)
+                .init()
+                .is_err()
+        );
+    }
+
+    /// A teacher entry at −∞ (a server that returned fewer than k tokens) is outside the
+    /// support: each row equals the same teacher without that entry, for every divergence and
+    /// missing-mass rule, with finite gradients; a masked row that is all −∞ adds nothing.
+    #[test]
+    fn top_k_entries_at_minus_infinity_are_outside_the_support() {
+        let (n, v) = (3, 6);
+        let s = det(n * v, 5, 2.0);
+        // rows 0 and 1 hold ids 4, 1 (and row 0 a padded third slot); row 2 is masked padding
+        let ninf = f64::NEG_INFINITY;
+        let lp3 = vec![-0.7, -1.9, ninf, -1.1, -1.4, -2.0, ninf, ninf, ninf];
+        let ids3 = vec![4, 1, 0, 4, 1, 2, 0, 0, 0];
+        let lp2 = vec![-0.7, -1.9];
+        let ids2 = vec![4, 1];
+        let mask = mask_tensor(&[true, true, false]);
+        for missing in [
+            MissingMass::Zero,
+            MissingMass::SymmetricUniform,
+            MissingMass::Renormalize,
+        ] {
+            for div in [
+                TopKDivergence::ForwardKl,
+                TopKDivergence::ReverseKl,
+                TopKDivergence::Jsd,
+                TopKDivergence::Tvd,
+                TopKDivergence::SkewForwardKl,
+                TopKDivergence::SkewReverseKl,
+            ] {
+                let Ok(top) = TopKConfig::new()
+                    .with_divergence(div)
+                    .with_missing(missing)
+                    .with_beta(0.3)
+                    .with_reduction(TokenReduction::None)
+                    .init()
+                else {
+                    continue;
+                };
+                let x = f64t(s.clone(), [n, v]).require_grad();
+                let out = top
+                    .forward(
+                        &top_k_input(x.clone(), ids3.clone(), lp3.clone(), n, 3).mask(mask.clone()),
+                    )
+                    .unwrap();
+                let rows = values(out.total.clone());
+                let g = values(x.grad(&out.total.sum().backward()).unwrap());
+                assert!(
+                    g.iter().all(|x| x.is_finite()),
+                    "{div:?} {missing:?}: {g:?}"
+                );
+                assert!(
+                    g[2 * v..].iter().all(|&x| x == 0.0),
+                    "{div:?} {missing:?}: masked row"
+                );
+                assert_eq!(rows[2], 0.0, "{div:?} {missing:?}: masked row");
+                let alone = top
+                    .forward(&top_k_input(
+                        f64t(s[..v].to_vec(), [1, v]),
+                        ids2.clone(),
+                        lp2.clone(),
+                        1,
+                        2,
+                    ))
+                    .unwrap()
+                    .value();
+                assert!(
+                    (rows[0] - alone).abs() < 1e-12,
+                    "{div:?} {missing:?}: {} vs {alone}",
+                    rows[0]
+                );
+            }
+        }
+    }
+
     /// With every token in the top k (k = V), the sparse teacher under `Zero` is the dense one:
     /// `TopK` equals the dense forward KL, JSD(½) and TVD.
     #[test]
@@ -1367,6 +1491,71 @@ mod fused_and_sparse {
                     close(&format!("{div:?} {missing:?}"), &g, &num, 1e-5, 1e-8).map_err(TestCaseError::fail)?;
                 }
             }
+        }
+
+        /// `TopK` on the student's own top k (TRL's self-distillation support), JSD(β) with a
+        /// tail bucket or renormalised: the value against a scalar transcription of the
+        /// definition, and both logits' gradients against central differences.
+        #[test]
+        fn top_k_on_the_student_support_matches_its_definition(
+            seed in 0u64..1000,
+            k in 1usize..5,
+            beta in prop::sample::select(vec![0.0, 0.3, 0.5, 1.0]),
+            tail in any::<bool>(),
+        ) {
+            let (n, v) = (3, 6);
+            let (s, t) = (det(n * v, seed, 2.0), det(n * v, seed + 3, 2.0));
+            let missing = if tail { MissingMass::SymmetricUniform } else { MissingMass::Renormalize };
+            let top = TopKConfig::new()
+                .with_support(TopKSupport::Student(k))
+                .with_divergence(TopKDivergence::Jsd)
+                .with_beta(beta)
+                .with_missing(missing)
+                .init()
+                .unwrap();
+            let value = |sv: &[f64], tv: &[f64]| -> f64 {
+                let log_softmax = |r: &[f64]| -> Vec<f64> {
+                    let m = r.iter().cloned().fold(f64::MIN, f64::max);
+                    let lse = m + r.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+                    r.iter().map(|z| z - lse).collect()
+                };
+                let mut total = 0.0;
+                for i in 0..n {
+                    let (ls, lt) = (log_softmax(&sv[i * v..(i + 1) * v]), log_softmax(&tv[i * v..(i + 1) * v]));
+                    let mut order: Vec<usize> = (0..v).collect();
+                    order.sort_by(|a, b| ls[*b].partial_cmp(&ls[*a]).unwrap());
+                    let pick = |l: &[f64]| -> Vec<f64> {
+                        let mut p: Vec<f64> = order[..k].iter().map(|&j| l[j].exp()).collect();
+                        let mass: f64 = p.iter().sum();
+                        match tail {
+                            true => p.push(1.0 - mass),
+                            false => p.iter_mut().for_each(|x| *x /= mass),
+                        }
+                        p
+                    };
+                    let (q, p) = (pick(&ls), pick(&lt));
+                    let kl = |a: &[f64], b: &[f64]| -> f64 {
+                        a.iter().zip(b).map(|(x, y)| if *x == 0.0 { 0.0 } else { x * (x / y).ln() }).sum()
+                    };
+                    total += match beta {
+                        0.0 => kl(&p, &q),
+                        1.0 => kl(&q, &p),
+                        b => {
+                            let m: Vec<f64> = q.iter().zip(&p).map(|(q, p)| (1.0 - b) * q + b * p).collect();
+                            b * kl(&p, &m) + (1.0 - b) * kl(&q, &m)
+                        }
+                    };
+                }
+                total / n as f64
+            };
+            let (xs, xt) = (f64t(s.clone(), [n, v]).require_grad(), f64t(t.clone(), [n, v]).require_grad());
+            let out = top.forward(&DistillInput::new(xs.clone(), xt.clone()).attach_teacher()).unwrap();
+            let got = out.value();
+            prop_assert!((got - value(&s, &t)).abs() < 1e-12, "{got} vs {}", value(&s, &t));
+            let grads = out.total.backward();
+            let (gs, gt) = (values(xs.grad(&grads).unwrap()), values(xt.grad(&grads).unwrap()));
+            close("student", &gs, &numeric_grad(&|x| value(&x, &t), &s, 1e-6), 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+            close("teacher", &gt, &numeric_grad(&|x| value(&s, &x), &t, 1e-6), 1e-5, 1e-8).map_err(TestCaseError::fail)?;
         }
 
         /// `HiddenState`'s gradients (student and teacher taps, projections) against central

@@ -261,6 +261,42 @@ impl Case {
         close(&format!("d/d{name} (exact)"), &got, &exact(), rel, abs)
     }
 
+    /// Compares the gradient of input `name`, log-probabilities `[…, V]` to the reference and
+    /// logits to the crate (the same loss, through one more log-softmax): the reference's `g`
+    /// becomes `g − softmax(x)·Σ_V g` row by row before the comparison.
+    pub fn expect_grad_through_log_softmax(
+        &self,
+        name: &str,
+        got: Option<Vec<f64>>,
+    ) -> Result<(), String> {
+        let Some(want) = self.grads.get(name) else {
+            return Ok(());
+        };
+        self.checked.borrow_mut().insert(name.to_string());
+        let got = got.ok_or_else(|| format!("no gradient for {name}"))?;
+        let (shape, x) = self.input(name)?;
+        let v = *shape.last().ok_or("a scalar input")?;
+        let want: Vec<f64> = want
+            .chunks(v)
+            .zip(x.chunks(v))
+            .flat_map(|(g, x)| {
+                let sum: f64 = g.iter().sum();
+                g.iter()
+                    .zip(x)
+                    .map(move |(g, x)| g - x.exp() * sum)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (rel, abs) = self.tolerance();
+        close(
+            &format!("d/d{name} (through log-softmax)"),
+            &got,
+            &want,
+            rel,
+            abs,
+        )
+    }
+
     /// The loss and the gradients of the tracked `leaves` (any rank, as taps) after one
     /// backward pass; the gradients are returned for the parameters' checks.
     pub fn check(&self, out: LossOutput, leaves: &[(&str, Feature)]) -> Result<Gradients, String> {

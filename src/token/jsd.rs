@@ -136,7 +136,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
             .collect()
     }),
     method: Some(crate::registry::method!(token Jsd = token::JsdConfig())),
-    golden: crate::registry::golden!["gkd_generalized_jsd" => golden::trl, "distillkit_jsd" => golden::distillkit, "liger_jsd_testref" => golden::liger_testref],
+    golden: crate::registry::golden!["gkd_generalized_jsd" => golden::trl, "distillkit_jsd" => golden::distillkit, "liger_jsd_testref" => golden::liger_testref, "trl_full_logit_sd" => golden::trl_full_logit],
 }];
 
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
@@ -182,6 +182,27 @@ pub(crate) mod golden {
                 t_squared: false,
                 divide: &divide,
             },
+        )
+    }
+
+    /// TRL's `compute_full_logit_self_distillation_loss`: JSD(α) per token of the raw logits,
+    /// the teacher attached.
+    pub(crate) fn trl_full_logit(case: &Case) -> Result<(), String> {
+        let (s, _, _) = token_leaf(case, "student_logits")?;
+        let (t, _, _) = token_leaf(case, "teacher_logits")?;
+        let loss = JsdConfig::new()
+            .with_beta(case.param("distillation_alpha")?)
+            .with_reduction(TokenReduction::None)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        let rows = loss.forward(&input).map_err(e)?.total;
+        case.check_elements(
+            rows,
+            &[
+                ("student_logits", Feature::Embedding(s)),
+                ("teacher_logits", Feature::Embedding(t)),
+            ],
         )
     }
 

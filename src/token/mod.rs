@@ -50,7 +50,9 @@ pub use sampled_token::{
 };
 pub use skew_kl::{SkewDirection, SkewKl, SkewKlConfig, SkewKlOptions, log_skew_mixture};
 pub use symmetric_kl::{SymmetricKl, SymmetricKlConfig, SymmetricKlOptions};
-pub use top_k::{MissingMass, SparseValues, TopK, TopKConfig, TopKDivergence, top_k_rows};
+pub use top_k::{
+    MissingMass, SparseValues, TopK, TopKConfig, TopKDivergence, TopKSupport, top_k_rows,
+};
 pub use tvd::{Tvd, TvdConfig, TvdOptions, tvd_elements};
 
 /// This family's module path, as its objectives' descriptors name it.

@@ -3,13 +3,14 @@
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
 use burn::config::Config;
-use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::{Bool, Int, Tensor};
 
 use super::forward_kl::forward_kl_elements;
+use super::jsd::jsd_elements;
 use super::skew_kl::log_skew_mixture;
 use super::tokens::{TokenReduction, uncounted};
-use crate::check::{check_fraction, check_positive, check_temperature};
+use crate::check::{check_count, check_fraction, check_positive, check_temperature};
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
@@ -23,7 +24,9 @@ pub enum TopKDivergence {
     /// `KL(p_s ‖ p_t)` (needs [`MissingMass::SymmetricUniform`]: with the teacher zero outside
     /// its top k it is infinite).
     ReverseKl,
-    /// The symmetric JSD, `½·KL(p_t ‖ m) + ½·KL(p_s ‖ m)`, `m = (p_t + p_s) / 2`.
+    /// The generalized JSD(β) of TRL and GKD, `β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)` with
+    /// `m = (1 − β)·p_s + β·p_t`, β = [`TopKConfig::beta`] (0.5: the symmetric JSD; 0 and 1:
+    /// forward and reverse KL, as TRL special-cases them).
     Jsd,
     /// The total variation `½ Σ |p_t − p_s|`.
     Tvd,
@@ -51,6 +54,17 @@ pub enum MissingMass {
     Renormalize,
 }
 
+/// Where [`TopK`]'s tokens come from.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum TopKSupport {
+    /// The sparse teacher's ids and values ([`DistillInput::sparse_teacher`]).
+    Teacher,
+    /// The student's own top `k` tokens: the teacher is given as full logits and gathered
+    /// there (TRL's `compute_topk_self_distillation_loss`, where the student proposes and the
+    /// teacher grades its proposals). The ids carry no gradient.
+    Student(usize),
+}
+
 /// What a sparse teacher's values are (DistillKit's `log_values`).
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum SparseValues {
@@ -64,6 +78,9 @@ pub enum SparseValues {
 /// Configuration of [`TopK`].
 #[derive(Config, Debug)]
 pub struct TopKConfig {
+    /// Where the `k` tokens come from.
+    #[config(default = "TopKSupport::Teacher")]
+    pub support: TopKSupport,
     /// The divergence.
     #[config(default = "TopKDivergence::ForwardKl")]
     pub divergence: TopKDivergence,
@@ -97,12 +114,38 @@ pub struct TopKConfig {
     /// (DistiLLM's 0.1).
     #[config(default = 0.1)]
     pub skew: f64,
+    /// β ∈ [0, 1] of [`TopKDivergence::Jsd`]: the teacher's share of the mixture.
+    #[config(default = 0.5)]
+    pub beta: f64,
 }
 
 impl TopKConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<TopK, DistillError> {
         check_fraction(TopK::NAME, "skew", self.skew, false)?;
+        check_fraction(TopK::NAME, "beta", self.beta, true)?;
+        if let TopKSupport::Student(k) = self.support {
+            check_count(TopK::NAME, "support (the student's k)", k, 1)?;
+            if self.missing == MissingMass::Zero {
+                return Err(DistillError::config(
+                    TopK::NAME,
+                    "missing",
+                    "Zero",
+                    "on the student's support the teacher is known everywhere: use SymmetricUniform or Renormalize",
+                ));
+            }
+        }
+        if self.divergence == TopKDivergence::Jsd
+            && self.missing == MissingMass::Zero
+            && self.beta == 1.0
+        {
+            return Err(DistillError::config(
+                TopK::NAME,
+                "beta",
+                self.beta,
+                "JSD(1) is the reverse KL, infinite from a teacher that is 0 outside its top k: use SymmetricUniform or β < 1",
+            ));
+        }
         if self.divergence == TopKDivergence::SkewReverseKl
             && self.missing == MissingMass::Zero
             && self.skew == 0.0
@@ -177,74 +220,83 @@ fn retemper(log_probs: Tensor<2>, alpha: f64, missing: MissingMass, eps: f64) ->
 
 /// Per-token divergence `[N]` between a sparse teacher (its re-tempered log-probabilities
 /// `teacher` `[N, k]`) and the student, whose full-vocabulary log-probabilities at the same ids
-/// are `student` `[N, k]`; `skew` is α of the skew divergences.
-pub fn top_k_rows(
-    student: Tensor<2>,
-    teacher: Tensor<2>,
-    divergence: TopKDivergence,
-    missing: MissingMass,
-    eps: f64,
-    skew: f64,
-) -> Tensor<1> {
-    let ln2 = std::f64::consts::LN_2;
+/// are `student` `[N, k]`, with `config`'s divergence, missing mass, `eps`, skew α and β.
+///
+/// A teacher entry at −∞ is outside the support (a server that returned fewer than k
+/// tokens): the student's entry there is dropped too, so it counts as the student's mass
+/// outside the top k; its terms are 0 and its gradients 0.
+pub fn top_k_rows(student: Tensor<2>, teacher: Tensor<2>, config: &TopKConfig) -> Tensor<1> {
+    let (missing, eps) = (config.missing, config.eps);
+    let outside = teacher.clone().equal_elem(f64::NEG_INFINITY);
+    let student = student.mask_fill(outside.clone(), f64::NEG_INFINITY);
     // the student's mass outside the teacher's top k, `1 − Σ_k q`
     let rest = |b: &Tensor<2>| -(b.clone().exp().sum_dim(1)) + 1.0;
     let rows = match missing {
         MissingMass::SymmetricUniform | MissingMass::Renormalize => {
-            let (a, b) = match missing {
+            let (a, b, outside) = match missing {
                 MissingMass::SymmetricUniform => {
                     let bucket = |x: &Tensor<2>| log_one_minus_exp(logsumexp(x.clone()), eps);
+                    let n = outside.dims()[0];
+                    let bucket_outside =
+                        Tensor::<2, Int>::zeros([n, 1], &outside.device()).equal_elem(1);
                     (
                         Tensor::cat(vec![teacher.clone(), bucket(&teacher)], 1),
                         Tensor::cat(vec![student.clone(), bucket(&student)], 1),
+                        // the bucket is always in the support
+                        Tensor::cat(vec![outside, bucket_outside], 1),
                     )
                 }
                 // the teacher comes renormalised; the student is here
-                _ => (teacher, student.clone() - logsumexp(student)),
+                _ => (teacher, student.clone() - logsumexp(student), outside),
             };
-            match divergence {
-                TopKDivergence::ForwardKl => forward_kl_elements(b, a).sum_dim(1),
-                TopKDivergence::ReverseKl => forward_kl_elements(a, b).sum_dim(1),
+            divergence_elements(a, b, &outside, config).sum_dim(1)
+        }
+        MissingMass::Zero => {
+            let sparse = divergence_elements(teacher, student.clone(), &outside, config).sum_dim(1);
+            match config.divergence {
+                TopKDivergence::ForwardKl | TopKDivergence::ReverseKl => sparse,
+                // outside the top k: p_t = 0, m = (1 − β)·q, so each q adds −(1 − β)·q·ln(1 − β)
+                TopKDivergence::Jsd if config.beta == 0.0 => sparse,
                 TopKDivergence::Jsd => {
-                    let m = log_add_exp(a.clone(), b.clone()) - ln2;
-                    (forward_kl_elements(m.clone(), a) + forward_kl_elements(m, b)).sum_dim(1) * 0.5
+                    let b = 1.0 - config.beta;
+                    sparse - rest(&student) * (b * b.ln())
                 }
-                TopKDivergence::Tvd => (a.exp() - b.exp()).abs().sum_dim(1) * 0.5,
-                TopKDivergence::SkewForwardKl => {
-                    forward_kl_elements(log_skew_mixture(a.clone(), b, skew), a).sum_dim(1)
-                }
-                TopKDivergence::SkewReverseKl => {
-                    forward_kl_elements(log_skew_mixture(b.clone(), a, skew), b).sum_dim(1)
-                }
+                TopKDivergence::Tvd => sparse + rest(&student) * 0.5,
+                // p_t = 0 outside the top k: there the mixture is p_t's share alone
+                TopKDivergence::SkewForwardKl => sparse,
+                // and there it is α·q, so each q adds q·ln(q / αq) = −q·ln α
+                TopKDivergence::SkewReverseKl => sparse - rest(&student) * config.skew.ln(),
             }
         }
-        MissingMass::Zero => match divergence {
-            TopKDivergence::ForwardKl | TopKDivergence::ReverseKl => {
-                forward_kl_elements(student, teacher).sum_dim(1)
-            }
-            // outside the top k: p_t = 0, m = q / 2, so each q there adds q·ln 2 to KL(q ‖ m)
-            TopKDivergence::Jsd => {
-                let m = log_add_exp(teacher.clone(), student.clone()) - ln2;
-                let sparse = forward_kl_elements(m.clone(), teacher)
-                    + forward_kl_elements(m, student.clone());
-                (sparse.sum_dim(1) + rest(&student) * ln2) * 0.5
-            }
-            TopKDivergence::Tvd => {
-                ((teacher.exp() - student.clone().exp()).abs().sum_dim(1) + rest(&student)) * 0.5
-            }
-            // p_t = 0 outside the top k: there the mixture is p_t's share alone
-            TopKDivergence::SkewForwardKl => {
-                let m = log_skew_mixture(teacher.clone(), student, skew);
-                forward_kl_elements(m, teacher).sum_dim(1)
-            }
-            // and there it is α·q, so each q adds q·ln(q / αq) = −q·ln α
-            TopKDivergence::SkewReverseKl => {
-                let m = log_skew_mixture(student.clone(), teacher, skew);
-                forward_kl_elements(m, student.clone()).sum_dim(1) - rest(&student) * skew.ln()
-            }
-        },
     };
     rows.squeeze_dim(1)
+}
+
+/// The divergence's terms `[N, k]` between the teacher's `a` and the student's `b`
+/// log-probabilities on a support, 0 (with zero gradients) where `outside`.
+fn divergence_elements(
+    a: Tensor<2>,
+    b: Tensor<2>,
+    outside: &Tensor<2, Bool>,
+    config: &TopKConfig,
+) -> Tensor<2> {
+    // finite stand-ins where outside, so no 0·∞ reaches a value or a gradient
+    let a = a.mask_fill(outside.clone(), 0.0);
+    let b = b.mask_fill(outside.clone(), 0.0);
+    let terms = match config.divergence {
+        // with the teacher 0 outside its top k the reverse KL needs the bucket (init checks)
+        TopKDivergence::ForwardKl => forward_kl_elements(b, a),
+        TopKDivergence::ReverseKl => forward_kl_elements(a, b),
+        TopKDivergence::Jsd => jsd_elements(b, a, config.beta),
+        TopKDivergence::Tvd => (a.exp() - b.exp()).abs() * 0.5,
+        TopKDivergence::SkewForwardKl => {
+            forward_kl_elements(log_skew_mixture(a.clone(), b, config.skew), a)
+        }
+        TopKDivergence::SkewReverseKl => {
+            forward_kl_elements(log_skew_mixture(b.clone(), a, config.skew), b)
+        }
+    };
+    terms.mask_fill(outside.clone(), 0.0)
 }
 
 /// Distillation from a sparse teacher (DistillKit's offline top-k signal, ~300 bytes a token
@@ -284,23 +336,44 @@ impl Loss for TopK {
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
         let input = input.of(Self::NAME);
-        let s = input.student_logits()?;
-        let [n, v] = s.dims();
-        let mask = input.mask(n)?;
-        input.targets_if_any(n, v)?;
-        let (ids, lp) = input.sparse_teacher(n, v)?;
-        let k = ids.dims()[1];
-        let s = uncounted(s, mask.as_ref(), 0.0);
-        let lp = uncounted(lp, mask.as_ref(), (1.0 / k as f64).ln());
         let temperature = Temperature::Fixed(c.temperature);
-        let student = log_softmax(temperature.scale(s), 1).gather(1, ids);
-        let teacher = retemper(
-            lp,
-            c.generation_temperature / c.temperature,
-            c.missing,
-            c.eps,
-        );
-        let rows = top_k_rows(student, teacher, c.divergence, c.missing, c.eps, c.skew);
+        let (student, teacher, mask, v) = match c.support {
+            TopKSupport::Teacher => {
+                let s = input.student_logits()?;
+                let [n, v] = s.dims();
+                let mask = input.mask(n)?;
+                input.targets_if_any(n, v)?;
+                let (ids, lp) = input.sparse_teacher(n, v)?;
+                let k = ids.dims()[1];
+                let s = uncounted(s, mask.as_ref(), 0.0);
+                let lp = uncounted(lp, mask.as_ref(), (1.0 / k as f64).ln());
+                let student = log_softmax(temperature.scale(s), 1).gather(1, ids);
+                let alpha = c.generation_temperature / c.temperature;
+                (student, retemper(lp, alpha, c.missing, c.eps), mask, v)
+            }
+            TopKSupport::Student(k) => {
+                let (s, t) = input.logits()?;
+                let [n, v] = s.dims();
+                if k > v {
+                    return Err(DistillError::TooFewClasses {
+                        objective: Self::NAME.into(),
+                        min: k,
+                        got: v,
+                    });
+                }
+                let mask = input.mask(n)?;
+                input.targets_if_any(n, v)?;
+                let log_q = |z: Tensor<2>| {
+                    log_softmax(temperature.scale(uncounted(z, mask.as_ref(), 0.0)), 1)
+                };
+                let student = log_q(s);
+                let ids = student.clone().detach().topk_with_indices(k, 1).1;
+                let teacher = log_q(t).gather(1, ids.clone());
+                let student = student.gather(1, ids);
+                (student, retemper(teacher, 1.0, c.missing, c.eps), mask, v)
+            }
+        };
+        let rows = top_k_rows(student, teacher, c);
         let total = c.reduction.apply(rows, mask, v);
         Ok(LossOutput::single(
             Self::NAME,
@@ -328,7 +401,12 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     learnable: None,
     twins: None,
     method: Some(crate::registry::method!(loss TopK = token::TopKConfig())),
-    golden: crate::registry::golden!["modelopt_mcore_topk_kl" => golden::modelopt_megatron],
+    golden: crate::registry::golden![
+        "modelopt_mcore_topk_kl" => golden::modelopt_megatron,
+        "trl_topk_sd" => golden::trl_student_support,
+        "trl_server_forward_kl_topk" => golden::trl_server_topk,
+        "trl_server_sparse_top1" => golden::trl_server_top1,
+    ],
 }];
 
 #[cfg(test)]
@@ -460,6 +538,139 @@ pub(crate) mod golden {
         let zeros = || vec![0.0; sv.len()];
         let exact: Option<&dyn Fn() -> Vec<f64>> = if empty { Some(&zeros) } else { None };
         case.expect_grad("student_logits", s.grad(&grads).map(values), exact)
+    }
+
+    /// TRL's missing mass: a tail bucket whose log-mass is capped at −1e-7 (`eps` is the mass
+    /// `1 − e^{−1e-7}` that cap leaves), or renormalisation.
+    fn trl_missing(case: &Case, key: &str) -> Result<(MissingMass, f64), String> {
+        let tail = case.param(key)? != 0.0;
+        let eps = -(-1e-7f64).exp_m1();
+        Ok(match tail {
+            true => (MissingMass::SymmetricUniform, eps),
+            false => (MissingMass::Renormalize, eps),
+        })
+    }
+
+    /// The ids input `name` `[…, k]` as `[N, k]`.
+    fn sparse_ids(case: &Case, name: &str) -> Result<Tensor<2, Int>, String> {
+        let (shape, ids) = case.input(name)?;
+        let k = *shape.last().ok_or("no k")?;
+        Ok(ints(ids.iter().map(|&i| i as i64).collect()).reshape([ids.len() / k, k]))
+    }
+
+    /// TRL's `compute_topk_self_distillation_loss`: the student's top k, JSD(α) over them with a
+    /// tail bucket or renormalised, per token, both logits' gradients.
+    pub(crate) fn trl_student_support(case: &Case) -> Result<(), String> {
+        let (s, _, _) = token_leaf(case, "student_logits")?;
+        let (t, _, _) = token_leaf(case, "teacher_logits")?;
+        let (missing, eps) = trl_missing(case, "distillation_add_tail")?;
+        let loss = TopKConfig::new()
+            .with_support(TopKSupport::Student(
+                case.param("distillation_topk")? as usize
+            ))
+            .with_divergence(TopKDivergence::Jsd)
+            .with_beta(case.param("distillation_alpha")?)
+            .with_missing(missing)
+            .with_eps(eps)
+            .with_reduction(TokenReduction::None)
+            .init()
+            .map_err(e)?;
+        let input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        let rows = loss.forward(&input).map_err(e)?.total;
+        case.check_elements(
+            rows,
+            &[
+                ("student_logits", crate::input::Feature::Embedding(s)),
+                ("teacher_logits", crate::input::Feature::Embedding(t)),
+            ],
+        )
+    }
+
+    /// A TRL server loss: `TopK` with the student's given log-probabilities as its logits, the
+    /// mask from the labels, the mean over the valid tokens or `num_items_in_batch`.
+    fn trl_server(
+        case: &Case,
+        config: TopKConfig,
+        ids: Tensor<2, Int>,
+        log_probs: Tensor<2>,
+        teacher: &[(&str, Tensor<2>)],
+    ) -> Result<(), String> {
+        let (s, _, _) = token_leaf(case, "student_log_probs")?;
+        let reduction = match case.opt("num_items_in_batch") {
+            Some(n) => TokenReduction::DivideBy(n),
+            None => TokenReduction::TokenMean,
+        };
+        let loss = config.with_reduction(reduction).init().map_err(e)?;
+        let mut input = DistillInput::student(s.clone())
+            .sparse_teacher(ids, log_probs)
+            .attach_teacher();
+        if let Some(m) = token_mask(case)? {
+            input = input.mask(bools(&m));
+        }
+        let out = loss.forward(&input).map_err(e)?;
+        case.expect_loss(out.value(), None)?;
+        let grads = out.total.backward();
+        case.expect_grad_through_log_softmax("student_log_probs", s.grad(&grads).map(values))?;
+        for (name, leaf) in teacher {
+            case.expect_grad(name, leaf.grad(&grads).map(values), None)?;
+        }
+        Ok(())
+    }
+
+    /// TRL's server forward KL on the teacher's top k (−∞ where it returned fewer).
+    pub(crate) fn trl_server_topk(case: &Case) -> Result<(), String> {
+        let (missing, eps) = trl_missing(case, "loss_add_tail")?;
+        let ids = sparse_ids(case, "teacher_topk_token_ids")?;
+        let (lp, _, _) = token_leaf(case, "teacher_topk_logprobs")?;
+        let config = TopKConfig::new().with_missing(missing).with_eps(eps);
+        trl_server(
+            case,
+            config,
+            ids,
+            lp.clone(),
+            &[("teacher_topk_logprobs", lp)],
+        )
+    }
+
+    /// TRL's server sparse top-1 JSD(β): the support is the teacher's top-1 token and the
+    /// sampled (reverse) token, the second dropped where they coincide; β = 1 keeps the reverse
+    /// token alone.
+    pub(crate) fn trl_server_top1(case: &Case) -> Result<(), String> {
+        let beta = case.param("beta")?;
+        let (missing, eps) = trl_missing(case, "loss_add_tail")?;
+        let (top_leaf, rev_leaf) = (
+            case.leaf::<2>("teacher_top1_logprobs")?,
+            case.leaf::<2>("reverse_teacher_logprobs")?,
+        );
+        let column = |leaf: &Tensor<2>| {
+            let [b, t] = leaf.dims();
+            leaf.clone().reshape([b * t, 1])
+        };
+        let top = sparse_ids(case, "teacher_top1_token_ids")?;
+        let top = top.clone().reshape([top.dims()[0] * top.dims()[1], 1]);
+        let rev = sparse_ids(case, "reverse_token_ids")?;
+        let rev = rev.clone().reshape([rev.dims()[0] * rev.dims()[1], 1]);
+        let (lp_top, lp_rev) = (column(&top_leaf), column(&rev_leaf));
+        let (ids, lp) = match beta == 1.0 {
+            true => (rev, lp_rev),
+            false => {
+                let same = top.clone().equal(rev.clone());
+                (
+                    Tensor::cat(vec![top, rev], 1),
+                    Tensor::cat(vec![lp_top, lp_rev.mask_fill(same, f64::NEG_INFINITY)], 1),
+                )
+            }
+        };
+        let config = TopKConfig::new()
+            .with_divergence(TopKDivergence::Jsd)
+            .with_beta(beta)
+            .with_missing(missing)
+            .with_eps(eps);
+        let leaves = [
+            ("teacher_top1_logprobs", top_leaf),
+            ("reverse_teacher_logprobs", rev_leaf),
+        ];
+        trl_server(case, config, ids, lp, &leaves)
     }
 
     /// The Megatron plugin's `TopKLogitsKLLoss`: the teacher's top k of `t/T`, both sides
