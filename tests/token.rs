@@ -1603,3 +1603,238 @@ mod fused_and_sparse {
         }
     }
 }
+
+/// TAID and the adaptive KL: values against plain transcriptions of their definitions, and
+/// gradients against finite differences (with what each holds constant held constant).
+mod adaptive {
+    use super::*;
+    use burn_distill::token::{AdaptiveKlConfig, AklVariant, TaidConfig, TaidState};
+
+    fn log_softmax(r: &[f64]) -> Vec<f64> {
+        let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + r.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+        r.iter().map(|z| z - lse).collect()
+    }
+
+    /// `Σ p (log p − log q)` over the entries where `p > 0`.
+    fn kl(lp: &[f64], lq: &[f64]) -> f64 {
+        lp.iter()
+            .zip(lq)
+            .filter(|(p, _)| p.is_finite())
+            .map(|(p, q)| p.exp() * (p - q))
+            .sum()
+    }
+
+    /// TAID's mean over rows of `KL(p' ‖ p_s)`, the target built from `target_s` (the student
+    /// logits the target sees, held apart so a finite difference can hold them fixed).
+    fn taid(s: &[f64], target_s: &[f64], t: &[f64], v: usize, at: f64) -> f64 {
+        let n = s.len() / v;
+        (0..n)
+            .map(|i| {
+                let r = i * v..(i + 1) * v;
+                let mix: Vec<f64> = target_s[r.clone()]
+                    .iter()
+                    .zip(&t[r.clone()])
+                    .map(|(a, b)| (1.0 - at) * a + at * b)
+                    .collect();
+                kl(&log_softmax(&mix), &log_softmax(&s[r]))
+            })
+            .sum::<f64>()
+            / n as f64
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// TAID at t ∈ [0, 1]: the value is the KL to the interpolated target; the student's
+        /// gradient is the value's with the target held constant (it sees `sg(z_s)`), the
+        /// teacher's (attached) the value's.
+        #[test]
+        fn taid_matches_its_definition(seed in 0u64..1000, at in 0.0f64..=1.0) {
+            let (n, v) = (3, 5);
+            let (s, t) = (noise(seed, n * v, 2.0), noise(seed + 1, n * v, 2.0));
+            let loss = TaidConfig::new().with_t_start(at).init().unwrap();
+            let (xs, xt) = (f64t(s.clone(), [n, v]).require_grad(), f64t(t.clone(), [n, v]).require_grad());
+            let out = loss.forward(&DistillInput::new(xs.clone(), xt.clone()).attach_teacher()).unwrap();
+            let want = taid(&s, &s, &t, v, at);
+            prop_assert!((out.value() - want).abs() < 1e-12, "{} vs {want}", out.value());
+            let grads = out.total.backward();
+            let gs = values(xs.grad(&grads).unwrap());
+            let gt = values(xt.grad(&grads).unwrap());
+            close("student", &gs, &numeric_grad(&|x| taid(&x, &s, &t, v, at), &s, 1e-6), 1e-6, 1e-8).map_err(TestCaseError::fail)?;
+            close("teacher", &gt, &numeric_grad(&|x| taid(&s, &s, &x, v, at), &t, 1e-6), 1e-6, 1e-8).map_err(TestCaseError::fail)?;
+        }
+
+        /// The authors' AKL: the value against a transcription of their code (teacher sorted
+        /// in decreasing order, head = cumulative mass ≤ μ plus the first token, gaps with the
+        /// student detached); the student's gradient is the KLs' with the weights held fixed,
+        /// the teacher's the value's.
+        #[test]
+        fn official_akl_matches_the_authors_formula(seed in 0u64..1000, mu in 0.2f64..0.8) {
+            let (n, v) = (3, 6);
+            let (s, t) = (noise(seed, n * v, 2.0), noise(seed + 5, n * v, 2.0));
+            // weights from (ws, t), KLs from (s, t)
+            let akl = |s: &[f64], ws: &[f64], t: &[f64]| -> f64 {
+                (0..n).map(|i| {
+                    let r = i * v..(i + 1) * v;
+                    let (ls, lw, lt) = (log_softmax(&s[r.clone()]), log_softmax(&ws[r.clone()]), log_softmax(&t[r]));
+                    let mut order: Vec<usize> = (0..v).collect();
+                    order.sort_by(|a, b| lt[*b].total_cmp(&lt[*a]));
+                    let (mut cum, mut head, mut tail) = (0.0, 0.0, 0.0);
+                    for (k, &j) in order.iter().enumerate() {
+                        cum += lt[j].exp();
+                        let gap = (lt[j].exp() - lw[j].exp()).abs();
+                        if k == 0 || cum <= mu { head += gap } else { tail += gap }
+                    }
+                    (head * kl(&lt, &ls) + tail * kl(&ls, &lt)) / (head + tail)
+                }).sum::<f64>() / n as f64
+            };
+            let loss = AdaptiveKlConfig::new().with_mu(mu).init().unwrap();
+            let (xs, xt) = (f64t(s.clone(), [n, v]).require_grad(), f64t(t.clone(), [n, v]).require_grad());
+            let out = loss.forward(&DistillInput::new(xs.clone(), xt.clone()).attach_teacher()).unwrap();
+            let want = akl(&s, &s, &t);
+            prop_assert!((out.value() - want).abs() < 1e-12, "{} vs {want}", out.value());
+            let grads = out.total.backward();
+            let gs = values(xs.grad(&grads).unwrap());
+            let gt = values(xt.grad(&grads).unwrap());
+            close("student", &gs, &numeric_grad(&|x| akl(&x, &s, &t), &s, 1e-6), 1e-6, 1e-8).map_err(TestCaseError::fail)?;
+            close("teacher", &gt, &numeric_grad(&|x| akl(&s, &s, &x), &t, 1e-6), 1e-6, 1e-8).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    /// A student entry at −∞ is masked vocabulary (finite values and gradients, equal to the
+    /// same row without that entry); identical distributions give 0; an empty mask 0.
+    #[test]
+    fn masked_vocabulary_identity_and_empty_masks() {
+        let (n, v) = (2, 5);
+        let s = noise(3, n * v, 2.0);
+        let t = noise(4, n * v, 2.0);
+        let mut masked = s.clone();
+        masked[2] = f64::NEG_INFINITY;
+        let mut t_masked = t.clone();
+        t_masked[2] = f64::NEG_INFINITY;
+        let losses: Vec<(&str, Box<dyn Loss>)> = vec![
+            (
+                "taid",
+                TaidConfig::new().with_t_start(0.6).init().unwrap().boxed(),
+            ),
+            (
+                "taid ce",
+                TaidConfig::new()
+                    .with_cross_entropy(true)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ),
+            ("akl", AdaptiveKlConfig::new().init().unwrap().boxed()),
+            (
+                "akl taid",
+                AdaptiveKlConfig::new()
+                    .with_variant(AklVariant::Taid)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ),
+        ];
+        for (name, loss) in &losses {
+            let x = f64t(masked.clone(), [n, v]).require_grad();
+            let y = f64t(t.clone(), [n, v]).require_grad();
+            let out = loss
+                .forward(
+                    &DistillInput::new(x.clone(), y.clone())
+                        .attach_teacher()
+                        .mask(mask_tensor(&[true, false])),
+                )
+                .unwrap();
+            assert!(out.value().is_finite(), "{name}");
+            let grads = out.total.backward();
+            for g in [
+                values(x.grad(&grads).unwrap()),
+                values(y.grad(&grads).unwrap()),
+            ] {
+                assert!(g.iter().all(|g| g.is_finite()), "{name}: {g:?}");
+            }
+            // TAID: the target is −∞ there too, so the entry is gone from both sides: the same
+            // as both rows without it (its student weight on the teacher's side cancels)
+            if name.starts_with("taid") {
+                let alone = loss
+                    .forward(&DistillInput::new(
+                        f64t(masked[..v].to_vec(), [1, v]),
+                        f64t(t_masked[..v].to_vec(), [1, v]),
+                    ))
+                    .unwrap()
+                    .value();
+                assert!(
+                    (out.value() - alone).abs() < 1e-12,
+                    "{name}: {} vs {alone}",
+                    out.value()
+                );
+            }
+            let same = loss
+                .forward(&DistillInput::new(
+                    f64t(s.clone(), [n, v]),
+                    f64t(s.clone(), [n, v]),
+                ))
+                .unwrap()
+                .value();
+            if *name == "taid" || *name == "akl" {
+                assert!(same.abs() < 1e-12, "{name}: {same}");
+            }
+            let empty = loss
+                .forward(
+                    &DistillInput::new(f64t(s.clone(), [n, v]), f64t(t.clone(), [n, v]))
+                        .mask(mask_tensor(&[false, false])),
+                )
+                .unwrap()
+                .value();
+            assert_eq!(empty, 0.0, "{name}");
+        }
+    }
+
+    /// `t` moves once per step whatever the number of passes (gradient accumulation), not at
+    /// all without progress, and its state saves and restores bit-identically.
+    #[test]
+    fn taid_state_is_per_step_and_restores_bit_identically() {
+        let (n, v) = (2, 5);
+        let run = |taid: &burn_distill::token::Taid, step: usize, seed: u64| {
+            let s = f64t(noise(seed, n * v, 2.0), [n, v]);
+            let t = f64t(noise(seed + 100, n * v, 2.0), [n, v]);
+            let input = DistillInput::new(s, t).progress(Progress::epoch(0, 1).at_step(step, 10));
+            taid.forward(&input).unwrap().value()
+        };
+        let config = TaidConfig::new().with_alpha(0.3).with_beta(0.5);
+        let (a, b) = (config.init().unwrap(), config.init().unwrap());
+        // `a` sees each step once, `b` twice (two micro-batches of the same loss)
+        for step in 0..4 {
+            let la = run(&a, step, step as u64);
+            let lb = run(&b, step, step as u64);
+            assert_eq!(la, lb);
+            assert_eq!(run(&b, step, step as u64), lb);
+            assert_eq!(a.t().to_bits(), b.t().to_bits(), "step {step}");
+        }
+        assert!(a.t() > 0.4, "t moved: {}", a.t());
+        // evaluation without progress leaves the state alone
+        let before = a.state();
+        let s = f64t(noise(9, n * v, 2.0), [n, v]);
+        a.forward(&DistillInput::new(s.clone(), s)).unwrap();
+        assert_eq!(a.state(), before);
+        // save, load into a fresh objective, and go on in step
+        let dir = std::env::temp_dir().join(format!("taid-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("taid.json");
+        use burn::config::Config;
+        a.state().save(&file).unwrap();
+        let c = config.init().unwrap();
+        c.restore(TaidState::load(&file).unwrap()).unwrap();
+        assert_eq!(c.state(), a.state());
+        for step in 4..7 {
+            assert_eq!(
+                run(&a, step, step as u64).to_bits(),
+                run(&c, step, step as u64).to_bits()
+            );
+            assert_eq!(a.t().to_bits(), c.t().to_bits());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(c.restore(TaidState::new(2.0)).is_err());
+    }
+}

@@ -36,9 +36,27 @@ fn rows(z: &[f64], c: usize, t: f64) -> Vec<Vec<f64>> {
         .collect()
 }
 
-fn log_softmax(u: &[f64]) -> Vec<f64> {
+/// The log-softmax of one row (entries at −∞ stay −∞).
+pub fn log_softmax(u: &[f64]) -> Vec<f64> {
     let l = lse(u, |_| true);
     u.iter().map(|v| v - l).collect()
+}
+
+/// The mean of `row(s_i, t_i)` over the rows `[v]` that `mask` counts; 0 when none.
+pub fn masked_mean(
+    s: &[f64],
+    t: &[f64],
+    v: usize,
+    mask: &[bool],
+    row: impl Fn(&[f64], &[f64]) -> f64,
+) -> f64 {
+    let rows = s
+        .chunks(v)
+        .zip(t.chunks(v))
+        .zip(mask)
+        .filter(|(_, keep)| **keep);
+    let (total, count) = rows.fold((0.0, 0), |(sum, k), ((s, t), _)| (sum + row(s, t), k + 1));
+    total / count.max(1) as f64
 }
 
 /// mdistiller's KD, `T² · batchmean KL(p_t ‖ p_s)` at temperature `t`, and its gradients.

@@ -21,6 +21,7 @@ pub use softened::{PerToken, Softened, SoftenedConfig};
 pub use tokens::{TokenDivergence, TokenReduction, flatten, shift_labels, shift_logits};
 pub(crate) use tokens::{box_divergence, unbox_divergence};
 
+mod adaptive_kl;
 mod cosine;
 mod forward_kl;
 mod hidden_state;
@@ -31,9 +32,11 @@ mod reverse_kl;
 mod sampled_token;
 mod skew_kl;
 mod symmetric_kl;
+mod taid;
 mod top_k;
 mod tvd;
 
+pub use adaptive_kl::{AdaptiveKl, AdaptiveKlConfig, AklVariant, adaptive_kl_rows};
 pub use cosine::{LogitCosine, LogitCosineConfig, cosine_distance_rows};
 pub use forward_kl::{
     ForwardKl, ForwardKlConfig, ForwardKlOptions, forward_kl_elements,
@@ -50,6 +53,7 @@ pub use sampled_token::{
 };
 pub use skew_kl::{SkewDirection, SkewKl, SkewKlConfig, SkewKlOptions, log_skew_mixture};
 pub use symmetric_kl::{SymmetricKl, SymmetricKlConfig, SymmetricKlOptions};
+pub use taid::{Taid, TaidConfig, TaidState, TaidStep, taid_rows};
 pub use top_k::{
     MissingMass, SparseValues, TopK, TopKConfig, TopKDivergence, TopKSupport, top_k_rows,
 };
@@ -69,6 +73,8 @@ pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
     top_k::DESCRIPTORS,
     ranking::DESCRIPTORS,
     sampled_token::DESCRIPTORS,
+    taid::DESCRIPTORS,
+    adaptive_kl::DESCRIPTORS,
     lm_head::DESCRIPTORS,
     hidden_state::DESCRIPTORS,
     cosine::DESCRIPTORS,

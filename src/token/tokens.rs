@@ -98,6 +98,20 @@ pub(crate) fn uncounted(x: Tensor<2>, mask: Option<&Tensor<1, Bool>>, fill: f64)
     }
 }
 
+/// `terms(a, b)` element by element, 0 with zero gradients where `outside` (an entry outside
+/// the support: a vocabulary entry at −∞, a sparse teacher's padding): `a` and `b` get a finite
+/// stand-in there first, so no `0·∞` reaches a value or a gradient.
+pub(crate) fn outside_zero(
+    a: Tensor<2>,
+    b: Tensor<2>,
+    outside: &Tensor<2, Bool>,
+    terms: impl FnOnce(Tensor<2>, Tensor<2>) -> Tensor<2>,
+) -> Tensor<2> {
+    let a = a.mask_fill(outside.clone(), 0.0);
+    let b = b.mask_fill(outside.clone(), 0.0);
+    terms(a, b).mask_fill(outside.clone(), 0.0)
+}
+
 /// `divergence` as a spec's wrapper of token divergences receives it ([`Token`]).
 pub(crate) fn box_divergence<L: TokenDivergence + 'static>(divergence: L) -> Token {
     Box::new(Box::new(divergence) as Box<dyn TokenDivergence>)

@@ -9,7 +9,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use super::forward_kl::forward_kl_elements;
 use super::jsd::jsd_elements;
 use super::skew_kl::log_skew_mixture;
-use super::tokens::{TokenReduction, uncounted};
+use super::tokens::{TokenReduction, outside_zero, uncounted};
 use crate::check::{check_count, check_fraction, check_positive, check_temperature};
 use crate::error::DistillError;
 use crate::input::DistillInput;
@@ -280,10 +280,7 @@ fn divergence_elements(
     outside: &Tensor<2, Bool>,
     config: &TopKConfig,
 ) -> Tensor<2> {
-    // finite stand-ins where outside, so no 0·∞ reaches a value or a gradient
-    let a = a.mask_fill(outside.clone(), 0.0);
-    let b = b.mask_fill(outside.clone(), 0.0);
-    let terms = match config.divergence {
+    outside_zero(a, b, outside, |a, b| match config.divergence {
         // with the teacher 0 outside its top k the reverse KL needs the bucket (init checks)
         TopKDivergence::ForwardKl => forward_kl_elements(b, a),
         TopKDivergence::ReverseKl => forward_kl_elements(a, b),
@@ -295,8 +292,7 @@ fn divergence_elements(
         TopKDivergence::SkewReverseKl => {
             forward_kl_elements(log_skew_mixture(b.clone(), a, config.skew), b)
         }
-    };
-    terms.mask_fill(outside.clone(), 0.0)
+    })
 }
 
 /// Distillation from a sparse teacher (DistillKit's offline top-k signal, ~300 bytes a token
