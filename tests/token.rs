@@ -1838,3 +1838,160 @@ mod adaptive {
         assert!(c.restore(TaidState::new(2.0)).is_err());
     }
 }
+
+/// MiniLLM: the reward-to-go advantages against a loop over the definition (every discount and
+/// normalisation), and the objective's gradient against the policy gradient plus the
+/// single-step reverse KL's finite differences.
+mod minillm {
+    use super::*;
+    use burn::tensor::Int;
+    use burn_distill::token::{
+        Discount, LengthNormalization, MiniLlmConfig, RewardToGoConfig, SequenceLength,
+        reward_to_go,
+    };
+
+    fn advantages(
+        r: &[f64],
+        m: &[bool],
+        t: usize,
+        gamma: f64,
+        d: Discount,
+        l: LengthNormalization,
+    ) -> Vec<f64> {
+        let mut out = Vec::new();
+        for (rs, ms) in r.chunks(t).zip(m.chunks(t)) {
+            for start in 0..t {
+                let w = |i: usize| match d {
+                    Discount::Relative => gamma.powi((i - start) as i32),
+                    Discount::Absolute => gamma.powi(i as i32),
+                };
+                let reward = |i: usize| if ms[i] { rs[i] } else { 0.0 };
+                let sum: f64 = (start..t).map(|i| w(i) * reward(i)).sum();
+                let len = match l {
+                    LengthNormalization::None => 1.0,
+                    LengthNormalization::Count => {
+                        ((start..t).filter(|&i| ms[i]).count() as f64).max(1.0)
+                    }
+                    LengthNormalization::Discounted { masked } => (start..t)
+                        .map(|i| w(i) * if ms[i] { 1.0 } else { masked })
+                        .sum(),
+                };
+                out.push(if gamma == 0.0 {
+                    reward(start)
+                } else {
+                    sum / len
+                });
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn reward_to_go_matches_its_definition(
+            seed in 0u64..1000,
+            gamma in prop::sample::select(vec![0.0, 0.5, 0.9, 1.0]),
+            absolute in any::<bool>(),
+            norm in 0usize..3,
+        ) {
+            let (b, t) = (3, 5);
+            let s = noise(seed, b * t, 1.0);
+            let te = noise(seed + 1, b * t, 1.0);
+            let m: Vec<bool> = (0..b * t).map(|i| !(i * 7 + seed as usize).is_multiple_of(4)).collect();
+            let d = if absolute { Discount::Absolute } else { Discount::Relative };
+            let l = [LengthNormalization::None, LengthNormalization::Count, LengthNormalization::Discounted { masked: 1e-4 }][norm];
+            let config = RewardToGoConfig::new().with_gamma(gamma).with_discount(d).with_normalization(l);
+            let mask = mask_tensor(&m).reshape([b, t]);
+            let got = values(reward_to_go(f64t(s.clone(), [b, t]), f64t(te.clone(), [b, t]), Some(mask), &config));
+            let r: Vec<f64> = te.iter().zip(&s).map(|(a, b)| a - b).collect();
+            close("advantages", &got, &advantages(&r, &m, t, gamma, d, l), 1e-12, 1e-12).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    /// The student's gradient is `−Σ A_t ∇log q(y_t)` (advantages constant) plus the
+    /// single-step reverse KL's, over the counted tokens.
+    #[test]
+    fn gradient_is_the_policy_gradient_plus_the_single_step_kl() {
+        let (b, t, v) = (2, 4, 5);
+        let n = b * t;
+        let s = noise(3, n * v, 1.5);
+        let te = noise(4, n * v, 1.5);
+        let y: Vec<i64> = (0..n as i64).map(|i| (i * 3) % v as i64).collect();
+        let keep = [true, true, true, false, true, true, false, false];
+        let labels: Vec<i64> = y
+            .iter()
+            .zip(keep)
+            .map(|(&y, k)| if k { y } else { -100 })
+            .collect();
+        let loss = MiniLlmConfig::new().init().unwrap();
+        let input = |x: Tensor<2>| {
+            let labels = Tensor::<1, Int>::from_data(
+                burn::tensor::TensorData::new(labels.clone(), [n]),
+                &device(),
+            );
+            DistillInput::new(x, f64t(te.clone(), [n, v]))
+                .labels(labels, -100)
+                .with(SequenceLength(t))
+        };
+        let x = f64t(s.clone(), [n, v]).require_grad();
+        let out = loss.forward(&input(x.clone())).unwrap();
+        let g = values(x.grad(&out.total.backward()).unwrap());
+        // advantages at the current student, held fixed
+        let log_softmax = |r: &[f64]| -> Vec<f64> {
+            let m = r.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + r.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+            r.iter().map(|z| z - lse).collect()
+        };
+        let picked = |z: &[f64]| -> Vec<f64> {
+            (0..n)
+                .map(|i| log_softmax(&z[i * v..(i + 1) * v])[y[i] as usize])
+                .collect()
+        };
+        let r: Vec<f64> = picked(&te)
+            .iter()
+            .zip(picked(&s))
+            .map(|(a, b)| a - b)
+            .collect();
+        let a = advantages(
+            &r,
+            &keep,
+            t,
+            1.0,
+            Discount::Relative,
+            LengthNormalization::Count,
+        );
+        let counted = keep.iter().filter(|&&k| k).count() as f64;
+        let surrogate = |z: Vec<f64>| -> f64 {
+            let lq = picked(&z);
+            (0..n)
+                .filter(|&i| keep[i])
+                .map(|i| {
+                    let (ls, lt) = (
+                        log_softmax(&z[i * v..(i + 1) * v]),
+                        log_softmax(&te[i * v..(i + 1) * v]),
+                    );
+                    let kl: f64 = ls.iter().zip(&lt).map(|(p, q)| p.exp() * (p - q)).sum();
+                    -a[i] * lq[i] + kl
+                })
+                .sum::<f64>()
+                / counted
+        };
+        close(
+            "d/dz_s",
+            &g,
+            &numeric_grad(&surrogate, &s, 1e-6),
+            1e-6,
+            1e-9,
+        )
+        .unwrap();
+        assert!(out.term("minillm/policy").is_some() && out.term("minillm/single_step").is_some());
+        // a row count that is not whole sequences is a typed error
+        let bad = loss.forward(&input(f64t(s.clone(), [n, v])).with(SequenceLength(3)));
+        assert!(
+            matches!(bad, Err(DistillError::ShapeMismatch { .. })),
+            "{bad:?}"
+        );
+    }
+}

@@ -27,6 +27,7 @@ mod forward_kl;
 mod hidden_state;
 mod jsd;
 mod lm_head;
+mod minillm;
 mod ranking;
 mod reverse_kl;
 mod sampled_token;
@@ -45,6 +46,10 @@ pub use forward_kl::{
 pub use hidden_state::{HiddenLoss, HiddenState, HiddenStateConfig, mse_rows};
 pub use jsd::{Jsd, JsdConfig, JsdOptions, jsd_elements};
 pub use lm_head::{FusedLinear, FusedLinearConfig, LmHead, LmHeads, TeacherHead};
+pub use minillm::{
+    Discount, LengthNormalization, MiniLlm, MiniLlmConfig, RewardToGoConfig, SequenceLength,
+    reward_to_go,
+};
 pub use ranking::{Ranking, SparseRanking, SparseRankingConfig, ranking_pairs};
 pub use reverse_kl::{ReverseKl, ReverseKlConfig, ReverseKlOptions, reverse_kl_elements};
 pub use sampled_token::{
@@ -73,6 +78,7 @@ pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
     top_k::DESCRIPTORS,
     ranking::DESCRIPTORS,
     sampled_token::DESCRIPTORS,
+    minillm::DESCRIPTORS,
     taid::DESCRIPTORS,
     adaptive_kl::DESCRIPTORS,
     lm_head::DESCRIPTORS,

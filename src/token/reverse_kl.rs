@@ -54,12 +54,17 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     learnable: None,
     twins: None,
     method: Some(crate::registry::method!(token ReverseKl = token::ReverseKlConfig())),
-    golden: crate::registry::golden!["torchtune_reverse_kl" => golden::torchtune, "torchtune_reverse_kl_chunked" => golden::torchtune],
+    golden: crate::registry::golden![
+        "torchtune_reverse_kl" => golden::torchtune,
+        "torchtune_reverse_kl_chunked" => golden::torchtune,
+        "trl_minillm_ssd" => golden::minillm_single_step,
+    ],
 }];
 
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
 #[cfg(feature = "golden")]
 pub(crate) mod golden {
+    use super::super::tokens::TokenReduction;
     use super::super::tokens::golden::*;
     use super::*;
     use crate::golden::exact::PerToken;
@@ -69,5 +74,43 @@ pub(crate) mod golden {
     pub(crate) fn torchtune(case: &Case) -> Result<(), String> {
         let build = |r| Ok(ReverseKlConfig::new().with_reduction(r).init()?.boxed());
         torchtune_loss(case, build, PerToken::Reverse)
+    }
+
+    /// TRL MiniLLM's `_single_step_decomposition_loss` on given log-probabilities (the crate
+    /// reads them as logits): `batchmean` over the mask, or over B without one (TRL's
+    /// label-less `batchmean`), `sum`, `mean` over the selected elements.
+    pub(crate) fn minillm_single_step(case: &Case) -> Result<(), String> {
+        let (s, _, v) = token_leaf(case, "student_log_probs")?;
+        let (t, _, _) = token_leaf(case, "teacher_log_probs")?;
+        let mask = token_mask(case)?;
+        let batch = case.input("student_log_probs")?.0[0] as f64;
+        let reduction = match (case.params["reduction"].as_str(), &mask) {
+            (Some("batchmean"), Some(_)) => TokenReduction::TokenMean,
+            (Some("batchmean"), None) => TokenReduction::DivideBy(batch),
+            (Some("sum"), _) => TokenReduction::Sum,
+            (Some("mean"), _) => TokenReduction::ElementMean,
+            (r, _) => return Err(format!("reduction {r:?}")),
+        };
+        let loss = ReverseKlConfig::new()
+            .with_reduction(reduction)
+            .init()
+            .map_err(e)?;
+        let mut input = DistillInput::new(s.clone(), t.clone()).attach_teacher();
+        if let Some(m) = &mask {
+            input = input.mask(bools(m));
+        }
+        let out = loss.forward(&input).map_err(e)?;
+        // an empty mask: the reference divides 0 by 0; the crate gives 0 and zero gradients
+        let empty = mask.as_ref().is_some_and(|m| m.iter().all(|&x| !x));
+        case.expect_loss(out.value(), empty.then_some(0.0))?;
+        let grads = out.total.backward();
+        let zeros = || vec![0.0; v * s.dims()[0]];
+        let exact: Option<&dyn Fn() -> Vec<f64>> = if empty { Some(&zeros) } else { None };
+        case.expect_grad_through_log_softmax(
+            "student_log_probs",
+            s.grad(&grads).map(values),
+            exact,
+        )?;
+        case.expect_grad_through_log_softmax("teacher_log_probs", t.grad(&grads).map(values), exact)
     }
 }

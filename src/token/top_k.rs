@@ -606,7 +606,11 @@ pub(crate) mod golden {
         let out = loss.forward(&input).map_err(e)?;
         case.expect_loss(out.value(), None)?;
         let grads = out.total.backward();
-        case.expect_grad_through_log_softmax("student_log_probs", s.grad(&grads).map(values))?;
+        case.expect_grad_through_log_softmax(
+            "student_log_probs",
+            s.grad(&grads).map(values),
+            None,
+        )?;
         for (name, leaf) in teacher {
             case.expect_grad(name, leaf.grad(&grads).map(values), None)?;
         }
