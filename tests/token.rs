@@ -1995,3 +1995,75 @@ mod minillm {
         );
     }
 }
+
+/// MFT's corrected teacher: where the teacher's arg-max is not the label, the label comes to
+/// lead the old arg-max by θ; where it is, the label's probability rises by θ (to 1 when that
+/// passes 1 − θ); a distribution either way (to the 1e-7 guard).
+#[test]
+fn mft_target_moves_the_label_by_the_threshold() {
+    use burn::tensor::Int;
+    use burn_distill::token::mft_target;
+    let (n, v, theta) = (40, 7, 0.3);
+    let z = noise(17, n * v, 3.0);
+    let p = burn::tensor::activation::softmax(f64t(z, [n, v]), 1);
+    let labels: Vec<i64> = (0..n as i64).map(|i| (i * 5) % v as i64).collect();
+    let y = Tensor::<1, Int>::from_data(
+        burn::tensor::TensorData::new(labels.clone(), [n]),
+        &device(),
+    );
+    let before = values(p.clone());
+    let after = values(mft_target(p, y, theta));
+    let (mut led, mut raised) = (0, 0);
+    for i in 0..n {
+        let (old, row) = (&before[i * v..(i + 1) * v], &after[i * v..(i + 1) * v]);
+        let yi = labels[i] as usize;
+        assert!(
+            (row.iter().sum::<f64>() - 1.0).abs() < 1e-6,
+            "row {i} sums to 1"
+        );
+        assert!(
+            row.iter().all(|&x| x >= -1e-15),
+            "row {i} is a distribution"
+        );
+        let a = (0..v).max_by(|&j, &k| old[j].total_cmp(&old[k])).unwrap();
+        if a != yi {
+            led += 1;
+            assert!((row[yi] - row[a] - theta).abs() < 1e-6, "row {i}: {row:?}");
+        } else {
+            raised += 1;
+            let want = if old[yi] > 1.0 - theta {
+                1.0
+            } else {
+                old[yi] + theta
+            };
+            assert!((row[yi] - want).abs() < 1e-6, "row {i}: {row:?}");
+        }
+    }
+    assert!(
+        led > 0 && raised > 0,
+        "both branches: {led} led, {raised} raised"
+    );
+}
+
+/// Model-Optimizer's balancer by hand: values matched to the logits term and to the task
+/// loss, gradients scaled by the same ratios; zero intermediate terms are left alone.
+#[test]
+fn balance_matches_values_and_scales_gradients() {
+    use burn_distill::token::balance;
+    let scalar = |x: f64| f64t(vec![x], [1]).require_grad();
+    for (i1, i2) in [(0.3, 0.5), (0.0, 0.0)] {
+        let (s, l, a, b) = (scalar(2.5), scalar(0.8), scalar(i1), scalar(i2));
+        let (total, inter) = balance(l.clone(), vec![a.clone(), b.clone()], Some(s.clone()), 0.5);
+        let mean = (i1 + i2) / 2.0;
+        let scaled_i = if mean > 0.0 { 0.8 } else { 0.0 };
+        let kd = 0.8 + scaled_i;
+        assert!((values(inter)[0] - scaled_i).abs() < 1e-15);
+        assert!((values(total.clone())[0] - (2.5 + 2.5 * 0.5)).abs() < 1e-12);
+        let g = total.backward();
+        let ratio_kd = 2.5 / kd * 0.5;
+        let ratio_i = if mean > 0.0 { 0.8 / mean } else { 1.0 };
+        assert!((values(l.grad(&g).unwrap())[0] - ratio_kd).abs() < 1e-12);
+        assert!((values(a.grad(&g).unwrap())[0] - 0.5 * ratio_i * ratio_kd).abs() < 1e-12);
+        assert!((values(s.grad(&g).unwrap())[0] - 1.0).abs() < 1e-12);
+    }
+}

@@ -258,7 +258,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     method: Some(
         crate::registry::method!(learnable Mgd = feature::MgdConfig(student_channels = 8, teacher_channels = 16)),
     ),
-    golden: crate::registry::golden!["mgd" => golden::mgd],
+    golden: crate::registry::golden!["mgd" => golden::mgd, "modelopt_mgd" => golden::modelopt],
 }];
 
 /// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
@@ -278,15 +278,48 @@ pub(crate) mod golden {
         } else {
             MgdMask::Channel
         };
-        let mut mgd = MgdConfig::new(
+        let config = MgdConfig::new(
             case.param("student_channels")? as usize,
             case.param("teacher_channels")? as usize,
         )
-        .with_mask(mask)
-        .with_lambda(Some(case.param("lambda_mgd")?))
-        .with_alpha(Some(case.param("alpha_mgd")?))
-        .init(&device())
-        .map_err(e)?;
+        .with_mask(mask);
+        run(
+            case,
+            config,
+            ["preds_S", "preds_T"],
+            case.constant::<4>("mask")?,
+        )
+    }
+
+    /// Model-Optimizer's `MGDLoss`: spatial masks from the recorded uniform draws (a position is
+    /// hidden where `u > 1 − λ`), α times the mean squared error over every element.
+    pub(crate) fn modelopt(case: &Case) -> Result<(), String> {
+        let config = MgdConfig::new(
+            case.param("num_student_channels")? as usize,
+            case.param("num_teacher_channels")? as usize,
+        )
+        .with_mask(MgdMask::Spatial)
+        .with_reduction(Reduction::ElementMean);
+        let hidden = case
+            .constant::<4>("rand_u")?
+            .greater_elem(1.0 - case.param("lambda_mgd")?);
+        let keep = hidden.bool_not().float();
+        run(case, config, ["out_s", "out_t"], keep)
+    }
+
+    /// MGD configured by `config` (λ and α from the case) with its convolutions set from the
+    /// case, on the maps `names` and the 0/1 `mask`.
+    fn run(
+        case: &Case,
+        config: MgdConfig,
+        names: [&str; 2],
+        mask: Tensor<4>,
+    ) -> Result<(), String> {
+        let mut mgd = config
+            .with_lambda(Some(case.param("lambda_mgd")?))
+            .with_alpha(Some(case.param("alpha_mgd")?))
+            .init(&device())
+            .map_err(e)?;
         match (mgd.align.as_mut(), case.has("align_weight")) {
             (Some(align), true) => set_conv(case, "align_weight", "align_bias", align)?,
             (None, false) => {}
@@ -295,12 +328,12 @@ pub(crate) mod golden {
         }
         set_conv(case, "gen0_weight", "gen0_bias", &mut mgd.generator.conv1)?;
         set_conv(case, "gen2_weight", "gen2_bias", &mut mgd.generator.conv2)?;
-        let (s, t) = (case.leaf::<4>("preds_S")?, case.leaf::<4>("preds_T")?);
-        let loss = mgd.forward_with_mask(s.clone(), t.clone(), case.constant::<4>("mask")?);
+        let (s, t) = (case.leaf::<4>(names[0])?, case.leaf::<4>(names[1])?);
+        let loss = mgd.forward_with_mask(s.clone(), t.clone(), mask.cast(s.dtype()));
         let out = LossOutput::single("mgd", loss);
         let grads = case.check(
             out,
-            &[("preds_S", Feature::Map(s)), ("preds_T", Feature::Map(t))],
+            &[(names[0], Feature::Map(s)), (names[1], Feature::Map(t))],
         )?;
         let gp = GradientsParams::from_grads(grads, &mgd);
         if let Some(align) = &mgd.align {

@@ -22,11 +22,13 @@ pub use tokens::{TokenDivergence, TokenReduction, flatten, shift_labels, shift_l
 pub(crate) use tokens::{box_divergence, unbox_divergence};
 
 mod adaptive_kl;
+mod balanced;
 mod cosine;
 mod forward_kl;
 mod hidden_state;
 mod jsd;
 mod lm_head;
+mod mft;
 mod minillm;
 mod ranking;
 mod reverse_kl;
@@ -38,6 +40,7 @@ mod top_k;
 mod tvd;
 
 pub use adaptive_kl::{AdaptiveKl, AdaptiveKlConfig, AklVariant, adaptive_kl_rows};
+pub use balanced::{Balanced, BalancedConfig, balance};
 pub use cosine::{LogitCosine, LogitCosineConfig, cosine_distance_rows};
 pub use forward_kl::{
     ForwardKl, ForwardKlConfig, ForwardKlOptions, forward_kl_elements,
@@ -46,6 +49,7 @@ pub use forward_kl::{
 pub use hidden_state::{HiddenLoss, HiddenState, HiddenStateConfig, mse_rows};
 pub use jsd::{Jsd, JsdConfig, JsdOptions, jsd_elements};
 pub use lm_head::{FusedLinear, FusedLinearConfig, LmHead, LmHeads, TeacherHead};
+pub use mft::{Mft, MftConfig, mft_target};
 pub use minillm::{
     Discount, LengthNormalization, MiniLlm, MiniLlmConfig, RewardToGoConfig, SequenceLength,
     reward_to_go,
@@ -79,9 +83,11 @@ pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
     ranking::DESCRIPTORS,
     sampled_token::DESCRIPTORS,
     minillm::DESCRIPTORS,
+    mft::DESCRIPTORS,
     taid::DESCRIPTORS,
     adaptive_kl::DESCRIPTORS,
     lm_head::DESCRIPTORS,
     hidden_state::DESCRIPTORS,
+    balanced::DESCRIPTORS,
     cosine::DESCRIPTORS,
 ];
