@@ -274,6 +274,52 @@ pub fn logistic<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     (x.neg().clamp_max(80.0).exp() + 1.0).recip()
 }
 
+/// The lower Cholesky factor `L` of a symmetric positive-definite `a` `[n, n]` (`a = L Lᵀ`),
+/// column by column in tensor ops (differentiable through autodiff): `n` sequential steps, for
+/// the small matrices of batch statistics. A pivot below `f32::MIN_POSITIVE` is clamped there.
+pub fn cholesky(a: Tensor<2>) -> Tensor<2> {
+    let [n, _] = a.dims();
+    let rows = Tensor::<1, Int>::arange(0..n as i64, &a.device()).reshape([n, 1]);
+    let mut factor: Option<Tensor<2>> = None;
+    for j in 0..n {
+        let mut column = a.clone().slice([0..n, j..j + 1]);
+        if let Some(l) = &factor {
+            let row = l.clone().slice([j..j + 1, 0..j]);
+            column = column - l.clone().matmul(row.transpose());
+        }
+        let pivot = column
+            .clone()
+            .slice([j..j + 1, 0..1])
+            .clamp_min(f32::MIN_POSITIVE as f64)
+            .sqrt();
+        let column = (column / pivot).mask_fill(rows.clone().lower_elem(j as i64), 0.0);
+        factor = Some(match factor {
+            Some(l) => Tensor::cat(vec![l, column], 1),
+            None => column,
+        });
+    }
+    factor.unwrap_or(a)
+}
+
+/// `L⁻¹ b` for a lower-triangular `l` `[n, n]` with a non-zero diagonal and `b` `[n, m]`, by
+/// forward substitution in tensor ops (`n` sequential steps, differentiable).
+pub fn solve_lower(l: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    let [n, m] = b.dims();
+    let mut solved: Option<Tensor<2>> = None;
+    for i in 0..n {
+        let mut row = b.clone().slice([i..i + 1, 0..m]);
+        if let Some(y) = &solved {
+            row = row - l.clone().slice([i..i + 1, 0..i]).matmul(y.clone());
+        }
+        let row = row / l.clone().slice([i..i + 1, i..i + 1]);
+        solved = Some(match solved {
+            Some(y) => Tensor::cat(vec![y, row], 0),
+            None => row,
+        });
+    }
+    solved.unwrap_or(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -644,3 +644,156 @@ fn sskd_gradients_stages_and_errors() {
         Err(DistillError::ShapeMismatch { .. })
     ));
 }
+
+/// SKD's direction loss: its Cholesky and triangular solve against plain f64 code, the loss
+/// against a transcription with an explicit inverse (Gauss–Jordan), its gradients against
+/// finite differences in f64, and 0 with zero gradients at student = teacher.
+mod skd {
+    use super::*;
+    use burn_distill::math::{cholesky, solve_lower};
+    use burn_distill::relation::{SkdDirectionConfig, skd_direction};
+
+    /// `mean_i sqrt(Δ_i Σ⁻¹ Δ_iᵀ)` with Σ inverted by Gauss–Jordan elimination.
+    fn plain(s: &[f64], t: &[f64], b: usize, d: usize, lambda: f64) -> f64 {
+        let gram = |x: &[f64]| -> Vec<f64> {
+            let n: Vec<Vec<f64>> = x
+                .chunks(d)
+                .map(|r| {
+                    let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+                    r.iter().map(|v| v / norm).collect()
+                })
+                .collect();
+            (0..b * b)
+                .map(|k| n[k / b].iter().zip(&n[k % b]).map(|(x, y)| x * y).sum())
+                .collect()
+        };
+        let (gs, gt) = (gram(s), gram(t));
+        let delta: Vec<f64> = gs.iter().zip(&gt).map(|(a, c)| a - c).collect();
+        let mean: Vec<f64> = (0..b)
+            .map(|j| (0..b).map(|i| delta[i * b + j]).sum::<f64>() / b as f64)
+            .collect();
+        let mut a = vec![vec![0.0; 2 * b]; b];
+        for j in 0..b {
+            for k in 0..b {
+                a[j][k] = (0..b)
+                    .map(|i| (delta[i * b + j] - mean[j]) * (delta[i * b + k] - mean[k]))
+                    .sum::<f64>()
+                    / (b as f64 - 1.0)
+                    + if j == k { lambda } else { 0.0 };
+            }
+            a[j][b + j] = 1.0;
+        }
+        for c in 0..b {
+            let p = a[c][c];
+            for v in a[c].iter_mut() {
+                *v /= p;
+            }
+            for r in 0..b {
+                if r != c {
+                    let f = a[r][c];
+                    let row = a[c].clone();
+                    for (x, y) in a[r].iter_mut().zip(row) {
+                        *x -= f * y;
+                    }
+                }
+            }
+        }
+        (0..b)
+            .map(|i| {
+                let di = &delta[i * b..(i + 1) * b];
+                (0..b)
+                    .map(|j| (0..b).map(|k| di[j] * a[j][b + k] * di[k]).sum::<f64>())
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .sum::<f64>()
+            / b as f64
+    }
+
+    #[test]
+    fn cholesky_and_solve_match_plain_code() {
+        configure_f64();
+        let n = 5;
+        let m = noise(3, n * n, 1.0);
+        let a: Vec<f64> = (0..n * n)
+            .map(|k| {
+                (0..n)
+                    .map(|i| m[(k / n) * n + i] * m[(k % n) * n + i])
+                    .sum::<f64>()
+                    + if k % (n + 1) == 0 { 0.5 } else { 0.0 }
+            })
+            .collect();
+        let l = values(cholesky(f64t(a.clone(), [n, n])));
+        // L Lᵀ = A, L lower
+        for i in 0..n {
+            for j in 0..n {
+                let llt: f64 = (0..n).map(|k| l[i * n + k] * l[j * n + k]).sum();
+                assert!((llt - a[i * n + j]).abs() < 1e-12, "({i}, {j})");
+                if j > i {
+                    assert_eq!(l[i * n + j], 0.0);
+                }
+            }
+        }
+        let rhs = noise(4, n * 2, 1.0);
+        let y = values(solve_lower(
+            f64t(l.clone(), [n, n]),
+            f64t(rhs.clone(), [n, 2]),
+        ));
+        for i in 0..n {
+            for c in 0..2 {
+                let ly: f64 = (0..n).map(|k| l[i * n + k] * y[k * 2 + c]).sum();
+                assert!((ly - rhs[i * 2 + c]).abs() < 1e-12);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn skd_direction_matches_plain_code_and_finite_differences(seed in 0u64..1000, b in 2usize..7) {
+            configure_f64();
+            let d = 4;
+            let (s, t) = (noise(seed, b * d, 1.0), noise(seed + 1, b * d, 1.0));
+            let lambda = 0.1;
+            let (xs, xt) = (f64t(s.clone(), [b, d]).require_grad(), f64t(t.clone(), [b, d]).require_grad());
+            let loss = skd_direction(xs.clone(), xt.clone(), lambda);
+            let got = values(loss.clone())[0];
+            let want = plain(&s, &t, b, d, lambda);
+            prop_assert!((got - want).abs() < 1e-10 * want.max(1.0), "{got} vs {want}");
+            let grads = loss.backward();
+            let gs = values(xs.grad(&grads).unwrap());
+            let gt = values(xt.grad(&grads).unwrap());
+            close("student", &gs, &numeric_grad(&|x| plain(&x, &t, b, d, lambda), &s, 1e-6), 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+            close("teacher", &gt, &numeric_grad(&|x| plain(&s, &x, b, d, lambda), &t, 1e-6), 1e-5, 1e-8).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn identical_rows_give_zero_and_zero_gradients() {
+        configure_f64();
+        let (b, d) = (4, 3);
+        let s = noise(9, b * d, 1.0);
+        let (xs, xt) = (
+            f64t(s.clone(), [b, d]).require_grad(),
+            f64t(s.clone(), [b, d]).require_grad(),
+        );
+        let loss = SkdDirectionConfig::new().init().unwrap();
+        let out = loss
+            .forward(&DistillInput::new(xs.clone(), xt.clone()).attach_teacher())
+            .unwrap();
+        assert_eq!(out.value(), 0.0);
+        let grads = out.total.backward();
+        assert!(values(xs.grad(&grads).unwrap()).iter().all(|&g| g == 0.0));
+        assert!(values(xt.grad(&grads).unwrap()).iter().all(|&g| g == 0.0));
+        let one = loss.forward(&DistillInput::new(
+            f64t(s[..d].to_vec(), [1, d]),
+            f64t(s[..d].to_vec(), [1, d]),
+        ));
+        assert!(
+            matches!(one, Err(DistillError::BatchTooSmall { .. })),
+            "{one:?}"
+        );
+        assert!(SkdDirectionConfig::new().with_tikhonov(0.0).init().is_err());
+    }
+}

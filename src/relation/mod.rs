@@ -14,6 +14,7 @@ mod dlkd;
 mod head;
 mod pkt;
 mod rkd;
+mod skd;
 mod sp;
 mod sskd;
 
@@ -23,6 +24,7 @@ pub use dlkd::{Dlkd, DlkdConfig};
 pub use head::{Embed, MlpHead};
 pub use pkt::{Pkt, PktConfig, pkt_loss};
 pub use rkd::{Rkd, RkdConfig};
+pub use skd::{SkdDirection, SkdDirectionConfig, skd_direction};
 pub use sp::{Sp, SpConfig, sp_loss};
 pub use sskd::{SsHead, Sskd, SskdConfig, ranked_rows, view_contrast_loss, view_similarities};
 
@@ -34,6 +36,7 @@ pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
     rkd::DESCRIPTORS,
     pkt::DESCRIPTORS,
     sp::DESCRIPTORS,
+    skd::DESCRIPTORS,
     cc::DESCRIPTORS,
     dlkd::DESCRIPTORS,
     crd::DESCRIPTORS,

@@ -35,7 +35,8 @@ pub fn balance(
 ) -> (Tensor<1>, Tensor<1>) {
     let count = intermediates.len();
     let intermediate = match intermediates.into_iter().reduce(|a, b| a + b) {
-        Some(sum) => rescaled(sum / count as f64, logits.clone()),
+        // a product, not a division: burn 0.22.1 differentiates `x / c` with c rounded to f32
+        Some(sum) => rescaled(sum * (1.0 / count as f64), logits.clone()),
         None => logits.zeros_like(),
     };
     let kd = logits + intermediate.clone();
