@@ -1161,6 +1161,112 @@ mod fused_and_sparse {
         );
     }
 
+    /// Vocabularies of different sizes: `Aligned` equals its inner objective on logits padded
+    /// (or truncated) by hand, with gradients only on the real entries; through `FusedLinear`
+    /// two heads of different `V` equal the dense path; without `Aligned` both refuse.
+    #[test]
+    fn aligned_vocabularies_pad_or_truncate() {
+        use burn_distill::token::{Aligned, VocabAlignment};
+        let (n, h, vs, vt) = (4, 3, 5, 7);
+        let x = f64t(det(n * h, 31, 1.0), [n, h]).require_grad();
+        let w = f64t(det(h * vs, 32, 1.0), [h, vs]).require_grad();
+        let zt = f64t(det(n * vt, 33, 2.0), [n, vt]);
+        let jsd = || {
+            JsdConfig::new()
+                .with_beta(0.3)
+                .with_reduction(TokenReduction::None)
+                .init()
+                .unwrap()
+        };
+        let zs = x.clone().matmul(w.clone());
+        let padded = Tensor::cat(
+            vec![
+                zs.clone(),
+                Tensor::<2>::zeros([n, vt - vs], (&device(), DType::F64)),
+            ],
+            1,
+        );
+        let by_hand = jsd()
+            .forward(&DistillInput::new(padded, zt.clone()))
+            .unwrap()
+            .total;
+        let aligned = Aligned::new(jsd(), VocabAlignment::Pad { logit: 0.0 }).unwrap();
+        let got = aligned
+            .forward(&DistillInput::new(zs.clone(), zt.clone()))
+            .unwrap()
+            .total;
+        close(
+            "pad",
+            &values(got.clone()),
+            &values(by_hand.clone()),
+            1e-14,
+            1e-15,
+        )
+        .unwrap();
+        let truncated = jsd()
+            .forward(&DistillInput::new(zs.clone(), zt.clone().narrow(1, 0, vs)))
+            .unwrap()
+            .total;
+        let cut = Aligned::new(jsd(), VocabAlignment::Truncate).unwrap();
+        let got_cut = cut
+            .forward(&DistillInput::new(zs.clone(), zt.clone()))
+            .unwrap()
+            .total;
+        close(
+            "truncate",
+            &values(got_cut),
+            &values(truncated),
+            1e-14,
+            1e-15,
+        )
+        .unwrap();
+        // a teacher smaller than the student cannot be truncated; without Aligned: refused
+        let small = zt.clone().narrow(1, 0, 3);
+        assert!(matches!(
+            cut.forward(&DistillInput::new(zs.clone(), small)),
+            Err(DistillError::ClassMismatch { .. })
+        ));
+        assert!(matches!(
+            jsd().forward(&DistillInput::new(zs.clone(), zt.clone())),
+            Err(DistillError::ClassMismatch { .. })
+        ));
+        assert!(Aligned::new(jsd(), VocabAlignment::Pad { logit: f64::NAN }).is_err());
+        // through the lm-head, in chunks: the dense aligned path's value and gradients
+        let fused = FusedLinearConfig::new()
+            .with_chunk_size(Some(3))
+            .init(aligned.clone())
+            .unwrap();
+        let input = DistillInput::features_only().with(LmHeads {
+            student: LmHead::new(x.clone(), w.clone(), None),
+            teacher: TeacherHead::Logits(zt.clone()),
+        });
+        let out = fused.forward(&input).unwrap();
+        let dense = got.clone().mean();
+        assert!((out.value() - values(dense.clone())[0]).abs() < 1e-12);
+        let (g1, g2) = (out.total.backward(), dense.backward());
+        close(
+            "dh",
+            &values(x.grad(&g1).unwrap()),
+            &values(x.grad(&g2).unwrap()),
+            1e-12,
+            1e-14,
+        )
+        .unwrap();
+        close(
+            "dW",
+            &values(w.grad(&g1).unwrap()),
+            &values(w.grad(&g2).unwrap()),
+            1e-12,
+            1e-14,
+        )
+        .unwrap();
+        let plain = FusedLinearConfig::new().init(jsd()).unwrap();
+        assert!(matches!(
+            plain.forward(&input),
+            Err(DistillError::ShapeMismatch { .. })
+        ));
+    }
+
     /// The fused forward KL (KD's kernel per token) and JSD(β) (its own kernel; KD's at β = 0
     /// and 1) equal their composed twins — value and both gradients, masked rows, T ≠ 1 — in
     /// f64 and in f32, and at logits of magnitude 1e4; and the lm-head path through them gives

@@ -153,6 +153,23 @@ impl<'a> Checked<'a> {
         }
     }
 
+    /// The student's `[N, Vs]` and teacher's `[N, Vt]` logits, of any two vocabulary sizes
+    /// (`Vt > 0`), as they are given (the teacher detached unless attached).
+    pub fn logits_of_any_vocabulary(&self) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
+        let s = self.student_logits()?;
+        let t = self
+            .input
+            .teacher_logits
+            .as_ref()
+            .ok_or_else(|| self.missing("teacher logits"))?;
+        let ([ns, cs], [nt, ct]) = (s.dims(), t.dims());
+        if ns != nt || ct == 0 {
+            return Err(self.shape("teacher logits".into(), vec![ns, cs], vec![nt, ct]));
+        }
+        let t = like(upcast(self.teacher(t, frozen)), s.dtype());
+        Ok((s, t))
+    }
+
     /// The student's and teacher's logits after checking that both are `[N, C]` with the same
     /// `N > 0` and `C`.
     pub fn logits(&self) -> Result<(Tensor<2>, Tensor<2>), DistillError> {

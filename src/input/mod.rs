@@ -194,6 +194,14 @@ impl DistillInput {
         out
     }
 
+    /// The same input with `student` and `teacher` as the logits.
+    pub fn with_logits(&self, student: Tensor<2>, teacher: Tensor<2>) -> Self {
+        let mut out = self.clone();
+        out.student_logits = Some(student);
+        out.teacher_logits = Some(teacher);
+        out
+    }
+
     /// Sets the training progress that schedules read.
     pub fn progress(mut self, progress: Progress) -> Self {
         self.progress = Some(progress);

@@ -81,5 +81,68 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     learnable: None,
     twins: None,
     method: Some(crate::registry::method!(token LogitCosine = token::LogitCosineConfig())),
-    golden: crate::registry::golden![],
+    golden: crate::registry::golden!["liger_fused_linear_cosine" => golden::liger_fused_linear],
 }];
+
+/// This file's reference-case runners (feature `golden`; see [`crate::golden`]).
+#[cfg(feature = "golden")]
+pub(crate) mod golden {
+    use super::super::lm_head::golden::{liger_grads, liger_heads};
+    use super::*;
+    use crate::golden::*;
+    use crate::token::{Aligned, FusedLinearConfig, LmHeads, TeacherHead, VocabAlignment};
+
+    /// Liger's `LigerFusedLinearCosineSimilarityLoss`, configured like Liger: its soft part
+    /// sums `β·(1 − cos)` over **every** row, ignored ones included (the crate's default counts
+    /// only the valid ones), over the number of valid rows; the hard part is the mean
+    /// cross-entropy over the valid rows. So: one `FusedLinear` for the soft part without a
+    /// mask, `DivideBy(max(valid, 1))`, and one for the hard part with the labels. The
+    /// temperature cancels in the cosine; a smaller student vocabulary is padded with 0.
+    pub(crate) fn liger_fused_linear(case: &Case) -> Result<(), String> {
+        let (hard, soft, beta) = (
+            case.param("weight_hard_loss")?,
+            case.param("weight_soft_loss")?,
+            case.param("beta")?,
+        );
+        if hard > 0.0 && case.dtype == DType::F64 {
+            // the reference's cross-entropy is float32 (README-set3: 2e-6)
+            case.tolerance.set(Some((2e-6, 2e-6)));
+        }
+        let h = liger_heads(case)?;
+        let (_, labels) = case.input("true_labels")?;
+        let valid = labels.iter().filter(|&&y| y as i64 != h.ignore).count() as f64;
+        let cosine = || -> Result<_, String> {
+            let inner = LogitCosineConfig::new()
+                .with_eps(1e-12)
+                .with_reduction(TokenReduction::None)
+                .init()
+                .map_err(e)?;
+            Aligned::new(inner, VocabAlignment::Pad { logit: 0.0 }).map_err(e)
+        };
+        let chunk = case.opt("chunk_size").map(|c| c as usize);
+        let soft_part = FusedLinearConfig::new()
+            .with_chunk_size(chunk)
+            .with_soft_weight(soft * beta)
+            .with_hard_weight(0.0)
+            .with_reduction(TokenReduction::DivideBy(valid.max(1.0)))
+            .init(cosine()?)
+            .map_err(e)?;
+        let hard_part = FusedLinearConfig::new()
+            .with_chunk_size(chunk)
+            .with_soft_weight(0.0)
+            .with_hard_weight(hard)
+            .init(cosine()?)
+            .map_err(e)?;
+        let heads = LmHeads {
+            student: h.student,
+            teacher: TeacherHead::Head(h.teacher),
+        };
+        let every_row = DistillInput::features_only().with(heads.clone());
+        let labelled = every_row.clone().labels(h.labels, h.ignore);
+        let total = soft_part.forward(&every_row).map_err(e)?.total
+            + hard_part.forward(&labelled).map_err(e)?.total;
+        case.expect_loss(values(total.clone())[0], None)?;
+        let grads = total.backward();
+        liger_grads(case, &h.leaves, &grads)
+    }
+}

@@ -393,7 +393,9 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
                 [ids.dims()[0], v]
             }
         };
-        if teacher_rows_vocab != [n, v] {
+        // another teacher vocabulary only where the wrapped objective aligns the two
+        let [rows, vt] = teacher_rows_vocab;
+        if rows != n || (vt != v && !self.inner.aligns_vocabulary()) {
             return Err(DistillError::ShapeMismatch {
                 objective: Self::NAME.into(),
                 what: "teacher logits (tokens, vocabulary)".into(),
@@ -564,10 +566,66 @@ pub(crate) mod golden {
     use super::super::tokens::TokenReduction;
     use super::*;
     use crate::golden::*;
-    use crate::token::JsdConfig;
+    use crate::token::{Aligned, JsdConfig, VocabAlignment};
+
+    /// A Liger fused-linear case's two lm-heads, the student's tracked leaves (input, weight,
+    /// bias) and the labels.
+    pub(crate) struct LigerHeads {
+        pub student: LmHead,
+        pub teacher: LmHead,
+        pub leaves: (Tensor<2>, Tensor<2>, Option<Tensor<1>>),
+        pub labels: Tensor<1, Int>,
+        pub ignore: i64,
+    }
+
+    pub(crate) fn liger_heads(case: &Case) -> Result<LigerHeads, String> {
+        let head = |x: &str,
+                    w: &str,
+                    b: &str|
+         -> Result<(LmHead, Tensor<2>, Tensor<2>, Option<Tensor<1>>), String> {
+            let (x, w) = (case.leaf::<2>(x)?, case.leaf::<2>(w)?);
+            let b = match case.has(b) {
+                true => Some(case.leaf::<1>(b)?),
+                false => None,
+            };
+            Ok((LmHead::torch(x.clone(), w.clone(), b.clone()), x, w, b))
+        };
+        let (student, x, w, b) = head("student_input", "student_weight", "student_bias")?;
+        let (teacher, ..) = head("teacher_input", "teacher_weight", "teacher_bias")?;
+        let labels = case
+            .input("true_labels")?
+            .1
+            .iter()
+            .map(|&y| y as i64)
+            .collect();
+        Ok(LigerHeads {
+            student,
+            teacher,
+            leaves: (x, w, b),
+            labels: ints(labels),
+            ignore: case.opt("ignore_index").unwrap_or(-100.0) as i64,
+        })
+    }
+
+    /// Checks the gradients of the student's lm-head leaves.
+    pub(crate) fn liger_grads(
+        case: &Case,
+        leaves: &(Tensor<2>, Tensor<2>, Option<Tensor<1>>),
+        grads: &Gradients,
+    ) -> Result<(), String> {
+        let (x, w, b) = leaves;
+        case.expect_grad("student_input", x.grad(grads).map(values), None)?;
+        case.expect_grad("student_weight", w.grad(grads).map(values), None)?;
+        case.expect_grad(
+            "student_bias",
+            b.as_ref().and_then(|b| b.grad(grads)).map(values),
+            None,
+        )
+    }
 
     /// Liger's `LigerFusedLinearJSDLoss` (the pure-torch chunked path): JSD(β) at `T` through
-    /// both lm-heads plus a hard-label cross-entropy, each a mean over the valid tokens, in chunks.
+    /// both lm-heads plus a hard-label cross-entropy, each a mean over the valid tokens, in
+    /// chunks; a smaller student vocabulary padded with logit 0, as Liger does.
     pub(crate) fn liger_fused_linear(case: &Case) -> Result<(), String> {
         let (hard, soft) = (
             case.param("weight_hard_loss")?,
@@ -584,48 +642,23 @@ pub(crate) mod golden {
             .with_reduction(TokenReduction::None)
             .init()
             .map_err(e)?;
+        let jsd = Aligned::new(jsd, VocabAlignment::Pad { logit: 0.0 }).map_err(e)?;
         let fused = FusedLinearConfig::new()
             .with_chunk_size(case.opt("chunk_size").map(|c| c as usize))
             .with_soft_weight(soft)
             .with_hard_weight(hard)
             .init(jsd)
             .map_err(e)?;
-        let head = |x: &str,
-                    w: &str,
-                    b: &str|
-         -> Result<(LmHead, Tensor<2>, Tensor<2>, Option<Tensor<1>>), String> {
-            let (x, w) = (case.leaf::<2>(x)?, case.leaf::<2>(w)?);
-            let b = match case.has(b) {
-                true => Some(case.leaf::<1>(b)?),
-                false => None,
-            };
-            Ok((LmHead::torch(x.clone(), w.clone(), b.clone()), x, w, b))
-        };
-        let (student, x, w, b) = head("student_input", "student_weight", "student_bias")?;
-        let (teacher, ..) = head("teacher_input", "teacher_weight", "teacher_bias")?;
-        let ignore = case.opt("ignore_index").unwrap_or(-100.0) as i64;
-        let labels = ints(
-            case.input("true_labels")?
-                .1
-                .iter()
-                .map(|&y| y as i64)
-                .collect(),
-        );
+        let h = liger_heads(case)?;
         let input = DistillInput::features_only()
-            .labels(labels, ignore)
+            .labels(h.labels, h.ignore)
             .with(LmHeads {
-                student,
-                teacher: TeacherHead::Head(teacher),
+                student: h.student,
+                teacher: TeacherHead::Head(h.teacher),
             });
         let out = fused.forward(&input).map_err(e)?;
         case.expect_loss(out.value(), None)?;
         let grads = out.total.backward();
-        case.expect_grad("student_input", x.grad(&grads).map(values), None)?;
-        case.expect_grad("student_weight", w.grad(&grads).map(values), None)?;
-        case.expect_grad(
-            "student_bias",
-            b.and_then(|b| b.grad(&grads)).map(values),
-            None,
-        )
+        liger_grads(case, &h.leaves, &grads)
     }
 }

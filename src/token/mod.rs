@@ -22,6 +22,7 @@ pub use tokens::{TokenDivergence, TokenReduction, flatten, shift_labels, shift_l
 pub(crate) use tokens::{box_divergence, unbox_divergence};
 
 mod adaptive_kl;
+mod aligned;
 mod balanced;
 mod cosine;
 mod forward_kl;
@@ -40,6 +41,7 @@ mod top_k;
 mod tvd;
 
 pub use adaptive_kl::{AdaptiveKl, AdaptiveKlConfig, AklVariant, adaptive_kl_rows};
+pub use aligned::{Aligned, VocabAlignment};
 pub use balanced::{Balanced, BalancedConfig, balance};
 pub use cosine::{LogitCosine, LogitCosineConfig, cosine_distance_rows};
 pub use forward_kl::{

@@ -80,6 +80,12 @@ pub trait TokenDivergence: Loss {
     fn token_kernel(&self) -> Option<TokenKernel> {
         None
     }
+
+    /// Whether the objective takes a teacher vocabulary of another size than the student's
+    /// ([`Aligned`](super::Aligned)); `FusedLinear` then lets the two heads differ in `V`.
+    fn aligns_vocabulary(&self) -> bool {
+        false
+    }
 }
 
 /// `x` `[N, W]` with the rows the mask does not count replaced by the constant `fill`, so
@@ -141,11 +147,17 @@ impl TokenDivergence for Box<dyn TokenDivergence> {
     fn token_kernel(&self) -> Option<TokenKernel> {
         (**self).token_kernel()
     }
+    fn aligns_vocabulary(&self) -> bool {
+        (**self).aligns_vocabulary()
+    }
 }
 
 impl<L: TokenDivergence> TokenDivergence for Named<L> {
     fn token_kernel(&self) -> Option<TokenKernel> {
         self.inner().token_kernel()
+    }
+    fn aligns_vocabulary(&self) -> bool {
+        self.inner().aligns_vocabulary()
     }
 }
 
