@@ -2173,3 +2173,150 @@ fn balance_matches_values_and_scales_gradients() {
         assert!((values(s.grad(&g).unwrap())[0] - 1.0).abs() < 1e-12);
     }
 }
+
+/// DistiLLM-2 against a plain transcription of its definition (fixed and adaptive α): the
+/// value, and the student's gradient against finite differences with the student inside its
+/// own mixture held fixed (it is detached there); an empty sequence adds 0.
+mod distillm2 {
+    use super::*;
+    use burn::tensor::Int;
+    use burn_distill::token::{DistiLlm2Config, SequenceLength};
+
+    fn log_softmax(r: &[f64]) -> Vec<f64> {
+        let m = r.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + r.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+        r.iter().map(|z| z - lse).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plain(
+        s: &[f64],
+        fixed: &[f64],
+        t: &[f64],
+        y: &[i64],
+        len: usize,
+        v: usize,
+        anchors: Option<[f64; 2]>,
+        beta: f64,
+    ) -> f64 {
+        let rows = s.len() / v;
+        let seqs = rows / len;
+        let (mut tea, mut rev) = (vec![0.0; seqs], vec![0.0; seqs]);
+        for q in 0..seqs {
+            let toks: Vec<usize> = (q * len..(q + 1) * len).filter(|&i| y[i] >= 0).collect();
+            if toks.is_empty() {
+                continue;
+            }
+            let lps: Vec<Vec<f64>> = toks
+                .iter()
+                .map(|&i| log_softmax(&s[i * v..(i + 1) * v]))
+                .collect();
+            let lfs: Vec<Vec<f64>> = toks
+                .iter()
+                .map(|&i| log_softmax(&fixed[i * v..(i + 1) * v]))
+                .collect();
+            let lts: Vec<Vec<f64>> = toks
+                .iter()
+                .map(|&i| log_softmax(&t[i * v..(i + 1) * v]))
+                .collect();
+            let k = toks.len() as f64;
+            let ea = (toks
+                .iter()
+                .zip(&lps)
+                .map(|(&i, l)| l[y[i] as usize])
+                .sum::<f64>()
+                / k)
+                .exp();
+            let eb = (toks
+                .iter()
+                .zip(&lts)
+                .map(|(&i, l)| l[y[i] as usize])
+                .sum::<f64>()
+                / k)
+                .exp();
+            let (a1, a2) = match anchors {
+                None => (0.1, 0.1),
+                Some([g1, g2]) => (
+                    (1.0 - 0.9 * g1 / (eb - ea + 1e-5)).clamp(0.01, 0.1),
+                    (1.0 - 0.9 * g2 / (ea - eb + 1e-5)).clamp(0.01, 0.1),
+                ),
+            };
+            for j in 0..toks.len() {
+                let (lp, lf, lt) = (&lps[j], &lfs[j], &lts[j]);
+                tea[q] += (0..v)
+                    .map(|w| {
+                        lt[w].exp() * (lt[w] - (a1 * lt[w].exp() + (1.0 - a1) * lp[w].exp()).ln())
+                    })
+                    .sum::<f64>()
+                    / k;
+                rev[q] += (0..v)
+                    .map(|w| {
+                        lp[w].exp() * (lp[w] - ((1.0 - a2) * lt[w].exp() + a2 * lf[w].exp()).ln())
+                    })
+                    .sum::<f64>()
+                    / k;
+            }
+        }
+        let pairs = seqs / 2;
+        (0..pairs)
+            .map(|p| (2.0 - beta) * tea[p] + beta * rev[pairs + p])
+            .sum::<f64>()
+            / pairs as f64
+    }
+
+    #[test]
+    fn distillm2_matches_its_definition() {
+        let (pairs, len, v) = (2, 3, 5);
+        let n = 2 * pairs * len;
+        let s = noise(21, n * v, 1.5);
+        let t = noise(22, n * v, 1.5);
+        let mut y: Vec<i64> = (0..n as i64).map(|i| (i * 3) % v as i64).collect();
+        y[0] = -100;
+        // the second rejected sequence is empty
+        y[3 * len..4 * len].fill(-100);
+        for (anchors, beta) in [(None, 1.0), (Some([0.02, -0.01]), 0.7)] {
+            let loss = DistiLlm2Config::new()
+                .with_anchors(anchors)
+                .with_beta(beta)
+                .init()
+                .unwrap();
+            let labels = Tensor::<1, Int>::from_data(
+                burn::tensor::TensorData::new(y.clone(), [n]),
+                &device(),
+            );
+            let x = f64t(s.clone(), [n, v]).require_grad();
+            let input = DistillInput::new(x.clone(), f64t(t.clone(), [n, v]))
+                .labels(labels, -100)
+                .with(SequenceLength(len));
+            let out = loss.forward(&input).unwrap();
+            let want = plain(&s, &s, &t, &y, len, v, anchors, beta);
+            assert!(
+                (out.value() - want).abs() < 1e-12,
+                "{anchors:?}: {} vs {want}",
+                out.value()
+            );
+            let g = values(x.grad(&out.total.backward()).unwrap());
+            let num = numeric_grad(&|z| plain(&z, &s, &t, &y, len, v, anchors, beta), &s, 1e-6);
+            close(&format!("{anchors:?}"), &g, &num, 1e-6, 1e-9).unwrap();
+            assert!(
+                g[3 * len * v..4 * len * v].iter().all(|&x| x == 0.0),
+                "empty sequence"
+            );
+        }
+        let odd = DistiLlm2Config::new().init().unwrap().forward(
+            &DistillInput::new(f64t(s.clone(), [n, v]), f64t(t.clone(), [n, v]))
+                .labels(
+                    Tensor::<1, Int>::from_data(
+                        burn::tensor::TensorData::new(y.clone(), [n]),
+                        &device(),
+                    ),
+                    -100,
+                )
+                .with(SequenceLength(5)),
+        );
+        assert!(
+            matches!(odd, Err(DistillError::ShapeMismatch { .. })),
+            "{odd:?}"
+        );
+    }
+}

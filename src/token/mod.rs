@@ -25,6 +25,7 @@ mod adaptive_kl;
 mod aligned;
 mod balanced;
 mod cosine;
+mod distillm2;
 mod forward_kl;
 mod hidden_state;
 mod jsd;
@@ -44,6 +45,9 @@ pub use adaptive_kl::{AdaptiveKl, AdaptiveKlConfig, AklVariant, adaptive_kl_rows
 pub use aligned::{Aligned, VocabAlignment};
 pub use balanced::{Balanced, BalancedConfig, balance};
 pub use cosine::{LogitCosine, LogitCosineConfig, cosine_distance_rows};
+pub use distillm2::{
+    DistiLlm2, DistiLlm2Config, DistiLlm2Form, DistiLlm2Sequences, distillm2_sequences,
+};
 pub use forward_kl::{
     ForwardKl, ForwardKlConfig, ForwardKlOptions, forward_kl_elements,
     teacher_cross_entropy_elements,
@@ -85,6 +89,7 @@ pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
     ranking::DESCRIPTORS,
     sampled_token::DESCRIPTORS,
     minillm::DESCRIPTORS,
+    distillm2::DESCRIPTORS,
     mft::DESCRIPTORS,
     taid::DESCRIPTORS,
     adaptive_kl::DESCRIPTORS,
