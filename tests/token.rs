@@ -2320,3 +2320,167 @@ mod distillm2 {
         );
     }
 }
+
+/// ULD: the byte-offset alignment by hand, the loss's invariance to relabelling either
+/// vocabulary (it compares sorted probabilities), 0 with zero gradients between identical
+/// sides, and its gradients against finite differences in f64.
+mod uld {
+    use super::*;
+    use burn::tensor::Int;
+    use burn_distill::token::{
+        CrossTokenizer, MergeStrategy, TokenizedSide, UldAlignment, UldConfig,
+        align_by_byte_offsets,
+    };
+
+    #[test]
+    fn byte_offsets_group_tokens_that_end_together() {
+        // "hello world": student "he|llo| wor|ld", teacher "hel|lo| world"
+        let s = [(0, 2), (2, 5), (5, 9), (9, 11)];
+        let t = [(0, 3), (3, 5), (5, 11)];
+        let (gs, gt) = align_by_byte_offsets(&s, &t);
+        assert_eq!(gs, vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(gt, vec![vec![0, 1], vec![2]]);
+        // leftovers form one last pair
+        let (gs, gt) = align_by_byte_offsets(&[(0, 2), (2, 4)], &[(0, 2), (2, 3)]);
+        assert_eq!((gs, gt), (vec![vec![0], vec![1]], vec![vec![0], vec![1]]));
+    }
+
+    fn side(z: Vec<f64>, t: usize, v: usize, labels: Vec<i64>, offsets: Vec<i64>) -> TokenizedSide {
+        let b = z.len() / (t * v);
+        let int2 = |x: Vec<i64>| {
+            Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(x, [b * t]), &device())
+                .reshape([b, t])
+        };
+        TokenizedSide {
+            logits: f64t(z, [b * t, v]).reshape([b, t, v]),
+            ids: int2(labels.iter().map(|&y| y.max(0)).collect()),
+            labels: int2(labels),
+            offsets: Some(
+                Tensor::<1, Int>::from_data(
+                    burn::tensor::TensorData::new(offsets, [b * t * 2]),
+                    &device(),
+                )
+                .reshape([b, t, 2]),
+            ),
+        }
+    }
+
+    #[test]
+    fn uld_is_blind_to_token_identities_and_matches_finite_differences() {
+        let (ts, tt, vs, vt) = (5, 4, 6, 7);
+        let zs = noise(41, ts * vs, 2.0);
+        let zt = noise(42, tt * vt, 2.0);
+        // answers "abcdef": student a|bc|d|ef (+ prompt), teacher ab|c|def
+        let ls = vec![-100, 1, 2, 3, 4];
+        let os = vec![0, 0, 0, 1, 1, 3, 3, 4, 4, 6];
+        let lt = vec![-100, 5, 6, 0];
+        let ot = vec![0, 0, 0, 2, 2, 3, 3, 6];
+        for merge in [MergeStrategy::Observed, MergeStrategy::Bayesian] {
+            let loss = UldConfig::new()
+                .with_merge(merge)
+                .with_alignment(UldAlignment::ByteOffsets)
+                .init()
+                .unwrap();
+            let value = |s: Vec<f64>, t: Vec<f64>| -> f64 {
+                let pair = CrossTokenizer {
+                    student: side(s, ts, vs, ls.clone(), os.clone()),
+                    teacher: side(t, tt, vt, lt.clone(), ot.clone()),
+                };
+                loss.forward(&DistillInput::features_only().with(pair))
+                    .unwrap()
+                    .value()
+            };
+            // relabelling the teacher's vocabulary (a permutation of its columns) changes nothing
+            let permuted: Vec<f64> = zt
+                .chunks(vt)
+                .flat_map(|r| (0..vt).map(|j| r[(j + 3) % vt]).collect::<Vec<_>>())
+                .collect();
+            let lt_p: Vec<i64> = lt
+                .iter()
+                .map(|&y| {
+                    if y < 0 {
+                        y
+                    } else {
+                        ((y as usize + vt - 3) % vt) as i64
+                    }
+                })
+                .collect();
+            let base = value(zs.clone(), zt.clone());
+            let pair = CrossTokenizer {
+                student: side(zs.clone(), ts, vs, ls.clone(), os.clone()),
+                teacher: side(permuted, tt, vt, lt_p, ot.clone()),
+            };
+            let relabelled = loss
+                .forward(&DistillInput::features_only().with(pair))
+                .unwrap()
+                .value();
+            assert!(
+                (base - relabelled).abs() < 1e-12,
+                "{merge:?}: {base} vs {relabelled}"
+            );
+            // gradients of both sides (the teacher attached)
+            let (a, b) = (
+                side(zs.clone(), ts, vs, ls.clone(), os.clone()),
+                side(zt.clone(), tt, vt, lt.clone(), ot.clone()),
+            );
+            let (xa, xb) = (
+                a.logits.clone().require_grad(),
+                b.logits.clone().require_grad(),
+            );
+            let pair = CrossTokenizer {
+                student: TokenizedSide {
+                    logits: xa.clone(),
+                    ..a
+                },
+                teacher: TokenizedSide {
+                    logits: xb.clone(),
+                    ..b
+                },
+            };
+            let out = loss
+                .forward(&DistillInput::features_only().with(pair).attach_teacher())
+                .unwrap();
+            let grads = out.total.backward();
+            let (gs, gt) = (
+                values(xa.grad(&grads).unwrap()),
+                values(xb.grad(&grads).unwrap()),
+            );
+            close(
+                "student",
+                &gs,
+                &numeric_grad(&|x| value(x, zt.clone()), &zs, 1e-6),
+                1e-5,
+                1e-8,
+            )
+            .unwrap();
+            close(
+                "teacher",
+                &gt,
+                &numeric_grad(&|x| value(zs.clone(), x), &zt, 1e-6),
+                1e-5,
+                1e-8,
+            )
+            .unwrap();
+        }
+        // identical sides: 0 with zero gradients
+        let loss = UldConfig::new().init().unwrap();
+        let a = side(zs.clone(), ts, vs, ls.clone(), os.clone());
+        let x = a.logits.clone().require_grad();
+        let pair = CrossTokenizer {
+            student: TokenizedSide {
+                logits: x.clone(),
+                ..a.clone()
+            },
+            teacher: a,
+        };
+        let out = loss
+            .forward(&DistillInput::features_only().with(pair))
+            .unwrap();
+        assert_eq!(out.value(), 0.0);
+        assert!(
+            values(x.grad(&out.total.backward()).unwrap())
+                .iter()
+                .all(|&g| g == 0.0)
+        );
+    }
+}

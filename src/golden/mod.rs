@@ -106,7 +106,9 @@ impl Case {
                     .collect(),
             }
         };
-        let data = |m: BTreeMap<String, Array>| m.into_iter().map(|(k, (_, d))| (k, d)).collect();
+        let data = |m: BTreeMap<String, Array>| -> BTreeMap<String, Vec<f64>> {
+            m.into_iter().map(|(k, (_, d))| (k, d)).collect()
+        };
         let flagged = &v["reference_nonfinite"];
         let names = |v: &Value| -> BTreeSet<String> {
             match v {
@@ -130,7 +132,14 @@ impl Case {
                 .then(|| array(&v["loss"]).map(|(_, d)| d))
                 .transpose()?,
             grads: data(map("grads")?),
-            outputs: data(map("outputs")?),
+            // numeric outputs; others (alignment groups, per-row records) stay in the raw case
+            outputs: match v["outputs"].as_object() {
+                None => BTreeMap::new(),
+                Some(o) => o
+                    .iter()
+                    .filter_map(|(k, a)| array(a).ok().map(|(_, d)| (k.clone(), d)))
+                    .collect(),
+            },
             omitted: names(&v["omitted_grads"]),
             nonfinite_loss: flagged["loss"].as_bool().unwrap_or(false),
             nonfinite_grads: names(&flagged["grads"]),

@@ -40,6 +40,7 @@ mod symmetric_kl;
 mod taid;
 mod top_k;
 mod tvd;
+mod uld;
 
 pub use adaptive_kl::{AdaptiveKl, AdaptiveKlConfig, AklVariant, adaptive_kl_rows};
 pub use aligned::{Aligned, VocabAlignment};
@@ -73,6 +74,10 @@ pub use top_k::{
     MissingMass, SparseValues, TopK, TopKConfig, TopKDivergence, TopKSupport, top_k_rows,
 };
 pub use tvd::{Tvd, TvdConfig, TvdOptions, tvd_elements};
+pub use uld::{
+    CrossTokenizer, HybridConfig, MergeStrategy, TokenizedSide, Uld, UldAlignment, UldConfig,
+    VocabularyMap, align_by_byte_offsets, merge_groups, sorted_l1,
+};
 
 /// This family's module path, as its objectives' descriptors name it.
 pub(crate) const MODULE: &str = module_path!();
@@ -90,6 +95,7 @@ pub(crate) const OBJECTIVES: &[&[Descriptor]] = &[
     sampled_token::DESCRIPTORS,
     minillm::DESCRIPTORS,
     distillm2::DESCRIPTORS,
+    uld::DESCRIPTORS,
     mft::DESCRIPTORS,
     taid::DESCRIPTORS,
     adaptive_kl::DESCRIPTORS,
