@@ -153,8 +153,12 @@ pub(crate) mod golden {
         let (beta, temperature) = (case.param("beta")?, case.opt("temperature").unwrap_or(1.0));
         let vocab = *case.input("student_logits")?.0.last().unwrap_or(&1) as f64;
         let items = case.opt("num_items_in_batch");
+        // without labels TRL's `batchmean` divides by the batch size (B of `[B, T, V]`)
+        let batch = case.input("student_logits")?.0[0] as f64;
+        let labelled = token_mask(case)?.is_some();
         let reduction = match (case.params["reduction"].as_str(), items) {
             (_, Some(n)) => TokenReduction::DivideBy(n),
+            (Some("batchmean"), _) if !labelled => TokenReduction::DivideBy(batch),
             (Some("batchmean"), _) => TokenReduction::TokenMean,
             (Some("mean"), _) => TokenReduction::ElementMean,
             (Some("sum"), _) => TokenReduction::Sum,
@@ -211,8 +215,9 @@ pub(crate) mod golden {
     pub(crate) fn distillkit(case: &Case) -> Result<(), String> {
         distillkit_dense(
             case,
-            |temperature| {
+            |temperature, reduction| {
                 Ok(JsdConfig::new()
+                    .with_reduction(reduction)
                     .with_beta(0.5)
                     .with_temperature(temperature)
                     .with_t_squared(true)

@@ -317,26 +317,40 @@ pub(super) mod golden {
         )
     }
 
-    /// DistillKit's dense losses (`T²`, the sum over the masked tokens over their number, the
-    /// objective `build` makes at the case's temperature); a sparse signal goes to `TopK`'s
+    /// DistillKit's reduction: the sum over the masked tokens over their number, or over
+    /// `num_items_in_batch` where the case gives it.
+    pub fn distillkit_reduction(case: &Case) -> TokenReduction {
+        match case.opt("num_items_in_batch") {
+            Some(n) => TokenReduction::DivideBy(n),
+            None => TokenReduction::TokenMean,
+        }
+    }
+
+    /// DistillKit's dense losses (`T²`, [`distillkit_reduction`], the objective `build` makes
+    /// at the case's temperature and with that reduction); a sparse signal goes to `TopK`'s
     /// runner.
     pub fn distillkit_dense(
         case: &Case,
-        build: impl Fn(f64) -> Result<Box<dyn Loss>, DistillError>,
+        build: impl Fn(f64, TokenReduction) -> Result<Box<dyn Loss>, DistillError>,
         divergence: PerToken,
     ) -> Result<(), String> {
         if case.params["signal"].as_str() == Some("sparse") {
             return super::super::top_k::golden::distillkit_sparse(case);
         }
         let temperature = case.param("temperature")?;
+        let reduction = distillkit_reduction(case);
+        let divide = move |valid: usize| match reduction {
+            TokenReduction::DivideBy(n) => n,
+            _ => per_valid(valid),
+        };
         token_case(
             case,
             TokenCheck {
-                loss: build(temperature).map_err(e)?,
+                loss: build(temperature, reduction).map_err(e)?,
                 divergence,
                 temperature,
                 t_squared: true,
-                divide: &per_valid,
+                divide: &divide,
             },
         )
     }

@@ -488,6 +488,7 @@ pub(crate) mod golden {
             .with_generation_temperature(case.opt("generation_temperature").unwrap_or(1.0))
             .with_t_squared(true)
             .with_eps(case.opt("eps").unwrap_or(1e-6))
+            .with_reduction(super::super::tokens::golden::distillkit_reduction(case))
             .init()
             .map_err(e)?;
         let (s, sv, v) = token_leaf(case, "student_logits")?;
@@ -513,20 +514,31 @@ pub(crate) mod golden {
         // gradients), and its symmetric-uniform KL is NaN where a float32 top-k sum reaches 1
         let empty = mask.as_ref().is_some_and(|m| m.iter().all(|&x| !x));
         let exact = match divergence {
-            TopKDivergence::ForwardKl => Some(exact::sparse_kl(
-                &sv,
-                v,
-                &case.input("target_ids")?.1,
-                &case.input("target_values")?.1,
-                k,
-                mask.as_deref(),
-                [
-                    temperature,
-                    case.opt("generation_temperature").unwrap_or(1.0) / temperature,
-                ],
-                missing == MissingMass::SymmetricUniform,
-                case.opt("eps").unwrap_or(1e-6),
-            )),
+            TopKDivergence::ForwardKl => Some(
+                exact::sparse_kl(
+                    &sv,
+                    v,
+                    &case.input("target_ids")?.1,
+                    &case.input("target_values")?.1,
+                    k,
+                    mask.as_deref(),
+                    [
+                        temperature,
+                        case.opt("generation_temperature").unwrap_or(1.0) / temperature,
+                    ],
+                    missing == MissingMass::SymmetricUniform,
+                    case.opt("eps").unwrap_or(1e-6),
+                ) * match case.opt("num_items_in_batch") {
+                    // the exact mean over the valid tokens, as a sum over num_items_in_batch
+                    Some(items) => {
+                        per_valid(
+                            mask.as_ref()
+                                .map_or(n, |m| m.iter().filter(|&&x| x).count()),
+                        ) / items
+                    }
+                    None => 1.0,
+                },
+            ),
             _ => empty.then_some(0.0),
         };
         case.expect_loss(out.value(), exact)?;

@@ -71,8 +71,9 @@ pub(crate) mod golden {
     pub(crate) fn distillkit(case: &Case) -> Result<(), String> {
         distillkit_dense(
             case,
-            |temperature| {
+            |temperature, reduction| {
                 Ok(TvdConfig::new()
+                    .with_reduction(reduction)
                     .with_temperature(temperature)
                     .with_t_squared(true)
                     .init()?
