@@ -2484,3 +2484,113 @@ mod uld {
         );
     }
 }
+
+/// A vocabulary entry at −∞ (in the student's logits, the teacher's or both) is masked
+/// vocabulary for every softened divergence: the value equals the same objective without that
+/// column, fused and composed alike, with finite gradients that are 0 there; at +∞ or NaN
+/// the value is not finite (the crate's policy).
+#[test]
+fn minus_infinity_is_masked_vocabulary() {
+    let (n, v) = (3, 6);
+    let s = noise(51, n * v, 2.0);
+    let t = noise(52, n * v, 2.0);
+    let drop = |x: &[f64], col: usize| -> Vec<f64> {
+        x.chunks(v)
+            .flat_map(|r| {
+                r.iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != col)
+                    .map(|(_, x)| *x)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let objectives = |fused: bool| -> Vec<(String, Box<dyn Loss>)> {
+        vec![
+            (
+                "fkl".into(),
+                ForwardKlConfig::new()
+                    .with_fused(fused)
+                    .with_temperature(2.0)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ),
+            ("rkl".into(), ReverseKlConfig::new().init().unwrap().boxed()),
+            (
+                "jsd".into(),
+                JsdConfig::new()
+                    .with_beta(0.3)
+                    .with_fused(fused)
+                    .init()
+                    .unwrap()
+                    .boxed(),
+            ),
+            (
+                "sym".into(),
+                SymmetricKlConfig::new().init().unwrap().boxed(),
+            ),
+            ("skew".into(), SkewKlConfig::new().init().unwrap().boxed()),
+            ("tvd".into(), TvdConfig::new().init().unwrap().boxed()),
+        ]
+    };
+    for side in ["student", "teacher", "both"] {
+        let (mut sm, mut tm) = (s.clone(), t.clone());
+        for r in 0..n {
+            if side != "teacher" {
+                sm[r * v + 2] = f64::NEG_INFINITY;
+            }
+            if side != "student" {
+                tm[r * v + 2] = f64::NEG_INFINITY;
+            }
+        }
+        for fused in [true, false] {
+            for (name, loss) in objectives(fused) {
+                let (x, y) = (
+                    f64t(sm.clone(), [n, v]).require_grad(),
+                    f64t(tm.clone(), [n, v]).require_grad(),
+                );
+                let out = loss
+                    .forward(&DistillInput::new(x.clone(), y.clone()).attach_teacher())
+                    .unwrap();
+                let without = loss
+                    .forward(&DistillInput::new(
+                        f64t(drop(&s, 2), [n, v - 1]),
+                        f64t(drop(&t, 2), [n, v - 1]),
+                    ))
+                    .unwrap()
+                    .value();
+                assert!(
+                    (out.value() - without).abs() < 1e-12,
+                    "{name} {side} fused {fused}: {} vs {without}",
+                    out.value()
+                );
+                let grads = out.total.backward();
+                for g in [
+                    values(x.grad(&grads).unwrap()),
+                    values(y.grad(&grads).unwrap()),
+                ] {
+                    assert!(g.iter().all(|g| g.is_finite()), "{name} {side}: {g:?}");
+                    assert!(
+                        (0..n).all(|r| g[r * v + 2] == 0.0),
+                        "{name} {side}: masked entry's gradient"
+                    );
+                }
+            }
+        }
+    }
+    for bad in [f64::INFINITY, f64::NAN] {
+        let mut sb = s.clone();
+        sb[1] = bad;
+        for (name, loss) in objectives(true) {
+            let value = loss
+                .forward(&DistillInput::new(
+                    f64t(sb.clone(), [n, v]),
+                    f64t(t.clone(), [n, v]),
+                ))
+                .unwrap()
+                .value();
+            assert!(!value.is_finite(), "{name}: {bad} gave {value}");
+        }
+    }
+}

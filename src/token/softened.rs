@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::tokens::masked_vocabulary;
 use super::tokens::{Softening, TokenDivergence, TokenReduction};
 use crate::error::DistillError;
 use crate::fused::{Divergence, TokenKernel};
@@ -126,8 +127,10 @@ impl<D: PerToken> Loss for Softened<D> {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.soft
-            .forward(D::NAME, input, |s, t| self.options.rows(s, t))
+        self.soft.forward(D::NAME, input, |s, t| {
+            let (s, t) = masked_vocabulary(s, t);
+            self.options.rows(s, t)
+        })
     }
 }
 

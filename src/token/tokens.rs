@@ -118,6 +118,29 @@ pub(crate) fn outside_zero(
     terms(a, b).mask_fill(outside.clone(), 0.0)
 }
 
+/// The logit a masked vocabulary entry gets: finite, and low enough that its probability is
+/// exactly 0 in f32 and f64 beside any logit the crate handles (±1e4) at any temperature it
+/// accepts.
+const MASKED_LOGIT: f64 = -1e30;
+
+/// Vocabulary entries at −∞ in either logits `[N, V]` are masked vocabulary: out of both
+/// distributions, which renormalise over the rest. Both sides get [`MASKED_LOGIT`] there
+/// (probability exactly 0, finite), so every divergence's term is 0 with zero gradients, and
+/// the −∞ inputs get zero gradients.
+pub(crate) fn masked_vocabulary(s: Tensor<2>, t: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    // two read-only minima (and one read-back) decide whether there is anything to mask: the
+    // masking itself costs several passes over `[N, V]`, which logits without −∞ skip
+    let lowest = |x: &Tensor<2>| x.clone().detach().min().into_scalar::<f64>();
+    if lowest(&s) != f64::NEG_INFINITY && lowest(&t) != f64::NEG_INFINITY {
+        return (s, t);
+    }
+    let out = s.clone().min_pair(t.clone()).equal_elem(f64::NEG_INFINITY);
+    (
+        s.mask_fill(out.clone(), MASKED_LOGIT),
+        t.mask_fill(out, MASKED_LOGIT),
+    )
+}
+
 /// `divergence` as a spec's wrapper of token divergences receives it ([`Token`]).
 pub(crate) fn box_divergence<L: TokenDivergence + 'static>(divergence: L) -> Token {
     Box::new(Box::new(divergence) as Box<dyn TokenDivergence>)
