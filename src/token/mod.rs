@@ -34,6 +34,7 @@ mod mft;
 mod minillm;
 mod ranking;
 mod reverse_kl;
+mod sample;
 mod sampled_token;
 mod skew_kl;
 mod symmetric_kl;
@@ -63,6 +64,7 @@ pub use minillm::{
 };
 pub use ranking::{Ranking, SparseRanking, SparseRankingConfig, ranking_pairs};
 pub use reverse_kl::{ReverseKl, ReverseKlConfig, ReverseKlOptions, reverse_kl_elements};
+pub use sample::{Sampler, SamplerConfig};
 pub use sampled_token::{
     OldLogProbs, SampledToken, SampledTokenConfig, importance_weights, sampled_token_rows,
     tail_bucket,
