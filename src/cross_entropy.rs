@@ -50,7 +50,9 @@ impl CrossEntropyConfig {
 ///
 /// `CE = −mean_n [(1 − ε) log p_{n,yₙ} + (ε / C) Σ_c log p_{n,c}]`, `p = softmax(z_s)`.
 ///
-/// It reads the student's logits and the targets of the [`DistillInput`]; its term is `"ce"`.
+/// It reads the student's logits and the targets of the [`DistillInput`], and its mask where
+/// it has one (labels with an ignore index): the mean is then over the rows that count (0 when
+/// none does). Its term is `"ce"`.
 #[derive(Debug, Clone)]
 pub struct CrossEntropy {
     smoothing: f64,
@@ -82,9 +84,18 @@ impl Loss for CrossEntropy {
         let s = input.student_logits()?;
         let [n, c] = s.dims();
         let y = input.targets(n, c)?;
-        Ok(LossOutput::single(
-            Self::NAME,
-            cross_entropy_per_sample(s, y, self.smoothing).mean(),
-        ))
+        let total = match input.mask(n)? {
+            None => cross_entropy_per_sample(s, y, self.smoothing).mean(),
+            // labels with an ignore index (or a mask): the mean over the rows that count, 0
+            // when none does; an ignored row's logits never reach the loss
+            Some(keep) => {
+                let out = keep.clone().bool_not();
+                let s = s.mask_fill(out.clone().unsqueeze_dim::<2>(1).expand([n, c]), 0.0);
+                let rows = cross_entropy_per_sample(s, y, self.smoothing).mask_fill(out, 0.0);
+                let count = keep.int().sum().float().cast(rows.dtype()).clamp_min(1.0);
+                rows.sum() / count
+            }
+        };
+        Ok(LossOutput::single(Self::NAME, total))
     }
 }

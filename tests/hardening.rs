@@ -1023,3 +1023,35 @@ fn ickd_checks_the_embedding_channels() {
     let input = DistillInput::features_only().feature("feature", map(3, 1), map(4, 2));
     assert!(ickd.forward(&input).unwrap().value().is_finite());
 }
+
+/// `CrossEntropy` with labels that carry an ignore index averages over the counted rows only:
+/// an ignored row is not trained towards class 0, its NaN logits do not leak, and no counted
+/// row gives 0 (it averaged over every row, ignored ones as class 0, before).
+#[test]
+fn cross_entropy_honours_the_ignore_index() {
+    configure_f64();
+    use burn::tensor::Int;
+    let z = vec![2.0, 0.5, -1.0, f64::NAN, 0.0, 0.0, 0.3, 0.1, 1.2];
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, -100, 2], [3]), &device());
+    let x = f64t(z.clone(), [3, 3]).require_grad();
+    let out = CrossEntropy::new()
+        .forward(&DistillInput::student(x.clone()).labels(labels, -100))
+        .unwrap();
+    let nll = |row: &[f64], y: usize| -> f64 {
+        let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+        lse - row[y]
+    };
+    let want = (nll(&z[0..3], 0) + nll(&z[6..9], 2)) / 2.0;
+    assert!(
+        (out.value() - want).abs() < 1e-12,
+        "{} vs {want}",
+        out.value()
+    );
+    let g = values(x.grad(&out.total.backward()).unwrap());
+    assert!(g.iter().all(|v| v.is_finite()) && g[3..6].iter().all(|&v| v == 0.0));
+    let none = Tensor::<1, Int>::from_data(TensorData::new(vec![-100i64; 3], [3]), &device());
+    let empty = CrossEntropy::new()
+        .forward(&DistillInput::student(f64t(z, [3, 3])).labels(none, -100))
+        .unwrap();
+    assert_eq!(empty.value(), 0.0);
+}

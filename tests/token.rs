@@ -1161,6 +1161,102 @@ mod fused_and_sparse {
         );
     }
 
+    /// Logit scale and soft-capping on either head: the lm-head path equals the dense
+    /// objective on the transformed logits (value and the gradients of both heads' hidden
+    /// states and weights), with and without a hard-label term; a bad transform is an error.
+    #[test]
+    fn fused_linear_applies_the_heads_logit_transforms() {
+        let (n, h, v) = (5, 3, 7);
+        let x = f64t(det(n * h, 61, 1.0), [n, h]).require_grad();
+        let w = f64t(det(h * v, 62, 3.0), [h, v]).require_grad();
+        let xt = f64t(det(n * h, 63, 1.0), [n, h]).require_grad();
+        let wt = f64t(det(h * v, 64, 3.0), [h, v]).require_grad();
+        let labels = Tensor::<1, Int>::from_data(
+            burn::tensor::TensorData::new(vec![0i64, 3, -100, 6, 2], [n]),
+            &device(),
+        );
+        for hard in [0.0, 0.4] {
+            let jsd = JsdConfig::new()
+                .with_beta(0.3)
+                .with_temperature(1.5)
+                .with_reduction(TokenReduction::None)
+                .init()
+                .unwrap();
+            let fused = FusedLinearConfig::new()
+                .with_chunk_size(Some(2))
+                .with_hard_weight(hard)
+                .init(jsd)
+                .unwrap();
+            let heads = LmHeads {
+                student: LmHead::new(x.clone(), w.clone(), None)
+                    .with_logit_scale(0.5)
+                    .with_soft_cap(2.0),
+                teacher: TeacherHead::Head(
+                    LmHead::new(xt.clone(), wt.clone(), None).with_soft_cap(3.0),
+                ),
+            };
+            let input = DistillInput::features_only()
+                .labels(labels.clone(), -100)
+                .with(heads)
+                .attach_teacher();
+            let out = fused.forward(&input).unwrap();
+            // dense: the same transforms on materialised logits
+            let zs = (x.clone().matmul(w.clone()) * 0.5 * 0.5).tanh() * 2.0;
+            let zt = (xt.clone().matmul(wt.clone()) * (1.0 / 3.0)).tanh() * 3.0;
+            let dense_jsd = JsdConfig::new()
+                .with_beta(0.3)
+                .with_temperature(1.5)
+                .init()
+                .unwrap();
+            let dense_input = DistillInput::new(zs.clone(), zt)
+                .labels(labels.clone(), -100)
+                .attach_teacher();
+            let mut dense = dense_jsd.forward(&dense_input).unwrap().total;
+            if hard > 0.0 {
+                // the mean cross-entropy over the four counted tokens
+                let y = Tensor::<2, Int>::from_data(
+                    burn::tensor::TensorData::new(vec![0i64, 3, 0, 6, 2], [n, 1]),
+                    &device(),
+                );
+                let keep = f64t(vec![1.0, 1.0, 0.0, 1.0, 1.0], [n, 1]);
+                let nll = -(burn::tensor::activation::log_softmax(zs, 1).gather(1, y) * keep).sum()
+                    * (1.0 / 4.0);
+                dense = dense + nll * hard;
+            }
+            assert!(
+                (out.value() - values(dense.clone())[0]).abs() < 1e-12,
+                "hard {hard}"
+            );
+            let (g1, g2) = (out.total.backward(), dense.backward());
+            for (name, leaf) in [("h", &x), ("W", &w), ("h_t", &xt), ("W_t", &wt)] {
+                close(
+                    name,
+                    &values(leaf.grad(&g1).unwrap()),
+                    &values(leaf.grad(&g2).unwrap()),
+                    1e-10,
+                    1e-12,
+                )
+                .unwrap();
+            }
+        }
+        let bad = LmHeads {
+            student: LmHead::new(x.clone(), w.clone(), None).with_soft_cap(0.0),
+            teacher: TeacherHead::Head(LmHead::new(xt.clone(), wt.clone(), None)),
+        };
+        let fkl = FusedLinearConfig::new()
+            .init(
+                ForwardKlConfig::new()
+                    .with_reduction(TokenReduction::None)
+                    .init()
+                    .unwrap(),
+            )
+            .unwrap();
+        assert!(matches!(
+            fkl.forward(&DistillInput::features_only().with(bad)),
+            Err(DistillError::InvalidConfig { .. })
+        ));
+    }
+
     /// Vocabularies of different sizes: `Aligned` equals its inner objective on logits padded
     /// (or truncated) by hand, with gradients only on the real entries; through `FusedLinear`
     /// two heads of different `V` equal the dense path; without `Aligned` both refuse.

@@ -24,6 +24,53 @@ pub struct LmHead {
     pub weight: Tensor<2>,
     /// The lm-head bias `[V]`, if any.
     pub bias: Option<Tensor<1>>,
+    /// What the model does to the head's output before its softmax.
+    pub transform: LogitTransform,
+}
+
+/// What a model does to its lm-head's output `z` before the softmax: `z·scale` (Cohere's and
+/// Granite's `logit_scale`), then `cap·tanh(z / cap)` (Gemma-2's final logit soft-capping).
+/// [`FusedLinear`] applies it chunk by chunk, inside each chunk's graph (the gradients go
+/// through it), so the result equals the dense objective on the transformed logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogitTransform {
+    /// The factor on the logits (> 0; 1: none).
+    pub scale: f64,
+    /// The soft cap (> 0), if any.
+    pub soft_cap: Option<f64>,
+}
+
+impl LogitTransform {
+    /// No change.
+    pub const IDENTITY: Self = Self {
+        scale: 1.0,
+        soft_cap: None,
+    };
+
+    /// `z` transformed.
+    pub fn apply(&self, z: Tensor<2>) -> Tensor<2> {
+        let z = match self.scale {
+            1.0 => z,
+            s => z * s,
+        };
+        match self.soft_cap {
+            Some(cap) => (z * (1.0 / cap)).tanh() * cap,
+            None => z,
+        }
+    }
+
+    fn check(&self, side: &str) -> Result<(), DistillError> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.scale) || self.soft_cap.is_some_and(|c| !positive(c)) {
+            return Err(DistillError::config(
+                FusedLinear::<()>::NAME,
+                &format!("{side} lm-head's logit transform"),
+                format!("{self:?}"),
+                "the scale and the soft cap must be finite and positive",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl LmHead {
@@ -34,7 +81,20 @@ impl LmHead {
             hidden,
             weight,
             bias,
+            transform: LogitTransform::IDENTITY,
         }
+    }
+
+    /// With the model's logit scale (`z·scale` before the softmax).
+    pub fn with_logit_scale(mut self, scale: f64) -> Self {
+        self.transform.scale = scale;
+        self
+    }
+
+    /// With the model's final logit soft cap (`cap·tanh(z / cap)` before the softmax).
+    pub fn with_soft_cap(mut self, cap: f64) -> Self {
+        self.transform.soft_cap = Some(cap);
+        self
     }
 
     /// Hidden states and an lm-head in PyTorch's layout (`weight` `[V, H]`).
@@ -253,6 +313,15 @@ pub struct FusedLinear<L> {
 
 crate::loss::objective!(FusedLinear<L>, "fused_linear");
 
+/// What a chunk's graph needs of the two heads: their logit transforms, and whether the
+/// teacher's gradients are wanted.
+#[derive(Debug, Clone, Copy)]
+struct Chunked {
+    student: LogitTransform,
+    teacher: LogitTransform,
+    teacher_tracked: bool,
+}
+
 impl<L: TokenDivergence> FusedLinear<L> {
     /// One chunk through the wrapped objective and a small autodiff graph: the chunk's
     /// weighted, scaled value and the gradients of the student's (and, when tracked, the
@@ -264,23 +333,29 @@ impl<L: TokenDivergence> FusedLinear<L> {
         mask: Option<Tensor<1, Bool>>,
         targets: Option<Tensor<1, Int>>,
         scale: &Tensor<1>,
-        teacher_tracked: bool,
+        heads: Chunked,
     ) -> Result<(Tensor<1>, Tensor<2>, Option<Tensor<2>>), DistillError> {
         let c = &self.config;
         let len = zs.dims()[0];
-        // the logits of a chunk are fresh leaves of a small graph that each chunk drops
+        // the logits of a chunk are fresh leaves of a small graph that each chunk drops; the
+        // heads' logit transforms are part of that graph
         let zs = zs.require_grad();
         let (mut input, zt) = match teacher {
             ChunkTeacher::Logits(zt) => {
-                let zt = match teacher_tracked {
+                let zt = match heads.teacher_tracked {
                     true => zt.require_grad(),
                     false => zt,
                 };
-                let input = DistillInput::new(zs.clone(), zt.clone()).attach_teacher();
+                let input = DistillInput::new(
+                    heads.student.apply(zs.clone()),
+                    heads.teacher.apply(zt.clone()),
+                )
+                .attach_teacher();
                 (input, Some(zt))
             }
             ChunkTeacher::TopK(ids, log_probs) => {
-                let input = DistillInput::student(zs.clone()).sparse_teacher(ids, log_probs);
+                let input = DistillInput::student(heads.student.apply(zs.clone()))
+                    .sparse_teacher(ids, log_probs);
                 (input, None)
             }
         };
@@ -299,7 +374,7 @@ impl<L: TokenDivergence> FusedLinear<L> {
         }
         let mut part = rows.sum() * c.soft_weight;
         if let Some(y) = targets {
-            let ce = cross_entropy_per_sample(zs.clone(), y, 0.0);
+            let ce = cross_entropy_per_sample(heads.student.apply(zs.clone()), y, 0.0);
             let ce = match mask {
                 Some(m) => ce.mask_fill(m.bool_not(), 0.0),
                 None => ce,
@@ -309,7 +384,7 @@ impl<L: TokenDivergence> FusedLinear<L> {
         let part = part * scale.clone();
         let grads = part.backward();
         let grad_of = |z: Tensor<2>| constant(z.grad(&grads).unwrap_or_else(|| z.zeros_like()));
-        let gt = zt.filter(|_| teacher_tracked).map(grad_of);
+        let gt = zt.filter(|_| heads.teacher_tracked).map(grad_of);
         Ok((constant(part), grad_of(zs), gt))
     }
 }
@@ -456,10 +531,24 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
             TeacherHead::Head(h) => [&student.hidden, &student.weight, &h.hidden],
             TeacherHead::TopK { log_probs, .. } => [&student.hidden, &student.weight, log_probs],
         };
+        let teacher_transform = match teacher {
+            TeacherHead::Head(h) => h.transform,
+            TeacherHead::Logits(_) | TeacherHead::TopK { .. } => LogitTransform::IDENTITY,
+        };
+        student.transform.check("student")?;
+        teacher_transform.check("teacher")?;
+        let heads = Chunked {
+            student: student.transform,
+            teacher: teacher_transform,
+            teacher_tracked,
+        };
+        // the kernels read plain logits: a transform goes through the chunk's graph
+        let plain =
+            heads.student == LogitTransform::IDENTITY && heads.teacher == LogitTransform::IDENTITY;
         let kernel = self
             .inner
             .token_kernel()
-            .filter(|_| !teacher_tracked && fused::usable_all(&tensors));
+            .filter(|_| plain && !teacher_tracked && fused::usable_all(&tensors));
 
         let (device, dtype) = (student.hidden.device(), student.hidden.dtype());
         // the reduction's factor, known before any chunk (a tensor: no read-back), so every
@@ -506,7 +595,7 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
                     let (rows, g) = fused::token_step(zs, zt, weights, targets, step);
                     (rows.sum(), g, None)
                 }
-                _ => self.by_graph(zs, zt.clone(), mask, targets, &scale, teacher_tracked)?,
+                _ => self.by_graph(zs, zt.clone(), mask, targets, &scale, heads)?,
             };
             value = value + part;
             grads = grads.add(student, lo, len, g.clone());

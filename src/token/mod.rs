@@ -56,7 +56,7 @@ pub use forward_kl::{
 };
 pub use hidden_state::{HiddenLoss, HiddenState, HiddenStateConfig, mse_rows};
 pub use jsd::{Jsd, JsdConfig, JsdOptions, jsd_elements};
-pub use lm_head::{FusedLinear, FusedLinearConfig, LmHead, LmHeads, TeacherHead};
+pub use lm_head::{FusedLinear, FusedLinearConfig, LmHead, LmHeads, LogitTransform, TeacherHead};
 pub use mft::{Mft, MftConfig, mft_target};
 pub use minillm::{
     Discount, LengthNormalization, MiniLlm, MiniLlmConfig, RewardToGoConfig, SequenceLength,
