@@ -156,23 +156,27 @@ impl<'a> Checked<'a> {
     /// The student's `[N, Vs]` and teacher's `[N, Vt]` logits, of any two vocabulary sizes
     /// (`Vt > 0`), as they are given (the teacher detached unless attached).
     pub fn logits_of_any_vocabulary(&self) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
-        let s = self.student_logits()?;
-        let t = self
-            .input
-            .teacher_logits
-            .as_ref()
-            .ok_or_else(|| self.missing("teacher logits"))?;
-        let ([ns, cs], [nt, ct]) = (s.dims(), t.dims());
-        if ns != nt || ct == 0 {
-            return Err(self.shape("teacher logits".into(), vec![ns, cs], vec![nt, ct]));
-        }
-        let t = like(upcast(self.teacher(t, frozen)), s.dtype());
-        Ok((s, t))
+        self.logit_pair(false)
     }
 
     /// The student's and teacher's logits after checking that both are `[N, C]` with the same
     /// `N > 0` and `C`.
     pub fn logits(&self) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
+        let (s, t) = self.logit_pair(true)?;
+        let [nt, ct] = t.dims();
+        // guides stand in for the teacher (DGKD) or are cut with it (TopKMask)
+        for (i, guide) in self.input.guides.iter().enumerate() {
+            if guide.dims() != [nt, ct] {
+                return Err(self.shape(format!("guide {i}"), vec![nt, ct], guide.dims().to_vec()));
+            }
+        }
+        Ok((s, t))
+    }
+
+    /// Both logits with the same rows (and, with `same_vocabulary`, the same classes; the
+    /// class count is checked first), the teacher detached unless attached and in the
+    /// student's float type.
+    fn logit_pair(&self, same_vocabulary: bool) -> Result<(Tensor<2>, Tensor<2>), DistillError> {
         let s = self.student_logits()?;
         let t = self
             .input
@@ -180,21 +184,15 @@ impl<'a> Checked<'a> {
             .as_ref()
             .ok_or_else(|| self.missing("teacher logits"))?;
         let ([ns, cs], [nt, ct]) = (s.dims(), t.dims());
-        if cs != ct {
+        if same_vocabulary && cs != ct {
             return Err(DistillError::ClassMismatch {
                 objective: self.objective.into(),
                 student: cs,
                 teacher: ct,
             });
         }
-        if ns != nt {
+        if ns != nt || ct == 0 {
             return Err(self.shape("teacher logits".into(), vec![ns, cs], vec![nt, ct]));
-        }
-        // guides stand in for the teacher (DGKD) or are cut with it (TopKMask)
-        for (i, guide) in self.input.guides.iter().enumerate() {
-            if guide.dims() != [nt, ct] {
-                return Err(self.shape(format!("guide {i}"), vec![nt, ct], guide.dims().to_vec()));
-            }
         }
         let t = like(upcast(self.teacher(t, frozen)), s.dtype());
         Ok((s, t))

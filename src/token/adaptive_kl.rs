@@ -110,9 +110,7 @@ impl AdaptiveKlConfig {
     pub fn init(&self) -> Result<AdaptiveKl, DistillError> {
         check_fraction(AdaptiveKl::NAME, "mu", self.mu, false)?;
         check_positive(AdaptiveKl::NAME, "mu", self.mu)?;
-        if let TokenReduction::DivideBy(n) = self.reduction {
-            check_positive(AdaptiveKl::NAME, "reduction (Global count)", n)?;
-        }
+        self.reduction.check(AdaptiveKl::NAME)?;
         Ok(AdaptiveKl {
             config: self.clone(),
         })

@@ -121,12 +121,15 @@ pub fn distillm2_sequences(
     let y = labels.reshape([n, 1]);
     let weights = mask.float().cast(lp.dtype()).reshape([sequences, length]);
     let count = weights.clone().sum_dim(1).clamp_min(1.0);
-    let per_sequence = |x: Tensor<1>| -> Tensor<1> {
-        let sum = (x.reshape([sequences, length]) * weights.clone()).sum_dim(1);
-        match config.average {
-            true => (sum / count.clone()).squeeze_dim(1),
-            false => sum.squeeze_dim(1),
-        }
+    let sums = |x: Tensor<1>| -> Tensor<1> {
+        (x.reshape([sequences, length]) * weights.clone())
+            .sum_dim(1)
+            .squeeze_dim(1)
+    };
+    let means = |x: Tensor<1>| sums(x) / count.clone().squeeze_dim(1);
+    let per_sequence = |x: Tensor<1>| match config.average {
+        true => means(x),
+        false => sums(x),
     };
     let picked = |l: &Tensor<2>| l.clone().gather(1, y.clone()).reshape([n]);
     let (a, b) = (picked(&lp), picked(&lt));
@@ -134,29 +137,30 @@ pub fn distillm2_sequences(
     let rows = |x: Tensor<2>| x.sum_dim(1).squeeze_dim::<1>(1);
     let (teacher_side, student_side) = match config.form {
         DistiLlm2Form::Skew => {
-            // α per sequence, then per token `[n, 1]`
-            let alpha = |base: f64, anchor: Option<f64>, gap: Tensor<1>| -> Tensor<2> {
-                let a = match anchor {
-                    None => gap.zeros_like() + base,
-                    Some(g) => ((gap + 1e-5).recip() * (-(1.0 - base) * g) + 1.0).clamp(0.01, base),
-                };
+            // α per sequence (fixed, or adaptive from the gap of the mean token probabilities
+            // of the labels), then per token `[n, 1]`
+            let per_token = |a: Tensor<1>| {
                 a.reshape([sequences, 1])
                     .expand([sequences, length])
                     .reshape([n, 1])
             };
-            // the gaps of mean token log-probabilities, as probabilities
-            let mean = |x: Tensor<1>| {
-                let sum = (x.reshape([sequences, length]) * weights.clone()).sum_dim(1);
-                (sum / count.clone()).squeeze_dim::<1>(1).exp()
+            let (a1, a2) = match config.anchors {
+                None => {
+                    let fixed =
+                        |base: f64| Tensor::<2>::full([n, 1], base, (&lp.device(), lp.dtype()));
+                    (fixed(config.alpha_teacher), fixed(config.alpha_student))
+                }
+                Some([g1, g2]) => {
+                    let (ea, eb) = (means(a).exp(), means(b).exp());
+                    let adaptive = |base: f64, g: f64, gap: Tensor<1>| {
+                        ((gap + 1e-5).recip() * (-(1.0 - base) * g) + 1.0).clamp(0.01, base)
+                    };
+                    (
+                        per_token(adaptive(config.alpha_teacher, g1, eb.clone() - ea.clone())),
+                        per_token(adaptive(config.alpha_student, g2, ea - eb)),
+                    )
+                }
             };
-            let (ea, eb) = (mean(a), mean(b));
-            let anchors = config.anchors.map(|[g1, g2]| (g1, g2));
-            let a1 = alpha(
-                config.alpha_teacher,
-                anchors.map(|g| g.0),
-                eb.clone() - ea.clone(),
-            );
-            let a2 = alpha(config.alpha_student, anchors.map(|g| g.1), ea - eb);
             let m1 = log_add_exp(
                 lt.clone() + a1.clone().log(),
                 lp.clone() + (-a1 + 1.0).log(),

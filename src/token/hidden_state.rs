@@ -67,9 +67,7 @@ impl HiddenStateConfig {
                 "the widths differ: a projection is needed",
             ));
         }
-        if let TokenReduction::DivideBy(n) = self.reduction {
-            check_positive(HiddenState::NAME, "reduction (Global count)", n)?;
-        }
+        self.reduction.check(HiddenState::NAME)?;
         let projections = match self.projection {
             true => self
                 .layers

@@ -8,7 +8,7 @@ use burn::config::Config;
 use burn::tensor::{Bool, Int, Tensor};
 
 use super::tokens::{TokenDivergence, TokenReduction, uncounted};
-use crate::check::{check_non_negative, check_positive};
+use crate::check::check_non_negative;
 use crate::cross_entropy::cross_entropy_per_sample;
 use crate::error::DistillError;
 use crate::fused;
@@ -272,9 +272,7 @@ impl FusedLinearConfig {
                 "the fused path returns one value: use Mean, ElementMean, Sum or Global",
             ));
         }
-        if let TokenReduction::DivideBy(n) = self.reduction {
-            check_positive(FusedLinear::<()>::NAME, "reduction (Global count)", n)?;
-        }
+        self.reduction.check(FusedLinear::<()>::NAME)?;
         if let Some(c) = self.chunk_size {
             crate::check::check_count(FusedLinear::<()>::NAME, "chunk_size", c, 1)?;
         }

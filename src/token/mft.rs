@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor};
 
 use super::forward_kl::forward_kl_elements;
 use super::tokens::{TokenReduction, outside_zero, uncounted};
-use crate::check::{check_fraction, check_positive, check_temperature};
+use crate::check::{check_fraction, check_temperature};
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
@@ -64,9 +64,7 @@ impl MftConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<Mft, DistillError> {
         check_fraction(Mft::NAME, "threshold", self.threshold, true)?;
-        if let TokenReduction::DivideBy(n) = self.reduction {
-            check_positive(Mft::NAME, "reduction (Global count)", n)?;
-        }
+        self.reduction.check(Mft::NAME)?;
         Ok(Mft {
             config: MftConfig {
                 temperature: check_temperature(self.temperature)?,

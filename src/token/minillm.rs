@@ -145,9 +145,7 @@ impl MiniLlmConfig {
     /// Validates the configuration and builds the objective.
     pub fn init(&self) -> Result<MiniLlm, DistillError> {
         self.advantage.check(MiniLlm::NAME)?;
-        if let TokenReduction::DivideBy(n) = self.reduction {
-            check_positive(MiniLlm::NAME, "reduction (Global count)", n)?;
-        }
+        self.reduction.check(MiniLlm::NAME)?;
         Ok(MiniLlm {
             config: self.clone(),
         })

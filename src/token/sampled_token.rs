@@ -71,9 +71,7 @@ impl SampledTokenConfig {
         if let Some(c) = self.clip {
             check_positive(SampledToken::NAME, "clip", c)?;
         }
-        if let TokenReduction::DivideBy(n) = self.reduction {
-            check_positive(SampledToken::NAME, "reduction (Global count)", n)?;
-        }
+        self.reduction.check(SampledToken::NAME)?;
         Ok(SampledToken {
             config: self.clone(),
         })

@@ -11,7 +11,7 @@ use burn::tensor::activation::log_softmax;
 
 use super::forward_kl::{forward_kl_elements, teacher_cross_entropy_elements};
 use super::tokens::{TokenReduction, outside_zero, uncounted};
-use crate::check::{check_fraction, check_non_negative, check_positive};
+use crate::check::{check_fraction, check_non_negative};
 use crate::error::DistillError;
 use crate::input::{DistillInput, Progress};
 use crate::loss::{Loss, LossOutput};
@@ -91,9 +91,7 @@ impl TaidConfig {
             ));
         }
         check_fraction(Taid::NAME, "beta", self.beta, false)?;
-        if let TokenReduction::DivideBy(n) = self.reduction {
-            check_positive(Taid::NAME, "reduction (Global count)", n)?;
-        }
+        self.reduction.check(Taid::NAME)?;
         Ok(Taid {
             config: self.clone(),
             state: Arc::new(Mutex::new(TaidState::new(self.t_start))),

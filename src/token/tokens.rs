@@ -200,9 +200,7 @@ impl Softening {
         t_squared: bool,
         reduction: TokenReduction,
     ) -> Result<Self, DistillError> {
-        if let TokenReduction::DivideBy(n) = reduction {
-            check_positive(name, "reduction (Global count)", n)?;
-        }
+        reduction.check(name)?;
         Ok(Self {
             temperature: check_temperature(temperature)?,
             t_squared,
@@ -256,6 +254,14 @@ impl Softening {
 }
 
 impl TokenReduction {
+    /// Checks the reduction of the objective `objective`: a `DivideBy` count must be positive.
+    pub(crate) fn check(self, objective: &str) -> Result<Self, DistillError> {
+        if let TokenReduction::DivideBy(n) = self {
+            check_positive(objective, "reduction (Global count)", n)?;
+        }
+        Ok(self)
+    }
+
     /// Reduces per-token values `[N]` (each summed over `vocab` entries) over the rows `mask`
     /// admits (all when `None`); masked rows contribute exactly 0.
     pub fn apply(self, rows: Tensor<1>, mask: Option<Tensor<1, Bool>>, vocab: usize) -> Tensor<1> {

@@ -8,9 +8,10 @@ use burn::tensor::{Bool, Int, Tensor};
 
 use super::forward_kl::forward_kl_elements;
 use super::jsd::jsd_elements;
+use super::sampled_token::tail_bucket;
 use super::skew_kl::log_skew_mixture;
 use super::tokens::{TokenReduction, outside_zero, uncounted};
-use crate::check::{check_count, check_fraction, check_positive, check_temperature};
+use crate::check::{check_count, check_fraction, check_temperature};
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
@@ -165,9 +166,7 @@ impl TopKConfig {
                 "the reverse KL from a teacher that is 0 outside its top k is infinite: use SymmetricUniform",
             ));
         }
-        if let TokenReduction::DivideBy(n) = self.reduction {
-            check_positive(TopK::NAME, "reduction (Global count)", n)?;
-        }
+        self.reduction.check(TopK::NAME)?;
         if self.values == SparseValues::Logits && self.missing == MissingMass::SymmetricUniform {
             return Err(DistillError::config(
                 TopK::NAME,
@@ -235,13 +234,13 @@ pub fn top_k_rows(student: Tensor<2>, teacher: Tensor<2>, config: &TopKConfig) -
         MissingMass::SymmetricUniform | MissingMass::Renormalize => {
             let (a, b, outside) = match missing {
                 MissingMass::SymmetricUniform => {
-                    let bucket = |x: &Tensor<2>| log_one_minus_exp(logsumexp(x.clone()), eps);
+                    let bucket = |x: Tensor<2>| tail_bucket(x, (-eps).ln_1p());
                     let n = outside.dims()[0];
                     let bucket_outside =
                         Tensor::<2, Int>::zeros([n, 1], &outside.device()).equal_elem(1);
                     (
-                        Tensor::cat(vec![teacher.clone(), bucket(&teacher)], 1),
-                        Tensor::cat(vec![student.clone(), bucket(&student)], 1),
+                        bucket(teacher),
+                        bucket(student.clone()),
                         // the bucket is always in the support
                         Tensor::cat(vec![outside, bucket_outside], 1),
                     )
