@@ -60,6 +60,10 @@ pub struct CrossEntropy {
 
 crate::loss::objective!(CrossEntropy, "ce");
 
+/// The largest input magnitude the cross-entropy promises finite values and gradients for
+/// (docs/kd.md states it; `tests/range.rs` checks it at the bound and beyond).
+pub(crate) const BOUND: f64 = 1e30;
+
 impl CrossEntropy {
     /// Cross-entropy without smoothing: the default configuration's objective, which cannot
     /// fail (`CrossEntropyConfig::new().with_smoothing(ε).init()?` for label smoothing).
@@ -82,6 +86,7 @@ impl Loss for CrossEntropy {
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let input = input.of(Self::NAME);
         let s = input.student_logits()?;
+        let read = s.clone();
         let [n, c] = s.dims();
         let y = input.targets(n, c)?;
         let total = match input.mask(n)? {
@@ -96,6 +101,7 @@ impl Loss for CrossEntropy {
                 rows.sum() / count
             }
         };
-        Ok(LossOutput::single(Self::NAME, total))
+        let out = LossOutput::single(Self::NAME, total);
+        input.settle(BOUND, out, &[("the student logits", &read)])
     }
 }

@@ -121,6 +121,22 @@ pub enum DistillError {
         /// The tensor's.
         actual: String,
     },
+    /// An input holds a finite value beyond the magnitude its objective promises finite values
+    /// and gradients for (the objective's [`Descriptor::bound`](crate::Descriptor::bound),
+    /// stated on its page): the loss or its gradient would overflow.
+    #[error(
+        "{objective}: {what} holds a value of magnitude {magnitude:e}, beyond the {bound:e} this objective is finite for"
+    )]
+    OutOfRange {
+        /// The objective that read it.
+        objective: String,
+        /// The tensor, e.g. `"the student logits"`.
+        what: String,
+        /// The largest magnitude in it.
+        magnitude: f64,
+        /// The objective's bound.
+        bound: f64,
+    },
     /// A value computed during training is NaN or infinite (a diverged model, say).
     #[error("{what} is not finite")]
     NonFinite {

@@ -44,12 +44,29 @@ pub fn example_input(device: &Device, dtype: DType) -> ExampleInput {
     example_input_shifted(device, dtype, None)
 }
 
+/// [`example_input`] with every logit, guide, map and embedding drawn in
+/// `[-magnitude, magnitude]` (the lm-head weight and the sparse teacher stay as they are): what
+/// a test of an objective's [`Descriptor::bound`](crate::Descriptor::bound) reads.
+pub fn example_input_at(device: &Device, dtype: DType, magnitude: f64) -> ExampleInput {
+    build(device, dtype, None, Some(magnitude))
+}
+
 /// [`example_input`] with one element of one leaf shifted: `(leaf name, flat index, delta)` —
 /// what a finite-difference check needs.
 pub fn example_input_shifted(
     device: &Device,
     dtype: DType,
     shift: Option<(&str, usize, f64)>,
+) -> ExampleInput {
+    build(device, dtype, shift, None)
+}
+
+/// The example input, with one element shifted and the leaves at a magnitude.
+fn build(
+    device: &Device,
+    dtype: DType,
+    shift: Option<(&str, usize, f64)>,
+    magnitude: Option<f64>,
 ) -> ExampleInput {
     let leaf_names = [
         "logits_student",
@@ -63,6 +80,10 @@ pub fn example_input_shifted(
         "paired_teacher",
     ];
     let leaf = |shape: &[usize], seed: u64, scale: f64| -> TensorData {
+        let scale = match (magnitude, seed) {
+            (Some(m), 1..=6 | 8..=10) => m,
+            _ => scale,
+        };
         let mut d = match shape {
             [a, b] => data([*a, *b], seed, scale),
             [a, b, c, e] => data([*a, *b, *c, *e], seed, scale),
@@ -96,7 +117,7 @@ pub fn example_input_shifted(
     let head = leaf2([4, 5], 7, 1.0);
     let ps = leaf4([6, 3, 4, 4], 8, 1.0);
     let pt = leaf4([6, 3, 4, 4], 9, 1.0);
-    let guide = Tensor::<2>::from_data(data([6, 5], 10, 3.0), (device, dtype));
+    let guide = Tensor::<2>::from_data(leaf(&[6, 5], 10, 3.0), (device, dtype));
     // the teacher's top-2 tokens of each row of a fixed distribution, as log-probabilities
     let ids = Tensor::<2, Int>::from_data(
         TensorData::new(vec![0i64, 3, 1, 4, 2, 0, 3, 1, 4, 2, 0, 4], [6, 2]),

@@ -83,7 +83,7 @@ pub mod token;
 
 pub use cross_entropy::{CrossEntropy, CrossEntropyConfig, cross_entropy_per_sample};
 pub use error::DistillError;
-pub use example::{ExampleInput, example_input, example_input_shifted};
+pub use example::{ExampleInput, example_input, example_input_at, example_input_shifted};
 pub use input::{Checked, DistillInput, Distillable, Extra, Feature, Outputs, Progress, Views};
 pub use loss::{
     Finite, Loss, LossExt, LossOutput, LossSum, Named, Reduction, Staged, Tempered, Weighted,

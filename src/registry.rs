@@ -26,6 +26,13 @@ pub struct Descriptor {
     pub paper: &'static str,
     /// Its page in `docs/` (with an anchor where the page covers several methods).
     pub doc: &'static str,
+    /// The largest input magnitude (logits, taps) for which the objective promises finite
+    /// values and gradients, in every float type; a finite input beyond it is a
+    /// [`DistillError::OutOfRange`] (`f64::MAX`: any finite input). Its page states it;
+    /// `tests/range.rs` checks the example at it and beyond. `None` for what reads no input of
+    /// its own (a schedule, a trainer, an optimiser, a wrapper: the wrapped objective's bound
+    /// applies).
+    pub bound: Option<f64>,
     /// An instance that reads [`example_input`](crate::example_input) (for objectives whose
     /// construction involves no random draw): the backend and property suites run every one.
     pub example: Option<Example>,

@@ -120,3 +120,72 @@ fn every_objective_is_in_the_catalog() {
         "objectives missing from their family's catalog: {missing:?}"
     );
 }
+
+const BOUND_START: &str = "<!-- bounds: generated from each objective's Descriptor::bound by tests/catalog.rs (BLESS=1 cargo test --test catalog) -->";
+const BOUND_END: &str = "<!-- /bounds -->";
+
+/// What a page says of the bounds of the objectives it documents: one line each.
+fn bounds(page: &str) -> Option<String> {
+    let mut out = String::new();
+    for d in burn_distill::objectives() {
+        let (Some(bound), true) = (d.bound, d.doc.split('#').next() == Some(page)) else {
+            continue;
+        };
+        let inputs = match bound == f64::MAX {
+            true => "any finite input".to_string(),
+            false => format!("inputs of magnitude up to {bound:e}"),
+        };
+        out.push_str(&format!(
+            "- `{}`: finite values and gradients for {inputs}",
+            d.items[0]
+        ));
+        out.push_str(match bound == f64::MAX {
+            true => ".\n",
+            false => "; beyond it, `DistillError::OutOfRange` rather than a NaN or an infinity.\n",
+        });
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Every objective's page states its bound ([`burn_distill::Descriptor::bound`]) in a section
+/// generated from the registry, which `tests/range.rs` checks at the bound and beyond.
+#[test]
+fn every_page_states_its_bounds() {
+    let bless = std::env::var_os("BLESS").is_some();
+    let mut pages: Vec<&str> = Vec::new();
+    let all = burn_distill::objectives();
+    for d in &all {
+        let page = d.doc.split('#').next().unwrap();
+        if d.bound.is_some() && !pages.contains(&page) {
+            pages.push(page);
+        }
+    }
+    let mut stale = Vec::new();
+    for page in pages {
+        let path = root().join("docs").join(page);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines = bounds(page).unwrap();
+        let section = format!("{BOUND_START}\n{lines}{BOUND_END}");
+        let want = match (text.find(BOUND_START), text.find(BOUND_END)) {
+            (Some(a), Some(b)) => {
+                format!("{}{section}{}", &text[..a], &text[b + BOUND_END.len()..])
+            }
+            _ => format!(
+                "{}\n\n## Input bound\n\nThe inputs (logits, feature taps, hidden states) each objective on this page\n\
+                 is finite for, in f32 and f64 (half-precision inputs are read in f32); `tests/range.rs`\n\
+                 checks each at its bound and beyond.\n\n{section}\n",
+                text.trim_end()
+            ),
+        };
+        if want != text {
+            match bless {
+                true => std::fs::write(&path, want).unwrap(),
+                false => stale.push(page),
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "pages whose bounds are out of step with the registry: {stale:?}; run BLESS=1 cargo test --test catalog"
+    );
+}

@@ -164,6 +164,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Ctkd"],
     paper: "Li et al., AAAI 2023, *Curriculum Temperature for KD*",
     doc: "ctkd.md",
+    bound: None,
     example: None,
     learnable: None,
     twins: None,

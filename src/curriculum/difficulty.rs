@@ -100,7 +100,10 @@ pub struct Paced<L> {
 impl<L: Loss> Paced<L> {
     /// The fraction of each batch admitted at `input`'s progress.
     pub fn admitted(&self, input: &DistillInput) -> Result<f64, DistillError> {
-        let p = input.of(Self::NAME).progress("to pace its curriculum")?;
+        let p = input
+            .of(Self::NAME)
+            .within(BOUND)
+            .progress("to pace its curriculum")?;
         self.admitted.value(Some(p))
     }
 
@@ -108,17 +111,19 @@ impl<L: Loss> Paced<L> {
     pub fn difficulty(&self, input: &DistillInput) -> Result<Tensor<1>, DistillError> {
         let with_targets = |z: Tensor<2>| -> Result<Tensor<1>, DistillError> {
             let [n, c] = z.dims();
-            let y = input.of(Self::NAME).targets(n, c)?;
+            let y = input.of(Self::NAME).within(BOUND).targets(n, c)?;
             Ok(cross_entropy_per_sample(z.detach(), y, 0.0))
         };
         match self.difficulty {
             Difficulty::TeacherConfidence => {
-                let (_, t) = input.of(Self::NAME).logits()?;
+                let (_, t) = input.of(Self::NAME).within(BOUND).logits()?;
                 let top = log_softmax(t.detach(), 1).max_dim(1).squeeze_dim::<1>(1);
                 Ok(-top.exp())
             }
-            Difficulty::TeacherLoss => with_targets(input.of(Self::NAME).logits()?.1),
-            Difficulty::StudentLoss => with_targets(input.of(Self::NAME).student_logits()?),
+            Difficulty::TeacherLoss => with_targets(input.of(Self::NAME).within(BOUND).logits()?.1),
+            Difficulty::StudentLoss => {
+                with_targets(input.of(Self::NAME).within(BOUND).student_logits()?)
+            }
         }
     }
 }
@@ -132,7 +137,7 @@ impl<L: Loss> Loss for Paced<L> {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let fraction = self.admitted(input)?;
-        let n = input.of(Self::NAME).batch()?;
+        let n = input.of(Self::NAME).within(BOUND).batch()?;
         let k = count(fraction, n);
         if k == n {
             return self.inner.forward(input);
@@ -191,7 +196,10 @@ pub struct TopKMask<L> {
 impl<L: Loss> TopKMask<L> {
     /// The number of non-target classes kept at `input`'s progress, for `classes` classes.
     pub fn kept(&self, input: &DistillInput, classes: usize) -> Result<usize, DistillError> {
-        let p = input.of(Self::NAME).progress("to widen its mask")?;
+        let p = input
+            .of(Self::NAME)
+            .within(BOUND)
+            .progress("to widen its mask")?;
         let others = classes.saturating_sub(1).max(1);
         let k = count(self.kept.value(Some(p))?, others);
         Ok(k.max(self.min_kept).min(others))
@@ -206,14 +214,14 @@ impl<L: Loss> Loss for TopKMask<L> {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let (_, t) = input.of(Self::NAME).logits()?;
+        let (_, t) = input.of(Self::NAME).within(BOUND).logits()?;
         let [n, c] = t.dims();
         crate::check::check_classes(Self::NAME, c, 3)?;
         let k = self.kept(input, c)?;
         if k == c - 1 {
             return self.inner.forward(input);
         }
-        let y = input.of(Self::NAME).targets(n, c)?;
+        let y = input.of(Self::NAME).within(BOUND).targets(n, c)?;
         let others = t
             .detach()
             .mask_fill(target_mask(y.clone(), c), f64::NEG_INFINITY);
@@ -226,6 +234,10 @@ impl<L: Loss> Loss for TopKMask<L> {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[
     Descriptor {
@@ -233,6 +245,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[
         items: &["Paced"],
         paper: "a difficulty curriculum over samples (easy first)",
         doc: "curriculum.md#difficulty-curricula",
+        bound: Some(BOUND),
         example: Some(|_| {
             Ok(PacedConfig::new()
                 .init(crate::cross_entropy::CrossEntropyConfig::new().init()?)?
@@ -248,6 +261,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[
         items: &["TopKMask"],
         paper: "a curriculum over classes (DeepKD's dynamic top-k mask)",
         doc: "curriculum.md#difficulty-curricula",
+        bound: Some(BOUND),
         example: Some(|_| {
             let ce = crate::cross_entropy::CrossEntropyConfig::new().init()?;
             Ok(TopKMaskConfig::new().with_start(0.5).init(ce)?.boxed())

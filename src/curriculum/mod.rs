@@ -21,6 +21,7 @@ const OWN: &[Descriptor] = &[Descriptor {
     items: &["Schedule"],
     paper: "warm-ups and ramps for any weight",
     doc: "curriculum.md",
+    bound: None,
     example: None,
     learnable: None,
     twins: None,

@@ -115,7 +115,7 @@ impl Loss for Ab {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME).for_module(self);
+        let checked = input.of(Self::NAME).within(BOUND).for_module(self);
         let k = c.features.len();
         let total = sum_stages(&c.features, |i, name| {
             let (s, t) = configured_maps(&checked, name, c.student[i], c.teacher[i])?;
@@ -131,12 +131,17 @@ impl Loss for Ab {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Ab"],
     paper: "Heo et al., AAAI 2019, *Distillation of Activation Boundaries Formed by Hidden Neurons*",
     doc: "ab.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

@@ -79,7 +79,7 @@ impl Loss for Affinity {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).within(BOUND);
         let name = &self.config.feature;
         let (s, t) = checked.maps(name)?;
         if s.dims() != t.dims() {
@@ -98,12 +98,17 @@ impl Loss for Affinity {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Affinity"],
     paper: "He et al., CVPR 2019, *Knowledge Adaptation for Efficient Semantic Segmentation* (its affinity term)",
     doc: "kta.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(AffinityConfig::new()
             .with_feature("paired".into())

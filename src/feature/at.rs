@@ -72,7 +72,7 @@ impl Loss for At {
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let p = self.config.p;
         let total = sum_stages(&self.config.features, |_, name| {
-            let (s, t) = input.of(At::NAME).maps(name)?;
+            let (s, t) = input.of(At::NAME).within(BOUND).maps(name)?;
             let (s, t) = pool_to_smaller(s, t);
             Ok((attention_map(s, p) - attention_map(t, p)).square().mean())
         })?;
@@ -80,12 +80,17 @@ impl Loss for At {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["At"],
     paper: "Zagoruyko & Komodakis, ICLR 2017, *Paying More Attention to Attention*",
     doc: "at.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(AtConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

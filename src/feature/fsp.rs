@@ -81,7 +81,7 @@ impl Loss for Fsp {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).within(BOUND);
         let mut maps = Vec::new();
         for name in &self.config.features {
             let (s, t) = checked.maps(name)?;
@@ -107,12 +107,17 @@ impl Loss for Fsp {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e8;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Fsp"],
     paper: "Yim et al., CVPR 2017, *A Gift from Knowledge Distillation*",
     doc: "fsp.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(FspConfig::new(vec!["paired".into(), "paired".into()])
             .init()?

@@ -220,7 +220,11 @@ impl Loss for Ft {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Self::NAME).for_module(self).maps(&c.feature)?;
+        let (s, t) = input
+            .of(Self::NAME)
+            .within(BOUND)
+            .for_module(self)
+            .maps(&c.feature)?;
         for (who, got, want) in [
             ("student", s.dims()[1], c.student_channels),
             ("teacher", t.dims()[1], c.teacher_channels),
@@ -243,12 +247,17 @@ impl Loss for Ft {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Ft", "Paraphraser"],
     paper: "Kim et al., NeurIPS 2018, *Paraphrasing Complex Network: Factor Transfer*",
     doc: "ft.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| Ok(moved(FtConfig::new(3, 6).init(r)?, dev, dtype))),
     twins: None,

@@ -174,7 +174,7 @@ impl Loss for Hint {
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
         let (s, t) = configured_maps(
-            &input.of(Hint::NAME).for_module(self),
+            &input.of(Hint::NAME).within(BOUND).for_module(self),
             &c.feature,
             c.student,
             c.teacher,
@@ -190,12 +190,17 @@ impl Loss for Hint {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Hint"],
     paper: "Romero et al., ICLR 2015, *FitNets: Hints for Thin Deep Nets*",
     doc: "hint.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

@@ -116,7 +116,7 @@ impl Loss for Ickd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME).for_module(self);
+        let checked = input.of(Self::NAME).within(BOUND).for_module(self);
         let total = sum_stages(&self.config.features, |i, name| {
             let (s, t) = checked.maps(name)?;
             // the embedding's convolution reads the channels it was built for
@@ -147,12 +147,17 @@ impl Loss for Ickd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Ickd"],
     paper: "Liu et al., ICCV 2021, *Inter-Channel Correlation for KD*",
     doc: "ickd.md",
+    bound: Some(BOUND),
     example: Some(|dev| {
         Ok(IckdConfig::new()
             .with_features(vec!["paired".into()])

@@ -144,7 +144,7 @@ impl Loss for Kdsvd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).within(BOUND);
         let summary = |name: &str| -> Result<(Tensor<3>, Tensor<3>), DistillError> {
             let (s, t) = checked.maps(name)?;
             if s.dims()[3] != t.dims()[3] {
@@ -192,12 +192,17 @@ impl Loss for Kdsvd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Kdsvd"],
     paper: "Lee et al., ECCV 2018, *Self-supervised KD Using Singular Value Decomposition*",
     doc: "kdsvd.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(KdsvdConfig::new(vec!["feature".into(), "paired".into()])
             .init()?

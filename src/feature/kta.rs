@@ -83,7 +83,7 @@ impl Loss for Kta {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).within(BOUND);
         let (s, t) = checked.paired_rows(&self.config.feature)?;
         let d = s.dims()[1];
         let per_sample = kta_per_sample(s, t, self.config.p, self.config.q);
@@ -94,12 +94,17 @@ impl Loss for Kta {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Kta"],
     paper: "He et al., CVPR 2019, *Knowledge Adaptation for Efficient Semantic Segmentation*",
     doc: "kta.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(KtaConfig::new()
             .with_feature("paired".into())

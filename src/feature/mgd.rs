@@ -215,7 +215,11 @@ impl Loss for Mgd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Mgd::NAME).for_module(self).maps(&c.feature)?;
+        let (s, t) = input
+            .of(Mgd::NAME)
+            .within(BOUND)
+            .for_module(self)
+            .maps(&c.feature)?;
         let (ds, dt) = (s.dims(), t.dims());
         if ds[1] != c.student_channels || dt[1] != c.teacher_channels || ds[2..] != dt[2..] {
             return Err(DistillError::ShapeMismatch {
@@ -240,12 +244,17 @@ impl Loss for Mgd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Mgd"],
     paper: "Yang et al., ECCV 2022, *Masked Generative Distillation*",
     doc: "mgd.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

@@ -80,12 +80,16 @@ impl Loss for Nst {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let total = sum_stages(&self.config.features, |_, name| {
-            let (s, t) = input.of(Self::NAME).maps(name)?;
+            let (s, t) = input.of(Self::NAME).within(BOUND).maps(name)?;
             Ok(nst_stage(s, t))
         })?;
         Ok(LossOutput::single(Self::NAME, total * self.config.weight))
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -93,6 +97,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Nst"],
     paper: "Huang & Wang 2017, *Like What You Like: Neuron Selectivity Transfer*",
     doc: "nst.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(NstConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

@@ -197,7 +197,7 @@ impl Loss for Ofd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME).for_module(self);
+        let checked = input.of(Self::NAME).within(BOUND).for_module(self);
         let k = c.features.len();
         let total = sum_stages(&c.features, |i, name| {
             let (s, t) = channel_maps(&checked, name, c.channels[i])?;
@@ -215,12 +215,17 @@ impl Loss for Ofd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Ofd"],
     paper: "Heo et al., ICCV 2019, *A Comprehensive Overhaul of Feature Distillation*",
     doc: "ofd.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

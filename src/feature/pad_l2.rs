@@ -106,7 +106,7 @@ impl Loss for PadL2 {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME).for_module(self);
+        let checked = input.of(Self::NAME).within(BOUND).for_module(self);
         let (s, t) = checked.paired_rows(&self.config.feature)?;
         if s.dims()[1] != self.config.width {
             return Err(checked.shape(
@@ -125,12 +125,17 @@ impl Loss for PadL2 {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["PadL2"],
     paper: "Zhang et al., ECCV 2020, *Prime-Aware Adaptive Distillation*",
     doc: "pad_l2.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

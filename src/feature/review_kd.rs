@@ -212,7 +212,7 @@ impl Loss for ReviewKd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME).for_module(self);
+        let checked = input.of(Self::NAME).within(BOUND).for_module(self);
         let warmup = Schedule::Warmup {
             value: c.weight,
             epochs: c.warmup_epochs,
@@ -241,12 +241,17 @@ impl Loss for ReviewKd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["ReviewKd", "Abf"],
     paper: "Chen et al., CVPR 2021, *Distilling Knowledge via Knowledge Review*",
     doc: "review_kd.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

@@ -322,7 +322,7 @@ impl<L: Loss> Loss for Dam<L> {
         }
         let mut masked = input.clone();
         for name in &self.config.features {
-            let (s, t) = input.of(Self::NAME).maps(name)?;
+            let (s, t) = input.of(Self::NAME).within(BOUND).maps(name)?;
             if s.dims()[2..] != t.dims()[2..] {
                 return Err(DistillError::ShapeMismatch {
                     objective: Self::NAME.into(),
@@ -338,12 +338,17 @@ impl<L: Loss> Loss for Dam<L> {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Dafa", "Augmented", "Dam"],
     paper: "Shen et al. 2024, SoKD (reconstruction from the abstract)",
     doc: "sokd.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(DamConfig::new()
             .init(super::AtConfig::new().init()?)?

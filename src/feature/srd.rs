@@ -104,7 +104,7 @@ impl Loss for Srd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME).for_module(self);
+        let checked = input.of(Self::NAME).within(BOUND).for_module(self);
         let name = &self.config.feature;
         let (s, t) = checked.rows(name, 1)?;
         let s = match (&self.projector, self.config.projector) {
@@ -138,12 +138,17 @@ impl Loss for Srd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Srd"],
     paper: "Miles & Mikolajczyk, AAAI 2024, *Understanding the Role of the Projector in KD*",
     doc: "srd.md",
+    bound: Some(BOUND),
     example: Some(|dev| {
         Ok(SrdConfig::new()
             .with_feature("paired".into())

@@ -166,7 +166,7 @@ impl Loss for Vid {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME).for_module(self);
+        let checked = input.of(Self::NAME).within(BOUND).for_module(self);
         let total = sum_stages(&c.features, |i, name| {
             let (s, t) = channel_maps(&checked, name, c.channels[i])?;
             let (s, t) = pool_to_smaller(s, t);
@@ -178,12 +178,17 @@ impl Loss for Vid {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Vid"],
     paper: "Ahn et al., CVPR 2019, *Variational Information Distillation*",
     doc: "vid.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

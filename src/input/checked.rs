@@ -5,6 +5,7 @@ use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 use super::outputs::frozen;
 use super::{DistillInput, Feature, Progress, Views};
 use crate::error::DistillError;
+use crate::loss::LossOutput;
 
 /// A [`DistillInput`] read on behalf of one objective ([`DistillInput::of`]): each accessor
 /// checks what it returns (presence, shapes, ranges) and names the objective in its error. The
@@ -25,6 +26,7 @@ pub struct Checked<'a> {
     input: &'a DistillInput,
     objective: &'a str,
     params: Option<DType>,
+    bound: Option<f64>,
 }
 
 impl<'a> Checked<'a> {
@@ -33,6 +35,79 @@ impl<'a> Checked<'a> {
             input,
             objective,
             params: None,
+            bound: None,
+        }
+    }
+
+    /// The same reader for an objective that promises finite values and gradients for inputs
+    /// of magnitude up to `bound` (its [`Descriptor::bound`](crate::Descriptor::bound)): the
+    /// logits and taps it returns are checked against it, and a finite value beyond it is a
+    /// [`DistillError::OutOfRange`] (one read-back of each tensor's extremes; none for a bound
+    /// its float type cannot exceed). Non-finite values pass, as the non-finite policy says.
+    pub fn within(self, bound: f64) -> Self {
+        Self {
+            bound: Some(bound),
+            ..self
+        }
+    }
+
+    /// Checks `t` against the bound, if any (see [`within`](Self::within)).
+    fn in_bound<const D: usize>(&self, t: &Tensor<D>, what: &str) -> Result<(), DistillError> {
+        match self.bound {
+            Some(bound) => self.beyond(bound, t, what),
+            None => Ok(()),
+        }
+    }
+
+    /// The objective's output `out`, checked against `bound` after the fact: what the
+    /// objectives over whole logit planes (KD, DKD, the token divergences) use instead of
+    /// [`within`](Self::within), whose read of every input would cost them a pass over each
+    /// plane. A finite total is returned as it is (one read-back of the total); a non-finite
+    /// one is a [`DistillError::OutOfRange`] when one of `inputs` (name, tensor) holds a finite
+    /// value beyond `bound`, else it propagates (non-finite input, the non-finite policy).
+    pub fn settle<const D: usize>(
+        &self,
+        bound: f64,
+        out: LossOutput,
+        inputs: &[(&str, &Tensor<D>)],
+    ) -> Result<LossOutput, DistillError> {
+        if out.value().is_finite() {
+            return Ok(out);
+        }
+        for (what, t) in inputs {
+            self.beyond(bound, t, what)?;
+        }
+        Ok(out)
+    }
+
+    /// A [`DistillError::OutOfRange`] when `t` holds a finite value beyond `bound`.
+    fn beyond<const D: usize>(
+        &self,
+        bound: f64,
+        t: &Tensor<D>,
+        what: &str,
+    ) -> Result<(), DistillError> {
+        let widest = match t.dtype() {
+            DType::F64 => f64::MAX,
+            DType::F16 => 65504.0,
+            _ => f64::from(f32::MAX),
+        };
+        // a bound the float type cannot exceed, or nothing to read (the callers' emptiness
+        // checks name that)
+        if bound >= widest || t.shape().num_elements() == 0 {
+            return Ok(());
+        }
+        // a non-finite largest magnitude means NaN or ±∞ in `t`, which propagate (the
+        // non-finite policy)
+        let magnitude = t.clone().detach().max_abs().into_scalar::<f64>();
+        match magnitude.is_finite() && magnitude > bound {
+            true => Err(DistillError::OutOfRange {
+                objective: self.objective.into(),
+                what: what.into(),
+                magnitude,
+                bound,
+            }),
+            false => Ok(()),
         }
     }
 
@@ -147,6 +222,7 @@ impl<'a> Checked<'a> {
         if s.dims()[1] == 0 {
             return Err(self.empty("student logits (zero classes)".into()));
         }
+        self.in_bound(s, "the student logits")?;
         match self.params {
             Some(_) => self.fit(s.clone(), "the student logits"),
             None => Ok(upcast(s.clone())),
@@ -194,6 +270,7 @@ impl<'a> Checked<'a> {
         if ns != nt || ct == 0 {
             return Err(self.shape("teacher logits".into(), vec![ns, cs], vec![nt, ct]));
         }
+        self.in_bound(t, "the teacher logits")?;
         let t = like(upcast(self.teacher(t, frozen)), s.dtype());
         Ok((s, t))
     }
@@ -430,6 +507,15 @@ impl<'a> Checked<'a> {
             }
             (_, t) => t,
         };
+        for (f, what) in [
+            (s, format!("the student tap `{student}`")),
+            (&t, format!("the teacher tap `{teacher}`")),
+        ] {
+            match f {
+                Feature::Map(x) => self.in_bound(x, &what)?,
+                Feature::Embedding(x) => self.in_bound(x, &what)?,
+            }
+        }
         let s = self.fit_feature(s.clone(), &format!("the student tap `{student}`"))?;
         let t = self.fit_feature(t, &format!("the teacher tap `{teacher}`"))?;
         Ok((s, t))
@@ -461,7 +547,13 @@ impl<'a> Checked<'a> {
                 return Err(self.empty(format!("{who} tap `{name}` of shape {d:?}")));
             }
         }
-        Ok((s, t))
+        // attention, Gram and affinity maps of half-precision maps overflow f16 at magnitudes
+        // of 1e2: maps are read in f32, as logits and rows are (a learnable objective reads
+        // them in its parameters' type instead)
+        match self.params {
+            Some(_) => Ok((s, t)),
+            None => Ok((upcast(s), upcast(t))),
+        }
     }
 
     /// The student's and teacher's tap `name`, one row per sample (a map is flattened), after
@@ -544,7 +636,7 @@ fn like<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
 /// Half-precision logits in f32: losses over them (sums of `T²`-scaled log-ratios) overflow
 /// f16's 65504 long before the logits do, so the logit objectives compute in f32 and return
 /// f32 losses, as mixed-precision training does; gradients flow back to the half inputs.
-fn upcast(z: Tensor<2>) -> Tensor<2> {
+fn upcast<const D: usize>(z: Tensor<D>) -> Tensor<D> {
     match z.dtype() {
         DType::F16 | DType::BF16 => z.cast(FloatDType::F32),
         _ => z,

@@ -281,6 +281,11 @@ impl DistillInput {
         self.student_features.values().next().map(Feature::rows)
     }
 
+    /// Whether the input carries the teacher's logits.
+    pub fn has_teacher_logits(&self) -> bool {
+        self.teacher_logits.is_some()
+    }
+
     /// The training progress, if set.
     pub fn get_progress(&self) -> Option<Progress> {
         self.progress

@@ -99,6 +99,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Dckd"],
     paper: "Wang et al., PLoS One 2025 (reconstruction from the abstract)",
     doc: "dckd.md",
+    bound: Some(super::decoupled::BOUND),
     example: Some(|_| Ok(DckdConfig::new().with_warmup_epochs(0).init()?.boxed())),
     learnable: None,
     twins: Some(|fused| {

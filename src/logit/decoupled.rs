@@ -11,6 +11,10 @@ use crate::loss::LossOutput;
 use crate::math::{Decoupled, JointTarget, Temperature, kl_rows, logsumexp, target_mask};
 use crate::schedule::Schedule;
 
+/// The largest input magnitude DKD and DCKD promise finite values and gradients for (their
+/// pages state it; `tests/range.rs` checks it at the bound and beyond).
+pub(super) const BOUND: f64 = 1e30;
+
 /// What DKD and DCKD share: the weights α (target part) and β (non-target part), the
 /// temperature, the warm-up, the joint target-class rule, and the decoupled forward pass.
 #[derive(Debug, Clone)]
@@ -72,7 +76,8 @@ impl Decoupling {
         };
         let scaled = |x: Tensor<1>, weight: f64| temperature.times_squared(x * (weight * w));
         let names = [format!("{name}/tckd"), format!("{name}/nckd")];
-        Ok(match fused {
+        let read = (s.clone(), t.clone());
+        let out = match fused {
             Some((total, parts)) => {
                 let terms =
                     [0, 1].map(|i| scaled(parts.clone().narrow(1, i, 1).mean(), weights[i]));
@@ -86,7 +91,13 @@ impl Decoupling {
                 let terms = [0, 1].map(|i| scaled(parts[i].clone().mean(), weights[i]));
                 LossOutput::from_terms(names.into_iter().zip(terms).collect())
             }
-        })
+        };
+        let (s, t) = read;
+        input.settle(
+            BOUND,
+            out,
+            &[("the student logits", &s), ("the teacher logits", &t)],
+        )
     }
 }
 

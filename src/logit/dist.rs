@@ -90,7 +90,7 @@ impl Tempered for Dist {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let (s, t) = input.of(Dist::NAME).logits()?;
+        let (s, t) = input.of(Dist::NAME).within(BOUND).logits()?;
         let ps = softmax(temperature.scale(s), 1);
         let pt = softmax(temperature.scale(t), 1);
         let [inter, intra] = dist_relations(ps, pt, self.eps);
@@ -107,12 +107,17 @@ impl Tempered for Dist {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Dist"],
     paper: "Huang et al., NeurIPS 2022, *Knowledge Distillation from A Stronger Teacher*",
     doc: "dist.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(DistConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

@@ -111,7 +111,7 @@ impl Loss for DistPlus {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).within(BOUND);
         let c = &self.config;
         let (zs, zt) = checked.logits()?;
         let (fs, ft) = checked.maps(&c.feature)?;
@@ -138,12 +138,17 @@ impl Loss for DistPlus {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["DistPlus"],
     paper: "Huang et al., TPAMI 2025, *DIST+: KD From a Stronger Adaptive Teacher*",
     doc: "dist_plus.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(DistPlusConfig::new()
             .with_feature("paired".into())

@@ -138,6 +138,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Dkd"],
     paper: "Zhao et al., CVPR 2022, *Decoupled Knowledge Distillation*",
     doc: "dkd.md",
+    bound: Some(super::decoupled::BOUND),
     example: Some(|_| Ok(DkdConfig::new().with_warmup_epochs(0).init()?.boxed())),
     learnable: None,
     twins: Some(|fused| {

@@ -104,21 +104,27 @@ impl Tempered for Kd {
         input: &DistillInput,
         temperature: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let (s, t) = input.of(Kd::NAME).logits()?;
+        let input = input.of(Kd::NAME);
+        let (s, t) = input.logits()?;
         let c = s.dims()[1];
         let rows = match temperature {
             Temperature::Fixed(temp) if self.fused => fused::kd_rows(&s, &t, *temp),
             _ => None,
         };
-        let per_sample = rows.unwrap_or_else(|| kd_rows(s, t, temperature));
+        let per_sample = rows.unwrap_or_else(|| kd_rows(s.clone(), t.clone(), temperature));
         let loss = self.reduction.apply(per_sample, c);
-        Ok(LossOutput::single(
+        let out = LossOutput::single(
             Kd::NAME,
             match self.t_squared {
                 true => temperature.times_squared(loss),
                 false => loss,
             },
-        ))
+        );
+        input.settle(
+            BOUND,
+            out,
+            &[("the student logits", &s), ("the teacher logits", &t)],
+        )
     }
 }
 
@@ -145,12 +151,17 @@ pub fn kd_loss(
         .total)
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Kd"],
     paper: "Hinton, Vinyals, Dean 2015, *Distilling the Knowledge in a Neural Network*",
     doc: "kd.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(KdConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
     twins: Some(|fused| {

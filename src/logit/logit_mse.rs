@@ -58,7 +58,7 @@ impl Tempered for LogitMse {
         input: &DistillInput,
         t: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let (s, te) = input.of(LogitMse::NAME).logits()?;
+        let (s, te) = input.of(LogitMse::NAME).within(BOUND).logits()?;
         Ok(LossOutput::single(
             LogitMse::NAME,
             logit_mse(t.scale(s), t.scale(te)),
@@ -78,12 +78,17 @@ impl Loss for LogitMse {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["LogitMse"],
     paper: "Ba & Caruana 2014; MetaDistil's `MSEWithTemperature`",
     doc: "logit_mse.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(LogitMseConfig::new().with_temperature(4.0).init()?.boxed())),
     learnable: None,
     twins: None,

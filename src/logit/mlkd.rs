@@ -161,7 +161,7 @@ impl Loss for Mlkd {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).within(BOUND);
         let (s, t) = checked.logits()?;
         let n = s.dims()[0];
         let strong = match &self.config.strong {
@@ -227,12 +227,17 @@ impl Loss for Mlkd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Mlkd"],
     paper: "Jin, Wang, Lin, CVPR 2023, *Multi-Level Logit Distillation*",
     doc: "mlkd.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(MlkdConfig::new().with_ce_weight(1.0).init()?.boxed())),
     learnable: None,
     twins: None,

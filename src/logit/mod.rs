@@ -39,6 +39,7 @@ const OWN: &[Descriptor] = &[Descriptor {
     items: &["CrossEntropy"],
     paper: "the task loss (with label smoothing)",
     doc: "kd.md#composing-with-the-task-loss",
+    bound: Some(crate::cross_entropy::BOUND),
     example: Some(|_| Ok(CrossEntropyConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

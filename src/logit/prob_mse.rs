@@ -50,7 +50,7 @@ impl Tempered for ProbMse {
         input: &DistillInput,
         t: &Temperature,
     ) -> Result<LossOutput, DistillError> {
-        let (s, te) = input.of(ProbMse::NAME).logits()?;
+        let (s, te) = input.of(ProbMse::NAME).within(BOUND).logits()?;
         let diff = softmax(t.scale(te), 1) - softmax(t.scale(s), 1);
         Ok(LossOutput::single(
             ProbMse::NAME,
@@ -71,12 +71,17 @@ impl Loss for ProbMse {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["ProbMse"],
     paper: "MetaDistil's NLP soft loss (squared error of softened probabilities)",
     doc: "prob_mse.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(ProbMseConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
     twins: None,

@@ -1,4 +1,4 @@
-use burn::tensor::Tensor;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 use crate::error::DistillError;
 use crate::input::DistillInput;
@@ -49,9 +49,18 @@ impl<L> Standardized<L> {
     /// The input with standardised logits, after checking they have at least 2 classes (the
     /// standard deviation of one value is 0/0).
     fn transform(&self, input: &DistillInput) -> Result<DistillInput, DistillError> {
-        let c = input.of(Standardized::<()>::NAME).student_logits()?.dims()[1];
+        let checked = input.of(Standardized::<()>::NAME).within(BOUND);
+        let c = match input.has_teacher_logits() {
+            true => checked.logits()?.0.dims()[1],
+            false => checked.student_logits()?.dims()[1],
+        };
         crate::check::check_classes(Standardized::<()>::NAME, c, 2)?;
-        Ok(input.map_logits(|z| standardize_rows(z, self.eps)))
+        // half-precision rows are standardised in f32 (their variance overflows f16)
+        let wide = |z: Tensor<2>| match z.dtype() {
+            DType::F16 | DType::BF16 => z.cast(FloatDType::F32),
+            _ => z,
+        };
+        Ok(input.map_logits(|z| standardize_rows(wide(z), self.eps)))
     }
 }
 
@@ -77,12 +86,17 @@ impl<L: Tempered> Tempered for Standardized<L> {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Standardized"],
     paper: "Sun et al., CVPR 2024, *Logit Standardization in KD*",
     doc: "dist.md#logit-standardisation",
+    bound: Some(BOUND),
     example: Some(|_| Ok(Standardized::new(super::KdConfig::new().init()?).boxed())),
     learnable: None,
     twins: None,

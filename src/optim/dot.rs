@@ -214,6 +214,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Dot"],
     paper: "Zhao et al., ICCV 2023, *DOT: A Distillation-Oriented Trainer*",
     doc: "dot.md",
+    bound: None,
     example: None,
     learnable: None,
     twins: None,

@@ -151,8 +151,11 @@ impl<L: Loss> Loss for Dgkd<L> {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let p = input.of(Self::NAME).progress("to drop its guides")?;
-        let (_, teacher) = input.of(Self::NAME).logits()?;
+        let p = input
+            .of(Self::NAME)
+            .within(BOUND)
+            .progress("to drop its guides")?;
+        let (_, teacher) = input.of(Self::NAME).within(BOUND).logits()?;
         let guides: Vec<_> = std::iter::once(teacher)
             .chain(input.guides().iter().cloned())
             .collect();
@@ -173,12 +176,17 @@ impl<L: Loss> Loss for Dgkd<L> {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Takd", "Dgkd"],
     paper: "Mirzadeh et al., AAAI 2020; Son et al., ICCV 2021: teaching assistants",
     doc: "assistants.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(DgkdConfig::new()
             .init(crate::logit::KdConfig::new().init()?)?

@@ -21,6 +21,7 @@ const OWN: &[Descriptor] = &[Descriptor {
     items: &["Distiller"],
     paper: "burn-train model with loss-term metrics (feature `train`)",
     doc: "train.md",
+    bound: None,
     example: None,
     learnable: None,
     twins: None,

@@ -140,7 +140,7 @@ impl Loss for Cc {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).within(BOUND);
         let name = &self.config.feature;
         let (s, t) = match self.config.kernel {
             CcKernel::Consecutive => checked.paired_rows(name)?,
@@ -160,12 +160,17 @@ impl Loss for Cc {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e4;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Cc"],
     paper: "Peng et al., ICCV 2019, *Correlation Congruence for Knowledge Distillation*",
     doc: "cc.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(CcConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

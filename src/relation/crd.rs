@@ -197,7 +197,11 @@ impl Loss for Crd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Crd::NAME).for_module(self).rows(&c.feature, 1)?;
+        let (s, t) = input
+            .of(Crd::NAME)
+            .within(BOUND)
+            .for_module(self)
+            .rows(&c.feature, 1)?;
         let b = s.dims()[0];
         if s.dims()[1] != c.student_dim || t.dims()[1] != c.teacher_dim {
             return Err(DistillError::ShapeMismatch {
@@ -207,8 +211,14 @@ impl Loss for Crd {
                 actual: vec![s.dims()[1], t.dims()[1]],
             });
         }
-        let idx = input.of(Crd::NAME).indices(b, c.dataset_size)?;
-        let p = input.of(Crd::NAME).progress("to draw its negatives")?;
+        let idx = input
+            .of(Crd::NAME)
+            .within(BOUND)
+            .indices(b, c.dataset_size)?;
+        let p = input
+            .of(Crd::NAME)
+            .within(BOUND)
+            .progress("to draw its negatives")?;
         let dev = s.device();
         let ids = Tensor::cat(
             vec![
@@ -272,12 +282,17 @@ impl Loss for Crd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Crd"],
     paper: "Tian et al., ICLR 2020, *Contrastive Representation Distillation*",
     doc: "crd.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

@@ -210,7 +210,7 @@ impl Loss for Dlkd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Dlkd::NAME).for_module(self);
+        let checked = input.of(Dlkd::NAME).within(BOUND).for_module(self);
         let (s, t) = checked.rows(&c.feature, 2)?;
         let [n, ds] = s.dims();
         let dt = t.dims()[1];
@@ -266,12 +266,17 @@ impl Loss for Dlkd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Dlkd"],
     paper: "Ding et al., TNNLS 2024, *Dual-level KD via Knowledge Alignment and Correlation*",
     doc: "dlkd.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

@@ -73,10 +73,14 @@ impl Loss for Pkt {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let (s, t) = input.of(Pkt::NAME).rows(&self.feature, 2)?;
+        let (s, t) = input.of(Pkt::NAME).within(BOUND).rows(&self.feature, 2)?;
         Ok(LossOutput::single(Pkt::NAME, pkt_loss(s, t, self.eps)))
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -84,6 +88,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Pkt"],
     paper: "Passalis & Tefas, ECCV 2018, *Probabilistic Knowledge Transfer*",
     doc: "pkt.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(PktConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

@@ -80,7 +80,7 @@ impl Loss for Rkd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let (s, t) = input.of(Rkd::NAME).rows(&c.feature, 2)?;
+        let (s, t) = input.of(Rkd::NAME).within(BOUND).rows(&c.feature, 2)?;
         let (sd, sa) = potentials(s, c.squared, c.eps);
         let (td, ta) = potentials(t, c.squared, c.eps);
         let huber = HuberLossConfig::new(1.0).init();
@@ -100,12 +100,17 @@ impl Loss for Rkd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Rkd"],
     paper: "Park et al., CVPR 2019, *Relational Knowledge Distillation*",
     doc: "rkd.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(RkdConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

@@ -91,7 +91,7 @@ impl Loss for SkdDirection {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let input = input.of(Self::NAME);
+        let input = input.of(Self::NAME).within(BOUND);
         let (s, t) = match &self.config.feature {
             Some(tap) => input.rows(tap, 2)?,
             None => {
@@ -113,12 +113,17 @@ impl Loss for SkdDirection {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["SkdDirection"],
     paper: "torchdistill's SKD direction loss",
     doc: "rkd.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(SkdDirectionConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

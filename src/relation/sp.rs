@@ -52,10 +52,14 @@ impl Loss for Sp {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let (s, t) = input.of(Sp::NAME).rows(&self.feature, 2)?;
+        let (s, t) = input.of(Sp::NAME).within(BOUND).rows(&self.feature, 2)?;
         Ok(LossOutput::single(Sp::NAME, sp_loss(s, t)))
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -63,6 +67,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Sp"],
     paper: "Tung & Mori, ICCV 2019, *Similarity-Preserving KD*",
     doc: "sp.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(SpConfig::new()
             .with_feature("feature".into())

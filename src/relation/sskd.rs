@@ -238,7 +238,7 @@ impl Loss for Sskd {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME).for_module(self);
+        let checked = input.of(Self::NAME).within(BOUND).for_module(self);
         let (zs, zt) = checked.logits()?;
         let [n, classes] = zs.dims();
         if n == 0 || !n.is_multiple_of(4) {
@@ -311,12 +311,17 @@ impl Loss for Sskd {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Sskd", "SsHead"],
     paper: "Xu et al., ECCV 2020, *Knowledge Distillation Meets Self-Supervision*",
     doc: "sskd.md",
+    bound: Some(BOUND),
     example: None,
     learnable: None,
     twins: None,

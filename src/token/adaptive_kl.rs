@@ -158,13 +158,19 @@ impl Loss for AdaptiveKl {
         let mask = input.mask(n)?;
         input.targets_if_any(n, v)?;
         let log_p = |z: Tensor<2>| log_softmax(uncounted(z, mask.as_ref(), 0.0), 1);
-        let rows = adaptive_kl_rows(log_p(zs), log_p(zt), c.mu, c.variant);
-        Ok(LossOutput::single(
-            Self::NAME,
-            c.reduction.apply(rows, mask, v),
-        ))
+        let rows = adaptive_kl_rows(log_p(zs.clone()), log_p(zt.clone()), c.mu, c.variant);
+        let out = LossOutput::single(Self::NAME, c.reduction.apply(rows, mask, v));
+        input.settle(
+            BOUND,
+            out,
+            &[("the student logits", &zs), ("the teacher logits", &zt)],
+        )
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -172,6 +178,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["AdaptiveKl"],
     paper: "Wu et al., COLING 2025 (AKL)",
     doc: "token.md",
+    bound: Some(BOUND),
     // TAID's variant: its gradient is its value's (the official weights hold the student
     // constant, which the suites' finite differences cannot see; tests/token.rs checks it)
     example: Some(|_| {

@@ -139,6 +139,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Balanced"],
     paper: "Model-Optimizer's logits and intermediates loss balancer",
     doc: "token.md",
+    bound: None,
     example: None,
     learnable: None,
     twins: None,

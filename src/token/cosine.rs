@@ -63,7 +63,7 @@ impl Loss for LogitCosine {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.soft.forward(Self::NAME, input, |s, t| {
+        self.soft.forward(Self::NAME, BOUND, input, |s, t| {
             cosine_distance_rows(s, t, self.eps)
         })
     }
@@ -71,12 +71,17 @@ impl Loss for LogitCosine {
 
 impl TokenDivergence for LogitCosine {}
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["LogitCosine"],
     paper: "1 − cos(z_s, z_t) per token",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(LogitCosineConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

@@ -257,16 +257,25 @@ impl Loss for DistiLlm2 {
             uncounted(zs, keep.as_ref(), 0.0),
             uncounted(zt, keep.as_ref(), 0.0),
         );
-        let out = distillm2_sequences(zs, zt, y, mask, t, c);
+        let out = distillm2_sequences(zs.clone(), zt.clone(), y, mask, t, c);
         let pairs = n / (2 * t);
         let chosen = out.teacher_side.slice(0..pairs).mean() * (2.0 - beta);
         let rejected = out.student_side.slice(pairs..2 * pairs).mean() * beta;
-        Ok(LossOutput::from_terms(vec![
+        let out = LossOutput::from_terms(vec![
             (format!("{}/chosen", Self::NAME), chosen),
             (format!("{}/rejected", Self::NAME), rejected),
-        ]))
+        ]);
+        checked.settle(
+            BOUND,
+            out,
+            &[("the student logits", &zs), ("the teacher logits", &zt)],
+        )
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -274,6 +283,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["DistiLlm2"],
     paper: "Ko et al., ICML 2025 (DistiLLM-2)",
     doc: "token.md",
+    bound: Some(BOUND),
     // its input is sequences (SequenceLength), which the shared example does not have;
     // tests/token.rs checks its gradients
     example: None,

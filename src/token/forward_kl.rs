@@ -87,6 +87,7 @@ crate::loss::objective!(ForwardKl, "forward_kl");
 
 impl PerToken for ForwardKlOptions {
     const NAME: &'static str = ForwardKl::NAME;
+    const BOUND: f64 = BOUND;
 
     fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
         // the logits arrive divided by T: KD's kernel at T = 1 is the token's KL
@@ -103,12 +104,17 @@ impl PerToken for ForwardKlOptions {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["ForwardKl"],
     paper: "KL(p_t ‖ p_s) per token (TRL, torchtune, DistillKit)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(ForwardKlConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
     twins: Some(|fused| {

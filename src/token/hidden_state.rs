@@ -115,7 +115,7 @@ impl Loss for HiddenState {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let input = input.of(Self::NAME).for_module(self);
+        let input = input.of(Self::NAME).within(BOUND).for_module(self);
         let mut total: Option<Tensor<1>> = None;
         for (i, (ts, tt)) in c.layers.iter().enumerate() {
             let (s, t) = input.mapped(ts, tt)?;
@@ -163,12 +163,17 @@ impl Loss for HiddenState {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e15;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["HiddenState"],
     paper: "hidden-state MSE / cosine with learnable projections (DistillKit)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: None,
     learnable: Some(|r, dev, dtype| {
         Ok(moved(

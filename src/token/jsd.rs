@@ -90,6 +90,7 @@ crate::loss::objective!(Jsd, "jsd");
 
 impl PerToken for JsdOptions {
     const NAME: &'static str = Jsd::NAME;
+    const BOUND: f64 = BOUND;
 
     fn check(&self) -> Result<(), DistillError> {
         check_fraction(Jsd::NAME, "beta", self.beta, true).map(drop)
@@ -114,12 +115,17 @@ impl PerToken for JsdOptions {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Jsd"],
     paper: "generalized JSD(β) (Agarwal et al., ICLR 2024, GKD; TRL, Liger)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(JsdConfig::new().with_beta(0.3).init()?.boxed())),
     learnable: None,
     twins: Some(|fused| {

@@ -5,7 +5,7 @@ use crate::registry::Descriptor;
 use std::sync::Arc;
 
 use burn::config::Config;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor};
 
 use super::tokens::{TokenDivergence, TokenReduction, uncounted};
 use crate::check::check_non_negative;
@@ -370,16 +370,19 @@ impl<L: TokenDivergence> FusedLinear<L> {
                 "the wrapped objective must give one value per token (TokenReduction::None)",
             ));
         }
+        // half-precision logits give f32 rows (the divergences read them in f32): the chunk's
+        // value is summed in the rows' float type
+        let dtype = FloatDType::from(rows.dtype());
         let mut part = rows.sum() * c.soft_weight;
         if let Some(y) = targets {
-            let ce = cross_entropy_per_sample(heads.student.apply(zs.clone()), y, 0.0);
+            let ce = cross_entropy_per_sample(heads.student.apply(zs.clone()).cast(dtype), y, 0.0);
             let ce = match mask {
                 Some(m) => ce.mask_fill(m.bool_not(), 0.0),
                 None => ce,
             };
-            part = part + ce.sum() * c.hard_weight;
+            part = part + ce.sum().cast(dtype) * c.hard_weight;
         }
-        let part = part * scale.clone();
+        let part = part * scale.clone().cast(dtype);
         let grads = part.backward();
         let grad_of = |z: Tensor<2>| constant(z.grad(&grads).unwrap_or_else(|| z.zeros_like()));
         let gt = zt.filter(|_| heads.teacher_tracked).map(grad_of);
@@ -559,7 +562,13 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
             _ => None,
         };
         let mut teacher_g: Vec<Tensor<2>> = Vec::new();
-        let mut value = Tensor::<1>::zeros([1], (&device, dtype));
+        // the value is summed in f32 when the hidden states are in a half type (as the
+        // divergences read half-precision logits)
+        let wide = match dtype {
+            DType::F16 | DType::BF16 => FloatDType::F32,
+            d => FloatDType::from(d),
+        };
+        let mut value = Tensor::<1>::zeros([1], &device).cast(wide);
         // two chunk buffers, reused from chunk to chunk: the student's logits become their
         // gradient, which holds the next chunk's logits; the teacher's are rewritten in place
         let (mut spare_s, mut spare_t) = (None, None);
@@ -595,7 +604,7 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
                 }
                 _ => self.by_graph(zs, zt.clone(), mask, targets, &scale, heads)?,
             };
-            value = value + part;
+            value = value + part.cast(wide);
             grads = grads.add(student, lo, len, g.clone());
             spare_s = Some(g);
             if let (TeacherHead::Head(_), ChunkTeacher::Logits(zt)) = (teacher, zt) {
@@ -618,10 +627,25 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
             _ => {}
         }
         // value: the loss; gradient: the accumulated one
-        let total = surrogate.clone() - constant(surrogate) + value;
-        Ok(LossOutput::single(Self::NAME, total))
+        let total = (surrogate.clone() - constant(surrogate)).cast(wide) + value;
+        let out = LossOutput::single(Self::NAME, total);
+        // the inputs beyond the bound, read only when the total is not finite
+        let hidden = match teacher {
+            TeacherHead::Head(h) => Some(("the teacher's hidden states", &h.hidden)),
+            TeacherHead::Logits(t) => Some(("the teacher logits", t)),
+            TeacherHead::TopK { .. } => None,
+        };
+        let inputs: Vec<(&str, &Tensor<2>)> =
+            std::iter::once(("the student's hidden states", &student.hidden))
+                .chain(hidden)
+                .collect();
+        checked.settle(BOUND, out, &inputs)
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -629,6 +653,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["FusedLinear"],
     paper: "any token objective through the lm-head in chunks, logits never materialised (Liger-Kernel's fused linear losses)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(FusedLinearConfig::new()
             .with_chunk_size(Some(4))

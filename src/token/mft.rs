@@ -110,23 +110,35 @@ impl Loss for Mft {
         let y = input.targets(n, v)?;
         let temperature = Temperature::Fixed(c.temperature);
         let scaled = |z: Tensor<2>| temperature.scale(uncounted(z, mask.as_ref(), 0.0));
-        let target = mft_target(softmax(scaled(zt), 1), y, c.threshold);
+        let target = mft_target(softmax(scaled(zt.clone()), 1), y, c.threshold);
         let zero = target.clone().equal_elem(0.0);
-        let rows = outside_zero(log_softmax(scaled(zs), 1), target.log(), &zero, |s, t| {
-            forward_kl_elements(s, t)
-        })
+        let rows = outside_zero(
+            log_softmax(scaled(zs.clone()), 1),
+            target.log(),
+            &zero,
+            forward_kl_elements,
+        )
         .sum_dim(1)
         .squeeze_dim(1);
         let total = c.reduction.apply(rows, mask, v);
-        Ok(LossOutput::single(
+        let out = LossOutput::single(
             Self::NAME,
             match c.t_squared {
                 true => temperature.times_squared(total),
                 false => total,
             },
-        ))
+        );
+        input.settle(
+            BOUND,
+            out,
+            &[("the student logits", &zs), ("the teacher logits", &zt)],
+        )
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -134,6 +146,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["Mft"],
     paper: "Belcak et al., 2025 (Minifinetuning; Model-Optimizer's MFTLoss)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(MftConfig::new().with_temperature(2.0).init()?.boxed())),
     learnable: None,
     twins: None,

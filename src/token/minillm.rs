@@ -200,7 +200,7 @@ impl Loss for MiniLlm {
             });
         }
         let log_q = |z: Tensor<2>| log_softmax(uncounted(z, mask.as_ref(), 0.0), 1);
-        let (ls, lt) = (log_q(zs), log_q(zt));
+        let (ls, lt) = (log_q(zs.clone()), log_q(zt.clone()));
         let picked = |l: &Tensor<2>| l.clone().gather(1, y.clone()).reshape([n / t, t]);
         let (ys, yt) = (picked(&ls), picked(&lt));
         let seq_mask = mask.clone().map(|m| m.reshape([n / t, t]));
@@ -215,9 +215,18 @@ impl Loss for MiniLlm {
                 c.reduction.apply(rows, mask, v),
             ));
         }
-        Ok(LossOutput::from_terms(terms))
+        let out = LossOutput::from_terms(terms);
+        input.settle(
+            BOUND,
+            out,
+            &[("the student logits", &zs), ("the teacher logits", &zt)],
+        )
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -225,6 +234,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["MiniLlm"],
     paper: "Gu et al., ICLR 2024 (MiniLLM)",
     doc: "token.md",
+    bound: Some(BOUND),
     // a score-function estimator on sequences (SequenceLength): tests/token.rs checks its
     // gradient against the policy gradient
     example: None,

@@ -132,7 +132,7 @@ impl Loss for SparseRanking {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let input = input.of(Self::NAME);
+        let input = input.of(Self::NAME).within(BOUND);
         let z = input.student_logits()?;
         let [n, v] = z.dims();
         let mask = input.mask(n)?;
@@ -164,12 +164,17 @@ impl Loss for SparseRanking {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["SparseRanking"],
     paper: "DistillKit's hinge and logistic ranking losses over a sparse top-k teacher",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(SparseRankingConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

@@ -36,6 +36,7 @@ crate::loss::objective!(ReverseKl, "reverse_kl");
 
 impl PerToken for ReverseKlOptions {
     const NAME: &'static str = ReverseKl::NAME;
+    const BOUND: f64 = BOUND;
 
     fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
         reverse_kl_elements(log_softmax(s, 1), log_softmax(t, 1))
@@ -44,12 +45,17 @@ impl PerToken for ReverseKlOptions {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["ReverseKl"],
     paper: "KL(p_s ‖ p_t) per token (MiniLLM; TRL, torchtune)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(ReverseKlConfig::new().init()?.boxed())),
     learnable: None,
     twins: None,

@@ -119,7 +119,7 @@ impl Loss for SampledToken {
             let z = uncounted(z, mask.as_ref(), 0.0);
             log_softmax(z, 1).gather(1, y.clone()).reshape([n])
         };
-        let (lp_s, lp_t) = (picked(zs), picked(zt));
+        let (lp_s, lp_t) = (picked(zs.clone()), picked(zt.clone()));
         let mut rows = sampled_token_rows(lp_s.clone(), lp_t);
         if let Some(clip) = c.clip {
             let OldLogProbs(old) =
@@ -139,12 +139,18 @@ impl Loss for SampledToken {
             let old = old.cast(rows.dtype());
             rows = rows * importance_weights(lp_s, old, clip);
         }
-        Ok(LossOutput::single(
-            Self::NAME,
-            c.reduction.apply(rows, mask, v),
-        ))
+        let out = LossOutput::single(Self::NAME, c.reduction.apply(rows, mask, v));
+        input.settle(
+            BOUND,
+            out,
+            &[("the student logits", &zs), ("the teacher logits", &zt)],
+        )
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -152,6 +158,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["SampledToken"],
     paper: "TRL's sampled-token self-distillation with importance-sampling clipping",
     doc: "token.md",
+    bound: Some(BOUND),
     // a score-function estimator: its gradient is by design not its value's, so the suites'
     // finite-difference check does not apply (tests/token.rs checks it against the estimator)
     example: None,

@@ -94,6 +94,7 @@ crate::loss::objective!(SkewKl, "skew_kl");
 
 impl PerToken for SkewKlOptions {
     const NAME: &'static str = SkewKl::NAME;
+    const BOUND: f64 = BOUND;
 
     fn check(&self) -> Result<(), DistillError> {
         if self.cross_entropy && self.direction == SkewDirection::Reverse {
@@ -123,12 +124,17 @@ impl PerToken for SkewKlOptions {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["SkewKl"],
     paper: "skew forward / reverse KL (Ko et al., ICML 2024, DistiLLM)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(SkewKlConfig::new().with_alpha(0.2).init()?.boxed())),
     learnable: None,
     twins: None,

@@ -25,6 +25,10 @@ pub trait PerToken: Debug + Clone + Send + Sync + 'static {
     /// The objective's name.
     const NAME: &'static str;
 
+    /// The largest input magnitude it promises finite values and gradients for (its
+    /// [`Descriptor::bound`](crate::Descriptor::bound)).
+    const BOUND: f64;
+
     /// Validates the options (at `init`).
     fn check(&self) -> Result<(), DistillError> {
         Ok(())
@@ -127,7 +131,7 @@ impl<D: PerToken> Loss for Softened<D> {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        self.soft.forward(D::NAME, input, |s, t| {
+        self.soft.forward(D::NAME, D::BOUND, input, |s, t| {
             let (s, t) = masked_vocabulary(s, t);
             self.options.rows(s, t)
         })

@@ -63,6 +63,7 @@ crate::loss::objective!(SymmetricKl, "symmetric_kl");
 
 impl PerToken for SymmetricKlOptions {
     const NAME: &'static str = SymmetricKl::NAME;
+    const BOUND: f64 = BOUND;
 
     fn check(&self) -> Result<(), DistillError> {
         check_fraction(SymmetricKl::NAME, "ratio", self.ratio, true).map(drop)
@@ -78,12 +79,17 @@ impl PerToken for SymmetricKlOptions {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["SymmetricKl"],
     paper: "λ·FKL + (1 − λ)·RKL (torchtune)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(SymmetricKlConfig::new().with_ratio(0.7).init()?.boxed())),
     learnable: None,
     twins: None,

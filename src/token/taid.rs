@@ -293,8 +293,10 @@ impl Loss for Taid {
             uncounted(zs, mask.as_ref(), 0.0),
             uncounted(zt, mask.as_ref(), 0.0),
         );
-        let rows = taid_rows(zs, zt, self.t(), c.cross_entropy);
+        let rows = taid_rows(zs.clone(), zt.clone(), self.t(), c.cross_entropy);
         let out = LossOutput::single(Self::NAME, c.reduction.apply(rows, mask, v));
+        let logits = [("the student logits", &zs), ("the teacher logits", &zt)];
+        let out = checked.settle(BOUND, out, &logits)?;
         if let Some(p) = &progress
             && c.reduction != TokenReduction::None
         {
@@ -304,12 +306,17 @@ impl Loss for Taid {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Taid"],
     paper: "Shing et al., ICLR 2025 (TAID)",
     doc: "token.md",
+    bound: Some(BOUND),
     // at t = 1 (the target is the teacher's): below 1 the target holds the student constant,
     // which the suites' finite differences cannot see (tests/token.rs checks that gradient)
     example: Some(|_| {

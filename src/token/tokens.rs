@@ -227,6 +227,7 @@ impl Softening {
     pub fn forward(
         &self,
         name: &str,
+        bound: f64,
         input: &DistillInput,
         per_token: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<1>,
     ) -> Result<LossOutput, DistillError> {
@@ -241,15 +242,20 @@ impl Softening {
             uncounted(t, mask.as_ref(), 0.0),
         );
         let temperature = Temperature::Fixed(self.temperature);
-        let rows = per_token(temperature.scale(s), temperature.scale(t));
+        let rows = per_token(temperature.scale(s.clone()), temperature.scale(t.clone()));
         let total = self.reduction.apply(rows, mask, v);
-        Ok(LossOutput::single(
+        let out = LossOutput::single(
             name,
             match self.t_squared {
                 true => temperature.times_squared(total),
                 false => total,
             },
-        ))
+        );
+        input.settle(
+            bound,
+            out,
+            &[("the student logits", &s), ("the teacher logits", &t)],
+        )
     }
 }
 

@@ -332,7 +332,7 @@ impl Loss for TopK {
         let c = &self.config;
         let input = input.of(Self::NAME);
         let temperature = Temperature::Fixed(c.temperature);
-        let (student, teacher, mask, v) = match c.support {
+        let (student, teacher, mask, v, read) = match c.support {
             TopKSupport::Teacher => {
                 let s = input.student_logits()?;
                 let [n, v] = s.dims();
@@ -342,9 +342,10 @@ impl Loss for TopK {
                 let k = ids.dims()[1];
                 let s = uncounted(s, mask.as_ref(), 0.0);
                 let lp = uncounted(lp, mask.as_ref(), (1.0 / k as f64).ln());
-                let student = log_softmax(temperature.scale(s), 1).gather(1, ids);
+                let student = log_softmax(temperature.scale(s.clone()), 1).gather(1, ids);
                 let alpha = c.generation_temperature / c.temperature;
-                (student, retemper(lp, alpha, c.missing, c.eps), mask, v)
+                let teacher = retemper(lp, alpha, c.missing, c.eps);
+                (student, teacher, mask, v, vec![("the student logits", s)])
             }
             TopKSupport::Student(k) => {
                 let (s, t) = input.logits()?;
@@ -361,24 +362,40 @@ impl Loss for TopK {
                 let log_q = |z: Tensor<2>| {
                     log_softmax(temperature.scale(uncounted(z, mask.as_ref(), 0.0)), 1)
                 };
+                let read = vec![
+                    ("the student logits", s.clone()),
+                    ("the teacher logits", t.clone()),
+                ];
                 let student = log_q(s);
                 let ids = student.clone().detach().topk_with_indices(k, 1).1;
                 let teacher = log_q(t).gather(1, ids.clone());
                 let student = student.gather(1, ids);
-                (student, retemper(teacher, 1.0, c.missing, c.eps), mask, v)
+                (
+                    student,
+                    retemper(teacher, 1.0, c.missing, c.eps),
+                    mask,
+                    v,
+                    read,
+                )
             }
         };
         let rows = top_k_rows(student, teacher, c);
         let total = c.reduction.apply(rows, mask, v);
-        Ok(LossOutput::single(
+        let out = LossOutput::single(
             Self::NAME,
             match c.t_squared {
                 true => temperature.times_squared(total),
                 false => total,
             },
-        ))
+        );
+        let read: Vec<(&str, &Tensor<2>)> = read.iter().map(|(w, t)| (*w, t)).collect();
+        input.settle(BOUND, out, &read)
     }
 }
+
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e38;
 
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
@@ -386,6 +403,7 @@ pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     items: &["TopK"],
     paper: "a sparse top-k teacher with DistillKit's missing-mass handling",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| {
         Ok(TopKConfig::new()
             .with_missing(MissingMass::SymmetricUniform)

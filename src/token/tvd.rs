@@ -37,6 +37,7 @@ crate::loss::objective!(Tvd, "tvd");
 
 impl PerToken for TvdOptions {
     const NAME: &'static str = Tvd::NAME;
+    const BOUND: f64 = BOUND;
 
     fn rows(&self, s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
         tvd_elements(softmax(s, 1), softmax(t, 1))
@@ -45,12 +46,17 @@ impl PerToken for TvdOptions {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = f64::MAX;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Tvd"],
     paper: "total variation distance per token (Liger, DistillKit)",
     doc: "token.md",
+    bound: Some(BOUND),
     example: Some(|_| Ok(TvdConfig::new().with_temperature(1.5).init()?.boxed())),
     learnable: None,
     twins: None,

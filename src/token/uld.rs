@@ -374,7 +374,7 @@ impl Loss for Uld {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).within(BOUND);
         let pair = checked.extra::<CrossTokenizer>("the two tokenizations (CrossTokenizer)")?;
         let (s, t) = (&pair.student, &pair.teacher);
         let ([b, ts, vs], [bt, tt, vt]) = (s.logits.dims(), t.logits.dims());
@@ -547,12 +547,17 @@ impl Loss for Uld {
     }
 }
 
+/// The largest input magnitude this objective promises finite values and gradients for
+/// (its page states it; `tests/range.rs` checks it at the bound and beyond).
+const BOUND: f64 = 1e30;
+
 /// This file's rows of the crate's catalog ([`objectives`](crate::objectives)).
 pub(crate) const DESCRIPTORS: &[Descriptor] = &[Descriptor {
     module: super::MODULE,
     items: &["Uld"],
     paper: "Boizard et al., 2024 (ULD); TRL's GOLD",
     doc: "token.md",
+    bound: Some(BOUND),
     // its input is two tokenizations (CrossTokenizer), which the shared example does not
     // have; tests/token.rs checks its gradients
     example: None,
