@@ -35,6 +35,22 @@ pub fn check_positive(objective: &str, field: &str, v: f64) -> Result<f64, Disti
     }
 }
 
+/// Checks that a floor (a clamp under which values are lifted) survives float32: finite, at
+/// least `f32::MIN_POSITIVE` (a smaller one rounds to 0 there, and the square root or
+/// division it guards is not finite) and at most [`MAGNITUDE`].
+pub fn check_floor(objective: &str, field: &str, v: f64) -> Result<f64, DistillError> {
+    if v.is_finite() && v >= f64::from(f32::MIN_POSITIVE) && v <= MAGNITUDE {
+        Ok(v)
+    } else {
+        Err(DistillError::config(
+            objective,
+            field,
+            v,
+            "must be finite, at least 1.2e-38 (a smaller floor is 0 in float32) and at most 1e15",
+        ))
+    }
+}
+
 /// Checks that a weight or coefficient is finite, not negative and at most [`MAGNITUDE`].
 pub fn check_non_negative(objective: &str, field: &str, v: f64) -> Result<f64, DistillError> {
     if v.is_finite() && (0.0..=MAGNITUDE).contains(&v) {

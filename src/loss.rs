@@ -174,6 +174,19 @@ impl LossOutput {
 /// assert_eq!(names, ["ce", "kd"]);
 /// # Ok(()) }
 /// ```
+///
+/// A builder that can fail (`init`, `Ctkd::with_theta`) returns a `Result`, which is not a
+/// `Loss`: the compiler says so, and how to take the objective out of it.
+///
+/// ```compile_fail,E0599
+/// use burn_distill::prelude::*;
+/// let kd = KdConfig::new().init().boxed(); // the `Result`, not the objective: `init()?`
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a distillation objective (`Loss`)",
+    label = "not a `Loss`",
+    note = "a builder that can fail returns a `Result`: take the objective out with `?` first (`XConfig::init()?`, `Ctkd::with_theta(θ)?`)"
+)]
 pub trait Loss: Send + Sync + std::fmt::Debug {
     /// The objective's name; its terms are named after it.
     fn name(&self) -> &str;

@@ -38,7 +38,7 @@ pub struct RkdConfig {
     /// Compare squared distances.
     #[config(default = false)]
     pub squared: bool,
-    /// Lower clamp of the squared distances.
+    /// Lower clamp of the squared distances (at least `1.2e-38`, which float32 holds).
     #[config(default = 1e-12)]
     pub eps: f64,
 }
@@ -48,7 +48,7 @@ impl RkdConfig {
     pub fn init(&self) -> Result<Rkd, DistillError> {
         check_non_negative(Rkd::NAME, "distance_weight", self.distance_weight)?;
         check_non_negative(Rkd::NAME, "angle_weight", self.angle_weight)?;
-        crate::check::check_positive(Rkd::NAME, "eps", self.eps)?;
+        crate::check::check_floor(Rkd::NAME, "eps", self.eps)?;
         Ok(Rkd {
             config: self.clone(),
         })

@@ -73,6 +73,10 @@ pub fn shift_labels(labels: Tensor<2, Int>) -> Tensor<1, Int> {
 /// A per-token divergence between the student's and the teacher's logits `[N, V]` (one row per
 /// token): what [`FusedLinear`](super::FusedLinear) wraps. Built with `TokenReduction::None`, it
 /// gives one value per token, which the lm-head path reduces over all chunks.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a token divergence (`TokenDivergence`), which `FusedLinear` wraps",
+    note = "the token divergences are the forward and reverse KL, JSD, symmetric and skew KL, TVD, the logit cosine and `TopK` (and `Aligned` or `Named` of one); a builder that can fail returns a `Result`: take the objective out with `?` first"
+)]
 pub trait TokenDivergence: Loss {
     /// The fused kernel behind the per-token values, when the objective has one and computes
     /// them as configured (built with `TokenReduction::None`, its `fused` switch on): the
