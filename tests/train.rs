@@ -9,53 +9,18 @@ use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::InMemDataset;
 use burn::module::Module;
-use burn::nn::LinearConfig;
 use burn::optim::AdamConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{Learner, SupervisedTraining, TrainStep};
-use burn_distill::meta::Batch;
 use burn_distill::pipeline::{DistillBatch, Distiller, TermMetric};
 use burn_distill::prelude::*;
 use burn_distill::{Distillable, LossSum};
 use common::Net;
+use common::train::{ItemBatcher, items};
 
 fn net(widths: &[usize], seed: u64, dev: &Device) -> Net {
-    dev.seed(seed);
-    let net = Net {
-        layers: widths
-            .windows(2)
-            .map(|w| LinearConfig::new(w[0], w[1]).init(dev))
-            .collect(),
-    };
-    net.fork(dev)
-}
-
-/// 48 points of 3 separable classes in 4-d.
-fn items() -> Vec<([f32; 4], i64)> {
-    (0..48)
-        .map(|i| {
-            let c = i % 3;
-            let mut x = [0.05 * (i as f32 % 7.0); 4];
-            x[c] += 1.5;
-            (x, c as i64)
-        })
-        .collect()
-}
-
-#[derive(Clone, Default)]
-struct ItemBatcher;
-
-impl Batcher<([f32; 4], i64), DistillBatch<Tensor<2>>> for ItemBatcher {
-    fn batch(&self, items: Vec<([f32; 4], i64)>, device: &Device) -> DistillBatch<Tensor<2>> {
-        let n = items.len();
-        let x: Vec<f32> = items.iter().flat_map(|(x, _)| *x).collect();
-        let y: Vec<i64> = items.iter().map(|(_, y)| *y).collect();
-        DistillBatch::new(Batch::new(
-            Tensor::from_data(TensorData::new(x, [n, 4]), device),
-            Tensor::<1, Int>::from_data(TensorData::new(y, [n]), device),
-        ))
-    }
+    common::mlp(widths, seed, dev)
 }
 
 fn loss() -> LossSum {

@@ -5,6 +5,12 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+pub mod models;
+#[cfg(feature = "train")]
+pub mod train;
+
+pub use models::{Mlp, Tapped, mlp};
+
 pub use burn_distill::golden::{
     Net, close, device, f64t, ints, numeric_grad, tensor, torch_grads, torch_linear, values,
 };
