@@ -84,7 +84,7 @@ impl Loss for CrossEntropy {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let input = input.of(Self::NAME);
+        let input = input.of(Self::NAME).masked();
         let s = input.student_logits()?;
         let read = s.clone();
         let [n, c] = s.dims();

@@ -121,6 +121,15 @@ pub enum DistillError {
         /// The tensor's.
         actual: String,
     },
+    /// The input carries a mask (labels with an ignore index, or [`DistillInput::mask`](crate::DistillInput::mask))
+    /// that the objective does not honour: every row would count, the ignored ones included.
+    #[error(
+        "{objective} does not honour a mask (labels with an ignore index, or DistillInput::mask): every row would count. Keep the rows that count first (DistillInput::select_rows), or use an objective that masks (CrossEntropy, the token objectives)"
+    )]
+    UnsupportedMask {
+        /// The objective that read the input.
+        objective: String,
+    },
     /// An input holds a finite value beyond the magnitude its objective promises finite values
     /// and gradients for (the objective's [`Descriptor::bound`](crate::Descriptor::bound),
     /// stated on its page): the loss or its gradient would overflow.

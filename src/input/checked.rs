@@ -27,6 +27,7 @@ pub struct Checked<'a> {
     objective: &'a str,
     params: Option<DType>,
     bound: Option<f64>,
+    masks: bool,
 }
 
 impl<'a> Checked<'a> {
@@ -36,6 +37,28 @@ impl<'a> Checked<'a> {
             objective,
             params: None,
             bound: None,
+            masks: false,
+        }
+    }
+
+    /// The same reader for an objective that honours the input's mask ([`mask`](Self::mask)):
+    /// without it, the logits and taps of an input that carries a mask are refused with
+    /// [`DistillError::UnsupportedMask`], since every row would count.
+    pub fn masked(self) -> Self {
+        Self {
+            masks: true,
+            ..self
+        }
+    }
+
+    /// [`DistillError::UnsupportedMask`] when the input carries a mask the objective does not
+    /// honour.
+    fn honours_mask(&self) -> Result<(), DistillError> {
+        match self.input.mask.is_some() && !self.masks {
+            true => Err(DistillError::UnsupportedMask {
+                objective: self.objective.into(),
+            }),
+            false => Ok(()),
         }
     }
 
@@ -211,6 +234,7 @@ impl<'a> Checked<'a> {
 
     /// The student's logits after checking that they are `[N, C]` with `N > 0`.
     pub fn student_logits(&self) -> Result<Tensor<2>, DistillError> {
+        self.honours_mask()?;
         let s = self
             .input
             .student_logits
@@ -486,6 +510,7 @@ impl<'a> Checked<'a> {
     /// The student's tap `student` and the teacher's tap `teacher` (a layer mapping: student
     /// layer `i` distilled from teacher layer `j`).
     pub fn mapped(&self, student: &str, teacher: &str) -> Result<(Feature, Feature), DistillError> {
+        self.honours_mask()?;
         let missing = |name: &str| DistillError::MissingFeature {
             objective: self.objective.into(),
             name: name.into(),

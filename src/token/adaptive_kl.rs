@@ -152,7 +152,7 @@ impl Loss for AdaptiveKl {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let input = input.of(Self::NAME);
+        let input = input.of(Self::NAME).masked();
         let (zs, zt) = input.logits()?;
         let [n, v] = zs.dims();
         let mask = input.mask(n)?;

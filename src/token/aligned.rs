@@ -70,7 +70,7 @@ impl<L: TokenDivergence> Loss for Aligned<L> {
     }
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
-        let checked = input.of(self.inner.name());
+        let checked = input.of(self.inner.name()).masked();
         let (s, t) = checked.logits_of_any_vocabulary()?;
         let ([_, vs], [_, vt]) = (s.dims(), t.dims());
         let (s, t) = match (self.alignment, vs.cmp(&vt)) {

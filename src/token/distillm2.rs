@@ -228,7 +228,7 @@ impl Loss for DistiLlm2 {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).masked();
         let (zs, zt) = checked.logits()?;
         let [n, v] = zs.dims();
         let mask = checked

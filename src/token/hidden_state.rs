@@ -115,7 +115,7 @@ impl Loss for HiddenState {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let input = input.of(Self::NAME).within(BOUND).for_module(self);
+        let input = input.of(Self::NAME).masked().within(BOUND).for_module(self);
         let mut total: Option<Tensor<1>> = None;
         for (i, (ts, tt)) in c.layers.iter().enumerate() {
             let (s, t) = input.mapped(ts, tt)?;

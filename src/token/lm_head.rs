@@ -397,7 +397,7 @@ impl<L: TokenDivergence> Loss for FusedLinear<L> {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let checked = input.of(Self::NAME);
+        let checked = input.of(Self::NAME).masked();
         let heads = checked.extra::<LmHeads>("the hidden states and lm-heads (LmHeads)")?;
         let (student, teacher) = (&heads.student, &heads.teacher);
         let [n, hs] = student.hidden.dims();

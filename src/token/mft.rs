@@ -103,7 +103,7 @@ impl Loss for Mft {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let input = input.of(Self::NAME);
+        let input = input.of(Self::NAME).masked();
         let (zs, zt) = input.logits()?;
         let [n, v] = zs.dims();
         let mask = input.mask(n)?;

@@ -132,7 +132,7 @@ impl Loss for SparseRanking {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let input = input.of(Self::NAME).within(BOUND);
+        let input = input.of(Self::NAME).masked().within(BOUND);
         let z = input.student_logits()?;
         let [n, v] = z.dims();
         let mask = input.mask(n)?;

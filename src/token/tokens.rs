@@ -235,7 +235,7 @@ impl Softening {
         input: &DistillInput,
         per_token: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<1>,
     ) -> Result<LossOutput, DistillError> {
-        let input = input.of(name);
+        let input = input.of(name).masked();
         let (s, t) = input.logits()?;
         let [n, v] = s.dims();
         let mask = input.mask(n)?;

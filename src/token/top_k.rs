@@ -330,7 +330,7 @@ impl Loss for TopK {
 
     fn forward(&self, input: &DistillInput) -> Result<LossOutput, DistillError> {
         let c = &self.config;
-        let input = input.of(Self::NAME);
+        let input = input.of(Self::NAME).masked();
         let temperature = Temperature::Fixed(c.temperature);
         let (student, teacher, mask, v, read) = match c.support {
             TopKSupport::Teacher => {
