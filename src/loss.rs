@@ -19,10 +19,13 @@ use crate::schedule::Schedule;
 /// divides by `N·C` as well, the most reported scale bug in KD code — that is
 /// [`Reduction::ElementMean`] here.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
+#[doc(alias = "MgdReduction")]
 pub enum Reduction {
     /// Sum over classes, mean over the samples: `÷ N`.
+    #[doc(alias = "BatchMean")]
     SampleMean,
     /// Mean over every element (samples and classes): `÷ N·C`.
+    #[doc(alias = "Mean")]
     ElementMean,
     /// Sum over everything.
     Sum,

@@ -17,6 +17,7 @@ use crate::loss::Loss;
 /// constructor), the paper or reference it follows, its page under `docs/`, and an instance to
 /// run.
 #[derive(Debug, Clone, Copy)]
+#[doc(alias = "Entry")]
 pub struct Descriptor {
     /// The public module the items live in, e.g. `burn_distill::logit`.
     pub module: &'static str,

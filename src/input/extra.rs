@@ -8,6 +8,7 @@ use burn::tensor::{Int, Tensor};
 /// and read back by its type ([`DistillInput::extra`](super::DistillInput::extra),
 /// [`Checked::extra`](super::Checked::extra)). The fused lm-head objectives read their
 /// hidden states and weights this way ([`token::LmHeads`](crate::token::LmHeads)).
+#[doc(alias = "Extension")]
 pub trait Extra: std::any::Any + std::fmt::Debug + Send + Sync {
     /// The same extra for the batch rows `rows` (what
     /// [`DistillInput::select_rows`](super::DistillInput::select_rows) keeps), or `None` to drop

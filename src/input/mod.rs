@@ -294,6 +294,14 @@ impl DistillInput {
     /// This input as read by the objective `objective` (its [`NAME`](crate::Loss::name)):
     /// every accessor of [`Checked`] validates what it returns and names `objective` in its
     /// errors.
+    #[doc(alias(
+        "logits",
+        "checked_targets",
+        "feature_pair",
+        "require_progress",
+        "get_views",
+        "checked_indices"
+    ))]
     pub fn of<'a>(&'a self, objective: &'a str) -> Checked<'a> {
         Checked::new(self, objective)
     }

@@ -312,6 +312,7 @@ impl<T: Module> MetaTeacher<T> {
     /// one step on each, in order, a look-ahead of `k = next.len()`), and the teacher learns
     /// unless frozen (before `freeze_epochs`) or off its period. `student_lr` is the student's
     /// current learning rate (the pilot step size under [`PilotRate::StudentLr`]).
+    #[doc(alias = "round_ahead")]
     pub fn round<'a, S>(
         &mut self,
         student: &S,
@@ -370,6 +371,7 @@ impl<T: Module> MetaTeacher<T> {
     /// The meta-gradient of one [`round`](Self::round) without applying it: d quiz / d teacher
     /// parameters through the pilot steps (and d quiz / d student parameters), e.g. to inspect
     /// or clip.
+    #[doc(alias = "meta_gradient_ahead")]
     pub fn meta_gradient<'a, S>(
         &self,
         student: &S,

@@ -31,6 +31,7 @@ use crate::registry::{Token, spec_error};
 #[derive(Config, Debug, Copy, PartialEq)]
 pub enum TokenReduction {
     /// Mean over the valid tokens.
+    #[doc(alias = "Mean")]
     TokenMean,
     /// Mean over the valid tokens' vocabulary entries.
     ElementMean,
@@ -40,6 +41,7 @@ pub enum TokenReduction {
     None,
     /// Sum over the valid tokens divided by a caller-given count (the global number of valid
     /// tokens across micro-batches and ranks).
+    #[doc(alias = "Global")]
     DivideBy(f64),
 }
 
