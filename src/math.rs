@@ -50,6 +50,14 @@ impl Temperature {
     }
 }
 
+/// `[1]`: 0, or NaN when `x` holds a NaN or an infinity (`Σ 0·x`, detached: no gradient, no
+/// overflow). Added to a loss whose inputs reach it only through comparisons in places
+/// (activation boundaries, margins), where a NaN fails every comparison and would vanish: the
+/// crate's non-finite policy is to propagate it.
+pub fn nan_if_non_finite<const D: usize>(x: &Tensor<D>) -> Tensor<1> {
+    (x.clone().detach() * 0.0).sum()
+}
+
 /// Per-row `KL(p ‖ q) = Σⱼ pⱼ (log pⱼ − log qⱼ)` from log-probabilities `[N, C]`, giving `[N]`.
 ///
 /// Works in log space throughout: a teacher probability that underflows to 0 contributes

@@ -516,8 +516,16 @@ fn non_finite_input_follows_the_policy() {
     let dev = common::device();
     let mut cases = 0;
     for entry in burn_distill::objectives() {
-        let Some(build) = entry.example else { continue };
-        let loss = build(&dev).unwrap();
+        // the example, or the learnable example in f64 (built anew for every case)
+        let build = |dev: &burn::tensor::Device| match (entry.example, entry.learnable) {
+            (Some(example), _) => Some(example(dev).unwrap()),
+            (None, Some(learnable)) => {
+                dev.seed(7);
+                Some(learnable(dev, dev, DType::F64).unwrap())
+            }
+            (None, None) => None,
+        };
+        let Some(loss) = build(&dev) else { continue };
         for (name, _) in catalogued::leaf_grads(loss.as_ref(), &dev) {
             for bad in [f64::NAN, f64::INFINITY] {
                 let input = example_input_shifted(&dev, DType::F64, Some((name, 0, bad))).input;

@@ -11,6 +11,7 @@ use crate::check::{check_non_negative, check_positive};
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
+use crate::math::nan_if_non_finite;
 
 /// AB's alternative L2 (RepDistiller's `criterion_alternative_l2`) between a student
 /// pre-activation `s` (already through its connector) and the teacher's `t`, summed over every
@@ -23,15 +24,17 @@ use crate::loss::{Loss, LossOutput};
 /// It pushes each student neuron to the teacher's side of the activation boundary with a
 /// margin `m`, and is zero once it is there.
 pub fn activation_boundary(s: Tensor<4>, t: Tensor<4>, margin: f64) -> Tensor<1> {
-    let (on, off) = (t.clone().greater_elem(0.0), t.lower_equal_elem(0.0));
+    let (on, off) = (t.clone().greater_elem(0.0), t.clone().lower_equal_elem(0.0));
     let below = s.clone().greater_elem(-margin).bool_and(off);
     let above = s.clone().lower_equal_elem(margin).bool_and(on);
+    // both reach the value through comparisons in places, where a NaN would vanish
+    let non_finite = nan_if_non_finite(&s) + nan_if_non_finite(&t);
     let zero = s.zeros_like();
     let pull_down = (s.clone() + margin)
         .square()
         .mask_where(below.bool_not(), zero.clone());
     let pull_up = (s - margin).square().mask_where(above.bool_not(), zero);
-    (pull_down + pull_up).sum()
+    (pull_down + pull_up).sum() + non_finite
 }
 
 /// Configuration of [`Ab`]: one `[C, H, W]` pair per tap, and RepDistiller's constants.

@@ -13,6 +13,7 @@ use crate::check::check_non_negative;
 use crate::error::DistillError;
 use crate::input::DistillInput;
 use crate::loss::{Loss, LossOutput};
+use crate::math::nan_if_non_finite;
 
 /// OFD's margin of each channel from the teacher's batch norm before its ReLU, scale `γ` and
 /// shift `β` (mdistiller's `get_margin_from_BN`): the expectation of the pre-activation
@@ -51,6 +52,8 @@ pub fn ofd_margins(gamma: &[f64], beta: &[f64]) -> Vec<f64> {
 /// averaged over the batch and summed over channels and positions.
 pub fn partial_l2(s: Tensor<4>, t: Tensor<4>, margin: Tensor<1>) -> Tensor<1> {
     let n = s.dims()[0];
+    // both reach the value through comparisons in places, where a NaN would vanish
+    let non_finite = nan_if_non_finite(&s) + nan_if_non_finite(&t);
     let m = margin.reshape([1, -1, 1, 1]).expand(s.dims());
     let zero = s.zeros_like();
     let below = t.clone().lower_equal(m.clone());
@@ -67,7 +70,7 @@ pub fn partial_l2(s: Tensor<4>, t: Tensor<4>, margin: Tensor<1>) -> Tensor<1> {
     let d = (s - t).square();
     let b = d.clone().mask_where(between.bool_not(), zero.clone());
     let c = d.mask_where(positive.bool_not(), zero);
-    (a + b + c).sum() * (1.0 / n as f64)
+    (a + b + c).sum() * (1.0 / n as f64) + non_finite
 }
 
 /// OFD's connector: a `k×k` convolution without bias (He-normal initialised, padding
