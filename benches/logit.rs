@@ -4,6 +4,10 @@
 //! scalar single-pass loop, DIST composed. With `--features ndarray` / `wgpu`: KD and DKD
 //! fused and composed on those backends too.
 //!
+//! Also the sparse-teacher top-k objective at vocabulary scale (`[1024, 32000]`, k = 64,
+//! forward KL, with the teacher's missing mass at zero and as a tail bucket): the fused
+//! gathered log-softmax against its composed twin (`log_softmax(z/T).gather`).
+//!
 //! `cargo bench --bench logit`; medians go in docs/performance.md.
 
 use std::hint::black_box;
@@ -177,9 +181,48 @@ fn cube(c: &mut Criterion) {
 #[cfg(not(feature = "wgpu"))]
 fn cube(_: &mut Criterion) {}
 
+/// `TopK` at vocabulary scale, fused and composed (the student's gathered log-softmax).
+fn top_k(c: &mut Criterion) {
+    use burn_distill::token::{MissingMass, TopKConfig};
+    let dev = Device::flex().autodiff();
+    let (n, v, k) = (1024, 32_000, 64);
+    let s = Tensor::<2>::random([n, v], Distribution::Normal(0.0, 2.0), &dev);
+    // a teacher's top 64 of a random distribution: distinct ids, log-probabilities summing < 0
+    let ids: Vec<i64> = (0..n * k)
+        .map(|i| ((i % k) * 499 + (i / k) * 7) as i64 % v as i64)
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, k]), &dev);
+    let lp = Tensor::<2>::random([n, k], Distribution::Uniform(-9.0, -5.0), &dev);
+    let mut group = c.benchmark_group(format!("top-k forward+backward {n}x{v} k={k}"));
+    group.sample_size(10);
+    for (missing, label) in [
+        (MissingMass::Zero, "zero"),
+        (MissingMass::SymmetricUniform, "tail bucket"),
+    ] {
+        for fused in [true, false] {
+            let loss = TopKConfig::new()
+                .with_missing(missing)
+                .with_fused(fused)
+                .init()
+                .unwrap();
+            let name = format!("{label}/{}", if fused { "fused" } else { "composed" });
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    let z = s.clone().require_grad();
+                    let input =
+                        DistillInput::student(z.clone()).sparse_teacher(ids.clone(), lp.clone());
+                    let grads = loss.forward(&input).unwrap().total.backward();
+                    black_box(z.grad(&grads).unwrap());
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = bench, ndarray, cube
+    targets = bench, ndarray, cube, top_k
 }
 criterion_main!(benches);

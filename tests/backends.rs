@@ -575,6 +575,20 @@ fn fused_kernels_equal_the_composed_ops_on_every_backend() {
                 let top = row.iter().cloned().fold(f64::MIN, f64::max);
                 row[yi as usize] = top + scale.min(10.0) * 0.1;
             }
+            // the teacher's top 4 tokens a row and their log-probabilities (for `TopK`)
+            let k = c.min(4);
+            let (mut ids, mut lps) = (Vec::new(), Vec::new());
+            for row in t.chunks(c) {
+                let top = row.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = top + row.iter().map(|v| (v - top).exp()).sum::<f64>().ln();
+                let mut order: Vec<usize> = (0..c).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                ids.extend(order[..k].iter().map(|&j| j as i64));
+                lps.extend(order[..k].iter().map(|&j| row[j] - lse));
+            }
+            let top_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, k]), device);
+            let top_log_probs =
+                Tensor::<2>::from_data(TensorData::new(lps, [n, k]), (device, dtype));
             for tracked in [true, false] {
                 let run = |loss: &dyn Loss| {
                     let tensor = |v: &[f64]| {
@@ -582,8 +596,9 @@ fn fused_kernels_equal_the_composed_ops_on_every_backend() {
                             .require_grad()
                     };
                     let (st, tt) = (tensor(&s), tensor(&t));
-                    let input =
-                        DistillInput::new(st.clone(), tt.clone()).targets(ints(y.clone(), device));
+                    let input = DistillInput::new(st.clone(), tt.clone())
+                        .targets(ints(y.clone(), device))
+                        .sparse_teacher(top_ids.clone(), top_log_probs.clone());
                     let input = match tracked {
                         true => input.attach_teacher(),
                         false => input,

@@ -879,6 +879,153 @@ fn exp_slice<F: Real, const FMA: bool>(x: &mut [F]) {
     }
 }
 
+/// A gathered log-softmax call: `n` rows of `c` logits `z`, `kk` ids a row.
+pub struct Gathered<'a, F> {
+    /// Logits `[n, c]`, row-major.
+    pub z: &'a [F],
+    /// Classes per row.
+    pub c: usize,
+    /// The gathered ids `[n, kk]`, each below `c`.
+    pub ids: &'a [usize],
+    /// Ids per row.
+    pub kk: usize,
+    /// `1/T`.
+    pub inv_t: f64,
+}
+
+/// `out[r, i] = k·z[r, ids[r, i]] − log Σⱼ exp(k·z[r, j])` (`[n, kk]`, `k = 1/T`): the
+/// student's log-probabilities at a sparse teacher's ids, with one pass over each row and no
+/// `[n, c]` plane; each row's pieces `[max, Σ exp(k·(z − max))]` go into `pieces` (`[n, 2]`)
+/// for [`gather_log_softmax_backward`]. Entries at −∞ have probability 0; a row with a NaN or
+/// +∞, or only −∞, gets NaN (as the composed `log_softmax` gives).
+pub fn gather_log_softmax<F: Real + Send + Sync>(
+    job: &Gathered<F>,
+    out: &mut [F],
+    pieces: &mut [F],
+) {
+    let n = pieces.len() / 2;
+    let per = n.div_ceil(threads_for(n, job.c)).max(1);
+    let blocks: Vec<_> = out
+        .chunks_mut(per * job.kk)
+        .zip(pieces.chunks_mut(per * 2))
+        .enumerate()
+        .map(|(b, part)| (b * per, part))
+        .collect();
+    on_pool(blocks, |start, (out, pieces)| {
+        gathered_block(job, start, out, pieces)
+    });
+}
+
+fn gathered_block<F: Real>(job: &Gathered<F>, start: usize, out: &mut [F], pieces: &mut [F]) {
+    simd_dispatch!(F; gathered_rows, gathered_avx2, (job: &Gathered<F>, start: usize, out: &mut [F], pieces: &mut [F]));
+}
+
+#[inline(always)]
+fn gathered_rows<F: Real, const FMA: bool>(
+    job: &Gathered<F>,
+    start: usize,
+    out: &mut [F],
+    pieces: &mut [F],
+) {
+    let (c, kk, k) = (job.c, job.kk, F::of(job.inv_t));
+    let mut e = vec![F::zero(); c];
+    for (n, (out, piece)) in out.chunks_mut(kk).zip(pieces.chunks_mut(2)).enumerate() {
+        let r = start + n;
+        let z = &job.z[r * c..(r + 1) * c];
+        let m = max_or_nan(z);
+        if !m.is_finite() {
+            out.fill(F::nan());
+            piece.fill(F::nan());
+            continue;
+        }
+        let sum = exp_shifted::<F, FMA>(z, m, k, &mut e);
+        let log_sum = sum.ln();
+        for (o, &id) in out.iter_mut().zip(&job.ids[r * kk..(r + 1) * kk]) {
+            *o = k * (z[id] - m) - log_sum;
+        }
+        piece[0] = m;
+        piece[1] = sum;
+    }
+}
+
+/// The largest entry, or NaN when an entry is NaN (−∞ and +∞ count as values).
+#[inline(always)]
+#[allow(clippy::eq_op)] // v != v tests for NaN
+fn max_or_nan<F: Real>(x: &[F]) -> F {
+    let (mut acc, mut nan) = ([F::neg_infinity(); 8], [false; 8]);
+    for c in x.chunks_exact(8) {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+            nan[i] |= c[i] != c[i];
+        }
+    }
+    let tail = &x[x.len() / 8 * 8..];
+    let m = acc
+        .iter()
+        .chain(tail)
+        .fold(F::neg_infinity(), |m, &v| if v > m { v } else { m });
+    match nan.iter().any(|&b| b) || tail.iter().any(|v| v.is_nan()) {
+        true => F::nan(),
+        false => m,
+    }
+}
+
+/// The gradient `[n, c]` of `Σ g ⊙ out` w.r.t. `z` for [`gather_log_softmax`]'s `out`, from
+/// its `pieces`: `k·(scatter(g) − softmax(k·z)·Σᵢ gᵢ)` a row.
+pub fn gather_log_softmax_backward<F: Real + Send + Sync>(
+    job: &Gathered<F>,
+    pieces: &[F],
+    g: &[F],
+    grad: &mut [F],
+) {
+    let n = pieces.len() / 2;
+    let per = n.div_ceil(threads_for(n, job.c)).max(1);
+    let blocks: Vec<_> = grad
+        .chunks_mut(per * job.c)
+        .enumerate()
+        .map(|(b, part)| (b * per, part))
+        .collect();
+    on_pool(blocks, |start, grad| {
+        gathered_back_block(job, pieces, g, start, grad)
+    });
+}
+
+fn gathered_back_block<F: Real>(
+    job: &Gathered<F>,
+    pieces: &[F],
+    g: &[F],
+    start: usize,
+    grad: &mut [F],
+) {
+    simd_dispatch!(F; gathered_back_rows, gathered_back_avx2, (job: &Gathered<F>, pieces: &[F], g: &[F], start: usize, grad: &mut [F]));
+}
+
+#[inline(always)]
+fn gathered_back_rows<F: Real, const FMA: bool>(
+    job: &Gathered<F>,
+    pieces: &[F],
+    g: &[F],
+    start: usize,
+    grad: &mut [F],
+) {
+    let (c, kk, k) = (job.c, job.kk, F::of(job.inv_t));
+    for (n, row) in grad.chunks_mut(c).enumerate() {
+        let r = start + n;
+        let (m, sum) = (pieces[2 * r], pieces[2 * r + 1]);
+        let gr = &g[r * kk..(r + 1) * kk];
+        let total = gr.iter().fold(F::zero(), |a, &b| a + b);
+        // softmax(k·z) into the row, then scaled by −k·Σg
+        exp_shifted::<F, FMA>(&job.z[r * c..(r + 1) * c], m, k, row);
+        let scale = -(k * total) / sum;
+        for v in row.iter_mut() {
+            *v = *v * scale;
+        }
+        for (&id, &gi) in job.ids[r * kk..(r + 1) * kk].iter().zip(gr) {
+            row[id] = row[id] + k * gi;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

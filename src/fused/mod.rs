@@ -255,6 +255,26 @@ pub(crate) fn token_step(
     (Tensor::from_dispatch(rows), Tensor::from_dispatch(grad))
 }
 
+/// `log_softmax(z / T)` `[N, V]` gathered at `ids` `[N, K]` (each in range), through the
+/// fused op — one pass over each row, no `[N, V]` plane in the forward pass; differentiable
+/// in `z` — or `None` where it does not apply (a backend without CPU kernels, a float type
+/// other than f32 and f64).
+pub(crate) fn gather_log_softmax(
+    z: &Tensor<2>,
+    ids: &Tensor<2, Int>,
+    temperature: f64,
+) -> Option<Tensor<2>> {
+    if !usable_all(&[z]) {
+        return None;
+    }
+    let (out, _) = Dispatch::fused_gather_log_softmax(
+        z.clone().into_dispatch(),
+        ids.clone().into_dispatch(),
+        1.0 / temperature,
+    );
+    Some(Tensor::from_dispatch(out))
+}
+
 /// Per-sample `KL(softmax(t/T) ‖ softmax(s/T))`, `[N]`, through the fused op, or `None` where
 /// it does not apply.
 pub(crate) fn kd_rows(

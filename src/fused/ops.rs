@@ -192,6 +192,26 @@ pub trait FusedOps: Backend {
     /// the incoming gradient, in place): `g` becomes the gradient instead of being copied
     /// into a new one. `g` is taken as a constant.
     fn fused_handover(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `k·z[r, ids[r, i]] − log Σⱼ exp(k·z[r, j])` `[N, K]` (`z` `[N, V]`, `ids` `[N, K]`,
+    /// `k = inv_t`), with one pass over each row and no `[N, V]` plane, and each row's softmax
+    /// pieces `[N, 2]`. Differentiable in `z`: the backward pass is
+    /// [`fused_gather_log_softmax_backward`](Self::fused_gather_log_softmax_backward).
+    fn fused_gather_log_softmax(
+        z: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        inv_t: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradient `[N, V]` w.r.t. `z` of `Σ g ⊙ out`, `out` the gathered log-softmax whose
+    /// `pieces` the forward pass gave. Not differentiable.
+    fn fused_gather_log_softmax_backward(
+        z: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        pieces: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        inv_t: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// How the kernels see a CPU backend's tensors.
@@ -417,6 +437,51 @@ fn token_step<B: Backend, F: Real + Element>(
     (io.tensor(rows, &[n]), grad)
 }
 
+/// [`FusedOps::fused_gather_log_softmax`] in the logits' float type.
+fn gather_log_softmax<B: Backend, F: Real + Element>(
+    io: &impl Io<B>,
+    z: FloatTensor<B>,
+    ids: IntTensor<B>,
+    inv_t: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let ([n, c], kk) = ([z.shape()[0], z.shape()[1]], ids.shape()[1]);
+    let (ids, zv) = (io.indices(ids), io.floats::<F>(&z));
+    let job = cpu::Gathered {
+        z: &zv,
+        c,
+        ids: &ids,
+        kk,
+        inv_t,
+    };
+    let (mut out, mut pieces) = (vec![F::zero(); n * kk], vec![F::zero(); n * 2]);
+    cpu::gather_log_softmax(&job, &mut out, &mut pieces);
+    (io.tensor(out, &[n, kk]), io.tensor(pieces, &[n, 2]))
+}
+
+/// [`FusedOps::fused_gather_log_softmax_backward`] in the logits' float type.
+fn gather_log_softmax_backward<B: Backend, F: Real + Element>(
+    io: &impl Io<B>,
+    z: FloatTensor<B>,
+    ids: IntTensor<B>,
+    pieces: FloatTensor<B>,
+    g: FloatTensor<B>,
+    inv_t: f64,
+) -> FloatTensor<B> {
+    let ([n, c], kk) = ([z.shape()[0], z.shape()[1]], ids.shape()[1]);
+    let (ids, zv) = (io.indices(ids), io.floats::<F>(&z));
+    let (pv, gv) = (io.floats::<F>(&pieces), io.floats::<F>(&g));
+    let job = cpu::Gathered {
+        z: &zv,
+        c,
+        ids: &ids,
+        kk,
+        inv_t,
+    };
+    let mut grad = vec![F::zero(); n * c];
+    cpu::gather_log_softmax_backward(&job, &pv, &gv, &mut grad);
+    io.tensor(grad, &[n, c])
+}
+
 /// `Σ x ⊙ g` through one `[1, n]·[n, 1]` product (no temporary the size of `x`).
 fn dot<B: Backend>(x: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
     let n = x.shape().num_elements();
@@ -496,6 +561,27 @@ macro_rules! cpu_backend {
 
             fn fused_handover(x: $tensor, g: $tensor) -> $tensor {
                 dot::<Self>(x, g)
+            }
+
+            fn fused_gather_log_softmax(
+                z: $tensor,
+                ids: $tensor,
+                inv_t: f64,
+            ) -> ($tensor, $tensor) {
+                in_float!(z, gather_log_softmax::<Self>(&$io, z, ids, inv_t))
+            }
+
+            fn fused_gather_log_softmax_backward(
+                z: $tensor,
+                ids: $tensor,
+                pieces: $tensor,
+                g: $tensor,
+                inv_t: f64,
+            ) -> $tensor {
+                in_float!(
+                    z,
+                    gather_log_softmax_backward::<Self>(&$io, z, ids, pieces, g, inv_t)
+                )
             }
         }
     };
@@ -752,6 +838,63 @@ impl<B: FusedOps + RowOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(g, value)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_handover(x.into_primitive(), g)),
+        }
+    }
+
+    fn fused_gather_log_softmax(
+        z: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        inv_t: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        match (GatherLogSoftmax { inv_t })
+            .prepare::<C>([z.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let z = z.into_primitive();
+                let (out, pieces) = B::fused_gather_log_softmax(z.clone(), ids.clone(), inv_t);
+                let out = prep.finish((z, ids, pieces.clone()), out);
+                (out, Self::from_inner(pieces))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, pieces) = B::fused_gather_log_softmax(z.into_primitive(), ids, inv_t);
+                (prep.finish(out), Self::from_inner(pieces))
+            }
+        }
+    }
+
+    fn fused_gather_log_softmax_backward(
+        z: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        pieces: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        inv_t: f64,
+    ) -> FloatTensor<Self> {
+        let [z, pieces, g] = [z, pieces, g].map(Self::inner);
+        Self::from_inner(B::fused_gather_log_softmax_backward(
+            z, ids, pieces, g, inv_t,
+        ))
+    }
+}
+
+/// The backward step of [`FusedOps::fused_gather_log_softmax`]: the gradient w.r.t. the
+/// logits, from the kept logits, ids and softmax pieces.
+#[derive(Debug)]
+struct GatherLogSoftmax {
+    inv_t: f64,
+}
+
+impl<B: FusedOps + RowOps> Backward<B, 1> for GatherLogSoftmax {
+    type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [node] = ops.parents;
+        if let Some(node) = node {
+            let (z, ids, pieces) = ops.state;
+            let g = B::fused_gather_log_softmax_backward(z, ids, pieces, grad, self.inv_t);
+            grads.register::<B>(node.id, g);
         }
     }
 }
