@@ -10,6 +10,7 @@
 //!
 //! cargo run --release --example smollm2 -- cache --gguf $G --out target/smollm2/data --k 64
 //! cargo run --release --example smollm2 -- train --data target/smollm2/data --objective fkl
+//! cargo run --release --example smollm2 -- gkd --gguf $G --data target/smollm2/data --lambda 0.5
 //! ```
 //!
 //! `score` writes `{"ids", "top1", "next_token_logprob", "mean_nll", "logits"}`: the token ids
@@ -23,7 +24,9 @@
 //! is a checksummed `TeacherCache` file, finished atomically, so a killed run resumes from its
 //! finished shards. `train` trains a small student on the cache. `generate` continues a prompt
 //! with `token::Sampler` (`--temperature`, `--top-k`, `--top-p`, `--seed`; temperature 0 is
-//! greedy), the on-policy sequences a student would train on. `docs/llama.md` has the
+//! greedy), the on-policy sequences a student would train on; `gkd` trains on them: GKD's
+//! mixture (probability `--lambda`) of the student's own continuations of training prompts and
+//! the training sequences, scored by the teacher's own lm-head, with the generalized JSD. `docs/llama.md` has the
 //! comparison with Hugging Face transformers (`benches/pytorch/smollm2.py`).
 //!
 //! The corpus is the fortune cookies of Debian's `fortunes` package (BSD licence), one
@@ -649,6 +652,140 @@ fn results(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// GKD's mixture of on-policy and supervised data (Agarwal et al., ICLR 2024, *On-Policy
+/// Distillation of Language Models*): at each step, with probability `--lambda` (a seeded coin),
+/// the batch is the student's own: the first `--prompt` tokens of training sequences continued
+/// by `--new` tokens the student samples (`token::Sampler` at `--temperature`); otherwise the
+/// training sequences themselves, cut to the same length. The frozen teacher scores whichever sequences the step has
+/// through its own lm-head, and the student learns the generalized JSD(`--beta`) to it on the
+/// tokens after the prompt (the prompt's labels are −100), through `FusedLinear` with both
+/// heads: neither model's `[tokens, 49,152]` logits are built.
+fn gkd(args: &[String]) -> Result<(), Error> {
+    let data = Data::open(&required(args, "--data")?)?;
+    let number = |name: &str, default: usize| -> Result<usize, Error> {
+        Ok(arg(args, name).map_or(Ok(default), |v| v.parse())?)
+    };
+    let float = |name: &str, default: f64| -> Result<f64, Error> {
+        Ok(arg(args, name).map_or(Ok(default), |v| v.parse())?)
+    };
+    let (steps, batch, eval) = (
+        number("--steps", 20)?,
+        number("--batch", 4)?,
+        number("--eval", 32)?,
+    );
+    let (prompt, new) = (number("--prompt", 16)?, number("--new", 16)?);
+    let len = prompt + new;
+    if prompt == 0 || new == 0 || len > data.seq {
+        return Err(format!(
+            "--prompt and --new must be positive, their sum at most {}",
+            data.seq
+        )
+        .into());
+    }
+    let (lambda, beta, lr) = (
+        float("--lambda", 0.5)?,
+        float("--beta", 0.5)?,
+        float("--lr", 2e-3)?,
+    );
+    let seed = number("--seed", 7)? as u64;
+    let device = Device::flex().autodiff();
+    let inner = device.clone().inner();
+    // the frozen teacher: its parameters track nothing, so its forward pass builds no graph
+    let teacher = load(args, &device)?.0.no_grad();
+    device.seed(seed);
+    let mut student = student_config().init(&device)?;
+    let mut optim = AdamConfig::new().init();
+    let sampler = burn_distill::token::SamplerConfig::new()
+        .with_temperature(float("--temperature", 1.0)?)
+        .with_seed(seed)
+        .init()?;
+    let jsd = burn_distill::token::JsdConfig::new()
+        .with_beta(beta)
+        .with_reduction(TokenReduction::None)
+        .init()?;
+    let loss = FusedLinearConfig::new()
+        .with_chunk_size(Some(number("--chunk", 256)?))
+        .init(jsd)?;
+    let rows = data.splits[0].len() / data.seq;
+    let order = common::permutation(rows, seed + 4);
+    let coins = common::permutation(1000, seed + 5);
+    let row = |r: usize| &data.splits[0][r * data.seq..(r + 1) * data.seq];
+    let (v, mut on_policy) = (teacher.vocab_size(), 0);
+    let start = Instant::now();
+    for step in 0..steps {
+        let picked: Vec<usize> = (0..batch)
+            .map(|i| order[(step * batch + i) % rows] as usize)
+            .collect();
+        // the step's sequences (host ids) and the first position whose next token counts
+        let (sequences, first): (Vec<Vec<u32>>, usize) = match (coins[step % 1000] as f64)
+            < lambda * 1000.0
+        {
+            true => {
+                on_policy += 1;
+                let mut ids: Vec<Vec<u32>> =
+                    picked.iter().map(|&r| row(r)[..prompt].to_vec()).collect();
+                let model = student.valid();
+                for l in 0..new {
+                    let len = ids[0].len();
+                    let flat: Vec<u32> = ids.concat();
+                    let x =
+                        Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, len]), &inner);
+                    let last = model
+                        .forward(x)
+                        .slice([0..batch, len - 1..len, 0..v])
+                        .reshape([batch, v]);
+                    let next = sampler.sample(last, (step * new + l) as u64)?;
+                    let next: Vec<i64> = next.into_data().convert::<i64>().try_to_vec()?;
+                    for (seq, &token) in ids.iter_mut().zip(&next) {
+                        seq.push(token as u32);
+                    }
+                }
+                (ids, prompt - 1)
+            }
+            // the training sequences, cut to the on-policy ones' length
+            false => (picked.iter().map(|&r| row(r)[..len].to_vec()).collect(), 0),
+        };
+        let t = sequences[0].len() - 1;
+        let x: Vec<u32> = sequences.iter().flat_map(|s| s[..t].to_vec()).collect();
+        let y: Vec<i64> = sequences
+            .iter()
+            .flat_map(|s| (1..=t).map(move |j| if j > first { s[j] as i64 } else { -100 }))
+            .collect();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(x, [batch, t]), &device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(y, [batch * t]), &device);
+        let hs = student.hidden(x.clone()).reshape([batch * t, 128]);
+        let ht = teacher.hidden(x);
+        let width = ht.dims()[2];
+        let input = DistillInput::features_only().labels(y, -100).with(LmHeads {
+            student: LmHead::new(hs, student.head_weight(), None),
+            teacher: TeacherHead::Head(LmHead::new(
+                ht.reshape([batch * t, width]),
+                teacher.head_weight(),
+                None,
+            )),
+        });
+        let out = loss.forward(&input)?;
+        let value = out.value();
+        let grads = GradientsParams::from_grads(out.total.backward(), &student);
+        student = optim.step(lr, student, grads);
+        eprintln!(
+            "gkd step {step}/{steps} ({}): JSD {value:.4} ({:.0} s)",
+            if first > 0 { "on-policy" } else { "supervised" },
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let valid = perplexity(&student.valid(), &data, 1, eval, &inner)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "lambda": lambda, "beta": beta, "lr": lr, "seed": seed, "steps": steps,
+            "on_policy_steps": on_policy, "prompt": prompt, "new": new,
+            "wall_s": start.elapsed().as_secs_f64(), "validation_perplexity": valid,
+        })
+    );
+    Ok(())
+}
+
 /// Continues `--prompt` by `--tokens` sampled tokens (no KV cache: each step reruns the whole
 /// sequence, fine for short continuations).
 fn generate(args: &[String]) -> Result<(), Error> {
@@ -699,8 +836,9 @@ fn main() -> Result<(), Error> {
         Some("train") => train(&args),
         Some("results") => results(&args),
         Some("generate") => generate(&args),
+        Some("gkd") => gkd(&args),
         _ => Err(
-            "usage: smollm2 score|speed|cache|train|results|generate (see the example's docs)"
+            "usage: smollm2 score|speed|cache|train|results|generate|gkd (see the example's docs)"
                 .into(),
         ),
     }
