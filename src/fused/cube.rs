@@ -413,6 +413,110 @@ fn dkd_kernel<F: Float, A: Float, I: Int>(
     }
 }
 
+/// A row's log-probabilities `k·z[id] − log Σⱼ exp(k·z[j])` at its ids, and its softmax
+/// pieces `[max, Σ exp(k·(z − max))]` (see `cpu::gather_log_softmax`): entries at −∞ have
+/// probability 0; a row with a NaN or +∞, or only −∞, gets NaN (through its sum).
+#[cube(launch)]
+fn gather_kernel<F: Float, A: Float, I: Int>(
+    z: &Tensor<F>,
+    ids: &Tensor<I>,
+    out: &mut Tensor<F>,
+    pieces: &mut Tensor<F>,
+    inv_t: InputScalar,
+    #[define(F, A, I)] _dtypes: [ElemType; 3],
+) {
+    let row = row_index();
+    if row >= pieces.shape(0) {
+        terminate!();
+    }
+    let unit = UNIT_POS_X as usize;
+    let block = CUBE_DIM_X as usize;
+    let (c, kk) = (z.shape(1), ids.shape(1));
+    let base = row * c;
+    let k = inv_t.get::<A>();
+    let mut buf = Shared::<[A]>::new_slice(BLOCK as usize);
+    // a NaN, a +∞ or a row of −∞ makes the sum NaN (x − m is NaN), and so every output
+    let mut m = A::cast_from(z[base]);
+    let mut j = unit;
+    while j < c {
+        m = A::max(m, A::cast_from(z[base + j]));
+        j += block;
+    }
+    buf[unit] = m;
+    reduce::<A>(&mut buf, 1usize, true);
+    let m = buf[0];
+    sync_cube();
+    let mut sum = A::new(0.0);
+    let mut j = unit;
+    while j < c {
+        sum += A::exp(k * (A::cast_from(z[base + j]) - m));
+        j += block;
+    }
+    buf[unit] = sum;
+    reduce::<A>(&mut buf, 1usize, false);
+    let sum = buf[0];
+    let log_sum = sum.ln();
+    let mut i = unit;
+    while i < kk {
+        let id = usize::cast_from(ids[row * kk + i]);
+        out[row * kk + i] = F::cast_from(k * (A::cast_from(z[base + id]) - m) - log_sum);
+        i += block;
+    }
+    if unit == 0 {
+        pieces[2 * row] = F::cast_from(m);
+        pieces[2 * row + 1] = F::cast_from(sum);
+    }
+}
+
+/// A row's gradient `k·(scatter(g) − softmax(k·z)·Σ g)` of the gathered log-softmax, from the
+/// forward pass's pieces (see `cpu::gather_log_softmax_backward`).
+#[cube(launch)]
+fn gather_back_kernel<F: Float, A: Float, I: Int>(
+    z: &Tensor<F>,
+    ids: &Tensor<I>,
+    pieces: &Tensor<F>,
+    g: &Tensor<F>,
+    grad: &mut Tensor<F>,
+    inv_t: InputScalar,
+    #[define(F, A, I)] _dtypes: [ElemType; 3],
+) {
+    let row = row_index();
+    if row >= pieces.shape(0) {
+        terminate!();
+    }
+    let unit = UNIT_POS_X as usize;
+    let block = CUBE_DIM_X as usize;
+    let (c, kk) = (z.shape(1), ids.shape(1));
+    let base = row * c;
+    let k = inv_t.get::<A>();
+    let mut buf = Shared::<[A]>::new_slice(BLOCK as usize);
+    let mut total = A::new(0.0);
+    let mut i = unit;
+    while i < kk {
+        total += A::cast_from(g[row * kk + i]);
+        i += block;
+    }
+    buf[unit] = total;
+    reduce::<A>(&mut buf, 1usize, false);
+    let total = buf[0];
+    let m = A::cast_from(pieces[2 * row]);
+    let scale = (A::new(0.0) - k * total) / A::cast_from(pieces[2 * row + 1]);
+    let mut j = unit;
+    while j < c {
+        grad[base + j] = F::cast_from(A::exp(k * (A::cast_from(z[base + j]) - m)) * scale);
+        j += block;
+    }
+    // one unit adds the gathered entries' share, in order (an id may repeat)
+    sync_storage();
+    if unit == 0 {
+        for i in 0..kk {
+            let id = usize::cast_from(ids[row * kk + i]);
+            let v = A::cast_from(grad[base + id]) + k * A::cast_from(g[row * kk + i]);
+            grad[base + id] = F::cast_from(v);
+        }
+    }
+}
+
 /// How a launch covers `n` rows: one cube a row, over a 2-D grid.
 fn grid(n: usize) -> (CubeCount, CubeDim) {
     let x = n.clamp(1, 65_535) as u32;
@@ -555,5 +659,66 @@ impl RowOps for CubeBackend {
             Plane::of(keep[1].then_some(gt)),
         );
         (rows, parts, gs, gt)
+    }
+
+    fn fused_gather_log_softmax(
+        z: CubeTensor,
+        ids: CubeTensor,
+        inv_t: f64,
+    ) -> (CubeTensor, CubeTensor) {
+        let (z, ids) = (into_contiguous(z), into_contiguous(ids));
+        let (dtype, acc, int) = (z.dtype, accumulator(z.dtype), ids.dtype);
+        let (n, kk) = (z.meta.shape()[0], ids.meta.shape()[1]);
+        let out = empty(&z, &[n, kk], dtype);
+        let pieces = empty(&z, &[n, 2], dtype);
+        let (count, dim) = grid(n);
+        gather_kernel::launch(
+            &z.client.clone(),
+            count,
+            dim,
+            z.into_tensor_arg(),
+            ids.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            pieces.clone().into_tensor_arg(),
+            InputScalar::new(inv_t, dtype_to_storage_type(acc)),
+            [
+                dtype_to_storage_type(dtype),
+                dtype_to_storage_type(acc),
+                dtype_to_storage_type(int),
+            ],
+        );
+        (out, pieces)
+    }
+
+    fn fused_gather_log_softmax_backward(
+        z: CubeTensor,
+        ids: CubeTensor,
+        pieces: CubeTensor,
+        g: CubeTensor,
+        inv_t: f64,
+    ) -> CubeTensor {
+        let (z, ids) = (into_contiguous(z), into_contiguous(ids));
+        let (pieces, g) = (into_contiguous(pieces), into_contiguous(g));
+        let (dtype, acc, int) = (z.dtype, accumulator(z.dtype), ids.dtype);
+        let [n, c] = [z.meta.shape()[0], z.meta.shape()[1]];
+        let grad = empty(&z, &[n, c], dtype);
+        let (count, dim) = grid(n);
+        gather_back_kernel::launch(
+            &z.client.clone(),
+            count,
+            dim,
+            z.into_tensor_arg(),
+            ids.into_tensor_arg(),
+            pieces.into_tensor_arg(),
+            g.into_tensor_arg(),
+            grad.clone().into_tensor_arg(),
+            InputScalar::new(inv_t, dtype_to_storage_type(acc)),
+            [
+                dtype_to_storage_type(dtype),
+                dtype_to_storage_type(acc),
+                dtype_to_storage_type(int),
+            ],
+        );
+        grad
     }
 }

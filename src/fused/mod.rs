@@ -257,14 +257,14 @@ pub(crate) fn token_step(
 
 /// `log_softmax(z / T)` `[N, V]` gathered at `ids` `[N, K]` (each in range), through the
 /// fused op — one pass over each row, no `[N, V]` plane in the forward pass; differentiable
-/// in `z` — or `None` where it does not apply (a backend without CPU kernels, a float type
-/// other than f32 and f64).
+/// in `z` — or `None` where it does not apply (a backend without kernels, a float type other
+/// than f32 and f64).
 pub(crate) fn gather_log_softmax(
     z: &Tensor<2>,
     ids: &Tensor<2, Int>,
     temperature: f64,
 ) -> Option<Tensor<2>> {
-    if !usable_all(&[z]) {
+    if !(kernel_floats(&[z]) && supported(&z.device())) {
         return None;
     }
     let (out, _) = Dispatch::fused_gather_log_softmax(

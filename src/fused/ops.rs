@@ -98,6 +98,28 @@ pub trait RowOps: Backend {
         Plane<Self>,
     );
 
+    /// `k·z[r, ids[r, i]] − log Σⱼ exp(k·z[r, j])` `[N, K]` (`z` `[N, V]`, `ids` `[N, K]`,
+    /// `k = inv_t`), with one pass over each row and no `[N, V]` plane, and each row's softmax
+    /// pieces `[N, 2]`. Differentiable in `z`: the backward pass is
+    /// [`fused_gather_log_softmax_backward`](Self::fused_gather_log_softmax_backward).
+    #[fusion(meta = gather_meta)]
+    fn fused_gather_log_softmax(
+        z: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        inv_t: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradient `[N, V]` w.r.t. `z` of `Σ g ⊙ out`, `out` the gathered log-softmax whose
+    /// `pieces` the forward pass gave. Not differentiable.
+    #[fusion(meta = gather_back_meta)]
+    fn fused_gather_log_softmax_backward(
+        z: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        pieces: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        inv_t: f64,
+    ) -> FloatTensor<Self>;
+
     /// The backward pass: the rows of `plane` `[N, C]` times `grad` `[N]` (the CPU backends
     /// scale in place; the others broadcast a product).
     #[fusion(default)]
@@ -154,6 +176,28 @@ fn dkd_meta(
     (rows, parts, ps, pt)
 }
 
+/// The output layouts of [`RowOps::fused_gather_log_softmax`], for fusion.
+#[cfg(feature = "cube")]
+fn gather_meta(z: &TensorSpec, ids: &TensorSpec, _: &f64) -> (TensorSpec, TensorSpec) {
+    let n = z.shape[0];
+    (
+        TensorSpec::new([n, ids.shape[1]].into(), z.dtype),
+        TensorSpec::new([n, 2].into(), z.dtype),
+    )
+}
+
+/// The output layout of [`RowOps::fused_gather_log_softmax_backward`], for fusion.
+#[cfg(feature = "cube")]
+fn gather_back_meta(
+    z: &TensorSpec,
+    _: &TensorSpec,
+    _: &TensorSpec,
+    _: &TensorSpec,
+    _: &f64,
+) -> TensorSpec {
+    z.clone()
+}
+
 /// The lm-head path's ops, on the CPU backends only (elsewhere the path runs composed ops).
 #[backend_extension(Autodiff, Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"))]
 pub trait FusedOps: Backend {
@@ -192,26 +236,6 @@ pub trait FusedOps: Backend {
     /// the incoming gradient, in place): `g` becomes the gradient instead of being copied
     /// into a new one. `g` is taken as a constant.
     fn fused_handover(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self>;
-
-    /// `k·z[r, ids[r, i]] − log Σⱼ exp(k·z[r, j])` `[N, K]` (`z` `[N, V]`, `ids` `[N, K]`,
-    /// `k = inv_t`), with one pass over each row and no `[N, V]` plane, and each row's softmax
-    /// pieces `[N, 2]`. Differentiable in `z`: the backward pass is
-    /// [`fused_gather_log_softmax_backward`](Self::fused_gather_log_softmax_backward).
-    fn fused_gather_log_softmax(
-        z: FloatTensor<Self>,
-        ids: IntTensor<Self>,
-        inv_t: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
-
-    /// The gradient `[N, V]` w.r.t. `z` of `Σ g ⊙ out`, `out` the gathered log-softmax whose
-    /// `pieces` the forward pass gave. Not differentiable.
-    fn fused_gather_log_softmax_backward(
-        z: FloatTensor<Self>,
-        ids: IntTensor<Self>,
-        pieces: FloatTensor<Self>,
-        g: FloatTensor<Self>,
-        inv_t: f64,
-    ) -> FloatTensor<Self>;
 }
 
 /// How the kernels see a CPU backend's tensors.
@@ -532,6 +556,27 @@ macro_rules! cpu_backend {
                 .dkd()
             }
 
+            fn fused_gather_log_softmax(
+                z: $tensor,
+                ids: $tensor,
+                inv_t: f64,
+            ) -> ($tensor, $tensor) {
+                in_float!(z, gather_log_softmax::<Self>(&$io, z, ids, inv_t))
+            }
+
+            fn fused_gather_log_softmax_backward(
+                z: $tensor,
+                ids: $tensor,
+                pieces: $tensor,
+                g: $tensor,
+                inv_t: f64,
+            ) -> $tensor {
+                in_float!(
+                    z,
+                    gather_log_softmax_backward::<Self>(&$io, z, ids, pieces, g, inv_t)
+                )
+            }
+
             fn fused_combine(plane: $tensor, grad: $tensor) -> $tensor {
                 in_float!(plane, combine::<Self>(&$io, plane, grad))
             }
@@ -561,27 +606,6 @@ macro_rules! cpu_backend {
 
             fn fused_handover(x: $tensor, g: $tensor) -> $tensor {
                 dot::<Self>(x, g)
-            }
-
-            fn fused_gather_log_softmax(
-                z: $tensor,
-                ids: $tensor,
-                inv_t: f64,
-            ) -> ($tensor, $tensor) {
-                in_float!(z, gather_log_softmax::<Self>(&$io, z, ids, inv_t))
-            }
-
-            fn fused_gather_log_softmax_backward(
-                z: $tensor,
-                ids: $tensor,
-                pieces: $tensor,
-                g: $tensor,
-                inv_t: f64,
-            ) -> $tensor {
-                in_float!(
-                    z,
-                    gather_log_softmax_backward::<Self>(&$io, z, ids, pieces, g, inv_t)
-                )
             }
         }
     };
@@ -708,6 +732,42 @@ impl<B: RowOps> Backward<B, 2> for Weigh {
 }
 
 impl<B: RowOps, C: CheckpointStrategy> RowOps for Autodiff<B, C> {
+    fn fused_gather_log_softmax(
+        z: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        inv_t: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        match (GatherLogSoftmax { inv_t })
+            .prepare::<C>([z.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let z = z.into_primitive();
+                let (out, pieces) = B::fused_gather_log_softmax(z.clone(), ids.clone(), inv_t);
+                let out = prep.finish((z, ids, pieces.clone()), out);
+                (out, Self::from_inner(pieces))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, pieces) = B::fused_gather_log_softmax(z.into_primitive(), ids, inv_t);
+                (prep.finish(out), Self::from_inner(pieces))
+            }
+        }
+    }
+
+    fn fused_gather_log_softmax_backward(
+        z: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        pieces: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        inv_t: f64,
+    ) -> FloatTensor<Self> {
+        let [z, pieces, g] = [z, pieces, g].map(Self::inner);
+        Self::from_inner(B::fused_gather_log_softmax_backward(
+            z, ids, pieces, g, inv_t,
+        ))
+    }
+
     fn fused_kd(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
@@ -840,52 +900,16 @@ impl<B: FusedOps + RowOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::fused_handover(x.into_primitive(), g)),
         }
     }
-
-    fn fused_gather_log_softmax(
-        z: FloatTensor<Self>,
-        ids: IntTensor<Self>,
-        inv_t: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        match (GatherLogSoftmax { inv_t })
-            .prepare::<C>([z.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let z = z.into_primitive();
-                let (out, pieces) = B::fused_gather_log_softmax(z.clone(), ids.clone(), inv_t);
-                let out = prep.finish((z, ids, pieces.clone()), out);
-                (out, Self::from_inner(pieces))
-            }
-            OpsKind::UnTracked(prep) => {
-                let (out, pieces) = B::fused_gather_log_softmax(z.into_primitive(), ids, inv_t);
-                (prep.finish(out), Self::from_inner(pieces))
-            }
-        }
-    }
-
-    fn fused_gather_log_softmax_backward(
-        z: FloatTensor<Self>,
-        ids: IntTensor<Self>,
-        pieces: FloatTensor<Self>,
-        g: FloatTensor<Self>,
-        inv_t: f64,
-    ) -> FloatTensor<Self> {
-        let [z, pieces, g] = [z, pieces, g].map(Self::inner);
-        Self::from_inner(B::fused_gather_log_softmax_backward(
-            z, ids, pieces, g, inv_t,
-        ))
-    }
 }
 
-/// The backward step of [`FusedOps::fused_gather_log_softmax`]: the gradient w.r.t. the
+/// The backward step of [`RowOps::fused_gather_log_softmax`]: the gradient w.r.t. the
 /// logits, from the kept logits, ids and softmax pieces.
 #[derive(Debug)]
 struct GatherLogSoftmax {
     inv_t: f64,
 }
 
-impl<B: FusedOps + RowOps> Backward<B, 1> for GatherLogSoftmax {
+impl<B: RowOps> Backward<B, 1> for GatherLogSoftmax {
     type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
