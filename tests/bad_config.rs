@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::tensor::{DType, Device};
 use burn_distill::spec::{MethodKind, TermSpec, methods};
-use burn_distill::{Feature, example_input};
+use burn_distill::example_input;
 use serde_json::Value;
 
 /// The values a numeric field is tried with.
@@ -92,13 +92,7 @@ fn absurd_configurations_are_refused_or_stay_finite() {
                     evaluated += 1;
                     let value = out.value();
                     let grads = out.total.backward();
-                    let finite = ex.leaves.iter().all(|(_, leaf)| {
-                        let g = match leaf {
-                            Feature::Map(t) => t.grad(&grads).map(common::values),
-                            Feature::Embedding(t) => t.grad(&grads).map(common::values),
-                        };
-                        g.is_none_or(|g| g.iter().all(|x| x.is_finite()))
-                    });
+                    let finite = common::finite_grads(&ex.leaves, &grads);
                     match value.is_finite() && finite {
                         true => Ok(()),
                         false => Err(format!("value {value:e}, finite gradients: {finite}")),

@@ -456,7 +456,7 @@ fn finite_for_logits_of_magnitude_1e4() {
 /// catalog.
 mod catalogued {
     use super::*;
-    use burn_distill::{Feature, example_input, example_input_shifted};
+    use burn_distill::{example_input, example_input_shifted};
 
     /// The gradient of each example leaf `loss` reads (in f64), by name.
     pub(super) fn leaf_grads(
@@ -465,16 +465,7 @@ mod catalogued {
     ) -> Vec<(&'static str, Vec<f64>)> {
         let ex = example_input(dev, DType::F64);
         let grads = loss.forward(&ex.input).unwrap().total.backward();
-        ex.leaves
-            .iter()
-            .filter_map(|(name, leaf)| {
-                let g = match leaf {
-                    Feature::Map(t) => t.grad(&grads).map(values),
-                    Feature::Embedding(t) => t.grad(&grads).map(values),
-                };
-                g.map(|g| (*name, g))
-            })
-            .collect()
+        common::leaf_grads(&ex.leaves, &grads)
     }
 
     proptest! {

@@ -64,15 +64,7 @@ fn evaluate(
             .map_err(|e| format!("error: {e:?}"))?;
         let value = out.value();
         let grads = out.total.backward();
-        let mut leaves = Vec::new();
-        for (name, leaf) in &ex.leaves {
-            let g = match leaf {
-                Feature::Map(t) => t.grad(&grads).map(common::values),
-                Feature::Embedding(t) => t.grad(&grads).map(common::values),
-            };
-            leaves.extend(g.map(|g| (*name, g)));
-        }
-        Ok((value, leaves))
+        Ok((value, common::leaf_grads(&ex.leaves, &grads)))
     }));
     run.unwrap_or_else(|_| Err("a panic".into()))
 }

@@ -3,7 +3,7 @@
 use crate::loss::LossExt;
 use crate::registry::Descriptor;
 use burn::config::Config;
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::Tensor;
 
 use super::maps::sum_stages;
 use crate::check::{check_count, check_non_negative};
@@ -155,21 +155,13 @@ impl Loss for Kdsvd {
                     actual: vec![t.dims()[3]],
                 });
             }
-            // half-precision maps in f32: their Gram matrices overflow f16's 65504
+            // `maps` reads half-precision maps in f32 (their Gram matrices overflow f16) and
+            // the teacher in the student's float type
             let as_matrix = |f: Tensor<4>| {
                 let [n, ch, h, w] = f.dims();
-                let f = match f.dtype() {
-                    DType::F16 | DType::BF16 => f.cast(FloatDType::F32),
-                    _ => f,
-                };
                 f.reshape([n, ch * h, w])
             };
-            // a teacher in another float type is read in the student's (as mixed precision does)
             let (s, t) = (as_matrix(s), as_matrix(t));
-            let t = match t.dtype() == s.dtype() {
-                true => t,
-                false => t.cast(FloatDType::from(s.dtype())),
-            };
             let (vt, st) = top_singular(t, c.k, c.iterations);
             let (vs, _) = top_singular(s, c.k + 3, c.iterations);
             let vs = align_vectors(vs, vt.clone());

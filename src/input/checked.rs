@@ -65,8 +65,9 @@ impl<'a> Checked<'a> {
     /// The same reader for an objective that promises finite values and gradients for inputs
     /// of magnitude up to `bound` (its [`Descriptor::bound`](crate::Descriptor::bound)): the
     /// logits and taps it returns are checked against it, and a finite value beyond it is a
-    /// [`DistillError::OutOfRange`] (one read-back of each tensor's extremes; none for a bound
-    /// its float type cannot exceed). Non-finite values pass, as the non-finite policy says.
+    /// [`DistillError::OutOfRange`] (one pass and one read-back of each tensor's largest
+    /// magnitude; none for a bound its float type cannot exceed). Non-finite values pass, as
+    /// the non-finite policy says.
     pub fn within(self, bound: f64) -> Self {
         Self {
             bound: Some(bound),
@@ -101,6 +102,22 @@ impl<'a> Checked<'a> {
             self.beyond(bound, t, what)?;
         }
         Ok(out)
+    }
+
+    /// [`settle`](Self::settle) for an objective whose inputs are the student's and the
+    /// teacher's logits.
+    pub fn settle_logits(
+        &self,
+        bound: f64,
+        out: LossOutput,
+        student: &Tensor<2>,
+        teacher: &Tensor<2>,
+    ) -> Result<LossOutput, DistillError> {
+        let logits = [
+            ("the student logits", student),
+            ("the teacher logits", teacher),
+        ];
+        self.settle(bound, out, &logits)
     }
 
     /// A [`DistillError::OutOfRange`] when `t` holds a finite value beyond `bound`.
@@ -661,7 +678,7 @@ fn like<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
 /// Half-precision logits in f32: losses over them (sums of `T²`-scaled log-ratios) overflow
 /// f16's 65504 long before the logits do, so the logit objectives compute in f32 and return
 /// f32 losses, as mixed-precision training does; gradients flow back to the half inputs.
-fn upcast<const D: usize>(z: Tensor<D>) -> Tensor<D> {
+pub(crate) fn upcast<const D: usize>(z: Tensor<D>) -> Tensor<D> {
     match z.dtype() {
         DType::F16 | DType::BF16 => z.cast(FloatDType::F32),
         _ => z,

@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use burn::tensor::{Bool, Int, Tensor};
 
 pub use checked::Checked;
+pub(crate) use checked::upcast;
 pub use extra::{DatasetIndices, Extra, SparseTeacher};
 pub use outputs::{Distillable, Feature, Outputs};
 pub use progress::Progress;

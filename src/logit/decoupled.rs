@@ -93,11 +93,7 @@ impl Decoupling {
             }
         };
         let (s, t) = read;
-        input.settle(
-            BOUND,
-            out,
-            &[("the student logits", &s), ("the teacher logits", &t)],
-        )
+        input.settle_logits(BOUND, out, &s, &t)
     }
 }
 

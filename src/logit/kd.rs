@@ -120,11 +120,7 @@ impl Tempered for Kd {
                 false => loss,
             },
         );
-        input.settle(
-            BOUND,
-            out,
-            &[("the student logits", &s), ("the teacher logits", &t)],
-        )
+        input.settle_logits(BOUND, out, &s, &t)
     }
 }
 

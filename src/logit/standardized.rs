@@ -1,7 +1,7 @@
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::Tensor;
 
 use crate::error::DistillError;
-use crate::input::DistillInput;
+use crate::input::{DistillInput, upcast};
 use crate::loss::LossExt;
 use crate::loss::{Loss, LossOutput, Tempered};
 use crate::math::Temperature;
@@ -56,11 +56,7 @@ impl<L> Standardized<L> {
         };
         crate::check::check_classes(Standardized::<()>::NAME, c, 2)?;
         // half-precision rows are standardised in f32 (their variance overflows f16)
-        let wide = |z: Tensor<2>| match z.dtype() {
-            DType::F16 | DType::BF16 => z.cast(FloatDType::F32),
-            _ => z,
-        };
-        Ok(input.map_logits(|z| standardize_rows(wide(z), self.eps)))
+        Ok(input.map_logits(|z| standardize_rows(upcast(z), self.eps)))
     }
 }
 

@@ -160,11 +160,7 @@ impl Loss for AdaptiveKl {
         let log_p = |z: Tensor<2>| log_softmax(uncounted(z, mask.as_ref(), 0.0), 1);
         let rows = adaptive_kl_rows(log_p(zs.clone()), log_p(zt.clone()), c.mu, c.variant);
         let out = LossOutput::single(Self::NAME, c.reduction.apply(rows, mask, v));
-        input.settle(
-            BOUND,
-            out,
-            &[("the student logits", &zs), ("the teacher logits", &zt)],
-        )
+        input.settle_logits(BOUND, out, &zs, &zt)
     }
 }
 

@@ -265,11 +265,7 @@ impl Loss for DistiLlm2 {
             (format!("{}/chosen", Self::NAME), chosen),
             (format!("{}/rejected", Self::NAME), rejected),
         ]);
-        checked.settle(
-            BOUND,
-            out,
-            &[("the student logits", &zs), ("the teacher logits", &zt)],
-        )
+        checked.settle_logits(BOUND, out, &zs, &zt)
     }
 }
 

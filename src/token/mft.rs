@@ -128,11 +128,7 @@ impl Loss for Mft {
                 false => total,
             },
         );
-        input.settle(
-            BOUND,
-            out,
-            &[("the student logits", &zs), ("the teacher logits", &zt)],
-        )
+        input.settle_logits(BOUND, out, &zs, &zt)
     }
 }
 

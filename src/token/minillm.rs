@@ -216,11 +216,7 @@ impl Loss for MiniLlm {
             ));
         }
         let out = LossOutput::from_terms(terms);
-        input.settle(
-            BOUND,
-            out,
-            &[("the student logits", &zs), ("the teacher logits", &zt)],
-        )
+        input.settle_logits(BOUND, out, &zs, &zt)
     }
 }
 

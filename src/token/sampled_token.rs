@@ -140,11 +140,7 @@ impl Loss for SampledToken {
             rows = rows * importance_weights(lp_s, old, clip);
         }
         let out = LossOutput::single(Self::NAME, c.reduction.apply(rows, mask, v));
-        input.settle(
-            BOUND,
-            out,
-            &[("the student logits", &zs), ("the teacher logits", &zt)],
-        )
+        input.settle_logits(BOUND, out, &zs, &zt)
     }
 }
 

@@ -295,8 +295,7 @@ impl Loss for Taid {
         );
         let rows = taid_rows(zs.clone(), zt.clone(), self.t(), c.cross_entropy);
         let out = LossOutput::single(Self::NAME, c.reduction.apply(rows, mask, v));
-        let logits = [("the student logits", &zs), ("the teacher logits", &zt)];
-        let out = checked.settle(BOUND, out, &logits)?;
+        let out = checked.settle_logits(BOUND, out, &zs, &zt)?;
         if let Some(p) = &progress
             && c.reduction != TokenReduction::None
         {

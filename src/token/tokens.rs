@@ -257,11 +257,7 @@ impl Softening {
                 false => total,
             },
         );
-        input.settle(
-            bound,
-            out,
-            &[("the student logits", &s), ("the teacher logits", &t)],
-        )
+        input.settle_logits(bound, out, &s, &t)
     }
 }
 

@@ -338,7 +338,8 @@ impl Loss for TopK {
         let c = &self.config;
         let input = input.of(Self::NAME).masked();
         let temperature = Temperature::Fixed(c.temperature);
-        let (student, teacher, mask, v, read) = match c.support {
+        // with the logits read (the teacher's when dense), for the bound's check
+        let (student, teacher, mask, v, (read_s, read_t)) = match c.support {
             TopKSupport::Teacher => {
                 let s = input.student_logits()?;
                 let [n, v] = s.dims();
@@ -357,7 +358,7 @@ impl Loss for TopK {
                 };
                 let alpha = c.generation_temperature / c.temperature;
                 let teacher = retemper(lp, alpha, c.missing, c.eps);
-                (student, teacher, mask, v, vec![("the student logits", s)])
+                (student, teacher, mask, v, (s, None))
             }
             TopKSupport::Student(k) => {
                 let (s, t) = input.logits()?;
@@ -374,10 +375,7 @@ impl Loss for TopK {
                 let log_q = |z: Tensor<2>| {
                     log_softmax(temperature.scale(uncounted(z, mask.as_ref(), 0.0)), 1)
                 };
-                let read = vec![
-                    ("the student logits", s.clone()),
-                    ("the teacher logits", t.clone()),
-                ];
+                let read = (s.clone(), Some(t.clone()));
                 let student = log_q(s);
                 let ids = student.clone().detach().topk_with_indices(k, 1).1;
                 let teacher = log_q(t).gather(1, ids.clone());
@@ -400,8 +398,10 @@ impl Loss for TopK {
                 false => total,
             },
         );
-        let read: Vec<(&str, &Tensor<2>)> = read.iter().map(|(w, t)| (*w, t)).collect();
-        input.settle(BOUND, out, &read)
+        match &read_t {
+            Some(t) => input.settle_logits(BOUND, out, &read_s, t),
+            None => input.settle(BOUND, out, &[("the student logits", &read_s)]),
+        }
     }
 }
 

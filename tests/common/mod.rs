@@ -27,6 +27,33 @@ pub fn configure_f64() {
     });
 }
 
+/// The gradient of each leaf that has one (the leaves an objective reads), by name, as f64.
+pub fn leaf_grads(
+    leaves: &[(&'static str, burn_distill::Feature)],
+    grads: &burn::tensor::Gradients,
+) -> Vec<(&'static str, Vec<f64>)> {
+    leaves
+        .iter()
+        .filter_map(|(name, leaf)| {
+            let g = match leaf {
+                burn_distill::Feature::Map(t) => t.grad(grads).map(values),
+                burn_distill::Feature::Embedding(t) => t.grad(grads).map(values),
+            };
+            g.map(|g| (*name, g))
+        })
+        .collect()
+}
+
+/// Whether every gradient of [`leaf_grads`] is finite.
+pub fn finite_grads(
+    leaves: &[(&'static str, burn_distill::Feature)],
+    grads: &burn::tensor::Gradients,
+) -> bool {
+    leaf_grads(leaves, grads)
+        .iter()
+        .all(|(_, g)| g.iter().all(|x| x.is_finite()))
+}
+
 /// `n` deterministic values in `[-scale, scale)` from `seed` (xorshift): the same test data on
 /// every run and platform.
 pub fn noise(seed: u64, n: usize, scale: f64) -> Vec<f64> {
