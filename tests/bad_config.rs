@@ -9,8 +9,8 @@ mod common;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::tensor::{DType, Device};
-use burn_distill::spec::{MethodKind, TermSpec, methods};
 use burn_distill::example_input;
+use burn_distill::spec::{MethodKind, TermSpec, methods};
 use serde_json::Value;
 
 /// The values a numeric field is tried with.
